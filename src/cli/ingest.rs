@@ -1,0 +1,28 @@
+//! `oklog ingest`: an ingester node.
+
+use super::flags::FlagSet;
+use super::server::{self, build_ingest, check_common, common_flags, ingest_flags, topic_aliases};
+use crate::cluster::Role;
+
+/// The flags of `oklog ingest`.
+pub fn flag_set() -> FlagSet {
+    let mut flags = common_flags("ingest");
+    flags.extend(ingest_flags(""));
+    FlagSet {
+        usage: "oklog ingest [flags]",
+        flags,
+        aliases: topic_aliases(""),
+    }
+}
+
+/// Run an ingest node until SIGINT/SIGTERM.
+pub fn run(argv: &[String]) -> anyhow::Result<()> {
+    let Some(args) = super::parse_flags(&flag_set(), argv)? else {
+        return Ok(());
+    };
+    super::init_logging(args.bool("debug"));
+    check_common(&args)?;
+    server::run_node(Role::Ingest, &args, async |metrics| {
+        Ok((Some(build_ingest(&args, "", metrics).await?), None))
+    })
+}

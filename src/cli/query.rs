@@ -1,0 +1,374 @@
+//! `oklog query`: run a time-bounded query against a store node and print the records.
+//!
+//! Exit codes (DESIGN.md §10): 0 records printed, 1 no match, 2 bad flag or failed request,
+//! 3 partial result (206) printed with a warning.
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use http_body_util::BodyExt;
+use hyper::{Method, StatusCode};
+
+use super::addr::parse_addr;
+use super::flags::{Args, FlagSet, Kind, flag};
+use super::server::API_PORT;
+use crate::gotime;
+use crate::http;
+use crate::record::{BODY_OFFSET, ULID_LEN, parse_ulid, ulid_ms};
+
+/// The flags of `oklog query`.
+pub fn flag_set() -> FlagSet {
+    FlagSet {
+        usage: "oklog query [flags]",
+        flags: vec![
+            flag(
+                "store",
+                Kind::Str,
+                "localhost:7650",
+                "address of store instance to query",
+            ),
+            flag(
+                "from",
+                Kind::Str,
+                "1h",
+                "from, as RFC3339 timestamp, ULID, or duration ago",
+            ),
+            flag(
+                "to",
+                Kind::Str,
+                "now",
+                "to, as RFC3339 timestamp, ULID, or duration ago",
+            ),
+            flag("q", Kind::Str, "", "query expression"),
+            flag("regex", Kind::Bool, "", "parse -q as regular expression"),
+            flag(
+                "stats",
+                Kind::Bool,
+                "",
+                "statistics only, no records (implies -v)",
+            ),
+            flag("nocopy", Kind::Bool, "", "don't print the records"),
+            flag(
+                "ulid",
+                Kind::Bool,
+                "",
+                "include ULID prefix with each record",
+            ),
+            flag(
+                "time",
+                Kind::Bool,
+                "",
+                "replace the ULID with its time (RFC3339, local zone)",
+            ),
+            flag("v", Kind::Bool, "", "verbose output to stderr"),
+        ],
+        aliases: vec![],
+    }
+}
+
+/// Run the query; returns the exit code.
+pub fn run(argv: &[String]) -> i32 {
+    let args = match super::parse_flags(&flag_set(), argv) {
+        Ok(Some(a)) => a,
+        Ok(None) => return 0,
+        Err(e) => {
+            eprintln!("{}", super::one_line(&e.to_string()));
+            return 2;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("starting the async runtime: {e}");
+            return 2;
+        }
+    };
+    match runtime.block_on(query(&args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}", super::one_line(&format!("{e:#}")));
+            2
+        }
+    }
+}
+
+/// Read `-from`/`-to`: `now`, a Go duration meaning "ago" (sign ignored), an RFC 3339 time, or
+/// a ULID. Returns the query-string value to send.
+pub fn parse_when(flag: &str, value: &str, now_ms: i64) -> Result<String, String> {
+    if value == "now" {
+        return Ok(gotime::rfc3339_utc_millis(now_ms));
+    }
+    if let Ok(nanos) = gotime::parse_duration_nanos(value) {
+        let ago = (nanos.unsigned_abs() / 1_000_000) as i64;
+        return Ok(gotime::rfc3339_utc_millis(now_ms - ago));
+    }
+    if let Some(ms) = gotime::parse_rfc3339_ms(value) {
+        return Ok(gotime::rfc3339_utc_millis(ms));
+    }
+    if let Some(id) = parse_ulid(value) {
+        return Ok(String::from_utf8_lossy(&id).into_owned());
+    }
+    Err(format!(
+        "couldn't parse -{flag} ({value:?}) as either duration or time"
+    ))
+}
+
+/// Percent-encode a query-string value.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn query(args: &Args) -> anyhow::Result<i32> {
+    let now = gotime::now_ms();
+    let from = parse_when("from", &args.str("from"), now).map_err(anyhow::Error::msg)?;
+    let to = parse_when("to", &args.str("to"), now).map_err(anyhow::Error::msg)?;
+    let store =
+        parse_addr(&args.str("store"), API_PORT).map_err(|e| anyhow::anyhow!("-store: {e}"))?;
+    let host = if store.host.is_empty() {
+        "localhost".to_string()
+    } else {
+        store.host_port()
+    };
+    let host = if store.host.is_empty() {
+        format!("{host}:{}", store.port)
+    } else {
+        host
+    };
+    let q = args.str("q");
+    let regex = args.bool("regex");
+    let stats = args.bool("stats");
+    let verbose = args.bool("v") || stats;
+    let mut url = format!(
+        "http://{host}/store/query?from={}&to={}&q={}",
+        encode(&from),
+        encode(&to),
+        encode(&q)
+    );
+    if regex {
+        url.push_str("&regex=true");
+    }
+    let method = if stats { Method::HEAD } else { Method::GET };
+    if verbose {
+        eprintln!("{method} {url}");
+    }
+    let began = Instant::now();
+    let client = http::client();
+    let (status, headers, body) = {
+        let req = hyper::Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .body(http::empty_body())?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| anyhow::anyhow!("{method} {url}: {e}"))?;
+        let (parts, body) = resp.into_parts();
+        (parts.status, parts.headers, body)
+    };
+    if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
+        let text = http::body_text(body).await.unwrap_or_default();
+        anyhow::bail!("{method} {url}: {status}: {}", text.trim());
+    }
+    if verbose {
+        let h = |k: &str| {
+            headers
+                .get(k)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_else(|| "?".to_string())
+        };
+        eprintln!("Response in {}", gotime::format_duration(began.elapsed()));
+        eprintln!("Queried from {}", h("X-Oklog-From"));
+        eprintln!("Queried to {}", h("X-Oklog-To"));
+        let kind = if h("X-Oklog-Regex") == "true" {
+            "regular expression"
+        } else {
+            "normal string"
+        };
+        eprintln!("Queried {kind} {:?}", h("X-Oklog-Q"));
+        eprintln!("{} node(s) queried", h("X-Oklog-Nodes-Queried"));
+        eprintln!("{} segment(s) queried", h("X-Oklog-Segments-Queried"));
+        let size: u64 = h("X-Oklog-Max-Data-Set-Size").parse().unwrap_or(0);
+        eprintln!("{size}B ({}MiB) maximum data set size", size / (1 << 20));
+        eprintln!("{} error(s)", h("X-Oklog-Error-Count"));
+        eprintln!("{} server-reported duration", h("X-Oklog-Duration"));
+    }
+    let partial = status == StatusCode::PARTIAL_CONTENT;
+    if stats {
+        return Ok(if partial { 3 } else { 0 });
+    }
+    let mode = if args.bool("ulid") {
+        Print::Raw
+    } else if args.bool("time") {
+        Print::Time
+    } else {
+        Print::Body
+    };
+    let copy = !args.bool("nocopy");
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    let mut printer = Printer {
+        mode,
+        copy,
+        partial_line: Vec::new(),
+        records: 0,
+    };
+    let mut body = body;
+    let result: anyhow::Result<()> = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| anyhow::anyhow!("reading the response: {e}"))?;
+            if let Ok(data) = frame.into_data() {
+                printer.feed(&data, &mut out)?;
+            }
+        }
+        printer.finish(&mut out)?;
+        out.flush()?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+        {
+            return Ok(0); // the reader went away (`| head`): a success, as in Unix tools
+        }
+        return Err(e);
+    }
+    if partial {
+        eprintln!(
+            "warning: partial result: {} store node(s) failed to answer",
+            headers
+                .get("X-Oklog-Error-Count")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("some")
+        );
+        return Ok(3);
+    }
+    Ok(if printer.records > 0 { 0 } else { 1 })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Print {
+    /// `<topic> <payload>` (the default).
+    Body,
+    /// The whole stored line (`-ulid`).
+    Raw,
+    /// The ULID replaced by its time (`-time`).
+    Time,
+}
+
+struct Printer {
+    mode: Print,
+    copy: bool,
+    partial_line: Vec<u8>,
+    records: u64,
+}
+
+impl Printer {
+    fn feed(&mut self, mut data: &[u8], out: &mut impl Write) -> io::Result<()> {
+        while let Some(i) = memchr::memchr(b'\n', data) {
+            if self.partial_line.is_empty() {
+                self.line(&data[..=i], out)?;
+            } else {
+                self.partial_line.extend_from_slice(&data[..=i]);
+                let line = std::mem::take(&mut self.partial_line);
+                self.line(&line, out)?;
+            }
+            data = &data[i + 1..];
+        }
+        self.partial_line.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if !self.partial_line.is_empty() {
+            let mut line = std::mem::take(&mut self.partial_line);
+            line.push(b'\n');
+            self.line(&line, out)?;
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut impl Write) -> io::Result<()> {
+        self.records += 1;
+        if !self.copy {
+            return Ok(());
+        }
+        match self.mode {
+            Print::Raw => out.write_all(line),
+            Print::Body => out.write_all(line.get(BODY_OFFSET..).unwrap_or(b"\n")),
+            Print::Time => {
+                if line.len() > ULID_LEN {
+                    let t = gotime::rfc3339_local_secs(ulid_ms(line) as i64);
+                    out.write_all(t.as_bytes())?;
+                    out.write_all(&line[ULID_LEN..])
+                } else {
+                    out.write_all(line)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_values() {
+        let now = gotime::parse_rfc3339_ms("2017-03-25T21:17:54.946Z").unwrap();
+        assert_eq!(
+            parse_when("to", "now", now).unwrap(),
+            "2017-03-25T21:17:54.946Z"
+        );
+        assert_eq!(
+            parse_when("from", "1h", now).unwrap(),
+            "2017-03-25T20:17:54.946Z"
+        );
+        assert_eq!(
+            parse_when("from", "-1h", now).unwrap(),
+            "2017-03-25T20:17:54.946Z"
+        );
+        assert_eq!(
+            parse_when("from", "2017-03-25T22:00:00+01:00", now).unwrap(),
+            "2017-03-25T21:00:00.000Z"
+        );
+        assert_eq!(
+            parse_when("from", "01BC3NABW20000000000000000", now).unwrap(),
+            "01BC3NABW20000000000000000"
+        );
+        assert_eq!(
+            parse_when("from", "yesterday", now).unwrap_err(),
+            "couldn't parse -from (\"yesterday\") as either duration or time"
+        );
+    }
+
+    #[test]
+    fn printing() {
+        let mut out = Vec::new();
+        let mut p = Printer {
+            mode: Print::Body,
+            copy: true,
+            partial_line: Vec::new(),
+            records: 0,
+        };
+        let data = b"01BC3NABW20000000000000000 web a\n01BC3NABW20000000000000001 web b\n";
+        for piece in data.chunks(5) {
+            p.feed(piece, &mut out).unwrap();
+        }
+        p.finish(&mut out).unwrap();
+        assert_eq!(out, b"web a\nweb b\n");
+        assert_eq!(p.records, 2);
+        assert_eq!(encode("a b+c/é"), "a%20b%2Bc%2F%C3%A9");
+    }
+}

@@ -1,0 +1,503 @@
+//! What the server modes share: their flags, the ingest and store builders, and the run group
+//! that serves everything until SIGINT/SIGTERM and then shuts down in order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::addr::parse_addr;
+use super::flags::{Args, Flag, Kind, flag};
+use crate::cluster::{Role, StaticPeers};
+use crate::http;
+use crate::ingest::{IngestApi, IngestLog, Ingester, Modality, Rotation, conn};
+use crate::metrics::Metrics;
+use crate::record::{FramerConfig, TopicMode, is_valid_topic};
+use crate::store::{Consumer, ConsumerConfig, StoreApi, StoreLog};
+
+/// Default API (HTTP) port.
+pub const API_PORT: u16 = 7650;
+/// Default fast ingest port.
+pub const FAST_PORT: u16 = 7651;
+/// Default durable ingest port.
+pub const DURABLE_PORT: u16 = 7652;
+/// Default bulk ingest port.
+pub const BULK_PORT: u16 = 7653;
+/// Default cluster port.
+pub const CLUSTER_PORT: u16 = 7659;
+
+/// Flags every server mode has.
+pub fn common_flags(role: &str) -> Vec<Flag> {
+    vec![
+        flag("debug", Kind::Bool, "", "debug logging"),
+        flag(
+            "api",
+            Kind::Str,
+            "tcp://0.0.0.0:7650",
+            if role == "ingeststore" {
+                "listen address for ingest and store APIs"
+            } else {
+                "listen address for the HTTP API"
+            },
+        ),
+        flag(
+            "cluster",
+            Kind::Str,
+            "tcp://0.0.0.0:7659",
+            "listen address for cluster",
+        ),
+        flag(
+            "cluster.advertise-addr",
+            Kind::Str,
+            "",
+            "optional, explicit address to advertise in cluster",
+        ),
+        flag(
+            "peer",
+            Kind::List,
+            "",
+            "cluster peer host:port (repeatable)",
+        ),
+        flag(
+            "filesystem",
+            Kind::Str,
+            "real",
+            "real (only real is supported)",
+        ),
+        flag(
+            "shutdown-timeout",
+            Kind::Duration,
+            "5s",
+            "how long a graceful shutdown may take",
+        ),
+    ]
+}
+
+/// The ingest flags; `ns` is `""` for `ingest` and `"ingest."` for `ingeststore` (topic flags).
+pub fn ingest_flags(ns: &str) -> Vec<Flag> {
+    let (mode, topic) = if ns.is_empty() {
+        ("topic-mode", "topic")
+    } else {
+        ("ingest.topic-mode", "ingest.topic")
+    };
+    vec![
+        flag(mode, Kind::Str, "static", "static, dynamic"),
+        flag(topic, Kind::Str, "default", "static topic name"),
+        flag(
+            "ingest.fast",
+            Kind::Str,
+            "tcp://0.0.0.0:7651",
+            "listen address for fast (async) writes",
+        ),
+        flag(
+            "ingest.durable",
+            Kind::Str,
+            "tcp://0.0.0.0:7652",
+            "listen address for durable (sync) writes",
+        ),
+        flag(
+            "ingest.bulk",
+            Kind::Str,
+            "tcp://0.0.0.0:7653",
+            "listen address for bulk (whole-segment) writes",
+        ),
+        flag(
+            "ingest.path",
+            Kind::Str,
+            "data/ingest",
+            "path holding segment files for ingest tier",
+        ),
+        flag(
+            "ingest.segment-flush-size",
+            Kind::Int,
+            "16777216",
+            "flush segments after they grow to this size",
+        ),
+        flag(
+            "ingest.segment-flush-age",
+            Kind::Duration,
+            "3s",
+            "flush segments after they are active for this long",
+        ),
+        flag(
+            "ingest.segment-pending-timeout",
+            Kind::Duration,
+            "1m",
+            "claimed but uncommitted pending segments are failed after this long",
+        ),
+        flag(
+            "ingest.max-record-size",
+            Kind::Int,
+            "1048576",
+            "longer input lines are split into records of this many payload bytes",
+        ),
+    ]
+}
+
+/// The other spelling of the topic flags in each mode.
+pub fn topic_aliases(ns: &str) -> Vec<(&'static str, &'static str)> {
+    if ns.is_empty() {
+        vec![
+            ("ingest.topic-mode", "topic-mode"),
+            ("ingest.topic", "topic"),
+        ]
+    } else {
+        vec![
+            ("topic-mode", "ingest.topic-mode"),
+            ("topic", "ingest.topic"),
+        ]
+    }
+}
+
+/// The store flags; `rf_default` and `rf_help` differ in `ingeststore`.
+pub fn store_flags(rf_default: &'static str, rf_help: &'static str) -> Vec<Flag> {
+    vec![
+        flag(
+            "store.path",
+            Kind::Str,
+            "data/store",
+            "path holding segment files for storage tier",
+        ),
+        flag(
+            "store.segment-consumers",
+            Kind::Int,
+            "1",
+            "concurrent segment consumers",
+        ),
+        flag(
+            "store.segment-target-size",
+            Kind::Int,
+            "134217728",
+            "try to keep store segments about this size",
+        ),
+        flag(
+            "store.segment-target-age",
+            Kind::Duration,
+            "3s",
+            "replicate once the aggregate segment is this old",
+        ),
+        flag(
+            "store.segment-delay",
+            Kind::Duration,
+            "100ms",
+            "consumer pause when nothing is flushed",
+        ),
+        flag(
+            "store.segment-buffer-size",
+            Kind::Int,
+            "1048576",
+            "accepted for compatibility and ignored",
+        ),
+        flag(
+            "store.segment-replication-factor",
+            Kind::Int,
+            rf_default,
+            rf_help,
+        ),
+        flag(
+            "store.segment-retain",
+            Kind::Duration,
+            "168h",
+            "retention period for segment files",
+        ),
+        flag(
+            "store.segment-purge",
+            Kind::Duration,
+            "24h",
+            "purge deleted segment files after this long",
+        ),
+        flag("ui.local", Kind::Bool, "", "ignored: the UI is embedded"),
+    ]
+}
+
+/// The ingest half of a node, built and bound but not yet running.
+pub struct IngestParts {
+    ingester: Arc<Ingester>,
+    api: Arc<IngestApi>,
+    log: Arc<IngestLog>,
+    listeners: Vec<(Modality, TcpListener)>,
+}
+
+/// Open the ingest directory and bind the fast, durable and bulk listeners.
+pub async fn build_ingest(
+    args: &Args,
+    ns: &str,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<IngestParts> {
+    let (mode_flag, topic_flag) = if ns.is_empty() {
+        ("topic-mode", "topic")
+    } else {
+        ("ingest.topic-mode", "ingest.topic")
+    };
+    let mode: TopicMode = args
+        .str(mode_flag)
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("-{mode_flag}: {e}"))?;
+    let topic = args.str(topic_flag);
+    if !is_valid_topic(topic.as_bytes()) {
+        bail!("-{topic_flag}: topic name {topic:?} invalid");
+    }
+    let max_record_size = positive(args, "ingest.max-record-size")?;
+    let flush_size = positive(args, "ingest.segment-flush-size")?;
+    let path = PathBuf::from(args.str("ingest.path"));
+    let log = Arc::new(IngestLog::open(&path)?);
+    let mut listeners = Vec::new();
+    for (name, modality, port) in [
+        ("ingest.fast", Modality::Fast, FAST_PORT),
+        ("ingest.durable", Modality::Durable, DURABLE_PORT),
+        ("ingest.bulk", Modality::Bulk, BULK_PORT),
+    ] {
+        let addr =
+            parse_addr(&args.str(name), port).map_err(|e| anyhow::anyhow!("-{name}: {e}"))?;
+        listeners.push((
+            modality,
+            http::bind(modality.name(), &addr.listen_addr()).await?,
+        ));
+    }
+    let ingester = Arc::new(Ingester {
+        log: Arc::clone(&log),
+        framer: FramerConfig {
+            topic,
+            mode,
+            max_record_size: max_record_size as usize,
+        },
+        rotation: Rotation {
+            flush_size,
+            flush_age: args.duration("ingest.segment-flush-age"),
+        },
+        metrics: Arc::clone(metrics),
+        stop: AtomicBool::new(false),
+        live: AtomicUsize::new(0),
+    });
+    let api = IngestApi::new(
+        Arc::clone(&log),
+        args.duration("ingest.segment-pending-timeout"),
+        Arc::clone(metrics),
+    );
+    Ok(IngestParts {
+        ingester,
+        api,
+        log,
+        listeners,
+    })
+}
+
+fn positive(args: &Args, name: &str) -> anyhow::Result<u64> {
+    let v = args.int(name);
+    if v <= 0 {
+        bail!("-{name}: must be positive, got {v}");
+    }
+    Ok(v as u64)
+}
+
+/// The store half of a node.
+pub struct StoreParts {
+    log: Arc<StoreLog>,
+    api: Arc<StoreApi>,
+    consumers: usize,
+    consumer: ConsumerConfig,
+}
+
+/// Open the store directory and check the store flags.
+pub fn build_store(args: &Args, rf: i64, metrics: &Arc<Metrics>) -> anyhow::Result<StoreParts> {
+    if rf <= 0 {
+        bail!("-store.segment-replication-factor: must be positive, got {rf}");
+    }
+    let consumers = positive(args, "store.segment-consumers")? as usize;
+    let target_size = positive(args, "store.segment-target-size")?;
+    let path = PathBuf::from(args.str("store.path"));
+    let log = Arc::new(StoreLog::open(&path)?);
+    let api = StoreApi::new(Arc::clone(&log), Arc::clone(metrics));
+    Ok(StoreParts {
+        log,
+        api,
+        consumers,
+        consumer: ConsumerConfig {
+            target_size,
+            target_age: args.duration("store.segment-target-age"),
+            delay: args.duration("store.segment-delay"),
+            replication_factor: rf as usize,
+        },
+    })
+}
+
+/// Checks every server mode makes before building anything.
+pub fn check_common(args: &Args) -> anyhow::Result<()> {
+    if args.str("filesystem") != "real" {
+        bail!(
+            "-filesystem: {:?} is not supported; only \"real\"",
+            args.str("filesystem")
+        );
+    }
+    parse_addr(&args.str("cluster"), CLUSTER_PORT).map_err(|e| anyhow::anyhow!("-cluster: {e}"))?;
+    for p in args.list("peer") {
+        parse_addr(&p, CLUSTER_PORT).map_err(|e| anyhow::anyhow!("-peer: {e}"))?;
+    }
+    if !args.list("peer").is_empty() {
+        tracing::warn!(
+            "gossip membership is not implemented yet: -peer is accepted but no peers are joined"
+        );
+    }
+    Ok(())
+}
+
+/// The address other components use to reach this node's API: loopback when bound to all
+/// interfaces (DESIGN.md §10 "Addresses": without -peer a node reaches itself over loopback).
+fn self_addr(bound: SocketAddr) -> String {
+    if bound.ip().is_unspecified() {
+        format!("127.0.0.1:{}", bound.port())
+    } else {
+        bound.to_string()
+    }
+}
+
+/// Build a tokio runtime and run the node until SIGINT/SIGTERM.
+pub fn run_node(
+    role: Role,
+    args: &Args,
+    build: impl AsyncFnOnce(&Arc<Metrics>) -> anyhow::Result<(Option<IngestParts>, Option<StoreParts>)>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let metrics = Metrics::new();
+        let api_addr =
+            parse_addr(&args.str("api"), API_PORT).map_err(|e| anyhow::anyhow!("-api: {e}"))?;
+        let (ingest, store) = build(&metrics).await?;
+        let api_listener = http::bind("api", &api_addr.listen_addr()).await?;
+        let me = self_addr(api_listener.local_addr()?);
+        serve_node(
+            role,
+            args.duration("shutdown-timeout"),
+            metrics,
+            api_listener,
+            me,
+            ingest,
+            store,
+        )
+        .await
+    })
+}
+
+async fn serve_node(
+    role: Role,
+    shutdown_timeout: Duration,
+    metrics: Arc<Metrics>,
+    api_listener: TcpListener,
+    me: String,
+    ingest: Option<IngestParts>,
+    store: Option<StoreParts>,
+) -> anyhow::Result<()> {
+    let role_name = match role {
+        Role::Ingest => "ingest",
+        Role::Store => "store",
+        Role::IngestStore => "ingeststore",
+    };
+    let peers = Arc::new(StaticPeers {
+        ingest: if ingest.is_some() {
+            vec![me.clone()]
+        } else {
+            vec![]
+        },
+        store: if store.is_some() {
+            vec![me.clone()]
+        } else {
+            vec![]
+        },
+    });
+    // Two shutdown phases: `tcp` stops the ingest listeners first; `all` stops the rest.
+    let (tcp_tx, tcp_rx) = watch::channel(false);
+    let (all_tx, all_rx) = watch::channel(false);
+    let mut router = Router::new().merge(http::common_routes(role_name, Arc::clone(&metrics)));
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(parts) = &ingest {
+        router = router.merge(parts.api.router());
+        tasks.spawn(Arc::clone(&parts.api).run_timeouts(all_rx.clone()));
+    }
+    let ingest = ingest.map(|mut parts| {
+        for (modality, listener) in parts.listeners.drain(..) {
+            tasks.spawn(conn::serve(
+                listener,
+                modality,
+                Arc::clone(&parts.ingester),
+                tcp_rx.clone(),
+            ));
+        }
+        parts
+    });
+    if let Some(parts) = &store {
+        router = router.merge(parts.api.router());
+        for _ in 0..parts.consumers {
+            let consumer = Consumer::new(
+                Arc::clone(&parts.log),
+                peers.clone(),
+                http::client(),
+                parts.consumer.clone(),
+                Arc::clone(&metrics),
+            );
+            tasks.spawn(consumer.run(all_rx.clone()));
+        }
+    }
+    let server = tokio::spawn(http::serve(api_listener, router, all_rx.clone()));
+    tracing::info!(role = role_name, api = %me, "started");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
+    let _ = tcp_tx.send(true);
+    if let Some(parts) = &ingest {
+        parts.ingester.stop(shutdown_timeout).await;
+        // Let consumers take what was flushed, within the deadline.
+        while tokio::time::Instant::now() < deadline {
+            let log = Arc::clone(&parts.log);
+            match tokio::task::spawn_blocking(move || log.stats()).await {
+                Ok(Ok(s)) if s.flushed.0 + s.pending.0 > 0 && store.is_some() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => break,
+            }
+        }
+    }
+    let _ = all_tx.send(true);
+    let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if let Some(parts) = &ingest {
+        parts.api.fail_all().await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

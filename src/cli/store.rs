@@ -1,0 +1,32 @@
+//! `oklog store`: a storage node.
+
+use super::flags::FlagSet;
+use super::server::{self, build_store, check_common, common_flags, store_flags};
+use crate::cluster::Role;
+
+/// The flags of `oklog store`.
+pub fn flag_set() -> FlagSet {
+    let mut flags = common_flags("store");
+    flags.extend(store_flags(
+        "2",
+        "number of store nodes each aggregate segment is replicated to",
+    ));
+    FlagSet {
+        usage: "oklog store [flags]",
+        flags,
+        aliases: vec![],
+    }
+}
+
+/// Run a store node until SIGINT/SIGTERM.
+pub fn run(argv: &[String]) -> anyhow::Result<()> {
+    let Some(args) = super::parse_flags(&flag_set(), argv)? else {
+        return Ok(());
+    };
+    super::init_logging(args.bool("debug"));
+    check_common(&args)?;
+    let rf = args.int("store.segment-replication-factor");
+    server::run_node(Role::Store, &args, async |metrics| {
+        Ok((None, Some(build_store(&args, rf, metrics)?)))
+    })
+}

@@ -1,0 +1,204 @@
+//! The HTTP plumbing every role shares: binding listeners (and logging the bound address),
+//! serving an axum router until shutdown, `/health`, `/ready` and `/metrics`, streaming bodies
+//! from files and channels, and the client used to reach other nodes.
+
+use std::convert::Infallible;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::Metrics;
+
+/// Chunk size for streamed file bodies (256 KiB).
+const FILE_CHUNK: usize = 256 << 10;
+
+/// A plain-text response, as Go's `http.Error` writes them.
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut r = (status, body.into()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A body fed by a channel of chunks; an `Err` chunk aborts the response.
+pub fn channel_body(mut rx: mpsc::Receiver<io::Result<Bytes>>) -> Body {
+    Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// A body that streams a file from a blocking thread, in 256 KiB chunks.
+pub fn file_body(mut file: std::fs::File) -> Body {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut buf = vec![0u8; FILE_CHUNK];
+            match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return; // client went away
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    channel_body(rx)
+}
+
+/// `/health`, `/ready` and `/metrics`, present on every API listener.
+pub fn common_routes(role: &'static str, metrics: Arc<Metrics>) -> Router {
+    let health = move || async move {
+        let mut r = serde_json::json!({"role": role, "ready": true}).to_string();
+        r.push('\n');
+        ([(header::CONTENT_TYPE, "application/json")], r)
+    };
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(health))
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }),
+        )
+}
+
+/// Bind a TCP listener and log `listening name=<name> addr=<ip:port>` with the real port.
+pub async fn bind(name: &'static str, addr: &str) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("listening on {addr} ({name}): {e}")))?;
+    let local = listener.local_addr()?;
+    tracing::info!(name = %name, addr = %local, "listening");
+    Ok(listener)
+}
+
+/// Serve `router` on `listener` until `shutdown` turns true, then stop accepting and let
+/// running requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let router = router.fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found\n") });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+/// Request body type of the node-to-node client.
+pub type ClientBody = BoxBody<Bytes, io::Error>;
+
+/// The node-to-node HTTP client (connection pool, HTTP/1.1).
+pub type Client = HyperClient<HttpConnector, ClientBody>;
+
+/// A client with a connect timeout and an idle-pool timeout shorter than servers' keep-alive.
+pub fn client() -> Client {
+    let mut conn = HttpConnector::new();
+    conn.set_connect_timeout(Some(Duration::from_secs(5)));
+    conn.set_nodelay(true);
+    HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(20))
+        .build(conn)
+}
+
+/// An empty request body.
+pub fn empty_body() -> ClientBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// A request body that streams a file from a blocking thread.
+pub fn file_client_body(file: std::fs::File) -> ClientBody {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let mut file = file;
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut buf = vec![0u8; FILE_CHUNK];
+            match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    });
+    StreamBody::new(stream).boxed()
+}
+
+/// Send a request with `body` and return the status and the response body; `timeout` bounds
+/// the wait for the response headers.
+pub async fn call(
+    client: &Client,
+    method: hyper::Method,
+    url: &str,
+    body: ClientBody,
+    timeout: Duration,
+) -> io::Result<(StatusCode, hyper::body::Incoming)> {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(body)
+        .map_err(io::Error::other)?;
+    let resp = tokio::time::timeout(timeout, client.request(req))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{url}: no response within {timeout:?}"),
+            )
+        })?
+        .map_err(|e| io::Error::other(format!("{url}: {e}")))?;
+    Ok((resp.status(), resp.into_body()))
+}
+
+/// Read a whole (small) response body as text.
+pub async fn body_text(body: hyper::body::Incoming) -> io::Result<String> {
+    use http_body_util::BodyExt;
+    let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}

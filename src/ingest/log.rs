@@ -1,0 +1,262 @@
+//! Ingest segment files and their states.
+//!
+//! ```text
+//! <uuid>.active ──close──▶ <uuid>.flushed ──take_oldest──▶ <uuid>.pending ──commit──▶ (deleted)
+//!                                   ▲                              │
+//!                                   └────────────fail──────────────┘
+//! ```
+//!
+//! Each state is a file suffix and each transition a rename, so recovery needs no journal: at
+//! start-up `.active` files are truncated to their last `\n` and, like `.pending` ones, become
+//! `.flushed`. This module never reads record contents beyond that truncation.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::disk::{self, DirLock, OpenError, io_at};
+
+/// Suffix of a segment being written.
+pub const ACTIVE: &str = "active";
+/// Suffix of a complete segment waiting for a consumer.
+pub const FLUSHED: &str = "flushed";
+/// Suffix of a segment claimed by a consumer.
+pub const PENDING: &str = "pending";
+
+/// The ingest directory: its lock and its segment files.
+#[derive(Debug)]
+pub struct IngestLog {
+    dir: PathBuf,
+    _lock: DirLock,
+}
+
+/// Counts of segments and bytes per state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// `.active` files and their bytes.
+    pub active: (u64, u64),
+    /// `.flushed` files and their bytes.
+    pub flushed: (u64, u64),
+    /// `.pending` files and their bytes.
+    pub pending: (u64, u64),
+}
+
+impl IngestLog {
+    /// Lock `dir` (creating it) and recover leftovers from an earlier run.
+    pub fn open(dir: &Path) -> Result<IngestLog, OpenError> {
+        let lock = DirLock::acquire(dir)?;
+        let log = IngestLog {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        };
+        log.recover()?;
+        Ok(log)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn recover(&self) -> Result<(), OpenError> {
+        for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
+            let entry = entry.map_err(io_at(&self.dir))?;
+            let path = entry.path();
+            let Some((stem, state)) = split_name(&path) else {
+                continue;
+            };
+            match state {
+                ACTIVE => {
+                    let len = truncate_to_last_newline(&path).map_err(io_at(&path))?;
+                    if len == 0 {
+                        fs::remove_file(&path).map_err(io_at(&path))?;
+                        continue;
+                    }
+                    let to = self.path(stem, FLUSHED);
+                    tracing::info!(segment = %path.display(), bytes = len, "recovered active ingest segment");
+                    disk::rename_durably(&path, &to).map_err(io_at(&path))?;
+                }
+                PENDING => {
+                    let to = self.path(stem, FLUSHED);
+                    disk::rename_durably(&path, &to).map_err(io_at(&path))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn path(&self, stem: &str, state: &str) -> PathBuf {
+        self.dir.join(format!("{stem}.{state}"))
+    }
+
+    /// Create a new, empty `.active` segment.
+    pub fn create(&self) -> io::Result<(File, PathBuf)> {
+        let path = self.path(&disk::new_uuid(), ACTIVE);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)?;
+        Ok((file, path))
+    }
+
+    /// Close an active segment: sync it, rename it `.flushed`, sync the directory; an empty one
+    /// is deleted instead.
+    pub fn close(&self, file: File, path: &Path, len: u64) -> io::Result<()> {
+        if len == 0 {
+            drop(file);
+            return fs::remove_file(path);
+        }
+        let stem = stem_of(path)?;
+        disk::sync_rename(&file, path, &self.path(stem, FLUSHED))
+    }
+
+    /// Claim the oldest flushed segment (by modification time): rename it `.pending` and return
+    /// its path. `Ok(None)` when none is flushed.
+    pub fn take_oldest(&self) -> io::Result<Option<PathBuf>> {
+        let now = SystemTime::now();
+        let mut oldest: Option<(SystemTime, PathBuf)> = None;
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if !matches!(split_name(&path), Some((_, FLUSHED))) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else {
+                continue; // consumed concurrently
+            };
+            let mtime = meta.modified().unwrap_or(now);
+            if oldest.as_ref().is_none_or(|(t, _)| mtime < *t) {
+                oldest = Some((mtime, path));
+            }
+        }
+        let Some((_, path)) = oldest else {
+            return Ok(None);
+        };
+        let to = self.path(stem_of(&path)?, PENDING);
+        fs::rename(&path, &to)?;
+        Ok(Some(to))
+    }
+
+    /// A consumer committed a pending segment: delete it.
+    pub fn commit(&self, pending: &Path) -> io::Result<()> {
+        fs::remove_file(pending)?;
+        disk::sync_dir(&self.dir)
+    }
+
+    /// A consumer failed a pending segment: make it flushed again.
+    pub fn fail(&self, pending: &Path) -> io::Result<()> {
+        let to = self.path(stem_of(pending)?, FLUSHED);
+        disk::rename_durably(pending, &to)
+    }
+
+    /// Segment counts and bytes per state.
+    pub fn stats(&self) -> io::Result<LogStats> {
+        let mut s = LogStats::default();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let slot = match split_name(&path) {
+                Some((_, ACTIVE)) => &mut s.active,
+                Some((_, FLUSHED)) => &mut s.flushed,
+                Some((_, PENDING)) => &mut s.pending,
+                _ => continue,
+            };
+            slot.0 += 1;
+            slot.1 += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+        Ok(s)
+    }
+}
+
+/// `(uuid, state)` of an ingest segment file name; `None` for other files (LOCK, strays).
+fn split_name(path: &Path) -> Option<(&str, &str)> {
+    let name = path.file_name()?.to_str()?;
+    let (stem, state) = name.rsplit_once('.')?;
+    disk::is_uuid(stem).then_some((stem, state))
+}
+
+fn stem_of(path: &Path) -> io::Result<&str> {
+    split_name(path)
+        .map(|(stem, _)| stem)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an ingest segment name"))
+}
+
+/// Truncate a file after its last `\n` (dropping a torn final record); returns the new length.
+fn truncate_to_last_newline(path: &Path) -> io::Result<u64> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = memchr::memrchr(b'\n', chunk) {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end != len {
+        file.set_len(end)?;
+        file.sync_all()?;
+    }
+    Ok(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uuid_named(dir: &Path, state: &str, content: &[u8]) -> PathBuf {
+        let p = dir.join(format!("{}.{state}", disk::new_uuid()));
+        fs::write(&p, content).unwrap();
+        p
+    }
+
+    #[test]
+    fn recover_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let active = uuid_named(dir.path(), ACTIVE, b"A x\nB torn");
+        let pending = uuid_named(dir.path(), PENDING, b"P\n");
+        let flushed = uuid_named(dir.path(), FLUSHED, b"F\n");
+        let empty = uuid_named(dir.path(), ACTIVE, b"no newline at all");
+        fs::write(dir.path().join("IGNORED.ignored"), b"x").unwrap();
+        let log = IngestLog::open(dir.path()).unwrap();
+        let flushed_of = |p: &Path| p.with_extension(FLUSHED);
+        assert_eq!(fs::read(flushed_of(&active)).unwrap(), b"A x\n");
+        assert_eq!(fs::read(flushed_of(&pending)).unwrap(), b"P\n");
+        assert_eq!(fs::read(&flushed).unwrap(), b"F\n");
+        assert!(!empty.exists() && !flushed_of(&empty).exists());
+        assert!(dir.path().join("IGNORED.ignored").exists());
+        assert!(dir.path().join("LOCK").exists());
+        assert_eq!(log.stats().unwrap().flushed, (3, 8));
+        // A second process on the same directory is refused.
+        let err = IngestLog::open(dir.path()).unwrap_err();
+        assert!(matches!(err, OpenError::Locked { .. }));
+    }
+
+    #[test]
+    fn lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = IngestLog::open(dir.path()).unwrap();
+        assert_eq!(log.take_oldest().unwrap(), None);
+        let (mut f, p) = log.create().unwrap();
+        io::Write::write_all(&mut f, b"rec\n").unwrap();
+        log.close(f, &p, 4).unwrap();
+        let (f2, p2) = log.create().unwrap();
+        log.close(f2, &p2, 0).unwrap();
+        assert!(!p2.exists(), "empty segments are deleted");
+        let pending = log.take_oldest().unwrap().unwrap();
+        assert!(pending.to_str().unwrap().ends_with(".pending"));
+        assert_eq!(log.take_oldest().unwrap(), None);
+        log.fail(&pending).unwrap();
+        let again = log.take_oldest().unwrap().unwrap();
+        assert_eq!(again, pending);
+        log.commit(&again).unwrap();
+        assert_eq!(log.stats().unwrap(), LogStats::default());
+    }
+}

@@ -1,0 +1,15 @@
+//! The ingest tier: listeners that stamp each input line with a ULID and topic and append it to
+//! the connection's active segment, the segment files and their states, and the HTTP API
+//! through which store nodes consume flushed segments.
+//!
+//! Ingest owns only `-ingest.path`; it never reads or writes store files.
+
+pub mod api;
+pub mod conn;
+pub mod log;
+pub mod writer;
+
+pub use api::IngestApi;
+pub use conn::{Ingester, Modality};
+pub use log::IngestLog;
+pub use writer::Rotation;

@@ -1,0 +1,110 @@
+//! One connection's active segment: created on the first record, rotated into `.flushed` by
+//! size (`-ingest.segment-flush-size`) or age (`-ingest.segment-flush-age`).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::IngestLog;
+
+/// When to rotate an active segment.
+#[derive(Clone, Copy, Debug)]
+pub struct Rotation {
+    /// Rotate once the segment holds at least this many bytes.
+    pub flush_size: u64,
+    /// Rotate a non-empty segment this long after its first write.
+    pub flush_age: Duration,
+}
+
+#[derive(Debug)]
+struct Active {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    since: Instant,
+}
+
+/// Writes complete records into a connection's active segment.
+#[derive(Debug)]
+pub struct SegmentWriter {
+    log: Arc<IngestLog>,
+    rotation: Rotation,
+    active: Option<Active>,
+}
+
+impl SegmentWriter {
+    /// A writer with no segment yet (the file is created on the first write).
+    pub fn new(log: Arc<IngestLog>, rotation: Rotation) -> Self {
+        SegmentWriter {
+            log,
+            rotation,
+            active: None,
+        }
+    }
+
+    /// Append complete records; rotates when the segment reaches the flush size.
+    pub fn write(&mut self, records: &[u8]) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let active = match &mut self.active {
+            Some(a) => a,
+            None => {
+                let (file, path) = self.log.create()?;
+                self.active.insert(Active {
+                    file,
+                    path,
+                    len: 0,
+                    since: Instant::now(),
+                })
+            }
+        };
+        active.file.write_all(records)?;
+        active.len += records.len() as u64;
+        if active.len >= self.rotation.flush_size {
+            self.close()?;
+        }
+        Ok(())
+    }
+
+    /// fsync what was written so far (durable connections).
+    pub fn sync(&mut self) -> io::Result<()> {
+        match &self.active {
+            Some(a) => a.file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// Rotate if the segment is older than the flush age.
+    pub fn tick(&mut self) -> io::Result<()> {
+        match &self.active {
+            Some(a) if a.since.elapsed() >= self.rotation.flush_age => self.close(),
+            _ => Ok(()),
+        }
+    }
+
+    /// How long until [`SegmentWriter::tick`] has work to do.
+    pub fn until_rotation(&self) -> Option<Duration> {
+        self.active
+            .as_ref()
+            .map(|a| self.rotation.flush_age.saturating_sub(a.since.elapsed()))
+    }
+
+    /// Close the active segment into `.flushed` (sync, rename, sync the directory).
+    pub fn close(&mut self) -> io::Result<()> {
+        match self.active.take() {
+            Some(a) => self.log.close(a.file, &a.path, a.len),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SegmentWriter {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing ingest segment");
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! oklog: a distributed, coördination-free log management system, a Rust implementation of
+//! OK Log.
+//!
+//! # Layout
+//! - [`record`]: the record line, ULIDs, topics, framing input lines into records.
+//! - [`ingest`]: listeners, active segments, ingest files and the `/ingest` API.
+//! - [`store`]: store segments, the consumer, replication ingress, local queries, `/store` API.
+//! - [`search`]: time-range binary search and matchers over sorted segment bytes.
+//! - [`merge`]: k-way merge with ULID dedup.
+//! - [`cluster`]: who the peers are.
+//! - [`http`]: shared server and client plumbing, `/health`, `/metrics`.
+//! - [`cli`]: one module per subcommand; `main.rs` only picks one.
+
+pub mod cli;
+pub mod cluster;
+pub mod disk;
+pub mod gotime;
+pub mod http;
+pub mod ingest;
+pub mod merge;
+pub mod metrics;
+pub mod record;
+pub mod search;
+pub mod store;

@@ -1,0 +1,161 @@
+//! The process's metrics: one registry (the only global-like state, built once in `cli/` and
+//! handed to components), encoded in the Prometheus text format at `/metrics`.
+//!
+//! Names follow the original's (`oklog_` prefix); counters are registered without `_total`,
+//! which the library appends (DESIGN.md §10 "Metrics").
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A label set of `(name, value)` pairs.
+pub type Labels = Vec<(&'static str, &'static str)>;
+
+/// Every metric the process exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connected ingest clients by `modality` (fast, durable, bulk).
+    pub connected_clients: Family<Labels, Gauge>,
+    /// Bytes written to ingest segments.
+    pub ingest_bytes_written: Counter,
+    /// Records written to ingest segments.
+    pub ingest_records_written: Counter,
+    /// fsyncs of durable ingest segments.
+    pub ingest_syncs: Counter,
+    /// Input lines longer than `-ingest.max-record-size`, split into several records.
+    pub ingest_split_lines: Counter,
+    /// Dynamic-topic lines whose first word was not a valid topic.
+    pub ingest_invalid_topics: Counter,
+    /// Ingest write errors (disk full, I/O errors): the connection was closed.
+    pub ingest_write_errors: Counter,
+    /// Pending segments failed back, by consumers or by the pending timeout.
+    pub ingest_failed_segments: Counter,
+    /// Segments committed by consumers.
+    pub ingest_committed_segments: Counter,
+    /// Bytes of the segments committed.
+    pub ingest_committed_bytes: Counter,
+    /// Ingest segments consumed by this store node.
+    pub store_consumed_segments: Counter,
+    /// Bytes of those segments.
+    pub store_consumed_bytes: Counter,
+    /// Replicated segments by `direction` (ingress, egress).
+    pub store_replicated_segments: Family<Labels, Counter>,
+    /// Replicated bytes by `direction`.
+    pub store_replicated_bytes: Family<Labels, Counter>,
+    /// Replicate requests refused as malformed.
+    pub store_rejected_replicas: Counter,
+    /// Records forwarded (forward mode).
+    pub forward_records: Counter,
+    /// Bytes forwarded (forward mode).
+    pub forward_bytes: Counter,
+    /// Connections to ingesters that broke (forward mode).
+    pub forward_disconnects: Counter,
+}
+
+impl Metrics {
+    /// All metrics, registered.
+    pub fn new() -> Arc<Metrics> {
+        let mut m = Metrics::default();
+        let r = &mut m.registry;
+        r.register(
+            "oklog_connected_clients",
+            "Number of currently connected clients by modality",
+            m.connected_clients.clone(),
+        );
+        r.register(
+            "oklog_ingest_writer_bytes_written",
+            "The total number of bytes written",
+            m.ingest_bytes_written.clone(),
+        );
+        r.register(
+            "oklog_ingest_writer_records_written",
+            "The total number of records written",
+            m.ingest_records_written.clone(),
+        );
+        r.register(
+            "oklog_ingest_writer_syncs",
+            "The number of times an active segment is explicitly fsynced",
+            m.ingest_syncs.clone(),
+        );
+        r.register(
+            "oklog_ingest_split_lines",
+            "Input lines longer than the maximum record size, split into several records",
+            m.ingest_split_lines.clone(),
+        );
+        r.register("oklog_ingest_invalid_topics", "Dynamic-topic lines stored under the static topic because their first word was not a valid topic", m.ingest_invalid_topics.clone());
+        r.register(
+            "oklog_ingest_write_errors",
+            "Errors writing ingest segments",
+            m.ingest_write_errors.clone(),
+        );
+        r.register(
+            "oklog_ingest_failed_segments",
+            "Segments consumed, but failed and returned to flushed",
+            m.ingest_failed_segments.clone(),
+        );
+        r.register(
+            "oklog_ingest_committed_segments",
+            "Segments successfully consumed and committed",
+            m.ingest_committed_segments.clone(),
+        );
+        r.register(
+            "oklog_ingest_committed_bytes",
+            "Bytes successfully consumed and committed",
+            m.ingest_committed_bytes.clone(),
+        );
+        r.register(
+            "oklog_store_consumed_segments",
+            "Segments consumed from ingest nodes",
+            m.store_consumed_segments.clone(),
+        );
+        r.register(
+            "oklog_store_consumed_bytes",
+            "Bytes consumed from ingest nodes",
+            m.store_consumed_bytes.clone(),
+        );
+        r.register(
+            "oklog_store_replicated_segments",
+            "Segments replicated, by direction",
+            m.store_replicated_segments.clone(),
+        );
+        r.register(
+            "oklog_store_replicated_bytes",
+            "Bytes replicated, by direction",
+            m.store_replicated_bytes.clone(),
+        );
+        r.register(
+            "oklog_store_rejected_replicas",
+            "Replicate requests refused as malformed",
+            m.store_rejected_replicas.clone(),
+        );
+        r.register(
+            "oklog_forward_records",
+            "Records forwarded",
+            m.forward_records.clone(),
+        );
+        r.register(
+            "oklog_forward_bytes",
+            "Bytes forwarded",
+            m.forward_bytes.clone(),
+        );
+        r.register(
+            "oklog_forward_disconnects",
+            "Connections to ingesters that broke",
+            m.forward_disconnects.clone(),
+        );
+        Arc::new(m)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,376 @@
+//! The grep engine over sorted segment bytes: the `[from, to]` byte range found by binary search
+//! on line starts, and the matcher that finds matching lines by searching the whole range at
+//! once (memmem for literals, `regex::bytes` for regexes) and widening each hit to its line.
+//!
+//! `q` matches `<topic> <payload>`, the line after its ULID and space and without its `\n`,
+//! with grep's line semantics (DESIGN.md §10 "Matching"): `^` is the start of the topic, `$` the
+//! end of the payload, and nothing matches inside the ULID. A whole-buffer search may report a
+//! candidate line that does not match (a hit inside a ULID, a regex match spanning lines); every
+//! candidate is confirmed on its own line before it is returned, so hits are never missed and
+//! never false. This module only reads.
+
+use std::ops::Range;
+
+use memchr::memmem;
+use regex::bytes::Regex;
+use regex_syntax::hir::{Hir, HirKind, Look};
+
+use crate::record::{BODY_OFFSET, ulid_ms};
+
+/// What a query's `q` matches.
+#[derive(Clone, Debug)]
+pub enum Matcher {
+    /// The empty query: every record.
+    All,
+    /// Nothing can match (a literal containing a newline).
+    Never,
+    /// A literal substring.
+    Literal(Box<memmem::Finder<'static>>),
+    /// A regular expression (Rust `regex` syntax, Unicode classes).
+    Regex {
+        /// The pattern run over one line's `<topic> <payload>`.
+        line: Regex,
+        /// The same pattern for whole-buffer candidate search; `None` when it uses line anchors
+        /// (`^`, `$`, `\A`, `\z`), which only mean the right thing on a single line.
+        candidate: Option<Regex>,
+    },
+}
+
+impl Matcher {
+    /// Build the matcher for `q`; `regex` selects regex syntax. A bad regex is an error message.
+    pub fn new(q: &str, regex: bool) -> Result<Matcher, String> {
+        if q.is_empty() {
+            return Ok(Matcher::All);
+        }
+        if !regex {
+            if q.contains('\n') {
+                return Ok(Matcher::Never);
+            }
+            return Ok(Matcher::Literal(Box::new(
+                memmem::Finder::new(q.as_bytes()).into_owned(),
+            )));
+        }
+        let line = Regex::new(q).map_err(|e| e.to_string())?;
+        let hir = regex_syntax::Parser::new()
+            .parse(q)
+            .map_err(|e| e.to_string())?;
+        let candidate = if uses_line_anchors(&hir) {
+            None
+        } else {
+            Some(line.clone())
+        };
+        Ok(Matcher::Regex { line, candidate })
+    }
+
+    /// Whether a record body (`<topic> <payload>`, no newline) matches.
+    pub fn is_match(&self, body: &[u8]) -> bool {
+        match self {
+            Matcher::All => true,
+            Matcher::Never => false,
+            Matcher::Literal(f) => f.find(body).is_some(),
+            Matcher::Regex { line, .. } => line.is_match(body),
+        }
+    }
+
+    /// The next matching line in `buf[pos..end]`, where `pos` is a line start and `end` a line
+    /// end: returns the line's range including its `\n` (if any).
+    pub fn find_line(&self, buf: &[u8], pos: usize, end: usize) -> Option<Range<usize>> {
+        let mut p = pos;
+        while p < end {
+            let hit = match self {
+                Matcher::All => p,
+                Matcher::Never => return None,
+                Matcher::Literal(f) => p + f.find(&buf[p..end])?,
+                Matcher::Regex {
+                    candidate: Some(re),
+                    ..
+                } => p + re.find(&buf[p..end])?.start(),
+                Matcher::Regex {
+                    candidate: None, ..
+                } => p,
+            };
+            if hit >= end {
+                return None; // an empty regex match after the last line
+            }
+            let start = memchr::memrchr(b'\n', &buf[p..hit]).map_or(p, |i| p + i + 1);
+            let line_end = memchr::memchr(b'\n', &buf[hit..end]).map_or(end, |i| hit + i + 1);
+            let confirmed = match self {
+                Matcher::All => true,
+                Matcher::Literal(_) if hit >= start + BODY_OFFSET => true,
+                _ => self.is_match(body(&buf[start..line_end])),
+            };
+            if confirmed {
+                return Some(start..line_end);
+            }
+            p = line_end;
+        }
+        None
+    }
+}
+
+/// `<topic> <payload>` of a stored line (with or without its `\n`).
+#[inline]
+pub fn body(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.get(BODY_OFFSET..).unwrap_or_default()
+}
+
+fn uses_line_anchors(hir: &Hir) -> bool {
+    match hir.kind() {
+        HirKind::Look(look) => !matches!(
+            look,
+            Look::WordAscii
+                | Look::WordAsciiNegate
+                | Look::WordUnicode
+                | Look::WordUnicodeNegate
+                | Look::WordStartAscii
+                | Look::WordEndAscii
+                | Look::WordStartUnicode
+                | Look::WordEndUnicode
+                | Look::WordStartHalfAscii
+                | Look::WordEndHalfAscii
+                | Look::WordStartHalfUnicode
+                | Look::WordEndHalfUnicode
+        ),
+        HirKind::Repetition(r) => uses_line_anchors(&r.sub),
+        HirKind::Capture(c) => uses_line_anchors(&c.sub),
+        HirKind::Concat(v) | HirKind::Alternation(v) => v.iter().any(uses_line_anchors),
+        HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) => false,
+    }
+}
+
+/// The byte range of the lines of a ULID-sorted `buf` whose timestamps fall in
+/// `[from_ms, to_ms]` (both inclusive, millisecond precision as in the original).
+pub fn time_range(buf: &[u8], from_ms: u64, to_ms: u64) -> Range<usize> {
+    let start = partition(buf, |ms| ms < from_ms);
+    let end = partition(buf, |ms| ms <= to_ms);
+    start..end.max(start)
+}
+
+/// The first line start whose timestamp fails `before`, for a `before` that is true for a
+/// prefix of the lines. Binary search on bytes: each probe widens to the line around it.
+fn partition(buf: &[u8], before: impl Fn(u64) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, buf.len());
+    // Invariant: lo and hi are line starts (or buf.len()); lines before lo are `before`,
+    // lines at or after hi are not.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let start = memchr::memrchr(b'\n', &buf[lo..mid]).map_or(lo, |i| lo + i + 1);
+        let end = memchr::memchr(b'\n', &buf[start..hi]).map_or(hi, |i| start + i + 1);
+        let line = &buf[start..end];
+        let ms = if line.len() >= 10 { ulid_ms(line) } else { 0 };
+        if before(ms) {
+            lo = end;
+        } else {
+            hi = start;
+        }
+    }
+    lo
+}
+
+/// Matching lines of one segment's `[from, to]` range, in order.
+#[derive(Debug)]
+pub struct Matches<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+    matcher: &'a Matcher,
+}
+
+impl<'a> Matches<'a> {
+    /// Matching lines of `buf` with timestamps in `[from_ms, to_ms]`.
+    pub fn new(buf: &'a [u8], from_ms: u64, to_ms: u64, matcher: &'a Matcher) -> Self {
+        let r = time_range(buf, from_ms, to_ms);
+        Matches {
+            buf,
+            pos: r.start,
+            end: r.end,
+            matcher,
+        }
+    }
+
+    /// Bytes of the selected time range (what the search will scan).
+    pub fn range_len(&self) -> usize {
+        self.end - self.pos
+    }
+}
+
+impl<'a> Iterator for Matches<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let r = self.matcher.find_line(self.buf, self.pos, self.end)?;
+        self.pos = r.end;
+        Some(&self.buf[r])
+    }
+}
+
+/// [`Matches`] as a merge source.
+#[derive(Debug)]
+pub struct MatchSource<'a> {
+    matches: Matches<'a>,
+    cur: Option<&'a [u8]>,
+}
+
+impl<'a> MatchSource<'a> {
+    /// Positioned on the first match.
+    pub fn new(mut matches: Matches<'a>) -> Self {
+        let cur = matches.next();
+        MatchSource { matches, cur }
+    }
+}
+
+impl crate::merge::Source for MatchSource<'_> {
+    fn current(&self) -> Option<&[u8]> {
+        self.cur
+    }
+    fn advance(&mut self) -> std::io::Result<()> {
+        self.cur = self.matches.next();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::encode_ulid;
+
+    /// A segment of lines `<ulid(ms)> <body>`.
+    fn segment(lines: &[(u64, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, (ms, body)) in lines.iter().enumerate() {
+            out.extend_from_slice(&encode_ulid(*ms, i as u128));
+            out.push(b' ');
+            out.extend_from_slice(body.as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    fn grep(buf: &[u8], from: u64, to: u64, q: &str, regex: bool) -> Vec<String> {
+        let m = Matcher::new(q, regex).unwrap();
+        Matches::new(buf, from, to, &m)
+            .map(|l| String::from_utf8_lossy(body(l)).into_owned())
+            .collect()
+    }
+
+    /// The reference: test each line on its own.
+    fn naive(lines: &[(u64, &str)], from: u64, to: u64, q: &str, regex: bool) -> Vec<String> {
+        let re = regex::Regex::new(q).unwrap();
+        lines
+            .iter()
+            .filter(|(ms, _)| *ms >= from && *ms <= to)
+            .filter(|(_, b)| if regex { re.is_match(b) } else { b.contains(q) })
+            .map(|(_, b)| b.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn filtering_reader_cases() {
+        // TestConcurrentFilteringReadCloser: lines `<ulid(i)> i`.
+        let lines: Vec<(u64, String)> = (0..5).map(|i| (i, i.to_string())).collect();
+        let refs: Vec<(u64, &str)> = lines.iter().map(|(m, s)| (*m, s.as_str())).collect();
+        let buf = segment(&refs);
+        assert_eq!(grep(&buf, 0, 4, "", true), ["0", "1", "2", "3", "4"]);
+        assert_eq!(grep(&buf, 1, 3, "", true), ["1", "2", "3"]);
+        assert_eq!(grep(&buf, 0, 4, "1|3", true), ["1", "3"]);
+        assert!(grep(&buf, 0, 4, "6", true).is_empty());
+        let id = String::from_utf8(encode_ulid(2, 2).to_vec()).unwrap();
+        assert!(
+            grep(&buf, 0, 4, &id, false).is_empty(),
+            "the ULID is not searched"
+        );
+        assert!(grep(&buf, 0, 4, &id[..5], true).is_empty());
+    }
+
+    #[test]
+    fn anchors_mean_topic_start_and_payload_end() {
+        let lines = [
+            (1, "web GET /a 200"),
+            (2, "db slow query"),
+            (3, "web POST /b 500"),
+            (4, "weba nothing"),
+        ];
+        let buf = segment(&lines);
+        assert_eq!(
+            grep(&buf, 0, 9, "^web ", true),
+            ["web GET /a 200", "web POST /b 500"]
+        );
+        assert_eq!(grep(&buf, 0, 9, "500$", true), ["web POST /b 500"]);
+        assert_eq!(grep(&buf, 0, 9, "^db slow query$", true), ["db slow query"]);
+        assert_eq!(grep(&buf, 0, 9, r"\bweb\b", true).len(), 2);
+        assert!(
+            grep(&buf, 0, 9, r"200\s+db", true).is_empty(),
+            "no match across lines"
+        );
+        assert!(grep(&buf, 0, 9, "200\ndb", false).is_empty());
+        assert!(Matcher::new("(", true).is_err());
+    }
+
+    #[test]
+    fn agrees_with_line_by_line_matching() {
+        let words = [
+            "alpha", "beta", "gamma", "ERROR", "warn", "0", "7Z", "a b", "ü",
+        ];
+        let mut lines = Vec::new();
+        let mut state = 12345u64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut ms = 1000;
+        for _ in 0..500 {
+            ms += rnd() % 3;
+            let n = 1 + rnd() % 4;
+            let body: Vec<&str> = (0..n)
+                .map(|_| words[(rnd() % words.len() as u64) as usize])
+                .collect();
+            lines.push((ms, body.join(" ")));
+        }
+        let refs: Vec<(u64, &str)> = lines.iter().map(|(m, s)| (*m, s.as_str())).collect();
+        let buf = segment(&refs);
+        let last = lines.last().unwrap().0;
+        for (from, to) in [
+            (0, u64::MAX),
+            (1100, 1300),
+            (last, last),
+            (0, 999),
+            (1200, 1100),
+        ] {
+            for (q, regex) in [
+                ("", false),
+                ("ERROR", false),
+                ("0", false),
+                ("a b", false),
+                ("7Z", false),
+                ("^alpha", true),
+                ("beta$", true),
+                ("(?i)error|ü", true),
+                (r"\s", true),
+                ("a.*a", true),
+                ("^$", true),
+                ("x*", true),
+            ] {
+                assert_eq!(
+                    grep(&buf, from, to, q, regex),
+                    naive(&refs, from, to, q, regex),
+                    "q={q:?} regex={regex} [{from},{to}]"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn time_range_bounds() {
+        let lines = [(5, "a"), (5, "b"), (6, "c"), (8, "d")];
+        let buf = segment(&lines);
+        let line_len = 29;
+        assert_eq!(time_range(&buf, 0, 100), 0..buf.len());
+        assert_eq!(time_range(&buf, 5, 5), 0..2 * line_len);
+        assert_eq!(time_range(&buf, 6, 7), 2 * line_len..3 * line_len);
+        assert_eq!(time_range(&buf, 7, 7).len(), 0);
+        assert_eq!(time_range(&buf, 9, 10).len(), 0);
+        assert_eq!(time_range(&[], 0, 10), 0..0);
+    }
+}

@@ -1,0 +1,232 @@
+//! The store HTTP API, mounted at `/store`: `GET|HEAD /query` (the user query), `GET|HEAD
+//! /_query` (this node only), `POST /replicate` (receive an aggregate segment), and the stream
+//! endpoints (answered "not implemented" until the cluster work).
+//!
+//! With one node the user query is this node's local query; the scatter/gather over store
+//! peers arrives with cluster membership.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::log::{ACTIVE, StoreLog};
+use super::query::{Plan, QueryParams};
+use super::replicate::{ReplicaError, ReplicaWriter};
+use crate::gotime;
+use crate::http::{channel_body, text};
+use crate::metrics::Metrics;
+use crate::search::Matcher;
+
+/// Query output is sent in chunks of about this size (256 KiB).
+const OUT_CHUNK: usize = 256 << 10;
+/// Chunks in flight between the search thread and the HTTP body.
+const OUT_CHUNKS_IN_FLIGHT: usize = 8;
+
+/// State shared by the store API handlers.
+#[derive(Debug)]
+pub struct StoreApi {
+    log: Arc<StoreLog>,
+    metrics: Arc<Metrics>,
+}
+
+impl StoreApi {
+    /// API state over `log`.
+    pub fn new(log: Arc<StoreLog>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(StoreApi { log, metrics })
+    }
+
+    /// The `/store/*` routes.
+    pub fn router(self: &Arc<Self>) -> Router {
+        // HEAD gets its own route: axum would otherwise run the GET handler (the full query)
+        // and drop the body.
+        Router::new()
+            .route("/store/query", get(query).head(query))
+            .route("/store/_query", get(query).head(query))
+            .route("/store/replicate", post(replicate))
+            .route("/store/stream", get(not_yet))
+            .route("/store/_stream", get(not_yet))
+            .with_state(Arc::clone(self))
+    }
+}
+
+async fn not_yet() -> Response {
+    text(
+        StatusCode::NOT_IMPLEMENTED,
+        "streaming queries are not implemented yet\n",
+    )
+}
+
+fn header(h: &mut HeaderMap, name: &'static str, value: String) {
+    // Header values come from parsed numbers, times and the query; a `q` with bytes a header
+    // cannot carry is percent-encoded rather than dropped.
+    let v = HeaderValue::from_str(&value).unwrap_or_else(|_| {
+        HeaderValue::from_str(&value.escape_default().to_string())
+            .unwrap_or(HeaderValue::from_static(""))
+    });
+    h.insert(name, v);
+}
+
+async fn query(
+    State(api): State<Arc<StoreApi>>,
+    method: Method,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Response {
+    let started = Instant::now();
+    let params = match QueryParams::parse(&raw) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let matcher = match Matcher::new(&params.q, params.regex) {
+        Ok(m) => m,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n")),
+    };
+    let log = Arc::clone(&api.log);
+    let p = params.clone();
+    let plan = match tokio::task::spawn_blocking(move || Plan::new(&log, &p)).await {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    let mut headers = HeaderMap::new();
+    header(
+        &mut headers,
+        "X-Oklog-From",
+        gotime::rfc3339_utc_secs(params.from_ms as i64),
+    );
+    header(
+        &mut headers,
+        "X-Oklog-To",
+        gotime::rfc3339_utc_secs(params.to_ms as i64),
+    );
+    header(&mut headers, "X-Oklog-Q", params.q.clone());
+    header(&mut headers, "X-Oklog-Regex", params.regex.to_string());
+    header(&mut headers, "X-Oklog-Nodes-Queried", "1".into());
+    header(
+        &mut headers,
+        "X-Oklog-Segments-Queried",
+        plan.segments.len().to_string(),
+    );
+    header(
+        &mut headers,
+        "X-Oklog-Max-Data-Set-Size",
+        plan.data_set_size().to_string(),
+    );
+    header(&mut headers, "X-Oklog-Error-Count", "0".into());
+    header(
+        &mut headers,
+        "X-Oklog-Duration",
+        gotime::format_duration(started.elapsed()),
+    );
+    if method == Method::HEAD {
+        return (StatusCode::OK, headers, Body::empty()).into_response();
+    }
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(OUT_CHUNKS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
+        let mut open = true;
+        let mut sink = |line: &[u8]| {
+            buf.extend_from_slice(line);
+            if buf.len() >= OUT_CHUNK {
+                let chunk = Bytes::from(std::mem::replace(
+                    &mut buf,
+                    Vec::with_capacity(OUT_CHUNK * 2),
+                ));
+                open = tx.blocking_send(Ok(chunk)).is_ok();
+            }
+            open
+        };
+        match plan.execute(&params, &matcher, &mut sink) {
+            Ok(_) if !buf.is_empty() && open => {
+                let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "query failed while streaming");
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
+    });
+    let mut r = (StatusCode::OK, headers, channel_body(rx)).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn replicate(State(api): State<Arc<StoreApi>>, body: Body) -> Response {
+    let log = Arc::clone(&api.log);
+    let created = tokio::task::spawn_blocking(move || log.create(ACTIVE)).await;
+    let (file, path) = match created {
+        Ok(Ok(fp)) => fp,
+        Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    let mut writer = ReplicaWriter::new(file, path.clone());
+    let mut stream = body.into_data_stream();
+    let mut result: Result<(), ReplicaError> = Ok(());
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                // Page-cache writes of one body chunk; fsync happens off this worker below.
+                if let Err(e) = writer.push(&chunk) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            Err(e) => {
+                result = Err(ReplicaError::Io(io::Error::other(e.to_string())));
+                break;
+            }
+        }
+    }
+    let log = Arc::clone(&api.log);
+    let done = tokio::task::spawn_blocking(move || -> Result<Option<(u64, u64)>, ReplicaError> {
+        let outcome = result.and_then(|()| writer.finish());
+        match outcome {
+            Ok(Some(r)) => {
+                log.close(r.file, &r.path, &r.low, &r.high)?;
+                Ok(Some((r.records, r.bytes)))
+            }
+            Ok(None) => {
+                std::fs::remove_file(&path)?;
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    })
+    .await;
+    match done {
+        Ok(Ok(Some((_records, bytes)))) => {
+            let m = &api.metrics;
+            m.store_replicated_segments
+                .get_or_create(&vec![("direction", "ingress")])
+                .inc();
+            m.store_replicated_bytes
+                .get_or_create(&vec![("direction", "ingress")])
+                .inc_by(bytes);
+            text(StatusCode::OK, "OK\n")
+        }
+        Ok(Ok(None)) => text(StatusCode::OK, "No records\n"),
+        Ok(Err(e @ ReplicaError::Malformed { .. })) => {
+            api.metrics.store_rejected_replicas.inc();
+            text(StatusCode::BAD_REQUEST, format!("{e}\n"))
+        }
+        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}

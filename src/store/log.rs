@@ -1,0 +1,372 @@
+//! Store segment files, their names and states.
+//!
+//! ```text
+//! <uuid>.active ──close──▶ <LOW>-<HIGH>.flushed ◀──▶ <LOW>-<HIGH>.reading   (compaction, later)
+//! <uuid>.consuming        a consumer's spool file: never queried, deleted at start-up
+//! ```
+//!
+//! The name of a flushed segment is its time index: the first and last ULID it holds. Names stay
+//! exactly the original's so either implementation can read the other's directory. A query takes
+//! its segment list under the read side of `segments`; anything that renames segments in or out
+//! takes the write side for the rename only.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use crate::disk::{self, DirLock, OpenError, io_at};
+use crate::merge::{self, ReaderLines};
+use crate::record::{ULID_LEN, check_record, is_valid_ulid, ulid_ms};
+
+/// Suffix of a segment being written.
+pub const ACTIVE: &str = "active";
+/// Suffix of a queryable segment.
+pub const FLUSHED: &str = "flushed";
+/// Suffix of a segment claimed by compaction or retention (still queried).
+pub const READING: &str = "reading";
+/// Suffix of a consumer's spool file.
+pub const CONSUMING: &str = "consuming";
+
+/// A flushed (or reading) segment: its ULID range, size and path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// The file.
+    pub path: PathBuf,
+    /// First ULID.
+    pub low: [u8; ULID_LEN],
+    /// Last ULID.
+    pub high: [u8; ULID_LEN],
+    /// File size in bytes.
+    pub size: u64,
+}
+
+/// Parse `<LOW>-<HIGH>.<state>`.
+pub fn parse_name(name: &str) -> Option<([u8; ULID_LEN], [u8; ULID_LEN], &str)> {
+    let (stem, state) = name.rsplit_once('.')?;
+    let (low, high) = stem.split_once('-')?;
+    if !is_valid_ulid(low.as_bytes()) || !is_valid_ulid(high.as_bytes()) {
+        return None;
+    }
+    Some((
+        low.as_bytes().try_into().ok()?,
+        high.as_bytes().try_into().ok()?,
+        state,
+    ))
+}
+
+/// Build `<LOW>-<HIGH>.<state>`.
+pub fn build_name(low: &[u8; ULID_LEN], high: &[u8; ULID_LEN], state: &str) -> String {
+    format!(
+        "{}-{}.{state}",
+        String::from_utf8_lossy(low),
+        String::from_utf8_lossy(high)
+    )
+}
+
+/// Whether `[a_lo, a_hi]` and `[b_lo, b_hi]` overlap (inclusive; swapped bounds normalised).
+pub fn overlap<T: Ord + Copy>(a: (T, T), b: (T, T)) -> bool {
+    let (a_lo, a_hi) = (a.0.min(a.1), a.0.max(a.1));
+    let (b_lo, b_hi) = (b.0.min(b.1), b.0.max(b.1));
+    a_lo <= b_hi && b_lo <= a_hi
+}
+
+/// The store directory.
+#[derive(Debug)]
+pub struct StoreLog {
+    dir: PathBuf,
+    _lock: DirLock,
+    /// Guards the set of queryable segment names (see the module docs).
+    pub segments: RwLock<()>,
+}
+
+impl StoreLog {
+    /// Lock `dir` (creating it) and recover leftovers from an earlier run.
+    pub fn open(dir: &Path) -> Result<StoreLog, OpenError> {
+        let lock = DirLock::acquire(dir)?;
+        let log = StoreLog {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            segments: RwLock::new(()),
+        };
+        log.recover()?;
+        Ok(log)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn recover(&self) -> Result<(), OpenError> {
+        for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
+            let path = entry.map_err(io_at(&self.dir))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some((stem, state)) = name.rsplit_once('.') else {
+                continue;
+            };
+            match state {
+                ACTIVE if disk::is_uuid(stem) => {
+                    self.recover_active(&path).map_err(io_at(&path))?
+                }
+                READING if parse_name(name).is_some() => {
+                    let to = path.with_extension(FLUSHED);
+                    disk::rename_durably(&path, &to).map_err(io_at(&path))?;
+                }
+                CONSUMING if disk::is_uuid(stem) => {
+                    fs::remove_file(&path).map_err(io_at(&path))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Truncate an active segment to its last complete, well-formed, sorted record, then name
+    /// it by its range (or delete it if nothing is left).
+    fn recover_active(&self, path: &Path) -> io::Result<()> {
+        let mut reader = BufReader::new(File::open(path)?);
+        let mut line = Vec::new();
+        let (mut good, mut low, mut high) = (0u64, None, None::<[u8; ULID_LEN]>);
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            let Ok(id) = check_record(&line[..n - 1]) else {
+                break;
+            };
+            let id: [u8; ULID_LEN] = id.try_into().unwrap_or([0; ULID_LEN]);
+            if high.is_some_and(|h| id < h) {
+                break;
+            }
+            low.get_or_insert(id);
+            high = Some(id);
+            good += n as u64;
+        }
+        let (Some(low), Some(high)) = (low, high) else {
+            tracing::info!(segment = %path.display(), "deleting empty active store segment");
+            return fs::remove_file(path);
+        };
+        let file = OpenOptions::new().write(true).open(path)?;
+        if file.metadata()?.len() != good {
+            tracing::warn!(segment = %path.display(), kept = good, "truncating torn active store segment");
+            file.set_len(good)?;
+        }
+        drop(file);
+        let file = OpenOptions::new().write(true).open(path)?;
+        self.close(file, path, &low, &high)
+    }
+
+    /// A new `<uuid>.<state>` file for writing (`ACTIVE` or `CONSUMING`).
+    pub fn create(&self, state: &str) -> io::Result<(File, PathBuf)> {
+        let path = self.dir.join(format!("{}.{state}", disk::new_uuid()));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        Ok((file, path))
+    }
+
+    /// Make a complete active segment queryable as `<LOW>-<HIGH>.flushed`.
+    ///
+    /// If that name exists (a retried replication, or a compaction that produced the same
+    /// range), identical bytes are discarded; otherwise both are merged with dedup and the
+    /// result replaces the name. The original failed here (500, then a stray `.active`).
+    pub fn close(
+        &self,
+        file: File,
+        path: &Path,
+        low: &[u8; ULID_LEN],
+        high: &[u8; ULID_LEN],
+    ) -> io::Result<()> {
+        let target = self.dir.join(build_name(low, high, FLUSHED));
+        file.sync_all()?;
+        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        if !target.exists() {
+            fs::rename(path, &target)?;
+            return disk::sync_dir(&self.dir);
+        }
+        if same_contents(path, &target)? {
+            tracing::debug!(segment = %target.display(), "replica already stored; discarding the copy");
+            return fs::remove_file(path);
+        }
+        let (mut out, out_path) = self.create(ACTIVE)?;
+        let result = (|| {
+            let mut sources = [
+                ReaderLines::new(BufReader::new(File::open(&target)?))?,
+                ReaderLines::new(BufReader::new(File::open(path)?))?,
+            ];
+            let mut w = BufWriter::new(&mut out);
+            merge::merge(&mut sources, |l| w.write_all(l).map(|_| true))?;
+            w.flush()?;
+            drop(w);
+            out.sync_all()?;
+            fs::rename(&out_path, &target)?;
+            fs::remove_file(path)?;
+            disk::sync_dir(&self.dir)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&out_path);
+        }
+        result
+    }
+
+    /// Queryable segments (`.flushed` and `.reading`) whose range overlaps `[from_ms, to_ms]`,
+    /// sorted by their low ULID. Files with unparseable names are skipped with a warning.
+    pub fn overlapping(&self, from_ms: u64, to_ms: u64) -> io::Result<Vec<Segment>> {
+        let _guard = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let state = name.rsplit_once('.').map(|(_, s)| s);
+            if !matches!(state, Some(FLUSHED | READING)) {
+                continue;
+            }
+            let Some((low, high, _)) = parse_name(name) else {
+                tracing::warn!(file = name, "skipping store file with a malformed name");
+                continue;
+            };
+            if !overlap((ulid_ms(&low), ulid_ms(&high)), (from_ms, to_ms)) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            out.push(Segment {
+                path: entry.path(),
+                low,
+                high,
+                size: meta.len(),
+            });
+        }
+        out.sort_by(|a, b| a.low.cmp(&b.low).then(a.high.cmp(&b.high)));
+        Ok(out)
+    }
+}
+
+fn same_contents(a: &Path, b: &Path) -> io::Result<bool> {
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    fa.seek(SeekFrom::Start(0))?;
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+use std::io::BufRead as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_table() {
+        // TestOverlap.
+        let cases = [
+            ((100, 200), (201, 301), false),
+            ((100, 200), (199, 300), true),
+            ((100, 200), (200, 300), true),
+            ((300, 199), (200, 100), true),
+            ((300, 201), (200, 100), false),
+            ((200, 100), (199, 300), true),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(overlap(a, b), want, "{a:?} {b:?}");
+        }
+    }
+
+    #[test]
+    fn recover_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let active = d.join(format!("{}.active", disk::new_uuid()));
+        fs::write(
+            &active,
+            b"01ARYZ6S41TSV4RRFFQ69G5FAV One\n01ARYZ6S41TSV4RRFFZZZZZZZZ Two\n01ARYZ6S41TSV4RR torn",
+        )
+        .unwrap();
+        let empty = d.join(format!("{}.active", disk::new_uuid()));
+        fs::write(&empty, b"").unwrap();
+        let reading = "01ARYZ6S41TSV4RRFFQ69G5FAV-01ARYZ6S41TSV4RRFFQ69G5FAW";
+        fs::write(d.join(format!("{reading}.reading")), b"x").unwrap();
+        let spool = d.join(format!("{}.consuming", disk::new_uuid()));
+        fs::write(&spool, b"spool").unwrap();
+        for untouched in ["FLUSHED.flushed", "TRASHED.trashed", "IGNORED.ignored"] {
+            fs::write(d.join(untouched), b"x").unwrap();
+        }
+        let _log = StoreLog::open(d).unwrap();
+        let named = d.join("01ARYZ6S41TSV4RRFFQ69G5FAV-01ARYZ6S41TSV4RRFFZZZZZZZZ.flushed");
+        assert_eq!(
+            fs::read(named).unwrap(),
+            b"01ARYZ6S41TSV4RRFFQ69G5FAV One\n01ARYZ6S41TSV4RRFFZZZZZZZZ Two\n"
+        );
+        assert!(!active.exists() && !empty.exists() && !spool.exists());
+        assert!(d.join(format!("{reading}.flushed")).exists());
+        for untouched in [
+            "FLUSHED.flushed",
+            "TRASHED.trashed",
+            "IGNORED.ignored",
+            "LOCK",
+        ] {
+            assert!(d.join(untouched).exists(), "{untouched}");
+        }
+        assert!(
+            !d.join("00000000000000000000000000-00000000000000000000000000.flushed")
+                .exists()
+        );
+    }
+
+    #[test]
+    fn names_round_trip_and_reject_junk() {
+        let low = *b"01ARYZ6S41TSV4RRFFQ69G5FAV";
+        let high = *b"01ARYZ6S41TSV4RRFFZZZZZZZZ";
+        let name = build_name(&low, &high, FLUSHED);
+        assert_eq!(parse_name(&name), Some((low, high, FLUSHED)));
+        for bad in [
+            "01ARYZ6S41TSV4RRFFQ69G5FAV-xxx.flushed",
+            "LOCK",
+            "a-b.flushed",
+            "../x-y.flushed",
+        ] {
+            assert_eq!(parse_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn close_collisions_are_idempotent_or_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = StoreLog::open(dir.path()).unwrap();
+        let a = b"01ARYZ6S41TSV4RRFFQ69G5FAV A\n01ARYZ6S41TSV4RRFFZZZZZZZZ Z\n";
+        let b = b"01ARYZ6S41TSV4RRFFQ69G5FAV A\n01ARYZ6S41TSV4RRFFQ69G5FAW B\n01ARYZ6S41TSV4RRFFZZZZZZZZ Z\n";
+        let low = *b"01ARYZ6S41TSV4RRFFQ69G5FAV";
+        let high = *b"01ARYZ6S41TSV4RRFFZZZZZZZZ";
+        for content in [&a[..], &a[..], &b[..]] {
+            let (mut f, p) = log.create(ACTIVE).unwrap();
+            f.write_all(content).unwrap();
+            log.close(f, &p, &low, &high).unwrap();
+        }
+        let segs = log.overlapping(0, u64::MAX).unwrap();
+        assert_eq!(segs.len(), 1);
+        assert_eq!(fs::read(&segs[0].path).unwrap(), b);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "only the segment and LOCK: {names:?}");
+    }
+}

@@ -1,0 +1,14 @@
+//! The store tier: segment files named by their ULID range, the consumer that fills them from
+//! ingesters, the replicate endpoint, and local query execution.
+//!
+//! Store owns only `-store.path`; it never touches ingest files except through the ingest API.
+
+pub mod api;
+pub mod consume;
+pub mod log;
+pub mod query;
+pub mod replicate;
+
+pub use api::StoreApi;
+pub use consume::{Consumer, ConsumerConfig};
+pub use log::StoreLog;

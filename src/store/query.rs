@@ -1,0 +1,212 @@
+//! Local query execution: select the segments whose names overlap `[from, to]`, map them,
+//! search each one's time range, merge overlapping segments by ULID with dedup, and push the
+//! matching lines into a sink. Nothing is collected: memory is bounded by the sink's buffer.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use super::log::{Segment, StoreLog};
+use crate::gotime;
+use crate::merge;
+use crate::record::{parse_ulid, ulid_ms};
+use crate::search::{MatchSource, Matcher, Matches};
+
+/// A parsed query (the `from`, `to`, `q` and `regex` parameters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryParams {
+    /// Lower time bound, inclusive, Unix ms.
+    pub from_ms: u64,
+    /// Upper time bound, inclusive, Unix ms.
+    pub to_ms: u64,
+    /// The query expression.
+    pub q: String,
+    /// Whether `q` is a regex.
+    pub regex: bool,
+}
+
+/// Read a `from`/`to` value: an RFC 3339 time or a ULID (its millisecond).
+pub fn parse_time(name: &str, value: &str) -> Result<u64, String> {
+    if let Some(id) = parse_ulid(value) {
+        return Ok(ulid_ms(&id));
+    }
+    match gotime::parse_rfc3339_ms(value) {
+        Some(ms) if ms >= 0 => Ok(ms as u64),
+        Some(_) => Err(format!(
+            "parsing '{name}': {value}: times before 1970 are not supported"
+        )),
+        None => Err(format!(
+            "parsing '{name}': {value}: can't parse as ULID or RFC3339 time"
+        )),
+    }
+}
+
+/// Read the `regex` parameter: absent, `false` or `0` → literal; empty, `true` or `1` → regex.
+pub fn parse_regex_flag(value: Option<&str>) -> Result<bool, String> {
+    match value {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("") | Some("true") | Some("1") => Ok(true),
+        Some(v) => Err(format!(
+            "parsing 'regex': {v:?}: must be true, false, 1, 0 or empty"
+        )),
+    }
+}
+
+impl QueryParams {
+    /// Parse query-string parameters. A missing `to` is now; a missing `from` is an hour
+    /// before `to`.
+    pub fn parse(params: &HashMap<String, String>) -> Result<QueryParams, String> {
+        let to_ms = match params.get("to") {
+            Some(v) => parse_time("to", v)?,
+            None => gotime::now_ms().max(0) as u64,
+        };
+        let from_ms = match params.get("from") {
+            Some(v) => parse_time("from", v)?,
+            None => to_ms.saturating_sub(3_600_000),
+        };
+        Ok(QueryParams {
+            from_ms,
+            to_ms,
+            q: params.get("q").cloned().unwrap_or_default(),
+            regex: parse_regex_flag(params.get("regex").map(String::as_str))?,
+        })
+    }
+}
+
+/// The segments a query will read, known before any file is opened.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Selected segments, sorted by low ULID.
+    pub segments: Vec<Segment>,
+}
+
+impl Plan {
+    /// Select the segments of `log` overlapping the query's time range.
+    pub fn new(log: &StoreLog, p: &QueryParams) -> io::Result<Plan> {
+        Ok(Plan {
+            segments: log.overlapping(p.from_ms, p.to_ms)?,
+        })
+    }
+
+    /// Sum of the selected segments' sizes (`X-Oklog-Max-Data-Set-Size`).
+    pub fn data_set_size(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+
+    /// Run the search, pushing each matching line (with its `\n`) into `sink` in ULID order;
+    /// `sink` returns false to stop (the client went away). Returns bytes scanned.
+    pub fn execute(
+        &self,
+        p: &QueryParams,
+        matcher: &Matcher,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> io::Result<u64> {
+        let mut scanned = 0u64;
+        let mut i = 0;
+        while i < self.segments.len() {
+            // A batch: segments whose ranges chain-overlap (equal bounds overlap).
+            let mut j = i + 1;
+            let mut high = self.segments[i].high;
+            while j < self.segments.len() && self.segments[j].low <= high {
+                high = high.max(self.segments[j].high);
+                j += 1;
+            }
+            let maps: Vec<Mmap> = self.segments[i..j]
+                .iter()
+                .filter_map(|s| map_segment(&s.path).transpose())
+                .collect::<io::Result<_>>()?;
+            let mut matches: Vec<Matches> = maps
+                .iter()
+                .map(|m| Matches::new(m, p.from_ms, p.to_ms, matcher))
+                .collect();
+            scanned += matches.iter().map(|m| m.range_len() as u64).sum::<u64>();
+            if matches.len() == 1 {
+                for line in matches.pop().into_iter().flatten() {
+                    if !sink(line) {
+                        return Ok(scanned);
+                    }
+                }
+            } else {
+                let mut sources: Vec<MatchSource> =
+                    matches.into_iter().map(MatchSource::new).collect();
+                let mut stopped = false;
+                merge::merge(&mut sources, |line| {
+                    stopped = !sink(line);
+                    Ok(!stopped)
+                })?;
+                if stopped {
+                    return Ok(scanned);
+                }
+            }
+            i = j;
+        }
+        Ok(scanned)
+    }
+}
+
+/// Map a flushed segment read-only; `Ok(None)` if it vanished (compacted away) or is empty.
+fn map_segment(path: &Path) -> io::Result<Option<Mmap>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            tracing::warn!(segment = %path.display(), "segment vanished before it was read");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    if file.metadata()?.len() == 0 {
+        return Ok(None);
+    }
+    // SAFETY: flushed segments are never modified in place: they are only renamed, replaced
+    // by a rename, or unlinked, none of which changes the mapped inode's bytes (truncating a
+    // mapped file would raise SIGBUS; nothing in oklog truncates a flushed segment).
+    let map = unsafe { Mmap::map(&file)? };
+    Ok(Some(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Result<QueryParams, String> {
+        QueryParams::parse(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn parameters() {
+        let p = params(&[
+            ("from", "01BC3NABW20000000000000000"),
+            ("to", "2017-03-25T21:18:20.05731891Z"),
+            ("q", "a b"),
+        ])
+        .unwrap();
+        assert_eq!(p.from_ms, 1490476674946);
+        assert_eq!(p.to_ms, 1490476700057);
+        assert!(!p.regex);
+        assert!(params(&[("regex", "")]).unwrap().regex);
+        assert!(params(&[("regex", "true")]).unwrap().regex);
+        assert!(
+            !params(&[("regex", "false")]).unwrap().regex,
+            "regex=false means false"
+        );
+        assert!(params(&[("regex", "yes")]).is_err());
+        let e = params(&[("from", "yesterday")]).unwrap_err();
+        assert_eq!(
+            e,
+            "parsing 'from': yesterday: can't parse as ULID or RFC3339 time"
+        );
+        assert!(params(&[("to", "0123456789012345678901234U")]).is_err());
+        assert!(
+            params(&[("to", "2017-03-25T21:18:20.12345Z")]).is_ok(),
+            "26 chars, a time"
+        );
+    }
+}
