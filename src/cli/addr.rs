@@ -75,7 +75,10 @@ pub fn parse_addr(addr: &str, default_port: u16) -> Result<Addr, String> {
             None => return Err(bad()),
         }
     } else if rest.matches(':').count() > 1 {
-        // An unbracketed IPv6 literal such as `::`.
+        // Only an unbracketed IPv6 literal such as `::` may hold several colons.
+        if rest.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad());
+        }
         (rest, None)
     } else {
         match rest.split_once(':') {
@@ -137,7 +140,15 @@ mod tests {
             );
         }
         assert_eq!(parse_addr("[::1]:9", 1).unwrap().host_port(), "[::1]:9");
-        for bad in ["", "foo:bar", "foo:70000", "http://a/b", "://x", "a b://c"] {
+        for bad in [
+            "",
+            "foo:bar",
+            "foo:70000",
+            "http://a/b",
+            "://x",
+            "a b://c",
+            "host:port:x",
+        ] {
             assert!(parse_addr(bad, 1).is_err(), "{bad:?} parsed");
         }
     }

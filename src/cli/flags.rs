@@ -93,6 +93,14 @@ impl Args {
             .unwrap_or_else(|| panic!("flag -{name} is not defined for this command"))
     }
 
+    /// A flag's value as text, if this command defines it.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+    }
+
     /// A string flag's value.
     pub fn str(&self, name: &str) -> String {
         self.raw(name).to_string()

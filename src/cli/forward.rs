@@ -88,6 +88,9 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     }
     let mut conn = Conn::new(addrs, Arc::clone(&metrics));
     forward(&mut io::stdin().lock(), &prefix, &mut conn)?;
+    if conn.stream.is_none() {
+        return Ok(()); // empty input: nothing to confirm
+    }
     conn.confirm()
 }
 

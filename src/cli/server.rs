@@ -336,6 +336,15 @@ pub fn check_common(args: &Args) -> anyhow::Result<()> {
         );
     }
     parse_addr(&args.str("cluster"), CLUSTER_PORT).map_err(|e| anyhow::anyhow!("-cluster: {e}"))?;
+    for (name, port) in [
+        ("ingest.fast", FAST_PORT),
+        ("ingest.durable", DURABLE_PORT),
+        ("ingest.bulk", BULK_PORT),
+    ] {
+        if let Some(value) = args.get(name) {
+            parse_addr(value, port).map_err(|e| anyhow::anyhow!("-{name}: {e}"))?;
+        }
+    }
     for p in args.list("peer") {
         parse_addr(&p, CLUSTER_PORT).map_err(|e| anyhow::anyhow!("-peer: {e}"))?;
     }
@@ -363,14 +372,15 @@ pub fn run_node(
     args: &Args,
     build: impl AsyncFnOnce(&Arc<Metrics>) -> anyhow::Result<(Option<IngestParts>, Option<StoreParts>)>,
 ) -> anyhow::Result<()> {
+    // Every address is checked before anything is opened or bound.
+    let api_addr =
+        parse_addr(&args.str("api"), API_PORT).map_err(|e| anyhow::anyhow!("-api: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let metrics = Metrics::new();
-        let api_addr =
-            parse_addr(&args.str("api"), API_PORT).map_err(|e| anyhow::anyhow!("-api: {e}"))?;
         let (ingest, store) = build(&metrics).await?;
         let api_listener = http::bind("api", &api_addr.listen_addr()).await?;
         let me = self_addr(api_listener.local_addr()?);

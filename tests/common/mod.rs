@@ -1,0 +1,337 @@
+//! Shared test harness: start real `oklog` processes on 127.0.0.1 with OS-picked ports, learn
+//! the ports from their logs, talk HTTP to them with raw bytes, and kill them when the test
+//! ends (even on failure). Tests that start processes hold [`serial`] so one runs at a time.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_oklog");
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Hold this while a test runs processes: multi-process tests run one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The LogHub sample directory.
+pub fn loghub() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/loghub-2k")
+}
+
+/// The LogHub sample files, sorted by name.
+pub fn loghub_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(loghub())
+        .expect("../shared/datasets/loghub-2k is beside the checkout")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A running `oklog` server process, killed on drop.
+pub struct Node {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub ports: HashMap<String, String>,
+}
+
+/// Flags that make a node fast enough for tests: quick rotation and consumption.
+pub fn quick_flags() -> Vec<String> {
+    [
+        "-api",
+        "127.0.0.1:0",
+        "-ingest.fast",
+        "127.0.0.1:0",
+        "-ingest.durable",
+        "127.0.0.1:0",
+        "-ingest.bulk",
+        "127.0.0.1:0",
+        "-ingest.segment-flush-age",
+        "100ms",
+        "-store.segment-target-age",
+        "100ms",
+        "-store.segment-delay",
+        "20ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl Node {
+    /// Start `oklog ingeststore` in `dir` with `quick_flags()` plus `extra`, and wait until its
+    /// API and ingest listeners have logged their addresses.
+    pub fn ingeststore(dir: &Path, extra: &[&str]) -> Node {
+        let mut args = vec!["ingeststore".to_string()];
+        args.extend(quick_flags());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Node::start(dir, &args, &["api", "fast", "durable", "bulk"])
+    }
+
+    /// Start `oklog <args>` in `dir`, waiting for the named listeners.
+    pub fn start(dir: &Path, args: &[String], listeners: &[&str]) -> Node {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.join(format!("node-{}.log", std::process::id() ^ rand_u32()));
+        let child = Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start oklog");
+        let mut node = Node {
+            child,
+            dir: dir.to_path_buf(),
+            log,
+            ports: HashMap::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            node.ports = listening(&std::fs::read_to_string(&node.log).unwrap_or_default());
+            if listeners.iter().all(|l| node.ports.contains_key(*l)) {
+                break;
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!("oklog exited with {status}: {}", node.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not start: {}",
+                node.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        node
+    }
+
+    /// The address of listener `name` (`api`, `fast`, `durable`, `bulk`).
+    pub fn addr(&self, name: &str) -> &str {
+        &self.ports[name]
+    }
+
+    /// The node's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send SIGTERM and wait for the exit status (up to `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_u32() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+/// `name → addr` from `listening name=<name> addr=<addr>` log lines.
+pub fn listening(log: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for line in log.lines().filter(|l| l.contains("listening")) {
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(|v| v.trim_matches('"').to_string())
+        };
+        if let (Some(name), Some(addr)) = (field("name="), field("addr=")) {
+            out.insert(name, addr);
+        }
+    }
+    out
+}
+
+/// Run `oklog forward ADDR` with `input` on stdin; returns its output.
+pub fn forward(addr: &str, input: &[u8], extra: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("forward")
+        .args(extra)
+        .arg(addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start forward");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+/// Run `oklog <args>` to completion.
+pub fn oklog(args: &[&str]) -> Output {
+    // In a scratch directory, so a mistaken start never writes ./data into the checkout.
+    let scratch = tempfile::tempdir().unwrap();
+    Command::new(BIN)
+        .args(args)
+        .current_dir(scratch.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run oklog")
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`, raw bytes both ways (chunked bodies decoded).
+pub fn http(method: &str, addr: &str, path: &str, body: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .expect("status")
+        .parse()
+        .unwrap();
+    let mut headers = HashMap::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let mut body = Vec::new();
+    if method == "HEAD" {
+        // no body
+    } else if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v == "chunked")
+    {
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            let n = usize::from_str_radix(line.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            let start = body.len();
+            body.resize(start + n, 0);
+            r.read_exact(&mut body[start..]).unwrap();
+            line.clear();
+            r.read_line(&mut line).unwrap();
+        }
+    } else {
+        r.read_to_end(&mut body).unwrap();
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Poll `f` until it returns `Some`, or panic after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every stored line (with ULID) the node returns for an all-time query.
+pub fn all_records(api: &str) -> Vec<Vec<u8>> {
+    let r = http(
+        "GET",
+        api,
+        "/store/query?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.body
+        .split_inclusive(|&b| b == b'\n')
+        .map(|l| l.to_vec())
+        .collect()
+}
+
+/// Wait until the node's store holds exactly `n` records.
+pub fn wait_for_records(api: &str, n: usize) -> Vec<Vec<u8>> {
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let recs = all_records(api);
+        if recs.len() == n {
+            return recs;
+        }
+        assert!(
+            recs.len() <= n,
+            "more records than sent: {} > {n}",
+            recs.len()
+        );
+        if recs.len() != last {
+            last = recs.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {last} of {n} records arrived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

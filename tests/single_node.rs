@@ -1,0 +1,556 @@
+//! A single `ingeststore` node end to end: real processes on 127.0.0.1, real log files.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const ALL_TIME: [&str; 4] = [
+    "-from",
+    "2000-01-01T00:00:00Z",
+    "-to",
+    "2100-01-01T00:00:00Z",
+];
+
+/// The lines of a file as the ingester stores them: split at `\n`, a `\r` before it dropped, a
+/// final line without `\n` kept.
+fn lines_of(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut lines: Vec<Vec<u8>> = data
+        .split_inclusive(|&b| b == b'\n')
+        .map(|l| {
+            let l = l.strip_suffix(b"\n").unwrap_or(l);
+            if data.ends_with(l) && !data.ends_with(b"\n") {
+                l.to_vec() // the final unterminated line keeps a trailing \r
+            } else {
+                l.strip_suffix(b"\r").unwrap_or(l).to_vec()
+            }
+        })
+        .collect();
+    if data.is_empty() {
+        lines.clear();
+    }
+    lines
+}
+
+fn body(record: &[u8]) -> &[u8] {
+    &record[27..record.len() - 1]
+}
+
+fn query_cli(api: &str, q: &str, regex: bool) -> std::process::Output {
+    let mut args = vec!["query", "-store", api];
+    args.extend(ALL_TIME);
+    args.extend(["-q", q]);
+    if regex {
+        args.push("-regex");
+    }
+    oklog(&args)
+}
+
+#[test]
+fn loghub_forwarded_then_grepped_like_grep() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let mut expected: Vec<Vec<u8>> = Vec::new();
+    for file in loghub_files() {
+        let data = std::fs::read(&file).unwrap();
+        let out = forward(node.addr("fast"), &data, &[]);
+        assert!(
+            out.status.success(),
+            "forward {file:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in lines_of(&data) {
+            let mut b = b"default ".to_vec();
+            b.extend_from_slice(&line);
+            expected.push(b);
+        }
+    }
+    assert_eq!(expected.len(), 32_000);
+    let records = wait_for_records(node.addr("api"), expected.len());
+    // Every record, in order, byte for byte; ULIDs strictly increasing.
+    let bodies: Vec<&[u8]> = records.iter().map(|r| body(r)).collect();
+    assert_eq!(
+        bodies,
+        expected.iter().map(Vec::as_slice).collect::<Vec<_>>()
+    );
+    assert!(
+        records.windows(2).all(|w| w[0][..26] < w[1][..26]),
+        "ULIDs increase"
+    );
+
+    let literal = |q: &str| -> Vec<u8> {
+        expected
+            .iter()
+            .filter(|l| l.windows(q.len()).any(|w| w == q.as_bytes()))
+            .flat_map(|l| [l.as_slice(), b"\n"].concat())
+            .collect()
+    };
+    for q in [
+        "error",
+        "ERROR",
+        "Failed password",
+        "%",
+        "default 2015",
+        "blk_-",
+    ] {
+        let want = literal(q);
+        assert!(!want.is_empty(), "{q} should match something");
+        let out = query_cli(node.addr("api"), q, false);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{q}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == want,
+            "literal {q:?}: {} bytes vs {} expected",
+            out.stdout.len(),
+            want.len()
+        );
+    }
+    for q in [
+        r"^default \d{4}-\d{2}-\d{2}",
+        r"(?i)fail(ed|ure)",
+        r"error$",
+        r"\bsshd\[\d+\]",
+        r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+:\d+",
+    ] {
+        let re = regex::bytes::Regex::new(q).unwrap();
+        let want: Vec<u8> = expected
+            .iter()
+            .filter(|l| re.is_match(l))
+            .flat_map(|l| [l.as_slice(), b"\n"].concat())
+            .collect();
+        assert!(!want.is_empty(), "{q} should match something");
+        let out = query_cli(node.addr("api"), q, true);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{q}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == want,
+            "regex {q:?}: {} bytes vs {} expected",
+            out.stdout.len(),
+            want.len()
+        );
+    }
+    // The ULID is never searched; no match exits 1.
+    let id = String::from_utf8(records[100][..26].to_vec()).unwrap();
+    let out = query_cli(node.addr("api"), &id, false);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    // -ulid prints whole stored lines.
+    let mut args = vec![
+        "query",
+        "-store",
+        node.addr("api"),
+        "-ulid",
+        "-q",
+        "Failed password",
+    ];
+    args.extend(ALL_TIME);
+    let out = oklog(&args);
+    let want: Vec<u8> = records
+        .iter()
+        .filter(|r| r.windows(15).any(|w| w == b"Failed password"))
+        .flatten()
+        .copied()
+        .collect();
+    assert_eq!(out.stdout, want);
+}
+
+#[test]
+fn special_bytes_and_long_lines_round_trip() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let long: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let huge: Vec<u8> = (0..(2 * (1 << 20) + 5))
+        .map(|i: u32| b'A' + (i % 26) as u8)
+        .collect();
+    let mut input = Vec::new();
+    input.extend_from_slice(b"100% done %s %d %% %!\n");
+    input.extend_from_slice(b"crlf line\r\n");
+    input.extend_from_slice(b"bad utf8 \xff\xfe\xc3\x28 end\n");
+    input.extend_from_slice(&long);
+    input.push(b'\n');
+    input.extend_from_slice(&huge);
+    input.push(b'\n');
+    input.extend_from_slice(b"tab\there\n\nlast line without newline");
+    let out = forward(node.addr("fast"), &input, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 8 input lines, the 2 MiB + 5 one split into 3 records of at most 1 MiB payload.
+    let records = wait_for_records(node.addr("api"), 10);
+    let bodies: Vec<&[u8]> = records.iter().map(|r| body(r)).collect();
+    assert_eq!(bodies[0], b"default 100% done %s %d %% %!");
+    assert_eq!(bodies[1], b"default crlf line");
+    assert_eq!(bodies[2], b"default bad utf8 \xff\xfe\xc3\x28 end");
+    assert_eq!(bodies[3], [b"default ".as_slice(), &long].concat());
+    let pieces: Vec<u8> = bodies[4..7]
+        .iter()
+        .flat_map(|b| {
+            assert!(b.starts_with(b"default "));
+            assert!(b.len() - 8 <= 1 << 20);
+            b[8..].to_vec()
+        })
+        .collect();
+    assert_eq!(pieces, huge, "a long line is split, never dropped");
+    assert_eq!(bodies[7], b"default tab\there");
+    assert_eq!(bodies[8], b"default ");
+    assert_eq!(bodies[9], b"default last line without newline");
+    // `%` is found by a literal query and printed verbatim.
+    let out = query_cli(node.addr("api"), "%s %d %%", false);
+    assert_eq!(out.stdout, b"default 100% done %s %d %% %!\n");
+    let metrics = http("GET", node.addr("api"), "/metrics", b"").text();
+    assert!(
+        metrics.contains("oklog_ingest_split_lines_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn durable_port_dynamic_topics_and_prefixes() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(
+        dir.path(),
+        &["-ingest.topic-mode", "dynamic", "-ingest.topic", "misc"],
+    );
+    let out = forward(
+        node.addr("durable"),
+        b"web GET /index 200\ndb slow query\nno_space\n~bad topic\n",
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = forward(
+        node.addr("fast"),
+        b"one\ntwo\n",
+        &["-prefix", "api", "-prefix", "v1"],
+    );
+    assert!(out.status.success());
+    let records = wait_for_records(node.addr("api"), 6);
+    let bodies: Vec<&[u8]> = records.iter().map(|r| body(r)).collect();
+    assert_eq!(
+        bodies,
+        vec![
+            b"web GET /index 200".as_slice(),
+            b"db slow query",
+            b"misc no_space",
+            b"misc ~bad topic",
+            b"api v1 one",
+            b"api v1 two",
+        ]
+    );
+    // `^` anchors at the topic.
+    let out = query_cli(node.addr("api"), "^misc ", true);
+    assert_eq!(out.stdout, b"misc no_space\nmisc ~bad topic\n");
+    let metrics = http("GET", node.addr("api"), "/metrics", b"").text();
+    assert!(
+        metrics.contains("oklog_ingest_invalid_topics_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("oklog_ingest_writer_syncs_total"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn bad_requests_are_refused_and_touch_nothing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    let out = forward(node.addr("fast"), b"keep me 1\nkeep me 2\n", &[]);
+    assert!(out.status.success());
+    let before = wait_for_records(api, 2);
+    let store_files = || {
+        let mut v: Vec<_> = std::fs::read_dir(dir.path().join("data/store"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let files_before = store_files();
+
+    let cases: &[(&str, &str, &[u8], u16, &str)] = &[
+        (
+            "GET",
+            "/store/query?from=yesterday",
+            b"",
+            400,
+            "parsing 'from': yesterday: can't parse as ULID or RFC3339 time",
+        ),
+        (
+            "GET",
+            "/store/query?to=0123456789ABCDEFGHJKMNPQRU",
+            b"",
+            400,
+            "parsing 'to'",
+        ),
+        (
+            "GET",
+            "/store/query?q=(&regex=true",
+            b"",
+            400,
+            "compiling regex",
+        ),
+        (
+            "GET",
+            "/store/query?q=a&regex=maybe",
+            b"",
+            400,
+            "parsing 'regex'",
+        ),
+        (
+            "GET",
+            "/store/_query?q=%5B&regex",
+            b"",
+            400,
+            "compiling regex",
+        ),
+        (
+            "GET",
+            "/ingest/read?id=../../../etc/passwd",
+            b"",
+            400,
+            "invalid id",
+        ),
+        ("GET", "/ingest/read", b"", 400, "missing id"),
+        (
+            "POST",
+            "/ingest/commit?id=..%2Fstore%2FLOCK",
+            b"",
+            400,
+            "invalid id",
+        ),
+        ("POST", "/ingest/failed?id=ZZZ", b"", 400, "invalid id"),
+        (
+            "GET",
+            "/ingest/read?id=6f1c2a9e-4b7d-4e8a-9c3b-0123456789ab",
+            b"",
+            404,
+            "not found",
+        ),
+        (
+            "POST",
+            "/ingest/commit?id=6f1c2a9e-4b7d-4e8a-9c3b-0123456789ab",
+            b"",
+            404,
+            "not found",
+        ),
+        (
+            "POST",
+            "/ingest/failed?id=6f1c2a9e-4b7d-4e8a-9c3b-0123456789ab",
+            b"",
+            404,
+            "not found",
+        ),
+        (
+            "POST",
+            "/store/replicate",
+            b"not a record\n",
+            400,
+            "record 1: record shorter",
+        ),
+        (
+            "POST",
+            "/store/replicate",
+            b"01BB6RRTB70000000000000000 B\n01BB6RQR190000000000000000 A\n",
+            400,
+            "record 2: records are not sorted",
+        ),
+        (
+            "POST",
+            "/store/replicate",
+            b"01BB6RQR190000000000000000 A",
+            400,
+            "no newline",
+        ),
+        ("POST", "/store/replicate", b"", 200, "No records"),
+        ("GET", "/nowhere/../../etc/passwd", b"", 404, ""),
+    ];
+    for (method, path, body, status, message) in cases {
+        let r = http(method, api, path, body);
+        assert_eq!(r.status, *status, "{method} {path}: {}", r.text());
+        assert!(
+            r.text().contains(message),
+            "{method} {path}: {:?} lacks {message:?}",
+            r.text()
+        );
+    }
+    assert_eq!(
+        store_files(),
+        files_before,
+        "refused requests store nothing"
+    );
+    assert_eq!(all_records(api), before, "nothing lost");
+    let metrics = http("GET", api, "/metrics", b"").text();
+    assert!(
+        metrics.contains("oklog_store_rejected_replicas_total 3"),
+        "{metrics}"
+    );
+
+    // HEAD plans without a body; GET /health answers JSON.
+    let r = http(
+        "HEAD",
+        api,
+        "/store/query?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("X-Oklog-Segments-Queried"), Some("1"));
+    assert_eq!(r.header("X-Oklog-Nodes-Queried"), Some("1"));
+    assert_eq!(r.header("X-Oklog-Error-Count"), Some("0"));
+    assert_eq!(r.header("X-Oklog-Regex"), Some("false"));
+    assert!(
+        r.header("X-Oklog-Max-Data-Set-Size")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    let r = http("GET", api, "/health", b"");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("\"role\":\"ingeststore\""),
+        "{}",
+        r.text()
+    );
+
+    // A valid replica is stored, and sending it again is idempotent.
+    let replica = b"01BB6RQR190000000000000000 test A\n01BB6RRTB70000000000000000 test B\n";
+    for _ in 0..2 {
+        let r = http("POST", api, "/store/replicate", replica);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = http(
+        "GET",
+        api,
+        "/store/_query?from=01BB6RQR190000000000000000&to=01BB6RRTB70000000000000000",
+        b"",
+    );
+    assert_eq!(r.body, replica);
+}
+
+#[test]
+fn query_reads_only_the_time_window() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    // TestAPIInternalQueryFromULID: three replicated segments, a query across their edges.
+    let rec = |id: &str, s: &str| format!("{id}0000000000000000 {s} 2017-03-14T16:59:40+01:00\n");
+    let ids = [
+        "01BB6RQR19",
+        "01BB6RRTB7",
+        "01BB6RT5GS",
+        "01BB6RV5R0",
+        "01BB6RVR49",
+        "01BB6RW6C6",
+        "01BB6RWTY6",
+        "01BB6RX9D3",
+        "01BB6RXQ09",
+    ];
+    let names = ["A", "B", "C", "D", "E", "F", "G", "H", "I"];
+    let recs: Vec<String> = ids.iter().zip(names).map(|(i, n)| rec(i, n)).collect();
+    for chunk in recs.chunks(3) {
+        let r = http("POST", api, "/store/replicate", chunk.concat().as_bytes());
+        assert_eq!(r.status, 200);
+    }
+    let r = http(
+        "GET",
+        api,
+        "/store/_query?from=01BB6RT5GR0000000000000000&to=01BB6RWTY70000000000000000",
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), recs[2..7].concat());
+    let r = http(
+        "HEAD",
+        api,
+        "/store/query?from=01BB6RX9D30000000000000000&to=01BB6RXQ090000000000000000",
+        b"",
+    );
+    assert_eq!(
+        r.header("X-Oklog-Segments-Queried"),
+        Some("1"),
+        "only the overlapping segment"
+    );
+    let r = http(
+        "GET",
+        api,
+        "/store/query?from=2017-03-14T00:00:00Z&to=2017-03-14T23:59:59Z&q=E+2017",
+        b"",
+    );
+    assert_eq!(r.text(), recs[4], "`+` in a query string is a space");
+}
+
+#[test]
+fn second_process_on_a_locked_directory_fails() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let _node = Node::ingeststore(dir.path(), &[]);
+    let mut args = vec!["ingeststore".to_string()];
+    args.extend(quick_flags());
+    let out = std::process::Command::new(BIN)
+        .args(&args)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data/ingest/LOCK") && err.contains("locked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn recovery_and_graceful_restart_lose_nothing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // Leftovers of a crashed ingester: an active segment with a torn tail, a pending one.
+    let ingest = dir.path().join("data/ingest");
+    std::fs::create_dir_all(&ingest).unwrap();
+    std::fs::write(
+        ingest.join("0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d.active"),
+        b"01BB6RQR190000000000000000 default crashed 1\n01BB6RQR190000000000000001 default crashed 2\n01BB6RQR19000000000000",
+    )
+    .unwrap();
+    std::fs::write(
+        ingest.join("1a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d.pending"),
+        b"01BB6RRTB70000000000000000 default pending 1\n",
+    )
+    .unwrap();
+    let mut node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api").to_string();
+    let got = wait_for_records(&api, 3);
+    assert_eq!(body(&got[0]), b"default crashed 1");
+    assert_eq!(body(&got[2]), b"default pending 1");
+    // Forward, then stop gracefully: everything acknowledged is there after a restart.
+    let out = forward(node.addr("fast"), b"before restart\n", &[]);
+    assert!(out.status.success());
+    let status = node
+        .terminate(Duration::from_secs(15))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}: {}", node.log_text());
+    drop(node);
+    let node = Node::ingeststore(dir.path(), &[]);
+    let got = wait_for_records(node.addr("api"), 4);
+    assert_eq!(body(&got[3]), b"default before restart");
+}
