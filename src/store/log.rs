@@ -11,7 +11,7 @@
 //! takes the write side for the rename only.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -156,8 +156,6 @@ impl StoreLog {
             tracing::warn!(segment = %path.display(), kept = good, "truncating torn active store segment");
             file.set_len(good)?;
         }
-        drop(file);
-        let file = OpenOptions::new().write(true).open(path)?;
         self.close(file, path, &low, &high)
     }
 
@@ -267,8 +265,6 @@ fn same_contents(a: &Path, b: &Path) -> io::Result<bool> {
         }
     }
 }
-
-use std::io::BufRead as _;
 
 #[cfg(test)]
 mod tests {

@@ -105,16 +105,8 @@ impl Plan {
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> io::Result<u64> {
         let mut scanned = 0u64;
-        let mut i = 0;
-        while i < self.segments.len() {
-            // A batch: segments whose ranges chain-overlap (equal bounds overlap).
-            let mut j = i + 1;
-            let mut high = self.segments[i].high;
-            while j < self.segments.len() && self.segments[j].low <= high {
-                high = high.max(self.segments[j].high);
-                j += 1;
-            }
-            let maps: Vec<Mmap> = self.segments[i..j]
+        for batch in batches(&self.segments) {
+            let maps: Vec<Mmap> = self.segments[batch]
                 .iter()
                 .filter_map(|s| map_segment(&s.path).transpose())
                 .collect::<io::Result<_>>()?;
@@ -141,10 +133,27 @@ impl Plan {
                     return Ok(scanned);
                 }
             }
-            i = j;
         }
         Ok(scanned)
     }
+}
+
+/// Split segments sorted by low ULID into batches whose ranges chain-overlap (equal bounds
+/// overlap): each batch is merged, consecutive batches are simply concatenated.
+pub fn batches(segments: &[Segment]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < segments.len() {
+        let mut j = i + 1;
+        let mut high = segments[i].high;
+        while j < segments.len() && segments[j].low <= high {
+            high = high.max(segments[j].high);
+            j += 1;
+        }
+        out.push(i..j);
+        i = j;
+    }
+    out
 }
 
 /// Map a flushed segment read-only; `Ok(None)` if it vanished (compacted away) or is empty.
@@ -178,6 +187,81 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    fn seg(low: &str, high: &str) -> Segment {
+        let pad = |s: &str| -> [u8; 26] { format!("{s:0<26}").as_bytes().try_into().unwrap() };
+        Segment {
+            path: format!("{low}-{high}").into(),
+            low: pad(low),
+            high: pad(high),
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn batch_segments() {
+        // TestBatchSegments.
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [(usize, usize)]);
+        let cases: &[Case] = &[
+            (
+                &[("A", "M"), ("N", "R"), ("O", "S"), ("W", "Z")],
+                &[(0, 1), (1, 3), (3, 4)],
+            ),
+            (&[("A", "M"), ("L", "R"), ("O", "S"), ("Q", "Z")], &[(0, 4)]),
+            (
+                &[("A", "B"), ("B", "C"), ("C", "D"), ("E", "F"), ("F", "G")],
+                &[(0, 3), (3, 5)],
+            ),
+            (&[], &[]),
+        ];
+        for (input, want) in cases {
+            let segs: Vec<Segment> = input.iter().map(|(l, h)| seg(l, h)).collect();
+            let want: Vec<_> = want.iter().map(|&(a, b)| a..b).collect();
+            assert_eq!(batches(&segs), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn overlapping_segments_merge_with_dedup_and_vanished_ones_are_skipped() {
+        // TestIssue41 too: a segment that no longer exists must not fail the query.
+        let dir = tempfile::tempdir().unwrap();
+        let log = StoreLog::open(dir.path()).unwrap();
+        let write = |name: &str, body: &str| std::fs::write(dir.path().join(name), body).unwrap();
+        write(
+            "01BB6RQR190000000000000000-01BB6RT5GS0000000000000000.flushed",
+            "01BB6RQR190000000000000000 a\n01BB6RT5GS0000000000000000 c\n",
+        );
+        write(
+            "01BB6RRTB70000000000000000-01BB6RT5GS0000000000000000.flushed",
+            "01BB6RRTB70000000000000000 b\n01BB6RT5GS0000000000000000 c\n",
+        );
+        write("01BB6RQR190000000000000000-xxx.flushed", "junk\n");
+        let p = params(&[
+            ("from", "2017-01-01T00:00:00Z"),
+            ("to", "2018-01-01T00:00:00Z"),
+        ])
+        .unwrap();
+        let mut plan = Plan::new(&log, &p).unwrap();
+        assert_eq!(plan.segments.len(), 2, "the malformed name is skipped");
+        plan.segments.push(seg("01BB6RX9D3", "01BB6RXQ09"));
+        let m = Matcher::new("", false).unwrap();
+        let mut out = Vec::new();
+        plan.execute(&p, &m, &mut |l| {
+            out.extend_from_slice(l);
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "01BB6RQR190000000000000000 a\n01BB6RRTB70000000000000000 b\n01BB6RT5GS0000000000000000 c\n"
+        );
+        assert!(
+            dir.path()
+                .join("01BB6RQR190000000000000000-xxx.flushed")
+                .exists(),
+            "never deleted"
+        );
     }
 
     #[test]
