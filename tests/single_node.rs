@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::time::Duration;
 
 use common::*;
@@ -542,15 +543,33 @@ fn recovery_and_graceful_restart_lose_nothing() {
     let got = wait_for_records(&api, 3);
     assert_eq!(body(&got[0]), b"default crashed 1");
     assert_eq!(body(&got[2]), b"default pending 1");
-    // Forward, then stop gracefully: everything acknowledged is there after a restart.
+    // Forward, then stop gracefully while another client is still connected
+    // (TestHandleConnectionsCleanup): everything sent is there after a restart, and the open
+    // connection is closed.
     let out = forward(node.addr("fast"), b"before restart\n", &[]);
     assert!(out.status.success());
+    let mut open = std::net::TcpStream::connect(node.addr("fast")).unwrap();
+    open.write_all(b"still connected\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     let status = node
         .terminate(Duration::from_secs(15))
         .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}: {}", node.log_text());
+    let closed = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        open.write_all(b"more\n").is_err()
+    });
+    assert!(closed, "writes to a stopped ingester fail");
     drop(node);
     let node = Node::ingeststore(dir.path(), &[]);
-    let got = wait_for_records(node.addr("api"), 4);
-    assert_eq!(body(&got[3]), b"default before restart");
+    let got = wait_for_records(node.addr("api"), 5);
+    let mut tail: Vec<&[u8]> = got[3..].iter().map(|r| body(r)).collect();
+    tail.sort();
+    assert_eq!(
+        tail,
+        vec![
+            b"default before restart".as_slice(),
+            b"default still connected"
+        ]
+    );
 }
