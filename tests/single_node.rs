@@ -81,61 +81,40 @@ fn loghub_forwarded_then_grepped_like_grep() {
         "ULIDs increase"
     );
 
-    let literal = |q: &str| -> Vec<u8> {
-        expected
-            .iter()
-            .filter(|l| l.windows(q.len()).any(|w| w == q.as_bytes()))
-            .flat_map(|l| [l.as_slice(), b"\n"].concat())
-            .collect()
-    };
-    for q in [
-        "error",
-        "ERROR",
-        "Failed password",
-        "%",
-        "default 2015",
-        "blk_-",
-    ] {
-        let want = literal(q);
-        assert!(!want.is_empty(), "{q} should match something");
-        let out = query_cli(node.addr("api"), q, false);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{q}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.stdout == want,
-            "literal {q:?}: {} bytes vs {} expected",
-            out.stdout.len(),
-            want.len()
-        );
-    }
-    for q in [
-        r"^default \d{4}-\d{2}-\d{2}",
-        r"(?i)fail(ed|ure)",
-        r"error$",
-        r"\bsshd\[\d+\]",
-        r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+:\d+",
-    ] {
-        let re = regex::bytes::Regex::new(q).unwrap();
+    // Each query against a plain grep over `<topic> <line>`: a literal substring, or the
+    // same pattern with the `regex` crate, line by line.
+    let queries: &[(&str, bool)] = &[
+        ("error", false),
+        ("ERROR", false),
+        ("Failed password", false),
+        ("%", false),
+        ("default 2015", false),
+        ("blk_-", false),
+        (r"^default \d{4}-\d{2}-\d{2}", true),
+        (r"(?i)fail(ed|ure)", true),
+        (r"error$", true),
+        (r"\bsshd\[\d+\]", true),
+        (r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+:\d+", true),
+    ];
+    for &(q, regex) in queries {
+        let re = regex::bytes::Regex::new(&if regex {
+            q.to_string()
+        } else {
+            regex::escape(q)
+        })
+        .unwrap();
         let want: Vec<u8> = expected
             .iter()
             .filter(|l| re.is_match(l))
             .flat_map(|l| [l.as_slice(), b"\n"].concat())
             .collect();
         assert!(!want.is_empty(), "{q} should match something");
-        let out = query_cli(node.addr("api"), q, true);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{q}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = query_cli(node.addr("api"), q, regex);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{q}: {err}");
         assert!(
             out.stdout == want,
-            "regex {q:?}: {} bytes vs {} expected",
+            "{q:?} (regex {regex}): {} bytes vs {} expected",
             out.stdout.len(),
             want.len()
         );

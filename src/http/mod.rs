@@ -40,8 +40,9 @@ pub fn channel_body(mut rx: mpsc::Receiver<io::Result<Bytes>>) -> Body {
     Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
-/// A body that streams a file from a blocking thread, in 256 KiB chunks.
-pub fn file_body(mut file: std::fs::File) -> Body {
+/// Read `file` on a blocking thread into a channel of 256 KiB chunks; an I/O error is sent as
+/// the last item. Reading stops when the receiver is dropped.
+fn read_file_chunks(mut file: std::fs::File) -> mpsc::Receiver<io::Result<Bytes>> {
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         loop {
@@ -51,7 +52,7 @@ pub fn file_body(mut file: std::fs::File) -> Body {
                 Ok(n) => {
                     buf.truncate(n);
                     if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                        return; // client went away
+                        return; // the other side went away
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -62,7 +63,12 @@ pub fn file_body(mut file: std::fs::File) -> Body {
             }
         }
     });
-    channel_body(rx)
+    rx
+}
+
+/// A response body that streams a file.
+pub fn file_body(file: std::fs::File) -> Body {
+    channel_body(read_file_chunks(file))
 }
 
 /// `/health`, `/ready` and `/metrics`, present on every API listener.
@@ -138,31 +144,11 @@ pub fn empty_body() -> ClientBody {
         .boxed()
 }
 
-/// A request body that streams a file from a blocking thread.
+/// A request body that streams a file.
 pub fn file_client_body(file: std::fs::File) -> ClientBody {
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
-    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    let mut file = file;
-    tokio::task::spawn_blocking(move || {
-        loop {
-            let mut buf = vec![0u8; FILE_CHUNK];
-            match file.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
+    let mut rx = read_file_chunks(file);
     let stream = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     });
