@@ -49,6 +49,8 @@ pub struct Metrics {
     pub store_replicated_bytes: Family<Labels, Counter>,
     /// Replicate requests refused as malformed.
     pub store_rejected_replicas: Counter,
+    /// Store nodes that failed to answer a scattered query (or broke off their answer).
+    pub store_query_peer_errors: Counter,
     /// Records forwarded (forward mode).
     pub forward_records: Counter,
     /// Bytes forwarded (forward mode).
@@ -132,6 +134,11 @@ impl Metrics {
             "oklog_store_rejected_replicas",
             "Replicate requests refused as malformed",
             m.store_rejected_replicas.clone(),
+        );
+        r.register(
+            "oklog_store_query_peer_errors",
+            "Store nodes that failed to answer a scattered query, or broke off their answer",
+            m.store_query_peer_errors.clone(),
         );
         r.register(
             "oklog_forward_records",

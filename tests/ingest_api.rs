@@ -18,6 +18,8 @@ fn ingest_node(dir: &std::path::Path) -> Node {
         "127.0.0.1:0",
         "-ingest.bulk",
         "127.0.0.1:0",
+        "-cluster",
+        "127.0.0.1:0",
         "-ingest.segment-flush-age",
         "100ms",
         "-ingest.segment-pending-timeout",
@@ -98,7 +100,7 @@ fn next_read_commit_failed_and_pending_timeout() {
 fn lone_store_warns_that_the_replication_factor_is_out_of_reach() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = ["store", "-api", "127.0.0.1:0"]
+    let args: Vec<String> = ["store", "-api", "127.0.0.1:0", "-cluster", "127.0.0.1:0"]
         .iter()
         .map(|s| s.to_string())
         .collect();

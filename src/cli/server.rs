@@ -9,17 +9,19 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
+use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::addr::parse_addr;
 use super::flags::{Args, Flag, Kind, flag};
-use crate::cluster::{Role, StaticPeers};
+use crate::cluster::gossip::Gossip;
+use crate::cluster::{Peers, Role, advertise, state_json};
 use crate::http;
 use crate::ingest::{IngestApi, IngestLog, Ingester, Modality, Rotation, conn};
 use crate::metrics::Metrics;
 use crate::record::{FramerConfig, TopicMode, is_valid_topic};
-use crate::store::{Consumer, ConsumerConfig, StoreApi, StoreLog};
+use crate::store::{Consumer, ConsumerConfig, Gateway, StoreApi, StoreLog};
 
 /// Default API (HTTP) port.
 pub const API_PORT: u16 = 7650;
@@ -348,22 +350,63 @@ pub fn check_common(args: &Args) -> anyhow::Result<()> {
     for p in args.list("peer") {
         parse_addr(&p, CLUSTER_PORT).map_err(|e| anyhow::anyhow!("-peer: {e}"))?;
     }
-    if !args.list("peer").is_empty() {
-        tracing::warn!(
-            "gossip membership is not implemented yet: -peer is accepted but no peers are joined"
-        );
-    }
     Ok(())
 }
 
-/// The address other components use to reach this node's API: loopback when bound to all
-/// interfaces (DESIGN.md §10 "Addresses": without -peer a node reaches itself over loopback).
-fn self_addr(bound: SocketAddr) -> String {
-    if bound.ip().is_unspecified() {
-        format!("127.0.0.1:{}", bound.port())
+/// Where the cluster listens and what it advertises, checked from the flags.
+struct ClusterPlan {
+    bind: String,
+    bind_host: String,
+    advertise_host: String,
+    advertise_port: Option<u16>,
+    peers: Vec<SocketAddr>,
+    peer_names: Vec<String>,
+}
+
+fn cluster_plan(args: &Args) -> anyhow::Result<ClusterPlan> {
+    let bind = parse_addr(&args.str("cluster"), CLUSTER_PORT)
+        .map_err(|e| anyhow::anyhow!("-cluster: {e}"))?;
+    let (advertise_host, advertise_port) = match args.str("cluster.advertise-addr").as_str() {
+        "" => (String::new(), None),
+        a => {
+            let port_given = a
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+            let adv = parse_addr(a, bind.port)
+                .map_err(|e| anyhow::anyhow!("-cluster.advertise-addr: {e}"))?;
+            (adv.host, port_given.then_some(adv.port))
+        }
+    };
+    // A peer without a port uses this node's cluster port (the original's rule), 7659 when
+    // that is 0.
+    let default_port = if bind.port == 0 {
+        CLUSTER_PORT
     } else {
-        bound.to_string()
+        bind.port
+    };
+    let mut peers = Vec::new();
+    let peer_names = args.list("peer");
+    for p in &peer_names {
+        let a = parse_addr(p, default_port).map_err(|e| anyhow::anyhow!("-peer: {e}"))?;
+        let host = if a.host.is_empty() {
+            "127.0.0.1"
+        } else {
+            a.host.as_str()
+        };
+        let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(host, a.port))
+            .map_err(|e| anyhow::anyhow!("-peer {p}: {e}"))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("-peer {p}: resolves to no address"))?;
+        peers.push(resolved);
     }
+    Ok(ClusterPlan {
+        bind: bind.listen_addr(),
+        bind_host: bind.host,
+        advertise_host,
+        advertise_port,
+        peers,
+        peer_names,
+    })
 }
 
 /// Build a tokio runtime and run the node until SIGINT/SIGTERM.
@@ -375,6 +418,15 @@ pub fn run_node(
     // Every address is checked before anything is opened or bound.
     let api_addr =
         parse_addr(&args.str("api"), API_PORT).map_err(|e| anyhow::anyhow!("-api: {e}"))?;
+    let cluster = cluster_plan(args)?;
+    let advertise_ip =
+        advertise::advertise_ip(&cluster.bind_host, &cluster.advertise_host, &cluster.peers)
+            .map_err(anyhow::Error::msg)?;
+    if advertise::has_nonlocal(&cluster.peer_names)
+        && advertise::is_unroutable(&advertise_ip.to_string())
+    {
+        tracing::warn!(%advertise_ip, "this node advertises an address other hosts cannot reach; set -cluster.advertise-addr");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -383,110 +435,149 @@ pub fn run_node(
         let metrics = Metrics::new();
         let (ingest, store) = build(&metrics).await?;
         let api_listener = http::bind("api", &api_addr.listen_addr()).await?;
-        let me = self_addr(api_listener.local_addr()?);
-        serve_node(
+        let bound = api_listener.local_addr()?;
+        // Others reach the API at the advertised IP, unless it is bound to one address.
+        let api = if bound.ip().is_unspecified() {
+            SocketAddr::new(advertise_ip, bound.port())
+        } else {
+            bound
+        };
+        let (all_tx, all_rx) = watch::channel(false);
+        let gossip = Gossip::start(
+            &cluster.bind,
+            advertise_ip,
+            cluster.advertise_port,
             role,
-            args.duration("shutdown-timeout"),
-            metrics,
-            api_listener,
-            me,
-            ingest,
-            store,
+            api,
+            cluster.peers.clone(),
+            all_rx.clone(),
         )
         .await
+        .map_err(|e| anyhow::anyhow!("-cluster {}: {e}", cluster.bind))?;
+        let node = Node {
+            role,
+            shutdown_timeout: args.duration("shutdown-timeout"),
+            metrics,
+            gossip,
+            all_tx,
+            all_rx,
+        };
+        node.serve(api_listener, ingest, store).await
     })
 }
 
-async fn serve_node(
+/// A node's shared pieces while it runs.
+struct Node {
     role: Role,
     shutdown_timeout: Duration,
     metrics: Arc<Metrics>,
-    api_listener: TcpListener,
-    me: String,
-    ingest: Option<IngestParts>,
-    store: Option<StoreParts>,
-) -> anyhow::Result<()> {
-    let role_name = match role {
-        Role::Ingest => "ingest",
-        Role::Store => "store",
-        Role::IngestStore => "ingeststore",
-    };
-    let peers = Arc::new(StaticPeers {
-        ingest: if ingest.is_some() {
-            vec![me.clone()]
-        } else {
-            vec![]
-        },
-        store: if store.is_some() {
-            vec![me.clone()]
-        } else {
-            vec![]
-        },
-    });
-    // Two shutdown phases: `tcp` stops the ingest listeners first; `all` stops the rest.
-    let (tcp_tx, tcp_rx) = watch::channel(false);
-    let (all_tx, all_rx) = watch::channel(false);
-    let mut router = Router::new().merge(http::common_routes(role_name, Arc::clone(&metrics)));
-    let mut tasks = tokio::task::JoinSet::new();
-    if let Some(parts) = &ingest {
-        router = router.merge(parts.api.router());
-        tasks.spawn(Arc::clone(&parts.api).run_timeouts(all_rx.clone()));
-    }
-    let ingest = ingest.map(|mut parts| {
-        for (modality, listener) in parts.listeners.drain(..) {
-            tasks.spawn(conn::serve(
-                listener,
-                modality,
-                Arc::clone(&parts.ingester),
-                tcp_rx.clone(),
-            ));
-        }
-        parts
-    });
-    if let Some(parts) = &store {
-        router = router.merge(parts.api.router());
-        for _ in 0..parts.consumers {
-            let consumer = Consumer::new(
-                Arc::clone(&parts.log),
-                peers.clone(),
-                http::client(),
-                parts.consumer.clone(),
-                Arc::clone(&metrics),
-            );
-            tasks.spawn(consumer.run(all_rx.clone()));
-        }
-    }
-    let server = tokio::spawn(http::serve(api_listener, router, all_rx.clone()));
-    tracing::info!(role = role_name, api = %me, "started");
+    gossip: Gossip,
+    /// The last shutdown phase: everything but the ingest listeners.
+    all_tx: watch::Sender<bool>,
+    all_rx: watch::Receiver<bool>,
+}
 
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    let deadline = tokio::time::Instant::now() + shutdown_timeout;
-    let _ = tcp_tx.send(true);
-    if let Some(parts) = &ingest {
-        parts.ingester.stop(shutdown_timeout).await;
-        // Let consumers take what was flushed, within the deadline.
-        while tokio::time::Instant::now() < deadline {
-            let log = Arc::clone(&parts.log);
-            match tokio::task::spawn_blocking(move || log.stats()).await {
-                Ok(Ok(s)) if s.flushed.0 + s.pending.0 > 0 && store.is_some() => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                _ => break,
+impl Node {
+    async fn serve(
+        self,
+        api_listener: TcpListener,
+        ingest: Option<IngestParts>,
+        store: Option<StoreParts>,
+    ) -> anyhow::Result<()> {
+        let role_name = self.role.name();
+        let peers: Arc<dyn Peers> = Arc::new(self.gossip.clone());
+        // The first shutdown phase stops the ingest listeners.
+        let (tcp_tx, tcp_rx) = watch::channel(false);
+        let all_rx = self.all_rx.clone();
+        let gossip = self.gossip.clone();
+        let state = move || {
+            let g = gossip.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/json; charset=utf-8",
+                    )],
+                    state_json(g.me(), &g.members()),
+                )
+            }
+        };
+        let mut router =
+            Router::new().merge(http::common_routes(role_name, Arc::clone(&self.metrics)));
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(parts) = &ingest {
+            router = router
+                .merge(parts.api.router())
+                .route("/ingest/_clusterstate", get(state.clone()));
+            tasks.spawn(Arc::clone(&parts.api).run_timeouts(all_rx.clone()));
+        }
+        let ingest = ingest.map(|mut parts| {
+            for (modality, listener) in parts.listeners.drain(..) {
+                tasks.spawn(conn::serve(
+                    listener,
+                    modality,
+                    Arc::clone(&parts.ingester),
+                    tcp_rx.clone(),
+                ));
+            }
+            parts
+        });
+        if let Some(parts) = &store {
+            router = router
+                .merge(parts.api.router())
+                .merge(
+                    Gateway::new(
+                        Arc::clone(&peers),
+                        http::client(),
+                        Arc::clone(&self.metrics),
+                    )
+                    .router(),
+                )
+                .route("/store/_clusterstate", get(state));
+            for _ in 0..parts.consumers {
+                let consumer = Consumer::new(
+                    Arc::clone(&parts.log),
+                    Arc::clone(&peers),
+                    http::client(),
+                    parts.consumer.clone(),
+                    Arc::clone(&self.metrics),
+                );
+                tasks.spawn(consumer.run(all_rx.clone()));
             }
         }
+        let server = tokio::spawn(http::serve(api_listener, router, all_rx.clone()));
+        tracing::info!(role = role_name, api = %self.gossip.me().api_addr, "started");
+
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let _ = tcp_tx.send(true);
+        if let Some(parts) = &ingest {
+            parts.ingester.stop(self.shutdown_timeout).await;
+            // Keep serving /ingest/* so store nodes take what was flushed, within the deadline.
+            while tokio::time::Instant::now() < deadline && !peers.current(Role::Store).is_empty() {
+                let log = Arc::clone(&parts.log);
+                match tokio::task::spawn_blocking(move || log.stats()).await {
+                    Ok(Ok(s)) if s.flushed.0 + s.pending.0 > 0 => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.gossip.leave().await;
+        let _ = self.all_tx.send(true);
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if let Some(parts) = &ingest {
+            parts.api.fail_all().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        tracing::info!("stopped");
+        Ok(())
     }
-    let _ = all_tx.send(true);
-    let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if let Some(parts) = &ingest {
-        parts.api.fail_all().await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -164,6 +164,18 @@ pub async fn call(
     body: ClientBody,
     timeout: Duration,
 ) -> io::Result<(StatusCode, hyper::body::Incoming)> {
+    let (status, _, body) = call_full(client, method, url, body, timeout).await?;
+    Ok((status, body))
+}
+
+/// [`call`], also returning the response headers.
+pub async fn call_full(
+    client: &Client,
+    method: hyper::Method,
+    url: &str,
+    body: ClientBody,
+    timeout: Duration,
+) -> io::Result<(StatusCode, axum::http::HeaderMap, hyper::body::Incoming)> {
     let req = hyper::Request::builder()
         .method(method)
         .uri(url)
@@ -179,7 +191,8 @@ pub async fn call(
             )
         })?
         .map_err(|e| io::Error::other(format!("{url}: {e}")))?;
-    Ok((resp.status(), resp.into_body()))
+    let (parts, body) = resp.into_parts();
+    Ok((parts.status, parts.headers, body))
 }
 
 /// Read a whole (small) response body as text.

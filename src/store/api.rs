@@ -1,9 +1,7 @@
-//! The store HTTP API, mounted at `/store`: `GET|HEAD /query` (the user query), `GET|HEAD
-//! /_query` (this node only), `POST /replicate` (receive an aggregate segment), and the stream
-//! endpoints (answered "not implemented" until the cluster work).
-//!
-//! With one node the user query is this node's local query; the scatter/gather over store
-//! peers arrives with cluster membership.
+//! The store HTTP API of this node, mounted at `/store`: `GET|HEAD /_query` (this node's
+//! segments only), `POST /replicate` (receive an aggregate segment), and the stream endpoints
+//! (answered "not implemented" for now). The user query, `/store/query`, is the scatter/gather
+//! gateway in [`super::gather`].
 
 use std::collections::HashMap;
 use std::io;
@@ -51,7 +49,6 @@ impl StoreApi {
         // HEAD gets its own route: axum would otherwise run the GET handler (the full query)
         // and drop the body.
         Router::new()
-            .route("/store/query", get(query).head(query))
             .route("/store/_query", get(query).head(query))
             .route("/store/replicate", post(replicate))
             .route("/store/stream", get(not_yet))
@@ -65,6 +62,50 @@ async fn not_yet() -> Response {
         StatusCode::NOT_IMPLEMENTED,
         "streaming queries are not implemented yet\n",
     )
+}
+
+/// What a query answer reports in its `X-Oklog-*` headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Nodes that answered.
+    pub nodes: u64,
+    /// Segments selected (summed over nodes).
+    pub segments: u64,
+    /// Bytes of the selected segments (the largest node's, as the original).
+    pub max_data_set_size: u64,
+    /// Nodes that failed.
+    pub errors: u64,
+}
+
+/// The `X-Oklog-*` headers of a query answer.
+pub fn stats_headers(params: &QueryParams, stats: &Stats, took: std::time::Duration) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    header(
+        &mut h,
+        "X-Oklog-From",
+        gotime::rfc3339_utc_secs(params.from_ms as i64),
+    );
+    header(
+        &mut h,
+        "X-Oklog-To",
+        gotime::rfc3339_utc_secs(params.to_ms as i64),
+    );
+    header(&mut h, "X-Oklog-Q", params.q.clone());
+    header(&mut h, "X-Oklog-Regex", params.regex.to_string());
+    header(&mut h, "X-Oklog-Nodes-Queried", stats.nodes.to_string());
+    header(
+        &mut h,
+        "X-Oklog-Segments-Queried",
+        stats.segments.to_string(),
+    );
+    header(
+        &mut h,
+        "X-Oklog-Max-Data-Set-Size",
+        stats.max_data_set_size.to_string(),
+    );
+    header(&mut h, "X-Oklog-Error-Count", stats.errors.to_string());
+    header(&mut h, "X-Oklog-Duration", gotime::format_duration(took));
+    h
 }
 
 fn header(h: &mut HeaderMap, name: &'static str, value: String) {
@@ -98,36 +139,13 @@ async fn query(
         Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };
-    let mut headers = HeaderMap::new();
-    header(
-        &mut headers,
-        "X-Oklog-From",
-        gotime::rfc3339_utc_secs(params.from_ms as i64),
-    );
-    header(
-        &mut headers,
-        "X-Oklog-To",
-        gotime::rfc3339_utc_secs(params.to_ms as i64),
-    );
-    header(&mut headers, "X-Oklog-Q", params.q.clone());
-    header(&mut headers, "X-Oklog-Regex", params.regex.to_string());
-    header(&mut headers, "X-Oklog-Nodes-Queried", "1".into());
-    header(
-        &mut headers,
-        "X-Oklog-Segments-Queried",
-        plan.segments.len().to_string(),
-    );
-    header(
-        &mut headers,
-        "X-Oklog-Max-Data-Set-Size",
-        plan.data_set_size().to_string(),
-    );
-    header(&mut headers, "X-Oklog-Error-Count", "0".into());
-    header(
-        &mut headers,
-        "X-Oklog-Duration",
-        gotime::format_duration(started.elapsed()),
-    );
+    let stats = Stats {
+        nodes: 1,
+        segments: plan.segments.len() as u64,
+        max_data_set_size: plan.data_set_size(),
+        errors: 0,
+    };
+    let headers = stats_headers(&params, &stats, started.elapsed());
     if method == Method::HEAD {
         return (StatusCode::OK, headers, Body::empty()).into_response();
     }

@@ -5,10 +5,12 @@
 
 pub mod api;
 pub mod consume;
+pub mod gather;
 pub mod log;
 pub mod query;
 pub mod replicate;
 
 pub use api::StoreApi;
 pub use consume::{Consumer, ConsumerConfig};
+pub use gather::Gateway;
 pub use log::StoreLog;

@@ -57,6 +57,8 @@ pub fn quick_flags() -> Vec<String> {
         "127.0.0.1:0",
         "-ingest.bulk",
         "127.0.0.1:0",
+        "-cluster",
+        "127.0.0.1:0",
         "-ingest.segment-flush-age",
         "100ms",
         "-store.segment-target-age",

@@ -1,0 +1,293 @@
+//! Gossip membership on [`foca`] (SWIM with suspicion, over UDP).
+//!
+//! A node's identity carries everything the others need: its cluster address, its role, its
+//! API address and an incarnation that grows with every start (time-based), so a node restarted
+//! on the same address wins the address conflict and rejoins at once (foca refuses an identity
+//! it recently saw go down). No other state is gossiped.
+//!
+//! One task owns the `Foca` instance and is fed by the UDP receive loop, timers and commands;
+//! the current member list is published in a snapshot that readers take without waiting.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use foca::{Config, Foca, OwnedNotification, PostcardCodec, Timer};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Member, Peers, Role};
+
+/// How often a node that was given peers but knows no one announces itself again.
+const REANNOUNCE: Duration = Duration::from_secs(1);
+/// How often a node that was given peers but knows no one says so.
+const ALONE_WARNING: Duration = Duration::from_secs(5);
+
+/// A node's identity in the gossip protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeId {
+    /// Cluster (gossip) address others send to.
+    pub addr: SocketAddr,
+    /// The node's role.
+    pub role: Role,
+    /// The node's HTTP API address.
+    pub api: SocketAddr,
+    /// Grows with every start (and every renewal).
+    pub incarnation: u64,
+}
+
+impl foca::Identity for NodeId {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(NodeId {
+            incarnation: self.incarnation.wrapping_add(1),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.incarnation > adversary.incarnation
+    }
+}
+
+impl NodeId {
+    fn member(&self) -> Member {
+        Member {
+            id: format!("{}#{}", self.addr, self.incarnation),
+            role: self.role,
+            api_addr: self.api.to_string(),
+            cluster_addr: self.addr.to_string(),
+        }
+    }
+}
+
+enum Input {
+    Data(Vec<u8>),
+    Timer(Timer<NodeId>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// A running gossip membership.
+#[derive(Debug, Clone)]
+pub struct Gossip {
+    me: Member,
+    members: Arc<RwLock<Vec<Member>>>,
+    input: mpsc::Sender<InputBox>,
+}
+
+/// Inputs are boxed into a small wrapper so the channel type can be `Debug`.
+struct InputBox(Input);
+
+impl std::fmt::Debug for InputBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Input")
+    }
+}
+
+impl Gossip {
+    /// Bind `bind` (UDP), join through `peers` (cluster addresses), and keep the member list.
+    /// `advertise` is the cluster address others reach this node at, `api` its API address.
+    pub async fn start(
+        bind: &str,
+        advertise_ip: std::net::IpAddr,
+        advertise_port: Option<u16>,
+        role: Role,
+        api: SocketAddr,
+        peers: Vec<SocketAddr>,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Gossip> {
+        let socket = Arc::new(UdpSocket::bind(bind).await?);
+        let local = socket.local_addr()?;
+        tracing::info!(name = %"cluster", addr = %local, "listening");
+        let me = NodeId {
+            addr: SocketAddr::new(advertise_ip, advertise_port.unwrap_or(local.port())),
+            role,
+            api,
+            incarnation: (crate::gotime::now_ms().max(0) as u64) << 16
+                | u64::from(rand::random::<u16>()),
+        };
+        let members = Arc::new(RwLock::new(vec![me.member()]));
+        let (tx, rx) = mpsc::channel(1024);
+        let gossip = Gossip {
+            me: me.member(),
+            members: Arc::clone(&members),
+            input: tx.clone(),
+        };
+        tokio::spawn(receive(Arc::clone(&socket), tx.clone(), shutdown.clone()));
+        tokio::spawn(run(me, socket, rx, tx, members, peers, shutdown));
+        Ok(gossip)
+    }
+
+    /// This node.
+    pub fn me(&self) -> &Member {
+        &self.me
+    }
+
+    /// Every live member, self included.
+    pub fn members(&self) -> Vec<Member> {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Tell the others this node is leaving (waits briefly for the messages to go out).
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.input.send(InputBox(Input::Leave(tx))).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
+        }
+    }
+}
+
+impl Peers for Gossip {
+    fn current(&self, role: Role) -> Vec<String> {
+        self.members()
+            .into_iter()
+            .filter(|m| m.role.serves(role))
+            .map(|m| m.api_addr)
+            .collect()
+    }
+}
+
+async fn receive(
+    socket: Arc<UdpSocket>,
+    tx: mpsc::Sender<InputBox>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let received = tokio::select! {
+            r = socket.recv_from(&mut buf) => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match received {
+            Ok((n, _)) => {
+                if tx
+                    .send(InputBox(Input::Data(buf[..n].to_vec())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster receive");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn run(
+    me: NodeId,
+    socket: Arc<UdpSocket>,
+    mut rx: mpsc::Receiver<InputBox>,
+    tx: mpsc::Sender<InputBox>,
+    members: Arc<RwLock<Vec<Member>>>,
+    peers: Vec<SocketAddr>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut config = Config::new_lan(NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN));
+    // Forget dead identities after a while; restarts use a new incarnation anyway.
+    config.remove_down_after = Duration::from_secs(60).into();
+    let rng: StdRng = rand::make_rng();
+    let mut foca = Foca::new(me.clone(), config, rng, PostcardCodec);
+    let mut runtime = foca::AccumulatingRuntime::new();
+    let placeholder = |addr: SocketAddr| NodeId {
+        addr,
+        role: Role::Ingest,
+        api: addr,
+        incarnation: 0,
+    };
+    for p in &peers {
+        let _ = foca.announce(placeholder(*p), &mut runtime);
+    }
+    let mut reannounce = tokio::time::interval(REANNOUNCE);
+    let mut last_warning = tokio::time::Instant::now();
+    loop {
+        let input = tokio::select! {
+            i = rx.recv() => match i { Some(i) => Some(i.0), None => return },
+            _ = reannounce.tick() => None,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let result = match input {
+            Some(Input::Data(data)) => foca.handle_data(&data, &mut runtime),
+            Some(Input::Timer(timer)) => foca.handle_timer(timer, &mut runtime),
+            Some(Input::Leave(done)) => {
+                let r = foca.leave_cluster(&mut runtime);
+                flush(&socket, &mut runtime, &tx).await;
+                let _ = done.send(());
+                r
+            }
+            None => {
+                if !peers.is_empty() && foca.num_members() == 0 {
+                    if last_warning.elapsed() >= ALONE_WARNING {
+                        last_warning = tokio::time::Instant::now();
+                        tracing::warn!(peers = ?peers, "I appear to be alone in the cluster");
+                    }
+                    for p in &peers {
+                        let _ = foca.announce(placeholder(*p), &mut runtime);
+                    }
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "gossip");
+        }
+        let changed = flush(&socket, &mut runtime, &tx).await;
+        if changed {
+            let mut list: Vec<Member> = std::iter::once(foca.identity().member())
+                .chain(foca.iter_members().map(|m| m.id().member()))
+                .collect();
+            list.sort_by(|a, b| a.cluster_addr.cmp(&b.cluster_addr));
+            tracing::info!(members = list.len(), "cluster membership changed");
+            *members.write().unwrap_or_else(|p| p.into_inner()) = list;
+        }
+    }
+}
+
+/// Send what foca wants sent, schedule its timers; returns whether membership changed.
+async fn flush(
+    socket: &UdpSocket,
+    runtime: &mut foca::AccumulatingRuntime<NodeId>,
+    tx: &mpsc::Sender<InputBox>,
+) -> bool {
+    while let Some((dst, data)) = runtime.to_send() {
+        if let Err(e) = socket.send_to(&data, dst.addr).await {
+            tracing::debug!(dst = %dst.addr, error = %e, "cluster send");
+        }
+    }
+    while let Some((delay, timer)) = runtime.to_schedule() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(InputBox(Input::Timer(timer))).await;
+        });
+    }
+    let mut changed = false;
+    while let Some(n) = runtime.to_notify() {
+        match n {
+            OwnedNotification::MemberUp(id) => {
+                tracing::debug!(member = %id.addr, role = id.role.name(), "member up");
+                changed = true;
+            }
+            OwnedNotification::MemberDown(id) => {
+                tracing::debug!(member = %id.addr, role = id.role.name(), "member down");
+                changed = true;
+            }
+            OwnedNotification::Rename(_, _) => changed = true,
+            _ => {}
+        }
+    }
+    changed
+}

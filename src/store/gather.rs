@@ -1,0 +1,349 @@
+//! The user query, `/store/query`: scatter the same request to every store node's
+//! `/store/_query`, gather their answers, and merge the bodies lazily by ULID with dedup.
+//!
+//! Every peer is asked concurrently, with a connect timeout, a response-header timeout and a
+//! per-peer body idle timeout: a node that fails or is too slow counts in
+//! `X-Oklog-Error-Count` and the answer is a `206` with everything the others had, never a
+//! hang. The status is sent once every peer's headers are in; a failure after that can only be
+//! logged and counted (`oklog_store_query_peer_errors_total`).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use super::api::{Stats, stats_headers};
+use super::query::QueryParams;
+use crate::cluster::{Peers, Role};
+use crate::http::{self, Client, channel_body, text};
+use crate::merge::{self, Source};
+use crate::metrics::Metrics;
+use crate::search::Matcher;
+
+/// How long a peer may take to answer with headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a peer's body may stall before it is given up.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Output chunk size (256 KiB).
+const OUT_CHUNK: usize = 256 << 10;
+
+/// State of the gateway handler.
+#[derive(Debug)]
+pub struct Gateway {
+    peers: Arc<dyn Peers>,
+    client: Client,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// A gateway over the store peers in `peers`.
+    pub fn new(peers: Arc<dyn Peers>, client: Client, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Gateway {
+            peers,
+            client,
+            metrics,
+        })
+    }
+
+    /// `GET|HEAD /store/query`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/store/query", get(query).head(query))
+            .with_state(Arc::clone(self))
+    }
+}
+
+/// One peer's answer: its stats and, for GET, its body.
+struct Answer {
+    stats: Stats,
+    body: Option<hyper::body::Incoming>,
+    peer: String,
+}
+
+fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.parse().ok()
+}
+
+async fn ask(gw: &Gateway, method: &Method, peer: &str, raw: &str) -> io::Result<Answer> {
+    let url = format!("http://{peer}/store/_query?{raw}");
+    let (status, headers, body) = http::call_full(
+        &gw.client,
+        method.clone(),
+        &url,
+        http::empty_body(),
+        HEADER_TIMEOUT,
+    )
+    .await?;
+    if !status.is_success() {
+        let msg = http::body_text(body).await.unwrap_or_default();
+        return Err(io::Error::other(format!("{url}: {status}: {}", msg.trim())));
+    }
+    let stats = Stats {
+        nodes: header_u64(&headers, "X-Oklog-Nodes-Queried").unwrap_or(1),
+        segments: header_u64(&headers, "X-Oklog-Segments-Queried").unwrap_or(0),
+        max_data_set_size: header_u64(&headers, "X-Oklog-Max-Data-Set-Size").unwrap_or(0),
+        errors: header_u64(&headers, "X-Oklog-Error-Count").unwrap_or(0),
+    };
+    Ok(Answer {
+        stats,
+        body: (*method == Method::GET).then_some(body),
+        peer: peer.to_string(),
+    })
+}
+
+async fn query(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    RawQuery(raw): RawQuery,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let started = Instant::now();
+    // Refuse a bad query here, with the same messages a node would give.
+    let params = match QueryParams::parse(&params) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    if let Err(e) = Matcher::new(&params.q, params.regex) {
+        return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n"));
+    }
+    let peers = gw.peers.current(Role::Store);
+    if peers.is_empty() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no store nodes available\n",
+        );
+    }
+    // Pin the time range so every peer answers for the same window.
+    let raw = pinned_query(raw.as_deref().unwrap_or(""), &params);
+    let answers = join_all(peers.iter().map(|p| ask(&gw, &method, p, &raw))).await;
+    let mut total = Stats::default();
+    let mut bodies = Vec::new();
+    for (peer, answer) in peers.iter().zip(answers) {
+        match answer {
+            Ok(a) => {
+                total.nodes += a.stats.nodes;
+                total.segments += a.stats.segments;
+                total.max_data_set_size = total.max_data_set_size.max(a.stats.max_data_set_size);
+                total.errors += a.stats.errors;
+                if let Some(b) = a.body {
+                    bodies.push((a.peer, b));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "store node failed to answer a query");
+                total.errors += 1;
+                gw.metrics.store_query_peer_errors.inc();
+            }
+        }
+    }
+    let headers = stats_headers(&params, &total, started.elapsed());
+    let status = if total.errors > 0 {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    if method == Method::HEAD {
+        return (status, headers, Body::empty()).into_response();
+    }
+    (
+        status,
+        headers,
+        merged_body(bodies, Arc::clone(&gw.metrics)),
+    )
+        .into_response()
+}
+
+/// The raw query string with `from` and `to` replaced by the gateway's parse (as ULIDs of
+/// their milliseconds), so a missing `to` ("now") means the same instant on every node.
+fn pinned_query(raw: &str, p: &QueryParams) -> String {
+    let mut parts: Vec<String> = raw
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .filter(|kv| {
+            let k = kv.split('=').next().unwrap_or("");
+            k != "from" && k != "to"
+        })
+        .map(str::to_string)
+        .collect();
+    let id = |ms: u64| String::from_utf8_lossy(&crate::record::min_ulid(ms)).into_owned();
+    parts.push(format!("from={}", id(p.from_ms)));
+    parts.push(format!("to={}", id(p.to_ms)));
+    parts.join("&")
+}
+
+/// Merge the peers' bodies (each sorted) by ULID with dedup, streaming.
+fn merged_body(bodies: Vec<(String, hyper::body::Incoming)>, metrics: Arc<Metrics>) -> Body {
+    let mut receivers = Vec::new();
+    for (peer, mut body) in bodies {
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        receivers.push(rx);
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            loop {
+                let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
+                    Ok(Some(Ok(frame))) => frame,
+                    Ok(None) => return,
+                    Ok(Some(Err(e))) => {
+                        tracing::warn!(%peer, error = %e, "store node's query body failed");
+                        metrics.store_query_peer_errors.inc();
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "store node's query body stalled; giving up on it");
+                        metrics.store_query_peer_errors.inc();
+                        return;
+                    }
+                };
+                if let Ok(data) = frame.into_data() {
+                    // The merge thread takes chunks as it needs them.
+                    if tx.send(data).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+            }
+        });
+    }
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
+        let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
+        let result = merge::merge(&mut sources, |line| {
+            buf.extend_from_slice(line);
+            if buf.len() >= OUT_CHUNK {
+                let chunk = Bytes::from(std::mem::replace(
+                    &mut buf,
+                    Vec::with_capacity(OUT_CHUNK * 2),
+                ));
+                return Ok(tx.blocking_send(Ok(chunk)).is_ok());
+            }
+            Ok(true)
+        });
+        if result.is_ok() && !buf.is_empty() {
+            let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+        }
+    });
+    channel_body(rx)
+}
+
+/// Lines of a body arriving as chunks over a channel (a line may span chunks).
+struct ChunkLines {
+    rx: mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+    pos: usize,
+    line: Vec<u8>,
+    done: bool,
+}
+
+impl ChunkLines {
+    fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+        let mut s = ChunkLines {
+            rx,
+            chunk: Bytes::new(),
+            pos: 0,
+            line: Vec::new(),
+            done: false,
+        };
+        s.step();
+        s
+    }
+
+    fn step(&mut self) {
+        self.line.clear();
+        loop {
+            if self.pos >= self.chunk.len() {
+                match self.rx.blocking_recv() {
+                    Some(c) => {
+                        self.chunk = c;
+                        self.pos = 0;
+                        continue;
+                    }
+                    None => {
+                        // End of the body: a final line without `\\n` still counts.
+                        self.done = self.line.is_empty();
+                        return;
+                    }
+                }
+            }
+            let rest = &self.chunk[self.pos..];
+            match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    self.line.extend_from_slice(&rest[..=i]);
+                    self.pos += i + 1;
+                    return;
+                }
+                None => {
+                    self.line.extend_from_slice(rest);
+                    self.pos = self.chunk.len();
+                }
+            }
+        }
+    }
+}
+
+impl Source for ChunkLines {
+    fn current(&self) -> Option<&[u8]> {
+        (!self.done).then_some(self.line.as_slice())
+    }
+    fn advance(&mut self) -> io::Result<()> {
+        self.step();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_lines_reassemble_lines_across_chunks() {
+        let (tx, rx) = mpsc::channel(16);
+        for c in [
+            "0000000000000000000000000A a\n00000",
+            "00000000000000000000B b",
+            "\n",
+            "0000000000000000000000000C c",
+        ] {
+            tx.try_send(Bytes::from(c)).unwrap();
+        }
+        drop(tx);
+        let mut s = ChunkLines::new(rx);
+        let mut out = Vec::new();
+        while let Some(l) = s.current() {
+            out.push(String::from_utf8(l.to_vec()).unwrap());
+            s.advance().unwrap();
+        }
+        assert_eq!(
+            out,
+            [
+                "0000000000000000000000000A a\n",
+                "0000000000000000000000000B b\n",
+                "0000000000000000000000000C c"
+            ]
+        );
+    }
+
+    #[test]
+    fn pinned_query_fixes_the_window() {
+        let p = QueryParams {
+            from_ms: 0,
+            to_ms: 1,
+            q: "x".into(),
+            regex: true,
+        };
+        assert_eq!(
+            pinned_query("q=x&from=1h&regex&to=now", &p),
+            "q=x&regex&from=00000000000000000000000000&to=00000000010000000000000000"
+        );
+    }
+}
