@@ -7,6 +7,7 @@
 //! - [`store`]: store segments, the consumer, replication ingress, local queries, `/store` API.
 //! - [`search`]: time-range binary search and matchers over sorted segment bytes.
 //! - [`merge`]: k-way merge with ULID dedup.
+//! - [`stream`]: the user stream: fan-out to store nodes, window deduplication.
 //! - [`cluster`]: who the peers are.
 //! - [`http`]: shared server and client plumbing, `/health`, `/metrics`.
 //! - [`cli`]: one module per subcommand; `main.rs` only picks one.
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod record;
 pub mod search;
 pub mod store;
+pub mod stream;

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub store_rejected_replicas: Counter,
     /// Store nodes that failed to answer a scattered query (or broke off their answer).
     pub store_query_peer_errors: Counter,
+    /// Live streams dropped because their client could not keep up.
+    pub store_dropped_streams: Counter,
     /// Records forwarded (forward mode).
     pub forward_records: Counter,
     /// Bytes forwarded (forward mode).
@@ -139,6 +141,11 @@ impl Metrics {
             "oklog_store_query_peer_errors",
             "Store nodes that failed to answer a scattered query, or broke off their answer",
             m.store_query_peer_errors.clone(),
+        );
+        r.register(
+            "oklog_store_dropped_streams",
+            "Live stream clients dropped because they could not keep up",
+            m.store_dropped_streams.clone(),
         );
         r.register(
             "oklog_forward_records",

@@ -72,7 +72,8 @@ fn bad_flags_exit_with_one_line_naming_the_flag() {
         (&["forward"], 1, "specify at least one ingest address"),
         (&["forward", "host:port:x"], 1, "unsupported address format"),
         (&["testsvc", "-size", "10"], 1, "minimum -size"),
-        (&["stream"], 1, "not implemented yet"),
+        (&["stream", "-store", "127.0.0.1:1"], 1, "127.0.0.1:1"),
+        (&["stream", "-window", "soon"], 1, "-window"),
     ];
     for (args, code, needle) in cases {
         let out = oklog(args);

@@ -354,3 +354,72 @@ fn a_node_given_an_unreachable_peer_says_it_is_alone() {
     // Without -peer it defaults to RF 2 as a store, and says the factor is out of reach.
     assert!(node.log_text().contains("replication_factor=2"));
 }
+
+#[test]
+fn a_stream_sees_each_new_matching_record_once() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let seed = start("store", &root.path().join("s1"), None, &[]);
+    let peer = seed.addr("cluster").to_string();
+    let s2 = start("store", &root.path().join("s2"), Some(&peer), &[]);
+    let ing = start("ingest", &root.path().join("i1"), Some(&peer), &[]);
+    wait_members(
+        &[&seed, &s2, &ing],
+        &[&seed, &s2, &ing],
+        Duration::from_secs(5),
+        "join",
+    );
+    let mut stream = std::process::Command::new(BIN)
+        .args([
+            "stream",
+            "-store",
+            seed.addr("api"),
+            "-q",
+            "wanted",
+            "-window",
+            "500ms",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = stream.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    // Give the gateway a moment to connect to both store nodes.
+    std::thread::sleep(Duration::from_millis(1500));
+    let input: Vec<u8> = (0..200)
+        .flat_map(|i| format!("{} {i}\n", if i % 2 == 0 { "wanted" } else { "other" }).into_bytes())
+        .collect();
+    assert!(forward(ing.addr("fast"), &input, &[]).status.success());
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 100 && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            got.push(line);
+        }
+    }
+    // Nothing more arrives: each record exactly once though both stores hold it.
+    std::thread::sleep(Duration::from_secs(2));
+    while let Ok(line) = rx.try_recv() {
+        got.push(line);
+    }
+    let want: Vec<String> = (0..200)
+        .step_by(2)
+        .map(|i| format!("default wanted {i}"))
+        .collect();
+    assert_eq!(got, want);
+    // SIGTERM ends the stream cleanly.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &stream.id().to_string()])
+        .status();
+    let status = stream.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::log::{ACTIVE, StoreLog};
 use super::query::{Plan, QueryParams};
+use super::registry::Registry;
 use super::replicate::{ReplicaError, ReplicaWriter};
 use crate::gotime;
 use crate::http::{channel_body, text};
@@ -36,12 +37,18 @@ const OUT_CHUNKS_IN_FLIGHT: usize = 8;
 pub struct StoreApi {
     log: Arc<StoreLog>,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
 }
 
 impl StoreApi {
     /// API state over `log`.
     pub fn new(log: Arc<StoreLog>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(StoreApi { log, metrics })
+        let registry = Registry::new(Arc::clone(&metrics));
+        Arc::new(StoreApi {
+            log,
+            metrics,
+            registry,
+        })
     }
 
     /// The `/store/*` routes.
@@ -51,17 +58,40 @@ impl StoreApi {
         Router::new()
             .route("/store/_query", get(query).head(query))
             .route("/store/replicate", post(replicate))
-            .route("/store/stream", get(not_yet))
-            .route("/store/_stream", get(not_yet))
+            .route("/store/_stream", get(local_stream))
             .with_state(Arc::clone(self))
     }
 }
 
-async fn not_yet() -> Response {
-    text(
-        StatusCode::NOT_IMPLEMENTED,
-        "streaming queries are not implemented yet\n",
-    )
+/// `GET /store/_stream?q=&regex=`: records matching `q` from segments this node accepts from
+/// now on, as they arrive.
+async fn local_stream(
+    State(api): State<Arc<StoreApi>>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Response {
+    let regex = match super::query::parse_regex_flag(raw.get("regex").map(String::as_str)) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let matcher = match Matcher::new(raw.get("q").map(String::as_str).unwrap_or(""), regex) {
+        Ok(m) => m,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n")),
+    };
+    let sub = api.registry.register(matcher);
+    // The subscription lives in the body stream: when the client goes away, it is dropped
+    // and deregistered.
+    let body = futures_util::stream::unfold(sub, |mut sub| async move {
+        sub.rx
+            .recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(chunk), sub))
+    });
+    let mut r = (StatusCode::OK, Body::from_stream(body)).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 /// What a query answer reports in its `X-Oklog-*` headers.
@@ -210,11 +240,26 @@ async fn replicate(State(api): State<Arc<StoreApi>>, body: Body) -> Response {
         }
     }
     let log = Arc::clone(&api.log);
+    let registry = Arc::clone(&api.registry);
     let done = tokio::task::spawn_blocking(move || -> Result<Option<(u64, u64)>, ReplicaError> {
         let outcome = result.and_then(|()| writer.finish());
         match outcome {
             Ok(Some(r)) => {
+                // Keep the accepted bytes reachable for live streams whatever the close does
+                // with the name (an open handle keeps the inode).
+                let for_streams = if registry.is_empty() {
+                    None
+                } else {
+                    std::fs::File::open(&r.path).ok()
+                };
                 log.close(r.file, &r.path, &r.low, &r.high)?;
+                if let Some(f) = for_streams {
+                    // SAFETY: the inode is never truncated or written after validation; it
+                    // is only renamed or unlinked, which keeps the mapping valid.
+                    if let Ok(map) = unsafe { memmap2::Mmap::map(&f) } {
+                        registry.publish(&map);
+                    }
+                }
                 Ok(Some((r.records, r.bytes)))
             }
             Ok(None) => {

@@ -60,6 +60,7 @@ impl Gateway {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/store/query", get(query).head(query))
+            .route("/store/stream", get(stream))
             .with_state(Arc::clone(self))
     }
 }
@@ -162,6 +163,40 @@ async fn query(
         merged_body(bodies, Arc::clone(&gw.metrics)),
     )
         .into_response()
+}
+
+/// `GET /store/stream?q=&regex=&window=`: live records from every store node, deduplicated
+/// and ordered within the window.
+async fn stream(
+    State(gw): State<Arc<Gateway>>,
+    RawQuery(raw): RawQuery,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let regex = match super::query::parse_regex_flag(params.get("regex").map(String::as_str)) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    if let Err(e) = Matcher::new(params.get("q").map(String::as_str).unwrap_or(""), regex) {
+        return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n"));
+    }
+    let window = crate::stream::parse_window(params.get("window").map(String::as_str));
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    tokio::spawn(crate::stream::run(
+        Arc::clone(&gw.peers),
+        gw.client.clone(),
+        raw.unwrap_or_default(),
+        window,
+        tx,
+    ));
+    let body = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|o| o.map(Ok::<_, io::Error>))
+    });
+    let mut r = (StatusCode::OK, Body::from_stream(body)).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 /// The raw query string with `from` and `to` replaced by the gateway's parse (as ULIDs of

@@ -8,6 +8,7 @@ pub mod consume;
 pub mod gather;
 pub mod log;
 pub mod query;
+pub mod registry;
 pub mod replicate;
 
 pub use api::StoreApi;

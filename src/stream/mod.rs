@@ -1,0 +1,244 @@
+//! The user stream, `/store/stream`: connect to every store node's `/store/_stream`, follow
+//! membership changes, and merge what arrives into one deduplicated, ULID-ordered stream.
+//!
+//! The window rule (DESIGN.md §10 "Streams"): a record is held for `window` from its first
+//! arrival; every `window/10`, held records whose time is up are emitted in ULID order; a copy
+//! whose ULID was emitted within the last `2×window` is dropped (the set of emitted IDs is
+//! bounded by that). Late records are emitted, never dropped.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::Method;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::cluster::{Peers, Role};
+use crate::http::{self, Client};
+use crate::record::ULID_LEN;
+
+/// The default window, and the smallest allowed.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3);
+/// Windows below this are raised to it (as the original).
+pub const MIN_WINDOW: Duration = Duration::from_millis(100);
+/// How often the peer list is read again, and how long to wait before reconnecting.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// Window deduplication, driven by the caller's clock (so tests control time).
+#[derive(Debug)]
+pub struct Deduplicator {
+    window: Duration,
+    held: BTreeMap<[u8; ULID_LEN], (Bytes, Instant)>,
+    emitted: HashSet<[u8; ULID_LEN]>,
+    emitted_order: VecDeque<([u8; ULID_LEN], Instant)>,
+}
+
+impl Deduplicator {
+    /// A deduplicator for `window`.
+    pub fn new(window: Duration) -> Self {
+        Deduplicator {
+            window,
+            held: BTreeMap::new(),
+            emitted: HashSet::new(),
+            emitted_order: VecDeque::new(),
+        }
+    }
+
+    /// A record line (with `\n`) arrived at `now`.
+    pub fn insert(&mut self, line: Bytes, now: Instant) {
+        let key = crate::merge::key(&line);
+        if self.emitted.contains(&key) || self.held.contains_key(&key) {
+            return;
+        }
+        self.held.insert(key, (line, now));
+    }
+
+    /// Records whose hold time is up at `now`, in ULID order.
+    pub fn tick(&mut self, now: Instant) -> Vec<Bytes> {
+        while let Some((k, t)) = self.emitted_order.front() {
+            if now.duration_since(*t) < self.window * 2 {
+                break;
+            }
+            self.emitted.remove(k);
+            self.emitted_order.pop_front();
+        }
+        let due: Vec<[u8; ULID_LEN]> = self
+            .held
+            .iter()
+            .filter(|(_, (_, arrived))| now.duration_since(*arrived) >= self.window)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::with_capacity(due.len());
+        for k in due {
+            if let Some((line, _)) = self.held.remove(&k) {
+                out.push(line);
+                self.emitted.insert(k);
+                self.emitted_order.push_back((k, now));
+            }
+        }
+        out
+    }
+}
+
+/// Parse the `window` parameter: a Go duration; unparsable → 3 s; at least 100 ms.
+pub fn parse_window(value: Option<&str>) -> Duration {
+    value
+        .and_then(|v| crate::gotime::parse_duration(v).ok())
+        .unwrap_or(DEFAULT_WINDOW)
+        .max(MIN_WINDOW)
+}
+
+/// Fan out to every store node's `/store/_stream?<raw>`, deduplicate with `window`, and send
+/// record lines to `out` until it closes.
+pub async fn run(
+    peers: Arc<dyn Peers>,
+    client: Client,
+    raw: String,
+    window: Duration,
+    out: mpsc::Sender<Bytes>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    let mut conns: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut dedup = Deduplicator::new(window);
+    let mut tick = tokio::time::interval(window / 10);
+    let mut follow = tokio::time::interval(FOLLOW_EVERY);
+    loop {
+        tokio::select! {
+            _ = follow.tick() => {
+                let current = peers.current(Role::Store);
+                conns.retain(|peer, task| {
+                    let keep = current.contains(peer) && !task.is_finished();
+                    if !keep {
+                        task.abort();
+                    }
+                    keep
+                });
+                for peer in current {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = conns.entry(peer.clone()) {
+                        slot.insert(tokio::spawn(follow_peer(client.clone(), peer, raw.clone(), tx.clone())));
+                    }
+                }
+            }
+            line = rx.recv() => {
+                if let Some(line) = line {
+                    dedup.insert(line, Instant::now());
+                }
+            }
+            _ = tick.tick() => {
+                for line in dedup.tick(Instant::now()) {
+                    if out.send(line).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            _ = out.closed() => break,
+        }
+    }
+    for (_, task) in conns {
+        task.abort();
+    }
+}
+
+/// Read one peer's `/store/_stream` and pass its lines on, until it ends (the caller reconnects
+/// on its next membership pass).
+async fn follow_peer(client: Client, peer: String, raw: String, tx: mpsc::Sender<Bytes>) {
+    let url = format!("http://{peer}/store/_stream?{raw}");
+    let (status, mut body) = match http::call(
+        &client,
+        Method::GET,
+        &url,
+        http::empty_body(),
+        Duration::from_secs(5),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "stream connection failed");
+            tokio::time::sleep(FOLLOW_EVERY).await;
+            return;
+        }
+    };
+    if !status.is_success() {
+        tracing::warn!(%peer, %status, "stream refused");
+        tokio::time::sleep(FOLLOW_EVERY).await;
+        return;
+    }
+    let mut partial: Vec<u8> = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let mut rest = &data[..];
+        while let Some(i) = memchr::memchr(b'\n', rest) {
+            let line = if partial.is_empty() {
+                data.slice_ref(&rest[..=i])
+            } else {
+                partial.extend_from_slice(&rest[..=i]);
+                Bytes::from(std::mem::take(&mut partial))
+            };
+            if tx.send(line).await.is_err() {
+                return;
+            }
+            rest = &rest[i + 1..];
+        }
+        partial.extend_from_slice(rest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(ms: u64, body: &str) -> Bytes {
+        let mut v = crate::record::min_ulid(ms).to_vec();
+        v.extend_from_slice(format!(" {body}\n").as_bytes());
+        Bytes::from(v)
+    }
+
+    #[test]
+    fn deduplicate() {
+        // TestDeduplicate, with the window counted from first arrival.
+        let t0 = Instant::now();
+        let w = Duration::from_secs(1);
+        let mut d = Deduplicator::new(w);
+        let (r1, r2, r2b, r3) = (
+            rec(0, "A"),
+            rec(1000, "Bbb1"),
+            rec(1000, "Bbb2"),
+            rec(2000, "C"),
+        );
+        d.insert(r3.clone(), t0);
+        d.insert(r1.clone(), t0);
+        d.insert(r3.clone(), t0);
+        assert!(d.tick(t0 + w / 2).is_empty(), "held for the window");
+        d.insert(r2.clone(), t0 + w / 2);
+        d.insert(r2b, t0 + w / 2);
+        d.insert(r1.clone(), t0 + w / 2);
+        assert_eq!(
+            d.tick(t0 + w),
+            vec![r1.clone(), r3.clone()],
+            "ULID order, once"
+        );
+        assert_eq!(d.tick(t0 + w * 3 / 2), vec![r2], "first copy wins");
+        d.insert(r1.clone(), t0 + w * 2);
+        assert!(
+            d.tick(t0 + w * 4).is_empty(),
+            "copies within 2×window are dropped"
+        );
+        // Long after, the emitted set has forgotten r1: a late copy is emitted, not dropped.
+        d.insert(r1.clone(), t0 + w * 10);
+        assert_eq!(d.tick(t0 + w * 11), vec![r1]);
+    }
+
+    #[test]
+    fn windows() {
+        assert_eq!(parse_window(None), DEFAULT_WINDOW);
+        assert_eq!(parse_window(Some("junk")), DEFAULT_WINDOW);
+        assert_eq!(parse_window(Some("10ms")), MIN_WINDOW);
+        assert_eq!(parse_window(Some("1s")), Duration::from_secs(1));
+    }
+}
