@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::addr::parse_addr;
 use super::flags::{Args, Flag, Kind, flag};
 use crate::cluster::gossip::Gossip;
-use crate::cluster::{Peers, Role, advertise, state_json};
+use crate::cluster::{Membership, Peers, Role, advertise, state_json};
 use crate::http;
 use crate::ingest::{IngestApi, IngestLog, Ingester, Modality, Rotation, conn};
 use crate::metrics::Metrics;
@@ -498,7 +498,7 @@ impl Node {
                         axum::http::header::CONTENT_TYPE,
                         "application/json; charset=utf-8",
                     )],
-                    state_json(g.me(), &g.members()),
+                    state_json(&g.me(), &g.members()),
                 )
             }
         };

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Member, Peers, Role};
+use super::{Member, Membership, Peers, Role};
 
 /// How often a node that was given peers but knows no one announces itself again.
 const REANNOUNCE: Duration = Duration::from_secs(1);
@@ -125,22 +125,21 @@ impl Gossip {
         tokio::spawn(run(me, socket, rx, tx, members, peers, shutdown));
         Ok(gossip)
     }
+}
 
-    /// This node.
-    pub fn me(&self) -> &Member {
-        &self.me
+impl Membership for Gossip {
+    fn me(&self) -> Member {
+        self.me.clone()
     }
 
-    /// Every live member, self included.
-    pub fn members(&self) -> Vec<Member> {
+    fn members(&self) -> Vec<Member> {
         self.members
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Tell the others this node is leaving (waits briefly for the messages to go out).
-    pub async fn leave(&self) {
+    async fn leave(&self) {
         let (tx, rx) = oneshot::channel();
         if self.input.send(InputBox(Input::Leave(tx))).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;

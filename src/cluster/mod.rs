@@ -58,6 +58,17 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn current(&self, role: Role) -> Vec<String>;
 }
 
+/// Cluster membership: who is in the cluster and how to leave it. Joining happens when an
+/// implementation starts (see [`gossip::Gossip::start`]).
+pub trait Membership: Peers {
+    /// This node.
+    fn me(&self) -> Member;
+    /// Every live member, self included.
+    fn members(&self) -> Vec<Member>;
+    /// Tell the others this node is leaving.
+    fn leave(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
 /// A fixed peer list (for tests and tools).
 #[derive(Clone, Debug, Default)]
 pub struct StaticPeers {

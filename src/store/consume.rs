@@ -31,6 +31,8 @@ use crate::record::check_record;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often to repeat the "not enough store nodes" warning.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How long after start a node may take to find its store peers before the first warning.
+const JOIN_GRACE: Duration = Duration::from_secs(2);
 
 /// Consumer settings (the `-store.segment-*` flags).
 #[derive(Clone, Debug)]
@@ -60,7 +62,9 @@ pub struct Consumer {
     bytes: u64,
     since: Option<Instant>,
     empty_polls: usize,
-    last_warn: Option<Instant>,
+    /// When the "not enough store nodes" warning was last given (set at start, so a node
+    /// still joining its cluster does not warn).
+    last_warn: Instant,
 }
 
 impl Consumer {
@@ -83,7 +87,7 @@ impl Consumer {
             bytes: 0,
             since: None,
             empty_polls: 0,
-            last_warn: None,
+            last_warn: Instant::now() - WARN_EVERY + JOIN_GRACE,
         }
     }
 
@@ -110,8 +114,8 @@ impl Consumer {
         let ingesters = self.peers.current(Role::Ingest);
         let rf = self.cfg.replication_factor;
         if stores.len() < rf {
-            if self.last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                self.last_warn = Some(Instant::now());
+            if self.last_warn.elapsed() >= WARN_EVERY {
+                self.last_warn = Instant::now();
                 tracing::warn!(
                     replication_factor = rf,
                     store_nodes = stores.len(),
