@@ -423,3 +423,62 @@ fn a_stream_sees_each_new_matching_record_once() {
     let status = stream.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_stopping_ingester_hands_its_records_to_the_store_before_it_leaves() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let store = start(
+        "store",
+        &root.path().join("s1"),
+        None,
+        &["-store.segment-replication-factor", "1"],
+    );
+    let peer = store.addr("cluster").to_string();
+    // Segments would sit in the active file for a minute: only the shutdown flushes them.
+    let mut ing = start(
+        "ingest",
+        &root.path().join("i1"),
+        Some(&peer),
+        &["-ingest.segment-flush-age", "1m"],
+    );
+    wait_members(
+        &[&store, &ing],
+        &[&store, &ing],
+        Duration::from_secs(5),
+        "join",
+    );
+    let input: Vec<u8> = (0..1000)
+        .flat_map(|i| format!("handed over {i}\n").into_bytes())
+        .collect();
+    // A producer that stays connected: its records sit in the connection's active segment.
+    let mut producer = std::net::TcpStream::connect(ing.addr("fast")).unwrap();
+    std::io::Write::write_all(&mut producer, &input).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        all_records(store.addr("api")).is_empty(),
+        "still in the ingester's active segment"
+    );
+    let started = Instant::now();
+    let status = ing.terminate(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{}", ing.log_text());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "within -shutdown-timeout: {:?}",
+        started.elapsed()
+    );
+    // Everything was consumed before it left: nothing is left behind on the ingester.
+    assert_eq!(all_records(store.addr("api")).len(), 1000);
+    let left: Vec<_> = std::fs::read_dir(root.path().join("i1/data/ingest"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "LOCK")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    wait_members(
+        &[&store],
+        &[&store],
+        Duration::from_secs(5),
+        "the ingester to leave",
+    );
+}

@@ -550,31 +550,43 @@ impl Node {
 
         wait_for_signal().await;
         tracing::info!("shutting down");
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        // Everything below shares one deadline; the drain leaves room for the last steps.
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.shutdown_timeout;
+        let drain_until = deadline - (self.shutdown_timeout / 5).min(Duration::from_secs(1));
         let _ = tcp_tx.send(true);
         if let Some(parts) = &ingest {
-            parts.ingester.stop(self.shutdown_timeout).await;
-            // Keep serving /ingest/* so store nodes take what was flushed, within the deadline.
-            while tokio::time::Instant::now() < deadline && !peers.current(Role::Store).is_empty() {
+            parts
+                .ingester
+                .stop(drain_until.saturating_duration_since(start))
+                .await;
+            // Keep serving /ingest/* so store nodes take what was flushed.
+            while tokio::time::Instant::now() < drain_until
+                && !peers.current(Role::Store).is_empty()
+            {
                 let log = Arc::clone(&parts.log);
                 match tokio::task::spawn_blocking(move || log.stats()).await {
                     Ok(Ok(s)) if s.flushed.0 + s.pending.0 > 0 => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     _ => break,
                 }
             }
         }
-        self.gossip.leave().await;
+        let _ = tokio::time::timeout_at(deadline, self.gossip.leave()).await;
         let _ = self.all_tx.send(true);
-        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), async {
+        let _ = tokio::time::timeout_at(deadline, async {
             while tasks.join_next().await.is_some() {}
         })
         .await;
         if let Some(parts) = &ingest {
             parts.api.fail_all().await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        let _ = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + Duration::from_millis(200)),
+            server,
+        )
+        .await;
         tracing::info!("stopped");
         Ok(())
     }
