@@ -234,6 +234,23 @@ mod tests {
         assert_eq!(d.tick(t0 + w * 11), vec![r1]);
     }
 
+    #[tokio::test]
+    async fn fan_out_ends_when_the_client_goes_away() {
+        // TestIssue59: with peers that never answer, cancelling must still end the stream.
+        let peers = Arc::new(crate::cluster::StaticPeers {
+            ingest: vec![],
+            store: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+        });
+        let (tx, rx) = mpsc::channel(1);
+        let run = tokio::spawn(run(peers, http::client(), "q=x".into(), MIN_WINDOW, tx));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(2), run)
+            .await
+            .expect("the fan-out ends")
+            .unwrap();
+    }
+
     #[test]
     fn windows() {
         assert_eq!(parse_window(None), DEFAULT_WINDOW);
