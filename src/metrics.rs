@@ -51,6 +51,14 @@ pub struct Metrics {
     pub store_rejected_replicas: Counter,
     /// Store nodes that failed to answer a scattered query (or broke off their answer).
     pub store_query_peer_errors: Counter,
+    /// Lifecycle steps by `kind` (Overlapping, Sequential, Trash, Purge) and `result`.
+    pub store_compactions: Family<Labels, Counter>,
+    /// Files set aside as `.bad`.
+    pub store_quarantined_files: Counter,
+    /// Segments moved to the trash by retention.
+    pub store_trashed_segments: Counter,
+    /// Trashed segments deleted.
+    pub store_purged_segments: Counter,
     /// Live streams dropped because their client could not keep up.
     pub store_dropped_streams: Counter,
     /// Records forwarded (forward mode).
@@ -141,6 +149,26 @@ impl Metrics {
             "oklog_store_query_peer_errors",
             "Store nodes that failed to answer a scattered query, or broke off their answer",
             m.store_query_peer_errors.clone(),
+        );
+        r.register(
+            "oklog_store_compactions",
+            "Store lifecycle steps by kind and result",
+            m.store_compactions.clone(),
+        );
+        r.register(
+            "oklog_store_quarantined_files",
+            "Store files set aside as .bad",
+            m.store_quarantined_files.clone(),
+        );
+        r.register(
+            "oklog_store_trashed_segments",
+            "Segments moved to the trash by retention",
+            m.store_trashed_segments.clone(),
+        );
+        r.register(
+            "oklog_store_purged_segments",
+            "Trashed segments deleted",
+            m.store_purged_segments.clone(),
         );
         r.register(
             "oklog_store_dropped_streams",

@@ -21,7 +21,9 @@ use crate::http;
 use crate::ingest::{IngestApi, IngestLog, Ingester, Modality, Rotation, conn};
 use crate::metrics::Metrics;
 use crate::record::{FramerConfig, TopicMode, is_valid_topic};
-use crate::store::{Consumer, ConsumerConfig, Gateway, StoreApi, StoreLog};
+use crate::store::{
+    CompactConfig, Compacter, Consumer, ConsumerConfig, Gateway, StoreApi, StoreLog,
+};
 
 /// Default API (HTTP) port.
 pub const API_PORT: u16 = 7650;
@@ -304,6 +306,7 @@ pub struct StoreParts {
     api: Arc<StoreApi>,
     consumers: usize,
     consumer: ConsumerConfig,
+    lifecycle: CompactConfig,
 }
 
 /// Open the store directory and check the store flags.
@@ -320,6 +323,11 @@ pub fn build_store(args: &Args, rf: i64, metrics: &Arc<Metrics>) -> anyhow::Resu
         log,
         api,
         consumers,
+        lifecycle: CompactConfig {
+            target_size,
+            retain: args.duration("store.segment-retain"),
+            purge: args.duration("store.segment-purge"),
+        },
         consumer: ConsumerConfig {
             target_size,
             target_age: args.duration("store.segment-target-age"),
@@ -534,6 +542,12 @@ impl Node {
                     .router(),
                 )
                 .route("/store/_clusterstate", get(state));
+            let compacter = Compacter::new(
+                Arc::clone(&parts.log),
+                parts.lifecycle.clone(),
+                Arc::clone(&self.metrics),
+            );
+            tasks.spawn(compacter.run(all_rx.clone()));
             for _ in 0..parts.consumers {
                 let consumer = Consumer::new(
                     Arc::clone(&parts.log),

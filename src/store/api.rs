@@ -164,7 +164,16 @@ async fn query(
     };
     let log = Arc::clone(&api.log);
     let p = params.clone();
-    let plan = match tokio::task::spawn_blocking(move || Plan::new(&log, &p)).await {
+    let head = method == Method::HEAD;
+    let plan = match tokio::task::spawn_blocking(move || {
+        if head {
+            Plan::new(&log, &p)
+        } else {
+            Plan::open(&log, &p)
+        }
+    })
+    .await
+    {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

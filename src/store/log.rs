@@ -15,6 +15,8 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+use memmap2::Mmap;
+
 use crate::disk::{self, DirLock, OpenError, io_at};
 use crate::merge::{self, ReaderLines};
 use crate::record::{ULID_LEN, check_record, is_valid_ulid, ulid_ms};
@@ -27,6 +29,10 @@ pub const FLUSHED: &str = "flushed";
 pub const READING: &str = "reading";
 /// Suffix of a consumer's spool file.
 pub const CONSUMING: &str = "consuming";
+/// Suffix of a segment moved out by retention, deleted after `-store.segment-purge`.
+pub const TRASHED: &str = "trashed";
+/// Suffix of a quarantined file: kept for an operator, never read again.
+pub const BAD: &str = "bad";
 
 /// A flushed (or reading) segment: its ULID range, size and path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,36 +221,195 @@ impl StoreLog {
     }
 
     /// Queryable segments (`.flushed` and `.reading`) whose range overlaps `[from_ms, to_ms]`,
-    /// sorted by their low ULID. Files with unparseable names are skipped with a warning.
+    /// sorted by their low ULID. Files with unparseable names are skipped (the compacter
+    /// quarantines them).
     pub fn overlapping(&self, from_ms: u64, to_ms: u64) -> io::Result<Vec<Segment>> {
         let _guard = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        self.scan(&[FLUSHED, READING], |s| {
+            overlap((ulid_ms(&s.low), ulid_ms(&s.high)), (from_ms, to_ms))
+        })
+    }
+
+    /// [`StoreLog::overlapping`], with each segment mapped while the segment set cannot change
+    /// (so compaction cannot delete an input between listing and opening it). `None` for an
+    /// empty file.
+    pub fn open_overlapping(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> io::Result<Vec<(Segment, Option<Mmap>)>> {
+        let _guard = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        let segs = self.scan(&[FLUSHED, READING], |s| {
+            overlap((ulid_ms(&s.low), ulid_ms(&s.high)), (from_ms, to_ms))
+        })?;
+        let mut out = Vec::with_capacity(segs.len());
+        for s in segs {
+            match map_segment(&s.path) {
+                Ok(m) => out.push((s, m)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Segments in `states` with well-formed names that pass `keep`, sorted by (low, high).
+    pub fn scan(
+        &self,
+        states: &[&str],
+        keep: impl Fn(&Segment) -> bool,
+    ) -> io::Result<Vec<Segment>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let state = name.rsplit_once('.').map(|(_, s)| s);
-            if !matches!(state, Some(FLUSHED | READING)) {
-                continue;
-            }
-            let Some((low, high, _)) = parse_name(name) else {
-                tracing::warn!(file = name, "skipping store file with a malformed name");
+            let Some((low, high, state)) = parse_name(name) else {
                 continue;
             };
-            if !overlap((ulid_ms(&low), ulid_ms(&high)), (from_ms, to_ms)) {
+            if !states.contains(&state) {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
-            out.push(Segment {
+            let seg = Segment {
                 path: entry.path(),
                 low,
                 high,
                 size: meta.len(),
-            });
+            };
+            if keep(&seg) {
+                out.push(seg);
+            }
         }
         out.sort_by(|a, b| a.low.cmp(&b.low).then(a.high.cmp(&b.high)));
         Ok(out)
     }
+
+    /// Rename `.flushed` segments to `.reading` (claimed by compaction or retention); those
+    /// that vanished meanwhile are left out of the result.
+    pub fn claim(&self, segs: &[Segment]) -> io::Result<Vec<Segment>> {
+        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(segs.len());
+        for s in segs {
+            let to = s.path.with_extension(READING);
+            match fs::rename(&s.path, &to) {
+                Ok(()) => out.push(Segment {
+                    path: to,
+                    ..s.clone()
+                }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    drop(_guard);
+                    self.release(&out);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Give claimed (`.reading`) segments back as `.flushed`.
+    pub fn release(&self, segs: &[Segment]) {
+        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        for s in segs {
+            if let Err(e) = fs::rename(&s.path, s.path.with_extension(FLUSHED)) {
+                tracing::error!(segment = %s.path.display(), error = %e, "releasing a claimed segment");
+            }
+        }
+    }
+
+    /// Delete claimed segments whose records now live elsewhere (compaction outputs).
+    pub fn remove(&self, segs: &[Segment]) -> io::Result<()> {
+        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        for s in segs {
+            match fs::remove_file(&s.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        disk::sync_dir(&self.dir)
+    }
+
+    /// Move a segment out of the queryable set into the trash, stamped with the time of
+    /// trashing (purge counts from it).
+    pub fn trash(&self, seg: &Segment) -> io::Result<()> {
+        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let to = seg.path.with_extension(TRASHED);
+        fs::rename(&seg.path, &to)?;
+        File::options()
+            .write(true)
+            .open(&to)?
+            .set_modified(std::time::SystemTime::now())?;
+        disk::sync_dir(&self.dir)
+    }
+
+    /// Delete trashed segments trashed more than `purge` ago; returns how many.
+    pub fn purge(&self, purge: std::time::Duration) -> io::Result<usize> {
+        let now = std::time::SystemTime::now();
+        let mut n = 0;
+        for s in self.scan(&[TRASHED], |_| true)? {
+            let age = fs::metadata(&s.path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            if age >= purge && fs::remove_file(&s.path).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Set aside a file that cannot be used (a malformed name or content) as `<name>.bad`:
+    /// never deleted, never retried, out of every scan.
+    pub fn quarantine(&self, path: &Path, reason: &str) -> io::Result<PathBuf> {
+        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut to = self.dir.join(format!("{stem}.{BAD}"));
+        let mut i = 1;
+        while to.exists() {
+            to = self.dir.join(format!("{stem}.{i}.{BAD}"));
+            i += 1;
+        }
+        fs::rename(path, &to)?;
+        disk::sync_dir(&self.dir)?;
+        tracing::error!(file = %path.display(), quarantined = %to.display(), reason, "quarantined a bad store file");
+        Ok(to)
+    }
+
+    /// Files that look like segments (`.flushed`, `.reading`) but whose names do not parse.
+    pub fn malformed_names(&self) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let state = name.rsplit_once('.').map(|(_, s)| s);
+            if matches!(state, Some(FLUSHED | READING)) && parse_name(name).is_none() {
+                out.push(path);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Map a segment read-only; `Ok(None)` if it is empty.
+pub fn map_segment(path: &Path) -> io::Result<Option<Mmap>> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(None);
+    }
+    // SAFETY: flushed segments are never modified in place: they are only renamed, replaced
+    // by a rename, or unlinked, none of which changes the mapped inode's bytes (truncating a
+    // mapped file would raise SIGBUS; only start-up recovery truncates, and only `.active`
+    // files, which are never mapped).
+    let map = unsafe { Mmap::map(&file)? };
+    Ok(Some(map))
 }
 
 fn same_contents(a: &Path, b: &Path) -> io::Result<bool> {

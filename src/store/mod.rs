@@ -4,6 +4,7 @@
 //! Store owns only `-store.path`; it never touches ingest files except through the ingest API.
 
 pub mod api;
+pub mod compact;
 pub mod consume;
 pub mod gather;
 pub mod log;
@@ -12,6 +13,7 @@ pub mod registry;
 pub mod replicate;
 
 pub use api::StoreApi;
+pub use compact::{CompactConfig, Compacter};
 pub use consume::{Consumer, ConsumerConfig};
 pub use gather::Gateway;
 pub use log::StoreLog;

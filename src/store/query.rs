@@ -3,9 +3,7 @@
 //! matching lines into a sink. Nothing is collected: memory is bounded by the sink's buffer.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
-use std::path::Path;
 
 use memmap2::Mmap;
 
@@ -76,19 +74,32 @@ impl QueryParams {
     }
 }
 
-/// The segments a query will read, known before any file is opened.
+/// The segments a query will read: named (for planning headers) or also mapped (to search).
 #[derive(Debug, Default)]
 pub struct Plan {
     /// Selected segments, sorted by low ULID.
     pub segments: Vec<Segment>,
+    /// Their mappings, when opened (`None` for an empty file).
+    maps: Vec<Option<Mmap>>,
 }
 
 impl Plan {
-    /// Select the segments of `log` overlapping the query's time range.
+    /// Select the segments of `log` overlapping the query's time range, opening none (HEAD).
     pub fn new(log: &StoreLog, p: &QueryParams) -> io::Result<Plan> {
         Ok(Plan {
             segments: log.overlapping(p.from_ms, p.to_ms)?,
+            maps: Vec::new(),
         })
+    }
+
+    /// Select and map the segments, under the segment set's read lock, so compaction cannot
+    /// remove one between selection and reading.
+    pub fn open(log: &StoreLog, p: &QueryParams) -> io::Result<Plan> {
+        let (segments, maps) = log
+            .open_overlapping(p.from_ms, p.to_ms)?
+            .into_iter()
+            .unzip();
+        Ok(Plan { segments, maps })
     }
 
     /// Sum of the selected segments' sizes (`X-Oklog-Max-Data-Set-Size`).
@@ -96,8 +107,9 @@ impl Plan {
         self.segments.iter().map(|s| s.size).sum()
     }
 
-    /// Run the search, pushing each matching line (with its `\n`) into `sink` in ULID order;
-    /// `sink` returns false to stop (the client went away). Returns bytes scanned.
+    /// Run the search over an opened plan, pushing each matching line (with its `\n`) into
+    /// `sink` in ULID order; `sink` returns false to stop (the client went away). Returns bytes
+    /// scanned.
     pub fn execute(
         &self,
         p: &QueryParams,
@@ -106,12 +118,9 @@ impl Plan {
     ) -> io::Result<u64> {
         let mut scanned = 0u64;
         for batch in batches(&self.segments) {
-            let maps: Vec<Mmap> = self.segments[batch]
+            let mut matches: Vec<Matches> = self.maps[batch]
                 .iter()
-                .filter_map(|s| map_segment(&s.path).transpose())
-                .collect::<io::Result<_>>()?;
-            let mut matches: Vec<Matches> = maps
-                .iter()
+                .flatten()
                 .map(|m| Matches::new(m, p.from_ms, p.to_ms, matcher))
                 .collect();
             scanned += matches.iter().map(|m| m.range_len() as u64).sum::<u64>();
@@ -154,26 +163,6 @@ pub fn batches(segments: &[Segment]) -> Vec<std::ops::Range<usize>> {
         i = j;
     }
     out
-}
-
-/// Map a flushed segment read-only; `Ok(None)` if it vanished (compacted away) or is empty.
-fn map_segment(path: &Path) -> io::Result<Option<Mmap>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            tracing::warn!(segment = %path.display(), "segment vanished before it was read");
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    if file.metadata()?.len() == 0 {
-        return Ok(None);
-    }
-    // SAFETY: flushed segments are never modified in place: they are only renamed, replaced
-    // by a rename, or unlinked, none of which changes the mapped inode's bytes (truncating a
-    // mapped file would raise SIGBUS; nothing in oklog truncates a flushed segment).
-    let map = unsafe { Mmap::map(&file)? };
-    Ok(Some(map))
 }
 
 #[cfg(test)]
@@ -223,8 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_segments_merge_with_dedup_and_vanished_ones_are_skipped() {
-        // TestIssue41 too: a segment that no longer exists must not fail the query.
+    fn overlapping_segments_merge_with_dedup_and_bad_names_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let log = StoreLog::open(dir.path()).unwrap();
         let write = |name: &str, body: &str| std::fs::write(dir.path().join(name), body).unwrap();
@@ -242,9 +230,8 @@ mod tests {
             ("to", "2018-01-01T00:00:00Z"),
         ])
         .unwrap();
-        let mut plan = Plan::new(&log, &p).unwrap();
+        let plan = Plan::open(&log, &p).unwrap();
         assert_eq!(plan.segments.len(), 2, "the malformed name is skipped");
-        plan.segments.push(seg("01BB6RX9D3", "01BB6RXQ09"));
         let m = Matcher::new("", false).unwrap();
         let mut out = Vec::new();
         plan.execute(&p, &m, &mut |l| {
