@@ -88,9 +88,6 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     }
     let mut conn = Conn::new(addrs, Arc::clone(&metrics));
     forward(&mut io::stdin().lock(), &prefix, &mut conn)?;
-    if conn.stream.is_none() {
-        return Ok(()); // empty input: nothing to confirm
-    }
     conn.confirm()
 }
 
@@ -131,7 +128,7 @@ fn forward(input: &mut impl Read, prefix: &[u8], conn: &mut Conn) -> anyhow::Res
             if held.len() >= MAX_HELD {
                 emit(&held, prefix, &mut at_line_start, &mut out);
                 held.clear();
-                conn.send(&out, 0)?;
+                conn.send(&out, 0, false)?;
                 out.clear();
             }
             continue;
@@ -143,14 +140,14 @@ fn forward(input: &mut impl Read, prefix: &[u8], conn: &mut Conn) -> anyhow::Res
         emit(&data[..=last_nl], prefix, &mut at_line_start, &mut out);
         held.extend_from_slice(&data[last_nl + 1..]);
         let lines = memchr::memchr_iter(b'\n', &out).count() as u64;
-        conn.send(&out, lines)?;
+        conn.send(&out, lines, true)?;
         out.clear();
     }
     if !held.is_empty() || !at_line_start {
         // A final line without a newline is kept: terminate it.
         emit(&held, prefix, &mut at_line_start, &mut out);
         out.push(b'\n');
-        conn.send(&out, 1)?;
+        conn.send(&out, 1, true)?;
     }
     Ok(())
 }
@@ -177,15 +174,25 @@ fn emit(data: &[u8], prefix: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>)
 
 /// A connection to one of the ingesters, re-established (with backoff, rotating through the
 /// addresses, resolving names again) whenever it breaks.
+///
+/// An ingester acknowledges a connection only by closing it after everything it read is written
+/// (and, on the durable port, fsynced). So the forwarder keeps every byte sent on the current
+/// connection until that acknowledgement: if the connection breaks first, all of it is sent
+/// again on the next one (records may then be stored twice, never lost). Every
+/// [`REPLAY_MAX`] bytes, at a line boundary, the connection is closed, acknowledged and replaced,
+/// which bounds that memory.
 struct Conn {
     addrs: Vec<Addr>,
     next: usize,
     stream: Option<TcpStream>,
     backoff: Duration,
-    /// The last bytes sent, resent if the confirmation fails.
-    last: Vec<u8>,
+    /// Everything written on the current connection and not yet acknowledged.
+    replay: Vec<u8>,
     metrics: Arc<Metrics>,
 }
+
+/// Unacknowledged bytes kept before a connection is cycled (16 MiB).
+const REPLAY_MAX: usize = 16 << 20;
 
 impl Conn {
     fn new(addrs: Vec<Addr>, metrics: Arc<Metrics>) -> Self {
@@ -194,12 +201,13 @@ impl Conn {
             next: 0,
             stream: None,
             backoff: Duration::ZERO,
-            last: Vec::new(),
+            replay: Vec::new(),
             metrics,
         }
     }
 
-    fn connect(&mut self) -> &mut TcpStream {
+    /// Connect (retrying forever, with backoff) if not connected.
+    fn connect(&mut self) {
         while self.stream.is_none() {
             let addr = &self.addrs[self.next % self.addrs.len()];
             self.next += 1;
@@ -216,27 +224,39 @@ impl Conn {
                 }
             }
         }
-        match &mut self.stream {
-            Some(s) => s,
-            None => unreachable!("the loop above ends only once connected"),
-        }
     }
 
-    /// Send `bytes` (holding `records` lines), reconnecting and resending until it is written.
-    fn send(&mut self, bytes: &[u8], records: u64) -> anyhow::Result<()> {
+    /// Send `bytes` (holding `records` lines; `line_end` if they end at a line boundary).
+    fn send(&mut self, bytes: &[u8], records: u64, line_end: bool) -> anyhow::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
+        self.replay.extend_from_slice(bytes);
+        self.write_unsent(bytes.len());
+        self.metrics.forward_records.inc_by(records);
+        self.metrics.forward_bytes.inc_by(bytes.len() as u64);
+        if line_end && self.replay.len() >= REPLAY_MAX {
+            self.confirm()?;
+        }
+        Ok(())
+    }
+
+    /// Write the last `fresh` bytes of the replay buffer; on a new connection, all of it.
+    fn write_unsent(&mut self, fresh: usize) {
+        let mut start = self.replay.len() - fresh;
         loop {
-            let stream = self.connect();
-            match stream.write_all(bytes) {
+            if self.stream.is_none() {
+                start = 0;
+                self.connect();
+            }
+            let Conn { stream, replay, .. } = self;
+            let Some(stream) = stream.as_mut() else {
+                continue;
+            };
+            match stream.write_all(&replay[start..]) {
                 Ok(()) => {
                     self.backoff = Duration::ZERO;
-                    self.last.clear();
-                    self.last.extend_from_slice(bytes);
-                    self.metrics.forward_records.inc_by(records);
-                    self.metrics.forward_bytes.inc_by(bytes.len() as u64);
-                    return Ok(());
+                    return;
                 }
                 Err(e) => {
                     self.metrics.forward_disconnects.inc();
@@ -247,33 +267,41 @@ impl Conn {
         }
     }
 
-    /// Half-close and wait for the ingester's EOF, which confirms everything arrived. If the
-    /// connection breaks instead, resend the last write on a new connection and try again.
+    /// Half-close and wait for the ingester's EOF, which acknowledges everything sent on this
+    /// connection. If the connection breaks instead, send everything again on a new one.
     fn confirm(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            let stream = self.connect();
+            if self.replay.is_empty() {
+                self.stream = None;
+                return Ok(());
+            }
+            if self.stream.is_none() {
+                self.write_unsent(self.replay.len());
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
             match wait_eof(stream, CONFIRM_TIMEOUT.saturating_sub(started.elapsed())) {
                 Ok(()) => {
-                    tracing::debug!("stdin exhausted; ingester confirmed");
+                    tracing::debug!(bytes = self.replay.len(), "ingester acknowledged");
+                    self.replay.clear();
+                    self.stream = None;
                     return Ok(());
                 }
                 Err(e)
                     if e.kind() == io::ErrorKind::TimedOut
                         || e.kind() == io::ErrorKind::WouldBlock =>
                 {
-                    bail!(
-                        "the ingester did not confirm the end of input within {CONFIRM_TIMEOUT:?}"
-                    );
+                    bail!("the ingester did not acknowledge within {CONFIRM_TIMEOUT:?}");
                 }
                 Err(e) => {
                     if started.elapsed() >= CONFIRM_TIMEOUT {
-                        bail!("the ingester did not confirm the end of input: {e}");
+                        bail!("the ingester did not acknowledge: {e}");
                     }
-                    tracing::warn!(error = %e, "confirmation failed; resending the last write");
+                    self.metrics.forward_disconnects.inc();
+                    tracing::warn!(error = %e, "acknowledgement failed; sending again");
                     self.stream = None;
-                    let last = std::mem::take(&mut self.last);
-                    self.send(&last, 0)?;
                 }
             }
         }
