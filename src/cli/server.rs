@@ -278,6 +278,7 @@ pub async fn build_ingest(
         metrics: Arc::clone(metrics),
         stop: AtomicBool::new(false),
         live: AtomicUsize::new(0),
+        sync: crate::ingest::sync::SyncGroup::start()?,
     });
     let api = IngestApi::new(
         Arc::clone(&log),

@@ -5,8 +5,9 @@
 //! over large buffers and sequential file writes, and a thread keeps fsync and file I/O off the
 //! async workers that serve HTTP. A connection is acknowledged only by its close (DESIGN.md §10
 //! "Durable writes"): after the client half-closes, the handler writes (and for durable
-//! connections fsyncs) everything it read, then closes its side. Any other ending (an I/O error,
-//! shutdown) closes with a reset, so a client never mistakes it for an acknowledgement.
+//! connections fsyncs) everything it read, then closes its side gracefully. Every socket is
+//! set to reset on close until then, so any other ending (an I/O error, shutdown, the process
+//! being killed) is a reset that a client never mistakes for an acknowledgement.
 
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
@@ -69,6 +70,8 @@ pub struct Ingester {
     pub stop: AtomicBool,
     /// Live connection handlers.
     pub live: AtomicUsize,
+    /// Group commit for durable connections.
+    pub sync: super::sync::SyncGroup,
 }
 
 impl Ingester {
@@ -115,6 +118,10 @@ pub async fn serve(
         }
         let stream = match stream.into_std().and_then(|s| {
             s.set_nonblocking(false)?;
+            // Until this handler acknowledges the connection, any close is a reset, even the
+            // kernel's when this process dies: a client must never take the death of an
+            // ingester that had read its data, but not yet written it, for an acknowledgement.
+            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
             Ok(s)
         }) {
             Ok(s) => s,
@@ -165,21 +172,16 @@ fn handle(stream: TcpStream, modality: Modality, ing: &Ingester) {
     });
     match result {
         Ok(End::Eof) => {
-            // Everything read is in a segment: our FIN is the acknowledgement.
+            // Everything read is in a segment: a graceful close (FIN) is the acknowledgement.
+            let _ = socket2::SockRef::from(&stream).set_linger(None);
             let _ = stream.shutdown(Shutdown::Both);
         }
-        Ok(End::Aborted) => reset(&stream),
+        Ok(End::Aborted) => {} // closed with a reset (linger 0) when dropped
         Err(e) => {
             ing.metrics.ingest_write_errors.inc();
             tracing::error!(%peer, listener = modality.name(), error = %e, "ingest write failed; closing connection");
-            reset(&stream);
         }
     }
-}
-
-/// Close with a reset, so the client cannot take the close for an acknowledgement.
-fn reset(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 fn pump(
@@ -226,7 +228,7 @@ fn pump(
         if read == 0 || durable || out.len() >= WRITE_BUF {
             write_out(writer, &mut out, &ing.metrics)?;
             if durable {
-                writer.sync()?;
+                writer.sync(&ing.sync)?;
                 ing.metrics.ingest_syncs.inc();
             }
         }
@@ -254,7 +256,7 @@ fn pump(
     // Complete records still buffered are kept whatever the ending; a torn final line is not.
     write_out(writer, &mut out, &ing.metrics)?;
     if durable {
-        writer.sync()?;
+        writer.sync(&ing.sync)?;
     }
     Ok(end)
 }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod conn;
 pub mod log;
+pub mod sync;
 pub mod writer;
 
 pub use api::IngestApi;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::IngestLog;
+use super::sync::SyncGroup;
 
 /// When to rotate an active segment.
 #[derive(Clone, Copy, Debug)]
@@ -20,7 +21,7 @@ pub struct Rotation {
 
 #[derive(Debug)]
 struct Active {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     len: u64,
     since: Instant,
@@ -54,14 +55,14 @@ impl SegmentWriter {
             None => {
                 let (file, path) = self.log.create()?;
                 self.active.insert(Active {
-                    file,
+                    file: Arc::new(file),
                     path,
                     len: 0,
                     since: Instant::now(),
                 })
             }
         };
-        active.file.write_all(records)?;
+        (&*active.file).write_all(records)?;
         active.len += records.len() as u64;
         if active.len >= self.rotation.flush_size {
             self.close()?;
@@ -69,10 +70,10 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// fsync what was written so far (durable connections).
-    pub fn sync(&mut self) -> io::Result<()> {
+    /// fsync what was written so far, in the group's next pass (durable connections).
+    pub fn sync(&mut self, group: &SyncGroup) -> io::Result<()> {
         match &self.active {
-            Some(a) => a.file.sync_data(),
+            Some(a) => group.sync(Arc::clone(&a.file)),
             None => Ok(()),
         }
     }
@@ -95,7 +96,13 @@ impl SegmentWriter {
     /// Close the active segment into `.flushed` (sync, rename, sync the directory).
     pub fn close(&mut self) -> io::Result<()> {
         match self.active.take() {
-            Some(a) => self.log.close(a.file, &a.path, a.len),
+            Some(a) => {
+                // The sync thread holds a clone only while a pass runs, and this connection
+                // waits for its passes: the file is ours again here.
+                let file = Arc::try_unwrap(a.file)
+                    .map_err(|_| io::Error::other("segment still being synced"))?;
+                self.log.close(file, &a.path, a.len)
+            }
             None => Ok(()),
         }
     }
