@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 
 use super::addr::{Addr, parse_addr};
 use super::flags::{FlagSet, Kind, flag};
-use super::server::{API_PORT, FAST_PORT};
+use super::server::{API_PORT, BULK_PORT, FAST_PORT};
 use crate::metrics::Metrics;
 
 /// Bytes read from stdin at once (1 MiB).
@@ -46,6 +46,13 @@ pub fn flag_set() -> FlagSet {
                 "",
                 "prefix prepended to every record (repeatable)",
             ),
+            flag(
+                "bulk",
+                Kind::Bool,
+                "",
+                "send batches to the bulk port (7653), each acknowledged once stored N ways",
+            ),
+            flag("bulk.size", Kind::Int, "16777216", "bytes per bulk batch"),
         ],
         aliases: vec![],
     }
@@ -63,7 +70,14 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     let mut addrs = args
         .positional
         .iter()
-        .map(|a| parse_addr(a, FAST_PORT).map_err(|e| anyhow::anyhow!(e)))
+        .map(|a| {
+            let port = if args.bool("bulk") {
+                BULK_PORT
+            } else {
+                FAST_PORT
+            };
+            parse_addr(a, port).map_err(|e| anyhow::anyhow!(e))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     for a in &addrs {
         if a.base_network() != "tcp" {
@@ -85,6 +99,22 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     if !api.is_empty() {
         let addr = parse_addr(&api, API_PORT).map_err(|e| anyhow::anyhow!("-api: {e}"))?;
         spawn_api(addr, Arc::clone(&metrics))?;
+    }
+    if args.bool("bulk") {
+        let size = args.int("bulk.size");
+        if size <= 0 || size as usize > crate::ingest::bulk::MAX_BATCH {
+            bail!(
+                "-bulk.size: must be between 1 and {}",
+                crate::ingest::bulk::MAX_BATCH
+            );
+        }
+        return super::bulk::forward(
+            &mut io::stdin().lock(),
+            &prefix,
+            addrs,
+            size as usize,
+            &metrics,
+        );
     }
     let mut conn = Conn::new(addrs, Arc::clone(&metrics));
     forward(&mut io::stdin().lock(), &prefix, &mut conn)?;
@@ -308,7 +338,7 @@ impl Conn {
     }
 }
 
-fn dial(addr: &Addr) -> io::Result<TcpStream> {
+pub(super) fn dial(addr: &Addr) -> io::Result<TcpStream> {
     let host = if addr.host.is_empty() {
         "127.0.0.1"
     } else {

@@ -2,6 +2,7 @@
 //! components and runs them; `main.rs` only calls [`main`].
 
 pub mod addr;
+pub mod bulk;
 pub mod flags;
 pub mod forward;
 pub mod ingest;

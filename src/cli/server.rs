@@ -264,6 +264,7 @@ pub async fn build_ingest(
             http::bind(modality.name(), &addr.listen_addr()).await?,
         ));
     }
+    let bulk = Arc::new(crate::ingest::bulk::Waiters::default());
     let ingester = Arc::new(Ingester {
         log: Arc::clone(&log),
         framer: FramerConfig {
@@ -279,11 +280,13 @@ pub async fn build_ingest(
         stop: AtomicBool::new(false),
         live: AtomicUsize::new(0),
         sync: crate::ingest::sync::SyncGroup::start()?,
+        bulk: Arc::clone(&bulk),
     });
     let api = IngestApi::new(
         Arc::clone(&log),
         args.duration("ingest.segment-pending-timeout"),
         Arc::clone(metrics),
+        bulk,
     );
     Ok(IngestParts {
         ingester,

@@ -37,18 +37,25 @@ pub struct IngestApi {
     pending_timeout: Duration,
     metrics: Arc<Metrics>,
     pending: Mutex<HashMap<String, Pending>>,
+    bulk: Arc<super::bulk::Waiters>,
 }
 
 type Params = Query<HashMap<String, String>>;
 
 impl IngestApi {
     /// API state over `log`.
-    pub fn new(log: Arc<IngestLog>, pending_timeout: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        log: Arc<IngestLog>,
+        pending_timeout: Duration,
+        metrics: Arc<Metrics>,
+        bulk: Arc<super::bulk::Waiters>,
+    ) -> Arc<Self> {
         Arc::new(IngestApi {
             log,
             pending_timeout,
             metrics,
             pending: Mutex::new(HashMap::new()),
+            bulk,
         })
     }
 
@@ -207,10 +214,16 @@ async fn commit(State(api): State<Arc<IngestApi>>, params: Params) -> Response {
     };
     let log = Arc::clone(&api.log);
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
     match tokio::task::spawn_blocking(move || log.commit(&path)).await {
         Ok(Ok(())) => {
             api.metrics.ingest_committed_segments.inc();
             api.metrics.ingest_committed_bytes.inc_by(size);
+            api.bulk.committed(&stem);
             text(StatusCode::OK, "Commit OK\n")
         }
         Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

@@ -72,6 +72,8 @@ pub struct Ingester {
     pub live: AtomicUsize,
     /// Group commit for durable connections.
     pub sync: super::sync::SyncGroup,
+    /// Bulk batches waiting for their segment's commit.
+    pub bulk: Arc<super::bulk::Waiters>,
 }
 
 impl Ingester {
@@ -106,11 +108,6 @@ pub async fn serve(
                 continue;
             }
         };
-        if modality == Modality::Bulk {
-            tracing::debug!(%peer, "bulk ingest is not implemented yet; closing");
-            drop(stream);
-            continue;
-        }
         if ingester.live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
             tracing::warn!(%peer, max = MAX_CONNECTIONS, "too many ingest connections; refusing");
             drop(stream);
@@ -141,7 +138,11 @@ pub async fn serve(
                     .get_or_create(&vec![("modality", modality.name())])
                     .clone();
                 gauge.inc();
-                handle(stream, modality, &ing);
+                if modality == Modality::Bulk {
+                    handle_bulk(stream, &ing);
+                } else {
+                    handle(stream, modality, &ing);
+                }
                 gauge.dec();
                 ing.live.fetch_sub(1, Ordering::SeqCst);
             });
@@ -149,6 +150,28 @@ pub async fn serve(
             ingester.live.fetch_sub(1, Ordering::SeqCst);
             tracing::error!(error = %e, "spawning connection thread");
         }
+    }
+}
+
+fn handle_bulk(stream: TcpStream, ing: &Ingester) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let ours = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "bulk connection");
+            return;
+        }
+    };
+    match super::bulk::handle(stream, ing, &ing.bulk) {
+        Ok(()) => {
+            // Every batch was answered: close gracefully.
+            let _ = socket2::SockRef::from(&ours).set_linger(None);
+            let _ = ours.shutdown(Shutdown::Both);
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "bulk connection ended"),
     }
 }
 

@@ -5,6 +5,7 @@
 //! Ingest owns only `-ingest.path`; it never reads or writes store files.
 
 pub mod api;
+pub mod bulk;
 pub mod conn;
 pub mod log;
 pub mod sync;

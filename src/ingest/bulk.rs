@@ -1,0 +1,225 @@
+//! Bulk ingest (port 7653): whole batches of records, acknowledged only once a store node has
+//! committed them replicated N ways. The original left this mode unimplemented.
+//!
+//! # Framing (version 1)
+//!
+//! ```text
+//! client → ingester:  "OKLOG-BULK/1\n"                      once, at the start
+//!                     <u32 big-endian length N> <N bytes>   one batch; repeated
+//! ingester → client:  "OK <records>\n" | "ERR <message>\n"  one reply per batch, in order
+//! ```
+//!
+//! A batch is `<ULID> <payload>\n` lines, ULIDs valid and non-decreasing, the last line ending
+//! in `\n`, at most [`MAX_BATCH`] bytes. The client stamps the ULIDs, so a batch sent again after
+//! a failure carries the same IDs and reads deduplicate it. The ingester adds the topic (static,
+//! or the payload's first word in dynamic mode), writes the batch as one flushed segment (fsync,
+//! rename, fsync the directory), and answers `OK` only when a store node has committed that
+//! segment, that is after it was replicated to N store nodes. A malformed batch is answered
+//! `ERR` and nothing of it is stored; the connection stays usable. A bad greeting or a length
+//! over the limit is answered `ERR` and the connection is closed (the stream cannot be
+//! resynchronised). No answer within [`COMMIT_TIMEOUT`] is `ERR`: the client should send the
+//! batch again (same ULIDs, so at worst a duplicate that reads drop).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::conn::Ingester;
+use crate::record::{TopicMode, ULID_LEN, check_record, is_valid_topic};
+
+/// The greeting that opens a bulk connection.
+pub const GREETING: &[u8] = b"OKLOG-BULK/1\n";
+/// The largest batch accepted (64 MiB).
+pub const MAX_BATCH: usize = 64 << 20;
+/// How long a batch may wait for a store node to commit it.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Batches waiting for their segment to be committed, by segment file stem.
+#[derive(Debug, Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<String, SyncSender<()>>>,
+}
+
+impl Waiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SyncSender<()>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A store node committed the segment with this stem (called by the ingest API).
+    pub fn committed(&self, stem: &str) {
+        if let Some(tx) = self.lock().remove(stem) {
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+/// Why a batch was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadBatch(pub String);
+
+/// Check a batch and turn it into stored records (`<ULID> <topic> <payload>\n`).
+pub fn to_records(batch: &[u8], topic: &str, mode: TopicMode) -> Result<(Vec<u8>, u64), BadBatch> {
+    if batch.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    if batch.last() != Some(&b'\n') {
+        return Err(BadBatch("last record has no newline".into()));
+    }
+    let mut out = Vec::with_capacity(batch.len() + batch.len() / 8);
+    let mut last: Option<&[u8]> = None;
+    let mut n = 0u64;
+    for line in batch.split_inclusive(|&b| b == b'\n') {
+        n += 1;
+        let body = &line[..line.len() - 1];
+        let id = check_record(body).map_err(|e| BadBatch(format!("record {n}: {e}")))?;
+        if last.is_some_and(|l| id < l) {
+            return Err(BadBatch(format!(
+                "record {n}: records are not sorted by ULID"
+            )));
+        }
+        last = Some(id);
+        let payload = &line[ULID_LEN + 1..];
+        out.extend_from_slice(&line[..=ULID_LEN]);
+        let first_word = payload.split(|&b| b == b' ').next().unwrap_or_default();
+        let has_topic =
+            mode == TopicMode::Dynamic && payload.contains(&b' ') && is_valid_topic(first_word);
+        if !has_topic {
+            out.extend_from_slice(topic.as_bytes());
+            out.push(b' ');
+        }
+        out.extend_from_slice(payload);
+    }
+    Ok((out, n))
+}
+
+/// Serve one bulk connection until it ends.
+pub fn handle(mut stream: TcpStream, ing: &Ingester, waiters: &Arc<Waiters>) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let mut greeting = [0u8; GREETING.len()];
+    stream.read_exact(&mut greeting)?;
+    if greeting != GREETING {
+        return reply(&mut stream, "ERR not an OKLOG-BULK/1 stream");
+    }
+    loop {
+        let mut len = [0u8; 4];
+        match stream.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_BATCH {
+            return reply(
+                &mut stream,
+                &format!("ERR batch of {len} bytes is over the limit of {MAX_BATCH}"),
+            );
+        }
+        let mut batch = vec![0u8; len];
+        stream.read_exact(&mut batch)?;
+        let (records, n) = match to_records(&batch, &ing.framer.topic, ing.framer.mode) {
+            Ok(r) => r,
+            Err(BadBatch(why)) => {
+                reply(&mut stream, &format!("ERR {why}"))?;
+                continue;
+            }
+        };
+        if n == 0 {
+            reply(&mut stream, "OK 0")?;
+            continue;
+        }
+        let answer = match store_and_wait(&records, ing, waiters) {
+            Ok(()) => {
+                ing.metrics.ingest_records_written.inc_by(n);
+                ing.metrics
+                    .ingest_bytes_written
+                    .inc_by(records.len() as u64);
+                format!("OK {n}")
+            }
+            Err(e) => format!("ERR {e}"),
+        };
+        reply(&mut stream, &answer)?;
+    }
+}
+
+fn reply(stream: &mut TcpStream, line: &str) -> io::Result<()> {
+    stream.write_all(format!("{line}\n").as_bytes())
+}
+
+/// Write the batch as one flushed segment and wait until a store node commits it.
+fn store_and_wait(records: &[u8], ing: &Ingester, waiters: &Arc<Waiters>) -> io::Result<()> {
+    let (mut file, path) = ing.log.create()?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    // Register before the segment can be seen, so the commit cannot be missed.
+    let (tx, rx) = sync_channel(1);
+    waiters.lock().insert(stem.clone(), tx);
+    let written = file
+        .write_all(records)
+        .and_then(|()| ing.log.close(file, &path, records.len() as u64));
+    if let Err(e) = written {
+        waiters.lock().remove(&stem);
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    match rx.recv_timeout(COMMIT_TIMEOUT) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            waiters.lock().remove(&stem);
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no store node committed the batch in time; send it again",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_become_records_with_topics() {
+        let batch =
+            b"01BB6RQR190000000000000000 hello world\n01BB6RQR190000000000000001 web GET /\n";
+        let (out, n) = to_records(batch, "app", TopicMode::Static).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            out,
+            b"01BB6RQR190000000000000000 app hello world\n01BB6RQR190000000000000001 app web GET /\n"
+        );
+        let (out, _) = to_records(batch, "app", TopicMode::Dynamic).unwrap();
+        assert_eq!(
+            out,
+            b"01BB6RQR190000000000000000 hello world\n01BB6RQR190000000000000001 web GET /\n"
+        );
+        assert_eq!(to_records(b"", "app", TopicMode::Static).unwrap().1, 0);
+    }
+
+    #[test]
+    fn bad_batches_are_refused() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"01BB6RQR190000000000000000 no newline", "no newline"),
+            (b"garbage\n", "record 1"),
+            (b"01BB6RQR19000000000000000U x\n", "record 1"),
+            (
+                b"01BB6RRTB70000000000000000 b\n01BB6RQR190000000000000000 a\n",
+                "record 2: records are not sorted",
+            ),
+        ];
+        for (batch, want) in cases {
+            let err = to_records(batch, "app", TopicMode::Static).unwrap_err();
+            assert!(
+                err.0.contains(want),
+                "{:?}: {}",
+                String::from_utf8_lossy(batch),
+                err.0
+            );
+        }
+    }
+}
