@@ -552,3 +552,72 @@ fn recovery_and_graceful_restart_lose_nothing() {
         ]
     );
 }
+
+#[test]
+fn retention_trashes_old_segments_and_purge_deletes_them() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(
+        dir.path(),
+        &["-store.segment-retain", "1h", "-store.segment-purge", "2s"],
+    );
+    let api = node.addr("api");
+    // One segment two hours old, written straight to the store; one fresh, forwarded.
+    let old_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 2 * 3_600_000;
+    let id = |ms: u64, e: u128| {
+        const A: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+        let mut v = (u128::from(ms) << 80) | e;
+        let mut out = [0u8; 26];
+        for c in out.iter_mut().rev() {
+            *c = A[(v & 31) as usize];
+            v >>= 5;
+        }
+        String::from_utf8(out.to_vec()).unwrap()
+    };
+    let old = format!(
+        "{} default old record\n{} default old record 2\n",
+        id(old_ms, 1),
+        id(old_ms, 2)
+    );
+    assert_eq!(
+        http("POST", api, "/store/replicate", old.as_bytes()).status,
+        200
+    );
+    assert!(
+        forward(node.addr("fast"), b"fresh record\n", &[])
+            .status
+            .success()
+    );
+    wait_for_records(api, 3);
+    let store = dir.path().join("data/store");
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&store)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    let old_name = format!("{}-{}", id(old_ms, 1), id(old_ms, 2));
+    eventually(
+        Duration::from_secs(15),
+        "the old segment in the trash",
+        || {
+            names()
+                .contains(&format!("{old_name}.trashed"))
+                .then_some(())
+        },
+    );
+    let bodies: Vec<Vec<u8>> = all_records(api).iter().map(|r| body(r).to_vec()).collect();
+    assert_eq!(
+        bodies,
+        vec![b"default fresh record".to_vec()],
+        "trash is not queried"
+    );
+    eventually(Duration::from_secs(15), "the trash purged", || {
+        (!names().iter().any(|n| n.starts_with(&old_name))).then_some(())
+    });
+    assert_eq!(all_records(api).len(), 1, "fresh data is kept");
+}

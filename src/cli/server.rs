@@ -322,6 +322,10 @@ pub fn build_store(args: &Args, rf: i64, metrics: &Arc<Metrics>) -> anyhow::Resu
     let target_size = positive(args, "store.segment-target-size")?;
     let path = PathBuf::from(args.str("store.path"));
     let log = Arc::new(StoreLog::open(&path)?);
+    metrics.store_quarantined_files.inc_by(
+        log.quarantined_at_start
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     let api = StoreApi::new(Arc::clone(&log), Arc::clone(metrics));
     Ok(StoreParts {
         log,

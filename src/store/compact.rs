@@ -107,14 +107,18 @@ impl Compacter {
     /// Run one step now; returns how many segments it affected.
     pub fn step(&self, kind: Kind) -> io::Result<usize> {
         self.quarantine_malformed_names()?;
+        // Segments past retention are left for the trash, not merged with younger ones (which
+        // would keep their records alive as long as the youngest).
+        let cutoff = self.retention_cutoff();
+        let live = |s: &Segment| s.high >= cutoff;
         let result = match kind {
             Kind::Overlapping => {
-                let segs = self.log.scan(&[FLUSHED], |_| true)?;
+                let segs = self.log.scan(&[FLUSHED], live)?;
                 let chosen = choose_overlapping(&segs);
                 self.compact(chosen.into_iter().map(|i| segs[i].clone()).collect())
             }
             Kind::Sequential => {
-                let segs = self.log.scan(&[FLUSHED], |_| true)?;
+                let segs = self.log.scan(&[FLUSHED], live)?;
                 let sizes: Vec<u64> = segs.iter().map(|s| s.size).collect();
                 let chosen = choose_first_sequential(&sizes, 2, self.cfg.target_size);
                 self.compact(chosen.into_iter().map(|i| segs[i].clone()).collect())
@@ -146,9 +150,14 @@ impl Compacter {
         Ok(())
     }
 
+    /// Segments whose newest record is older than this ULID are past retention.
+    fn retention_cutoff(&self) -> [u8; ULID_LEN] {
+        let now = crate::gotime::now_ms().max(0) as u64;
+        min_ulid(now.saturating_sub(self.cfg.retain.as_millis() as u64))
+    }
+
     fn trash(&self) -> io::Result<usize> {
-        let cutoff_ms = crate::gotime::now_ms().max(0) as u64;
-        let cutoff = min_ulid(cutoff_ms.saturating_sub(self.cfg.retain.as_millis() as u64));
+        let cutoff = self.retention_cutoff();
         let old = self.log.scan(&[FLUSHED], |s| s.high < cutoff)?;
         for s in &old {
             self.log.trash(s)?;

@@ -84,6 +84,8 @@ pub struct StoreLog {
     _lock: DirLock,
     /// Guards the set of queryable segment names (see the module docs).
     pub segments: RwLock<()>,
+    /// Files quarantined while opening the directory.
+    pub quarantined_at_start: std::sync::atomic::AtomicU64,
 }
 
 impl StoreLog {
@@ -94,6 +96,7 @@ impl StoreLog {
             dir: dir.to_path_buf(),
             _lock: lock,
             segments: RwLock::new(()),
+            quarantined_at_start: std::sync::atomic::AtomicU64::new(0),
         };
         log.recover()?;
         Ok(log)
@@ -125,6 +128,16 @@ impl StoreLog {
                     fs::remove_file(&path).map_err(io_at(&path))?;
                 }
                 _ => {}
+            }
+        }
+        // A flushed segment must start with its low ULID and end with a complete record
+        // carrying its high one; anything else (torn, garbage, renamed by hand) is set aside.
+        let segs = self.scan(&[FLUSHED], |_| true).map_err(io_at(&self.dir))?;
+        for s in segs {
+            if let Err(reason) = check_ends(&s).map_err(io_at(&s.path))? {
+                self.quarantine(&s.path, reason).map_err(io_at(&s.path))?;
+                self.quarantined_at_start
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         Ok(())
@@ -412,6 +425,55 @@ pub fn map_segment(path: &Path) -> io::Result<Option<Mmap>> {
     Ok(Some(map))
 }
 
+/// Check that a segment starts with `<low><SP>` and ends with a complete record whose ULID is
+/// `high`. `Ok(Err(reason))` for a bad segment.
+fn check_ends(seg: &Segment) -> io::Result<Result<(), &'static str>> {
+    let mut f = File::open(&seg.path)?;
+    let len = f.metadata()?.len();
+    if len < 28 {
+        return Ok(Err("segment too short to hold a record"));
+    }
+    let mut head = [0u8; ULID_LEN + 1];
+    f.read_exact(&mut head)?;
+    if head[..ULID_LEN] != seg.low || head[ULID_LEN] != b' ' {
+        return Ok(Err("first record does not match the segment's name"));
+    }
+    // Read backwards until the start of the last line.
+    let mut end = len;
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let start = end.saturating_sub(64 << 10);
+        let mut chunk = vec![0u8; (end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        if end == len && tail.last() != Some(&b'\n') {
+            return Ok(Err("last record is torn (no newline)"));
+        }
+        let body = &tail[..tail.len() - 1];
+        if let Some(i) = memchr::memrchr(b'\n', body) {
+            let last = &body[i + 1..];
+            return Ok(
+                if last.len() > ULID_LEN && last[..ULID_LEN] == seg.high && last[ULID_LEN] == b' ' {
+                    Ok(())
+                } else {
+                    Err("last record does not match the segment's name")
+                },
+            );
+        }
+        if start == 0 {
+            // One record only.
+            return Ok(if seg.low == seg.high {
+                Ok(())
+            } else {
+                Err("last record does not match the segment's name")
+            });
+        }
+        end = start;
+    }
+}
+
 fn same_contents(a: &Path, b: &Path) -> io::Result<bool> {
     let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
     if fa.metadata()?.len() != fb.metadata()?.len() {
@@ -464,7 +526,11 @@ mod tests {
         let empty = d.join(format!("{}.active", disk::new_uuid()));
         fs::write(&empty, b"").unwrap();
         let reading = "01ARYZ6S41TSV4RRFFQ69G5FAV-01ARYZ6S41TSV4RRFFQ69G5FAW";
-        fs::write(d.join(format!("{reading}.reading")), b"x").unwrap();
+        fs::write(
+            d.join(format!("{reading}.reading")),
+            b"01ARYZ6S41TSV4RRFFQ69G5FAV a\n01ARYZ6S41TSV4RRFFQ69G5FAW b\n",
+        )
+        .unwrap();
         let spool = d.join(format!("{}.consuming", disk::new_uuid()));
         fs::write(&spool, b"spool").unwrap();
         for untouched in ["FLUSHED.flushed", "TRASHED.trashed", "IGNORED.ignored"] {
@@ -529,5 +595,39 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "only the segment and LOCK: {names:?}");
+    }
+
+    #[test]
+    fn corrupt_flushed_segments_are_quarantined_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (a, b) = ("01ARYZ6S41TSV4RRFFQ69G5FAV", "01ARYZ6S41TSV4RRFFQ69G5FAW");
+        let good = format!("{a} one\n{b} two\n");
+        let cases: &[(&str, String)] = &[
+            ("good", good.clone()),
+            ("torn", format!("{a} one\n{b} tw")),
+            ("garbage", "this is not a segment at all, no\n".to_string()),
+            ("wrong-last", format!("{a} one\n{a} two\n")),
+            ("empty", String::new()),
+        ];
+        for (i, (_, content)) in cases.iter().enumerate() {
+            let name = format!("{a}-{b}.flushed");
+            let sub = d.join(format!("case{i}"));
+            fs::create_dir_all(&sub).unwrap();
+            fs::write(sub.join(&name), content).unwrap();
+            let log = StoreLog::open(&sub).unwrap();
+            let quarantined = log
+                .quarantined_at_start
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let expect_bad = i != 0;
+            assert_eq!(quarantined, u64::from(expect_bad), "case {}", cases[i].0);
+            assert_eq!(sub.join(&name).exists(), !expect_bad, "case {}", cases[i].0);
+            assert_eq!(
+                sub.join(format!("{a}-{b}.bad")).exists(),
+                expect_bad,
+                "case {}",
+                cases[i].0
+            );
+        }
     }
 }
