@@ -62,7 +62,12 @@ impl SegmentWriter {
                 })
             }
         };
-        (&*active.file).write_all(records)?;
+        if let Err(e) = (&*active.file).write_all(records) {
+            // Disk full or an I/O error: cut off the part of this write that made it, so the
+            // segment still ends with a complete record.
+            let _ = active.file.set_len(active.len);
+            return Err(e);
+        }
         active.len += records.len() as u64;
         if active.len >= self.rotation.flush_size {
             self.close()?;
