@@ -290,3 +290,78 @@ fn write_out(writer: &mut SegmentWriter, out: &mut Vec<u8>, metrics: &Metrics) -
     out.clear();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::sync::SyncGroup;
+    use std::io::Write as _;
+
+    /// A durable ingester on 127.0.0.1 whose fsyncs fail (or not).
+    async fn durable(dir: &std::path::Path, fail: bool) -> (Arc<Ingester>, std::net::SocketAddr) {
+        let ing = Arc::new(Ingester {
+            log: Arc::new(IngestLog::open(dir).unwrap()),
+            framer: FramerConfig {
+                topic: "default".into(),
+                mode: crate::record::TopicMode::Static,
+                max_record_size: 1 << 20,
+            },
+            rotation: Rotation {
+                flush_size: 1 << 20,
+                flush_age: Duration::from_secs(60),
+            },
+            metrics: Metrics::new(),
+            stop: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
+            sync: SyncGroup::with_syncer(move |f| {
+                if fail {
+                    Err(io::Error::other("injected fsync failure"))
+                } else {
+                    f.sync_data()
+                }
+            })
+            .unwrap(),
+            bulk: Arc::default(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(false);
+        tokio::spawn(serve(listener, Modality::Durable, Arc::clone(&ing), rx));
+        std::mem::forget(_tx); // keep serving for the test's lifetime
+        (ing, addr)
+    }
+
+    /// Send one record, half-close, and read: `Ok(0)` is the acknowledgement.
+    async fn send_and_wait(addr: std::net::SocketAddr) -> io::Result<usize> {
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(b"a record\n");
+            let _ = s.shutdown(Shutdown::Write);
+            let mut buf = [0u8; 16];
+            s.read(&mut buf)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_synced_connection_is_acknowledged_by_its_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ing, addr) = durable(dir.path(), false).await;
+        assert_eq!(send_and_wait(addr).await.unwrap(), 0, "EOF: acknowledged");
+        assert_eq!(ing.metrics.ingest_write_errors.get(), 0);
+        assert!(ing.metrics.ingest_syncs.get() >= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_fsync_is_never_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ing, addr) = durable(dir.path(), true).await;
+        match send_and_wait(addr).await {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+            Ok(n) => panic!("the close looked like an acknowledgement ({n} bytes then EOF)"),
+        }
+        assert_eq!(ing.metrics.ingest_write_errors.get(), 1, "counted");
+    }
+}

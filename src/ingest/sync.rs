@@ -21,10 +21,18 @@ pub struct SyncGroup {
 impl SyncGroup {
     /// Start the sync thread; it ends when every handle is dropped.
     pub fn start() -> io::Result<SyncGroup> {
+        Self::with_syncer(|f: &File| f.sync_data())
+    }
+
+    /// Start the sync thread with another way to sync a file: the seam through which tests
+    /// make fsync fail, which no kill can.
+    pub fn with_syncer(
+        syncer: impl Fn(&File) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<SyncGroup> {
         let (tx, rx) = channel::<Request>();
         std::thread::Builder::new()
             .name("ingest-sync".into())
-            .spawn(move || run(rx))?;
+            .spawn(move || run(rx, syncer))?;
         Ok(SyncGroup { tx })
     }
 
@@ -40,7 +48,7 @@ impl SyncGroup {
     }
 }
 
-fn run(rx: Receiver<Request>) {
+fn run(rx: Receiver<Request>, syncer: impl Fn(&File) -> io::Result<()>) {
     while let Ok(first) = rx.recv() {
         // One pass: everything queued by now. Each connection has at most one request in
         // flight (it waits for it), so every file in a pass is a different segment.
@@ -49,7 +57,7 @@ fn run(rx: Receiver<Request>) {
             batch.push(more);
         }
         for (file, done) in batch {
-            let result = file.sync_data();
+            let result = syncer(&file);
             // Let go of the file before the connection wakes: it may close the segment next.
             drop(file);
             let _ = done.send(result);
