@@ -201,6 +201,9 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
         let size: u64 = h("X-Oklog-Max-Data-Set-Size").parse().unwrap_or(0);
         eprintln!("{size}B ({}MiB) maximum data set size", size / (1 << 20));
         eprintln!("{} error(s)", h("X-Oklog-Error-Count"));
+        if headers.contains_key("X-Oklog-Bytes-Scanned") {
+            eprintln!("{} bytes scanned", h("X-Oklog-Bytes-Scanned"));
+        }
         eprintln!("{} server-reported duration", h("X-Oklog-Duration"));
     }
     let partial = status == StatusCode::PARTIAL_CONTENT;

@@ -184,7 +184,14 @@ async fn query(
         max_data_set_size: plan.data_set_size(),
         errors: 0,
     };
-    let headers = stats_headers(&params, &stats, started.elapsed());
+    let mut headers = stats_headers(&params, &stats, started.elapsed());
+    if method != Method::HEAD {
+        header(
+            &mut headers,
+            "X-Oklog-Bytes-Scanned",
+            plan.bytes_to_scan(&params).to_string(),
+        );
+    }
     if method == Method::HEAD {
         return (StatusCode::OK, headers, Body::empty()).into_response();
     }

@@ -68,6 +68,7 @@ impl Gateway {
 /// One peer's answer: its stats and, for GET, its body.
 struct Answer {
     stats: Stats,
+    scanned: Option<u64>,
     body: Option<hyper::body::Incoming>,
     peer: String,
 }
@@ -98,6 +99,7 @@ async fn ask(gw: &Gateway, method: &Method, peer: &str, raw: &str) -> io::Result
     };
     Ok(Answer {
         stats,
+        scanned: header_u64(&headers, "X-Oklog-Bytes-Scanned"),
         body: (*method == Method::GET).then_some(body),
         peer: peer.to_string(),
     })
@@ -129,6 +131,7 @@ async fn query(
     let raw = pinned_query(raw.as_deref().unwrap_or(""), &params);
     let answers = join_all(peers.iter().map(|p| ask(&gw, &method, p, &raw))).await;
     let mut total = Stats::default();
+    let mut scanned: Option<u64> = None;
     let mut bodies = Vec::new();
     for (peer, answer) in peers.iter().zip(answers) {
         match answer {
@@ -137,6 +140,9 @@ async fn query(
                 total.segments += a.stats.segments;
                 total.max_data_set_size = total.max_data_set_size.max(a.stats.max_data_set_size);
                 total.errors += a.stats.errors;
+                if let Some(n) = a.scanned {
+                    *scanned.get_or_insert(0) += n;
+                }
                 if let Some(b) = a.body {
                     bodies.push((a.peer, b));
                 }
@@ -148,7 +154,10 @@ async fn query(
             }
         }
     }
-    let headers = stats_headers(&params, &total, started.elapsed());
+    let mut headers = stats_headers(&params, &total, started.elapsed());
+    if let Some(n) = scanned.and_then(|n| axum::http::HeaderValue::from_str(&n.to_string()).ok()) {
+        headers.insert("X-Oklog-Bytes-Scanned", n);
+    }
     let status = if total.errors > 0 {
         StatusCode::PARTIAL_CONTENT
     } else {

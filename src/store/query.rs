@@ -107,6 +107,16 @@ impl Plan {
         self.segments.iter().map(|s| s.size).sum()
     }
 
+    /// Bytes the search will scan: the `[from, to]` range of each opened segment, found by
+    /// binary search (`X-Oklog-Bytes-Scanned`).
+    pub fn bytes_to_scan(&self, p: &QueryParams) -> u64 {
+        self.maps
+            .iter()
+            .flatten()
+            .map(|m| crate::search::time_range(m, p.from_ms, p.to_ms).len() as u64)
+            .sum()
+    }
+
     /// Run the search over an opened plan, pushing each matching line (with its `\n`) into
     /// `sink` in ULID order; `sink` returns false to stop (the client went away). Returns bytes
     /// scanned.
