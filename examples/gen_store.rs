@@ -11,6 +11,9 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+/// A segment being written: file, path, first and last ULID.
+type Open = (BufWriter<File>, PathBuf, [u8; 26], [u8; 26]);
+
 struct Rng(u64);
 
 impl Rng {
@@ -74,7 +77,7 @@ fn main() {
     let mut seg_bytes = 0u64;
     let mut written = 0u64;
     let mut i = 0u64;
-    let mut seg: Option<(BufWriter<File>, PathBuf, [u8; 26], [u8; 26])> = None;
+    let mut seg: Option<Open> = None;
     let mut line = Vec::with_capacity(4096);
     while written < total_bytes {
         let ms = start_ms + (i.min(n) * span_ms) / n.max(1);
@@ -127,7 +130,7 @@ fn main() {
     eprintln!("wrote {i} records, {written} bytes, in {}", out.display());
 }
 
-fn finish(s: (BufWriter<File>, PathBuf, [u8; 26], [u8; 26]), out: &Path) {
+fn finish(s: Open, out: &Path) {
     let (mut w, p, low, high) = s;
     w.flush().unwrap();
     let name = format!(
