@@ -81,10 +81,15 @@ impl Matcher {
                 Matcher::All => p,
                 Matcher::Never => return None,
                 Matcher::Literal(f) => p + f.find(&buf[p..end])?,
+                // The earliest match *end* is enough to find a candidate line, and cheaper than
+                // a match's start (no reverse scan): no line with a match can end before it.
                 Matcher::Regex {
                     candidate: Some(re),
                     ..
-                } => p + re.find(&buf[p..end])?.start(),
+                } => re
+                    .shortest_match_at(&buf[..end], p)?
+                    .saturating_sub(1)
+                    .max(p),
                 Matcher::Regex {
                     candidate: None, ..
                 } => p,
@@ -185,6 +190,17 @@ impl<'a> Matches<'a> {
             buf,
             pos: r.start,
             end: r.end,
+            matcher,
+        }
+    }
+
+    /// Matching lines of `buf[range]`, where `range` starts at a line start and ends at a line
+    /// end (a piece of a segment's time range).
+    pub fn in_range(buf: &'a [u8], range: Range<usize>, matcher: &'a Matcher) -> Self {
+        Matches {
+            buf,
+            pos: range.start,
+            end: range.end,
             matcher,
         }
     }

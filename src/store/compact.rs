@@ -505,8 +505,8 @@ mod tests {
         let plan = crate::store::query::Plan::open(log, &p).unwrap();
         let m = crate::search::Matcher::new("", false).unwrap();
         let mut out = Vec::new();
-        plan.execute(&p, &m, &mut |l| {
-            out.push(l.to_vec());
+        plan.execute(&p, &m, &mut |lines| {
+            out.extend(lines.split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec));
             true
         })
         .unwrap();

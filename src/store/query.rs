@@ -117,44 +117,179 @@ impl Plan {
             .sum()
     }
 
-    /// Run the search over an opened plan, pushing each matching line (with its `\n`) into
-    /// `sink` in ULID order; `sink` returns false to stop (the client went away). Returns bytes
-    /// scanned.
+    /// Run the search over an opened plan, pushing matching lines (each with its `\n`, possibly
+    /// several per call) into `sink` in ULID order; `sink` returns false to stop (the client
+    /// went away). Returns bytes scanned.
+    ///
+    /// A segment that overlaps no other is cut into pieces of [`PIECE`] bytes at line
+    /// boundaries, searched in parallel on up to [`MAX_WORKERS`] threads and emitted in order;
+    /// workers run at most [`LOOKAHEAD`] pieces ahead of the output, so memory stays bounded
+    /// whatever the result size. Overlapping segments are merged with dedup, in order.
     pub fn execute(
         &self,
         p: &QueryParams,
         matcher: &Matcher,
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> io::Result<u64> {
+        let mut tasks: Vec<Task> = Vec::new();
         let mut scanned = 0u64;
         for batch in batches(&self.segments) {
-            let mut matches: Vec<Matches> = self.maps[batch]
-                .iter()
-                .flatten()
-                .map(|m| Matches::new(m, p.from_ms, p.to_ms, matcher))
-                .collect();
-            scanned += matches.iter().map(|m| m.range_len() as u64).sum::<u64>();
-            if matches.len() == 1 {
-                for line in matches.pop().into_iter().flatten() {
-                    if !sink(line) {
-                        return Ok(scanned);
+            let maps: Vec<&Mmap> = self.maps[batch.clone()].iter().flatten().collect();
+            if let [m] = maps[..] {
+                let r = crate::search::time_range(m, p.from_ms, p.to_ms);
+                scanned += r.len() as u64;
+                let mut start = r.start;
+                while start < r.end {
+                    let mut end = (start + PIECE).min(r.end);
+                    if end < r.end {
+                        end = memchr::memchr(b'\n', &m[end..r.end]).map_or(r.end, |i| end + i + 1);
                     }
+                    tasks.push(Task::Piece(m, start..end));
+                    start = end;
                 }
-            } else {
-                let mut sources: Vec<MatchSource> =
-                    matches.into_iter().map(MatchSource::new).collect();
-                let mut stopped = false;
-                merge::merge(&mut sources, |line| {
-                    stopped = !sink(line);
-                    Ok(!stopped)
-                })?;
-                if stopped {
-                    return Ok(scanned);
+            } else if !maps.is_empty() {
+                scanned += maps
+                    .iter()
+                    .map(|m| crate::search::time_range(m, p.from_ms, p.to_ms).len() as u64)
+                    .sum::<u64>();
+                tasks.push(Task::Merge(maps));
+            }
+        }
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_WORKERS);
+        let pieces = tasks
+            .iter()
+            .filter(|t| matches!(t, Task::Piece(..)))
+            .count();
+        if workers < 2 || pieces < 2 {
+            for task in &tasks {
+                if !run_inline(task, p, matcher, sink)? {
+                    break;
                 }
             }
+        } else {
+            run_parallel(&tasks, workers, p, matcher, sink)?;
         }
         Ok(scanned)
     }
+}
+
+/// Bytes of a segment searched as one unit of parallel work (8 MiB).
+pub const PIECE: usize = 8 << 20;
+/// Search threads per query at most.
+pub const MAX_WORKERS: usize = 8;
+/// Pieces searched ahead of the output, per worker.
+pub const LOOKAHEAD: usize = 2;
+
+/// One unit of search work.
+enum Task<'a> {
+    /// Lines `range` of one segment that overlaps no other.
+    Piece(&'a Mmap, std::ops::Range<usize>),
+    /// Overlapping segments, merged with dedup.
+    Merge(Vec<&'a Mmap>),
+}
+
+/// Run a task straight into the sink; false if the sink said stop.
+fn run_inline(
+    task: &Task,
+    p: &QueryParams,
+    matcher: &Matcher,
+    sink: &mut dyn FnMut(&[u8]) -> bool,
+) -> io::Result<bool> {
+    match task {
+        Task::Piece(m, r) => {
+            for line in Matches::in_range(m, r.clone(), matcher) {
+                if !sink(line) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Task::Merge(maps) => {
+            let mut sources: Vec<MatchSource> = maps
+                .iter()
+                .map(|m| MatchSource::new(Matches::new(m, p.from_ms, p.to_ms, matcher)))
+                .collect();
+            let mut open = true;
+            merge::merge(&mut sources, |line| {
+                open = sink(line);
+                Ok(open)
+            })?;
+            Ok(open)
+        }
+    }
+}
+
+/// Search pieces on `workers` threads and emit every task's output in order.
+fn run_parallel(
+    tasks: &[Task],
+    workers: usize,
+    p: &QueryParams,
+    matcher: &Matcher,
+    sink: &mut dyn FnMut(&[u8]) -> bool,
+) -> io::Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+
+    let slots: Vec<Mutex<Option<Vec<u8>>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
+    let ready = Condvar::new();
+    let next = AtomicUsize::new(0);
+    let emitted = Mutex::new(0usize);
+    let progress = Condvar::new();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= tasks.len() || stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Task::Piece(m, r) = &tasks[i] else {
+                        continue; // merges run in order on the emitting thread
+                    };
+                    // Stay within the look-ahead of the output.
+                    let mut done = emitted.lock().unwrap_or_else(|e| e.into_inner());
+                    while i >= *done + LOOKAHEAD * workers && !stop.load(Ordering::SeqCst) {
+                        done = progress.wait(done).unwrap_or_else(|e| e.into_inner());
+                    }
+                    drop(done);
+                    let mut out = Vec::new();
+                    for line in Matches::in_range(m, r.clone(), matcher) {
+                        out.extend_from_slice(line);
+                    }
+                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+                    ready.notify_all();
+                }
+            });
+        }
+        let result = (|| -> io::Result<()> {
+            for (i, task) in tasks.iter().enumerate() {
+                let open = match task {
+                    Task::Merge(_) => run_inline(task, p, matcher, sink)?,
+                    Task::Piece(..) => {
+                        let mut slot = slots[i].lock().unwrap_or_else(|e| e.into_inner());
+                        while slot.is_none() {
+                            slot = ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+                        }
+                        let out = slot.take().unwrap_or_default();
+                        drop(slot);
+                        out.is_empty() || sink(&out)
+                    }
+                };
+                *emitted.lock().unwrap_or_else(|e| e.into_inner()) = i + 1;
+                progress.notify_all();
+                if !open {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::SeqCst);
+        progress.notify_all();
+        result
+    })
 }
 
 /// Split segments sorted by low ULID into batches whose ranges chain-overlap (equal bounds
@@ -259,6 +394,81 @@ mod tests {
                 .exists(),
             "never deleted"
         );
+    }
+
+    #[test]
+    fn parallel_pieces_come_out_in_order_and_can_stop_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = StoreLog::open(dir.path()).unwrap();
+        // One segment of three pieces and more, plus a separate small one after it.
+        let mut big = Vec::new();
+        let mut n = 0u64;
+        while big.len() < 2 * PIECE + PIECE / 2 {
+            let id = crate::record::encode_ulid(1_000_000 + n / 100, u128::from(n));
+            big.extend_from_slice(&id);
+            big.extend_from_slice(
+                format!(
+                    " app line {n} {}\n",
+                    if n.is_multiple_of(7) {
+                        "seven"
+                    } else {
+                        "other"
+                    }
+                )
+                .as_bytes(),
+            );
+            n += 1;
+        }
+        let name = |b: &[u8]| {
+            let first = &b[..26];
+            let last_start = b[..b.len() - 1]
+                .iter()
+                .rposition(|&c| c == b'\n')
+                .map_or(0, |i| i + 1);
+            super::super::log::build_name(
+                first.try_into().unwrap(),
+                b[last_start..last_start + 26].try_into().unwrap(),
+                "flushed",
+            )
+        };
+        std::fs::write(dir.path().join(name(&big)), &big).unwrap();
+        let small = format!(
+            "{} app tail seven\n",
+            String::from_utf8_lossy(&crate::record::encode_ulid(9_000_000, 0))
+        );
+        std::fs::write(dir.path().join(name(small.as_bytes())), &small).unwrap();
+        let p = params(&[
+            ("from", "1970-01-01T00:00:00Z"),
+            ("to", "1970-01-02T00:00:00Z"),
+        ])
+        .unwrap();
+        let plan = Plan::open(&log, &p).unwrap();
+        for (q, want) in [("seven", n.div_ceil(7) + 1), ("", n + 1), ("nothing", 0)] {
+            let m = Matcher::new(q, false).unwrap();
+            let mut out = Vec::new();
+            let scanned = plan
+                .execute(&p, &m, &mut |b| {
+                    out.extend_from_slice(b);
+                    true
+                })
+                .unwrap();
+            assert_eq!(scanned as usize, big.len() + small.len());
+            let lines: Vec<&[u8]> = out.split_inclusive(|&b| b == b'\n').collect();
+            assert_eq!(lines.len() as u64, want, "q={q:?}");
+            assert!(
+                lines.windows(2).all(|w| w[0][..26] < w[1][..26]),
+                "in order"
+            );
+        }
+        // A sink that stops after the first chunk ends the search (no hang, no more output).
+        let m = Matcher::new("", false).unwrap();
+        let mut calls = 0;
+        plan.execute(&p, &m, &mut |_| {
+            calls += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!(calls, 1);
     }
 
     #[test]
