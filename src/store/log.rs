@@ -13,7 +13,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use memmap2::Mmap;
 
@@ -86,6 +86,10 @@ pub struct StoreLog {
     pub segments: RwLock<()>,
     /// Files quarantined while opening the directory.
     pub quarantined_at_start: std::sync::atomic::AtomicU64,
+    /// Mappings of queryable segments, kept between queries: a segment's page tables are
+    /// then built once, not on every query (at 2 GB, re-mapping cost more than the search).
+    /// Entries are dropped whenever their file is renamed or removed.
+    maps: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<Mmap>>>,
 }
 
 impl StoreLog {
@@ -97,6 +101,7 @@ impl StoreLog {
             _lock: lock,
             segments: RwLock::new(()),
             quarantined_at_start: std::sync::atomic::AtomicU64::new(0),
+            maps: Default::default(),
         };
         log.recover()?;
         Ok(log)
@@ -208,6 +213,7 @@ impl StoreLog {
             fs::rename(path, &target)?;
             return disk::sync_dir(&self.dir);
         }
+        self.forget(&target);
         if same_contents(path, &target)? {
             tracing::debug!(segment = %target.display(), "replica already stored; discarding the copy");
             return fs::remove_file(path);
@@ -250,20 +256,47 @@ impl StoreLog {
         &self,
         from_ms: u64,
         to_ms: u64,
-    ) -> io::Result<Vec<(Segment, Option<Mmap>)>> {
+    ) -> io::Result<Vec<(Segment, Option<Arc<Mmap>>)>> {
         let _guard = self.segments.read().unwrap_or_else(|p| p.into_inner());
         let segs = self.scan(&[FLUSHED, READING], |s| {
             overlap((ulid_ms(&s.low), ulid_ms(&s.high)), (from_ms, to_ms))
         })?;
         let mut out = Vec::with_capacity(segs.len());
         for s in segs {
+            let cached = self
+                .maps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&s.path)
+                .filter(|m| m.len() as u64 == s.size)
+                .cloned();
+            if let Some(m) = cached {
+                out.push((s, Some(m)));
+                continue;
+            }
             match map_segment(&s.path) {
-                Ok(m) => out.push((s, m)),
+                Ok(Some(m)) => {
+                    let m = Arc::new(m);
+                    self.maps
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(s.path.clone(), Arc::clone(&m));
+                    out.push((s, Some(m)));
+                }
+                Ok(None) => out.push((s, None)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(out)
+    }
+
+    /// Drop the cached mapping of a file that is being renamed or removed.
+    fn forget(&self, path: &Path) {
+        self.maps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
     }
 
     /// Segments in `states` with well-formed names that pass `keep`, sorted by (low, high).
@@ -305,6 +338,7 @@ impl StoreLog {
         let mut out = Vec::with_capacity(segs.len());
         for s in segs {
             let to = s.path.with_extension(READING);
+            self.forget(&s.path);
             match fs::rename(&s.path, &to) {
                 Ok(()) => out.push(Segment {
                     path: to,
@@ -325,6 +359,7 @@ impl StoreLog {
     pub fn release(&self, segs: &[Segment]) {
         let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
         for s in segs {
+            self.forget(&s.path);
             if let Err(e) = fs::rename(&s.path, s.path.with_extension(FLUSHED)) {
                 tracing::error!(segment = %s.path.display(), error = %e, "releasing a claimed segment");
             }
@@ -335,6 +370,7 @@ impl StoreLog {
     pub fn remove(&self, segs: &[Segment]) -> io::Result<()> {
         let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
         for s in segs {
+            self.forget(&s.path);
             match fs::remove_file(&s.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -349,6 +385,7 @@ impl StoreLog {
     pub fn trash(&self, seg: &Segment) -> io::Result<()> {
         let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
         let to = seg.path.with_extension(TRASHED);
+        self.forget(&seg.path);
         fs::rename(&seg.path, &to)?;
         File::options()
             .write(true)
@@ -388,6 +425,7 @@ impl StoreLog {
             to = self.dir.join(format!("{stem}.{i}.{BAD}"));
             i += 1;
         }
+        self.forget(path);
         fs::rename(path, &to)?;
         disk::sync_dir(&self.dir)?;
         tracing::error!(file = %path.display(), quarantined = %to.display(), reason, "quarantined a bad store file");

@@ -80,7 +80,7 @@ pub struct Plan {
     /// Selected segments, sorted by low ULID.
     pub segments: Vec<Segment>,
     /// Their mappings, when opened (`None` for an empty file).
-    maps: Vec<Option<Mmap>>,
+    maps: Vec<Option<std::sync::Arc<Mmap>>>,
 }
 
 impl Plan {
@@ -113,7 +113,7 @@ impl Plan {
         self.maps
             .iter()
             .flatten()
-            .map(|m| crate::search::time_range(m, p.from_ms, p.to_ms).len() as u64)
+            .map(|m| crate::search::time_range(&m[..], p.from_ms, p.to_ms).len() as u64)
             .sum()
     }
 
@@ -134,7 +134,11 @@ impl Plan {
         let mut tasks: Vec<Task> = Vec::new();
         let mut scanned = 0u64;
         for batch in batches(&self.segments) {
-            let maps: Vec<&Mmap> = self.maps[batch.clone()].iter().flatten().collect();
+            let maps: Vec<&Mmap> = self.maps[batch.clone()]
+                .iter()
+                .flatten()
+                .map(|m| &**m)
+                .collect();
             if let [m] = maps[..] {
                 let r = crate::search::time_range(m, p.from_ms, p.to_ms);
                 scanned += r.len() as u64;
