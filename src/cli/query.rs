@@ -279,6 +279,23 @@ struct Printer {
 
 impl Printer {
     fn feed(&mut self, mut data: &[u8], out: &mut impl Write) -> io::Result<()> {
+        if self.mode == Print::Raw || !self.copy {
+            // Whole lines are printed as they came (or not at all): count them, copy the bytes.
+            self.records += memchr::memchr_iter(b'\n', data).count() as u64;
+            if self.partial_line.is_empty() && data.last() == Some(&b'\n') {
+                self.partial_line.clear();
+            } else if let Some(last) = memchr::memrchr(b'\n', data) {
+                self.partial_line.clear();
+                self.partial_line.extend_from_slice(&data[last + 1..]);
+            } else {
+                self.partial_line.extend_from_slice(data);
+            }
+            return if self.copy {
+                out.write_all(data)
+            } else {
+                Ok(())
+            };
+        }
         while let Some(i) = memchr::memchr(b'\n', data) {
             if self.partial_line.is_empty() {
                 self.line(&data[..=i], out)?;
@@ -294,6 +311,16 @@ impl Printer {
     }
 
     fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if (self.mode == Print::Raw || !self.copy) && !self.partial_line.is_empty() {
+            // Its bytes went out already; end the line.
+            self.partial_line.clear();
+            self.records += 1;
+            return if self.copy {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            };
+        }
         if !self.partial_line.is_empty() {
             let mut line = std::mem::take(&mut self.partial_line);
             line.push(b'\n');
@@ -372,6 +399,28 @@ mod tests {
         p.finish(&mut out).unwrap();
         assert_eq!(out, b"web a\nweb b\n");
         assert_eq!(p.records, 2);
+        for mode in [Print::Raw, Print::Body] {
+            for copy in [true, false] {
+                let mut out = Vec::new();
+                let mut p = Printer {
+                    mode,
+                    copy,
+                    partial_line: Vec::new(),
+                    records: 0,
+                };
+                for piece in data[..data.len() - 1].chunks(7) {
+                    p.feed(piece, &mut out).unwrap();
+                }
+                p.finish(&mut out).unwrap();
+                assert_eq!(p.records, 2, "{mode:?} {copy}");
+                let want: &[u8] = match (mode, copy) {
+                    (_, false) => b"",
+                    (Print::Raw, true) => data,
+                    _ => b"web a\nweb b\n",
+                };
+                assert_eq!(out, want, "{mode:?} {copy}");
+            }
+        }
         assert_eq!(encode("a b+c/é"), "a%20b%2Bc%2F%C3%A9");
     }
 }
