@@ -61,6 +61,12 @@ pub fn flag_set() -> FlagSet {
                 "replace the ULID with its time (RFC3339, local zone)",
             ),
             flag("v", Kind::Bool, "", "verbose output to stderr"),
+            flag(
+                "output",
+                Kind::Str,
+                "text",
+                "text, or json: one object per record",
+            ),
         ],
         aliases: vec![],
     }
@@ -130,6 +136,9 @@ pub fn encode(s: &str) -> String {
 }
 
 async fn query(args: &Args) -> anyhow::Result<i32> {
+    if !matches!(args.str("output").as_str(), "text" | "json") {
+        anyhow::bail!("-output: {:?} is not text or json", args.str("output"));
+    }
     let now = gotime::now_ms();
     let from = parse_when("from", &args.str("from"), now).map_err(anyhow::Error::msg)?;
     let to = parse_when("to", &args.str("to"), now).map_err(anyhow::Error::msg)?;
@@ -210,7 +219,9 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
     if stats {
         return Ok(if partial { 3 } else { 0 });
     }
-    let mode = if args.bool("ulid") {
+    let mode = if args.str("output") == "json" {
+        Print::Json
+    } else if args.bool("ulid") {
         Print::Raw
     } else if args.bool("time") {
         Print::Time
@@ -268,6 +279,8 @@ enum Print {
     Raw,
     /// The ULID replaced by its time (`-time`).
     Time,
+    /// One JSON object per record (`-output json`).
+    Json,
 }
 
 struct Printer {
@@ -337,6 +350,23 @@ impl Printer {
         match self.mode {
             Print::Raw => out.write_all(line),
             Print::Body => out.write_all(line.get(BODY_OFFSET..).unwrap_or(b"\n")),
+            Print::Json => {
+                let body = line.strip_suffix(b"\n").unwrap_or(line);
+                let rest = body.get(BODY_OFFSET..).unwrap_or_default();
+                let (topic, payload) = match memchr::memchr(b' ', rest) {
+                    Some(i) => (&rest[..i], &rest[i + 1..]),
+                    None => (rest, &b""[..]),
+                };
+                let ulid = body.get(..ULID_LEN).unwrap_or_default();
+                let obj = serde_json::json!({
+                    "ulid": String::from_utf8_lossy(ulid),
+                    "time": gotime::rfc3339_utc_millis(if ulid.len() == ULID_LEN { ulid_ms(ulid) as i64 } else { 0 }),
+                    "topic": String::from_utf8_lossy(topic),
+                    "line": String::from_utf8_lossy(payload),
+                });
+                serde_json::to_writer(&mut *out, &obj).map_err(io::Error::other)?;
+                out.write_all(b"\n")
+            }
             Print::Time => {
                 if line.len() > ULID_LEN {
                     let t = gotime::rfc3339_local_secs(ulid_ms(line) as i64);
@@ -399,6 +429,20 @@ mod tests {
         p.finish(&mut out).unwrap();
         assert_eq!(out, b"web a\nweb b\n");
         assert_eq!(p.records, 2);
+        let mut out = Vec::new();
+        let mut p = Printer {
+            mode: Print::Json,
+            copy: true,
+            partial_line: Vec::new(),
+            records: 0,
+        };
+        p.feed(b"01BC3NABW20000000000000000 web GET \xff/ 200\n", &mut out)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ulid"], "01BC3NABW20000000000000000");
+        assert_eq!(v["time"], "2017-03-25T21:17:54.946Z");
+        assert_eq!(v["topic"], "web");
+        assert_eq!(v["line"], "GET \u{fffd}/ 200");
         for mode in [Print::Raw, Print::Body] {
             for copy in [true, false] {
                 let mut out = Vec::new();
