@@ -79,17 +79,7 @@ fn wait_members(nodes: &[&Node], want: &[&Node], timeout: Duration, what: &str) 
 }
 
 fn local_records(node: &Node) -> Vec<Vec<u8>> {
-    let r = http(
-        "GET",
-        node.addr("api"),
-        "/store/_query?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
-        b"",
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.body
-        .split_inclusive(|&b| b == b'\n')
-        .map(|l| l.to_vec())
-        .collect()
+    records_at(node.addr("api"), "/store/_query")
 }
 
 fn query_all(node: &Node) -> Response {

@@ -23,22 +23,17 @@ fn iterations() -> u64 {
 
 /// Restart flags: the same API and ingest ports as `old`, so clients reconnect to it.
 fn same_ports(old: &Node) -> Vec<String> {
-    let mut args = vec!["ingeststore".to_string()];
-    let mut flags = quick_flags();
-    for (flag, name) in [
-        ("-api", "api"),
-        ("-ingest.fast", "fast"),
-        ("-ingest.durable", "durable"),
-    ] {
-        let at = flags.iter().position(|f| f == flag).unwrap() + 1;
-        flags[at] = old.addr(name).to_string();
-    }
-    args.extend(flags);
-    args.extend([
-        "-store.segment-target-size".to_string(),
-        "65536".to_string(),
-    ]);
-    args
+    // Later flags win, as in Go's flag package.
+    ingeststore_args(&[
+        "-store.segment-target-size",
+        "65536",
+        "-api",
+        old.addr("api"),
+        "-ingest.fast",
+        old.addr("fast"),
+        "-ingest.durable",
+        old.addr("durable"),
+    ])
 }
 
 /// Every `.flushed` store segment parses: a name matching its first and last ULID, records
@@ -95,12 +90,7 @@ fn sigkill_while_ingesting_loses_nothing_acknowledged() {
     let _serial = serial();
     for iter in 0..iterations() {
         let dir = tempfile::tempdir().unwrap();
-        let mut args = vec!["ingeststore".to_string()];
-        args.extend(quick_flags());
-        args.extend([
-            "-store.segment-target-size".to_string(),
-            "65536".to_string(),
-        ]);
+        let args = ingeststore_args(&["-store.segment-target-size", "65536"]);
         let mut node = Node::start(dir.path(), &args, &["api", "fast", "durable"]);
         let stop = Arc::new(AtomicBool::new(false));
         let mut producers = Vec::new();
@@ -195,12 +185,7 @@ fn sigkill_while_compacting_keeps_every_record_once() {
     let _serial = serial();
     for iter in 0..iterations() {
         let dir = tempfile::tempdir().unwrap();
-        let mut args = vec!["ingeststore".to_string()];
-        args.extend(quick_flags());
-        args.extend([
-            "-store.segment-target-size".to_string(),
-            "16384".to_string(),
-        ]);
+        let args = ingeststore_args(&["-store.segment-target-size", "16384"]);
         let node = Node::start(dir.path(), &args, &["api"]);
         // Many small overlapping replicas with duplicates: work for the compacter.
         let now = std::time::SystemTime::now()
@@ -220,15 +205,7 @@ fn sigkill_while_compacting_keeps_every_record_once() {
             assert_eq!(r.status, 200, "{}", r.text());
         }
         std::thread::sleep(Duration::from_millis(900 + 700 * iter));
-        let restart = {
-            let mut a = vec!["ingeststore".to_string()];
-            a.extend(quick_flags());
-            a.extend([
-                "-store.segment-target-size".to_string(),
-                "16384".to_string(),
-            ]);
-            a
-        };
+        let restart = args.clone();
         let mut node = node;
         let _ = node.child.kill();
         let _ = node.child.wait();

@@ -434,15 +434,7 @@ mod tests {
         assert!(choose_first_sequential(&[5], 2, t).is_empty());
     }
 
-    fn seg(low: &str, high: &str) -> Segment {
-        let pad = |s: &str| -> [u8; 26] { format!("{s:0<26}").as_bytes().try_into().unwrap() };
-        Segment {
-            path: format!("{low}-{high}").into(),
-            low: pad(low),
-            high: pad(high),
-            size: 1,
-        }
-    }
+    use super::super::log::test_segment as seg;
 
     #[test]
     fn overlapping_choice_needs_only_two() {

@@ -449,6 +449,18 @@ impl StoreLog {
     }
 }
 
+/// A segment record for tests: `low`/`high` are ULID prefixes padded with `0`.
+#[cfg(test)]
+pub(crate) fn test_segment(low: &str, high: &str) -> Segment {
+    let pad = |s: &str| -> [u8; ULID_LEN] { format!("{s:0<26}").as_bytes().try_into().unwrap() };
+    Segment {
+        path: format!("{low}-{high}").into(),
+        low: pad(low),
+        high: pad(high),
+        size: 1,
+    }
+}
+
 /// Map a segment read-only; `Ok(None)` if it is empty.
 pub fn map_segment(path: &Path) -> io::Result<Option<Mmap>> {
     let file = File::open(path)?;

@@ -71,14 +71,23 @@ pub fn quick_flags() -> Vec<String> {
     .collect()
 }
 
+/// `ingeststore` with `quick_flags()` and then `extra`.
+pub fn ingeststore_args(extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["ingeststore".to_string()];
+    args.extend(quick_flags());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 impl Node {
     /// Start `oklog ingeststore` in `dir` with `quick_flags()` plus `extra`, and wait until its
     /// API and ingest listeners have logged their addresses.
     pub fn ingeststore(dir: &Path, extra: &[&str]) -> Node {
-        let mut args = vec!["ingeststore".to_string()];
-        args.extend(quick_flags());
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Node::start(dir, &args, &["api", "fast", "durable", "bulk"])
+        Node::start(
+            dir,
+            &ingeststore_args(extra),
+            &["api", "fast", "durable", "bulk"],
+        )
     }
 
     /// Start `oklog <args>` in `dir`, waiting for the named listeners.
@@ -300,10 +309,15 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 
 /// Every stored line (with ULID) the node returns for an all-time query.
 pub fn all_records(api: &str) -> Vec<Vec<u8>> {
+    records_at(api, "/store/query")
+}
+
+/// Every stored line an all-time query of `path` (`/store/query` or `/store/_query`) returns.
+pub fn records_at(api: &str, path: &str) -> Vec<Vec<u8>> {
     let r = http(
         "GET",
         api,
-        "/store/query?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
+        &format!("{path}?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"),
         b"",
     );
     assert_eq!(r.status, 200, "{}", r.text());
