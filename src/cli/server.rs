@@ -542,10 +542,12 @@ impl Node {
             router = router
                 .merge(parts.api.router())
                 .merge(
-                    Gateway::new(
+                    Gateway::with_local(
                         Arc::clone(&peers),
                         http::client(),
                         Arc::clone(&self.metrics),
+                        self.gossip.me().api_addr,
+                        Arc::clone(&parts.api),
                     )
                     .router(),
                 )

@@ -153,18 +153,23 @@ async fn query(
     method: Method,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Response {
+    match QueryParams::parse(&raw) {
+        Ok(params) => answer(&api, &method, params).await,
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+/// This node's answer to a parsed query: the planning headers, and for GET the matching
+/// records, streamed. The gateway calls it directly for its own node.
+pub async fn answer(api: &Arc<StoreApi>, method: &Method, params: QueryParams) -> Response {
     let started = Instant::now();
-    let params = match QueryParams::parse(&raw) {
-        Ok(p) => p,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-    };
     let matcher = match Matcher::new(&params.q, params.regex) {
         Ok(m) => m,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n")),
     };
     let log = Arc::clone(&api.log);
     let p = params.clone();
-    let head = method == Method::HEAD;
+    let head = *method == Method::HEAD;
     let plan = match tokio::task::spawn_blocking(move || {
         if head {
             Plan::new(&log, &p)
@@ -192,7 +197,7 @@ async fn query(
             plan.bytes_to_scan(&params).to_string(),
         );
     }
-    if method == Method::HEAD {
+    if head {
         return (StatusCode::OK, headers, Body::empty()).into_response();
     }
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(OUT_CHUNKS_IN_FLIGHT);

@@ -44,6 +44,8 @@ pub struct Gateway {
     peers: Arc<dyn Peers>,
     client: Client,
     metrics: Arc<Metrics>,
+    /// This node's API address and store, answered in process rather than over HTTP.
+    local: Option<(String, Arc<super::StoreApi>)>,
 }
 
 impl Gateway {
@@ -53,6 +55,23 @@ impl Gateway {
             peers,
             client,
             metrics,
+            local: None,
+        })
+    }
+
+    /// A gateway that answers for its own node (API address `me`) in process.
+    pub fn with_local(
+        peers: Arc<dyn Peers>,
+        client: Client,
+        metrics: Arc<Metrics>,
+        me: String,
+        store: Arc<super::StoreApi>,
+    ) -> Arc<Self> {
+        Arc::new(Gateway {
+            peers,
+            client,
+            metrics,
+            local: Some((me, store)),
         })
     }
 
@@ -69,7 +88,7 @@ impl Gateway {
 struct Answer {
     stats: Stats,
     scanned: Option<u64>,
-    body: Option<hyper::body::Incoming>,
+    body: Option<Body>,
     peer: String,
 }
 
@@ -77,18 +96,39 @@ fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
     h.get(name)?.to_str().ok()?.parse().ok()
 }
 
-async fn ask(gw: &Gateway, method: &Method, peer: &str, raw: &str) -> io::Result<Answer> {
+async fn ask(
+    gw: &Gateway,
+    method: &Method,
+    peer: &str,
+    raw: &str,
+    params: &QueryParams,
+) -> io::Result<Answer> {
     let url = format!("http://{peer}/store/_query?{raw}");
-    let (status, headers, body) = http::call_full(
-        &gw.client,
-        method.clone(),
-        &url,
-        http::empty_body(),
-        HEADER_TIMEOUT,
-    )
-    .await?;
+    let (status, headers, body) = match &gw.local {
+        Some((me, store)) if me == peer => {
+            let (parts, body) = super::api::answer(store, method, params.clone())
+                .await
+                .into_parts();
+            (parts.status, parts.headers, body)
+        }
+        _ => {
+            let (status, headers, body) = http::call_full(
+                &gw.client,
+                method.clone(),
+                &url,
+                http::empty_body(),
+                HEADER_TIMEOUT,
+            )
+            .await?;
+            (status, headers, Body::new(body))
+        }
+    };
     if !status.is_success() {
-        let msg = http::body_text(body).await.unwrap_or_default();
+        let msg = body
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
         return Err(io::Error::other(format!("{url}: {status}: {}", msg.trim())));
     }
     let stats = Stats {
@@ -129,7 +169,7 @@ async fn query(
     }
     // Pin the time range so every peer answers for the same window.
     let raw = pinned_query(raw.as_deref().unwrap_or(""), &params);
-    let answers = join_all(peers.iter().map(|p| ask(&gw, &method, p, &raw))).await;
+    let answers = join_all(peers.iter().map(|p| ask(&gw, &method, p, &raw, &params))).await;
     let mut total = Stats::default();
     let mut scanned: Option<u64> = None;
     let mut bodies = Vec::new();
@@ -227,7 +267,7 @@ fn pinned_query(raw: &str, p: &QueryParams) -> String {
 }
 
 /// Merge the peers' bodies (each sorted) by ULID with dedup, streaming.
-fn merged_body(mut bodies: Vec<(String, hyper::body::Incoming)>, metrics: Arc<Metrics>) -> Body {
+fn merged_body(mut bodies: Vec<(String, Body)>, metrics: Arc<Metrics>) -> Body {
     if bodies.len() == 1 {
         // One answer is already in order and without duplicates: pass its chunks through,
         // with the same idle timeout, instead of splitting it into lines to merge.

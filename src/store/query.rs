@@ -166,7 +166,18 @@ impl Plan {
             .iter()
             .filter(|t| matches!(t, Task::Piece(..)))
             .count();
-        if workers < 2 || pieces < 2 {
+        if matches!(matcher, Matcher::All) {
+            // Every line of a piece is an answer: hand the range over whole.
+            for task in &tasks {
+                let open = match task {
+                    Task::Piece(m, r) => sink(&m[r.clone()]),
+                    Task::Merge(_) => run_inline(task, p, matcher, sink)?,
+                };
+                if !open {
+                    break;
+                }
+            }
+        } else if workers < 2 || pieces < 2 {
             for task in &tasks {
                 if !run_inline(task, p, matcher, sink)? {
                     break;
