@@ -103,51 +103,10 @@ fn bulk_port_refuses_bad_input_and_stores_nothing_of_it() {
 fn bulk_waits_for_a_store_and_never_reports_unstored_records() {
     let _serial = serial();
     let root = tempfile::tempdir().unwrap();
-    let store_args = |dir: &str| -> Vec<String> {
-        [
-            "store",
-            "-api",
-            "127.0.0.1:0",
-            "-cluster",
-            "127.0.0.1:0",
-            "-store.segment-replication-factor",
-            "1",
-            "-store.segment-target-age",
-            "100ms",
-            "-store.segment-delay",
-            "20ms",
-            "-store.path",
-            dir,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let store = Node::start(
-        &root.path().join("s1"),
-        &store_args("data/store"),
-        &["api", "cluster"],
-    );
+    let rf1 = ["-store.segment-replication-factor", "1"];
+    let store = start_role("store", &root.path().join("s1"), None, &rf1);
     let peer = store.addr("cluster").to_string();
-    let ing_args: Vec<String> = [
-        "ingest",
-        "-api",
-        "127.0.0.1:0",
-        "-cluster",
-        "127.0.0.1:0",
-        "-ingest.fast",
-        "127.0.0.1:0",
-        "-ingest.durable",
-        "127.0.0.1:0",
-        "-ingest.bulk",
-        "127.0.0.1:0",
-        "-peer",
-        &peer,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let ing = Node::start(&root.path().join("i1"), &ing_args, &["api", "bulk"]);
+    let ing = start_role("ingest", &root.path().join("i1"), Some(&peer), &[]);
     eventually(Duration::from_secs(5), "join", || {
         let r = http("GET", ing.addr("api"), "/ingest/_clusterstate", b"");
         (serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["n"] == 2).then_some(())
@@ -181,14 +140,11 @@ fn bulk_waits_for_a_store_and_never_reports_unstored_records() {
     );
     // A store node joins: the batch is committed and the forwarder succeeds.
     let started = Instant::now();
-    let store2 = Node::start(
+    let store2 = start_role(
+        "store",
         &root.path().join("s2"),
-        &[
-            store_args("data/store"),
-            vec!["-peer".into(), ing.addr("cluster").to_string()],
-        ]
-        .concat(),
-        &["api"],
+        Some(ing.addr("cluster")),
+        &rf1,
     );
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

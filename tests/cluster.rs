@@ -3,46 +3,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Start `oklog <mode>` in `dir` on OS-picked ports, joining through `peer` (a cluster address).
-fn start(mode: &str, dir: &Path, peer: Option<&str>, extra: &[&str]) -> Node {
-    let mut args: Vec<String> = vec![
-        mode.into(),
-        "-api".into(),
-        "127.0.0.1:0".into(),
-        "-cluster".into(),
-        "127.0.0.1:0".into(),
-    ];
-    let mut listeners = vec!["api", "cluster"];
-    if mode != "store" {
-        for flag in ["-ingest.fast", "-ingest.durable", "-ingest.bulk"] {
-            args.extend([flag.to_string(), "127.0.0.1:0".to_string()]);
-        }
-        args.extend(["-ingest.segment-flush-age".into(), "100ms".into()]);
-        listeners.extend(["fast", "durable", "bulk"]);
-    }
-    if mode != "ingest" {
-        args.extend(
-            [
-                "-store.segment-target-age",
-                "100ms",
-                "-store.segment-delay",
-                "20ms",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-    }
-    if let Some(p) = peer {
-        args.extend(["-peer".to_string(), p.to_string()]);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Node::start(dir, &args, &listeners)
-}
 
 /// Members (by API address) that `node` currently sees, self included.
 fn members(node: &Node) -> Vec<String> {
@@ -95,12 +58,12 @@ fn query_all(node: &Node) -> Response {
 fn two_ingesters_three_stores_replicate_twice_and_answer_everything() {
     let _serial = serial();
     let root = tempfile::tempdir().unwrap();
-    let seed = start("store", &root.path().join("s1"), None, &[]);
+    let seed = start_role("store", &root.path().join("s1"), None, &[]);
     let peer = seed.addr("cluster").to_string();
-    let s2 = start("store", &root.path().join("s2"), Some(&peer), &[]);
-    let s3 = start("store", &root.path().join("s3"), Some(&peer), &[]);
-    let i1 = start("ingest", &root.path().join("i1"), Some(&peer), &[]);
-    let i2 = start("ingest", &root.path().join("i2"), Some(&peer), &[]);
+    let s2 = start_role("store", &root.path().join("s2"), Some(&peer), &[]);
+    let s3 = start_role("store", &root.path().join("s3"), Some(&peer), &[]);
+    let i1 = start_role("ingest", &root.path().join("i1"), Some(&peer), &[]);
+    let i2 = start_role("ingest", &root.path().join("i2"), Some(&peer), &[]);
     let all = [&seed, &s2, &s3, &i1, &i2];
     let join = wait_members(&all, &all, Duration::from_secs(5), "everyone to join");
     eprintln!("5 nodes joined in {join:?}");
@@ -156,11 +119,11 @@ fn two_ingesters_three_stores_replicate_twice_and_answer_everything() {
 fn store_failures_degrade_to_partial_answers_and_new_stores_take_new_data() {
     let _serial = serial();
     let root = tempfile::tempdir().unwrap();
-    let seed = start("store", &root.path().join("s1"), None, &[]);
+    let seed = start_role("store", &root.path().join("s1"), None, &[]);
     let peer = seed.addr("cluster").to_string();
-    let s2 = start("store", &root.path().join("s2"), Some(&peer), &[]);
-    let mut s3 = start("store", &root.path().join("s3"), Some(&peer), &[]);
-    let ing = start("ingest", &root.path().join("i1"), Some(&peer), &[]);
+    let s2 = start_role("store", &root.path().join("s2"), Some(&peer), &[]);
+    let mut s3 = start_role("store", &root.path().join("s3"), Some(&peer), &[]);
+    let ing = start_role("ingest", &root.path().join("i1"), Some(&peer), &[]);
     wait_members(
         &[&seed, &s2, &s3, &ing],
         &[&seed, &s2, &s3, &ing],
@@ -242,7 +205,7 @@ fn store_failures_degrade_to_partial_answers_and_new_stores_take_new_data() {
     }
 
     // A new store node joins and receives new segments.
-    let s4 = start("store", &root.path().join("s4"), Some(&peer), &[]);
+    let s4 = start_role("store", &root.path().join("s4"), Some(&peer), &[]);
     wait_members(
         &[&seed, &s2, &ing, &s4],
         &[&seed, &s2, &ing, &s4],
@@ -271,9 +234,9 @@ fn store_failures_degrade_to_partial_answers_and_new_stores_take_new_data() {
 fn membership_join_leave_and_restart_on_the_same_address() {
     let _serial = serial();
     let root = tempfile::tempdir().unwrap();
-    let seed = start("store", &root.path().join("s1"), None, &[]);
+    let seed = start_role("store", &root.path().join("s1"), None, &[]);
     let peer = seed.addr("cluster").to_string();
-    let mut other = start("ingeststore", &root.path().join("s2"), Some(&peer), &[]);
+    let mut other = start_role("ingeststore", &root.path().join("s2"), Some(&peer), &[]);
     let join = wait_members(
         &[&seed, &other],
         &[&seed, &other],
@@ -295,7 +258,7 @@ fn membership_join_leave_and_restart_on_the_same_address() {
     eprintln!("graceful leave seen after {:?}", started.elapsed());
     drop(other);
     // Restarted on the same cluster address: rejoins at once.
-    let again = start(
+    let again = start_role(
         "ingeststore",
         &root.path().join("s2"),
         Some(&peer),
@@ -330,7 +293,7 @@ fn a_node_given_an_unreachable_peer_says_it_is_alone() {
         .local_addr()
         .unwrap()
         .port();
-    let node = start(
+    let node = start_role(
         "store",
         &root.path().join("s1"),
         Some(&format!("127.0.0.1:{port}")),
@@ -349,10 +312,10 @@ fn a_node_given_an_unreachable_peer_says_it_is_alone() {
 fn a_stream_sees_each_new_matching_record_once() {
     let _serial = serial();
     let root = tempfile::tempdir().unwrap();
-    let seed = start("store", &root.path().join("s1"), None, &[]);
+    let seed = start_role("store", &root.path().join("s1"), None, &[]);
     let peer = seed.addr("cluster").to_string();
-    let s2 = start("store", &root.path().join("s2"), Some(&peer), &[]);
-    let ing = start("ingest", &root.path().join("i1"), Some(&peer), &[]);
+    let s2 = start_role("store", &root.path().join("s2"), Some(&peer), &[]);
+    let ing = start_role("ingest", &root.path().join("i1"), Some(&peer), &[]);
     wait_members(
         &[&seed, &s2, &ing],
         &[&seed, &s2, &ing],
@@ -418,7 +381,7 @@ fn a_stream_sees_each_new_matching_record_once() {
 fn a_stopping_ingester_hands_its_records_to_the_store_before_it_leaves() {
     let _serial = serial();
     let root = tempfile::tempdir().unwrap();
-    let store = start(
+    let store = start_role(
         "store",
         &root.path().join("s1"),
         None,
@@ -426,7 +389,7 @@ fn a_stopping_ingester_hands_its_records_to_the_store_before_it_leaves() {
     );
     let peer = store.addr("cluster").to_string();
     // Segments would sit in the active file for a minute: only the shutdown flushes them.
-    let mut ing = start(
+    let mut ing = start_role(
         "ingest",
         &root.path().join("i1"),
         Some(&peer),

@@ -8,27 +8,12 @@ use std::time::Duration;
 use common::*;
 
 fn ingest_node(dir: &std::path::Path) -> Node {
-    let args: Vec<String> = [
+    start_role(
         "ingest",
-        "-api",
-        "127.0.0.1:0",
-        "-ingest.fast",
-        "127.0.0.1:0",
-        "-ingest.durable",
-        "127.0.0.1:0",
-        "-ingest.bulk",
-        "127.0.0.1:0",
-        "-cluster",
-        "127.0.0.1:0",
-        "-ingest.segment-flush-age",
-        "100ms",
-        "-ingest.segment-pending-timeout",
-        "1s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    Node::start(dir, &args, &["api", "fast", "durable", "bulk"])
+        dir,
+        None,
+        &["-ingest.segment-pending-timeout", "1s"],
+    )
 }
 
 fn next(api: &str) -> Option<String> {
@@ -100,11 +85,7 @@ fn next_read_commit_failed_and_pending_timeout() {
 fn lone_store_warns_that_the_replication_factor_is_out_of_reach() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = ["store", "-api", "127.0.0.1:0", "-cluster", "127.0.0.1:0"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let node = Node::start(dir.path(), &args, &["api"]);
+    let node = start_role("store", dir.path(), None, &[]);
     let line = eventually(Duration::from_secs(10), "the RF warning", || {
         node.log_text()
             .lines()

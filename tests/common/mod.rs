@@ -79,6 +79,42 @@ pub fn ingeststore_args(extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// Start `oklog <mode>` in `dir` on OS-picked ports, joining through `peer` (a cluster address).
+pub fn start_role(mode: &str, dir: &Path, peer: Option<&str>, extra: &[&str]) -> Node {
+    let mut args: Vec<String> = vec![
+        mode.into(),
+        "-api".into(),
+        "127.0.0.1:0".into(),
+        "-cluster".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let mut listeners = vec!["api", "cluster"];
+    if mode != "store" {
+        for flag in ["-ingest.fast", "-ingest.durable", "-ingest.bulk"] {
+            args.extend([flag.to_string(), "127.0.0.1:0".to_string()]);
+        }
+        args.extend(["-ingest.segment-flush-age".into(), "100ms".into()]);
+        listeners.extend(["fast", "durable", "bulk"]);
+    }
+    if mode != "ingest" {
+        args.extend(
+            [
+                "-store.segment-target-age",
+                "100ms",
+                "-store.segment-delay",
+                "20ms",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+    }
+    if let Some(p) = peer {
+        args.extend(["-peer".to_string(), p.to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Node::start(dir, &args, &listeners)
+}
+
 impl Node {
     /// Start `oklog ingeststore` in `dir` with `quick_flags()` plus `extra`, and wait until its
     /// API and ingest listeners have logged their addresses.
