@@ -49,16 +49,6 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway over the store peers in `peers`.
-    pub fn new(peers: Arc<dyn Peers>, client: Client, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Gateway {
-            peers,
-            client,
-            metrics,
-            local: None,
-        })
-    }
-
     /// A gateway that answers for its own node (API address `me`) in process.
     pub fn with_local(
         peers: Arc<dyn Peers>,
