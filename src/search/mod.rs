@@ -185,13 +185,7 @@ pub struct Matches<'a> {
 impl<'a> Matches<'a> {
     /// Matching lines of `buf` with timestamps in `[from_ms, to_ms]`.
     pub fn new(buf: &'a [u8], from_ms: u64, to_ms: u64, matcher: &'a Matcher) -> Self {
-        let r = time_range(buf, from_ms, to_ms);
-        Matches {
-            buf,
-            pos: r.start,
-            end: r.end,
-            matcher,
-        }
+        Self::in_range(buf, time_range(buf, from_ms, to_ms), matcher)
     }
 
     /// Matching lines of `buf[range]`, where `range` starts at a line start and ends at a line
@@ -203,11 +197,6 @@ impl<'a> Matches<'a> {
             end: range.end,
             matcher,
         }
-    }
-
-    /// Bytes of the selected time range (what the search will scan).
-    pub fn range_len(&self) -> usize {
-        self.end - self.pos
     }
 }
 
