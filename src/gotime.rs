@@ -153,6 +153,15 @@ pub fn rfc3339_utc_millis(ms: i64) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%S.%3fZ").to_string()
 }
 
+/// RFC 3339 in UTC at second precision, or millisecond precision when `ms` has a fraction.
+pub fn rfc3339_utc_secs_or_millis(ms: i64) -> String {
+    if ms % 1000 == 0 {
+        rfc3339_utc_secs(ms)
+    } else {
+        rfc3339_utc_millis(ms)
+    }
+}
+
 /// RFC 3339 at second precision in the local time zone (Go's `time.RFC3339` on a local time).
 pub fn rfc3339_local_secs(ms: i64) -> String {
     let ts = Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH);

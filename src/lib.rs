@@ -10,6 +10,7 @@
 //! - [`stream`]: the user stream: fan-out to store nodes, window deduplication.
 //! - [`cluster`]: who the peers are.
 //! - [`http`]: shared server and client plumbing, `/health`, `/metrics`.
+//! - [`ui`]: the embedded web UI at `/ui/`.
 //! - [`cli`]: one module per subcommand; `main.rs` only picks one.
 
 pub mod cli;
@@ -24,3 +25,4 @@ pub mod record;
 pub mod search;
 pub mod store;
 pub mod stream;
+pub mod ui;

@@ -113,6 +113,47 @@ fn two_ingesters_three_stores_replicate_twice_and_answer_everything() {
     );
     assert_eq!(r.header("X-Oklog-Nodes-Queried"), Some("3"));
     assert_eq!(r.header("X-Oklog-Error-Count"), Some("0"));
+
+    // Hits over time count every record once, although each is on two or three nodes.
+    for node in [&seed, &s2, &s3] {
+        let (status, buckets) = hits(node, "step=1s");
+        assert_eq!(status, 200);
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), sent as u64);
+    }
+    let want = copies
+        .keys()
+        .filter(|r| r[27..].windows(5).any(|w| w == b"error"))
+        .count() as u64;
+    assert!(want > 0);
+    let (_, buckets) = hits(&s2, "q=error");
+    assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), want);
+}
+
+/// `GET /store/hits` over the last hour (the default window): the status and `(time, count)`
+/// per bucket.
+fn hits(node: &Node, params: &str) -> (u16, Vec<(String, u64)>) {
+    let r = http(
+        "GET",
+        node.addr("api"),
+        &format!("/store/hits?{params}"),
+        b"",
+    );
+    if r.status >= 300 {
+        return (r.status, Vec::new());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let buckets = v["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["time"].as_str().unwrap().to_string(),
+                b["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (r.status, buckets)
 }
 
 #[test]
@@ -159,6 +200,9 @@ fn store_failures_degrade_to_partial_answers_and_new_stores_take_new_data() {
         500,
         "RF 2: the others have it all"
     );
+    let (status, buckets) = hits(&seed, "q=first");
+    assert_eq!(status, 206, "hits are partial too");
+    assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 500);
 
     // Killed (SIGKILL): queries still return everything, and the cluster notices.
     let _ = std::process::Command::new("kill")

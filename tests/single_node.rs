@@ -363,6 +363,30 @@ fn bad_requests_are_refused_and_touch_nothing() {
         ),
         ("POST", "/store/replicate", b"", 200, "No records"),
         ("GET", "/nowhere/../../etc/passwd", b"", 404, ""),
+        (
+            "GET",
+            "/store/hits?step=1ms&from=2000-01-01T00:00:00Z",
+            b"",
+            400,
+            "at most 10000 are allowed",
+        ),
+        ("GET", "/store/hits?step=soon", b"", 400, "parsing 'step'"),
+        (
+            "GET",
+            "/store/hits?q=(&regex=1",
+            b"",
+            400,
+            "compiling regex",
+        ),
+        (
+            "GET",
+            "/store/hits?from=tomorrow",
+            b"",
+            400,
+            "parsing 'from'",
+        ),
+        ("GET", "/ui/../../etc/passwd", b"", 404, ""),
+        ("GET", "/ui/nothing.js", b"", 404, "not found"),
     ];
     for (method, path, body, status, message) in cases {
         let r = http(method, api, path, body);

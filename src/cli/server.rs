@@ -551,7 +551,8 @@ impl Node {
                     )
                     .router(),
                 )
-                .route("/store/_clusterstate", get(state));
+                .route("/store/_clusterstate", get(state))
+                .merge(crate::ui::router());
             let compacter = Compacter::new(
                 Arc::clone(&parts.log),
                 parts.lifecycle.clone(),

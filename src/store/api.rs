@@ -25,6 +25,7 @@ use super::replicate::{ReplicaError, ReplicaWriter};
 use crate::gotime;
 use crate::http::{channel_body, text};
 use crate::metrics::Metrics;
+use crate::record::ULID_LEN;
 use crate::search::Matcher;
 
 /// Query output is sent in chunks of about this size (256 KiB).
@@ -57,6 +58,7 @@ impl StoreApi {
         // and drop the body.
         Router::new()
             .route("/store/_query", get(query).head(query))
+            .route("/store/_hits", get(hits).head(hits))
             .route("/store/replicate", post(replicate))
             .route("/store/_stream", get(local_stream))
             .with_state(Arc::clone(self))
@@ -154,14 +156,41 @@ async fn query(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Response {
     match QueryParams::parse(&raw) {
-        Ok(params) => answer(&api, &method, params).await,
+        Ok(params) => answer(&api, &method, params, Output::Records).await,
         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }
 
+/// `GET|HEAD /store/_hits`: the ULIDs (one per line) of this node's matching records, in
+/// order; the gateway's `/store/hits` buckets them.
+async fn hits(
+    State(api): State<Arc<StoreApi>>,
+    method: Method,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Response {
+    match QueryParams::parse(&raw) {
+        Ok(params) => answer(&api, &method, params, Output::Ulids).await,
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+/// What a local answer's body holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// The matching records, whole (`/store/_query`).
+    Records,
+    /// Only their ULIDs, one per line (`/store/_hits`).
+    Ulids,
+}
+
 /// This node's answer to a parsed query: the planning headers, and for GET the matching
-/// records, streamed. The gateway calls it directly for its own node.
-pub async fn answer(api: &Arc<StoreApi>, method: &Method, params: QueryParams) -> Response {
+/// records (or their ULIDs), streamed. The gateway calls it directly for its own node.
+pub async fn answer(
+    api: &Arc<StoreApi>,
+    method: &Method,
+    params: QueryParams,
+    output: Output,
+) -> Response {
     let started = Instant::now();
     let matcher = match Matcher::new(&params.q, params.regex) {
         Ok(m) => m,
@@ -204,8 +233,18 @@ pub async fn answer(api: &Arc<StoreApi>, method: &Method, params: QueryParams) -
     tokio::task::spawn_blocking(move || {
         let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
         let mut open = true;
-        let mut sink = |line: &[u8]| {
-            buf.extend_from_slice(line);
+        let mut sink = |lines: &[u8]| {
+            match output {
+                Output::Records => buf.extend_from_slice(lines),
+                Output::Ulids => {
+                    let mut start = 0;
+                    for end in memchr::memchr_iter(b'\n', lines) {
+                        buf.extend_from_slice(&lines[start..end.min(start + ULID_LEN)]);
+                        buf.push(b'\n');
+                        start = end + 1;
+                    }
+                }
+            }
             if buf.len() >= OUT_CHUNK {
                 let chunk = Bytes::from(std::mem::replace(
                     &mut buf,

@@ -23,7 +23,8 @@ use futures_util::future::join_all;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use super::api::{Stats, stats_headers};
+use super::api::{Output, Stats, stats_headers};
+use super::hits::Buckets;
 use super::query::QueryParams;
 use crate::cluster::{Peers, Role};
 use crate::http::{self, Client, channel_body, text};
@@ -69,6 +70,7 @@ impl Gateway {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/store/query", get(query).head(query))
+            .route("/store/hits", get(hits).head(hits))
             .route("/store/stream", get(stream))
             .with_state(Arc::clone(self))
     }
@@ -92,11 +94,16 @@ async fn ask(
     peer: &str,
     raw: &str,
     params: &QueryParams,
+    output: Output,
 ) -> io::Result<Answer> {
-    let url = format!("http://{peer}/store/_query?{raw}");
+    let path = match output {
+        Output::Records => "_query",
+        Output::Ulids => "_hits",
+    };
+    let url = format!("http://{peer}/store/{path}?{raw}");
     let (status, headers, body) = match &gw.local {
         Some((me, store)) if me == peer => {
-            let (parts, body) = super::api::answer(store, method, params.clone())
+            let (parts, body) = super::api::answer(store, method, params.clone(), output)
                 .await
                 .into_parts();
             (parts.status, parts.headers, body)
@@ -150,16 +157,117 @@ async fn query(
     if let Err(e) = Matcher::new(&params.q, params.regex) {
         return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n"));
     }
+    let (total, scanned, bodies) = match scatter(&gw, &method, raw, &params, Output::Records).await
+    {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let mut headers = stats_headers(&params, &total, started.elapsed());
+    if let Some(n) = scanned.and_then(|n| axum::http::HeaderValue::from_str(&n.to_string()).ok()) {
+        headers.insert("X-Oklog-Bytes-Scanned", n);
+    }
+    let status = if total.errors > 0 {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    if method == Method::HEAD {
+        return (status, headers, Body::empty()).into_response();
+    }
+    (
+        status,
+        headers,
+        merged_body(bodies, Arc::clone(&gw.metrics)),
+    )
+        .into_response()
+}
+
+/// `GET|HEAD /store/hits?from=&to=&q=&regex=&step=`: matching records counted per time
+/// bucket, over every store node, deduplicated like a query.
+async fn hits(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    RawQuery(raw): RawQuery,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let started = Instant::now();
+    let step = params.get("step").cloned();
+    let params = match QueryParams::parse(&params) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    if let Err(e) = Matcher::new(&params.q, params.regex) {
+        return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n"));
+    }
+    let mut buckets = match Buckets::new(params.from_ms, params.to_ms, step.as_deref()) {
+        Ok(b) => b,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let (total, scanned, bodies) = match scatter(&gw, &method, raw, &params, Output::Ulids).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let status = if total.errors > 0 {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    if method == Method::HEAD {
+        let headers = stats_headers(&params, &total, started.elapsed());
+        return (status, headers, Body::empty()).into_response();
+    }
+    let receivers = body_sources(bodies, Arc::clone(&gw.metrics));
+    let counted = tokio::task::spawn_blocking(move || {
+        let mut sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
+        merge::merge(&mut sources, |line| {
+            buckets.add(crate::record::ulid_ms(&merge::key(line)));
+            Ok(true)
+        })
+        .map(|_| buckets)
+    })
+    .await;
+    let buckets = match counted {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    let mut headers = stats_headers(&params, &total, started.elapsed());
+    if let Some(n) = scanned.and_then(|n| axum::http::HeaderValue::from_str(&n.to_string()).ok()) {
+        headers.insert("X-Oklog-Bytes-Scanned", n);
+    }
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    let mut body = buckets.to_json().to_string();
+    body.push('\n');
+    (status, headers, body).into_response()
+}
+
+/// Ask every store node the same (pinned) question and sum their stats; the bodies of those
+/// that answered are returned with their addresses. No store node at all is a 503.
+async fn scatter(
+    gw: &Gateway,
+    method: &Method,
+    raw: Option<String>,
+    params: &QueryParams,
+    output: Output,
+) -> Result<(Stats, Option<u64>, Vec<(String, Body)>), Response> {
     let peers = gw.peers.current(Role::Store);
     if peers.is_empty() {
-        return text(
+        return Err(text(
             StatusCode::SERVICE_UNAVAILABLE,
             "no store nodes available\n",
-        );
+        ));
     }
     // Pin the time range so every peer answers for the same window.
-    let raw = pinned_query(raw.as_deref().unwrap_or(""), &params);
-    let answers = join_all(peers.iter().map(|p| ask(&gw, &method, p, &raw, &params))).await;
+    let raw = pinned_query(raw.as_deref().unwrap_or(""), params);
+    let answers = join_all(
+        peers
+            .iter()
+            .map(|p| ask(gw, method, p, &raw, params, output)),
+    )
+    .await;
     let mut total = Stats::default();
     let mut scanned: Option<u64> = None;
     let mut bodies = Vec::new();
@@ -184,24 +292,7 @@ async fn query(
             }
         }
     }
-    let mut headers = stats_headers(&params, &total, started.elapsed());
-    if let Some(n) = scanned.and_then(|n| axum::http::HeaderValue::from_str(&n.to_string()).ok()) {
-        headers.insert("X-Oklog-Bytes-Scanned", n);
-    }
-    let status = if total.errors > 0 {
-        StatusCode::PARTIAL_CONTENT
-    } else {
-        StatusCode::OK
-    };
-    if method == Method::HEAD {
-        return (status, headers, Body::empty()).into_response();
-    }
-    (
-        status,
-        headers,
-        merged_body(bodies, Arc::clone(&gw.metrics)),
-    )
-        .into_response()
+    Ok((total, scanned, bodies))
 }
 
 /// `GET /store/stream?q=&regex=&window=`: live records from every store node, deduplicated
@@ -290,6 +381,32 @@ fn merged_body(mut bodies: Vec<(String, Body)>, metrics: Arc<Metrics>) -> Body {
         });
         return Body::from_stream(stream);
     }
+    let receivers = body_sources(bodies, metrics);
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
+        let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
+        let result = merge::merge(&mut sources, |line| {
+            buf.extend_from_slice(line);
+            if buf.len() >= OUT_CHUNK {
+                let chunk = Bytes::from(std::mem::replace(
+                    &mut buf,
+                    Vec::with_capacity(OUT_CHUNK * 2),
+                ));
+                return Ok(tx.blocking_send(Ok(chunk)).is_ok());
+            }
+            Ok(true)
+        });
+        if result.is_ok() && !buf.is_empty() {
+            let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+        }
+    });
+    channel_body(rx)
+}
+
+/// Channels of the peers' bodies for a blocking merge: each body is read by a task (with the
+/// idle timeout) into a small channel the merge pulls from through [`ChunkLines`].
+fn body_sources(bodies: Vec<(String, Body)>, metrics: Arc<Metrics>) -> Vec<mpsc::Receiver<Bytes>> {
     let mut receivers = Vec::new();
     for (peer, mut body) in bodies {
         let (tx, rx) = mpsc::channel::<Bytes>(4);
@@ -320,26 +437,7 @@ fn merged_body(mut bodies: Vec<(String, Body)>, metrics: Arc<Metrics>) -> Body {
             }
         });
     }
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-    tokio::task::spawn_blocking(move || {
-        let mut sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
-        let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
-        let result = merge::merge(&mut sources, |line| {
-            buf.extend_from_slice(line);
-            if buf.len() >= OUT_CHUNK {
-                let chunk = Bytes::from(std::mem::replace(
-                    &mut buf,
-                    Vec::with_capacity(OUT_CHUNK * 2),
-                ));
-                return Ok(tx.blocking_send(Ok(chunk)).is_ok());
-            }
-            Ok(true)
-        });
-        if result.is_ok() && !buf.is_empty() {
-            let _ = tx.blocking_send(Ok(Bytes::from(buf)));
-        }
-    });
-    channel_body(rx)
+    receivers
 }
 
 /// Lines of a body arriving as chunks over a channel (a line may span chunks).

@@ -7,6 +7,7 @@ pub mod api;
 pub mod compact;
 pub mod consume;
 pub mod gather;
+pub mod hits;
 pub mod log;
 pub mod query;
 pub mod registry;

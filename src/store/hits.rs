@@ -1,0 +1,207 @@
+//! Hits over time: how many records match a query, bucketed by time (`GET /store/hits`, the
+//! UI's chart). Store nodes stream the ULIDs of their matches (`/store/_hits`); the gateway
+//! merges and deduplicates them like query results and counts them here.
+//!
+//! Buckets are aligned to multiples of `step` since the Unix epoch and every bucket of the
+//! window is present, empty ones included.
+
+use crate::gotime;
+
+/// Most buckets one answer may hold.
+pub const MAX_BUCKETS: u64 = 10_000;
+/// Buckets the default step aims for at most.
+pub const DEFAULT_BUCKETS: u64 = 120;
+
+/// Steps the default is chosen from (ms), smallest first.
+const NICE_STEPS: &[u64] = &[
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    15_000,
+    30_000,
+    60_000,
+    120_000,
+    300_000,
+    600_000,
+    900_000,
+    1_800_000,
+    3_600_000,
+    7_200_000,
+    10_800_000,
+    21_600_000,
+    43_200_000,
+    86_400_000,
+    172_800_000,
+    604_800_000,
+];
+
+/// Counts per bucket for a window `[from_ms, to_ms]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Buckets {
+    /// Bucket width, ms.
+    pub step_ms: u64,
+    /// Start of the first bucket, ms since the epoch (a multiple of `step_ms`).
+    pub start_ms: u64,
+    /// Count per bucket.
+    pub counts: Vec<u64>,
+}
+
+impl Buckets {
+    /// Empty buckets covering `[from_ms, to_ms]` with the given step (`None`: the default),
+    /// or a message for a 400.
+    pub fn new(from_ms: u64, to_ms: u64, step: Option<&str>) -> Result<Buckets, String> {
+        if to_ms < from_ms {
+            return Err("'from' is after 'to'".to_string());
+        }
+        let step_ms = match step {
+            None | Some("") => default_step(from_ms, to_ms),
+            Some(s) => {
+                let d = gotime::parse_duration(s).map_err(|e| format!("parsing 'step': {e}"))?;
+                let ms = d.as_millis() as u64;
+                if ms == 0 || d.as_nanos() % 1_000_000 != 0 {
+                    return Err(format!(
+                        "parsing 'step': {s:?}: must be a whole number of milliseconds, at least 1ms"
+                    ));
+                }
+                ms
+            }
+        };
+        let n = count(from_ms, to_ms, step_ms);
+        if n > MAX_BUCKETS {
+            return Err(format!(
+                "step {} gives {n} buckets over this window; at most {MAX_BUCKETS} are allowed",
+                format_step(step_ms)
+            ));
+        }
+        Ok(Buckets {
+            step_ms,
+            start_ms: from_ms / step_ms * step_ms,
+            counts: vec![0; n as usize],
+        })
+    }
+
+    /// Count one record of time `ms` (outside the window: ignored).
+    #[inline]
+    pub fn add(&mut self, ms: u64) {
+        if let Some(i) = ms.checked_sub(self.start_ms).map(|d| d / self.step_ms)
+            && let Some(c) = self.counts.get_mut(i as usize)
+        {
+            *c += 1;
+        }
+    }
+
+    /// The JSON answer: `{"step": "1m", "buckets": [{"time": "...", "count": N}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let buckets: Vec<serde_json::Value> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, &count)| {
+                let t = self.start_ms + i as u64 * self.step_ms;
+                serde_json::json!({
+                    "time": gotime::rfc3339_utc_secs_or_millis(t as i64),
+                    "count": count,
+                })
+            })
+            .collect();
+        serde_json::json!({"step": format_step(self.step_ms), "buckets": buckets})
+    }
+}
+
+/// Buckets of `step_ms` needed to cover `[from_ms, to_ms]`.
+fn count(from_ms: u64, to_ms: u64, step_ms: u64) -> u64 {
+    to_ms / step_ms - from_ms / step_ms + 1
+}
+
+/// The smallest "nice" step giving at most [`DEFAULT_BUCKETS`] buckets (whole days beyond a
+/// week).
+pub fn default_step(from_ms: u64, to_ms: u64) -> u64 {
+    for &s in NICE_STEPS {
+        if count(from_ms, to_ms, s) <= DEFAULT_BUCKETS {
+            return s;
+        }
+    }
+    let day = 86_400_000;
+    let mut days = (to_ms - from_ms) / day / (DEFAULT_BUCKETS - 1) + 1;
+    while count(from_ms, to_ms, days * day) > DEFAULT_BUCKETS {
+        days += 1;
+    }
+    days * day
+}
+
+/// A step as a short Go-style duration: `500ms`, `30s`, `1m`, `1m30s`, `24h`.
+pub fn format_step(ms: u64) -> String {
+    let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    let mut out = String::new();
+    for (v, unit) in [(h, "h"), (m, "m"), (s, "s"), (milli, "ms")] {
+        if v > 0 {
+            out.push_str(&format!("{v}{unit}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: u64 = 3_600_000;
+
+    #[test]
+    fn default_step_gives_at_most_120_aligned_buckets() {
+        let to = 1_700_000_000_123;
+        for (span, want) in [
+            (60_000, "1s"),
+            (H, "1m"),
+            (24 * H, "15m"),
+            (7 * 24 * H, "2h"),
+            (365 * 24 * H, "168h"),
+        ] {
+            let b = Buckets::new(to - span, to, None).unwrap();
+            assert_eq!(format_step(b.step_ms), want, "span {span}");
+            assert!(b.counts.len() as u64 <= DEFAULT_BUCKETS);
+            assert_eq!(b.start_ms % b.step_ms, 0);
+            assert!(b.start_ms <= to - span);
+            assert!(b.start_ms + b.counts.len() as u64 * b.step_ms > to);
+        }
+        // The whole history still gives a usable chart.
+        let b = Buckets::new(0, to, None).unwrap();
+        assert!(b.counts.len() as u64 <= DEFAULT_BUCKETS);
+    }
+
+    #[test]
+    fn records_land_in_their_bucket_and_empty_buckets_stay() {
+        let mut b = Buckets::new(90_000, 299_999, Some("1m")).unwrap();
+        assert_eq!((b.start_ms, b.counts.len()), (60_000, 4));
+        for ms in [90_000, 119_999, 120_000, 299_999, 300_000, 10] {
+            b.add(ms);
+        }
+        assert_eq!(b.counts, [2, 1, 0, 1]);
+        let j = b.to_json();
+        assert_eq!(j["step"], "1m");
+        assert_eq!(j["buckets"][0]["time"], "1970-01-01T00:01:00Z");
+        assert_eq!(j["buckets"][2]["count"], 0);
+    }
+
+    #[test]
+    fn bad_steps_are_refused_with_the_reason() {
+        let e = Buckets::new(0, 24 * H, Some("1s")).unwrap_err();
+        assert!(e.contains("86401 buckets") && e.contains("10000"), "{e}");
+        assert!(Buckets::new(0, H, Some("0s")).is_err());
+        assert!(Buckets::new(0, H, Some("1us")).is_err());
+        assert!(
+            Buckets::new(0, H, Some("soon"))
+                .unwrap_err()
+                .contains("'step'")
+        );
+        assert!(Buckets::new(H, 0, None).is_err());
+    }
+
+    #[test]
+    fn steps_print_short() {
+        assert_eq!(format_step(500), "500ms");
+        assert_eq!(format_step(90_000), "1m30s");
+        assert_eq!(format_step(86_400_000), "24h");
+    }
+}

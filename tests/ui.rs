@@ -1,0 +1,195 @@
+//! The web UI in a real browser (headless Chromium over the DevTools pipe) against a running
+//! node with known data: a search given in the URL shows its records with the matches marked
+//! and a chart whose bars add up to the same count; ignoring case, regexes and zooming into a
+//! bar work; a bad regex shows the node's message; the live tail follows new records and
+//! pauses; and no JavaScript error happens on the way.
+//!
+//! `OKLOG_UI_SCREENSHOT=path.png` also saves a screenshot of the first search (the README's).
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::time::Duration;
+
+use browser::Browser;
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The `<topic> <payload>` text of a stored line.
+fn text(record: &[u8]) -> String {
+    String::from_utf8_lossy(&record[27..record.len() - 1]).into_owned()
+}
+
+/// Open `/ui/<query>` and wait until the search is over.
+fn search(b: &mut Browser, api: &str, query: &str) {
+    let url = format!("http://{api}/ui/{query}");
+    b.navigate(&url);
+    b.wait_for(
+        &format!(
+            "location.href === {} && document.body && document.body.dataset.state === 'done'",
+            serde_json::to_string(&url).unwrap()
+        ),
+        WAIT,
+        &format!("the search {query} to finish"),
+    );
+}
+
+fn rows(b: &mut Browser) -> u64 {
+    b.eval("document.querySelectorAll('#results tbody tr').length")
+        .as_u64()
+        .unwrap()
+}
+
+/// Sum of the chart's bar counts.
+fn chart_total(b: &mut Browser) -> u64 {
+    b.eval(
+        "[...document.querySelectorAll('#chart svg rect.bar')]\
+         .reduce((n, r) => n + Number(r.dataset.count), 0)",
+    )
+    .as_u64()
+    .unwrap()
+}
+
+#[test]
+fn ui_searches_charts_and_tails_in_a_browser() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api").to_string();
+    let input = std::fs::read(loghub().join("Apache_2k.log")).unwrap();
+    forward(node.addr("fast"), &input, &[]);
+    let records = wait_for_records(&api, 2000);
+    let texts: Vec<String> = records.iter().map(|r| text(r)).collect();
+
+    let mut b = Browser::launch();
+
+    // A literal search given in the URL: every matching record, in order, matches marked.
+    let want: Vec<&String> = texts.iter().filter(|t| t.contains("error")).collect();
+    assert!(want.len() > 100, "the sample has errors to find");
+    search(&mut b, &api, "?q=error");
+    assert_eq!(rows(&mut b), want.len() as u64);
+    let shown =
+        b.eval("[...document.querySelectorAll('#results td.line')].map(td => td.textContent)");
+    let shown: Vec<String> = serde_json::from_value(shown).unwrap();
+    assert_eq!(shown.iter().collect::<Vec<_>>(), want);
+    assert_eq!(
+        b.eval(
+            "[...document.querySelectorAll('#results tbody tr')]\
+             .every(tr => [...tr.querySelectorAll('mark')].length > 0 && \
+                          [...tr.querySelectorAll('mark')].every(m => m.textContent === 'error'))"
+        ),
+        true,
+        "every row has its matches wrapped in <mark>"
+    );
+    let time = b.eval("document.querySelector('#results td.time').textContent");
+    assert!(
+        time.as_str()
+            .is_some_and(|t| t.len() == 23 && t.as_bytes()[4] == b'-'),
+        "record time shown: {time}"
+    );
+    // The chart: inline SVG, bars adding up to the same count.
+    assert_eq!(b.eval("!document.getElementById('chart').hidden"), true);
+    assert_eq!(chart_total(&mut b), want.len() as u64);
+    assert_eq!(b.eval("document.getElementById('q').value"), "error");
+    assert_eq!(b.eval("document.getElementById('error').hidden"), true);
+    // The planning stats as you type.
+    b.wait_for(
+        "document.getElementById('plan').textContent.includes('on 1 node')",
+        WAIT,
+        "the planning stats",
+    );
+    if let Ok(path) = std::env::var("OKLOG_UI_SCREENSHOT") {
+        std::fs::write(&path, b.screenshot()).unwrap();
+    }
+
+    // Ignoring case is a (?i) regex; the state stays in the URL.
+    let want_i = texts
+        .iter()
+        .filter(|t| t.to_lowercase().contains("notice"))
+        .count() as u64;
+    search(&mut b, &api, "?q=NOTICE&i=1");
+    assert_eq!(rows(&mut b), want_i);
+    assert_eq!(chart_total(&mut b), want_i);
+    assert_eq!(b.eval("document.getElementById('icase').checked"), true);
+    assert_eq!(
+        b.eval("document.querySelector('mark').textContent"),
+        "notice"
+    );
+
+    // A regex with grep line semantics (`$` ends the payload).
+    let re = regex::Regex::new(r"state [67]$").unwrap();
+    let want_re = texts.iter().filter(|t| re.is_match(t)).count() as u64;
+    assert!(want_re > 0);
+    search(&mut b, &api, "?q=state%20%5B67%5D%24&regex=1");
+    assert_eq!(rows(&mut b), want_re);
+    assert_eq!(b.eval("document.getElementById('regex').checked"), true);
+
+    // Clicking a bar zooms into its bucket: absolute from/to in the URL, that bar's records.
+    search(&mut b, &api, "?q=error&from=15m");
+    let bar = b.eval("Number(document.querySelector('#chart svg rect.bar').dataset.count)");
+    b.eval(
+        "document.querySelector('#chart svg rect.bar').dispatchEvent(new MouseEvent('click')); \
+         document.body.dataset.state = 'clicked'",
+    );
+    b.wait_for(
+        "location.search.includes('to=') && document.body.dataset.state === 'done'",
+        WAIT,
+        "the zoomed search",
+    );
+    assert_eq!(rows(&mut b) as f64, bar.as_f64().unwrap().min(5000.0));
+    assert_eq!(b.eval("document.getElementById('range').value"), "custom");
+
+    // A bad regex: the node's 400 message, verbatim, and nothing else.
+    search(&mut b, &api, "?q=err(&regex=1");
+    assert_eq!(b.eval("document.getElementById('error').hidden"), false);
+    let msg = b.eval("document.getElementById('error').textContent");
+    assert!(
+        msg.as_str().unwrap().contains("unclosed group"),
+        "error shown: {msg}"
+    );
+    assert_eq!(rows(&mut b), 0);
+    assert_eq!(b.eval("document.getElementById('chart').hidden"), true);
+
+    // Live tail: new matching records appear; while paused they wait, then show on resume.
+    let url = format!("http://{api}/ui/?q=tailmark&tail=1");
+    b.navigate(&url);
+    b.wait_for(
+        "document.body.dataset.state === 'tailing'",
+        WAIT,
+        "the tail to start",
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the stream is registered on the node
+    let mut lines = String::new();
+    for i in 0..20 {
+        lines.push_str(&format!("tailmark {i}\nsomething else {i}\n"));
+    }
+    forward(node.addr("fast"), lines.as_bytes(), &[]);
+    b.wait_for(
+        "document.querySelectorAll('#results tbody tr').length === 20",
+        WAIT,
+        "20 tailed records",
+    );
+    assert_eq!(
+        b.eval("document.querySelector('#results tbody tr mark').textContent"),
+        "tailmark"
+    );
+    b.eval("document.getElementById('pause').click()");
+    forward(
+        node.addr("fast"),
+        b"tailmark late 1\ntailmark late 2\n",
+        &[],
+    );
+    b.wait_for(
+        "document.getElementById('status').textContent.includes('2 waiting')",
+        WAIT,
+        "records waiting while paused",
+    );
+    assert_eq!(rows(&mut b), 20);
+    b.eval("document.getElementById('pause').click()");
+    assert_eq!(rows(&mut b), 22);
+
+    let errors = b.js_errors();
+    assert!(errors.is_empty(), "JavaScript errors: {errors:#?}");
+}
