@@ -4,21 +4,65 @@
 //! Names follow the original's (`oklog_` prefix); counters are registered without `_total`,
 //! which the library appends (DESIGN.md §10 "Metrics").
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// A label set of `(name, value)` pairs.
 pub type Labels = Vec<(&'static str, &'static str)>;
 
+/// Labels of an API request: `method`, `path` (the route, e.g. `/store/query`), `status_code`.
+pub type RequestLabels = Vec<(&'static str, String)>;
+
+/// Request latency histograms by route (buckets from 0.5 ms to about 16 s).
+#[derive(Debug)]
+pub struct RequestDurations(pub Family<RequestLabels, Histogram, fn() -> Histogram>);
+
+impl Default for RequestDurations {
+    fn default() -> Self {
+        RequestDurations(Family::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        }))
+    }
+}
+
+/// Work to do just before each scrape (reading directory sizes, the member list).
+#[derive(Default)]
+struct ScrapeHooks(Mutex<Vec<Box<dyn Fn() + Send + Sync>>>);
+
+impl std::fmt::Debug for ScrapeHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScrapeHooks")
+    }
+}
+
 /// Every metric the process exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
     registry: Registry,
+    hooks: ScrapeHooks,
+    /// API request latency by `method`, `path` and `status_code` (its `_count` is the request
+    /// count per route).
+    pub api_request_duration: RequestDurations,
+    /// Members of the cluster this node sees, itself included.
+    pub cluster_size: Gauge,
+    /// Ingest segment files by `state` (flushed and pending are the consumers' queue).
+    pub ingest_segments: Family<Labels, Gauge>,
+    /// Bytes of ingest segment files by `state`.
+    pub ingest_segment_bytes: Family<Labels, Gauge>,
+    /// Store segment files by `state`.
+    pub store_segments: Family<Labels, Gauge>,
+    /// Bytes of store segment files by `state`.
+    pub store_segment_bytes: Family<Labels, Gauge>,
+    /// Seconds between the newest record of the last aggregate this node's consumers committed
+    /// and the commit: how far behind the ingesters the store is.
+    pub store_consumer_lag_seconds: Gauge<f64, AtomicU64>,
     /// Connected ingest clients by `modality` (fast, durable, bulk).
     pub connected_clients: Family<Labels, Gauge>,
     /// Bytes written to ingest segments.
@@ -74,6 +118,41 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let mut m = Metrics::default();
         let r = &mut m.registry;
+        r.register(
+            "oklog_api_request_duration_seconds",
+            "API request duration until the response headers, by method, route and status code",
+            m.api_request_duration.0.clone(),
+        );
+        r.register(
+            "oklog_cluster_size",
+            "Number of peer members in the cluster, this node included",
+            m.cluster_size.clone(),
+        );
+        r.register(
+            "oklog_ingest_segments",
+            "Ingest segment files by state (flushed and pending wait for store consumers)",
+            m.ingest_segments.clone(),
+        );
+        r.register(
+            "oklog_ingest_segment_bytes",
+            "Bytes of ingest segment files by state",
+            m.ingest_segment_bytes.clone(),
+        );
+        r.register(
+            "oklog_store_segments",
+            "Store segment files by state",
+            m.store_segments.clone(),
+        );
+        r.register(
+            "oklog_store_segment_bytes",
+            "Bytes of store segment files by state",
+            m.store_segment_bytes.clone(),
+        );
+        r.register(
+            "oklog_store_consumer_lag_seconds",
+            "Age of the newest record of the last aggregate segment committed by this node's consumers, at commit",
+            m.store_consumer_lag_seconds.clone(),
+        );
         r.register(
             "oklog_connected_clients",
             "Number of currently connected clients by modality",
@@ -191,6 +270,29 @@ impl Metrics {
             m.forward_disconnects.clone(),
         );
         Arc::new(m)
+    }
+
+    /// Run `hook` before every scrape (it may block briefly: scrapes run it off the runtime).
+    pub fn on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.hooks
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(hook));
+    }
+
+    /// Refresh what the scrape hooks compute, then encode everything.
+    pub fn scrape(&self) -> String {
+        for hook in self
+            .hooks
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            hook();
+        }
+        self.encode()
     }
 
     /// The Prometheus text exposition of every metric.

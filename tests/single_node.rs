@@ -408,6 +408,37 @@ fn bad_requests_are_refused_and_touch_nothing() {
         metrics.contains("oklog_store_rejected_replicas_total 3"),
         "{metrics}"
     );
+    // Per-route request counts and latencies, segment files per state, the cluster, the lag.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+    };
+    assert!(
+        value(
+            r#"oklog_api_request_duration_seconds_count{method="GET",path="/store/query",status_code="400"}"#
+        ) >= 2.0
+    );
+    assert!(
+        value(
+            r#"oklog_api_request_duration_seconds_count{method="POST",path="/store/replicate",status_code="400"}"#
+        ) == 3.0
+    );
+    assert!(
+        value(
+            r#"oklog_api_request_duration_seconds_bucket{method="POST",path="/store/replicate",status_code="400",le="+Inf"}"#
+        ) == 3.0
+    );
+    assert_eq!(value("oklog_cluster_size"), 1.0);
+    assert!(value(r#"oklog_store_segments{state="flushed"}"#) >= 1.0);
+    assert!(value(r#"oklog_store_segment_bytes{state="flushed"}"#) > 0.0);
+    assert_eq!(value(r#"oklog_store_segments{state="bad"}"#), 0.0);
+    assert_eq!(value(r#"oklog_ingest_segments{state="flushed"}"#), 0.0);
+    let lag = value("oklog_store_consumer_lag_seconds");
+    assert!((0.0..60.0).contains(&lag), "lag {lag}");
+    let r = http("GET", api, "/ready", b"");
+    assert_eq!((r.status, r.text().contains("\"ready\":true")), (200, true));
 
     // HEAD plans without a body; GET /health answers JSON.
     let r = http(

@@ -518,10 +518,38 @@ impl Node {
                 )
             }
         };
-        let mut router =
-            Router::new().merge(http::common_routes(role_name, Arc::clone(&self.metrics)));
+        let mut router = Router::new().merge(http::common_routes(
+            role_name,
+            Arc::clone(&self.metrics),
+            tcp_rx.clone(),
+        ));
+        {
+            let (gossip, metrics) = (self.gossip.clone(), Arc::downgrade(&self.metrics));
+            self.metrics.on_scrape(move || {
+                if let Some(m) = metrics.upgrade() {
+                    m.cluster_size.set(gossip.members().len() as i64);
+                }
+            });
+        }
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(parts) = &ingest {
+            let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
+            self.metrics.on_scrape(move || {
+                if let (Some(m), Ok(s)) = (metrics.upgrade(), log.stats()) {
+                    for (state, (n, bytes)) in [
+                        ("active", s.active),
+                        ("flushed", s.flushed),
+                        ("pending", s.pending),
+                    ] {
+                        m.ingest_segments
+                            .get_or_create(&vec![("state", state)])
+                            .set(n as i64);
+                        m.ingest_segment_bytes
+                            .get_or_create(&vec![("state", state)])
+                            .set(bytes as i64);
+                    }
+                }
+            });
             router = router
                 .merge(parts.api.router())
                 .route("/ingest/_clusterstate", get(state.clone()));
@@ -539,6 +567,19 @@ impl Node {
             parts
         });
         if let Some(parts) = &store {
+            let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
+            self.metrics.on_scrape(move || {
+                if let (Some(m), Ok(states)) = (metrics.upgrade(), log.stats()) {
+                    for (state, n, bytes) in states {
+                        m.store_segments
+                            .get_or_create(&vec![("state", state)])
+                            .set(n as i64);
+                        m.store_segment_bytes
+                            .get_or_create(&vec![("state", state)])
+                            .set(bytes as i64);
+                    }
+                }
+            });
             router = router
                 .merge(parts.api.router())
                 .merge(
@@ -570,6 +611,7 @@ impl Node {
                 tasks.spawn(consumer.run(all_rx.clone()));
             }
         }
+        let router = http::instrument(router, Arc::clone(&self.metrics));
         let server = tokio::spawn(http::serve(api_listener, router, all_rx.clone()));
         tracing::info!(role = role_name, api = %self.gossip.me().api_addr, "started");
 

@@ -71,28 +71,85 @@ pub fn file_body(file: std::fs::File) -> Body {
     channel_body(read_file_chunks(file))
 }
 
-/// `/health`, `/ready` and `/metrics`, present on every API listener.
-pub fn common_routes(role: &'static str, metrics: Arc<Metrics>) -> Router {
-    let health = move || async move {
-        let mut r = serde_json::json!({"role": role, "ready": true}).to_string();
-        r.push('\n');
-        ([(header::CONTENT_TYPE, "application/json")], r)
+/// `/health`, `/ready` and `/metrics`, present on every API listener. `/health` answers 200
+/// while the process serves; `/ready` answers 503 once `stopping` turns true (shutdown has
+/// begun), so orchestrators stop sending work.
+pub fn common_routes(
+    role: &'static str,
+    metrics: Arc<Metrics>,
+    stopping: watch::Receiver<bool>,
+) -> Router {
+    let status = move |stopping: watch::Receiver<bool>| {
+        let ready = !*stopping.borrow();
+        let mut body = serde_json::json!({"role": role, "ready": ready}).to_string();
+        body.push('\n');
+        (ready, body)
+    };
+    let (s1, s2) = (stopping.clone(), stopping);
+    let health = move || {
+        let (_, body) = status(s1.clone());
+        async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+    };
+    let ready = move || {
+        let (ready, body) = status(s2.clone());
+        let code = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        async move { (code, [(header::CONTENT_TYPE, "application/json")], body) }
     };
     Router::new()
         .route("/health", get(health))
-        .route("/ready", get(health))
+        .route("/ready", get(ready))
         .route(
             "/metrics",
             get(move || async move {
+                let m = Arc::clone(&metrics);
+                let text = tokio::task::spawn_blocking(move || m.scrape())
+                    .await
+                    .unwrap_or_default();
                 (
                     [(
                         header::CONTENT_TYPE,
                         "text/plain; version=0.0.4; charset=utf-8",
                     )],
-                    metrics.encode(),
+                    text,
                 )
             }),
         )
+}
+
+/// Count and time every request of `router` in `oklog_api_request_duration_seconds`, labelled
+/// by method, route (the pattern, so the label set stays small) and status code.
+pub fn instrument(router: Router, metrics: Arc<Metrics>) -> Router {
+    use axum::extract::{MatchedPath, Request};
+    use axum::middleware::Next;
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                let started = std::time::Instant::now();
+                let method = req.method().as_str().to_string();
+                let path = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+                let response = next.run(req).await;
+                let labels = vec![
+                    ("method", method),
+                    ("path", path),
+                    ("status_code", response.status().as_u16().to_string()),
+                ];
+                metrics
+                    .api_request_duration
+                    .0
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                response
+            }
+        },
+    ))
 }
 
 /// Bind a TCP listener and log `listening name=<name> addr=<ip:port>` with the real port.
@@ -200,4 +257,55 @@ pub async fn body_text(body: hyper::body::Incoming) -> io::Result<String> {
     use http_body_util::BodyExt;
     let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ready_turns_503_when_shutdown_begins_and_requests_are_counted() {
+        let metrics = Metrics::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (_all_tx, all_rx) = watch::channel(false);
+        let router = instrument(
+            common_routes("store", Arc::clone(&metrics), stop_rx),
+            Arc::clone(&metrics),
+        );
+        let listener = bind("api", "127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, router, all_rx));
+        let c = client();
+        let get = |path: &str| {
+            let url = format!("http://{addr}{path}");
+            let c = c.clone();
+            async move {
+                let (status, body) = call(
+                    &c,
+                    hyper::Method::GET,
+                    &url,
+                    empty_body(),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+                (status.as_u16(), body_text(body).await.unwrap())
+            }
+        };
+        assert_eq!(
+            get("/ready").await,
+            (200, "{\"ready\":true,\"role\":\"store\"}\n".into())
+        );
+        stop_tx.send(true).unwrap();
+        assert_eq!(get("/ready").await.0, 503);
+        let (status, body) = get("/health").await;
+        assert_eq!((status, body.contains("\"ready\":false")), (200, true));
+        let (_, text) = get("/metrics").await;
+        assert!(
+            text.contains(
+                "oklog_api_request_duration_seconds_count{method=\"GET\",path=\"/ready\",status_code=\"503\"} 1"
+            ),
+            "{text}"
+        );
+    }
 }

@@ -134,8 +134,12 @@ impl Consumer {
                     .is_some_and(|t| t.elapsed() >= self.cfg.target_age)
                 || self.empty_polls > 2 * ingesters.len().max(1));
         if ready {
-            let ok = self.replicate(&stores).await;
-            self.finish(ok).await;
+            let newest = self.replicate(&stores).await;
+            self.finish(newest.is_some()).await;
+            if let Some(Some(ms)) = newest {
+                let lag = (crate::gotime::now_ms() - ms as i64).max(0) as f64 / 1000.0;
+                self.metrics.store_consumer_lag_seconds.set(lag);
+            }
             return Duration::ZERO;
         }
         let Some(ingester) = ingesters.choose(&mut rand::rng()).cloned() else {
@@ -219,24 +223,25 @@ impl Consumer {
     }
 
     /// Merge the gathered segments and send the aggregate to `replication_factor` store nodes.
-    async fn replicate(&mut self, stores: &[String]) -> bool {
+    /// `Some` on success, with the time (ms) of the aggregate's newest record if it had any.
+    async fn replicate(&mut self, stores: &[String]) -> Option<Option<u64>> {
         let log = Arc::clone(&self.log);
         let parts = self.parts.clone();
         let merged = tokio::task::spawn_blocking(move || merge_parts(&log, &parts)).await;
-        let (path, bytes) = match merged {
+        let (path, bytes, newest) = match merged {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "merging gathered segments");
-                return false;
+                return None;
             }
             Err(e) => {
                 tracing::error!(error = %e, "merging gathered segments");
-                return false;
+                return None;
             }
         };
         self.parts.push(path.clone());
         if bytes == 0 {
-            return true; // nothing but empty segments: commit them
+            return Some(None); // nothing but empty segments: commit them
         }
         let mut order = stores.to_vec();
         order.shuffle(&mut rand::rng());
@@ -250,7 +255,7 @@ impl Consumer {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(error = %e, "opening aggregate spool");
-                    return false;
+                    return None;
                 }
             };
             match http::call(
@@ -286,9 +291,9 @@ impl Consumer {
                 wanted = self.cfg.replication_factor,
                 "aggregate not replicated enough; failing it back"
             );
-            return false;
+            return None;
         }
-        true
+        Some(newest)
     }
 
     /// Commit (or fail) every pending segment, then reset.
@@ -328,7 +333,8 @@ impl Consumer {
 /// k-way merge the spooled segments into one more spool file, with dedup. Lines that are not
 /// records, and records out of order within a segment, are dropped and logged rather than
 /// allowed to make the replica unacceptable.
-fn merge_parts(log: &StoreLog, parts: &[PathBuf]) -> io::Result<(PathBuf, u64)> {
+/// Returns the spool's path, its size and the time (ms) of its newest record.
+fn merge_parts(log: &StoreLog, parts: &[PathBuf]) -> io::Result<(PathBuf, u64, Option<u64>)> {
     let (file, path) = log.create(CONSUMING)?;
     let result = (|| {
         let mut sources = parts
@@ -358,10 +364,10 @@ fn merge_parts(log: &StoreLog, parts: &[PathBuf]) -> io::Result<(PathBuf, u64)> 
                 "dropped malformed or unsorted lines from gathered segments"
             );
         }
-        Ok(written)
+        Ok((written, last.map(|id| crate::record::ulid_ms(&id))))
     })();
     match result {
-        Ok(n) => Ok((path, n)),
+        Ok((n, newest)) => Ok((path, n, newest)),
         Err(e) => {
             let _ = std::fs::remove_file(&path);
             Err(e)

@@ -432,6 +432,32 @@ impl StoreLog {
         Ok(to)
     }
 
+    /// Files and bytes per state (`flushed`, `active`, `reading`, `consuming`, `trashed`,
+    /// `bad`), for the metrics.
+    pub fn stats(&self) -> io::Result<Vec<(&'static str, u64, u64)>> {
+        let mut out: Vec<(&'static str, u64, u64)> =
+            [FLUSHED, ACTIVE, READING, CONSUMING, TRASHED, BAD]
+                .iter()
+                .map(|&s| (s, 0, 0))
+                .collect();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(state) = name
+                .to_str()
+                .and_then(|n| n.rsplit_once('.'))
+                .map(|(_, s)| s)
+            else {
+                continue;
+            };
+            if let Some(slot) = out.iter_mut().find(|(s, _, _)| *s == state) {
+                slot.1 += 1;
+                slot.2 += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        Ok(out)
+    }
+
     /// Files that look like segments (`.flushed`, `.reading`) but whose names do not parse.
     pub fn malformed_names(&self) -> io::Result<Vec<PathBuf>> {
         let mut out = Vec::new();
