@@ -4,6 +4,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 
@@ -74,6 +75,8 @@ fn bad_flags_exit_with_one_line_naming_the_flag() {
         (&["testsvc", "-size", "10"], 1, "minimum -size"),
         (&["stream", "-store", "127.0.0.1:1"], 1, "127.0.0.1:1"),
         (&["stream", "-window", "soon"], 1, "-window"),
+        (&["ingeststore", "-log.format", "xml"], 1, "-log.format"),
+        (&["forward", "-log.format=yaml", "x"], 1, "-log.format"),
     ];
     for (args, code, needle) in cases {
         let out = oklog(args);
@@ -164,4 +167,70 @@ fn forward_to_nowhere_keeps_retrying_until_an_ingester_appears() {
     assert!(status.success());
     let recs = wait_for_records(node.addr("api"), 1);
     assert!(recs[0].ends_with(b" default waited for the ingester\n"));
+}
+
+#[test]
+fn logs_are_logfmt_by_default_and_json_on_request() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::ingeststore(dir.path(), &[]);
+    let log = node.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("msg=listening name=api"))
+        .unwrap_or_else(|| panic!("no logfmt listening line in\n{log}"));
+    assert!(
+        line.starts_with("ts=20") && line.contains(" level=info "),
+        "{line}"
+    );
+    node.terminate(Duration::from_secs(10));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::ingeststore(dir.path().join("json").as_path(), &["-log.format", "json"]);
+    let log = node.log_text();
+    let mut listening = 0;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}"));
+        assert!(
+            v["ts"].is_string() && v["level"].is_string() && v["msg"].is_string(),
+            "{line}"
+        );
+        if v["msg"] == "listening" {
+            listening += 1;
+            assert!(
+                v["addr"].as_str().unwrap().starts_with("127.0.0.1:"),
+                "{line}"
+            );
+        }
+    }
+    assert!(listening >= 4, "{log}");
+    node.terminate(Duration::from_secs(10));
+}
+
+#[test]
+fn query_colours_matches_only_when_asked_or_on_a_terminal() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let out = forward(node.addr("fast"), b"an error here\nall fine\n", &[]);
+    assert!(out.status.success());
+    wait_for_records(node.addr("api"), 2);
+    let api = node.addr("api");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["query", "-store", api, "-q", "error"];
+        args.extend_from_slice(extra);
+        let out = oklog(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(run(&[]), "default an error here\n", "piped: no colour");
+    assert_eq!(
+        run(&["-color", "always"]),
+        "default an \x1b[01;31merror\x1b[0m here\n"
+    );
+    assert!(!run(&["-color", "always", "-output", "json"]).contains('\x1b'));
+    let out = oklog(&["query", "-store", api, "-color", "rainbow"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("-color"));
 }

@@ -35,6 +35,12 @@ pub fn flag_set() -> FlagSet {
         flags: vec![
             flag("debug", Kind::Bool, "", "debug logging"),
             flag(
+                "log.format",
+                Kind::Str,
+                "logfmt",
+                "format of the process's own logs: logfmt, json or text",
+            ),
+            flag(
                 "api",
                 Kind::Str,
                 "",
@@ -63,7 +69,7 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     let Some(args) = super::parse_flags(&flag_set(), argv)? else {
         return Ok(());
     };
-    super::init_logging(args.bool("debug"));
+    super::logging::init(&args.str("log.format"), args.bool("debug"))?;
     if args.positional.is_empty() {
         bail!("specify at least one ingest address as an argument");
     }

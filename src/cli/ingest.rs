@@ -20,7 +20,7 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     let Some(args) = super::parse_flags(&flag_set(), argv)? else {
         return Ok(());
     };
-    super::init_logging(args.bool("debug"));
+    super::logging::init(&args.str("log.format"), args.bool("debug"))?;
     check_common(&args)?;
     server::run_node(Role::Ingest, &args, async |metrics| {
         Ok((Some(build_ingest(&args, "", metrics).await?), None))

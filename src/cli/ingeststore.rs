@@ -36,7 +36,7 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     let Some(args) = super::parse_flags(&flag_set(), argv)? else {
         return Ok(());
     };
-    super::init_logging(args.bool("debug"));
+    super::logging::init(&args.str("log.format"), args.bool("debug"))?;
     check_common(&args)?;
     let rf = replication_factor(&args)?;
     server::run_node(Role::IngestStore, &args, async |metrics| {

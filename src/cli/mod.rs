@@ -7,6 +7,7 @@ pub mod flags;
 pub mod forward;
 pub mod ingest;
 pub mod ingeststore;
+pub mod logging;
 pub mod query;
 pub mod server;
 pub mod store;
@@ -83,19 +84,4 @@ pub fn parse_flags(set: &FlagSet, argv: &[String]) -> anyhow::Result<Option<flag
         }
         Err(FlagError::Bad(msg)) => Err(anyhow::anyhow!(msg)),
     }
-}
-
-/// Set up logging to stderr: info by default, debug with `-debug`; `RUST_LOG` overrides.
-pub fn init_logging(debug: bool) {
-    let level = if debug {
-        tracing::Level::DEBUG
-    } else {
-        tracing::Level::INFO
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_target(false)
-        .try_init();
 }

@@ -67,6 +67,12 @@ pub fn flag_set() -> FlagSet {
                 "text",
                 "text, or json: one object per record",
             ),
+            flag(
+                "color",
+                Kind::Str,
+                "auto",
+                "highlight matches: auto (when stdout is a terminal and NO_COLOR is unset), always or never",
+            ),
         ],
         aliases: vec![],
     }
@@ -139,6 +145,17 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
     if !matches!(args.str("output").as_str(), "text" | "json") {
         anyhow::bail!("-output: {:?} is not text or json", args.str("output"));
     }
+    let color = match args.str("color").as_str() {
+        "always" => true,
+        "never" => false,
+        "auto" => {
+            use std::io::IsTerminal;
+            io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::env::var("TERM").is_ok_and(|t| t != "dumb")
+        }
+        other => anyhow::bail!("-color: {other:?} is not auto, always or never"),
+    };
     let now = gotime::now_ms();
     let from = parse_when("from", &args.str("from"), now).map_err(anyhow::Error::msg)?;
     let to = parse_when("to", &args.str("to"), now).map_err(anyhow::Error::msg)?;
@@ -229,20 +246,29 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
         Print::Body
     };
     let copy = !args.bool("nocopy");
+    let highlight = if color && mode != Print::Json && !q.is_empty() {
+        // The server accepted the query, so it compiles here too.
+        regex::bytes::Regex::new(&if regex { q.clone() } else { regex::escape(&q) }).ok()
+    } else {
+        None
+    };
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut printer = Printer {
         mode,
         copy,
+        highlight,
         partial_line: Vec::new(),
         records: 0,
     };
+    let mut progress = Progress::new(began);
     let mut body = body;
     let result: anyhow::Result<()> = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| anyhow::anyhow!("reading the response: {e}"))?;
             if let Ok(data) = frame.into_data() {
                 printer.feed(&data, &mut out)?;
+                progress.update(printer.records, data.len() as u64);
             }
         }
         printer.finish(&mut out)?;
@@ -250,6 +276,7 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
         Ok(())
     }
     .await;
+    progress.clear();
     if let Err(e) = result {
         if e.downcast_ref::<io::Error>()
             .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
@@ -283,16 +310,116 @@ enum Print {
     Json,
 }
 
+/// A progress line on stderr for queries that take a while, when stderr is a terminal: records
+/// and bytes received so far, redrawn at most 4 times a second, erased at the end.
+struct Progress {
+    began: Instant,
+    last: Instant,
+    bytes: u64,
+    shown: bool,
+    enabled: bool,
+}
+
+impl Progress {
+    /// Show nothing for queries faster than this.
+    const AFTER: std::time::Duration = std::time::Duration::from_millis(700);
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+    fn new(began: Instant) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            began,
+            last: began,
+            bytes: 0,
+            shown: false,
+            enabled: io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, records: u64, bytes: u64) {
+        self.bytes += bytes;
+        if !self.enabled || self.began.elapsed() < Self::AFTER || self.last.elapsed() < Self::EVERY
+        {
+            return;
+        }
+        self.last = Instant::now();
+        self.shown = true;
+        let line = progress_line(records, self.bytes, self.began.elapsed());
+        eprint!("\r\x1b[K{line}");
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+            self.shown = false;
+        }
+    }
+}
+
+/// `12,345 records, 1.2 MB received, 3.4 s`.
+fn progress_line(records: u64, bytes: u64, took: std::time::Duration) -> String {
+    let mut n = records.to_string();
+    let mut i = n.len();
+    while i > 3 {
+        i -= 3;
+        n.insert(i, ',');
+    }
+    let size = if bytes >= 1_000_000_000 {
+        format!("{:.1} GB", bytes as f64 / 1e9)
+    } else if bytes >= 1_000_000 {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    } else {
+        format!("{:.1} kB", bytes as f64 / 1e3)
+    };
+    format!(
+        "{n} record{} · {size} received · {:.1} s",
+        if records == 1 { "" } else { "s" },
+        took.as_secs_f64()
+    )
+}
+
+/// Start and end of a highlighted match (grep's default colour: bold red).
+const MATCH_START: &[u8] = b"\x1b[01;31m";
+const MATCH_END: &[u8] = b"\x1b[0m";
+
 struct Printer {
     mode: Print,
     copy: bool,
+    /// Matches to colour in each printed record's `<topic> <payload>`.
+    highlight: Option<regex::bytes::Regex>,
     partial_line: Vec<u8>,
     records: u64,
 }
 
 impl Printer {
+    /// Write `text` (no newline) with the matches coloured.
+    fn write_highlighted(&self, text: &[u8], out: &mut impl Write) -> io::Result<()> {
+        let Some(re) = &self.highlight else {
+            return out.write_all(text);
+        };
+        let mut at = 0;
+        for m in re.find_iter(text).filter(|m| !m.is_empty()) {
+            out.write_all(&text[at..m.start()])?;
+            out.write_all(MATCH_START)?;
+            out.write_all(m.as_bytes())?;
+            out.write_all(MATCH_END)?;
+            at = m.end();
+        }
+        out.write_all(&text[at..])
+    }
+
+    /// Write the record's `<topic> <payload>\n`, highlighted.
+    fn write_body(&self, line: &[u8], out: &mut impl Write) -> io::Result<()> {
+        let body = line.get(BODY_OFFSET..).unwrap_or(b"\n");
+        if self.highlight.is_none() {
+            return out.write_all(body);
+        }
+        self.write_highlighted(body.strip_suffix(b"\n").unwrap_or(body), out)?;
+        out.write_all(b"\n")
+    }
+
     fn feed(&mut self, mut data: &[u8], out: &mut impl Write) -> io::Result<()> {
-        if self.mode == Print::Raw || !self.copy {
+        if (self.mode == Print::Raw && self.highlight.is_none()) || !self.copy {
             // Whole lines are printed as they came (or not at all): count them, copy the bytes.
             self.records += memchr::memchr_iter(b'\n', data).count() as u64;
             if self.partial_line.is_empty() && data.last() == Some(&b'\n') {
@@ -324,7 +451,9 @@ impl Printer {
     }
 
     fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
-        if (self.mode == Print::Raw || !self.copy) && !self.partial_line.is_empty() {
+        if ((self.mode == Print::Raw && self.highlight.is_none()) || !self.copy)
+            && !self.partial_line.is_empty()
+        {
             // Its bytes went out already; end the line.
             self.partial_line.clear();
             self.records += 1;
@@ -348,8 +477,12 @@ impl Printer {
             return Ok(());
         }
         match self.mode {
-            Print::Raw => out.write_all(line),
-            Print::Body => out.write_all(line.get(BODY_OFFSET..).unwrap_or(b"\n")),
+            Print::Raw if line.len() < BODY_OFFSET => out.write_all(line),
+            Print::Raw => {
+                out.write_all(&line[..BODY_OFFSET])?;
+                self.write_body(line, out)
+            }
+            Print::Body => self.write_body(line, out),
             Print::Json => {
                 let body = line.strip_suffix(b"\n").unwrap_or(line);
                 let rest = body.get(BODY_OFFSET..).unwrap_or_default();
@@ -371,7 +504,8 @@ impl Printer {
                 if line.len() > ULID_LEN {
                     let t = gotime::rfc3339_local_secs(ulid_ms(line) as i64);
                     out.write_all(t.as_bytes())?;
-                    out.write_all(&line[ULID_LEN..])
+                    out.write_all(b" ")?;
+                    self.write_body(line, out)
                 } else {
                     out.write_all(line)
                 }
@@ -419,6 +553,7 @@ mod tests {
         let mut p = Printer {
             mode: Print::Body,
             copy: true,
+            highlight: None,
             partial_line: Vec::new(),
             records: 0,
         };
@@ -433,6 +568,7 @@ mod tests {
         let mut p = Printer {
             mode: Print::Json,
             copy: true,
+            highlight: None,
             partial_line: Vec::new(),
             records: 0,
         };
@@ -449,6 +585,7 @@ mod tests {
                 let mut p = Printer {
                     mode,
                     copy,
+                    highlight: None,
                     partial_line: Vec::new(),
                     records: 0,
                 };
@@ -466,5 +603,69 @@ mod tests {
             }
         }
         assert_eq!(encode("a b+c/é"), "a%20b%2Bc%2F%C3%A9");
+    }
+
+    #[test]
+    fn matches_are_coloured_in_the_text_only() {
+        let error = regex::bytes::Regex::new("error").unwrap();
+        let data = b"01BC3NABW20000000000000000 web an error, another error\n\
+                     01BC3NABW20000000000000001 err errors\n";
+        for (mode, want) in [
+            (
+                Print::Body,
+                "web an \x1b[01;31merror\x1b[0m, another \x1b[01;31merror\x1b[0m\n\
+                 err \x1b[01;31merror\x1b[0ms\n",
+            ),
+            (
+                Print::Raw,
+                "01BC3NABW20000000000000000 web an \x1b[01;31merror\x1b[0m, another \x1b[01;31merror\x1b[0m\n\
+                 01BC3NABW20000000000000001 err \x1b[01;31merror\x1b[0ms\n",
+            ),
+        ] {
+            let mut out = Vec::new();
+            let mut p = Printer {
+                mode,
+                copy: true,
+                highlight: Some(error.clone()),
+                partial_line: Vec::new(),
+                records: 0,
+            };
+            for piece in data.chunks(9) {
+                p.feed(piece, &mut out).unwrap();
+            }
+            p.finish(&mut out).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{mode:?}");
+            assert_eq!(p.records, 2);
+        }
+        // `^` is the start of the topic, as on the server.
+        let mut out = Vec::new();
+        let mut p = Printer {
+            mode: Print::Body,
+            copy: true,
+            highlight: Some(regex::bytes::Regex::new("^err").unwrap()),
+            partial_line: Vec::new(),
+            records: 0,
+        };
+        p.feed(data, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "web an error, another error\n\x1b[01;31merr\x1b[0m errors\n"
+        );
+    }
+
+    #[test]
+    fn progress_reads_well() {
+        assert_eq!(
+            progress_line(
+                1_234_567,
+                12_300_000,
+                std::time::Duration::from_millis(3400)
+            ),
+            "1,234,567 records · 12.3 MB received · 3.4 s"
+        );
+        assert_eq!(
+            progress_line(1, 500, std::time::Duration::from_millis(700)),
+            "1 record · 0.5 kB received · 0.7 s"
+        );
     }
 }

@@ -41,6 +41,12 @@ pub fn common_flags(role: &str) -> Vec<Flag> {
     vec![
         flag("debug", Kind::Bool, "", "debug logging"),
         flag(
+            "log.format",
+            Kind::Str,
+            "logfmt",
+            "format of the process's own logs: logfmt, json or text",
+        ),
+        flag(
             "api",
             Kind::Str,
             "tcp://0.0.0.0:7650",

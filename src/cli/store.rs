@@ -23,7 +23,7 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     let Some(args) = super::parse_flags(&flag_set(), argv)? else {
         return Ok(());
     };
-    super::init_logging(args.bool("debug"));
+    super::logging::init(&args.str("log.format"), args.bool("debug"))?;
     check_common(&args)?;
     let rf = args.int("store.segment-replication-factor");
     server::run_node(Role::Store, &args, async |metrics| {

@@ -207,6 +207,15 @@ fn rand_u32() -> u32 {
 pub fn listening(log: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for line in log.lines().filter(|l| l.contains("listening")) {
+        if line.starts_with('{') {
+            // -log.format json: {"msg":"listening","name":...,"addr":...}
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                && let (Some(name), Some(addr)) = (v["name"].as_str(), v["addr"].as_str())
+            {
+                out.insert(name.to_string(), addr.to_string());
+            }
+            continue;
+        }
         let field = |key: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
