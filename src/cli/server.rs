@@ -383,6 +383,8 @@ struct ClusterPlan {
     advertise_port: Option<u16>,
     peers: Vec<SocketAddr>,
     peer_names: Vec<String>,
+    /// `(host, port)` of each `-peer`, resolved again while the node is alone.
+    peer_hosts: Vec<(String, u16)>,
 }
 
 fn cluster_plan(args: &Args) -> anyhow::Result<ClusterPlan> {
@@ -407,6 +409,7 @@ fn cluster_plan(args: &Args) -> anyhow::Result<ClusterPlan> {
         bind.port
     };
     let mut peers = Vec::new();
+    let mut peer_hosts = Vec::new();
     let peer_names = args.list("peer");
     for p in &peer_names {
         let a = parse_addr(p, default_port).map_err(|e| anyhow::anyhow!("-peer: {e}"))?;
@@ -415,11 +418,14 @@ fn cluster_plan(args: &Args) -> anyhow::Result<ClusterPlan> {
         } else {
             a.host.as_str()
         };
-        let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(host, a.port))
-            .map_err(|e| anyhow::anyhow!("-peer {p}: {e}"))?
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("-peer {p}: resolves to no address"))?;
-        peers.push(resolved);
+        // A name may stand for several nodes (a Kubernetes headless Service): join through
+        // all of them. One that does not resolve yet (DNS lagging behind a new pod) is retried
+        // while the node is alone.
+        match std::net::ToSocketAddrs::to_socket_addrs(&(host, a.port)) {
+            Ok(addrs) => peers.extend(addrs),
+            Err(e) => tracing::warn!(peer = %p, error = %e, "cannot resolve -peer yet; will retry"),
+        }
+        peer_hosts.push((host.to_string(), a.port));
     }
     Ok(ClusterPlan {
         bind: bind.listen_addr(),
@@ -427,6 +433,7 @@ fn cluster_plan(args: &Args) -> anyhow::Result<ClusterPlan> {
         advertise_host,
         advertise_port,
         peers,
+        peer_hosts,
         peer_names,
     })
 }
@@ -441,9 +448,22 @@ pub fn run_node(
     let api_addr =
         parse_addr(&args.str("api"), API_PORT).map_err(|e| anyhow::anyhow!("-api: {e}"))?;
     let cluster = cluster_plan(args)?;
-    let advertise_ip =
+    let advertise_ip = if cluster.peers.is_empty() && !cluster.peer_hosts.is_empty() {
+        // No peer resolved yet: only an explicit address can be advertised.
+        let explicit = [&cluster.advertise_host, &cluster.bind_host]
+            .into_iter()
+            .find(|h| !h.is_empty() && !advertise::is_unroutable(h));
+        match explicit {
+            Some(h) => advertise::resolve(h).map_err(anyhow::Error::msg)?,
+            None => anyhow::bail!(
+                "-peer {}: no address resolved, so the address to advertise is unknown; set -cluster.advertise-addr",
+                cluster.peer_names.join(",")
+            ),
+        }
+    } else {
         advertise::advertise_ip(&cluster.bind_host, &cluster.advertise_host, &cluster.peers)
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::msg)?
+    };
     if advertise::has_nonlocal(&cluster.peer_names)
         && advertise::is_unroutable(&advertise_ip.to_string())
     {
@@ -471,7 +491,10 @@ pub fn run_node(
             cluster.advertise_port,
             role,
             api,
-            cluster.peers.clone(),
+            crate::cluster::gossip::Seeds {
+                addrs: cluster.peers.clone(),
+                names: cluster.peer_hosts.clone(),
+            },
             all_rx.clone(),
         )
         .await

@@ -33,7 +33,8 @@ pub fn has_nonlocal(peers: &[String]) -> bool {
     })
 }
 
-fn resolve(host: &str) -> Result<IpAddr, String> {
+/// `host` as an IP, or the first address (IPv4 preferred) it resolves to.
+pub fn resolve(host: &str) -> Result<IpAddr, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ip);
     }

@@ -92,6 +92,16 @@ impl std::fmt::Debug for InputBox {
     }
 }
 
+/// Where to join: the `-peer` addresses resolved at start, and the `(host, port)` names,
+/// resolved again while the node is alone (DNS may lag behind new nodes).
+#[derive(Clone, Debug, Default)]
+pub struct Seeds {
+    /// Addresses resolved at start.
+    pub addrs: Vec<SocketAddr>,
+    /// The names given.
+    pub names: Vec<(String, u16)>,
+}
+
 impl Gossip {
     /// Bind `bind` (UDP), join through `peers` (cluster addresses), and keep the member list.
     /// `advertise` is the cluster address others reach this node at, `api` its API address.
@@ -101,7 +111,7 @@ impl Gossip {
         advertise_port: Option<u16>,
         role: Role,
         api: SocketAddr,
-        peers: Vec<SocketAddr>,
+        peers: Seeds,
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<Gossip> {
         let socket = Arc::new(UdpSocket::bind(bind).await?);
@@ -192,9 +202,13 @@ async fn run(
     mut rx: mpsc::Receiver<InputBox>,
     tx: mpsc::Sender<InputBox>,
     members: Arc<RwLock<Vec<Member>>>,
-    peers: Vec<SocketAddr>,
+    seeds: Seeds,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Seeds {
+        addrs: mut peers,
+        names: peer_hosts,
+    } = seeds;
     let mut config = Config::new_lan(NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN));
     // Forget dead identities after a while; restarts use a new incarnation anyway.
     config.remove_down_after = Duration::from_secs(60).into();
@@ -207,6 +221,7 @@ async fn run(
         api: addr,
         incarnation: 0,
     };
+    peers.retain(|p| *p != me.addr); // a headless Service name includes this node
     for p in &peers {
         let _ = foca.announce(placeholder(*p), &mut runtime);
     }
@@ -228,10 +243,20 @@ async fn run(
                 r
             }
             None => {
-                if !peers.is_empty() && foca.num_members() == 0 {
+                if !peer_hosts.is_empty() && foca.num_members() == 0 {
                     if last_warning.elapsed() >= ALONE_WARNING {
                         last_warning = tokio::time::Instant::now();
                         tracing::warn!(peers = ?peers, "I appear to be alone in the cluster");
+                    }
+                    // Names may resolve to new or more addresses now (pods come and go).
+                    let mut fresh = Vec::new();
+                    for (host, port) in &peer_hosts {
+                        if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), *port)).await {
+                            fresh.extend(addrs.filter(|a| *a != me.addr));
+                        }
+                    }
+                    if !fresh.is_empty() {
+                        peers = fresh;
                     }
                     for p in &peers {
                         let _ = foca.announce(placeholder(*p), &mut runtime);

@@ -22,6 +22,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 
+#[cfg(feature = "pprof")]
+pub mod pprof;
+
 /// Chunk size for streamed file bodies (256 KiB).
 const FILE_CHUNK: usize = 256 << 10;
 
@@ -99,7 +102,7 @@ pub fn common_routes(
         };
         async move { (code, [(header::CONTENT_TYPE, "application/json")], body) }
     };
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route(
@@ -117,7 +120,10 @@ pub fn common_routes(
                     text,
                 )
             }),
-        )
+        );
+    #[cfg(feature = "pprof")]
+    let router = router.merge(pprof::router());
+    router
 }
 
 /// Count and time every request of `router` in `oklog_api_request_duration_seconds`, labelled
