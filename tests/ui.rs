@@ -190,6 +190,41 @@ fn ui_searches_charts_and_tails_in_a_browser() {
     b.eval("document.getElementById('pause').click()");
     assert_eq!(rows(&mut b), 22);
 
+    // A store node that does not answer: the records of the others, and a warning.
+    let mut hung = start_role(
+        "store",
+        &dir.path().join("hung"),
+        Some(node.addr("cluster")),
+        &[],
+    );
+    eventually(Duration::from_secs(10), "the second store to join", || {
+        let r = http("GET", &api, "/store/_clusterstate", b"");
+        serde_json::from_slice::<serde_json::Value>(&r.body)
+            .ok()
+            .filter(|v| v["n"] == 2)
+    });
+    let pid = hung.child.id().to_string();
+    let kill = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(kill("-STOP").success());
+    search(&mut b, &api, "?q=error&from=2h");
+    let _ = kill("-CONT");
+    let _ = hung.child.kill();
+    assert_eq!(rows(&mut b), want.len() as u64, "the others' records");
+    assert_eq!(b.eval("document.getElementById('warning').hidden"), false);
+    let warning = b.eval("document.getElementById('warning').textContent");
+    assert!(
+        warning
+            .as_str()
+            .unwrap()
+            .contains("Partial result: 1 store node"),
+        "{warning}"
+    );
+
     let errors = b.js_errors();
     assert!(errors.is_empty(), "JavaScript errors: {errors:#?}");
 }
