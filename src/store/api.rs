@@ -30,6 +30,8 @@ use crate::search::Matcher;
 
 /// Query output is sent in chunks of about this size (256 KiB).
 const OUT_CHUNK: usize = 256 << 10;
+/// Chunk size of an answer sent straight from the segment mappings (1 MiB).
+const SHARED_CHUNK: usize = 1 << 20;
 /// Chunks in flight between the search thread and the HTTP body.
 const OUT_CHUNKS_IN_FLIGHT: usize = 8;
 
@@ -228,6 +230,29 @@ pub async fn answer(
     }
     if head {
         return (StatusCode::OK, headers, Body::empty()).into_response();
+    }
+    if matches!(matcher, Matcher::All)
+        && output == Output::Records
+        && let Some(ranges) = plan.shared_ranges(&params)
+    {
+        // Every record in range is the answer: send the mapped bytes themselves, in chunks.
+        let chunks = ranges.into_iter().flat_map(|r| {
+            (0..r.len())
+                .step_by(SHARED_CHUNK)
+                .map(move |at| Ok::<_, io::Error>(r.slice(at..(at + SHARED_CHUNK).min(r.len()))))
+                .collect::<Vec<_>>()
+        });
+        let mut r = (
+            StatusCode::OK,
+            headers,
+            Body::from_stream(futures_util::stream::iter(chunks)),
+        )
+            .into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return r;
     }
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(OUT_CHUNKS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {

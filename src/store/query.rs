@@ -117,6 +117,29 @@ impl Plan {
             .sum()
     }
 
+    /// When every selected segment overlaps no other, the `[from, to]` byte range of each, in
+    /// order, as shareable bytes of the mapping (no copy): with an empty query, that is the
+    /// whole answer. `None` when some segments must be merged.
+    pub fn shared_ranges(&self, p: &QueryParams) -> Option<Vec<bytes::Bytes>> {
+        let mut out = Vec::new();
+        for batch in batches(&self.segments) {
+            let maps: Vec<&std::sync::Arc<Mmap>> = self.maps[batch].iter().flatten().collect();
+            match maps[..] {
+                [] => {}
+                [m] => {
+                    let r = crate::search::time_range(m, p.from_ms, p.to_ms);
+                    if !r.is_empty() {
+                        out.push(
+                            bytes::Bytes::from_owner(SharedMap(std::sync::Arc::clone(m))).slice(r),
+                        );
+                    }
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
     /// Run the search over an opened plan, pushing matching lines (each with its `\n`, possibly
     /// several per call) into `sink` in ULID order; `sink` returns false to stop (the client
     /// went away). Returns bytes scanned.
@@ -187,6 +210,16 @@ impl Plan {
             run_parallel(&tasks, workers, p, matcher, sink)?;
         }
         Ok(scanned)
+    }
+}
+
+/// A segment mapping owned by `Bytes` slices handed to the HTTP body. Segment files are
+/// never written after they are named, only renamed or unlinked, so the bytes stay valid.
+struct SharedMap(std::sync::Arc<Mmap>);
+
+impl AsRef<[u8]> for SharedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
