@@ -189,7 +189,7 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
         eprintln!("{method} {url}");
     }
     let began = Instant::now();
-    let client = http::client();
+    let client = http::bulk_client();
     let (status, headers, body) = {
         let req = hyper::Request::builder()
             .method(method.clone())
