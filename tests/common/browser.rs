@@ -191,7 +191,11 @@ impl Browser {
     pub fn wait_for(&mut self, expr: &str, timeout: Duration, what: &str) {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.eval(&format!("Boolean({expr})")) == json!(true) {
+            // While a page loads, `document.body` may be null: that is "not yet", not a failure.
+            let probe = format!(
+                "(() => {{ try {{ return Boolean({expr}); }} catch (e) {{ return false; }} }})()"
+            );
+            if self.eval(&probe) == json!(true) {
                 return;
             }
             if Instant::now() > deadline {
