@@ -676,3 +676,49 @@ fn retention_trashes_old_segments_and_purge_deletes_them() {
     });
     assert_eq!(all_records(api).len(), 1, "fresh data is kept");
 }
+
+/// Ingest segments the consumer gathers in an awkward order: in-order ones (appended into one
+/// aggregate), one that overlaps (merged, duplicates dropped), one with a bad line in the
+/// middle and one with a torn last line (their good records kept, the rest dropped).
+#[test]
+fn the_consumer_keeps_every_good_record_of_awkward_segments() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = dir.path().join("data/ingest");
+    std::fs::create_dir_all(&ingest).unwrap();
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let rec = |ms: u64, text: &str| -> String {
+        let id = oklog::record::encode_ulid(base + ms, u128::from(ms) * 7919);
+        format!("{} default {text}\n", String::from_utf8_lossy(&id))
+    };
+    let a: String = (0..10).map(|i| rec(i, &format!("a{i}"))).collect();
+    let c = rec(20, "c0") + "garbage line\n" + &rec(21, "c1");
+    let d = rec(30, "d0") + &rec(31, "d1") + &rec(32, "d2") + rec(33, "torn").trim_end();
+    let b = rec(5, "a5") + &rec(40, "b0");
+    let mtime = std::time::SystemTime::now() - Duration::from_secs(60);
+    for (i, body) in [&a, &c, &d, &b].iter().enumerate() {
+        let path = ingest.join(format!("{}.flushed", oklog::disk::new_uuid()));
+        std::fs::write(&path, body).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(mtime + Duration::from_secs(i as u64))
+            .unwrap();
+    }
+    let node = Node::ingeststore(dir.path(), &[]);
+    let got = wait_for_records(node.addr("api"), 16);
+    let mut want: Vec<String> = a.lines().map(|l| format!("{l}\n")).collect();
+    want.extend([rec(20, "c0"), rec(21, "c1")]);
+    want.extend([rec(30, "d0"), rec(31, "d1"), rec(32, "d2")]);
+    want.push(rec(40, "b0"));
+    let got: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.clone()).unwrap())
+        .collect();
+    assert_eq!(got, want);
+    // Nothing left behind: every ingest segment was committed.
+    eventually(Duration::from_secs(10), "ingest segments committed", || {
+        (std::fs::read_dir(&ingest).unwrap().count() <= 1).then_some(()) // LOCK
+    });
+}

@@ -636,7 +636,8 @@ impl Node {
                     http::client(),
                     parts.consumer.clone(),
                     Arc::clone(&self.metrics),
-                );
+                )
+                .with_local(self.gossip.me().api_addr, Arc::clone(&parts.api));
                 tasks.spawn(consumer.run(all_rx.clone()));
             }
         }

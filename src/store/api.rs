@@ -67,6 +67,41 @@ impl StoreApi {
     }
 }
 
+impl StoreApi {
+    /// Store an aggregate segment this node's consumer built (`spool`, already checked: valid
+    /// records, sorted, deduplicated) as an accepted replica, without the HTTP round trip and
+    /// its second copy: adopted into the store, published to live streams, counted as ingress.
+    pub fn accept_local(
+        &self,
+        spool: &std::path::Path,
+        low: &[u8; ULID_LEN],
+        high: &[u8; ULID_LEN],
+        bytes: u64,
+    ) -> io::Result<()> {
+        // SAFETY: the spool is complete and never written again (only unlinked), so the
+        // mapping stays valid.
+        let for_streams = if self.registry.is_empty() {
+            None
+        } else {
+            std::fs::File::open(spool)
+                .ok()
+                .and_then(|f| unsafe { memmap2::Mmap::map(&f) }.ok())
+        };
+        self.log.adopt(spool, low, high)?;
+        if let Some(map) = for_streams {
+            self.registry.publish(&map);
+        }
+        let m = &self.metrics;
+        m.store_replicated_segments
+            .get_or_create(&vec![("direction", "ingress")])
+            .inc();
+        m.store_replicated_bytes
+            .get_or_create(&vec![("direction", "ingress")])
+            .inc_by(bytes);
+        Ok(())
+    }
+}
+
 /// `GET /store/_stream?q=&regex=`: records matching `q` from segments this node accepts from
 /// now on, as they arrive.
 async fn local_stream(

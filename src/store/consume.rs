@@ -21,11 +21,12 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use tokio::sync::watch;
 
 use super::log::{CONSUMING, StoreLog};
+use super::replicate::{ReplicaError, ReplicaWriter};
 use crate::cluster::{Peers, Role};
 use crate::http::{self, Client};
 use crate::merge::{self, ReaderLines};
 use crate::metrics::Metrics;
-use crate::record::check_record;
+use crate::record::{BODY_OFFSET, ULID_LEN, check_record};
 
 /// How long to wait for an ingester's or store node's response headers.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,12 +60,19 @@ pub struct Consumer {
     pending: Vec<(String, String)>,
     /// Spool files of those segments.
     parts: Vec<PathBuf>,
+    /// What the gather found in each of `parts`: the ULID range of a well-formed sorted
+    /// segment, `None` for one that needs the forgiving merge.
+    ranges: Vec<Option<Range>>,
+    /// Which of `parts` in-order segments are appended to (the aggregate in the making).
+    open: Option<usize>,
     bytes: u64,
     since: Option<Instant>,
     empty_polls: usize,
     /// When the "not enough store nodes" warning was last given (set at start, so a node
     /// still joining its cluster does not warn).
     last_warn: Instant,
+    /// This node's API address and store: a replica for itself is adopted in place.
+    local: Option<(String, Arc<super::StoreApi>)>,
 }
 
 impl Consumer {
@@ -84,11 +92,20 @@ impl Consumer {
             metrics,
             pending: Vec::new(),
             parts: Vec::new(),
+            ranges: Vec::new(),
+            open: None,
             bytes: 0,
             since: None,
             empty_polls: 0,
             last_warn: Instant::now() - WARN_EVERY + JOIN_GRACE,
+            local: None,
         }
+    }
+
+    /// Replicas for this node (API address `me`) go straight into `store`, not over HTTP.
+    pub fn with_local(mut self, me: String, store: Arc<super::StoreApi>) -> Self {
+        self.local = Some((me, store));
+        self
     }
 
     /// Run until `shutdown`; pending work is failed back on the way out.
@@ -201,20 +218,139 @@ impl Consumer {
                 text.trim()
             )));
         }
-        let log = Arc::clone(&self.log);
-        let (file, path) = tokio::task::spawn_blocking(move || log.create(CONSUMING))
-            .await
-            .map_err(io::Error::other)??;
-        self.parts.push(path);
-        let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut stream = body.into_data_stream();
+        // Read up to the first record's ULID to choose where the segment goes.
+        let mut first_chunks: Vec<bytes::Bytes> = Vec::new();
+        let mut seen = 0;
+        while seen < BODY_OFFSET {
+            match stream.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(io::Error::other)?;
+                    seen += chunk.len();
+                    first_chunks.push(chunk);
+                }
+                None => break,
+            }
+        }
+        let head: Vec<u8> = first_chunks
+            .iter()
+            .flatten()
+            .take(ULID_LEN)
+            .copied()
+            .collect();
+        let first = (head.len() == ULID_LEN && crate::record::is_valid_ulid(&head))
+            .then(|| merge::key(&head));
+        // A segment that starts after everything in the open aggregate is appended to it:
+        // one ingester's segments arrive in order, so the aggregate is written once and
+        // needs no merge. Anything else is spooled on its own and merged later.
+        let append = match (self.open, first) {
+            (Some(i), Some(f)) => self.ranges[i].is_some_and(|(_, high)| f > high),
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        let log = Arc::clone(&self.log);
+        let (target, prev_len) = if append && let Some(i) = self.open {
+            let path = self.parts[i].clone();
+            let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+            let len = file.metadata()?.len();
+            ((file, path), Some((i, len)))
+        } else {
+            let fp = tokio::task::spawn_blocking(move || log.create(CONSUMING))
+                .await
+                .map_err(io::Error::other)??;
+            self.parts.push(fp.1.clone());
+            self.ranges.push(None);
+            if append {
+                self.open = Some(self.parts.len() - 1);
+            }
+            (fp, None)
+        };
+        let (file, path) = target;
+        let sync_handle = file.try_clone()?;
+        // Check the segment on the way in (records well-formed and sorted).
+        let mut writer = ReplicaWriter::new(file, path.clone());
+        let mut well_formed = true;
         let mut n = 0u64;
-        while let Some(chunk) = stream.next().await {
+        let mut spill: Option<BufWriter<File>> = None;
+        let mut chunks = futures_util::stream::iter(first_chunks.into_iter().map(Ok)).chain(stream);
+        while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(io::Error::other)?;
             n += chunk.len() as u64;
-            out.write_all(&chunk)?;
+            if well_formed {
+                match writer.push(&chunk) {
+                    Ok(()) => continue,
+                    Err(ReplicaError::Malformed { .. }) => well_formed = false,
+                    Err(ReplicaError::Io(e)) => return Err(e),
+                }
+                if let Some((i, len)) = prev_len {
+                    // Not fit to append after all: move what went into the aggregate to a
+                    // spool of its own, and put the aggregate back as it was.
+                    writer.flush()?;
+                    let (mut own, own_path) = self.log.create(CONSUMING)?;
+                    let mut src = File::open(&path)?;
+                    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(len))?;
+                    std::io::copy(&mut src, &mut own)?;
+                    File::options()
+                        .write(true)
+                        .open(&self.parts[i])?
+                        .set_len(len)?;
+                    self.parts.push(own_path);
+                    self.ranges.push(None);
+                    spill = Some(BufWriter::with_capacity(1 << 20, own));
+                }
+            }
+            match &mut spill {
+                Some(w) => w.write_all(&chunk)?,
+                None => writer.write_unchecked(&chunk)?,
+            }
         }
-        out.flush()?;
+        if let Some(mut w) = spill {
+            w.flush()?;
+        } else if well_formed {
+            match (writer.finish(), prev_len) {
+                (Ok(Some(r)), Some((i, _))) => {
+                    let low = self.ranges[i].map_or(r.low, |(low, _)| low);
+                    self.ranges[i] = Some((low, r.high));
+                    // Start writing the appended bytes back now, while the next segment is
+                    // read, so the commit's fsync has little left to do.
+                    tokio::task::spawn_blocking(move || sync_handle.sync_data());
+                }
+                (Ok(Some(r)), None) => {
+                    let last = self.ranges.len() - 1;
+                    self.ranges[last] = Some((r.low, r.high));
+                    if self.open == Some(last) {
+                        tokio::task::spawn_blocking(move || sync_handle.sync_data());
+                    }
+                }
+                (Ok(None), _) => {}
+                (Err(ReplicaError::Io(e)), _) => return Err(e),
+                (Err(ReplicaError::Malformed { .. }), Some((i, len))) => {
+                    // A torn last line: keep it out of the aggregate, in a spool of its own.
+                    let (mut own, own_path) = self.log.create(CONSUMING)?;
+                    let mut src = File::open(&path)?;
+                    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(len))?;
+                    std::io::copy(&mut src, &mut own)?;
+                    File::options()
+                        .write(true)
+                        .open(&self.parts[i])?
+                        .set_len(len)?;
+                    self.parts.push(own_path);
+                    self.ranges.push(None);
+                }
+                (Err(ReplicaError::Malformed { .. }), None) => {
+                    let last = self.ranges.len() - 1;
+                    self.ranges[last] = None;
+                    if self.open == Some(last) {
+                        self.open = None;
+                    }
+                }
+            }
+        } else {
+            writer.flush()?;
+            if prev_len.is_none() && self.open == Some(self.parts.len() - 1) {
+                self.open = None; // a malformed segment never takes appends
+            }
+        }
         self.bytes += n;
         self.since.get_or_insert_with(Instant::now);
         self.metrics.store_consumed_segments.inc();
@@ -227,8 +363,9 @@ impl Consumer {
     async fn replicate(&mut self, stores: &[String]) -> Option<Option<u64>> {
         let log = Arc::clone(&self.log);
         let parts = self.parts.clone();
-        let merged = tokio::task::spawn_blocking(move || merge_parts(&log, &parts)).await;
-        let (path, bytes, newest) = match merged {
+        let ranges = self.ranges.clone();
+        let merged = tokio::task::spawn_blocking(move || aggregate(&log, &parts, &ranges)).await;
+        let (path, bytes, range) = match merged {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "merging gathered segments");
@@ -239,16 +376,36 @@ impl Consumer {
                 return None;
             }
         };
-        self.parts.push(path.clone());
-        if bytes == 0 {
-            return Some(None); // nothing but empty segments: commit them
+        if !self.parts.contains(&path) {
+            self.parts.push(path.clone());
         }
+        let Some((low, high)) = range else {
+            return Some(None); // nothing but empty segments: commit them
+        };
+        let newest = Some(crate::record::ulid_ms(&high));
         let mut order = stores.to_vec();
         order.shuffle(&mut rand::rng());
         let mut copies = 0;
         for store in order {
             if copies >= self.cfg.replication_factor {
                 break;
+            }
+            if let Some((me, api)) = &self.local
+                && *me == store
+            {
+                let (api, spool) = (Arc::clone(api), path.clone());
+                match tokio::task::spawn_blocking(move || {
+                    api.accept_local(&spool, &low, &high, bytes)
+                })
+                .await
+                {
+                    Ok(Ok(())) => copies += 1,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "storing the aggregate locally failed")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "storing the aggregate locally failed"),
+                }
+                continue;
             }
             let url = format!("http://{store}/store/replicate");
             let file = match File::open(&path) {
@@ -319,6 +476,8 @@ impl Consumer {
                 Err(e) => tracing::warn!(%ingester, %id, error = %e, "{verb} failed"),
             }
         }
+        self.ranges.clear();
+        self.open = None;
         for path in std::mem::take(&mut self.parts) {
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(spool = %path.display(), error = %e, "removing spool file");
@@ -333,16 +492,108 @@ impl Consumer {
 /// k-way merge the spooled segments into one more spool file, with dedup. Lines that are not
 /// records, and records out of order within a segment, are dropped and logged rather than
 /// allowed to make the replica unacceptable.
-/// Returns the spool's path, its size and the time (ms) of its newest record.
-fn merge_parts(log: &StoreLog, parts: &[PathBuf]) -> io::Result<(PathBuf, u64, Option<u64>)> {
+/// First and last ULIDs of a segment.
+type Range = ([u8; ULID_LEN], [u8; ULID_LEN]);
+
+/// An aggregate spool: its path, its size and its first and last ULIDs (none if empty).
+type Spool = (PathBuf, u64, Option<Range>);
+
+/// Build the aggregate of the gathered `parts` into one more spool file. When every part was
+/// checked at gather time and no two overlap (one ingester's consecutive segments), the
+/// aggregate is their concatenation in ULID order, copied by the kernel; otherwise they are
+/// merged record by record with dedup ([`merge_parts`]).
+fn aggregate(log: &StoreLog, parts: &[PathBuf], ranges: &[Option<Range>]) -> io::Result<Spool> {
+    let mut order: Vec<(usize, Range)> = Vec::with_capacity(parts.len());
+    for (i, r) in ranges.iter().enumerate() {
+        match r {
+            Some(r) => order.push((i, *r)),
+            None if std::fs::metadata(&parts[i])?.len() == 0 => {} // an empty segment
+            None => return merge_parts(log, parts),
+        }
+    }
+    order.sort_by_key(|(_, (low, _))| *low);
+    if order.windows(2).any(|w| w[0].1.1 >= w[1].1.0) {
+        return merge_parts(log, parts);
+    }
+    if let [(i, range)] = order[..] {
+        // One checked file (the appended aggregate): it is the answer as it is.
+        let n = std::fs::metadata(&parts[i])?.len();
+        return Ok((parts[i].clone(), n, Some(range)));
+    }
+    let (mut out, path) = log.create(CONSUMING)?;
+    let result = (|| {
+        let mut written = 0;
+        for (i, _) in &order {
+            // std::io::copy between files uses copy_file_range: no copy through user space.
+            written += std::io::copy(&mut File::open(&parts[*i])?, &mut out)?;
+        }
+        Ok(written)
+    })();
+    match result {
+        Ok(n) => Ok((
+            path,
+            n,
+            order.first().zip(order.last()).map(|(f, l)| (f.1.0, l.1.1)),
+        )),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// A source that skips lines which are not records, so one bad line in the middle of a
+/// segment (which would sort after every ULID) does not hold back the records after it.
+struct WellFormed<S> {
+    inner: S,
+    skipped: u64,
+}
+
+impl<S: merge::Source> WellFormed<S> {
+    fn new(inner: S) -> io::Result<Self> {
+        let mut s = WellFormed { inner, skipped: 0 };
+        s.skip_bad()?;
+        Ok(s)
+    }
+
+    fn skip_bad(&mut self) -> io::Result<()> {
+        while let Some(line) = self.inner.current() {
+            let ok = line
+                .strip_suffix(b"\n")
+                .is_some_and(|b| check_record(b).is_ok());
+            if ok {
+                return Ok(());
+            }
+            self.skipped += 1;
+            self.inner.advance()?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: merge::Source> merge::Source for WellFormed<S> {
+    fn current(&self) -> Option<&[u8]> {
+        self.inner.current()
+    }
+    fn advance(&mut self) -> io::Result<()> {
+        self.inner.advance()?;
+        self.skip_bad()
+    }
+}
+
+fn merge_parts(log: &StoreLog, parts: &[PathBuf]) -> io::Result<Spool> {
     let (file, path) = log.create(CONSUMING)?;
     let result = (|| {
         let mut sources = parts
             .iter()
-            .map(|p| ReaderLines::new(BufReader::with_capacity(256 << 10, File::open(p)?)))
+            .map(|p| {
+                ReaderLines::new(BufReader::with_capacity(256 << 10, File::open(p)?))
+                    .and_then(WellFormed::new)
+            })
             .collect::<io::Result<Vec<_>>>()?;
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         let mut last: Option<Vec<u8>> = None;
+        let mut first: Option<[u8; ULID_LEN]> = None;
         let mut dropped = 0u64;
         let mut written = 0u64;
         merge::merge(&mut sources, |line| {
@@ -353,24 +604,91 @@ fn merge_parts(log: &StoreLog, parts: &[PathBuf]) -> io::Result<(PathBuf, u64, O
                 dropped += 1;
                 return Ok(true);
             }
+            first.get_or_insert_with(|| merge::key(line));
             last = Some(line[..26].to_vec());
             written += line.len() as u64;
             out.write_all(line).map(|_| true)
         })?;
         out.flush()?;
+        dropped += sources.iter().map(|s| s.skipped).sum::<u64>();
         if dropped > 0 {
             tracing::warn!(
                 dropped,
                 "dropped malformed or unsorted lines from gathered segments"
             );
         }
-        Ok((written, last.map(|id| crate::record::ulid_ms(&id))))
+        Ok((written, first.zip(last.map(|l| merge::key(&l)))))
     })();
     match result {
-        Ok((n, newest)) => Ok((path, n, newest)),
+        Ok((n, range)) => Ok((path, n, range)),
         Err(e) => {
             let _ = std::fs::remove_file(&path);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(log: &StoreLog, body: &str) -> (PathBuf, Option<Range>) {
+        let (file, path) = log.create(CONSUMING).unwrap();
+        let mut w = ReplicaWriter::new(file, path.clone());
+        let range = match w.push(body.as_bytes()) {
+            Ok(()) => w.finish().ok().flatten().map(|r| (r.low, r.high)),
+            Err(_) => {
+                w.write_unchecked(body.as_bytes()).unwrap();
+                w.flush().unwrap();
+                None
+            }
+        };
+        (path, range)
+    }
+
+    fn rec(n: u32, text: &str) -> String {
+        format!("{:026} t {text}\n", n)
+    }
+
+    #[test]
+    fn aggregates_concatenate_disjoint_parts_and_merge_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = StoreLog::open(dir.path()).unwrap();
+        let build = |bodies: &[String]| {
+            let (parts, ranges): (Vec<_>, Vec<_>) = bodies.iter().map(|b| part(&log, b)).unzip();
+            let (path, n, range) = aggregate(&log, &parts, &ranges).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(n as usize, text.len());
+            (text, range)
+        };
+        // Disjoint parts, gathered out of order: concatenated in ULID order.
+        let a = rec(1, "a") + &rec(2, "b");
+        let b = rec(3, "c") + &rec(4, "d");
+        let (text, range) = build(&[b.clone(), String::new(), a.clone()]);
+        assert_eq!(text, a.clone() + &b);
+        let range = range.unwrap();
+        assert_eq!(
+            (&range.0[..], &range.1[..]),
+            (
+                &merge::key(a.as_bytes())[..],
+                &merge::key(rec(4, "d").as_bytes())[..]
+            )
+        );
+        // One checked part (the appended aggregate) is the aggregate itself, uncopied.
+        let (parts, ranges): (Vec<_>, Vec<_>) = [a.clone()].iter().map(|b| part(&log, b)).unzip();
+        let (path, _, _) = aggregate(&log, &parts, &ranges).unwrap();
+        assert_eq!(path, parts[0]);
+        // Overlapping parts (two ingesters, or a retried segment): merged with dedup.
+        let c = rec(2, "b") + &rec(5, "e");
+        let (text, _) = build(&[a.clone(), c]);
+        assert_eq!(text, rec(1, "a") + &rec(2, "b") + &rec(5, "e"));
+        // A malformed part goes through the forgiving merge: its bad lines are dropped.
+        let bad = rec(6, "f") + "not a record\n" + &rec(7, "g");
+        let (text, range) = build(&[a.clone(), bad]);
+        assert_eq!(text, a + &rec(6, "f") + &rec(7, "g"));
+        assert_eq!(
+            &range.unwrap().1[..],
+            &merge::key(rec(7, "g").as_bytes())[..]
+        );
     }
 }

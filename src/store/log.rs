@@ -194,6 +194,25 @@ impl StoreLog {
         Ok((file, path))
     }
 
+    /// Make a complete, checked segment file this process wrote elsewhere in the directory
+    /// (the consumer's aggregate spool) queryable, without copying it: it is hard-linked in as
+    /// `.active` (recovered like any other after a crash) and closed. `spool` stays.
+    pub fn adopt(
+        &self,
+        spool: &Path,
+        low: &[u8; ULID_LEN],
+        high: &[u8; ULID_LEN],
+    ) -> io::Result<()> {
+        let path = self.dir.join(format!("{}.{ACTIVE}", disk::new_uuid()));
+        fs::hard_link(spool, &path)?;
+        let file = File::open(&path)?;
+        let result = self.close(file, &path, low, high);
+        if result.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+        result
+    }
+
     /// Make a complete active segment queryable as `<LOW>-<HIGH>.flushed`.
     ///
     /// If that name exists (a retried replication, or a compaction that produced the same

@@ -124,6 +124,17 @@ impl ReplicaWriter {
         Ok(())
     }
 
+    /// Write bytes without checking them (after a check failed, to keep the bytes anyway).
+    pub fn write_unchecked(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.bytes += chunk.len() as u64;
+        self.out.write_all(chunk)
+    }
+
+    /// Flush what was written, whatever the check said.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     /// The body ended: `Ok(None)` if it was empty, else the flushed (not yet synced) replica.
     pub fn finish(self) -> Result<Option<Replica>, ReplicaError> {
         if self.in_body || !self.head.is_empty() {
