@@ -32,34 +32,30 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn flag_set() -> FlagSet {
     FlagSet {
         usage: "oklog forward [flags] <ingester> [<ingester>...]",
-        flags: vec![
-            flag("debug", Kind::Bool, "", "debug logging"),
-            flag(
-                "log.format",
-                Kind::Str,
-                "logfmt",
-                "format of the process's own logs: logfmt, json or text",
-            ),
-            flag(
-                "api",
-                Kind::Str,
-                "",
-                "listen address for forward API (and metrics); empty for none",
-            ),
-            flag(
-                "prefix",
-                Kind::List,
-                "",
-                "prefix prepended to every record (repeatable)",
-            ),
-            flag(
-                "bulk",
-                Kind::Bool,
-                "",
-                "send batches to the bulk port (7653), each acknowledged once stored N ways",
-            ),
-            flag("bulk.size", Kind::Int, "16777216", "bytes per bulk batch"),
-        ],
+        flags: super::logging::flags()
+            .into_iter()
+            .chain([
+                flag(
+                    "api",
+                    Kind::Str,
+                    "",
+                    "listen address for forward API (and metrics); empty for none",
+                ),
+                flag(
+                    "prefix",
+                    Kind::List,
+                    "",
+                    "prefix prepended to every record (repeatable)",
+                ),
+                flag(
+                    "bulk",
+                    Kind::Bool,
+                    "",
+                    "send batches to the bulk port (7653), each acknowledged once stored N ways",
+                ),
+                flag("bulk.size", Kind::Int, "16777216", "bytes per bulk batch"),
+            ])
+            .collect(),
         aliases: vec![],
     }
 }

@@ -11,8 +11,23 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use super::flags::{Flag, Kind, flag};
+
 /// The `-log.format` values.
 pub const FORMATS: &[&str] = &["logfmt", "json", "text"];
+
+/// `-debug` and `-log.format`, which every long-running mode has.
+pub fn flags() -> Vec<Flag> {
+    vec![
+        flag("debug", Kind::Bool, "", "debug logging"),
+        flag(
+            "log.format",
+            Kind::Str,
+            "logfmt",
+            "format of the process's own logs: logfmt, json or text",
+        ),
+    ]
+}
 
 /// Install the global logger. An unknown format is an error naming the flag.
 pub fn init(format: &str, debug: bool) -> anyhow::Result<()> {

@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use axum::Router;
 use axum::routing::get;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -19,7 +21,7 @@ use crate::cluster::gossip::Gossip;
 use crate::cluster::{Membership, Peers, Role, advertise, state_json};
 use crate::http;
 use crate::ingest::{IngestApi, IngestLog, Ingester, Modality, Rotation, conn};
-use crate::metrics::Metrics;
+use crate::metrics::{Labels, Metrics};
 use crate::record::{FramerConfig, TopicMode, is_valid_topic};
 use crate::store::{
     CompactConfig, Compacter, Consumer, ConsumerConfig, Gateway, StoreApi, StoreLog,
@@ -38,14 +40,8 @@ pub const CLUSTER_PORT: u16 = 7659;
 
 /// Flags every server mode has.
 pub fn common_flags(role: &str) -> Vec<Flag> {
-    vec![
-        flag("debug", Kind::Bool, "", "debug logging"),
-        flag(
-            "log.format",
-            Kind::Str,
-            "logfmt",
-            "format of the process's own logs: logfmt, json or text",
-        ),
+    let mut flags = super::logging::flags();
+    flags.extend([
         flag(
             "api",
             Kind::Str,
@@ -86,7 +82,8 @@ pub fn common_flags(role: &str) -> Vec<Flag> {
             "5s",
             "how long a graceful shutdown may take",
         ),
-    ]
+    ]);
+    flags
 }
 
 /// The ingest flags; `ns` is `""` for `ingest` and `"ingest."` for `ingeststore` (topic flags).
@@ -565,18 +562,12 @@ impl Node {
             let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
             self.metrics.on_scrape(move || {
                 if let (Some(m), Ok(s)) = (metrics.upgrade(), log.stats()) {
-                    for (state, (n, bytes)) in [
-                        ("active", s.active),
-                        ("flushed", s.flushed),
-                        ("pending", s.pending),
-                    ] {
-                        m.ingest_segments
-                            .get_or_create(&vec![("state", state)])
-                            .set(n as i64);
-                        m.ingest_segment_bytes
-                            .get_or_create(&vec![("state", state)])
-                            .set(bytes as i64);
-                    }
+                    let states = [
+                        ("active", s.active.0, s.active.1),
+                        ("flushed", s.flushed.0, s.flushed.1),
+                        ("pending", s.pending.0, s.pending.1),
+                    ];
+                    set_state_gauges(&m.ingest_segments, &m.ingest_segment_bytes, states);
                 }
             });
             router = router
@@ -599,14 +590,7 @@ impl Node {
             let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
             self.metrics.on_scrape(move || {
                 if let (Some(m), Ok(states)) = (metrics.upgrade(), log.stats()) {
-                    for (state, n, bytes) in states {
-                        m.store_segments
-                            .get_or_create(&vec![("state", state)])
-                            .set(n as i64);
-                        m.store_segment_bytes
-                            .get_or_create(&vec![("state", state)])
-                            .set(bytes as i64);
-                    }
+                    set_state_gauges(&m.store_segments, &m.store_segment_bytes, states);
                 }
             });
             router = router
@@ -686,6 +670,20 @@ impl Node {
         .await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Set the files and bytes gauges of each `(state, files, bytes)`.
+fn set_state_gauges(
+    files: &Family<Labels, Gauge>,
+    bytes: &Family<Labels, Gauge>,
+    states: impl IntoIterator<Item = (&'static str, u64, u64)>,
+) {
+    for (state, n, size) in states {
+        files.get_or_create(&vec![("state", state)]).set(n as i64);
+        bytes
+            .get_or_create(&vec![("state", state)])
+            .set(size as i64);
     }
 }
 

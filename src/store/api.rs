@@ -187,28 +187,34 @@ fn header(h: &mut HeaderMap, name: &'static str, value: String) {
     h.insert(name, v);
 }
 
+/// `GET|HEAD /store/_query` (records) and `/store/_hits` (their ULIDs, one per line, which
+/// the gateway's `/store/hits` buckets): this node's answer.
+async fn local(
+    api: Arc<StoreApi>,
+    method: Method,
+    raw: HashMap<String, String>,
+    output: Output,
+) -> Response {
+    match QueryParams::parse(&raw) {
+        Ok(params) => answer(&api, &method, params, output).await,
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
 async fn query(
     State(api): State<Arc<StoreApi>>,
     method: Method,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Response {
-    match QueryParams::parse(&raw) {
-        Ok(params) => answer(&api, &method, params, Output::Records).await,
-        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-    }
+    local(api, method, raw, Output::Records).await
 }
 
-/// `GET|HEAD /store/_hits`: the ULIDs (one per line) of this node's matching records, in
-/// order; the gateway's `/store/hits` buckets them.
 async fn hits(
     State(api): State<Arc<StoreApi>>,
     method: Method,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Response {
-    match QueryParams::parse(&raw) {
-        Ok(params) => answer(&api, &method, params, Output::Ulids).await,
-        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-    }
+    local(api, method, raw, Output::Ulids).await
 }
 
 /// What a local answer's body holds.

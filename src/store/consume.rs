@@ -286,16 +286,7 @@ impl Consumer {
                     // Not fit to append after all: move what went into the aggregate to a
                     // spool of its own, and put the aggregate back as it was.
                     writer.flush()?;
-                    let (mut own, own_path) = self.log.create(CONSUMING)?;
-                    let mut src = File::open(&path)?;
-                    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(len))?;
-                    std::io::copy(&mut src, &mut own)?;
-                    File::options()
-                        .write(true)
-                        .open(&self.parts[i])?
-                        .set_len(len)?;
-                    self.parts.push(own_path);
-                    self.ranges.push(None);
+                    let own = self.split_off(i, len)?;
                     spill = Some(BufWriter::with_capacity(1 << 20, own));
                 }
             }
@@ -326,16 +317,7 @@ impl Consumer {
                 (Err(ReplicaError::Io(e)), _) => return Err(e),
                 (Err(ReplicaError::Malformed { .. }), Some((i, len))) => {
                     // A torn last line: keep it out of the aggregate, in a spool of its own.
-                    let (mut own, own_path) = self.log.create(CONSUMING)?;
-                    let mut src = File::open(&path)?;
-                    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(len))?;
-                    std::io::copy(&mut src, &mut own)?;
-                    File::options()
-                        .write(true)
-                        .open(&self.parts[i])?
-                        .set_len(len)?;
-                    self.parts.push(own_path);
-                    self.ranges.push(None);
+                    self.split_off(i, len)?;
                 }
                 (Err(ReplicaError::Malformed { .. }), None) => {
                     let last = self.ranges.len() - 1;
@@ -356,6 +338,22 @@ impl Consumer {
         self.metrics.store_consumed_segments.inc();
         self.metrics.store_consumed_bytes.inc_by(n);
         Ok(true)
+    }
+
+    /// Move the bytes of `parts[i]` past `len` (a segment that turned out unfit to append)
+    /// into a spool of their own, to be merged, and cut `parts[i]` back to `len`.
+    fn split_off(&mut self, i: usize, len: u64) -> io::Result<File> {
+        let (mut own, own_path) = self.log.create(CONSUMING)?;
+        let mut src = File::open(&self.parts[i])?;
+        std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(len))?;
+        std::io::copy(&mut src, &mut own)?;
+        File::options()
+            .write(true)
+            .open(&self.parts[i])?
+            .set_len(len)?;
+        self.parts.push(own_path);
+        self.ranges.push(None);
+        Ok(own)
     }
 
     /// Merge the gathered segments and send the aggregate to `replication_factor` store nodes.
