@@ -91,6 +91,12 @@ impl StoreApi {
         if let Some(map) = for_streams {
             self.registry.publish(&map);
         }
+        self.count_ingress(bytes);
+        Ok(())
+    }
+
+    /// Count one accepted replica of `bytes`.
+    fn count_ingress(&self, bytes: u64) {
         let m = &self.metrics;
         m.store_replicated_segments
             .get_or_create(&vec![("direction", "ingress")])
@@ -98,7 +104,6 @@ impl StoreApi {
         m.store_replicated_bytes
             .get_or_create(&vec![("direction", "ingress")])
             .inc_by(bytes);
-        Ok(())
     }
 }
 
@@ -401,13 +406,7 @@ async fn replicate(State(api): State<Arc<StoreApi>>, body: Body) -> Response {
     .await;
     match done {
         Ok(Ok(Some((_records, bytes)))) => {
-            let m = &api.metrics;
-            m.store_replicated_segments
-                .get_or_create(&vec![("direction", "ingress")])
-                .inc();
-            m.store_replicated_bytes
-                .get_or_create(&vec![("direction", "ingress")])
-                .inc_by(bytes);
+            api.count_ingress(bytes);
             text(StatusCode::OK, "OK\n")
         }
         Ok(Ok(None)) => text(StatusCode::OK, "No records\n"),

@@ -142,6 +142,14 @@ async fn ask(
     })
 }
 
+/// The query parameters, checked here (regex included) so a bad query is refused with the
+/// message a node would give, before any node is asked.
+fn checked_params(raw: &HashMap<String, String>) -> Result<QueryParams, String> {
+    let params = QueryParams::parse(raw)?;
+    Matcher::new(&params.q, params.regex).map_err(|e| format!("compiling regex: {e}"))?;
+    Ok(params)
+}
+
 async fn query(
     State(gw): State<Arc<Gateway>>,
     method: Method,
@@ -149,14 +157,10 @@ async fn query(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let started = Instant::now();
-    // Refuse a bad query here, with the same messages a node would give.
-    let params = match QueryParams::parse(&params) {
+    let params = match checked_params(&params) {
         Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    if let Err(e) = Matcher::new(&params.q, params.regex) {
-        return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n"));
-    }
     let (total, scanned, bodies) = match scatter(&gw, &method, raw, &params, Output::Records).await
     {
         Ok(g) => g,
@@ -192,13 +196,10 @@ async fn hits(
 ) -> Response {
     let started = Instant::now();
     let step = params.get("step").cloned();
-    let params = match QueryParams::parse(&params) {
+    let params = match checked_params(&params) {
         Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    if let Err(e) = Matcher::new(&params.q, params.regex) {
-        return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n"));
-    }
     let mut buckets = match Buckets::new(params.from_ms, params.to_ms, step.as_deref()) {
         Ok(b) => b,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
