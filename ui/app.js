@@ -404,7 +404,9 @@ async function drawHits(params, signal) {
     }
     if (resp.status === 206) showPartial(resp);
     const hits = await resp.json();
-    figure.replaceChildren(chart(hits));
+    // The exact window searched (a relative range moves on with the clock).
+    const searched = { from: Date.parse(params.get("from")), to: Date.parse(params.get("to")) };
+    figure.replaceChildren(chart(hits, searched));
     figure.hidden = false;
     return hits.buckets.reduce((n, b) => n + b.count, 0);
   } catch (e) {
@@ -431,7 +433,7 @@ function svgEl(name, attrs, text) {
 }
 
 /** The hits-over-time bar chart, as inline SVG. Clicking a bar zooms into its bucket. */
-function chart(hits) {
+function chart(hits, searched) {
   const main = document.querySelector("main");
   const width = Math.max(320, (main.clientWidth || 924) - 24);
   const height = 120;
@@ -464,7 +466,7 @@ function chart(hits) {
       "data-time": b.time,
     });
     rect.append(svgEl("title", {}, `${formatTime(Date.parse(b.time))}: ${b.count.toLocaleString()}`));
-    rect.addEventListener("click", () => zoom(Date.parse(b.time), step));
+    rect.addEventListener("click", () => zoom(Date.parse(b.time), step, searched));
     svg.append(rect);
   });
   svg.append(svgEl("text", { x: 2, y: 10 }, `${max.toLocaleString()} per ${hits.step} at most · ${total.toLocaleString()} in all`));
@@ -479,10 +481,11 @@ function chart(hits) {
   return svg;
 }
 
-function zoom(startMs, step) {
+function zoom(startMs, step, searched) {
   const s = formState();
-  s.from = new Date(startMs).toISOString();
-  s.to = new Date(startMs + step - 1).toISOString();
+  // The first and last buckets may reach outside the window: keep to what the bar counted.
+  s.from = new Date(Math.max(startMs, searched.from)).toISOString();
+  s.to = new Date(Math.min(startMs + step - 1, searched.to)).toISOString();
   showState(s);
   remember(s);
   search(s);
