@@ -244,7 +244,8 @@ impl Consumer {
         // one ingester's segments arrive in order, so the aggregate is written once and
         // needs no merge. Anything else is spooled on its own and merged later.
         let append = match (self.open, first) {
-            (Some(i), Some(f)) => self.ranges[i].is_some_and(|(_, high)| f > high),
+            // (An open aggregate without a range is still empty: its first segment was.)
+            (Some(i), Some(f)) => self.ranges[i].is_none_or(|(_, high)| f > high),
             (None, Some(_)) => true,
             (_, None) => false,
         };
