@@ -240,7 +240,7 @@ async fn hits(
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("application/json"),
     );
-    let mut body = buckets.to_json().to_string();
+    let mut body = buckets.to_json();
     body.push('\n');
     (status, headers, body).into_response()
 }
