@@ -267,6 +267,8 @@ impl Consumer {
             (fp, None)
         };
         let (file, path) = target;
+        // Where this segment's range goes: the aggregate, or its own (last) spool.
+        let index = prev_len.map_or(self.parts.len() - 1, |(i, _)| i);
         let sync_handle = file.try_clone()?;
         // Check the segment on the way in (records well-formed and sorted).
         let mut writer = ReplicaWriter::new(file, path.clone());
@@ -298,40 +300,35 @@ impl Consumer {
         }
         if let Some(mut w) = spill {
             w.flush()?;
-        } else if well_formed {
-            match (writer.finish(), prev_len) {
-                (Ok(Some(r)), Some((i, _))) => {
-                    let low = self.ranges[i].map_or(r.low, |(low, _)| low);
-                    self.ranges[i] = Some((low, r.high));
-                    // Start writing the appended bytes back now, while the next segment is
-                    // read, so the commit's fsync has little left to do.
-                    tokio::task::spawn_blocking(move || sync_handle.sync_data());
-                }
-                (Ok(Some(r)), None) => {
-                    let last = self.ranges.len() - 1;
-                    self.ranges[last] = Some((r.low, r.high));
-                    if self.open == Some(last) {
+        } else {
+            writer.flush()?;
+            let checked = match well_formed.then(|| writer.finish()) {
+                Some(Ok(r)) => Some(r),
+                Some(Err(ReplicaError::Io(e))) => return Err(e),
+                Some(Err(ReplicaError::Malformed { .. })) | None => None,
+            };
+            match (checked, prev_len) {
+                (Some(Some(r)), _) => {
+                    let low = self.ranges[index].map_or(r.low, |(low, _)| low);
+                    self.ranges[index] = Some((low, r.high));
+                    if self.open == Some(index) {
+                        // Start writing the appended bytes back now, while the next segment
+                        // is read, so the commit's fsync has little left to do.
                         tokio::task::spawn_blocking(move || sync_handle.sync_data());
                     }
                 }
-                (Ok(None), _) => {}
-                (Err(ReplicaError::Io(e)), _) => return Err(e),
-                (Err(ReplicaError::Malformed { .. }), Some((i, len))) => {
-                    // A torn last line: keep it out of the aggregate, in a spool of its own.
+                (Some(None), _) => {} // an empty segment
+                // A torn last line: keep it out of the aggregate, in a spool of its own.
+                (None, Some((i, len))) => {
                     self.split_off(i, len)?;
                 }
-                (Err(ReplicaError::Malformed { .. }), None) => {
-                    let last = self.ranges.len() - 1;
-                    self.ranges[last] = None;
-                    if self.open == Some(last) {
+                // A malformed segment in a spool of its own is merged later; it takes no
+                // appends.
+                (None, None) => {
+                    if self.open == Some(index) {
                         self.open = None;
                     }
                 }
-            }
-        } else {
-            writer.flush()?;
-            if prev_len.is_none() && self.open == Some(self.parts.len() - 1) {
-                self.open = None; // a malformed segment never takes appends
             }
         }
         self.bytes += n;
