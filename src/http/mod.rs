@@ -30,7 +30,17 @@ const FILE_CHUNK: usize = 256 << 10;
 
 /// A plain-text response, as Go's `http.Error` writes them.
 pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
-    let mut r = (status, body.into()).into_response();
+    text_body(
+        status,
+        axum::http::HeaderMap::new(),
+        Body::from(body.into()),
+    )
+}
+
+/// A `text/plain` response with `headers` and a (streamed) body: records, as every query and
+/// stream endpoint answers them.
+pub fn text_body(status: StatusCode, headers: axum::http::HeaderMap, body: Body) -> Response {
+    let mut r = (status, headers, body).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

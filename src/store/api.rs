@@ -23,7 +23,7 @@ use super::query::{Plan, QueryParams};
 use super::registry::Registry;
 use super::replicate::{ReplicaError, ReplicaWriter};
 use crate::gotime;
-use crate::http::{channel_body, text};
+use crate::http::{channel_body, text, text_body};
 use crate::metrics::Metrics;
 use crate::record::ULID_LEN;
 use crate::search::Matcher;
@@ -130,12 +130,7 @@ async fn local_stream(
             .await
             .map(|chunk| (Ok::<_, std::io::Error>(chunk), sub))
     });
-    let mut r = (StatusCode::OK, Body::from_stream(body)).into_response();
-    r.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+    text_body(StatusCode::OK, HeaderMap::new(), Body::from_stream(body))
 }
 
 /// What a query answer reports in its `X-Oklog-*` headers.
@@ -288,17 +283,11 @@ pub async fn answer(
                 .map(move |at| Ok::<_, io::Error>(r.slice(at..(at + SHARED_CHUNK).min(r.len()))))
                 .collect::<Vec<_>>()
         });
-        let mut r = (
+        return text_body(
             StatusCode::OK,
             headers,
             Body::from_stream(futures_util::stream::iter(chunks)),
-        )
-            .into_response();
-        r.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        return r;
     }
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(OUT_CHUNKS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
@@ -336,12 +325,7 @@ pub async fn answer(
             }
         }
     });
-    let mut r = (StatusCode::OK, headers, channel_body(rx)).into_response();
-    r.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+    text_body(StatusCode::OK, headers, channel_body(rx))
 }
 
 async fn replicate(State(api): State<Arc<StoreApi>>, body: Body) -> Response {

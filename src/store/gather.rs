@@ -27,7 +27,7 @@ use super::api::{Output, Stats, stats_headers};
 use super::hits::Buckets;
 use super::query::QueryParams;
 use crate::cluster::{Peers, Role};
-use crate::http::{self, Client, channel_body, text};
+use crate::http::{self, Client, channel_body, text, text_body};
 use crate::merge::{self, Source};
 use crate::metrics::Metrics;
 use crate::search::Matcher;
@@ -161,27 +161,18 @@ async fn query(
         Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let (total, scanned, bodies) = match scatter(&gw, &method, raw, &params, Output::Records).await
-    {
+    let gathered = match scatter(&gw, &method, raw, &params, Output::Records).await {
         Ok(g) => g,
         Err(r) => return r,
     };
-    let mut headers = stats_headers(&params, &total, started.elapsed());
-    if let Some(n) = scanned.and_then(|n| axum::http::HeaderValue::from_str(&n.to_string()).ok()) {
-        headers.insert("X-Oklog-Bytes-Scanned", n);
-    }
-    let status = if total.errors > 0 {
-        StatusCode::PARTIAL_CONTENT
-    } else {
-        StatusCode::OK
-    };
+    let (status, headers) = (gathered.status(), gathered.headers(&params, started));
     if method == Method::HEAD {
         return (status, headers, Body::empty()).into_response();
     }
     (
         status,
         headers,
-        merged_body(bodies, Arc::clone(&gw.metrics)),
+        merged_body(gathered.bodies, Arc::clone(&gw.metrics)),
     )
         .into_response()
 }
@@ -204,19 +195,16 @@ async fn hits(
         Ok(b) => b,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let (total, scanned, bodies) = match scatter(&gw, &method, raw, &params, Output::Ulids).await {
+    let mut gathered = match scatter(&gw, &method, raw, &params, Output::Ulids).await {
         Ok(g) => g,
         Err(r) => return r,
     };
-    let status = if total.errors > 0 {
-        StatusCode::PARTIAL_CONTENT
-    } else {
-        StatusCode::OK
-    };
+    let status = gathered.status();
     if method == Method::HEAD {
-        let headers = stats_headers(&params, &total, started.elapsed());
+        let headers = gathered.headers(&params, started);
         return (status, headers, Body::empty()).into_response();
     }
+    let bodies = std::mem::take(&mut gathered.bodies);
     let receivers = body_sources(bodies, Arc::clone(&gw.metrics));
     let counted = tokio::task::spawn_blocking(move || {
         let mut sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
@@ -232,10 +220,7 @@ async fn hits(
         Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };
-    let mut headers = stats_headers(&params, &total, started.elapsed());
-    if let Some(n) = scanned.and_then(|n| axum::http::HeaderValue::from_str(&n.to_string()).ok()) {
-        headers.insert("X-Oklog-Bytes-Scanned", n);
-    }
+    let mut headers = gathered.headers(&params, started);
     headers.insert(
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("application/json"),
@@ -245,15 +230,48 @@ async fn hits(
     (status, headers, body).into_response()
 }
 
-/// Ask every store node the same (pinned) question and sum their stats; the bodies of those
-/// that answered are returned with their addresses. No store node at all is a 503.
+/// What every store node answered to one scattered question.
+struct Gathered {
+    /// Their stats, summed.
+    total: Stats,
+    /// Bytes they scanned, summed (GET only).
+    scanned: Option<u64>,
+    /// The bodies of those that answered, with their addresses.
+    bodies: Vec<(String, Body)>,
+}
+
+impl Gathered {
+    /// 206 when some node failed, else 200.
+    fn status(&self) -> StatusCode {
+        if self.total.errors > 0 {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        }
+    }
+
+    /// The `X-Oklog-*` headers of the gathered answer.
+    fn headers(&self, params: &QueryParams, started: Instant) -> HeaderMap {
+        let mut headers = stats_headers(params, &self.total, started.elapsed());
+        if let Some(n) = self
+            .scanned
+            .and_then(|n| axum::http::HeaderValue::from_str(&n.to_string()).ok())
+        {
+            headers.insert("X-Oklog-Bytes-Scanned", n);
+        }
+        headers
+    }
+}
+
+/// Ask every store node the same (pinned) question and sum their stats. No store node at all
+/// is a 503.
 async fn scatter(
     gw: &Gateway,
     method: &Method,
     raw: Option<String>,
     params: &QueryParams,
     output: Output,
-) -> Result<(Stats, Option<u64>, Vec<(String, Body)>), Response> {
+) -> Result<Gathered, Response> {
     let peers = gw.peers.current(Role::Store);
     if peers.is_empty() {
         return Err(text(
@@ -293,7 +311,11 @@ async fn scatter(
             }
         }
     }
-    Ok((total, scanned, bodies))
+    Ok(Gathered {
+        total,
+        scanned,
+        bodies,
+    })
 }
 
 /// `GET /store/stream?q=&regex=&window=`: live records from every store node, deduplicated
@@ -322,12 +344,7 @@ async fn stream(
     let body = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|o| o.map(Ok::<_, io::Error>))
     });
-    let mut r = (StatusCode::OK, Body::from_stream(body)).into_response();
-    r.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+    text_body(StatusCode::OK, HeaderMap::new(), Body::from_stream(body))
 }
 
 /// The raw query string with `from` and `to` replaced by the gateway's parse (as ULIDs of
