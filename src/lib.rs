@@ -25,4 +25,5 @@ pub mod record;
 pub mod search;
 pub mod store;
 pub mod stream;
+pub mod throttle;
 pub mod ui;

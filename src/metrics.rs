@@ -65,6 +65,9 @@ pub struct Metrics {
     pub store_consumer_lag_seconds: Gauge<f64, AtomicU64>,
     /// Connected ingest clients by `modality` (fast, durable, bulk).
     pub connected_clients: Family<Labels, Gauge>,
+    /// Ingest connections refused (reset) by `modality` because `-ingest.max-connections` were
+    /// open.
+    pub ingest_refused_connections: Family<Labels, Counter>,
     /// Bytes written to ingest segments.
     pub ingest_bytes_written: Counter,
     /// Records written to ingest segments.
@@ -157,6 +160,11 @@ impl Metrics {
             "oklog_connected_clients",
             "Number of currently connected clients by modality",
             m.connected_clients.clone(),
+        );
+        r.register(
+            "oklog_ingest_refused_connections",
+            "Ingest connections refused (reset) because -ingest.max-connections were open, by modality",
+            m.ingest_refused_connections.clone(),
         );
         r.register(
             "oklog_ingest_writer_bytes_written",

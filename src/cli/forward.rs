@@ -4,8 +4,10 @@
 //! record as a printf format); a write that failed is sent again on the next connection; a
 //! broken connection is closed; names are resolved again on every reconnect; bare
 //! `host:port` works; lines have no length limit. At stdin's EOF the forwarder half-closes and
-//! exits 0 only once the ingester's EOF confirms everything arrived (DESIGN.md §10).
-//! Resending after a failure may duplicate records (under new ULIDs); nothing is dropped.
+//! exits 0 only once the ingester confirms everything arrived (DESIGN.md §10). Only bytes the
+//! ingester did not acknowledge are sent again after a failure ([`Conn`]); records it stored
+//! but had not acknowledged yet when it died are then stored twice (under new ULIDs); nothing
+//! is dropped.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -207,54 +209,246 @@ fn emit(data: &[u8], prefix: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>)
 /// A connection to one of the ingesters, re-established (with backoff, rotating through the
 /// addresses, resolving names again) whenever it breaks.
 ///
-/// An ingester acknowledges a connection only by closing it after everything it read is written
-/// (and, on the durable port, fsynced). So the forwarder keeps every byte sent on the current
-/// connection until that acknowledgement: if the connection breaks first, all of it is sent
-/// again on the next one (records may then be stored twice, never lost). Every
-/// [`REPLAY_MAX`] bytes, at a line boundary, the connection is closed, acknowledged and replaced,
-/// which bounds that memory.
+/// Every byte sent is kept until the ingester acknowledges it (README "Forward and
+/// acknowledgement"). Our ingesters greet a connection with `OKLOG-ACK/1` and then write the
+/// offset up to which they stored its input, as it advances; a thread per connection reads
+/// those, and the bytes before the offset are let go. When a connection ends, only what was
+/// not acknowledged is sent on the next one, so an ingester that stops gracefully (and
+/// acknowledges everything it stored before closing) costs no duplicates, and a killed one at
+/// most what it stored in its last [`crate::ingest::conn::ACK_EVERY`]. An ingester that does not
+/// greet (the Go original) acknowledges a connection only by closing it after stdin's EOF, so
+/// then every [`REPLAY_MAX`] bytes, at a line boundary, the connection is closed, confirmed and
+/// replaced, which bounds the bytes kept.
 struct Conn {
     addrs: Vec<Addr>,
     next: usize,
-    stream: Option<TcpStream>,
+    link: Option<Link>,
     backoff: Duration,
-    /// Everything written on the current connection and not yet acknowledged.
+    /// `replay[head..]`: the bytes not yet acknowledged, from connection offset `replay_at` on
+    /// (the acknowledged ones before `head` are dropped once they are half the buffer).
     replay: Vec<u8>,
+    head: usize,
+    replay_at: u64,
     metrics: Arc<Metrics>,
 }
 
-/// Unacknowledged bytes kept before a connection is cycled (16 MiB).
+/// Unacknowledged bytes kept before the forwarder waits for acknowledgements (or, with an
+/// ingester that sends none, cycles the connection): 16 MiB.
 const REPLAY_MAX: usize = 16 << 20;
+/// How long the forwarder waits for an acknowledgement to free room before it gives the
+/// ingester up and sends the unacknowledged bytes elsewhere.
+const ACK_STALL: Duration = Duration::from_secs(30);
+/// The longest pause between connection attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// One live connection and what its ingester acknowledged.
+struct Link {
+    stream: TcpStream,
+    /// Bytes written on this connection.
+    sent: u64,
+    acks: Arc<AckState>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the reader thread learned from the ingester.
+#[derive(Default)]
+struct AckState {
+    inner: std::sync::Mutex<Acked>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Acked {
+    /// The ingester greeted with `OKLOG-ACK/1`.
+    greeted: bool,
+    /// Input bytes of this connection the ingester stored.
+    offset: u64,
+    /// The ingester closed its side (`Some(true)` gracefully, `Some(false)` with a reset).
+    closed: Option<bool>,
+}
+
+impl AckState {
+    fn get(&self) -> Acked {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Acked)) {
+        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()));
+        self.changed.notify_all();
+    }
+
+    /// Wait until `done` holds or `timeout` passes; returns the last state.
+    fn wait(&self, timeout: Duration, done: impl Fn(&Acked) -> bool) -> Acked {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |a| !done(a))
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+}
+
+/// Read the ingester's greeting and acknowledged offsets until the connection ends.
+fn read_acks(stream: TcpStream, acks: Arc<AckState>) {
+    let mut r = io::BufReader::with_capacity(4096, &stream);
+    let mut line = Vec::new();
+    let mut first = true;
+    let graceful = loop {
+        line.clear();
+        match io::BufRead::read_until(&mut r, b'\n', &mut line) {
+            Ok(0) => break true,
+            Ok(_) if line.last() != Some(&b'\n') => break true, // EOF mid-line
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break false,
+        }
+        if std::mem::take(&mut first) {
+            if line == crate::ingest::conn::ACK_GREETING {
+                acks.update(|a| a.greeted = true);
+                continue;
+            }
+            // Not an ingester of ours: nothing it says is an acknowledgement.
+            let _ = io::copy(&mut r, &mut io::sink());
+            break true;
+        }
+        let offset = std::str::from_utf8(&line[..line.len() - 1])
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok());
+        match offset {
+            Some(o) => acks.update(|a| a.offset = a.offset.max(o)),
+            None => {
+                tracing::warn!(line = %String::from_utf8_lossy(&line), "unexpected line from the ingester");
+            }
+        }
+    };
+    acks.update(|a| a.closed = Some(graceful));
+    // The ingester is done with this connection: make a blocked write fail now.
+    let _ = stream.shutdown(Shutdown::Both);
+}
 
 impl Conn {
     fn new(addrs: Vec<Addr>, metrics: Arc<Metrics>) -> Self {
         Conn {
             addrs,
             next: 0,
-            stream: None,
+            link: None,
             backoff: Duration::ZERO,
             replay: Vec::new(),
+            head: 0,
+            replay_at: 0,
             metrics,
         }
     }
 
-    /// Connect (retrying forever, with backoff) if not connected.
+    /// Wait for the next attempt: exponential, capped, with jitter (so a fleet of forwarders
+    /// facing a refusing ingester does not reconnect in step).
+    fn pause(&mut self) {
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(16), BACKOFF_MAX);
+        let jitter = rand::random_range(0.5..=1.0);
+        std::thread::sleep(self.backoff.mul_f64(jitter));
+    }
+
+    /// Connect (retrying forever, with backoff) if not connected, and send every
+    /// unacknowledged byte on the new connection.
     fn connect(&mut self) {
-        while self.stream.is_none() {
+        while self.link.is_none() {
             let addr = &self.addrs[self.next % self.addrs.len()];
             self.next += 1;
-            match dial(addr) {
-                Ok(s) => {
-                    tracing::debug!(ingester = %addr, "connected");
-                    self.stream = Some(s);
+            let link = dial(addr).and_then(|stream| {
+                // Ask for acknowledgements, out of band: an ingester that does not know them
+                // (the original) never sees the request.
+                socket2::SockRef::from(&stream)
+                    .send_out_of_band(&[crate::ingest::conn::ACK_REQUEST])?;
+                let acks = Arc::new(AckState::default());
+                let theirs = stream.try_clone()?;
+                let a = Arc::clone(&acks);
+                let reader = std::thread::Builder::new()
+                    .name("forward-acks".into())
+                    .spawn(move || read_acks(theirs, a))?;
+                Ok(Link {
+                    stream,
+                    sent: 0,
+                    acks,
+                    reader: Some(reader),
+                })
+            });
+            match link {
+                Ok(mut link) => {
+                    tracing::debug!(ingester = %addr, resend = self.unacked(), "connected");
+                    match link.stream.write_all(&self.replay[self.head..]) {
+                        Ok(()) => {
+                            link.sent = self.unacked() as u64;
+                            self.replay_at = 0;
+                            self.link = Some(link);
+                        }
+                        Err(e) => {
+                            self.metrics.forward_disconnects.inc();
+                            tracing::warn!(ingester = %addr, error = %e, "resending to ingester failed");
+                            self.drop_link(link);
+                            self.pause();
+                        }
+                    }
                 }
                 Err(e) => {
-                    self.backoff = (self.backoff * 2)
-                        .clamp(Duration::from_millis(16), Duration::from_millis(1024));
-                    tracing::warn!(ingester = %addr, error = %e, backoff = ?self.backoff, "connecting to ingester failed");
-                    std::thread::sleep(self.backoff);
+                    tracing::warn!(ingester = %addr, error = %e, "connecting to ingester failed");
+                    self.pause();
                 }
             }
+        }
+    }
+
+    /// Let go of the bytes acknowledged on the current connection.
+    fn trim(&mut self) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let acked = link.acks.get().offset;
+        if acked > self.replay_at {
+            let n = ((acked - self.replay_at) as usize).min(self.unacked());
+            self.head += n;
+            self.replay_at += n as u64;
+            if self.head * 2 >= self.replay.len() {
+                self.replay.drain(..self.head);
+                self.head = 0;
+            }
+            // Progress: the ingester is healthy again.
+            self.backoff = Duration::ZERO;
+        }
+    }
+
+    /// Bytes sent and not yet acknowledged.
+    fn unacked(&self) -> usize {
+        self.replay.len() - self.head
+    }
+
+    /// The connection is over: wait for its reader (so every acknowledgement that arrived is
+    /// counted), let go of what it acknowledged, and close it.
+    fn end_link(&mut self) {
+        if let Some(mut link) = self.link.take() {
+            let _ = link.stream.shutdown(Shutdown::Write);
+            // A reader that does not finish soon (an ingester that stopped answering) is cut off.
+            link.acks
+                .wait(Duration::from_secs(5), |a| a.closed.is_some());
+            let _ = link.stream.shutdown(Shutdown::Both);
+            if let Some(r) = link.reader.take() {
+                let _ = r.join();
+            }
+            self.link = Some(link);
+            self.trim();
+            if let Some(link) = self.link.take() {
+                let a = link.acks.get();
+                if a.offset == 0 && link.sent > 0 && a.greeted {
+                    // A connection that stored nothing: do not hammer it.
+                    self.pause();
+                }
+            }
+        }
+    }
+
+    fn drop_link(&mut self, mut link: Link) {
+        let _ = link.stream.shutdown(Shutdown::Both);
+        if let Some(r) = link.reader.take() {
+            let _ = r.join();
         }
     }
 
@@ -263,78 +457,122 @@ impl Conn {
         if bytes.is_empty() {
             return Ok(());
         }
+        self.trim();
+        if self
+            .link
+            .as_ref()
+            .is_some_and(|l| l.acks.get().closed.is_some())
+        {
+            // The ingester closed this connection (it is stopping): go elsewhere.
+            self.metrics.forward_disconnects.inc();
+            tracing::info!("ingester closed the connection; reconnecting");
+            self.end_link();
+        }
         self.replay.extend_from_slice(bytes);
-        self.write_unsent(bytes.len());
+        self.write_fresh(bytes.len());
         self.metrics.forward_records.inc_by(records);
         self.metrics.forward_bytes.inc_by(bytes.len() as u64);
-        if line_end && self.replay.len() >= REPLAY_MAX {
-            self.confirm()?;
+        if line_end && self.unacked() >= REPLAY_MAX {
+            self.make_room()?;
         }
         Ok(())
     }
 
-    /// Write the last `fresh` bytes of the replay buffer; on a new connection, all of it.
-    fn write_unsent(&mut self, fresh: usize) {
-        let mut start = self.replay.len() - fresh;
+    /// Write the last `fresh` bytes of the replay buffer (on a new connection, all of it).
+    fn write_fresh(&mut self, fresh: usize) {
         loop {
-            if self.stream.is_none() {
-                start = 0;
-                self.connect();
+            if self.link.is_none() {
+                self.connect(); // sends the whole replay buffer
+                return;
             }
-            let Conn { stream, replay, .. } = self;
-            let Some(stream) = stream.as_mut() else {
-                continue;
-            };
-            match stream.write_all(&replay[start..]) {
+            let Conn { link, replay, .. } = self;
+            let link = link.as_mut().expect("connected");
+            match link.stream.write_all(&replay[replay.len() - fresh..]) {
                 Ok(()) => {
-                    self.backoff = Duration::ZERO;
+                    link.sent += fresh as u64;
+                    if !link.acks.get().greeted {
+                        self.backoff = Duration::ZERO;
+                    }
                     return;
                 }
                 Err(e) => {
                     self.metrics.forward_disconnects.inc();
-                    tracing::warn!(error = %e, "write to ingester failed; reconnecting and resending");
-                    self.stream = None; // dropping closes it
+                    tracing::warn!(error = %e, "write to ingester failed; reconnecting and resending what it did not acknowledge");
+                    self.end_link();
                 }
             }
         }
     }
 
-    /// Half-close and wait for the ingester's EOF, which acknowledges everything sent on this
-    /// connection. If the connection breaks instead, send everything again on a new one.
+    /// The replay buffer is full: wait for acknowledgements, or with an ingester that sends
+    /// none, confirm the connection by closing it.
+    fn make_room(&mut self) -> anyhow::Result<()> {
+        let greeted = self.link.as_ref().is_some_and(|l| l.acks.get().greeted);
+        if !greeted {
+            return self.confirm();
+        }
+        while self.unacked() >= REPLAY_MAX {
+            let Some(link) = &self.link else {
+                self.connect();
+                continue;
+            };
+            let want = self.replay_at + (self.unacked() - REPLAY_MAX / 2) as u64;
+            let a = link
+                .acks
+                .wait(ACK_STALL, |a| a.offset >= want || a.closed.is_some());
+            self.trim();
+            if a.closed.is_some() || (a.offset < want && self.unacked() >= REPLAY_MAX) {
+                self.metrics.forward_disconnects.inc();
+                tracing::warn!("ingester stopped acknowledging; sending to the next one");
+                self.end_link();
+                self.connect();
+            }
+        }
+        Ok(())
+    }
+
+    /// Half-close and wait until the ingester has acknowledged everything sent: by its final
+    /// offset and EOF, or (an ingester that sends no offsets) by its EOF alone. Whatever was
+    /// not acknowledged is sent again on a new connection.
     fn confirm(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            if self.replay.is_empty() {
-                self.stream = None;
+            self.trim();
+            if self.unacked() == 0 {
+                if let Some(link) = self.link.take() {
+                    self.drop_link(link);
+                }
                 return Ok(());
             }
-            if self.stream.is_none() {
-                self.write_unsent(self.replay.len());
+            if self.link.is_none() {
+                self.connect();
             }
-            let Some(stream) = self.stream.as_mut() else {
+            let Some(link) = &self.link else {
                 continue;
             };
-            match wait_eof(stream, CONFIRM_TIMEOUT.saturating_sub(started.elapsed())) {
-                Ok(()) => {
-                    tracing::debug!(bytes = self.replay.len(), "ingester acknowledged");
+            let _ = link.stream.shutdown(Shutdown::Write);
+            let left = CONFIRM_TIMEOUT.saturating_sub(started.elapsed());
+            let a = link.acks.wait(left, |a| a.closed.is_some());
+            match a.closed {
+                None => bail!("the ingester did not acknowledge within {CONFIRM_TIMEOUT:?}"),
+                Some(true) if !a.greeted => {
+                    // The original's ingester: its close after our EOF acknowledges everything.
+                    tracing::debug!(bytes = self.unacked(), "ingester acknowledged");
                     self.replay.clear();
-                    self.stream = None;
-                    return Ok(());
+                    self.head = 0;
                 }
-                Err(e)
-                    if e.kind() == io::ErrorKind::TimedOut
-                        || e.kind() == io::ErrorKind::WouldBlock =>
-                {
-                    bail!("the ingester did not acknowledge within {CONFIRM_TIMEOUT:?}");
+                Some(_) => {}
+            }
+            self.end_link();
+            if self.unacked() > 0 {
+                if started.elapsed() >= CONFIRM_TIMEOUT {
+                    bail!("the ingester did not acknowledge everything within {CONFIRM_TIMEOUT:?}");
                 }
-                Err(e) => {
-                    if started.elapsed() >= CONFIRM_TIMEOUT {
-                        bail!("the ingester did not acknowledge: {e}");
-                    }
-                    self.metrics.forward_disconnects.inc();
-                    tracing::warn!(error = %e, "acknowledgement failed; sending again");
-                    self.stream = None;
-                }
+                self.metrics.forward_disconnects.inc();
+                tracing::warn!(
+                    unacknowledged = self.unacked(),
+                    "connection ended before everything was acknowledged; sending the rest again"
+                );
             }
         }
     }
@@ -360,19 +598,6 @@ pub(super) fn dial(addr: &Addr) -> io::Result<TcpStream> {
         }
     }
     Err(last)
-}
-
-/// Half-close and read until EOF (the ingester sends nothing else).
-fn wait_eof(stream: &mut TcpStream, timeout: Duration) -> io::Result<()> {
-    stream.shutdown(Shutdown::Write)?;
-    stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-    let mut buf = [0u8; 512];
-    loop {
-        match stream.read(&mut buf)? {
-            0 => return Ok(()),
-            _ => continue,
-        }
-    }
 }
 
 #[cfg(test)]

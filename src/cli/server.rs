@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -20,6 +19,7 @@ use super::flags::{Args, Flag, Kind, flag};
 use crate::cluster::gossip::Gossip;
 use crate::cluster::{Membership, Peers, Role, advertise, state_json};
 use crate::http;
+use crate::ingest::conn::ConnLimits;
 use crate::ingest::{IngestApi, IngestLog, Ingester, Modality, Rotation, conn};
 use crate::metrics::{Labels, Metrics};
 use crate::record::{FramerConfig, TopicMode, is_valid_topic};
@@ -137,6 +137,18 @@ pub fn ingest_flags(ns: &str) -> Vec<Flag> {
             Kind::Duration,
             "1m",
             "claimed but uncommitted pending segments are failed after this long",
+        ),
+        flag(
+            "ingest.max-connections",
+            Kind::Int,
+            "10000",
+            "fast, durable and bulk connections served at once; more are refused",
+        ),
+        flag(
+            "ingest.idle-timeout",
+            Kind::Duration,
+            "1h",
+            "acknowledge and close a fast or durable connection idle this long (0 never)",
         ),
         flag(
             "ingest.max-record-size",
@@ -268,23 +280,26 @@ pub async fn build_ingest(
         ));
     }
     let bulk = Arc::new(crate::ingest::bulk::Waiters::default());
-    let ingester = Arc::new(Ingester {
-        log: Arc::clone(&log),
-        framer: FramerConfig {
+    let idle = args.duration("ingest.idle-timeout");
+    let ingester = Arc::new(Ingester::new(
+        Arc::clone(&log),
+        FramerConfig {
             topic,
             mode,
             max_record_size: max_record_size as usize,
         },
-        rotation: Rotation {
+        Rotation {
             flush_size,
             flush_age: args.duration("ingest.segment-flush-age"),
         },
-        metrics: Arc::clone(metrics),
-        stop: AtomicBool::new(false),
-        live: AtomicUsize::new(0),
-        sync: crate::ingest::sync::SyncGroup::start()?,
-        bulk: Arc::clone(&bulk),
-    });
+        ConnLimits {
+            max_connections: positive(args, "ingest.max-connections")? as usize,
+            idle_timeout: (!idle.is_zero()).then_some(idle),
+        },
+        Arc::clone(metrics),
+        crate::ingest::sync::SyncGroup::start()?,
+        Arc::clone(&bulk),
+    ));
     let api = IngestApi::new(
         Arc::clone(&log),
         args.duration("ingest.segment-pending-timeout"),

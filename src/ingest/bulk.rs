@@ -21,13 +21,16 @@
 //! batch again (same ULIDs, so at worst a duplicate that reads drop).
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::conn::Ingester;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::conn::{Ingester, reply};
 use crate::record::{TopicMode, ULID_LEN, check_record, is_valid_topic};
 
 /// The greeting that opens a bulk connection.
@@ -40,18 +43,18 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Batches waiting for their segment to be committed, by segment file stem.
 #[derive(Debug, Default)]
 pub struct Waiters {
-    map: Mutex<HashMap<String, SyncSender<()>>>,
+    map: Mutex<HashMap<String, oneshot::Sender<()>>>,
 }
 
 impl Waiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SyncSender<()>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<()>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A store node committed the segment with this stem (called by the ingest API).
     pub fn committed(&self, stem: &str) {
         if let Some(tx) = self.lock().remove(stem) {
-            let _ = tx.try_send(());
+            let _ = tx.send(());
         }
     }
 }
@@ -95,17 +98,46 @@ pub fn to_records(batch: &[u8], topic: &str, mode: TopicMode) -> Result<(Vec<u8>
     Ok((out, n))
 }
 
-/// Serve one bulk connection until it ends.
-pub fn handle(mut stream: TcpStream, ing: &Ingester, waiters: &Arc<Waiters>) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(300)))?;
+/// How long a bulk connection may send nothing while a batch (or the greeting) is expected.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Serve one bulk connection; closes it gracefully once every batch was answered.
+pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ing: &Ingester) {
+    let mut stream = stream;
+    match handle(&mut stream, ing).await {
+        Ok(()) => {
+            // Every batch was answered: close gracefully.
+            let _ = super::conn::reset_on_close(&stream, false);
+            let _ = stream.shutdown().await;
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "bulk connection ended"),
+    }
+}
+
+/// Read exactly `buf.len()` bytes, each read within [`READ_TIMEOUT`].
+async fn read_exact(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = tokio::time::timeout(READ_TIMEOUT, stream.read(&mut buf[got..]))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "bulk client idle"))??;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+    }
+    Ok(())
+}
+
+async fn handle(stream: &mut TcpStream, ing: &Ingester) -> io::Result<()> {
     let mut greeting = [0u8; GREETING.len()];
-    stream.read_exact(&mut greeting)?;
+    read_exact(stream, &mut greeting).await?;
     if greeting != GREETING {
-        return reply(&mut stream, "ERR not an OKLOG-BULK/1 stream");
+        return reply(stream, "ERR not an OKLOG-BULK/1 stream").await;
     }
     loop {
         let mut len = [0u8; 4];
-        match stream.read_exact(&mut len) {
+        match read_exact(stream, &mut len).await {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
@@ -113,24 +145,26 @@ pub fn handle(mut stream: TcpStream, ing: &Ingester, waiters: &Arc<Waiters>) -> 
         let len = u32::from_be_bytes(len) as usize;
         if len > MAX_BATCH {
             return reply(
-                &mut stream,
+                stream,
                 &format!("ERR batch of {len} bytes is over the limit of {MAX_BATCH}"),
-            );
+            )
+            .await;
         }
         let mut batch = vec![0u8; len];
-        stream.read_exact(&mut batch)?;
+        read_exact(stream, &mut batch).await?;
         let (records, n) = match to_records(&batch, &ing.framer.topic, ing.framer.mode) {
             Ok(r) => r,
             Err(BadBatch(why)) => {
-                reply(&mut stream, &format!("ERR {why}"))?;
+                reply(stream, &format!("ERR {why}")).await?;
                 continue;
             }
         };
+        drop(batch);
         if n == 0 {
-            reply(&mut stream, "OK 0")?;
+            reply(stream, "OK 0").await?;
             continue;
         }
-        let answer = match store_and_wait(&records, ing, waiters) {
+        let answer = match store_and_wait(&records, ing, &ing.bulk).await {
             Ok(()) => {
                 ing.metrics.ingest_records_written.inc_by(n);
                 ing.metrics
@@ -140,36 +174,35 @@ pub fn handle(mut stream: TcpStream, ing: &Ingester, waiters: &Arc<Waiters>) -> 
             }
             Err(e) => format!("ERR {e}"),
         };
-        reply(&mut stream, &answer)?;
+        reply(stream, &answer).await?;
     }
-}
-
-fn reply(stream: &mut TcpStream, line: &str) -> io::Result<()> {
-    stream.write_all(format!("{line}\n").as_bytes())
 }
 
 /// Write the batch as one flushed segment and wait until a store node commits it.
-fn store_and_wait(records: &[u8], ing: &Ingester, waiters: &Arc<Waiters>) -> io::Result<()> {
-    let (mut file, path) = ing.log.create()?;
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default()
-        .to_string();
-    // Register before the segment can be seen, so the commit cannot be missed.
-    let (tx, rx) = sync_channel(1);
-    waiters.lock().insert(stem.clone(), tx);
-    let written = file
-        .write_all(records)
-        .and_then(|()| ing.log.close(file, &path, records.len() as u64));
-    if let Err(e) = written {
-        waiters.lock().remove(&stem);
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
-    }
-    match rx.recv_timeout(COMMIT_TIMEOUT) {
-        Ok(()) => Ok(()),
-        Err(_) => {
+async fn store_and_wait(records: &[u8], ing: &Ingester, waiters: &Arc<Waiters>) -> io::Result<()> {
+    let (tx, rx) = oneshot::channel();
+    let stem = tokio::task::block_in_place(|| -> io::Result<String> {
+        let (mut file, path) = ing.log.create()?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        // Register before the segment can be seen, so the commit cannot be missed.
+        waiters.lock().insert(stem.clone(), tx);
+        let written = file
+            .write_all(records)
+            .and_then(|()| ing.log.close(file, &path, records.len() as u64));
+        if let Err(e) = written {
+            waiters.lock().remove(&stem);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(stem)
+    })?;
+    match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+        Ok(Ok(())) => Ok(()),
+        _ => {
             waiters.lock().remove(&stem);
             Err(io::Error::new(
                 io::ErrorKind::TimedOut,

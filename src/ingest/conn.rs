@@ -1,46 +1,85 @@
 //! The fast, durable and bulk listeners, and the handler that turns one connection into
 //! records in its own active segment.
 //!
-//! Each connection runs on its own thread with blocking reads and writes: the work is a memchr
-//! over large buffers and sequential file writes, and a thread keeps fsync and file I/O off the
-//! async workers that serve HTTP. A connection is acknowledged only by its close (DESIGN.md §10
-//! "Durable writes"): after the client half-closes, the handler writes (and for durable
-//! connections fsyncs) everything it read, then closes its side gracefully. Every socket is
-//! set to reset on close until then, so any other ending (an I/O error, shutdown, the process
-//! being killed) is a reset that a client never mistakes for an acknowledgement.
+//! # Acknowledgement (README "Forward and acknowledgement")
+//!
+//! A client asks for acknowledgements by sending one byte of TCP urgent data,
+//! [`ACK_REQUEST`], before anything else. Urgent data is outside the byte stream (neither the
+//! Go ingester nor ours reads it inline), so the Go ingester never sees the request and stores
+//! nothing of it. To a client that asked, the ingester writes [`ACK_GREETING`]
+//! (`OKLOG-ACK/1\n`) and then, every time it has written (fast) or fsynced (durable) the
+//! records of the input up to some byte offset, that offset as a decimal line (`4096\n`).
+//! Offsets count the connection's input bytes and fall just after a `\n`, so everything
+//! before an acknowledged offset is stored and nothing after it is. Our forwarder keeps only
+//! unacknowledged bytes for resending. Clients that did not ask (the Go forwarder, `nc`) are
+//! sent nothing, as before: a Go forwarder never reads its socket, and unread bytes there would
+//! turn its final close into a reset that discards its last unsent records. Acknowledgements
+//! never block the ingester: one that does not fit in the send buffer is coalesced into the
+//! next.
+//!
+//! Endings:
+//! - the client half-closes (stdin's EOF): everything is written and fsynced, the final offset
+//!   is sent, and the connection is closed gracefully (FIN), as before acknowledgements existed:
+//!   the Go forwarder and ours both take that close as the acknowledgement of everything;
+//! - the node stops (or the connection idles past `-ingest.idle-timeout`): reading stops, the
+//!   complete lines read so far are written and fsynced, their offset is sent, then FIN; what
+//!   was not acknowledged was not stored, so a forwarder resends exactly that: no duplicates;
+//! - anything else (an I/O error, the process being killed): the socket resets (linger 0) and
+//!   the client resends what was not acknowledged. Acknowledgements go out at least every
+//!   [`ACK_EVERY`], which bounds what a kill makes a forwarder send twice.
+//!
+//! Connections are tasks on the node's runtime, not threads: an idle connection holds no
+//! buffers (they are allocated when data arrives and given back when it stops), so thousands of
+//! them cost a socket and a few hundred bytes each. Segment writes and rotations, which may
+//! block on the disk, run in `block_in_place`; durable fsyncs go through the group commit
+//! thread ([`super::sync`]).
 
-use std::io::{self, Read};
-use std::net::{Shutdown, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::IngestLog;
 use super::writer::{Rotation, SegmentWriter};
 use crate::gotime::now_ms;
 use crate::metrics::Metrics;
 use crate::record::{Framer, FramerConfig, FramerStats};
+use crate::throttle::Throttle;
 
-/// Bytes read from a socket at once (256 KiB).
+/// The urgent byte (TCP out-of-band data) a client sends first to ask for acknowledgements. A
+/// newline, so that a path which clears the urgent flag turns it into an empty line at worst.
+pub const ACK_REQUEST: u8 = b'\n';
+/// The first bytes an ingester writes to a client that asked for acknowledgements: acknowledged
+/// offsets follow, one decimal number per line.
+pub const ACK_GREETING: &[u8] = b"OKLOG-ACK/1\n";
+/// Records read are written (and acknowledged) at least this often while data flows.
+pub const ACK_EVERY: Duration = Duration::from_millis(50);
+/// A read buffer starts this small (16 KiB) and grows when a read fills it.
+const SMALL_BUF: usize = 16 << 10;
+/// The largest read buffer (256 KiB).
 const READ_BUF: usize = 256 << 10;
 /// Records are buffered up to this many bytes (1 MiB) before a fast connection writes them.
 const WRITE_BUF: usize = 1 << 20;
-/// How often an idle connection wakes to flush, rotate by age, or notice shutdown.
-const IDLE_WAKE: Duration = Duration::from_millis(100);
-/// At most this many connections are served at once (per listener); more wait in the backlog.
-pub const MAX_CONNECTIONS: usize = 4096;
+/// A connection that has read nothing for this long gives its buffers back.
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
+/// How long a stopping connection waits to hand its final acknowledgement over, and then for
+/// the client to close.
+const FINAL_WAIT: Duration = Duration::from_secs(1);
 
 /// How a listener treats its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Modality {
     /// Buffered writes, no fsync.
     Fast,
-    /// fsync after every batch read, before reading more.
+    /// fsync after every batch read, before acknowledging it.
     Durable,
-    /// Length-prefixed segments (not implemented yet: connections are closed).
+    /// Length-prefixed batches acknowledged once stored N ways ([`super::bulk`]).
     Bulk,
 }
 
@@ -55,6 +94,25 @@ impl Modality {
     }
 }
 
+/// Limits on ingest connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Connections served at once, all ingest listeners together; more are refused (reset).
+    pub max_connections: usize,
+    /// A fast or durable connection that sends nothing for this long is acknowledged and
+    /// closed; `None` never.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 10_000,
+            idle_timeout: Some(Duration::from_secs(3600)),
+        }
+    }
+}
+
 /// What every connection handler needs.
 #[derive(Debug)]
 pub struct Ingester {
@@ -64,26 +122,66 @@ pub struct Ingester {
     pub framer: FramerConfig,
     /// Segment rotation.
     pub rotation: Rotation,
+    /// Connection limits.
+    pub limits: ConnLimits,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Set when the process shuts down: handlers flush and close.
-    pub stop: AtomicBool,
-    /// Live connection handlers.
-    pub live: AtomicUsize,
     /// Group commit for durable connections.
     pub sync: super::sync::SyncGroup,
     /// Bulk batches waiting for their segment's commit.
     pub bulk: Arc<super::bulk::Waiters>,
+    /// Turns true when the node stops: handlers acknowledge what they stored and close.
+    stop: watch::Sender<bool>,
+    /// Live connection handlers.
+    live: AtomicUsize,
+    /// Rate limit of the "connection refused" and "write failed" log lines.
+    refused_log: Throttle,
+    failed_log: Throttle,
 }
 
 impl Ingester {
-    /// Stop every connection handler and wait (up to `timeout`) for them to flush.
+    /// An ingester with no connections yet.
+    pub fn new(
+        log: Arc<IngestLog>,
+        framer: FramerConfig,
+        rotation: Rotation,
+        limits: ConnLimits,
+        metrics: Arc<Metrics>,
+        sync: super::sync::SyncGroup,
+        bulk: Arc<super::bulk::Waiters>,
+    ) -> Ingester {
+        Ingester {
+            log,
+            framer,
+            rotation,
+            limits,
+            metrics,
+            sync,
+            bulk,
+            stop: watch::channel(false).0,
+            live: AtomicUsize::new(0),
+            refused_log: Throttle::new(Duration::from_secs(10)),
+            failed_log: Throttle::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// Connection handlers running now.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Stop every connection handler and wait (up to `timeout`) for them to acknowledge what
+    /// they stored and close.
     pub async fn stop(&self, timeout: Duration) {
-        self.stop.store(true, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.live.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        self.stop.send_replace(true);
+        let deadline = Instant::now() + timeout;
+        while self.live() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
     }
 }
 
@@ -103,217 +201,442 @@ pub async fn serve(
             Ok(a) => a,
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(listener = modality.name(), error = %e, "accept failed");
+                if let Some(held) = ingester.refused_log.allow() {
+                    tracing::warn!(listener = modality.name(), error = %e, suppressed = held, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        if ingester.live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            tracing::warn!(%peer, max = MAX_CONNECTIONS, "too many ingest connections; refusing");
-            drop(stream);
+        // Until a handler acknowledges the connection, any close is a reset, even the kernel's
+        // when this process dies: a client must never take the death of an ingester that had
+        // read its data, but not yet written it, for an acknowledgement.
+        if let Err(e) = reset_on_close(&stream, true) {
+            tracing::debug!(%peer, error = %e, "configuring connection");
             continue;
         }
-        let stream = match stream.into_std().and_then(|s| {
-            s.set_nonblocking(false)?;
-            // Until this handler acknowledges the connection, any close is a reset, even the
-            // kernel's when this process dies: a client must never take the death of an
-            // ingester that had read its data, but not yet written it, for an acknowledgement.
-            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
-            Ok(s)
-        }) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "configuring connection");
-                continue;
-            }
-        };
         let ing = Arc::clone(&ingester);
-        ing.live.fetch_add(1, Ordering::SeqCst);
-        let spawned = std::thread::Builder::new()
-            .name(format!("ingest-{}", modality.name()))
-            .spawn(move || {
-                let gauge = ing
-                    .metrics
-                    .connected_clients
-                    .get_or_create(&vec![("modality", modality.name())])
-                    .clone();
-                gauge.inc();
-                if modality == Modality::Bulk {
-                    handle_bulk(stream, &ing);
-                } else {
-                    handle(stream, modality, &ing);
+        if ing.live.fetch_add(1, Ordering::SeqCst) >= ing.limits.max_connections {
+            ing.live.fetch_sub(1, Ordering::SeqCst);
+            ing.metrics
+                .ingest_refused_connections
+                .get_or_create(&vec![("modality", modality.name())])
+                .inc();
+            if let Some(held) = ing.refused_log.allow() {
+                tracing::warn!(%peer, listener = modality.name(), max = ing.limits.max_connections,
+                    suppressed = held, "too many ingest connections (-ingest.max-connections); refusing (reset)");
+            }
+            drop(stream); // a reset: nothing was acknowledged
+            continue;
+        }
+        let _ = socket2::SockRef::from(&stream).set_keepalive(true);
+        tokio::spawn(async move {
+            let gauge = ing
+                .metrics
+                .connected_clients
+                .get_or_create(&vec![("modality", modality.name())])
+                .clone();
+            gauge.inc();
+            if modality == Modality::Bulk {
+                super::bulk::serve_connection(stream, peer, &ing).await;
+            } else {
+                handle(stream, peer, modality, &ing).await;
+            }
+            gauge.dec();
+            ing.live.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// How a connection's reading ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The client half-closed: everything it sent is to be stored and acknowledged.
+    Eof,
+    /// The node is stopping, or the connection idled out: acknowledge what was stored, close.
+    Stop,
+    /// The connection broke.
+    Broken,
+}
+
+/// The acknowledgements still to be written to the client.
+#[derive(Debug, Default)]
+struct Acks {
+    /// Bytes of the line being written, and how many of them went out.
+    line: Vec<u8>,
+    written: usize,
+    /// The newest offset to acknowledge, and the newest put into `line`.
+    want: u64,
+    queued: u64,
+    /// Writing failed: the client does not read (or is gone); stop trying.
+    broken: bool,
+}
+
+impl Acks {
+    /// Nothing is written until the client asks ([`Acks::requested`]).
+    fn off() -> Acks {
+        Acks {
+            broken: true,
+            ..Acks::default()
+        }
+    }
+
+    /// Whether the client asked for acknowledgements: its first byte was [`ACK_REQUEST`] as
+    /// urgent data. Call before the first normal read: once a read passes the urgent byte, the
+    /// kernel forgets it.
+    fn requested(stream: &TcpStream) -> Acks {
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        match socket2::SockRef::from(stream).recv_out_of_band(&mut byte) {
+            // SAFETY: recv wrote the one byte it reported.
+            Ok(1) if unsafe { byte[0].assume_init() } == ACK_REQUEST => Acks {
+                line: ACK_GREETING.to_vec(),
+                ..Acks::default()
+            },
+            _ => Acks::off(),
+        }
+    }
+
+    /// Write what fits without blocking; `true` once everything wanted is written.
+    fn flush(&mut self, stream: &TcpStream) -> bool {
+        while !self.broken {
+            if self.written < self.line.len() {
+                match stream.try_write(&self.line[self.written..]) {
+                    Ok(n) => self.written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                    Err(_) => self.broken = true,
                 }
-                gauge.dec();
-                ing.live.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            ingester.live.fetch_sub(1, Ordering::SeqCst);
-            tracing::error!(error = %e, "spawning connection thread");
+            } else if self.want > self.queued {
+                // Only whole lines go out, so the newest offset replaces any not yet started.
+                self.line.clear();
+                self.line
+                    .extend_from_slice(self.want.to_string().as_bytes());
+                self.line.push(b'\n');
+                self.written = 0;
+                self.queued = self.want;
+            } else {
+                return true;
+            }
+        }
+        true
+    }
+
+    /// Write everything wanted, waiting up to `wait` for room in the send buffer.
+    async fn flush_all(&mut self, stream: &TcpStream, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while !self.flush(stream) {
+            match tokio::time::timeout_at(deadline, stream.writable()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
         }
     }
 }
 
-fn handle_bulk(stream: TcpStream, ing: &Ingester) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let ours = match stream.try_clone() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "bulk connection");
+/// One connection's input: the framer, its buffers, and the offsets reached.
+struct Pump<'a> {
+    ing: &'a Ingester,
+    durable: bool,
+    framer: Framer,
+    reported: FramerStats,
+    warned_topic: bool,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    /// Input bytes read.
+    read: u64,
+    /// Input offset just after the last `\n` read: the records before it are in `out` or written.
+    framed: u64,
+    /// Input offset whose records are written (and, if durable, fsynced).
+    stored: u64,
+    /// When `out` got its first unwritten record.
+    out_since: Option<Instant>,
+    writer: SegmentWriter,
+}
+
+impl Pump<'_> {
+    /// Frame `n` bytes just read into `buf` (or the end of input when `n` is 0).
+    fn push(&mut self, n: usize) {
+        let now = now_ms() as u64;
+        if n == 0 {
+            self.framer.finish(now, &mut self.out);
+            self.framed = self.read;
+        } else {
+            let data = &self.buf[..n];
+            self.framer.push(data, now, &mut self.out);
+            if let Some(i) = memchr::memrchr(b'\n', data) {
+                self.framed = self.read + i as u64 + 1;
+            }
+            self.read += n as u64;
+        }
+        if !self.out.is_empty() && self.out_since.is_none() {
+            self.out_since = Some(Instant::now());
+        }
+        self.count();
+    }
+
+    /// Whether what is framed should be written now.
+    fn due(&self) -> bool {
+        self.out.len() >= WRITE_BUF
+            || (self.durable && !self.out.is_empty())
+            || self.out_since.is_some_and(|t| t.elapsed() >= ACK_EVERY)
+    }
+
+    /// Write (and for durable connections fsync) what is framed; returns the offset stored.
+    async fn store(&mut self) -> io::Result<u64> {
+        if !self.out.is_empty() {
+            let Pump { writer, out, .. } = self;
+            tokio::task::block_in_place(|| writer.write(out))?;
+            self.ing
+                .metrics
+                .ingest_bytes_written
+                .inc_by(self.out.len() as u64);
+            self.out.clear();
+            self.out_since = None;
+            if self.durable {
+                self.writer.sync(&self.ing.sync).await?;
+                self.ing.metrics.ingest_syncs.inc();
+            }
+        }
+        self.stored = self.framed;
+        Ok(self.stored)
+    }
+
+    /// Rotate the segment by age.
+    fn tick(&mut self) -> io::Result<()> {
+        let writer = &mut self.writer;
+        match writer.until_rotation() {
+            Some(d) if d.is_zero() => tokio::task::block_in_place(|| writer.tick()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Give the buffers back while the connection is quiet.
+    fn shrink(&mut self) {
+        if self.out.is_empty() {
+            self.out = Vec::new();
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Room to read into, grown when the last read filled it.
+    fn room(&mut self, last_filled: bool) -> &mut [u8] {
+        let want = if self.buf.is_empty() {
+            SMALL_BUF
+        } else if last_filled {
+            READ_BUF
+        } else {
+            self.buf.len()
+        };
+        if self.buf.len() < want {
+            self.buf = vec![0; want];
+        }
+        &mut self.buf
+    }
+
+    fn count(&mut self) {
+        let stats = self.framer.stats();
+        if stats == self.reported {
             return;
         }
-    };
-    match super::bulk::handle(stream, ing, &ing.bulk) {
-        Ok(()) => {
-            // Every batch was answered: close gracefully.
-            let _ = socket2::SockRef::from(&ours).set_linger(None);
-            let _ = ours.shutdown(Shutdown::Both);
+        let m = &self.ing.metrics;
+        m.ingest_records_written
+            .inc_by(stats.records - self.reported.records);
+        m.ingest_split_lines
+            .inc_by(stats.split_lines - self.reported.split_lines);
+        m.ingest_invalid_topics
+            .inc_by(stats.invalid_topics - self.reported.invalid_topics);
+        if stats.invalid_topics > 0 && !self.warned_topic {
+            self.warned_topic = true;
+            tracing::warn!(topic = %self.ing.framer.topic,
+                "line without a valid topic stored under the static topic (reported once per connection)");
         }
-        Err(e) => tracing::debug!(%peer, error = %e, "bulk connection ended"),
+        self.reported = stats;
     }
 }
 
-/// How a connection ended.
-enum End {
-    /// The client half-closed and everything it sent is written.
-    Eof,
-    /// Shutdown, or the client's connection broke.
-    Aborted,
-}
-
-fn handle(stream: TcpStream, modality: Modality, ing: &Ingester) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let mut writer = SegmentWriter::new(Arc::clone(&ing.log), ing.rotation);
-    let result = pump(&stream, modality, ing, &mut writer).and_then(|end| {
-        writer.close()?;
-        Ok(end)
-    });
-    match result {
-        Ok(End::Eof) => {
-            // Everything read is in a segment: a graceful close (FIN) is the acknowledgement.
-            let _ = socket2::SockRef::from(&stream).set_linger(None);
-            let _ = stream.shutdown(Shutdown::Both);
+async fn handle(stream: TcpStream, peer: SocketAddr, modality: Modality, ing: &Ingester) {
+    let _ = stream.set_nodelay(true);
+    let mut pump = Pump {
+        ing,
+        durable: modality == Modality::Durable,
+        framer: Framer::new(ing.framer.clone()),
+        reported: FramerStats::default(),
+        warned_topic: false,
+        buf: Vec::new(),
+        out: Vec::new(),
+        read: 0,
+        framed: 0,
+        stored: 0,
+        out_since: None,
+        writer: SegmentWriter::new(Arc::clone(&ing.log), ing.rotation),
+    };
+    let mut acks = Acks::off();
+    let result = read_loop(&stream, &mut pump, &mut acks).await;
+    let result = match result {
+        Ok(end) => {
+            async {
+                // Whatever the ending, the complete records read are kept (a torn line is not).
+                pump.store().await?;
+                let writer = &mut pump.writer;
+                tokio::task::block_in_place(|| writer.close())?;
+                Ok(end)
+            }
+            .await
         }
-        Ok(End::Aborted) => {} // closed with a reset (linger 0) when dropped
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(End::Broken) => {} // reset (linger 0) when dropped
+        Ok(end) => {
+            acks.want = pump.stored;
+            acks.flush_all(&stream, FINAL_WAIT).await;
+            // The FIN follows the final acknowledgement: a client reads the offset, then EOF.
+            let _ = reset_on_close(&stream, false);
+            let mut stream = stream;
+            let _ = stream.shutdown().await;
+            if end == End::Stop {
+                // Whatever the client still sends is not stored; read it until the client,
+                // having seen the EOF, closes (so the close is not a reset that could beat the
+                // acknowledgement), or give up.
+                drain(&mut stream, FINAL_WAIT).await;
+            }
+        }
         Err(e) => {
             ing.metrics.ingest_write_errors.inc();
-            tracing::error!(%peer, listener = modality.name(), error = %e, "ingest write failed; closing connection");
+            if let Some(held) = ing.failed_log.allow() {
+                tracing::error!(%peer, listener = modality.name(), error = %e, suppressed = held,
+                    "ingest write failed; closing connection (reset)");
+            }
         }
     }
 }
 
-fn pump(
-    mut stream: &TcpStream,
-    modality: Modality,
-    ing: &Ingester,
-    writer: &mut SegmentWriter,
-) -> io::Result<End> {
-    stream.set_read_timeout(Some(IDLE_WAKE))?;
-    let durable = modality == Modality::Durable;
-    let mut framer = Framer::new(ing.framer.clone());
-    let mut reported = FramerStats::default();
-    let mut buf = vec![0u8; READ_BUF];
-    let mut out = Vec::with_capacity(WRITE_BUF + READ_BUF * 2);
-    let mut warned_topic = false;
-    let end = loop {
-        if ing.stop.load(Ordering::Relaxed) {
-            break End::Aborted;
+/// Read, frame, store and acknowledge until the connection ends.
+async fn read_loop(stream: &TcpStream, pump: &mut Pump<'_>, acks: &mut Acks) -> io::Result<End> {
+    let ing = pump.ing;
+    let mut stop = ing.stop.subscribe();
+    let mut last_data = Instant::now();
+    let mut filled = false;
+    let mut asked = false;
+    loop {
+        if ing.stopping() {
+            return Ok(End::Stop);
         }
-        let (read, eof) = match stream.read(&mut buf) {
-            Ok(0) => (0, true),
-            Ok(n) => (n, false),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                (0, false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::debug!(error = %e, "ingest connection broke");
-                break End::Aborted;
-            }
+        // The next time something is due without input: a write, a rotation, shrinking, idling out.
+        let mut wake = last_data + SHRINK_AFTER;
+        if let Some(t) = pump.out_since {
+            wake = wake.min(t + ACK_EVERY);
+        }
+        if let Some(d) = pump.writer.until_rotation() {
+            wake = wake.min(Instant::now() + d);
+        }
+        if let Some(idle) = ing.limits.idle_timeout {
+            wake = wake.min(last_data + idle);
+        }
+        let readable = tokio::select! {
+            r = stream.readable() => { r?; true }
+            _ = tokio::time::sleep_until(wake) => false,
+            _ = stop.wait_for(|s| *s) => return Ok(End::Stop),
         };
-        let now = now_ms() as u64;
-        if eof {
-            framer.finish(now, &mut out);
-        } else {
-            framer.push(&buf[..read], now, &mut out);
-        }
-        // Idle, end of input, durable, or a full buffer: write out what is framed.
-        if read == 0 || durable || out.len() >= WRITE_BUF {
-            write_out(writer, &mut out, &ing.metrics)?;
-            if durable {
-                writer.sync(&ing.sync)?;
-                ing.metrics.ingest_syncs.inc();
+        if readable {
+            if !asked {
+                // Until the first byte is read, the request may still arrive (a readiness
+                // event can come before the data does). Once read, it is gone from the kernel.
+                let requested = Acks::requested(stream);
+                if !requested.broken {
+                    asked = true;
+                    *acks = requested;
+                }
             }
-        }
-        let stats = framer.stats();
-        if stats != reported {
-            let m = &ing.metrics;
-            m.ingest_records_written
-                .inc_by(stats.records - reported.records);
-            m.ingest_split_lines
-                .inc_by(stats.split_lines - reported.split_lines);
-            m.ingest_invalid_topics
-                .inc_by(stats.invalid_topics - reported.invalid_topics);
-            if stats.invalid_topics > 0 && !warned_topic {
-                warned_topic = true;
-                tracing::warn!(peer = ?stream.peer_addr().ok(), topic = %ing.framer.topic,
-                    "line without a valid topic stored under the static topic (reported once per connection)");
+            let room = pump.room(filled);
+            let len = room.len();
+            match stream.try_read(room) {
+                Ok(0) => {
+                    pump.push(0);
+                    return Ok(End::Eof);
+                }
+                Ok(n) => {
+                    asked = true;
+                    filled = n == len;
+                    last_data = Instant::now();
+                    pump.push(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "ingest connection broke");
+                    return Ok(End::Broken);
+                }
             }
-            reported = stats;
+        } else if ing
+            .limits
+            .idle_timeout
+            .is_some_and(|idle| last_data.elapsed() >= idle)
+        {
+            tracing::debug!("ingest connection idle; closing");
+            return Ok(End::Stop);
         }
-        if eof {
-            break End::Eof;
+        if pump.due() {
+            acks.want = pump.store().await?;
         }
-        writer.tick()?;
-    };
-    // Complete records still buffered are kept whatever the ending; a torn final line is not.
-    write_out(writer, &mut out, &ing.metrics)?;
-    if durable {
-        writer.sync(&ing.sync)?;
+        pump.tick()?;
+        if last_data.elapsed() >= SHRINK_AFTER {
+            pump.shrink();
+        }
+        acks.flush(stream);
     }
-    Ok(end)
 }
 
-fn write_out(writer: &mut SegmentWriter, out: &mut Vec<u8>, metrics: &Metrics) -> io::Result<()> {
-    writer.write(out)?;
-    metrics.ingest_bytes_written.inc_by(out.len() as u64);
-    out.clear();
-    Ok(())
+/// Read and discard until the peer closes, or `wait` passes.
+async fn drain(stream: &mut TcpStream, wait: Duration) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(wait, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Make closing `stream` a reset (linger 0), or a graceful FIN again. (A zero linger never
+/// blocks the closing thread; only a positive one would.)
+pub(super) fn reset_on_close(stream: &TcpStream, reset: bool) -> io::Result<()> {
+    socket2::SockRef::from(stream).set_linger(reset.then_some(Duration::ZERO))
+}
+
+/// Write `line` and a newline (the bulk protocol's replies).
+pub(super) async fn reply(stream: &mut TcpStream, line: &str) -> io::Result<()> {
+    stream.write_all(format!("{line}\n").as_bytes()).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ingest::sync::SyncGroup;
-    use std::io::Write as _;
+    use std::io::{Read as _, Write as _};
+    use std::net::Shutdown;
 
-    /// A durable ingester on 127.0.0.1 whose fsyncs fail (or not).
-    async fn durable(dir: &std::path::Path, fail: bool) -> (Arc<Ingester>, std::net::SocketAddr) {
-        let ing = Arc::new(Ingester {
-            log: Arc::new(IngestLog::open(dir).unwrap()),
-            framer: FramerConfig {
+    /// An ingester on 127.0.0.1 whose fsyncs fail (or not).
+    async fn ingester(
+        dir: &std::path::Path,
+        modality: Modality,
+        fail: bool,
+    ) -> (Arc<Ingester>, SocketAddr) {
+        let ing = Arc::new(Ingester::new(
+            Arc::new(IngestLog::open(dir).unwrap()),
+            FramerConfig {
                 topic: "default".into(),
                 mode: crate::record::TopicMode::Static,
                 max_record_size: 1 << 20,
             },
-            rotation: Rotation {
+            Rotation {
                 flush_size: 1 << 20,
                 flush_age: Duration::from_secs(60),
             },
-            metrics: Metrics::new(),
-            stop: AtomicBool::new(false),
-            live: AtomicUsize::new(0),
-            sync: SyncGroup::with_syncer(move |f| {
+            ConnLimits::default(),
+            Metrics::new(),
+            SyncGroup::with_syncer(move |f| {
                 if fail {
                     Err(io::Error::other("injected fsync failure"))
                 } else {
@@ -321,47 +644,195 @@ mod tests {
                 }
             })
             .unwrap(),
-            bulk: Arc::default(),
-        });
+            Arc::default(),
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (_tx, rx) = watch::channel(false);
-        tokio::spawn(serve(listener, Modality::Durable, Arc::clone(&ing), rx));
+        tokio::spawn(serve(listener, modality, Arc::clone(&ing), rx));
         std::mem::forget(_tx); // keep serving for the test's lifetime
         (ing, addr)
     }
 
-    /// Send one record, half-close, and read: `Ok(0)` is the acknowledgement.
-    async fn send_and_wait(addr: std::net::SocketAddr) -> io::Result<usize> {
+    /// Connect, asking for acknowledgements (or not).
+    fn connect(addr: SocketAddr, ask: bool) -> std::net::TcpStream {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        if ask {
+            socket2::SockRef::from(&s)
+                .send_out_of_band(&[ACK_REQUEST])
+                .unwrap();
+        }
+        s
+    }
+
+    /// Send `data` asking for acknowledgements (or not), half-close, and read everything the
+    /// ingester says until it closes.
+    async fn send_and_read(
+        addr: SocketAddr,
+        ask: bool,
+        data: &'static [u8],
+    ) -> io::Result<Vec<u8>> {
         tokio::task::spawn_blocking(move || {
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let mut s = connect(addr, ask);
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let _ = s.write_all(b"a record\n");
+            let _ = s.write_all(data);
             let _ = s.shutdown(Shutdown::Write);
-            let mut buf = [0u8; 16];
-            s.read(&mut buf)
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).map(|_| got)
         })
         .await
         .unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_synced_connection_is_acknowledged_by_its_close() {
+    async fn a_synced_connection_is_acknowledged_up_to_its_end_then_closed() {
         let dir = tempfile::tempdir().unwrap();
-        let (ing, addr) = durable(dir.path(), false).await;
-        assert_eq!(send_and_wait(addr).await.unwrap(), 0, "EOF: acknowledged");
+        let (ing, addr) = ingester(dir.path(), Modality::Durable, false).await;
+        let got = send_and_read(addr, true, b"a record\nanother\n")
+            .await
+            .unwrap();
+        let text = String::from_utf8(got).unwrap();
+        assert!(text.starts_with("OKLOG-ACK/1\n"), "{text:?}");
+        assert_eq!(
+            text.lines().last(),
+            Some("17"),
+            "every byte acknowledged: {text:?}"
+        );
         assert_eq!(ing.metrics.ingest_write_errors.get(), 0);
         assert!(ing.metrics.ingest_syncs.get() >= 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_did_not_ask_is_sent_nothing_and_its_data_stored_verbatim() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_ing, addr) = ingester(dir.path(), Modality::Fast, false).await;
+        let got = send_and_read(addr, false, b"line one\n\nline three\n")
+            .await
+            .unwrap();
+        assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+        // The urgent byte never reaches the records, and the client's own lines all do.
+        let got = send_and_read(addr, true, b"after\n").await.unwrap();
+        assert!(got.starts_with(ACK_GREETING));
+        let stored: Vec<u8> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "flushed"))
+            .flat_map(|p| std::fs::read(p).unwrap())
+            .collect();
+        let mut payloads: Vec<String> = stored
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| String::from_utf8_lossy(&l[27..]).into_owned())
+            .collect();
+        payloads.sort();
+        assert_eq!(
+            payloads,
+            [
+                "default ",
+                "default after",
+                "default line one",
+                "default line three"
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_fsync_is_never_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let (ing, addr) = durable(dir.path(), true).await;
-        match send_and_wait(addr).await {
+        let (ing, addr) = ingester(dir.path(), Modality::Durable, true).await;
+        match send_and_read(addr, true, b"a record\n").await {
             Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
-            Ok(n) => panic!("the close looked like an acknowledgement ({n} bytes then EOF)"),
+            Ok(got) => panic!(
+                "the close looked like an acknowledgement: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
         }
         assert_eq!(ing.metrics.ingest_write_errors.get(), 1, "counted");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopping_ingester_acknowledges_complete_lines_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ing, addr) = ingester(dir.path(), Modality::Fast, false).await;
+        let client = tokio::task::spawn_blocking(move || {
+            let mut s = connect(addr, true);
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"one\ntwo\nthree, torn").unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            got
+        });
+        // Wait until the complete lines are acknowledged, then stop.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ing.stop(Duration::from_secs(5)).await;
+        assert_eq!(ing.live(), 0);
+        let got = String::from_utf8(client.await.unwrap()).unwrap();
+        assert_eq!(got, "OKLOG-ACK/1\n8\n", "acknowledged up to the torn line");
+        let stored: Vec<u8> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "flushed"))
+            .flat_map(|p| std::fs::read(p).unwrap())
+            .collect();
+        let lines: Vec<&[u8]> = stored
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines.len(), 2, "{}", String::from_utf8_lossy(&stored));
+        assert!(lines[0].ends_with(b" default one") && lines[1].ends_with(b" default two"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_over_the_maximum_are_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let ing = Arc::new(Ingester::new(
+            Arc::new(IngestLog::open(dir.path()).unwrap()),
+            FramerConfig {
+                topic: "default".into(),
+                mode: crate::record::TopicMode::Static,
+                max_record_size: 1 << 20,
+            },
+            Rotation {
+                flush_size: 1 << 20,
+                flush_age: Duration::from_secs(60),
+            },
+            ConnLimits {
+                max_connections: 2,
+                idle_timeout: None,
+            },
+            Metrics::new(),
+            SyncGroup::start().unwrap(),
+            Arc::default(),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(false);
+        tokio::spawn(serve(listener, Modality::Fast, Arc::clone(&ing), rx));
+        let held: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        while ing.live() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let third = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            third.unwrap_err().kind(),
+            io::ErrorKind::ConnectionReset,
+            "refused with a reset, never a close that looks like an acknowledgement"
+        );
+        let refused = ing
+            .metrics
+            .ingest_refused_connections
+            .get_or_create(&vec![("modality", "fast")])
+            .get();
+        assert_eq!(refused, 1);
+        drop(held);
     }
 }

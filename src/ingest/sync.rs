@@ -7,10 +7,12 @@
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+use tokio::sync::oneshot;
 
 /// A request: the file to sync and where to report the outcome.
-type Request = (Arc<File>, SyncSender<io::Result<()>>);
+type Request = (Arc<File>, oneshot::Sender<io::Result<()>>);
 
 /// Handle to the sync thread.
 #[derive(Debug, Clone)]
@@ -36,16 +38,25 @@ impl SyncGroup {
         Ok(SyncGroup { tx })
     }
 
-    /// fsync `file` in the next pass and wait for it.
+    /// fsync `file` in the next pass and wait for it (from a thread that may block).
     pub fn sync(&self, file: Arc<File>) -> io::Result<()> {
-        let (done_tx, done_rx) = sync_channel(1);
-        self.tx
-            .send((file, done_tx))
-            .map_err(|_| io::Error::other("the sync thread has stopped"))?;
-        done_rx
-            .recv()
-            .map_err(|_| io::Error::other("the sync thread has stopped"))?
+        self.request(file)?.blocking_recv().map_err(|_| stopped())?
     }
+
+    /// fsync `file` in the next pass and wait for it (from async code).
+    pub async fn sync_async(&self, file: Arc<File>) -> io::Result<()> {
+        self.request(file)?.await.map_err(|_| stopped())?
+    }
+
+    fn request(&self, file: Arc<File>) -> io::Result<oneshot::Receiver<io::Result<()>>> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.tx.send((file, done_tx)).map_err(|_| stopped())?;
+        Ok(done_rx)
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the sync thread has stopped")
 }
 
 fn run(rx: Receiver<Request>, syncer: impl Fn(&File) -> io::Result<()>) {

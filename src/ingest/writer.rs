@@ -76,9 +76,9 @@ impl SegmentWriter {
     }
 
     /// fsync what was written so far, in the group's next pass (durable connections).
-    pub fn sync(&mut self, group: &SyncGroup) -> io::Result<()> {
+    pub async fn sync(&mut self, group: &SyncGroup) -> io::Result<()> {
         match &self.active {
-            Some(a) => group.sync(Arc::clone(&a.file)),
+            Some(a) => group.sync_async(Arc::clone(&a.file)).await,
             None => Ok(()),
         }
     }
