@@ -132,8 +132,33 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     if b.len() < 20 || !(b[10] == b'T' || b[10] == b't') {
         return None;
     }
-    let ts: Timestamp = s.parse().ok()?;
-    Some(ts.as_millisecond())
+    // jiff's `Timestamp` ends at 9999-12-30T22:00Z (it must fit any offset) while ULIDs reach
+    // the year 10889: take the civil pieces and do the arithmetic here.
+    let pieces = jiff::fmt::temporal::Pieces::parse(s).ok()?;
+    let offset = pieces.to_numeric_offset()?;
+    let time = pieces.time()?;
+    if pieces.time_zone_annotation().is_some() {
+        return None;
+    }
+    let date = pieces.date();
+    let days = days_from_civil(i64::from(date.year()), date.month(), date.day());
+    let ms_of_day = i64::from(time.hour()) * 3_600_000
+        + i64::from(time.minute()) * 60_000
+        + i64::from(time.second()) * 1000
+        + i64::from(time.subsec_nanosecond()) / 1_000_000;
+    Some(days * 86_400_000 + ms_of_day - i64::from(offset.seconds()) * 1000)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i8, d: i8) -> i64 {
+    let (m, d) = (i64::from(m), i64::from(d));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// The current wall-clock time in Unix milliseconds.
@@ -232,5 +257,30 @@ mod tests {
         assert_eq!(parse_rfc3339_ms("01BC3NABW20000000000000000"), None);
         assert_eq!(parse_rfc3339_ms("2017-03-25"), None);
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
+        assert_eq!(
+            parse_rfc3339_ms("2017-03-25T21:17:54"),
+            None,
+            "an offset is required"
+        );
+    }
+
+    #[test]
+    fn rfc3339_agrees_with_jiff_and_reaches_the_end_of_year_9999() {
+        for s in [
+            "1970-01-01T00:00:00Z",
+            "1969-12-31T23:59:59.5Z",
+            "2000-02-29T12:00:00-07:30",
+            "2026-11-29T13:29:23.123456789Z",
+            "9999-12-30T00:00:00Z",
+        ] {
+            let want: Timestamp = s.parse().unwrap();
+            assert_eq!(parse_rfc3339_ms(s), Some(want.as_millisecond()), "{s}");
+        }
+        let end = parse_rfc3339_ms("9999-12-31T23:59:59.999Z").unwrap();
+        assert_eq!(end, 253_402_300_799_999);
+        assert_eq!(
+            parse_rfc3339_ms("9999-12-30T23:59:59Z"),
+            Some(end - 86_400_999)
+        );
     }
 }

@@ -385,6 +385,36 @@ fn bad_requests_are_refused_and_touch_nothing() {
             400,
             "parsing 'from'",
         ),
+        // One rule for every windowed endpoint: a window that ends before it starts is a 400.
+        (
+            "GET",
+            "/store/query?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+            b"",
+            400,
+            "'from' is after 'to'",
+        ),
+        (
+            "GET",
+            "/store/hits?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+            b"",
+            400,
+            "'from' is after 'to'",
+        ),
+        (
+            "GET",
+            "/store/_query?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+            b"",
+            400,
+            "'from' is after 'to'",
+        ),
+        // The last second RFC 3339 can name is a valid bound (ULIDs reach the year 10889).
+        (
+            "GET",
+            "/store/query?from=9999-12-30T23:59:59Z&to=9999-12-31T23:59:59.999Z",
+            b"",
+            200,
+            "",
+        ),
         ("GET", "/ui/../../etc/passwd", b"", 404, ""),
         ("GET", "/ui/nothing.js", b"", 404, "not found"),
     ];

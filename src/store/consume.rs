@@ -68,9 +68,8 @@ pub struct Consumer {
     bytes: u64,
     since: Option<Instant>,
     empty_polls: usize,
-    /// When the "not enough store nodes" warning was last given (set at start, so a node
-    /// still joining its cluster does not warn).
-    last_warn: Instant,
+    /// When to warn next that there are fewer store nodes than the replication factor.
+    warn_at: Instant,
     /// This node's API address and store: a replica for itself is adopted in place.
     local: Option<(String, Arc<super::StoreApi>)>,
 }
@@ -97,7 +96,9 @@ impl Consumer {
             bytes: 0,
             since: None,
             empty_polls: 0,
-            last_warn: Instant::now() - WARN_EVERY + JOIN_GRACE,
+            // The first warning comes after a grace period for the cluster to form. (Subtracting
+            // from `Instant::now()` here would panic on a machine booted moments ago.)
+            warn_at: Instant::now() + JOIN_GRACE,
             local: None,
         }
     }
@@ -131,8 +132,8 @@ impl Consumer {
         let ingesters = self.peers.current(Role::Ingest);
         let rf = self.cfg.replication_factor;
         if stores.len() < rf {
-            if self.last_warn.elapsed() >= WARN_EVERY {
-                self.last_warn = Instant::now();
+            if Instant::now() >= self.warn_at {
+                self.warn_at = Instant::now() + WARN_EVERY;
                 tracing::warn!(
                     replication_factor = rf,
                     store_nodes = stores.len(),

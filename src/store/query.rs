@@ -65,6 +65,10 @@ impl QueryParams {
             Some(v) => parse_time("from", v)?,
             None => to_ms.saturating_sub(3_600_000),
         };
+        if from_ms > to_ms {
+            // One rule for every endpoint that takes a window (query, hits, their local forms).
+            return Err("'from' is after 'to'".to_string());
+        }
         Ok(QueryParams {
             from_ms,
             to_ms,
