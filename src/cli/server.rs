@@ -581,6 +581,7 @@ impl Node {
                         ("active", s.active.0, s.active.1),
                         ("flushed", s.flushed.0, s.flushed.1),
                         ("pending", s.pending.0, s.pending.1),
+                        ("bad", s.bad.0, s.bad.1),
                     ];
                     set_state_gauges(&m.ingest_segments, &m.ingest_segment_bytes, states);
                 }

@@ -23,6 +23,8 @@ pub const ACTIVE: &str = "active";
 pub const FLUSHED: &str = "flushed";
 /// Suffix of a segment claimed by a consumer.
 pub const PENDING: &str = "pending";
+/// Suffix added to a file set aside: kept for an operator, never read.
+pub const BAD: &str = "bad";
 
 /// The ingest directory: its lock and its segment files.
 #[derive(Debug)]
@@ -40,6 +42,8 @@ pub struct LogStats {
     pub flushed: (u64, u64),
     /// `.pending` files and their bytes.
     pub pending: (u64, u64),
+    /// Files set aside as `.bad`.
+    pub bad: (u64, u64),
 }
 
 impl IngestLog {
@@ -66,6 +70,12 @@ impl IngestLog {
             let Some((stem, state)) = split_name(&path) else {
                 continue;
             };
+            if matches!(state, ACTIVE | FLUSHED | PENDING)
+                && !entry.file_type().is_ok_and(|t| t.is_file())
+            {
+                self.quarantine(&path).map_err(io_at(&path))?;
+                continue;
+            }
             match state {
                 ACTIVE => {
                     let len = truncate_to_last_newline(&path).map_err(io_at(&path))?;
@@ -123,6 +133,11 @@ impl IngestLog {
             if !matches!(split_name(&path), Some((_, FLUSHED))) {
                 continue;
             }
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                // A directory or FIFO named like a segment: no consumer could ever read it.
+                self.quarantine(&path)?;
+                continue;
+            }
             let Ok(meta) = entry.metadata() else {
                 continue; // consumed concurrently
             };
@@ -137,6 +152,18 @@ impl IngestLog {
         let to = self.path(stem_of(&path)?, PENDING);
         fs::rename(&path, &to)?;
         Ok(Some(to))
+    }
+
+    /// Set aside a file that cannot be a segment as `<name>.bad` (never opened: a FIFO would
+    /// block), so that it never stalls the consumers.
+    fn quarantine(&self, path: &Path) -> io::Result<()> {
+        let mut to = path.as_os_str().to_owned();
+        to.push(".");
+        to.push(BAD);
+        fs::rename(path, &to)?;
+        tracing::error!(file = %path.display(), quarantined = %Path::new(&to).display(),
+            reason = "not a regular file", "quarantined a bad ingest file");
+        disk::sync_dir(&self.dir)
     }
 
     /// A consumer committed a pending segment: delete it.
@@ -161,6 +188,7 @@ impl IngestLog {
                 Some((_, ACTIVE)) => &mut s.active,
                 Some((_, FLUSHED)) => &mut s.flushed,
                 Some((_, PENDING)) => &mut s.pending,
+                _ if path.extension().is_some_and(|e| e == BAD) => &mut s.bad,
                 _ => continue,
             };
             slot.0 += 1;
@@ -258,5 +286,29 @@ mod tests {
         assert_eq!(again, pending);
         log.commit(&again).unwrap();
         assert_eq!(log.stats().unwrap(), LogStats::default());
+    }
+
+    #[test]
+    fn files_that_are_not_regular_are_set_aside_not_consumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let at_start = d.join(format!("{}.active", disk::new_uuid()));
+        fs::create_dir(&at_start).unwrap();
+        let log = IngestLog::open(d).unwrap();
+        assert!(!at_start.exists(), "quarantined at start-up");
+        // Ones that appear later (oldest first, so a consumer would pick them first).
+        let as_dir = d.join(format!("{}.flushed", disk::new_uuid()));
+        fs::create_dir(&as_dir).unwrap();
+        let fifo = d.join(format!("{}.flushed", disk::new_uuid()));
+        let c = std::ffi::CString::new(fifo.clone().into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a valid, NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let good = uuid_named(d, FLUSHED, b"rec\n");
+        let taken = log.take_oldest().unwrap().expect("the good segment");
+        assert_eq!(taken, good.with_extension(PENDING));
+        assert_eq!(log.take_oldest().unwrap(), None);
+        assert_eq!(log.stats().unwrap().bad.0, 3, "counted as bad");
+        assert!(Path::new(&format!("{}.bad", as_dir.display())).is_dir());
     }
 }

@@ -106,7 +106,6 @@ impl Compacter {
 
     /// Run one step now; returns how many segments it affected.
     pub fn step(&self, kind: Kind) -> io::Result<usize> {
-        self.quarantine_malformed_names()?;
         // Segments past retention are left for the trash, not merged with younger ones (which
         // would keep their records alive as long as the youngest).
         let cutoff = self.retention_cutoff();
@@ -125,6 +124,10 @@ impl Compacter {
             }
             Kind::Trash => self.trash(),
             Kind::Purge => {
+                // The directory is listed here anyway: also set aside what cannot be a segment
+                // and index segments an operator copied in.
+                self.quarantine_malformed_names()?;
+                self.log.reconcile()?;
                 let n = self.log.purge(self.cfg.purge)?;
                 self.metrics.store_purged_segments.inc_by(n as u64);
                 Ok(n)
@@ -143,8 +146,8 @@ impl Compacter {
     }
 
     fn quarantine_malformed_names(&self) -> io::Result<()> {
-        for path in self.log.malformed_names()? {
-            self.log.quarantine(&path, "malformed segment name")?;
+        for (path, reason) in self.log.malformed_names()? {
+            self.log.quarantine(&path, reason)?;
             self.metrics.store_quarantined_files.inc();
         }
         Ok(())
@@ -627,6 +630,8 @@ mod tests {
             Duration::from_secs(3600),
             Duration::from_secs(3600),
         );
+        // The purge step sets the bad name aside and indexes the segment copied in.
+        c.step(Kind::Purge).unwrap();
         assert_eq!(c.step(Kind::Overlapping).unwrap(), 0);
         let names: Vec<String> = fs::read_dir(dir.path())
             .unwrap()

@@ -6,10 +6,19 @@
 //! ```
 //!
 //! The name of a flushed segment is its time index: the first and last ULID it holds. Names stay
-//! exactly the original's so either implementation can read the other's directory. A query takes
-//! its segment list under the read side of `segments`; anything that renames segments in or out
-//! takes the write side for the rename only.
+//! exactly the original's so either implementation can read the other's directory. The
+//! queryable segments (`.flushed` and `.reading`) are also kept in memory ([`Index`]), built at
+//! start-up and changed only by the renames in this module, so planning a query costs
+//! O(log n + segments in range) however many segments the directory holds. A query takes its
+//! segment list under the read side of `segments`; anything that renames segments in or out
+//! takes the write side for the rename and the index change together. Files added to the
+//! directory by hand are picked up by [`StoreLog::reconcile`], which the lifecycle task runs
+//! now and then.
+//!
+//! Only regular files are ever opened. Anything else with a segment's name (a directory, a
+//! FIFO, a socket, a device, a symlink) is quarantined by a rename, which never opens it.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +28,7 @@ use memmap2::Mmap;
 
 use crate::disk::{self, DirLock, OpenError, io_at};
 use crate::merge::{self, ReaderLines};
-use crate::record::{ULID_LEN, check_record, is_valid_ulid, ulid_ms};
+use crate::record::{ULID_LEN, check_record, is_valid_ulid, min_ulid, ulid_ms};
 
 /// Suffix of a segment being written.
 pub const ACTIVE: &str = "active";
@@ -77,13 +86,79 @@ pub fn overlap<T: Ord + Copy>(a: (T, T), b: (T, T)) -> bool {
     a_lo <= b_hi && b_lo <= a_hi
 }
 
+/// The queryable segments (`.flushed` and `.reading`), ordered by (low, high, path).
+#[derive(Debug, Default)]
+pub struct Index {
+    segments: BTreeMap<([u8; ULID_LEN], [u8; ULID_LEN], PathBuf), Segment>,
+    /// How many segments span each number of milliseconds (high − low): the widest tells how
+    /// far before a window's start an overlapping segment can begin.
+    spans: BTreeMap<u64, usize>,
+}
+
+impl Index {
+    fn key(s: &Segment) -> ([u8; ULID_LEN], [u8; ULID_LEN], PathBuf) {
+        (s.low, s.high, s.path.clone())
+    }
+
+    fn span(s: &Segment) -> u64 {
+        ulid_ms(&s.high).saturating_sub(ulid_ms(&s.low))
+    }
+
+    /// Add (or replace) a segment.
+    fn insert(&mut self, seg: Segment) {
+        let span = Self::span(&seg);
+        if self.segments.insert(Self::key(&seg), seg).is_none() {
+            *self.spans.entry(span).or_default() += 1;
+        }
+    }
+
+    /// Remove the segment at `path` (named `<LOW>-<HIGH>.<state>`), if indexed.
+    fn remove(&mut self, path: &Path) -> Option<Segment> {
+        let name = path.file_name()?.to_str()?;
+        let (low, high, _) = parse_name(name)?;
+        let seg = self.segments.remove(&(low, high, path.to_path_buf()))?;
+        let span = Self::span(&seg);
+        if let Some(n) = self.spans.get_mut(&span) {
+            *n -= 1;
+            if *n == 0 {
+                self.spans.remove(&span);
+            }
+        }
+        Some(seg)
+    }
+
+    /// Segments overlapping `[from_ms, to_ms]`, sorted by (low, high).
+    pub fn overlapping(&self, from_ms: u64, to_ms: u64) -> Vec<Segment> {
+        let widest = self.spans.keys().next_back().copied().unwrap_or(0);
+        let start = min_ulid(from_ms.saturating_sub(widest));
+        self.segments
+            .range((start, [0; ULID_LEN], PathBuf::new())..)
+            .map(|(_, s)| s)
+            .take_while(|s| ulid_ms(&s.low) <= to_ms)
+            .filter(|s| overlap((ulid_ms(&s.low), ulid_ms(&s.high)), (from_ms, to_ms)))
+            .cloned()
+            .collect()
+    }
+
+    /// How many segments are indexed.
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Whether no segment is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+}
+
 /// The store directory.
 #[derive(Debug)]
 pub struct StoreLog {
     dir: PathBuf,
     _lock: DirLock,
-    /// Guards the set of queryable segment names (see the module docs).
-    pub segments: RwLock<()>,
+    /// The queryable segments; its lock guards the set of queryable names (see the module
+    /// docs).
+    pub segments: RwLock<Index>,
     /// Files quarantined while opening the directory.
     pub quarantined_at_start: std::sync::atomic::AtomicU64,
     /// Mappings of queryable segments, kept between queries: a segment's page tables are
@@ -99,7 +174,7 @@ impl StoreLog {
         let log = StoreLog {
             dir: dir.to_path_buf(),
             _lock: lock,
-            segments: RwLock::new(()),
+            segments: RwLock::new(Index::default()),
             quarantined_at_start: std::sync::atomic::AtomicU64::new(0),
             maps: Default::default(),
         };
@@ -114,13 +189,27 @@ impl StoreLog {
 
     fn recover(&self) -> Result<(), OpenError> {
         for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
-            let path = entry.map_err(io_at(&self.dir))?.path();
+            let entry = entry.map_err(io_at(&self.dir))?;
+            let path = entry.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
             let Some((stem, state)) = name.rsplit_once('.') else {
                 continue;
             };
+            let ours = match state {
+                ACTIVE | CONSUMING => disk::is_uuid(stem),
+                FLUSHED | READING | TRASHED => parse_name(name).is_some(),
+                _ => false,
+            };
+            if ours && !entry.file_type().is_ok_and(|t| t.is_file()) {
+                // Never opened: a FIFO would block, a directory fail.
+                self.quarantine(&path, "not a regular file")
+                    .map_err(io_at(&path))?;
+                self.quarantined_at_start
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             match state {
                 ACTIVE if disk::is_uuid(stem) => {
                     self.recover_active(&path).map_err(io_at(&path))?
@@ -137,15 +226,85 @@ impl StoreLog {
         }
         // A flushed segment must start with its low ULID and end with a complete record
         // carrying its high one; anything else (torn, garbage, renamed by hand) is set aside.
-        let segs = self.scan(&[FLUSHED], |_| true).map_err(io_at(&self.dir))?;
+        let segs = self.list(&[FLUSHED], |_| true).map_err(io_at(&self.dir))?;
+        let mut index = Index::default();
         for s in segs {
             if let Err(reason) = check_ends(&s).map_err(io_at(&s.path))? {
                 self.quarantine(&s.path, reason).map_err(io_at(&s.path))?;
                 self.quarantined_at_start
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                index.insert(s);
             }
         }
+        *self.segments.write().unwrap_or_else(|p| p.into_inner()) = index;
         Ok(())
+    }
+
+    /// Bring the index in line with the directory: segments added by hand (or by another
+    /// program) are indexed, vanished ones dropped. Returns how many entries changed. The
+    /// directory is compared under the read lock (queries go on); only a difference takes the
+    /// write lock, and each one is checked again under it.
+    pub fn reconcile(&self) -> io::Result<usize> {
+        let mut on_disk = std::collections::HashSet::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if parse_name(name).is_some_and(|(_, _, st)| st == FLUSHED || st == READING)
+                && entry.file_type().is_ok_and(|t| t.is_file())
+            {
+                on_disk.insert(entry.path());
+            }
+        }
+        let (gone, new): (Vec<PathBuf>, Vec<PathBuf>) = {
+            let index = self.segments.read().unwrap_or_else(|p| p.into_inner());
+            let indexed: std::collections::HashSet<&PathBuf> =
+                index.segments.values().map(|s| &s.path).collect();
+            (
+                indexed
+                    .iter()
+                    .filter(|p| !on_disk.contains(**p))
+                    .map(|p| (*p).clone())
+                    .collect(),
+                on_disk
+                    .iter()
+                    .filter(|p| !indexed.contains(p))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        if gone.is_empty() && new.is_empty() {
+            return Ok(0);
+        }
+        let mut index = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let mut changed = 0;
+        for p in gone {
+            if !p.exists() && index.remove(&p).is_some() {
+                changed += 1;
+            }
+        }
+        for p in new {
+            let Some((low, high, _)) = p.file_name().and_then(|n| n.to_str()).and_then(parse_name)
+            else {
+                continue;
+            };
+            let Ok(meta) = fs::symlink_metadata(&p) else {
+                continue; // renamed meanwhile
+            };
+            if !meta.is_file() || index.segments.contains_key(&(low, high, p.clone())) {
+                continue;
+            }
+            tracing::info!(segment = %p.display(), "indexed a segment found in the directory");
+            index.insert(Segment {
+                path: p,
+                low,
+                high,
+                size: meta.len(),
+            });
+            changed += 1;
+        }
+        Ok(changed)
     }
 
     /// Truncate an active segment to its last complete, well-formed, sorted record, then name
@@ -227,9 +386,16 @@ impl StoreLog {
     ) -> io::Result<()> {
         let target = self.dir.join(build_name(low, high, FLUSHED));
         file.sync_all()?;
-        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.segments.write().unwrap_or_else(|p| p.into_inner());
         if !target.exists() {
             fs::rename(path, &target)?;
+            let size = fs::metadata(&target)?.len();
+            index.insert(Segment {
+                path: target,
+                low: *low,
+                high: *high,
+                size,
+            });
             return disk::sync_dir(&self.dir);
         }
         self.forget(&target);
@@ -249,6 +415,12 @@ impl StoreLog {
             drop(w);
             out.sync_all()?;
             fs::rename(&out_path, &target)?;
+            index.insert(Segment {
+                size: fs::metadata(&target)?.len(),
+                path: target.clone(),
+                low: *low,
+                high: *high,
+            });
             fs::remove_file(path)?;
             disk::sync_dir(&self.dir)
         })();
@@ -262,10 +434,8 @@ impl StoreLog {
     /// sorted by their low ULID. Files with unparseable names are skipped (the compacter
     /// quarantines them).
     pub fn overlapping(&self, from_ms: u64, to_ms: u64) -> io::Result<Vec<Segment>> {
-        let _guard = self.segments.read().unwrap_or_else(|p| p.into_inner());
-        self.scan(&[FLUSHED, READING], |s| {
-            overlap((ulid_ms(&s.low), ulid_ms(&s.high)), (from_ms, to_ms))
-        })
+        let index = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        Ok(index.overlapping(from_ms, to_ms))
     }
 
     /// [`StoreLog::overlapping`], with each segment mapped while the segment set cannot change
@@ -276,10 +446,8 @@ impl StoreLog {
         from_ms: u64,
         to_ms: u64,
     ) -> io::Result<Vec<(Segment, Option<Arc<Mmap>>)>> {
-        let _guard = self.segments.read().unwrap_or_else(|p| p.into_inner());
-        let segs = self.scan(&[FLUSHED, READING], |s| {
-            overlap((ulid_ms(&s.low), ulid_ms(&s.high)), (from_ms, to_ms))
-        })?;
+        let index = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        let segs = index.overlapping(from_ms, to_ms);
         let mut out = Vec::with_capacity(segs.len());
         for s in segs {
             let cached = self
@@ -318,12 +486,30 @@ impl StoreLog {
             .remove(path);
     }
 
-    /// Segments in `states` with well-formed names that pass `keep`, sorted by (low, high).
+    /// Segments in `states` with well-formed names that pass `keep`, sorted by (low, high):
+    /// from the index for the queryable states, from the directory for the others.
     pub fn scan(
         &self,
         states: &[&str],
         keep: impl Fn(&Segment) -> bool,
     ) -> io::Result<Vec<Segment>> {
+        if states.iter().all(|s| [FLUSHED, READING].contains(s)) {
+            let index = self.segments.read().unwrap_or_else(|p| p.into_inner());
+            return Ok(index
+                .segments
+                .values()
+                .filter(|s| {
+                    let state = s.path.extension().and_then(|e| e.to_str());
+                    state.is_some_and(|st| states.contains(&st)) && keep(s)
+                })
+                .cloned()
+                .collect());
+        }
+        self.list(states, keep)
+    }
+
+    /// [`StoreLog::scan`] of the directory itself: regular files only.
+    fn list(&self, states: &[&str], keep: impl Fn(&Segment) -> bool) -> io::Result<Vec<Segment>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
@@ -332,7 +518,7 @@ impl StoreLog {
             let Some((low, high, state)) = parse_name(name) else {
                 continue;
             };
-            if !states.contains(&state) {
+            if !states.contains(&state) || !entry.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
@@ -353,19 +539,26 @@ impl StoreLog {
     /// Rename `.flushed` segments to `.reading` (claimed by compaction or retention); those
     /// that vanished meanwhile are left out of the result.
     pub fn claim(&self, segs: &[Segment]) -> io::Result<Vec<Segment>> {
-        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.segments.write().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::with_capacity(segs.len());
         for s in segs {
             let to = s.path.with_extension(READING);
             self.forget(&s.path);
             match fs::rename(&s.path, &to) {
-                Ok(()) => out.push(Segment {
-                    path: to,
-                    ..s.clone()
-                }),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Ok(()) => {
+                    index.remove(&s.path);
+                    let claimed = Segment {
+                        path: to,
+                        ..s.clone()
+                    };
+                    index.insert(claimed.clone());
+                    out.push(claimed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    index.remove(&s.path);
+                }
                 Err(e) => {
-                    drop(_guard);
+                    drop(index);
                     self.release(&out);
                     return Err(e);
                 }
@@ -376,18 +569,28 @@ impl StoreLog {
 
     /// Give claimed (`.reading`) segments back as `.flushed`.
     pub fn release(&self, segs: &[Segment]) {
-        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.segments.write().unwrap_or_else(|p| p.into_inner());
         for s in segs {
             self.forget(&s.path);
-            if let Err(e) = fs::rename(&s.path, s.path.with_extension(FLUSHED)) {
-                tracing::error!(segment = %s.path.display(), error = %e, "releasing a claimed segment");
+            let to = s.path.with_extension(FLUSHED);
+            match fs::rename(&s.path, &to) {
+                Ok(()) => {
+                    index.remove(&s.path);
+                    index.insert(Segment {
+                        path: to,
+                        ..s.clone()
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(segment = %s.path.display(), error = %e, "releasing a claimed segment");
+                }
             }
         }
     }
 
     /// Delete claimed segments whose records now live elsewhere (compaction outputs).
     pub fn remove(&self, segs: &[Segment]) -> io::Result<()> {
-        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.segments.write().unwrap_or_else(|p| p.into_inner());
         for s in segs {
             self.forget(&s.path);
             match fs::remove_file(&s.path) {
@@ -395,6 +598,7 @@ impl StoreLog {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
+            index.remove(&s.path);
         }
         disk::sync_dir(&self.dir)
     }
@@ -402,10 +606,11 @@ impl StoreLog {
     /// Move a segment out of the queryable set into the trash, stamped with the time of
     /// trashing (purge counts from it).
     pub fn trash(&self, seg: &Segment) -> io::Result<()> {
-        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.segments.write().unwrap_or_else(|p| p.into_inner());
         let to = seg.path.with_extension(TRASHED);
         self.forget(&seg.path);
         fs::rename(&seg.path, &to)?;
+        index.remove(&seg.path);
         File::options()
             .write(true)
             .open(&to)?
@@ -433,7 +638,7 @@ impl StoreLog {
     /// Set aside a file that cannot be used (a malformed name or content) as `<name>.bad`:
     /// never deleted, never retried, out of every scan.
     pub fn quarantine(&self, path: &Path, reason: &str) -> io::Result<PathBuf> {
-        let _guard = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.segments.write().unwrap_or_else(|p| p.into_inner());
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -446,6 +651,7 @@ impl StoreLog {
         }
         self.forget(path);
         fs::rename(path, &to)?;
+        index.remove(path);
         disk::sync_dir(&self.dir)?;
         tracing::error!(file = %path.display(), quarantined = %to.display(), reason, "quarantined a bad store file");
         Ok(to)
@@ -478,16 +684,24 @@ impl StoreLog {
     }
 
     /// Files that look like segments (`.flushed`, `.reading`) but whose names do not parse.
-    pub fn malformed_names(&self) -> io::Result<Vec<PathBuf>> {
+    /// Files named like queryable segments that cannot be one: the name does not parse, or the
+    /// file is not a regular file (a directory, a FIFO...). With the reason for each.
+    pub fn malformed_names(&self) -> io::Result<Vec<(PathBuf, &'static str)>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
-            let path = entry?.path();
+            let entry = entry?;
+            let path = entry.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
             let state = name.rsplit_once('.').map(|(_, s)| s);
-            if matches!(state, Some(FLUSHED | READING)) && parse_name(name).is_none() {
-                out.push(path);
+            if !matches!(state, Some(FLUSHED | READING)) {
+                continue;
+            }
+            if parse_name(name).is_none() {
+                out.push((path, "malformed segment name"));
+            } else if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                out.push((path, "not a regular file"));
             }
         }
         Ok(out)
@@ -724,5 +938,108 @@ mod tests {
                 cases[i].0
             );
         }
+    }
+
+    #[test]
+    fn the_index_answers_like_a_scan_of_every_segment() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut index = Index::default();
+        let mut all = Vec::new();
+        for i in 0..2000u64 {
+            let low = rng.random_range(0..1_000_000u64);
+            // Mostly narrow segments, a few wide ones (a long compaction output).
+            let span = if i % 97 == 0 {
+                rng.random_range(0..200_000)
+            } else {
+                rng.random_range(0..2_000)
+            };
+            let (lo, hi) = (encode(low, i), encode(low + span, i));
+            let seg = Segment {
+                path: PathBuf::from(build_name(&lo, &hi, FLUSHED)),
+                low: lo,
+                high: hi,
+                size: 1,
+            };
+            index.insert(seg.clone());
+            all.push(seg);
+        }
+        // Remove some, as compaction and retention do.
+        for seg in all.iter().step_by(3) {
+            let mut gone = index.clone_without(&seg.path);
+            std::mem::swap(&mut index, &mut gone);
+        }
+        let live: Vec<&Segment> = all
+            .iter()
+            .skip(1)
+            .step_by(3)
+            .chain(all.iter().skip(2).step_by(3))
+            .collect();
+        assert_eq!(index.len(), live.len());
+        for _ in 0..300 {
+            let from = rng.random_range(0..1_100_000u64);
+            let to = from + rng.random_range(0..50_000u64);
+            let mut want: Vec<Segment> = live
+                .iter()
+                .filter(|s| overlap((ulid_ms(&s.low), ulid_ms(&s.high)), (from, to)))
+                .map(|s| (*s).clone())
+                .collect();
+            want.sort_by(|a, b| (a.low, a.high, &a.path).cmp(&(b.low, b.high, &b.path)));
+            assert_eq!(index.overlapping(from, to), want, "[{from}, {to}]");
+        }
+    }
+
+    fn encode(ms: u64, n: u64) -> [u8; ULID_LEN] {
+        crate::record::encode_ulid(ms, u128::from(n))
+    }
+
+    impl Index {
+        /// The index without the segment at `path` (through `remove`, as the log does).
+        fn clone_without(&self, path: &Path) -> Index {
+            let mut copy = Index {
+                segments: self.segments.clone(),
+                spans: self.spans.clone(),
+            };
+            assert!(copy.remove(path).is_some(), "{}", path.display());
+            copy
+        }
+    }
+
+    #[test]
+    fn files_that_are_not_regular_never_stop_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let good = "01ARYZ6S41TSV4RRFFQ69G5FAV-01ARYZ6S41TSV4RRFFQ69G5FAW";
+        fs::write(
+            d.join(format!("{good}.flushed")),
+            b"01ARYZ6S41TSV4RRFFQ69G5FAV a\n01ARYZ6S41TSV4RRFFQ69G5FAW b\n",
+        )
+        .unwrap();
+        let as_dir = "01ARYZ6S41TSV4RRFFQ69G5FB0-01ARYZ6S41TSV4RRFFQ69G5FB1.flushed";
+        fs::create_dir(d.join(as_dir)).unwrap();
+        let fifo = "01ARYZ6S41TSV4RRFFQ69G5FB2-01ARYZ6S41TSV4RRFFQ69G5FB3.flushed";
+        let active_fifo = format!("{}.active", disk::new_uuid());
+        for name in [fifo, active_fifo.as_str()] {
+            let c =
+                std::ffi::CString::new(d.join(name).into_os_string().into_encoded_bytes()).unwrap();
+            // SAFETY: a valid, NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        }
+        // Opening a FIFO for reading would block here forever.
+        let log = StoreLog::open(d).unwrap();
+        assert_eq!(
+            log.quarantined_at_start
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        let segs = log.overlapping(0, u64::MAX).unwrap();
+        assert_eq!(segs.len(), 1, "{segs:?}");
+        assert!(d.join(as_dir.replace(".flushed", ".bad")).is_dir());
+        // One appearing while the store runs is set aside by the lifecycle's listing.
+        let late = "01ARYZ6S41TSV4RRFFQ69G5FB4-01ARYZ6S41TSV4RRFFQ69G5FB5.reading";
+        fs::create_dir(d.join(late)).unwrap();
+        let found = log.malformed_names().unwrap();
+        assert_eq!(found, vec![(d.join(late), "not a regular file")]);
+        assert_eq!(log.reconcile().unwrap(), 0, "never indexed");
     }
 }

@@ -414,6 +414,8 @@ mod tests {
             "01BB6RRTB70000000000000000 b\n01BB6RT5GS0000000000000000 c\n",
         );
         write("01BB6RQR190000000000000000-xxx.flushed", "junk\n");
+        // Copied in while the store runs: indexed by the next reconciliation.
+        assert_eq!(log.reconcile().unwrap(), 2);
         let p = params(&[
             ("from", "2017-01-01T00:00:00Z"),
             ("to", "2018-01-01T00:00:00Z"),
@@ -481,6 +483,7 @@ mod tests {
             String::from_utf8_lossy(&crate::record::encode_ulid(9_000_000, 0))
         );
         std::fs::write(dir.path().join(name(small.as_bytes())), &small).unwrap();
+        log.reconcile().unwrap();
         let p = params(&[
             ("from", "1970-01-01T00:00:00Z"),
             ("to", "1970-01-02T00:00:00Z"),
