@@ -74,3 +74,199 @@ fn odd_files_with_segment_names_never_stop_the_node() {
         "{metrics}"
     );
 }
+
+/// `(threads, anonymous RSS in KiB)` of a process, from `/proc/<pid>/status`.
+fn threads_and_rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    (field("Threads:"), field("RssAnon:"))
+}
+
+fn socket2_linger_zero(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let lin = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a struct of the size given.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lin as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Let this test process open thousands of sockets (the node raises its own limit).
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain struct in, struct out.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+#[test]
+fn floods_of_idle_connections_and_half_sent_requests_stay_bounded() {
+    let _serial = serial();
+    raise_open_files_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let (api, fast, durable) = (
+        node.addr("api").to_string(),
+        node.addr("fast").to_string(),
+        node.addr("durable").to_string(),
+    );
+    let pid = node.child.id();
+    let out = forward(&fast, b"before the flood\n", &[]);
+    assert!(out.status.success());
+    wait_for_records(&api, 1);
+    let (threads_before, rss_before) = threads_and_rss(pid);
+    let t0 = std::time::Instant::now();
+
+    // 3,000 idle ingest connections (fast and durable) and 1,000 HTTP requests whose head
+    // never ends.
+    let mut flood = Vec::new();
+    for i in 0..3000 {
+        let addr = if i % 2 == 0 { &fast } else { &durable };
+        flood.push(std::net::TcpStream::connect(addr).expect("ingest connection"));
+    }
+    for _ in 0..1000 {
+        let mut s = std::net::TcpStream::connect(&api).expect("API connection");
+        std::io::Write::write_all(
+            &mut s,
+            b"GET /store/query?q=x HTTP/1.1\r\nHost: a\r\nX-Slow: ",
+        )
+        .unwrap();
+        flood.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!("flood open after {:?}", t0.elapsed());
+    let (threads, rss) = threads_and_rss(pid);
+    eprintln!(
+        "under the flood: {threads} threads (before {threads_before}), RssAnon {} MiB (before {} MiB)",
+        rss / 1024,
+        rss_before / 1024
+    );
+    assert!(threads < 64, "{threads} threads");
+    assert!(rss < 256 * 1024, "{} MiB anonymous RSS", rss / 1024);
+    // The node still takes new work.
+    let out = forward(&fast, b"during the flood\n", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = wait_for_records(&api, 2);
+    assert!(records[1].ends_with(b" default during the flood\n"));
+    let metrics = http("GET", &api, "/metrics", b"").text();
+    assert!(
+        metrics.contains(r#"oklog_connected_clients{modality="fast"} 1500"#)
+            || metrics.contains(r#"oklog_connected_clients{modality="fast"} 1501"#),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("connected_clients"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // The half-sent requests are cut off by the header timeout.
+    let mut slow = flood.split_off(3000);
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut cut = 0;
+    for s in &mut slow {
+        // The server answers 408 or just closes; either way the connection ends (a timed-out
+        // read of ours would mean it was still held).
+        loop {
+            match std::io::Read::read(s, &mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!(
+                        "a half-sent request still held after {:?}",
+                        started.elapsed()
+                    )
+                }
+                Err(_) => break,
+            }
+        }
+        cut += 1;
+    }
+    assert_eq!(cut, 1000);
+    eprintln!("half-sent requests cut after {:?}", t0.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the header timeout closed them"
+    );
+    drop(slow);
+    drop(flood);
+
+    // Floods of dripping durable connections, each sending a byte at a time, end without
+    // leaving memory behind.
+    for round in 0..2 {
+        let mut drip: Vec<std::net::TcpStream> = (0..2000)
+            .map(|_| std::net::TcpStream::connect(&durable).unwrap())
+            .collect();
+        for _ in 0..5 {
+            for s in &mut drip {
+                let _ = std::io::Write::write_all(s, b"x");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for s in &drip {
+            // Gone without a word (a reset): nothing of theirs is a record.
+            socket2_linger_zero(s);
+        }
+        drop(drip);
+        eprintln!(
+            "drip round {round} after {:?}: RssAnon {} MiB",
+            t0.elapsed(),
+            threads_and_rss(pid).1 / 1024
+        );
+    }
+    eventually(Duration::from_secs(20), "connections to close", || {
+        let m = http("GET", &api, "/metrics", b"").text();
+        m.contains(r#"oklog_connected_clients{modality="durable"} 0"#)
+            .then_some(())
+    });
+    // Freed memory goes back to the kernel within the node's 10 s trim period.
+    std::thread::sleep(Duration::from_secs(11));
+    let after = threads_and_rss(pid);
+    eprintln!(
+        "after the floods: {} threads, RssAnon {} MiB (before {} MiB)",
+        after.0,
+        after.1 / 1024,
+        rss_before / 1024
+    );
+    assert!(
+        after.1 < rss_before + 64 * 1024,
+        "memory returns: {} MiB after, {} MiB before",
+        after.1 / 1024,
+        rss_before / 1024
+    );
+}

@@ -231,6 +231,18 @@ pub fn store_flags(rf_default: &'static str, rf_help: &'static str) -> Vec<Flag>
             "24h",
             "purge deleted segment files after this long",
         ),
+        flag(
+            "api.max-queries",
+            Kind::Int,
+            "32",
+            "queries and hits answered at once (and as many node-local ones); more get 503",
+        ),
+        flag(
+            "api.max-streams",
+            Kind::Int,
+            "256",
+            "live streams served at once (and as many node-local ones); more get 503",
+        ),
         flag("ui.local", Kind::Bool, "", "ignored: the UI is embedded"),
     ]
 }
@@ -325,6 +337,8 @@ fn positive(args: &Args, name: &str) -> anyhow::Result<u64> {
 /// The store half of a node.
 pub struct StoreParts {
     log: Arc<StoreLog>,
+    max_queries: usize,
+    max_streams: usize,
     api: Arc<StoreApi>,
     consumers: usize,
     consumer: ConsumerConfig,
@@ -347,6 +361,8 @@ pub fn build_store(args: &Args, rf: i64, metrics: &Arc<Metrics>) -> anyhow::Resu
     let api = StoreApi::new(Arc::clone(&log), Arc::clone(metrics));
     Ok(StoreParts {
         log,
+        max_queries: positive(args, "api.max-queries")? as usize,
+        max_streams: positive(args, "api.max-streams")? as usize,
         api,
         consumers,
         lifecycle: CompactConfig {
@@ -481,8 +497,13 @@ pub fn run_node(
     {
         tracing::warn!(%advertise_ip, "this node advertises an address other hosts cannot reach; set -cluster.advertise-addr");
     }
+    raise_open_files_limit();
+    tame_the_allocator();
+    // Connections are tasks on the workers; blocking work (file I/O, fsync, local searches)
+    // runs on a bounded pool, so no client can make the node start threads without end.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
@@ -521,6 +542,56 @@ pub fn run_node(
         };
         node.serve(api_listener, ingest, store).await
     })
+}
+
+/// Keep the allocator from holding on to memory a flood of connections used: at most a few
+/// malloc arenas (glibc makes up to 8 per core, one per busy thread, and a freed buffer stays in
+/// the arena of the thread that freed it), and free pages handed back to the kernel every 10 s.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tame_the_allocator() {
+    // SAFETY: mallopt is called before any thread but this one exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+    std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_secs(10));
+                // SAFETY: malloc_trim only releases free memory.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
+        })
+        .ok();
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tame_the_allocator() {}
+
+/// Threads the runtime may start for blocking work.
+const MAX_BLOCKING_THREADS: usize = 40;
+
+/// Raise the soft limit on open files to the hard one, as Go's runtime does: every ingest
+/// connection is a file descriptor, and soft limits of 1024 are common.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::debug!("could not raise the open files limit");
+            }
+        }
+    }
 }
 
 /// A node's shared pieces while it runs.
@@ -609,18 +680,24 @@ impl Node {
                     set_state_gauges(&m.store_segments, &m.store_segment_bytes, states);
                 }
             });
+            let gateway = Gateway::with_local(
+                Arc::clone(&peers),
+                http::client(),
+                Arc::clone(&self.metrics),
+                self.gossip.me().api_addr,
+                Arc::clone(&parts.api),
+            )
+            .router();
+            // Each class of work has its own bound, so a gateway's calls to its peers never
+            // wait behind the user queries that made them.
+            let (q, st) = (parts.max_queries, parts.max_streams);
+            let gateway = http::limit(gateway, &["/store/query", "/store/hits"], q);
+            let gateway = http::limit(gateway, &["/store/stream"], st);
+            let local = http::limit(parts.api.router(), &["/store/_query", "/store/_hits"], q);
+            let local = http::limit(local, &["/store/_stream"], st);
             router = router
-                .merge(parts.api.router())
-                .merge(
-                    Gateway::with_local(
-                        Arc::clone(&peers),
-                        http::client(),
-                        Arc::clone(&self.metrics),
-                        self.gossip.me().api_addr,
-                        Arc::clone(&parts.api),
-                    )
-                    .router(),
-                )
+                .merge(local)
+                .merge(gateway)
                 .route("/store/_clusterstate", get(state))
                 .merge(crate::ui::router());
             let compacter = Compacter::new(

@@ -168,29 +168,214 @@ pub fn instrument(router: Router, metrics: Arc<Metrics>) -> Router {
     ))
 }
 
+/// Serve at most `max` requests at once to the routes in `paths` (a class of work, such as
+/// queries); one more is answered 503 with `Retry-After: 1`. A request holds its place until
+/// its response body (a streamed answer) is finished or dropped.
+pub fn limit(router: Router, paths: &'static [&'static str], max: usize) -> Router {
+    use axum::extract::{MatchedPath, Request};
+    use axum::middleware::Next;
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let permits = Arc::clone(&permits);
+            async move {
+                let limited = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .is_some_and(|p| paths.contains(&p.as_str()));
+                if !limited {
+                    return next.run(req).await;
+                }
+                let Ok(permit) = permits.try_acquire_owned() else {
+                    let mut r = text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "too many concurrent requests of this kind (at most {max}); retry\n"
+                        ),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return r;
+                };
+                let (parts, body) = next.run(req).await.into_parts();
+                let body = Body::from_stream(futures_util::StreamExt::map(
+                    body.into_data_stream(),
+                    move |chunk| {
+                        let _held = &permit;
+                        chunk
+                    },
+                ));
+                Response::from_parts(parts, body)
+            }
+        },
+    ))
+}
+
+/// Pending connections a listener queues before the kernel drops SYNs.
+pub const BACKLOG: i32 = 4096;
+
+fn listen(sa: std::net::SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(sa), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&sa.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// Bind a TCP listener and log `listening name=<name> addr=<ip:port>` with the real port.
+///
+/// The accept queue holds [`BACKLOG`] connections (capped by the kernel's `somaxconn`): after a
+/// restart every forwarder reconnects at once, and a queue of 128 would drop SYNs, each costing
+/// its client a one-second retransmission.
 pub async fn bind(name: &'static str, addr: &str) -> io::Result<TcpListener> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("listening on {addr} ({name}): {e}")))?;
+    let fail =
+        |e: io::Error| io::Error::new(e.kind(), format!("listening on {addr} ({name}): {e}"));
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    let mut bound = None;
+    for sa in tokio::net::lookup_host(addr).await.map_err(fail)? {
+        match listen(sa) {
+            Ok(l) => {
+                bound = Some(l);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let listener = bound.ok_or(last).map_err(fail)?;
     let local = listener.local_addr()?;
     tracing::info!(name = %name, addr = %local, "listening");
     Ok(listener)
 }
 
+/// A client has this long to send a request's head (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body that sends nothing for this long is cut off.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest request head (request line and headers) accepted: larger ones get a 431.
+pub const MAX_HEAD_BYTES: usize = 256 << 10;
+/// Connections served at once per API listener; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+
 /// Serve `router` on `listener` until `shutdown` turns true, then stop accepting and let
 /// running requests finish.
+///
+/// Every connection has [`HEADER_READ_TIMEOUT`] to send each request head, of at most
+/// [`MAX_HEAD_BYTES`], and every request body [`BODY_IDLE_TIMEOUT`] between two reads; at most
+/// [`MAX_CONNECTIONS`] are served at once.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let router = router.fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found\n") });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let router = router
+        .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found\n") })
+        .layer(axum::middleware::map_request(
+            |req: axum::extract::Request| async move {
+                req.map(|b| Body::new(IdleBody::new(b, BODY_IDLE_TIMEOUT)))
+            },
+        ));
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let live = Arc::new(AtomicUsize::new(0));
+    let refused_log = crate::throttle::Throttle::new(Duration::from_secs(10));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(held) = refused_log.allow() {
+                    tracing::warn!(listener = "api", error = %e, suppressed = held, "accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            if let Some(held) = refused_log.allow() {
+                tracing::warn!(%peer, max = MAX_CONNECTIONS, suppressed = held, "too many API connections; closing");
+            }
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .serve_connection(TokioIo::new(stream), service.clone());
+        let conn = graceful.watch(conn);
+        live.fetch_add(1, Ordering::SeqCst);
+        let live = Arc::clone(&live);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "API connection ended");
+            }
+            live.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// A request body that fails when no data arrives for `idle`: a client that stops sending
+/// mid-body never holds a handler (and, for a replicate, its file) for longer.
+struct IdleBody {
+    inner: Body,
+    idle: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleBody {
+    fn new(inner: Body, idle: Duration) -> IdleBody {
+        IdleBody {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl hyper::body::Body for IdleBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("request body idle for {:?}", this.idle),
+                ))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Request body type of the node-to-node client.

@@ -409,6 +409,11 @@ impl Pump<'_> {
         }
     }
 
+    /// Whether there are buffers to give back.
+    fn holds_buffers(&self) -> bool {
+        self.buf.capacity() > 0 || self.out.capacity() > 0
+    }
+
     /// Give the buffers back while the connection is quiet.
     fn shrink(&mut self) {
         if self.out.is_empty() {
@@ -477,7 +482,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, modality: Modality, ing: &I
                 // Whatever the ending, the complete records read are kept (a torn line is not).
                 pump.store().await?;
                 let writer = &mut pump.writer;
-                tokio::task::block_in_place(|| writer.close())?;
+                if writer.is_open() {
+                    tokio::task::block_in_place(|| writer.close())?;
+                }
                 Ok(end)
             }
             .await
@@ -521,8 +528,13 @@ async fn read_loop(stream: &TcpStream, pump: &mut Pump<'_>, acks: &mut Acks) -> 
         if ing.stopping() {
             return Ok(End::Stop);
         }
-        // The next time something is due without input: a write, a rotation, shrinking, idling out.
-        let mut wake = last_data + SHRINK_AFTER;
+        // The next time something is due without input: a write, a rotation, giving buffers
+        // back, idling out. (Each only while it still has work: a wake-up in the past would
+        // spin.)
+        let mut wake = Instant::now() + Duration::from_secs(3600);
+        if pump.holds_buffers() {
+            wake = wake.min(last_data + SHRINK_AFTER);
+        }
         if let Some(t) = pump.out_since {
             wake = wake.min(t + ACK_EVERY);
         }

@@ -91,6 +91,11 @@ impl SegmentWriter {
         }
     }
 
+    /// Whether a segment is open (so closing it has work to do).
+    pub fn is_open(&self) -> bool {
+        self.active.is_some()
+    }
+
     /// How long until [`SegmentWriter::tick`] has work to do.
     pub fn until_rotation(&self) -> Option<Duration> {
         self.active

@@ -349,7 +349,12 @@ async fn replicate(State(api): State<Arc<StoreApi>>, body: Body) -> Response {
                 }
             }
             Err(e) => {
-                result = Err(ReplicaError::Io(io::Error::other(e.to_string())));
+                // hyper's message for a malformed chunk is its Display plus the source.
+                let why = match std::error::Error::source(&e) {
+                    Some(src) => format!("{e}: {src}"),
+                    None => e.to_string(),
+                };
+                result = Err(ReplicaError::Body(why));
                 break;
             }
         }
@@ -396,6 +401,12 @@ async fn replicate(State(api): State<Arc<StoreApi>>, body: Body) -> Response {
         Ok(Ok(None)) => text(StatusCode::OK, "No records\n"),
         Ok(Err(e @ ReplicaError::Malformed { .. })) => {
             api.metrics.store_rejected_replicas.inc();
+            text(StatusCode::BAD_REQUEST, format!("{e}\n"))
+        }
+        Ok(Err(e @ ReplicaError::Body(_))) => {
+            // The partial file is gone; a client that vanished never reads this answer.
+            api.metrics.store_rejected_replicas.inc();
+            tracing::warn!(error = %e, "replicate body broke off; nothing stored");
             text(StatusCode::BAD_REQUEST, format!("{e}\n"))
         }
         Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

@@ -285,6 +285,7 @@ impl Consumer {
                     Ok(()) => continue,
                     Err(ReplicaError::Malformed { .. }) => well_formed = false,
                     Err(ReplicaError::Io(e)) => return Err(e),
+                    Err(e @ ReplicaError::Body(_)) => return Err(io::Error::other(e)),
                 }
                 if let Some((i, len)) = prev_len {
                     // Not fit to append after all: move what went into the aggregate to a
@@ -306,6 +307,7 @@ impl Consumer {
             let checked = match well_formed.then(|| writer.finish()) {
                 Some(Ok(r)) => Some(r),
                 Some(Err(ReplicaError::Io(e))) => return Err(e),
+                Some(Err(e @ ReplicaError::Body(_))) => return Err(io::Error::other(e)),
                 Some(Err(ReplicaError::Malformed { .. })) | None => None,
             };
             match (checked, prev_len) {

@@ -21,6 +21,10 @@ pub enum ReplicaError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The request body broke off: malformed chunked encoding, a truncated body, a client that
+    /// went away or stopped sending.
+    #[error("reading the request body: {0}")]
+    Body(String),
     /// Writing the segment failed.
     #[error("writing segment: {0}")]
     Io(#[from] io::Error),
