@@ -270,3 +270,87 @@ fn floods_of_idle_connections_and_half_sent_requests_stay_bounded() {
         rss_before / 1024
     );
 }
+
+#[test]
+fn stream_clients_that_never_read_cost_bounded_memory_and_a_reader_sees_everything() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let (api, fast) = (node.addr("api").to_string(), node.addr("fast").to_string());
+    let pid = node.child.id();
+    let (_, rss_before) = threads_and_rss(pid);
+    let stream_req = "GET /store/stream?q=rec HTTP/1.1\r\nHost: a\r\n\r\n";
+    // Ten clients that ask for everything and never read a byte.
+    let stuck: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&api).unwrap();
+            std::io::Write::write_all(&mut s, stream_req.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    // One that reads everything.
+    let reader = {
+        let mut s = std::net::TcpStream::connect(&api).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        std::io::Write::write_all(&mut s, stream_req.as_bytes()).unwrap();
+        std::thread::spawn(move || {
+            let mut seen = std::collections::HashSet::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut text = Vec::new();
+            while seen.len() < 400_000 {
+                let n = match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                text.extend_from_slice(&buf[..n]);
+                let end = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                for line in text[..end].split(|&b| b == b'\n') {
+                    if let Some(i) = line.windows(4).position(|w| w == b"rec ") {
+                        seen.insert(line[i..].to_vec());
+                    }
+                }
+                text.drain(..end);
+            }
+            seen.len()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500)); // streams registered everywhere
+    let mut input = Vec::new();
+    for i in 0..400_000 {
+        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
+    }
+    let out = forward(&fast, &input, &[]);
+    assert!(out.status.success());
+    assert_eq!(
+        reader.join().unwrap(),
+        400_000,
+        "the reading stream saw every record"
+    );
+    std::thread::sleep(Duration::from_secs(11)); // what is freed goes back within the trim period
+    let (_, rss) = threads_and_rss(pid);
+    eprintln!(
+        "10 stuck streams after {} MB ingested: RssAnon {} MiB (before {} MiB)",
+        input.len() >> 20,
+        rss / 1024,
+        rss_before / 1024
+    );
+    // Ingesting and the reading stream take up to ~64 MiB; each stuck stream holds at most
+    // its window's 4 MiB, a few chunks and the buffers of its connections, whatever the volume.
+    assert!(
+        rss < rss_before + (64 + stuck.len() as u64 * 20) * 1024,
+        "{} MiB",
+        rss / 1024
+    );
+    drop(stuck);
+    std::thread::sleep(Duration::from_secs(11)); // the node's trim period
+    let (_, rss_after) = threads_and_rss(pid);
+    eprintln!(
+        "after the stuck clients left: RssAnon {} MiB",
+        rss_after / 1024
+    );
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "{} MiB",
+        rss_after / 1024
+    );
+}

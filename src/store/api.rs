@@ -89,7 +89,7 @@ impl StoreApi {
         };
         self.log.adopt(spool, low, high)?;
         if let Some(map) = for_streams {
-            self.registry.publish(&map);
+            self.registry.publish(Bytes::from_owner(map));
         }
         self.count_ingress(bytes);
         Ok(())
@@ -125,8 +125,7 @@ async fn local_stream(
     // The subscription lives in the body stream: when the client goes away, it is dropped
     // and deregistered.
     let body = futures_util::stream::unfold(sub, |mut sub| async move {
-        sub.rx
-            .recv()
+        sub.next_chunk()
             .await
             .map(|chunk| (Ok::<_, std::io::Error>(chunk), sub))
     });
@@ -377,7 +376,7 @@ async fn replicate(State(api): State<Arc<StoreApi>>, body: Body) -> Response {
                     // SAFETY: the inode is never truncated or written after validation; it
                     // is only renamed or unlinked, which keeps the mapping valid.
                     if let Ok(map) = unsafe { memmap2::Mmap::map(&f) } {
-                        registry.publish(&map);
+                        registry.publish(Bytes::from_owner(map));
                     }
                 }
                 Ok(Some((r.records, r.bytes)))

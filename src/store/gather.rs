@@ -333,7 +333,9 @@ async fn stream(
         return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n"));
     }
     let window = crate::stream::parse_window(params.get("window").map(String::as_str));
-    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    // A few chunks of about 256 KiB: a client that stops reading holds no more than that here
+    // (and its peers drop it once their queues are full).
+    let (tx, mut rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(crate::stream::run(
         Arc::clone(&gw.peers),
         gw.client.clone(),

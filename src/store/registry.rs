@@ -1,9 +1,13 @@
 //! Live streams on one store node: every segment this node accepts through replication is
-//! matched against the registered stream queries, and matching records are pushed to them.
+//! handed to the registered stream queries, and each stream sends its client the records that
+//! match.
 //!
-//! Publishing never blocks replication: each stream has a bounded queue, and a stream whose
-//! queue is full (a slow client) is dropped and counted (`oklog_store_dropped_streams_total`).
-//! Streams carry no time bounds: they see what arrives from now on.
+//! Publishing never blocks replication and copies nothing: each stream queues the accepted
+//! segments themselves (`Bytes` over the file's mapping: page cache, not the heap) and matches
+//! them as its client reads, a slice at a time. A stream's queue is bounded by the bytes of the
+//! segments it holds ([`MAX_PENDING`]); a client that falls further behind is dropped and
+//! counted (`oklog_store_dropped_streams_total`), and a dropped or departed client frees its
+//! queue at once. Streams carry no time bounds: they see what arrives from now on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,15 +19,17 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 use crate::search::{Matcher, Matches};
 
-/// Chunks queued per stream before it counts as too slow.
-pub const STREAM_QUEUE: usize = 1024;
-/// Matching records are sent in chunks of up to this many bytes (64 KiB).
-const CHUNK: usize = 64 << 10;
+/// Bytes of accepted segments a stream may have queued, unread by its client (1 GiB of
+/// mapped files: they cost page cache, and keep deleted files' space until read).
+pub const MAX_PENDING: u64 = 1 << 30;
+/// A queued segment is matched this many bytes (1 MiB) at a time, so a client's read never
+/// waits for a whole segment to be searched.
+const SLICE: usize = 1 << 20;
 
 #[derive(Debug)]
 struct Entry {
-    matcher: Arc<Matcher>,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::UnboundedSender<Bytes>,
+    pending: Arc<AtomicU64>,
 }
 
 /// The registered streams of this node.
@@ -32,13 +38,18 @@ pub struct Registry {
     streams: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
     metrics: Arc<Metrics>,
+    max_pending: u64,
 }
 
-/// A registered stream; dropping it deregisters.
+/// A registered stream; dropping it deregisters it and frees its queue.
 #[derive(Debug)]
 pub struct Subscription {
-    /// Chunks of matching record lines.
-    pub rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    pending: Arc<AtomicU64>,
+    matcher: Matcher,
+    /// The segment being matched and how far.
+    current: Bytes,
+    at: usize,
     id: u64,
     registry: Arc<Registry>,
 }
@@ -49,13 +60,55 @@ impl Drop for Subscription {
     }
 }
 
+impl Subscription {
+    /// The next chunk of matching record lines; `None` when the stream was dropped (too slow)
+    /// or the node stops.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if self.at < self.current.len() {
+                let rest = &self.current[self.at..];
+                // A slice of whole lines (the segment ends with one).
+                let end = if rest.len() <= SLICE {
+                    rest.len()
+                } else {
+                    memchr::memchr(b'\n', &rest[SLICE..]).map_or(rest.len(), |i| SLICE + i + 1)
+                };
+                let slice = &rest[..end];
+                self.at += end;
+                let mut chunk = Vec::new();
+                for line in Matches::new(slice, 0, u64::MAX, &self.matcher) {
+                    chunk.extend_from_slice(line);
+                }
+                if self.at >= self.current.len() {
+                    self.pending
+                        .fetch_sub(self.current.len() as u64, Ordering::SeqCst);
+                }
+                if !chunk.is_empty() {
+                    return Some(Bytes::from(chunk));
+                }
+                // Let other tasks run between slices of a long search.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            self.current = self.rx.recv().await?;
+            self.at = 0;
+        }
+    }
+}
+
 impl Registry {
     /// An empty registry.
     pub fn new(metrics: Arc<Metrics>) -> Arc<Registry> {
+        Self::with_limit(metrics, MAX_PENDING)
+    }
+
+    /// An empty registry whose streams may queue `max_pending` bytes.
+    pub fn with_limit(metrics: Arc<Metrics>, max_pending: u64) -> Arc<Registry> {
         Arc::new(Registry {
             streams: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
             metrics,
+            max_pending,
         })
     }
 
@@ -66,16 +119,21 @@ impl Registry {
     /// Register a stream for records matching `matcher`.
     pub fn register(self: &Arc<Self>, matcher: Matcher) -> Subscription {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicU64::new(0));
         self.lock().insert(
             id,
             Entry {
-                matcher: Arc::new(matcher),
                 tx,
+                pending: Arc::clone(&pending),
             },
         );
         Subscription {
             rx,
+            pending,
+            matcher,
+            current: Bytes::new(),
+            at: 0,
             id,
             registry: Arc::clone(self),
         }
@@ -86,88 +144,82 @@ impl Registry {
         self.lock().is_empty()
     }
 
-    /// Push the matching records of a newly accepted segment to every stream (blocking code:
-    /// call it off the async workers). Streams that cannot keep up are dropped.
-    pub fn publish(&self, segment: &[u8]) {
-        let entries: Vec<(u64, Arc<Matcher>, mpsc::Sender<Bytes>)> = self
-            .lock()
-            .iter()
-            .map(|(id, e)| (*id, Arc::clone(&e.matcher), e.tx.clone()))
-            .collect();
-        let mut dead = Vec::new();
-        for (id, matcher, tx) in entries {
-            let mut chunk = Vec::new();
-            let mut ok = true;
-            for line in Matches::new(segment, 0, u64::MAX, &matcher) {
-                chunk.extend_from_slice(line);
-                if chunk.len() >= CHUNK {
-                    ok = send(&tx, &mut chunk);
-                    if !ok {
-                        break;
-                    }
-                }
-            }
-            if ok && !chunk.is_empty() {
-                ok = send(&tx, &mut chunk);
-            }
-            if !ok {
-                dead.push(id);
-            }
+    /// Hand a newly accepted segment (whole record lines) to every stream. Streams whose
+    /// queue would pass [`MAX_PENDING`] are dropped.
+    pub fn publish(&self, segment: Bytes) {
+        if segment.is_empty() {
+            return;
         }
-        if !dead.is_empty() {
-            let mut streams = self.lock();
-            for id in dead {
-                if streams.remove(&id).is_some_and(|e| !e.tx.is_closed()) {
-                    self.metrics.store_dropped_streams.inc();
-                    tracing::warn!(stream = id, "stream client too slow; dropping it");
-                }
+        let len = segment.len() as u64;
+        let mut streams = self.lock();
+        streams.retain(|id, e| {
+            let queued = e.pending.fetch_add(len, Ordering::SeqCst) + len;
+            let keep = queued <= self.max_pending && e.tx.send(segment.clone()).is_ok();
+            if !keep && !e.tx.is_closed() {
+                self.metrics.store_dropped_streams.inc();
+                tracing::warn!(stream = id, queued, "stream client too slow; dropping it");
             }
-        }
+            keep
+        });
     }
-}
-
-fn send(tx: &mpsc::Sender<Bytes>, chunk: &mut Vec<u8>) -> bool {
-    tx.try_send(Bytes::from(std::mem::take(chunk))).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn matching_records_reach_only_matching_streams() {
+    #[tokio::test]
+    async fn matching_records_reach_only_matching_streams() {
         // TestQueryRegistry.
         let reg = Registry::new(Metrics::new());
         let mut foo = reg.register(Matcher::new("foo", false).unwrap());
         let mut bar = reg.register(Matcher::new("bar", false).unwrap());
-        reg.publish(
+        reg.publish(Bytes::from_static(
             b"00000000000000000000000000 no match\n00000000000000000000000000 abc foo def\n",
-        );
+        ));
         assert_eq!(
-            &foo.rx.try_recv().unwrap()[..],
+            &foo.next_chunk().await.unwrap()[..],
             b"00000000000000000000000000 abc foo def\n"
         );
-        assert!(bar.rx.try_recv().is_err());
         drop(foo);
-        reg.publish(b"00000000000000000000000001 foo bar\n");
+        reg.publish(Bytes::from_static(b"00000000000000000000000001 foo bar\n"));
         assert_eq!(
-            &bar.rx.try_recv().unwrap()[..],
-            b"00000000000000000000000001 foo bar\n"
+            &bar.next_chunk().await.unwrap()[..],
+            b"00000000000000000000000001 foo bar\n",
+            "the first segment had nothing for bar"
         );
         drop(bar);
         assert!(reg.is_empty(), "dropping a subscription deregisters it");
     }
 
-    #[test]
-    fn slow_streams_are_dropped_not_waited_for() {
+    #[tokio::test]
+    async fn a_stream_that_falls_too_far_behind_is_dropped_and_frees_its_queue() {
         let metrics = Metrics::new();
-        let reg = Registry::new(Arc::clone(&metrics));
-        let slow = reg.register(Matcher::new("", false).unwrap());
-        for _ in 0..=STREAM_QUEUE {
-            reg.publish(b"00000000000000000000000000 x\n");
+        let limit = 8 << 20;
+        let reg = Registry::with_limit(Arc::clone(&metrics), limit);
+        let mut slow = reg.register(Matcher::new("", false).unwrap());
+        let mut fast = reg.register(Matcher::new("", false).unwrap());
+        // One big segment, shared by both streams (one allocation, however many streams).
+        let line = b"00000000000000000000000000 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n";
+        let segment = Bytes::from(line.repeat((1 << 20) / line.len()));
+        let per = (limit / segment.len() as u64) as usize;
+        for _ in 0..per {
+            reg.publish(segment.clone());
+            // The reading stream keeps up.
+            while fast.pending.load(Ordering::SeqCst) > 0 {
+                fast.next_chunk().await.unwrap();
+            }
         }
-        assert!(reg.is_empty(), "the slow stream was dropped");
-        assert_eq!(metrics.store_dropped_streams.get(), 1);
-        drop(slow);
+        assert_eq!(metrics.store_dropped_streams.get(), 0, "at the limit, kept");
+        reg.publish(segment.clone());
+        assert_eq!(metrics.store_dropped_streams.get(), 1, "past it, dropped");
+        // The dropped stream ends once it has read what it had.
+        let mut read = 0u64;
+        while let Some(chunk) = slow.next_chunk().await {
+            read += chunk.len() as u64;
+        }
+        assert_eq!(read, per as u64 * segment.len() as u64);
+        assert_eq!(reg.lock().len(), 1, "the reading stream stays");
+        drop(fast);
     }
 }

@@ -24,14 +24,30 @@ use crate::record::ULID_LEN;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3);
 /// Windows below this are raised to it (as the original).
 pub const MIN_WINDOW: Duration = Duration::from_millis(100);
+/// Lines sent to the client are joined into chunks of about this many bytes (256 KiB).
+const OUT_CHUNK: usize = 256 << 10;
 /// How often the peer list is read again, and how long to wait before reconnecting.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
+/// Bytes of records a stream holds for its window before it lets the oldest go early (4 MiB:
+/// a few seconds of a busy cluster's records, 40 ms at 1 M records/s).
+pub const MAX_HELD_BYTES: usize = 4 << 20;
+/// A client that takes nothing for this long is dropped (its buffers freed).
+pub const CLIENT_STALL: Duration = Duration::from_secs(30);
+/// Emitted IDs remembered for deduplication at most (about 100 MiB at most).
+pub const MAX_EMITTED: usize = 2_000_000;
+
 /// Window deduplication, driven by the caller's clock (so tests control time).
+///
+/// Memory is bounded whatever the ingest rate: past [`MAX_HELD_BYTES`] held, records are
+/// emitted before their window is up (in ULID order among themselves), and past
+/// [`MAX_EMITTED`] remembered IDs the oldest are forgotten. At rates that reach either bound a
+/// stream may be less ordered, or let a late duplicate through; it never loses a record.
 #[derive(Debug)]
 pub struct Deduplicator {
     window: Duration,
     held: BTreeMap<[u8; ULID_LEN], (Bytes, Instant)>,
+    held_bytes: usize,
     emitted: HashSet<[u8; ULID_LEN]>,
     emitted_order: VecDeque<([u8; ULID_LEN], Instant)>,
 }
@@ -42,6 +58,7 @@ impl Deduplicator {
         Deduplicator {
             window,
             held: BTreeMap::new(),
+            held_bytes: 0,
             emitted: HashSet::new(),
             emitted_order: VecDeque::new(),
         }
@@ -53,27 +70,54 @@ impl Deduplicator {
         if self.emitted.contains(&key) || self.held.contains_key(&key) {
             return;
         }
-        self.held.insert(key, (line, now));
+        self.held_bytes += line.len();
+        // A copy: the line is a slice of a peer's whole body frame, which it would keep alive.
+        self.held.insert(key, (Bytes::copy_from_slice(&line), now));
+    }
+
+    /// Whether more is held than [`MAX_HELD_BYTES`] (so the next tick should come now).
+    pub fn over_limit(&self) -> bool {
+        self.held_bytes > MAX_HELD_BYTES
     }
 
     /// Records whose hold time is up at `now`, in ULID order.
     pub fn tick(&mut self, now: Instant) -> Vec<Bytes> {
         while let Some((k, t)) = self.emitted_order.front() {
-            if now.duration_since(*t) < self.window * 2 {
+            if now.duration_since(*t) < self.window * 2 && self.emitted_order.len() <= MAX_EMITTED {
                 break;
             }
             self.emitted.remove(k);
             self.emitted_order.pop_front();
         }
-        let due: Vec<[u8; ULID_LEN]> = self
+        let mut due: Vec<[u8; ULID_LEN]> = self
             .held
             .iter()
             .filter(|(_, (_, arrived))| now.duration_since(*arrived) >= self.window)
             .map(|(k, _)| *k)
             .collect();
+        if self.held_bytes > MAX_HELD_BYTES {
+            // Too much held: let the earliest arrivals go now, down to half the limit.
+            let mut by_arrival: Vec<([u8; ULID_LEN], Instant, usize)> = self
+                .held
+                .iter()
+                .map(|(k, (l, t))| (*k, *t, l.len()))
+                .collect();
+            by_arrival.sort_by_key(|(_, t, _)| *t);
+            let mut left = self.held_bytes;
+            for (k, _, len) in by_arrival {
+                if left <= MAX_HELD_BYTES / 2 {
+                    break;
+                }
+                due.push(k);
+                left -= len;
+            }
+            due.sort();
+            due.dedup();
+        }
         let mut out = Vec::with_capacity(due.len());
         for k in due {
             if let Some((line, _)) = self.held.remove(&k) {
+                self.held_bytes -= line.len();
                 out.push(line);
                 self.emitted.insert(k);
                 self.emitted_order.push_back((k, now));
@@ -92,7 +136,7 @@ pub fn parse_window(value: Option<&str>) -> Duration {
 }
 
 /// Fan out to every store node's `/store/_stream?<raw>`, deduplicate with `window`, and send
-/// record lines to `out` until it closes.
+/// chunks of record lines to `out` until it closes.
 pub async fn run(
     peers: Arc<dyn Peers>,
     client: Client,
@@ -126,12 +170,26 @@ pub async fn run(
                 if let Some(line) = line {
                     dedup.insert(line, Instant::now());
                 }
+                if dedup.over_limit() {
+                    tick.reset_immediately();
+                }
             }
             _ = tick.tick() => {
+                // Due lines go out joined into chunks: one body frame per line would cost the
+                // client more than the records.
+                let mut chunk = Vec::new();
+                let mut gone = false;
                 for line in dedup.tick(Instant::now()) {
-                    if out.send(line).await.is_err() {
-                        break;
+                    chunk.extend_from_slice(&line);
+                    if chunk.len() >= OUT_CHUNK {
+                        gone = !send(&out, Bytes::from(std::mem::take(&mut chunk))).await;
+                        if gone {
+                            break;
+                        }
                     }
+                }
+                if gone || (!chunk.is_empty() && !send(&out, Bytes::from(chunk)).await) {
+                    break;
                 }
             }
             _ = out.closed() => break,
@@ -139,6 +197,18 @@ pub async fn run(
     }
     for (_, task) in conns {
         task.abort();
+    }
+}
+
+/// Send a chunk to the client; `false` if it went away or took nothing for [`CLIENT_STALL`].
+async fn send(out: &mpsc::Sender<Bytes>, chunk: Bytes) -> bool {
+    match tokio::time::timeout(CLIENT_STALL, out.send(chunk)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::warn!("stream client took nothing for {CLIENT_STALL:?}; dropping it");
+            false
+        }
     }
 }
 
