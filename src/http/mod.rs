@@ -3,7 +3,7 @@
 //! from files and channels, and the client used to reach other nodes.
 
 use std::convert::Infallible;
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,35 +53,33 @@ pub fn channel_body(mut rx: mpsc::Receiver<io::Result<Bytes>>) -> Body {
     Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
-/// Read `file` on a blocking thread into a channel of 256 KiB chunks; an I/O error is sent as
-/// the last item. Reading stops when the receiver is dropped.
-fn read_file_chunks(mut file: std::fs::File) -> mpsc::Receiver<io::Result<Bytes>> {
-    let (tx, rx) = mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
+/// Read `file` in 256 KiB chunks, as the consumer of the stream asks for them. An I/O error
+/// is the last item. Nothing is held while the consumer waits (a client that stopped reading,
+/// a SIGSTOPped peer) but the file and the stream itself: no thread blocks on a full channel.
+fn file_chunks(
+    file: std::fs::File,
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(Some(tokio::fs::File::from_std(file)), |state| async move {
+        let mut file = state?;
+        let mut buf = vec![0u8; FILE_CHUNK];
         loop {
-            let mut buf = vec![0u8; FILE_CHUNK];
-            match file.read(&mut buf) {
-                Ok(0) => return,
+            match file.read(&mut buf).await {
+                Ok(0) => return None,
                 Ok(n) => {
                     buf.truncate(n);
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                        return; // the other side went away
-                    }
+                    return Some((Ok(Bytes::from(buf)), Some(file)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
+                Err(e) => return Some((Err(e), None)),
             }
         }
-    });
-    rx
+    })
 }
 
 /// A response body that streams a file.
 pub fn file_body(file: std::fs::File) -> Body {
-    channel_body(read_file_chunks(file))
+    Body::from_stream(file_chunks(file))
 }
 
 /// `/health`, `/ready` and `/metrics`, present on every API listener. `/health` answers 200
@@ -418,10 +416,7 @@ pub fn empty_body() -> ClientBody {
 pub fn file_client_body(file: std::fs::File) -> ClientBody {
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
-    let mut rx = read_file_chunks(file);
-    let stream = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
-    });
+    let stream = futures_util::StreamExt::map(file_chunks(file), |r| r.map(Frame::data));
     StreamBody::new(stream).boxed()
 }
 
@@ -465,10 +460,22 @@ pub async fn call_full(
     Ok((parts.status, parts.headers, body))
 }
 
-/// Read a whole (small) response body as text.
+/// How long a small response body (an id, an "OK") may take to arrive whole.
+pub const SMALL_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Read a whole (small) response body as text, within [`SMALL_BODY_TIMEOUT`].
 pub async fn body_text(body: hyper::body::Incoming) -> io::Result<String> {
     use http_body_util::BodyExt;
-    let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    let bytes = tokio::time::timeout(SMALL_BODY_TIMEOUT, body.collect())
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("response body not complete within {SMALL_BODY_TIMEOUT:?}"),
+            )
+        })?
+        .map_err(io::Error::other)?
+        .to_bytes();
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

@@ -32,6 +32,10 @@ use crate::record::{BODY_OFFSET, ULID_LEN, check_record};
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often to repeat the "not enough store nodes" warning.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How long an ingester that failed a call is skipped; doubled (up to [`COOL_DOWN_MAX`]) each
+/// time it fails again.
+const COOL_DOWN: Duration = Duration::from_secs(10);
+const COOL_DOWN_MAX: Duration = Duration::from_secs(300);
 /// How long after start a node may take to find its store peers before the first warning.
 const JOIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -72,6 +76,9 @@ pub struct Consumer {
     warn_at: Instant,
     /// This node's API address and store: a replica for itself is adopted in place.
     local: Option<(String, Arc<super::StoreApi>)>,
+    /// Ingesters that failed a call: skipped until the instant, with the cool-down to double
+    /// if they fail again.
+    cooling: std::collections::HashMap<String, (Instant, Duration)>,
 }
 
 impl Consumer {
@@ -96,6 +103,7 @@ impl Consumer {
             bytes: 0,
             since: None,
             empty_polls: 0,
+            cooling: Default::default(),
             // The first warning comes after a grace period for the cluster to form. (Subtracting
             // from `Instant::now()` here would panic on a machine booted moments ago.)
             warn_at: Instant::now() + JOIN_GRACE,
@@ -160,10 +168,37 @@ impl Consumer {
             }
             return Duration::ZERO;
         }
-        let Some(ingester) = ingesters.choose(&mut rand::rng()).cloned() else {
+        // An ingester that failed (stopped, partitioned, its disk broken) is left alone for a
+        // while, so it holds up the others' records for one timeout, not one per attempt.
+        let now = Instant::now();
+        self.cooling.retain(|i, _| ingesters.contains(i));
+        let healthy: Vec<&String> = ingesters
+            .iter()
+            .filter(|i| self.cooling.get(*i).is_none_or(|(until, _)| now >= *until))
+            .collect();
+        let pick = if healthy.is_empty() {
+            ingesters.choose(&mut rand::rng())
+        } else {
+            healthy.choose(&mut rand::rng()).copied()
+        };
+        let Some(ingester) = pick.cloned() else {
             return self.cfg.delay;
         };
-        match self.gather(&ingester).await {
+        let result = self.gather(&ingester).await;
+        match &result {
+            Ok(_) => {
+                self.cooling.remove(&ingester);
+            }
+            Err(_) => {
+                let next = self
+                    .cooling
+                    .get(&ingester)
+                    .map_or(COOL_DOWN, |(_, d)| (*d * 2).min(COOL_DOWN_MAX));
+                self.cooling
+                    .insert(ingester.clone(), (Instant::now() + next, next));
+            }
+        }
+        match result {
             Ok(true) => {
                 self.empty_polls = 0;
                 Duration::ZERO
@@ -219,14 +254,15 @@ impl Consumer {
                 text.trim()
             )));
         }
-        let mut stream = body.into_data_stream();
+        // A segment body that stalls (a SIGSTOPped ingester) fails the step after CALL_TIMEOUT.
+        let mut stream = Box::pin(idle_timeout(body.into_data_stream(), CALL_TIMEOUT));
         // Read up to the first record's ULID to choose where the segment goes.
         let mut first_chunks: Vec<bytes::Bytes> = Vec::new();
         let mut seen = 0;
         while seen < BODY_OFFSET {
             match stream.next().await {
                 Some(chunk) => {
-                    let chunk = chunk.map_err(io::Error::other)?;
+                    let chunk = chunk?;
                     seen += chunk.len();
                     first_chunks.push(chunk);
                 }
@@ -278,7 +314,7 @@ impl Consumer {
         let mut spill: Option<BufWriter<File>> = None;
         let mut chunks = futures_util::stream::iter(first_chunks.into_iter().map(Ok)).chain(stream);
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(io::Error::other)?;
+            let chunk = chunk?;
             n += chunk.len() as u64;
             if well_formed {
                 match writer.push(&chunk) {
@@ -455,26 +491,30 @@ impl Consumer {
     /// Commit (or fail) every pending segment, then reset.
     async fn finish(&mut self, commit: bool) {
         let verb = if commit { "commit" } else { "failed" };
-        for (ingester, id) in std::mem::take(&mut self.pending) {
-            let url = format!("http://{ingester}/ingest/{verb}?id={id}");
-            match http::call(
-                &self.client,
-                Method::POST,
-                &url,
-                http::empty_body(),
-                CALL_TIMEOUT,
-            )
-            .await
-            {
-                Ok((status, body)) => {
-                    let text = http::body_text(body).await.unwrap_or_default();
-                    if !status.is_success() {
-                        tracing::warn!(%ingester, %id, %status, response = text.trim(), "{verb} refused");
+        // All at once: an ingester that does not answer delays no other's commit.
+        let calls = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(ingester, id)| {
+                let client = self.client.clone();
+                async move {
+                    let url = format!("http://{ingester}/ingest/{verb}?id={id}");
+                    match http::call(&client, Method::POST, &url, http::empty_body(), CALL_TIMEOUT)
+                        .await
+                    {
+                        Ok((status, body)) => {
+                            let text = http::body_text(body).await.unwrap_or_default();
+                            if !status.is_success() {
+                                tracing::warn!(%ingester, %id, %status, response = text.trim(), "{verb} refused");
+                            }
+                        }
+                        Err(e) => tracing::warn!(%ingester, %id, error = %e, "{verb} failed"),
                     }
                 }
-                Err(e) => tracing::warn!(%ingester, %id, error = %e, "{verb} failed"),
-            }
-        }
+            });
+        futures_util::stream::iter(calls)
+            .buffer_unordered(16)
+            .collect::<Vec<()>>()
+            .await;
         self.ranges.clear();
         self.open = None;
         for path in std::mem::take(&mut self.parts) {
@@ -625,6 +665,28 @@ fn merge_parts(log: &StoreLog, parts: &[PathBuf]) -> io::Result<Spool> {
             Err(e)
         }
     }
+}
+
+/// `stream`'s items as `io::Result`s; an error once no item arrived for `idle`.
+fn idle_timeout<E: std::fmt::Display>(
+    stream: impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    idle: Duration,
+) -> impl futures_util::Stream<Item = io::Result<bytes::Bytes>> {
+    futures_util::stream::unfold(Some(stream), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
+            Ok(Some(Err(e))) => Some((Err(io::Error::other(e.to_string())), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("segment body idle for {idle:?}"),
+                )),
+                None,
+            )),
+        }
+    })
 }
 
 #[cfg(test)]
