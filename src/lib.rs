@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod disk;
+pub mod failpoint;
 pub mod gotime;
 pub mod http;
 pub mod ingest;

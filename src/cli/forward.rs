@@ -135,7 +135,7 @@ fn spawn_api(addr: Addr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     std::thread::spawn(move || {
         rt.block_on(async move {
             let (_tx, rx) = tokio::sync::watch::channel(false);
-            let router = crate::http::common_routes("forward", metrics, rx.clone());
+            let router = crate::http::common_routes("forward", metrics, rx.clone(), None);
             let _ = crate::http::serve(listener, router, rx).await;
         })
     });

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod ingest;
 pub mod ingeststore;
 pub mod logging;
+pub mod node;
 pub mod query;
 pub mod server;
 pub mod store;

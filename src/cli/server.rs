@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::addr::parse_addr;
 use super::flags::{Args, Flag, Kind, flag};
+use super::node::run::RunGroup;
 use crate::cluster::gossip::Gossip;
 use crate::cluster::{Membership, Peers, Role, advertise, state_json};
 use crate::http;
@@ -518,7 +519,7 @@ pub fn run_node(
             bound
         };
         let (all_tx, all_rx) = watch::channel(false);
-        let gossip = Gossip::start(
+        let (gossip, gossip_tasks) = Gossip::start(
             &cluster.bind,
             advertise_ip,
             cluster.advertise_port,
@@ -532,6 +533,10 @@ pub fn run_node(
         )
         .await
         .map_err(|e| anyhow::anyhow!("-cluster {}: {e}", cluster.bind))?;
+        let mut parts = RunGroup::new();
+        for (name, task) in gossip_tasks {
+            parts.spawn(name, task);
+        }
         let node = Node {
             role,
             shutdown_timeout: args.duration("shutdown-timeout"),
@@ -540,7 +545,7 @@ pub fn run_node(
             all_tx,
             all_rx,
         };
-        node.serve(api_listener, ingest, store).await
+        node.serve(api_listener, ingest, store, parts).await
     })
 }
 
@@ -611,6 +616,7 @@ impl Node {
         api_listener: TcpListener,
         ingest: Option<IngestParts>,
         store: Option<StoreParts>,
+        mut tasks: RunGroup,
     ) -> anyhow::Result<()> {
         let role_name = self.role.name();
         let peers: Arc<dyn Peers> = Arc::new(self.gossip.clone());
@@ -634,6 +640,7 @@ impl Node {
             role_name,
             Arc::clone(&self.metrics),
             tcp_rx.clone(),
+            Some(tasks.states()),
         ));
         {
             let (gossip, metrics) = (self.gossip.clone(), Arc::downgrade(&self.metrics));
@@ -643,7 +650,6 @@ impl Node {
                 }
             });
         }
-        let mut tasks = tokio::task::JoinSet::new();
         if let Some(parts) = &ingest {
             let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
             self.metrics.on_scrape(move || {
@@ -660,17 +666,25 @@ impl Node {
             router = router
                 .merge(parts.api.router())
                 .route("/ingest/_clusterstate", get(state.clone()));
-            tasks.spawn(Arc::clone(&parts.api).run_timeouts(all_rx.clone()));
+            tasks.spawn(
+                "ingest-timeouts",
+                Arc::clone(&parts.api).run_timeouts(all_rx.clone()),
+            );
         }
         let ingest = ingest.map(|mut parts| {
             for (modality, listener) in parts.listeners.drain(..) {
-                tasks.spawn(conn::serve(
-                    listener,
-                    modality,
-                    Arc::clone(&parts.ingester),
-                    tcp_rx.clone(),
-                ));
+                tasks.spawn(
+                    modality.name(),
+                    conn::serve(
+                        listener,
+                        modality,
+                        Arc::clone(&parts.ingester),
+                        tcp_rx.clone(),
+                    ),
+                );
             }
+            let ing = Arc::clone(&parts.ingester);
+            tasks.spawn("ingest-sync", async move { ing.sync.ended().await });
             parts
         });
         if let Some(parts) = &store {
@@ -705,8 +719,8 @@ impl Node {
                 parts.lifecycle.clone(),
                 Arc::clone(&self.metrics),
             );
-            tasks.spawn(compacter.run(all_rx.clone()));
-            for _ in 0..parts.consumers {
+            tasks.spawn("lifecycle", compacter.run(all_rx.clone()));
+            for i in 0..parts.consumers {
                 let consumer = Consumer::new(
                     Arc::clone(&parts.log),
                     Arc::clone(&peers),
@@ -715,15 +729,32 @@ impl Node {
                     Arc::clone(&self.metrics),
                 )
                 .with_local(self.gossip.me().api_addr, Arc::clone(&parts.api));
-                tasks.spawn(consumer.run(all_rx.clone()));
+                tasks.spawn(&format!("consumer-{i}"), consumer.run(all_rx.clone()));
             }
         }
         let router = http::instrument(router, Arc::clone(&self.metrics));
-        let server = tokio::spawn(http::serve(api_listener, router, all_rx.clone()));
+        tasks.spawn("api", async move {
+            if let Err(e) = http::serve(api_listener, router, all_rx).await {
+                panic!("serving the API: {e}");
+            }
+        });
         tracing::info!(role = role_name, api = %self.gossip.me().api_addr, "started");
 
-        wait_for_signal().await;
-        tracing::info!("shutting down");
+        // Run until a signal, or until a part ends on its own: then stop, and say why.
+        let failed = tokio::select! {
+            _ = wait_for_signal() => None,
+            exit = tasks.next_exit() => exit,
+        };
+        match &failed {
+            None => tracing::info!("shutting down"),
+            Some(exit) => {
+                let why = match &exit.result {
+                    Ok(()) => "it returned".to_string(),
+                    Err(e) => format!("it panicked: {e}"),
+                };
+                tracing::error!(part = %exit.name, why, "a part of the node ended unexpectedly; shutting down");
+            }
+        }
         // Everything below shares one deadline; the drain leaves room for the last steps.
         let start = tokio::time::Instant::now();
         let deadline = start + self.shutdown_timeout;
@@ -735,7 +766,8 @@ impl Node {
                 .stop(drain_until.saturating_duration_since(start))
                 .await;
             // Keep serving /ingest/* so store nodes take what was flushed.
-            while tokio::time::Instant::now() < drain_until
+            while failed.is_none()
+                && tokio::time::Instant::now() < drain_until
                 && !peers.current(Role::Store).is_empty()
             {
                 let log = Arc::clone(&parts.log);
@@ -749,20 +781,42 @@ impl Node {
         }
         let _ = tokio::time::timeout_at(deadline, self.gossip.leave()).await;
         let _ = self.all_tx.send(true);
-        let _ = tokio::time::timeout_at(deadline, async {
-            while tasks.join_next().await.is_some() {}
-        })
+        // The parts finish: consumers fail their work back, the API server ends once its
+        // running requests have. (The sync thread stays until the ingester is gone.)
+        let _ = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + Duration::from_millis(200)),
+            async {
+                while tasks.running().iter().any(|p| *p != "ingest-sync") {
+                    let Some(exit) = tasks.next_exit().await else {
+                        break;
+                    };
+                    if let Err(e) = exit.result {
+                        tracing::warn!(part = %exit.name, error = %e, "part failed while stopping");
+                    }
+                }
+            },
+        )
         .await;
         if let Some(parts) = &ingest {
             parts.api.fail_all().await;
         }
-        let _ = tokio::time::timeout_at(
-            deadline.max(tokio::time::Instant::now() + Duration::from_millis(200)),
-            server,
-        )
-        .await;
-        tracing::info!("stopped");
-        Ok(())
+        match failed {
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            Some(exit) => {
+                tracing::info!("stopped");
+                Err(anyhow::anyhow!(
+                    "part {} ended unexpectedly{}",
+                    exit.name,
+                    exit.result
+                        .err()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ))
+            }
+        }
     }
 }
 

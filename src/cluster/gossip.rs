@@ -102,8 +102,12 @@ pub struct Seeds {
     pub names: Vec<(String, u16)>,
 }
 
+/// A long-running task of the gossip, for the caller to run (and supervise).
+pub type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 impl Gossip {
-    /// Bind `bind` (UDP), join through `peers` (cluster addresses), and keep the member list.
+    /// Bind `bind` (UDP), join through `peers` (cluster addresses), and keep the member list
+    /// (the returned tasks do that: run them until `shutdown`).
     /// `advertise` is the cluster address others reach this node at, `api` its API address.
     pub async fn start(
         bind: &str,
@@ -113,7 +117,7 @@ impl Gossip {
         api: SocketAddr,
         peers: Seeds,
         shutdown: watch::Receiver<bool>,
-    ) -> std::io::Result<Gossip> {
+    ) -> std::io::Result<(Gossip, Vec<(&'static str, Task)>)> {
         let socket = Arc::new(UdpSocket::bind(bind).await?);
         let local = socket.local_addr()?;
         tracing::info!(name = %"cluster", addr = %local, "listening");
@@ -131,9 +135,17 @@ impl Gossip {
             members: Arc::clone(&members),
             input: tx.clone(),
         };
-        tokio::spawn(receive(Arc::clone(&socket), tx.clone(), shutdown.clone()));
-        tokio::spawn(run(me, socket, rx, tx, members, peers, shutdown));
-        Ok(gossip)
+        let tasks: Vec<(&'static str, Task)> = vec![
+            (
+                "gossip-receive",
+                Box::pin(receive(Arc::clone(&socket), tx.clone(), shutdown.clone())),
+            ),
+            (
+                "gossip",
+                Box::pin(run(me, socket, rx, tx, members, peers, shutdown)),
+            ),
+        ];
+        Ok((gossip, tasks))
     }
 }
 

@@ -82,27 +82,38 @@ pub fn file_body(file: std::fs::File) -> Body {
     Body::from_stream(file_chunks(file))
 }
 
+/// Each supervised part of a node and its state (`running`, `stopped`, `failed: <why>`).
+pub type PartStates = Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>;
+
 /// `/health`, `/ready` and `/metrics`, present on every API listener. `/health` answers 200
-/// while the process serves; `/ready` answers 503 once `stopping` turns true (shutdown has
-/// begun), so orchestrators stop sending work.
+/// while the process serves, with each part's state when `parts` is given; `/ready` answers
+/// 503 once `stopping` turns true (shutdown has begun), so orchestrators stop sending work.
 pub fn common_routes(
     role: &'static str,
     metrics: Arc<Metrics>,
     stopping: watch::Receiver<bool>,
+    parts: Option<PartStates>,
 ) -> Router {
     let status = move |stopping: watch::Receiver<bool>| {
         let ready = !*stopping.borrow();
-        let mut body = serde_json::json!({"role": role, "ready": ready}).to_string();
+        let mut json = serde_json::json!({"role": role, "ready": ready});
+        if let Some(parts) = &parts {
+            let parts = parts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            json["parts"] = serde_json::json!(parts);
+        }
+        let mut body = json.to_string();
         body.push('\n');
         (ready, body)
     };
     let (s1, s2) = (stopping.clone(), stopping);
+    let status = Arc::new(status);
+    let status2 = Arc::clone(&status);
     let health = move || {
         let (_, body) = status(s1.clone());
         async move { ([(header::CONTENT_TYPE, "application/json")], body) }
     };
     let ready = move || {
-        let (ready, body) = status(s2.clone());
+        let (ready, body) = status2(s2.clone());
         let code = if ready {
             StatusCode::OK
         } else {
@@ -489,7 +500,7 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (_all_tx, all_rx) = watch::channel(false);
         let router = instrument(
-            common_routes("store", Arc::clone(&metrics), stop_rx),
+            common_routes("store", Arc::clone(&metrics), stop_rx, None),
             Arc::clone(&metrics),
         );
         let listener = bind("api", "127.0.0.1:0").await.unwrap();

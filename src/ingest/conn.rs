@@ -192,10 +192,19 @@ pub async fn serve(
     ingester: Arc<Ingester>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The connections are part of the listener: a panic in one (a bug) is this part's panic,
+    // so the node's run group sees it and stops the node.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => return,
+            Some(Err(e)) = connections.join_next(), if !connections.is_empty() => {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+                continue;
+            }
+            _ = shutdown.wait_for(|s| *s) => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -230,7 +239,9 @@ pub async fn serve(
             continue;
         }
         let _ = socket2::SockRef::from(&stream).set_keepalive(true);
-        tokio::spawn(async move {
+        // Finished connections are reaped here (their results are only looked at for panics).
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             let gauge = ing
                 .metrics
                 .connected_clients
@@ -246,6 +257,8 @@ pub async fn serve(
             ing.live.fetch_sub(1, Ordering::SeqCst);
         });
     }
+    // The listener stops; its connections finish their own graceful stop ([`Ingester::stop`]).
+    connections.detach_all();
 }
 
 /// How a connection's reading ended.
@@ -459,6 +472,9 @@ impl Pump<'_> {
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, modality: Modality, ing: &Ingester) {
+    if crate::failpoint::armed("connection") {
+        panic!("injected failure of an ingest connection (OKLOG_FAILPOINT)");
+    }
     let _ = stream.set_nodelay(true);
     let mut pump = Pump {
         ing,

@@ -18,6 +18,8 @@ type Request = (Arc<File>, oneshot::Sender<io::Result<()>>);
 #[derive(Debug, Clone)]
 pub struct SyncGroup {
     tx: Sender<Request>,
+    /// Closed when the sync thread ends, however it ends.
+    ended: Arc<tokio::sync::Mutex<Option<oneshot::Receiver<()>>>>,
 }
 
 impl SyncGroup {
@@ -32,10 +34,29 @@ impl SyncGroup {
         syncer: impl Fn(&File) -> io::Result<()> + Send + 'static,
     ) -> io::Result<SyncGroup> {
         let (tx, rx) = channel::<Request>();
+        let (alive, ended) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("ingest-sync".into())
-            .spawn(move || run(rx, syncer))?;
-        Ok(SyncGroup { tx })
+            .spawn(move || {
+                let _alive = alive; // dropped when the thread ends, even by a panic
+                if crate::failpoint::armed("ingest-sync") {
+                    std::thread::sleep(crate::failpoint::AFTER);
+                    panic!("injected failure of ingest-sync (OKLOG_FAILPOINT)");
+                }
+                run(rx, syncer)
+            })?;
+        Ok(SyncGroup {
+            tx,
+            ended: Arc::new(tokio::sync::Mutex::new(Some(ended))),
+        })
+    }
+
+    /// Resolves when the sync thread has ended (a part for the node's run group: it must not
+    /// end while the node runs).
+    pub async fn ended(&self) {
+        if let Some(rx) = self.ended.lock().await.take() {
+            let _ = rx.await;
+        }
     }
 
     /// fsync `file` in the next pass and wait for it (from a thread that may block).

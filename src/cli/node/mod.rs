@@ -1,0 +1,3 @@
+//! The server modes' node (`ingest`, `store`, `ingeststore`): its run group ([`run`]).
+
+pub mod run;
