@@ -76,10 +76,14 @@ fn a_full_ingest_disk_fails_writes_loudly_and_loses_nothing_stored() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(errors >= 1, "write errors are counted:\n{metrics}");
+    // The forwarder backs off instead of reconnecting as fast as it can (it made ~1,900
+    // connections a second here once), and the node logs the repeated failure once per 10 s.
     assert!(
-        node.log_text().contains("ingest write failed"),
-        "and logged"
+        errors < 30,
+        "{errors} failed connections in 3 s: the forwarder does not back off"
     );
+    let logged = node.log_text().matches("ingest write failed").count();
+    assert!((1..=2).contains(&logged), "logged {logged} times");
     // The node still answers, with everything stored before, and only whole records.
     let records = all_records(&api);
     let before: Vec<Vec<u8>> = records

@@ -354,3 +354,61 @@ fn stream_clients_that_never_read_cost_bounded_memory_and_a_reader_sees_everythi
         rss_after / 1024
     );
 }
+
+#[test]
+fn broken_replicate_bodies_are_refused_counted_and_leave_nothing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &["-api.body-idle-timeout", "1s"]);
+    let api = node.addr("api").to_string();
+    let record = "01BB6RQR190000000000000000 default a record\n";
+    let send = |head: String, body: &[u8], half_close: bool| {
+        let mut s = std::net::TcpStream::connect(&api).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        std::io::Write::write_all(&mut s, head.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut s, body).unwrap();
+        if half_close {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    // A malformed chunk size.
+    let answer = send(
+        "POST /store/replicate HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+        format!("{:x}\r\n{record}\r\nZZ\r\n", record.len()).as_bytes(),
+        false,
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A body that stops mid-way and stays open: cut off after the idle timeout.
+    let started = std::time::Instant::now();
+    let answer = send(
+        "POST /store/replicate HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n".into(),
+        record.as_bytes(),
+        false,
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("idle"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // A body shorter than announced, then the client's end.
+    send(
+        "POST /store/replicate HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n".into(),
+        record.as_bytes(),
+        true,
+    );
+    let metrics = eventually(Duration::from_secs(5), "all three counted", || {
+        let m = http("GET", &api, "/metrics", b"").text();
+        m.contains("oklog_store_rejected_replicas_total 3")
+            .then_some(m)
+    });
+    assert!(metrics.contains("oklog_store_rejected_replicas_total 3"));
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path().join("data/store"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "LOCK")
+        .collect();
+    assert!(leftovers.is_empty(), "partial files removed: {leftovers:?}");
+    assert!(all_records(&api).is_empty(), "nothing stored");
+    assert!(node.log_text().contains("replicate body broke off"));
+}

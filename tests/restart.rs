@@ -148,16 +148,21 @@ fn ingester(dir: &std::path::Path, peer: &str, old: Option<&Node>) -> Node {
     start_role("ingest", dir, Some(peer), &extra)
 }
 
+/// A store node of its own (replication factor 1) under `root`.
+fn lone_store(root: &std::path::Path) -> Node {
+    start_role(
+        "store",
+        &root.join("s"),
+        None,
+        &["-store.segment-replication-factor", "1"],
+    )
+}
+
 #[test]
 fn a_rolling_restart_of_the_ingesters_stores_every_line_once() {
     let _serial = serial();
     let root = tempfile::tempdir().unwrap();
-    let store = start_role(
-        "store",
-        &root.path().join("s"),
-        None,
-        &["-store.segment-replication-factor", "1"],
-    );
+    let store = lone_store(root.path());
     let peer = store.addr("cluster").to_string();
     let mut ings = [
         ingester(&root.path().join("i1"), &peer, None),
@@ -201,12 +206,7 @@ fn a_rolling_restart_of_the_ingesters_stores_every_line_once() {
 fn a_killed_ingester_costs_at_most_about_a_second_of_resends() {
     let _serial = serial();
     let root = tempfile::tempdir().unwrap();
-    let store = start_role(
-        "store",
-        &root.path().join("s"),
-        None,
-        &["-store.segment-replication-factor", "1"],
-    );
+    let store = lone_store(root.path());
     let peer = store.addr("cluster").to_string();
     let mut ing = ingester(&root.path().join("i1"), &peer, None);
     let fast = ing.addr("fast").to_string();

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 
 use super::addr::{Addr, parse_addr};
 use super::flags::{FlagSet, Kind, flag};
-use super::server::{API_PORT, BULK_PORT, FAST_PORT};
+use super::node::{API_PORT, BULK_PORT, FAST_PORT};
 use crate::metrics::Metrics;
 
 /// Bytes read from stdin at once (1 MiB).

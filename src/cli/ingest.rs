@@ -1,7 +1,7 @@
-//! `oklog ingest`: an ingester node.
+//! `oklog ingest`: the ingest tier alone.
 
 use super::flags::FlagSet;
-use super::server::{self, build_ingest, check_common, common_flags, ingest_flags, topic_aliases};
+use super::node::config::{common_flags, ingest_flags, topic_aliases};
 use crate::cluster::Role;
 
 /// The flags of `oklog ingest`.
@@ -21,8 +21,5 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
         return Ok(());
     };
     super::logging::init(&args.str("log.format"), args.bool("debug"))?;
-    check_common(&args)?;
-    server::run_node(Role::Ingest, &args, async |metrics| {
-        Ok((Some(build_ingest(&args, "", metrics).await?), None))
-    })
+    super::node::run(Role::Ingest, &args)
 }

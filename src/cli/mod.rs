@@ -10,7 +10,6 @@ pub mod ingeststore;
 pub mod logging;
 pub mod node;
 pub mod query;
-pub mod server;
 pub mod store;
 pub mod stream;
 pub mod testsvc;

@@ -11,7 +11,7 @@ use hyper::{Method, StatusCode};
 
 use super::addr::parse_addr;
 use super::flags::{Args, FlagSet, Kind, flag};
-use super::server::API_PORT;
+use super::node::API_PORT;
 use crate::gotime;
 use crate::http;
 use crate::record::{BODY_OFFSET, ULID_LEN, parse_ulid, ulid_ms};

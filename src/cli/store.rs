@@ -1,7 +1,7 @@
-//! `oklog store`: a storage node.
+//! `oklog store`: the store tier alone.
 
 use super::flags::FlagSet;
-use super::server::{self, build_store, check_common, common_flags, store_flags};
+use super::node::config::{common_flags, store_flags};
 use crate::cluster::Role;
 
 /// The flags of `oklog store`.
@@ -24,9 +24,5 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
         return Ok(());
     };
     super::logging::init(&args.str("log.format"), args.bool("debug"))?;
-    check_common(&args)?;
-    let rf = args.int("store.segment-replication-factor");
-    server::run_node(Role::Store, &args, async |metrics| {
-        Ok((None, Some(build_store(&args, rf, metrics)?)))
-    })
+    super::node::run(Role::Store, &args)
 }

@@ -7,8 +7,8 @@ use hyper::StatusCode;
 
 use super::addr::parse_addr;
 use super::flags::{FlagSet, Kind, flag};
+use super::node::{API_PORT, wait_for_signal};
 use super::query::encode;
-use super::server::{API_PORT, wait_for_signal};
 use crate::http;
 use crate::record::BODY_OFFSET;
 

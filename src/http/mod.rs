@@ -267,24 +267,52 @@ pub const MAX_HEAD_BYTES: usize = 256 << 10;
 /// Connections served at once per API listener; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 
-/// Serve `router` on `listener` until `shutdown` turns true, then stop accepting and let
-/// running requests finish.
-///
-/// Every connection has [`HEADER_READ_TIMEOUT`] to send each request head, of at most
-/// [`MAX_HEAD_BYTES`], and every request body [`BODY_IDLE_TIMEOUT`] between two reads; at most
-/// [`MAX_CONNECTIONS`] are served at once.
+/// The timeouts of an HTTP listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Time to send a request head (`-api.header-timeout`).
+    pub header_read: Duration,
+    /// Time a request body may send nothing (`-api.body-idle-timeout`).
+    pub body_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header_read: HEADER_READ_TIMEOUT,
+            body_idle: BODY_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// [`serve_with`] the default timeouts.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    serve_with(listener, router, shutdown, Timeouts::default()).await
+}
+
+/// Serve `router` on `listener` until `shutdown` turns true, then stop accepting and let
+/// running requests finish.
+///
+/// Every connection has `timeouts.header_read` to send each request head, of at most
+/// [`MAX_HEAD_BYTES`], and every request body `timeouts.body_idle` between two reads; at most
+/// [`MAX_CONNECTIONS`] are served at once.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
     mut shutdown: watch::Receiver<bool>,
+    timeouts: Timeouts,
 ) -> io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let router = router
         .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found\n") })
         .layer(axum::middleware::map_request(
-            |req: axum::extract::Request| async move {
-                req.map(|b| Body::new(IdleBody::new(b, BODY_IDLE_TIMEOUT)))
+            move |req: axum::extract::Request| async move {
+                req.map(|b| Body::new(IdleBody::new(b, timeouts.body_idle)))
             },
         ));
     let service = hyper_util::service::TowerToHyperService::new(router);
@@ -315,7 +343,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(timeouts.header_read)
             .max_buf_size(MAX_HEAD_BYTES)
             .serve_connection(TokioIo::new(stream), service.clone());
         let conn = graceful.watch(conn);

@@ -651,6 +651,16 @@ mod tests {
         modality: Modality,
         fail: bool,
     ) -> (Arc<Ingester>, SocketAddr) {
+        limited(dir, modality, fail, ConnLimits::default()).await
+    }
+
+    /// [`ingester`] with `limits`.
+    async fn limited(
+        dir: &std::path::Path,
+        modality: Modality,
+        fail: bool,
+        limits: ConnLimits,
+    ) -> (Arc<Ingester>, SocketAddr) {
         let ing = Arc::new(Ingester::new(
             Arc::new(IngestLog::open(dir).unwrap()),
             FramerConfig {
@@ -662,7 +672,7 @@ mod tests {
                 flush_size: 1 << 20,
                 flush_age: Duration::from_secs(60),
             },
-            ConnLimits::default(),
+            limits,
             Metrics::new(),
             SyncGroup::with_syncer(move |f| {
                 if fail {
@@ -813,29 +823,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_over_the_maximum_are_reset() {
         let dir = tempfile::tempdir().unwrap();
-        let ing = Arc::new(Ingester::new(
-            Arc::new(IngestLog::open(dir.path()).unwrap()),
-            FramerConfig {
-                topic: "default".into(),
-                mode: crate::record::TopicMode::Static,
-                max_record_size: 1 << 20,
-            },
-            Rotation {
-                flush_size: 1 << 20,
-                flush_age: Duration::from_secs(60),
-            },
-            ConnLimits {
-                max_connections: 2,
-                idle_timeout: None,
-            },
-            Metrics::new(),
-            SyncGroup::start().unwrap(),
-            Arc::default(),
-        ));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (_tx, rx) = watch::channel(false);
-        tokio::spawn(serve(listener, Modality::Fast, Arc::clone(&ing), rx));
+        let limits = ConnLimits {
+            max_connections: 2,
+            idle_timeout: None,
+        };
+        let (ing, addr) = limited(dir.path(), Modality::Fast, false, limits).await;
         let held: Vec<_> = (0..2)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
             .collect();

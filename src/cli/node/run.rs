@@ -1,3 +1,5 @@
+//! Running a node: the runtime, the run group, and the ordered shutdown.
+//!
 //! The run group: every long-running part of a node (listeners and their connections, the
 //! HTTP server, consumers, the lifecycle task, gossip, the sync thread) runs under one
 //! supervisor. A part that returns or panics before shutdown was asked for stops the node:
@@ -6,11 +8,421 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::{Id, JoinSet};
 
-use crate::http::PartStates;
+use super::build::{IngestParts, StoreParts, build_ingest, build_store};
+use super::config::NodeConfig;
+use crate::cluster::gossip::Gossip;
+use crate::cluster::{Membership, Peers, Role, advertise, state_json};
+use crate::http::{self, PartStates};
+use crate::ingest::conn;
+use crate::metrics::{Labels, Metrics};
+use crate::store::{Compacter, Consumer, Gateway};
+
+/// Build a tokio runtime and run the node until SIGINT/SIGTERM, or until a part fails.
+pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
+    let role = cfg.role;
+    let cluster = &cfg.cluster;
+    let advertise_ip = if cluster.peers.is_empty() && !cluster.peer_hosts.is_empty() {
+        // No peer resolved yet: only an explicit address can be advertised.
+        let explicit = [&cluster.advertise_host, &cluster.bind_host]
+            .into_iter()
+            .find(|h| !h.is_empty() && !advertise::is_unroutable(h));
+        match explicit {
+            Some(h) => advertise::resolve(h).map_err(anyhow::Error::msg)?,
+            None => anyhow::bail!(
+                "-peer {}: no address resolved, so the address to advertise is unknown; set -cluster.advertise-addr",
+                cluster.peer_names.join(",")
+            ),
+        }
+    } else {
+        advertise::advertise_ip(&cluster.bind_host, &cluster.advertise_host, &cluster.peers)
+            .map_err(anyhow::Error::msg)?
+    };
+    if advertise::has_nonlocal(&cluster.peer_names)
+        && advertise::is_unroutable(&advertise_ip.to_string())
+    {
+        tracing::warn!(%advertise_ip, "this node advertises an address other hosts cannot reach; set -cluster.advertise-addr");
+    }
+    raise_open_files_limit();
+    tame_the_allocator();
+    // Connections are tasks on the workers; blocking work (file I/O, fsync, local searches)
+    // runs on a bounded pool, so no client can make the node start threads without end.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let metrics = Metrics::new();
+        let ingest = match &cfg.ingest {
+            Some(c) => Some(build_ingest(c, &metrics).await?),
+            None => None,
+        };
+        let store = match &cfg.store {
+            Some(c) => Some(build_store(c, &metrics)?),
+            None => None,
+        };
+        let api_listener = http::bind("api", &cfg.api.listen_addr()).await?;
+        let bound = api_listener.local_addr()?;
+        // Others reach the API at the advertised IP, unless it is bound to one address.
+        let api = if bound.ip().is_unspecified() {
+            SocketAddr::new(advertise_ip, bound.port())
+        } else {
+            bound
+        };
+        let (all_tx, all_rx) = watch::channel(false);
+        let (gossip, gossip_tasks) = Gossip::start(
+            &cluster.bind,
+            advertise_ip,
+            cluster.advertise_port,
+            role,
+            api,
+            crate::cluster::gossip::Seeds {
+                addrs: cluster.peers.clone(),
+                names: cluster.peer_hosts.clone(),
+            },
+            all_rx.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("-cluster {}: {e}", cluster.bind))?;
+        let mut parts = RunGroup::new();
+        for (name, task) in gossip_tasks {
+            parts.spawn(name, task);
+        }
+        let node = Node {
+            role,
+            shutdown_timeout: cfg.shutdown_timeout,
+            http: cfg.http,
+            metrics,
+            gossip,
+            all_tx,
+            all_rx,
+        };
+        node.serve(api_listener, ingest, store, parts).await
+    })
+}
+
+/// Keep the allocator from holding on to memory a flood of connections used: at most a few
+/// malloc arenas (glibc makes up to 8 per core, one per busy thread, and a freed buffer stays in
+/// the arena of the thread that freed it), and free pages handed back to the kernel every 10 s.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tame_the_allocator() {
+    // SAFETY: mallopt is called before any thread but this one exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+    std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_secs(10));
+                // SAFETY: malloc_trim only releases free memory.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
+        })
+        .ok();
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tame_the_allocator() {}
+
+/// Threads the runtime may start for blocking work.
+const MAX_BLOCKING_THREADS: usize = 40;
+
+/// Raise the soft limit on open files to the hard one, as Go's runtime does: every ingest
+/// connection is a file descriptor, and soft limits of 1024 are common.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::debug!("could not raise the open files limit");
+            }
+        }
+    }
+}
+
+/// A node's shared pieces while it runs.
+struct Node {
+    role: Role,
+    shutdown_timeout: Duration,
+    http: http::Timeouts,
+    metrics: Arc<Metrics>,
+    gossip: Gossip,
+    /// The last shutdown phase: everything but the ingest listeners.
+    all_tx: watch::Sender<bool>,
+    all_rx: watch::Receiver<bool>,
+}
+
+impl Node {
+    async fn serve(
+        self,
+        api_listener: TcpListener,
+        ingest: Option<IngestParts>,
+        store: Option<StoreParts>,
+        mut tasks: RunGroup,
+    ) -> anyhow::Result<()> {
+        let role_name = self.role.name();
+        let peers: Arc<dyn Peers> = Arc::new(self.gossip.clone());
+        // The first shutdown phase stops the ingest listeners.
+        let (tcp_tx, tcp_rx) = watch::channel(false);
+        let all_rx = self.all_rx.clone();
+        let gossip = self.gossip.clone();
+        let state = move || {
+            let g = gossip.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/json; charset=utf-8",
+                    )],
+                    state_json(&g.me(), &g.members()),
+                )
+            }
+        };
+        let mut router = Router::new().merge(http::common_routes(
+            role_name,
+            Arc::clone(&self.metrics),
+            tcp_rx.clone(),
+            Some(tasks.states()),
+        ));
+        {
+            let (gossip, metrics) = (self.gossip.clone(), Arc::downgrade(&self.metrics));
+            self.metrics.on_scrape(move || {
+                if let Some(m) = metrics.upgrade() {
+                    m.cluster_size.set(gossip.members().len() as i64);
+                }
+            });
+        }
+        if let Some(parts) = &ingest {
+            let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
+            self.metrics.on_scrape(move || {
+                if let (Some(m), Ok(s)) = (metrics.upgrade(), log.stats()) {
+                    let states = [
+                        ("active", s.active.0, s.active.1),
+                        ("flushed", s.flushed.0, s.flushed.1),
+                        ("pending", s.pending.0, s.pending.1),
+                        ("bad", s.bad.0, s.bad.1),
+                    ];
+                    set_state_gauges(&m.ingest_segments, &m.ingest_segment_bytes, states);
+                }
+            });
+            router = router
+                .merge(parts.api.router())
+                .route("/ingest/_clusterstate", get(state.clone()));
+            tasks.spawn(
+                "ingest-timeouts",
+                Arc::clone(&parts.api).run_timeouts(all_rx.clone()),
+            );
+        }
+        let ingest = ingest.map(|mut parts| {
+            for (modality, listener) in parts.listeners.drain(..) {
+                tasks.spawn(
+                    modality.name(),
+                    conn::serve(
+                        listener,
+                        modality,
+                        Arc::clone(&parts.ingester),
+                        tcp_rx.clone(),
+                    ),
+                );
+            }
+            let ing = Arc::clone(&parts.ingester);
+            tasks.spawn("ingest-sync", async move { ing.sync.ended().await });
+            parts
+        });
+        if let Some(parts) = &store {
+            let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
+            self.metrics.on_scrape(move || {
+                if let (Some(m), Ok(states)) = (metrics.upgrade(), log.stats()) {
+                    set_state_gauges(&m.store_segments, &m.store_segment_bytes, states);
+                }
+            });
+            let gateway = Gateway::with_local(
+                Arc::clone(&peers),
+                http::client(),
+                Arc::clone(&self.metrics),
+                self.gossip.me().api_addr,
+                Arc::clone(&parts.api),
+            )
+            .router();
+            // Each class of work has its own bound, so a gateway's calls to its peers never
+            // wait behind the user queries that made them.
+            let (q, st) = (parts.max_queries, parts.max_streams);
+            let gateway = http::limit(gateway, &["/store/query", "/store/hits"], q);
+            let gateway = http::limit(gateway, &["/store/stream"], st);
+            let local = http::limit(parts.api.router(), &["/store/_query", "/store/_hits"], q);
+            let local = http::limit(local, &["/store/_stream"], st);
+            router = router
+                .merge(local)
+                .merge(gateway)
+                .route("/store/_clusterstate", get(state))
+                .merge(crate::ui::router());
+            let compacter = Compacter::new(
+                Arc::clone(&parts.log),
+                parts.lifecycle.clone(),
+                Arc::clone(&self.metrics),
+            );
+            tasks.spawn("lifecycle", compacter.run(all_rx.clone()));
+            for i in 0..parts.consumers {
+                let consumer = Consumer::new(
+                    Arc::clone(&parts.log),
+                    Arc::clone(&peers),
+                    http::client(),
+                    parts.consumer.clone(),
+                    Arc::clone(&self.metrics),
+                )
+                .with_local(self.gossip.me().api_addr, Arc::clone(&parts.api));
+                tasks.spawn(&format!("consumer-{i}"), consumer.run(all_rx.clone()));
+            }
+        }
+        let router = http::instrument(router, Arc::clone(&self.metrics));
+        let timeouts = self.http;
+        tasks.spawn("api", async move {
+            if let Err(e) = http::serve_with(api_listener, router, all_rx, timeouts).await {
+                panic!("serving the API: {e}");
+            }
+        });
+        tracing::info!(role = role_name, api = %self.gossip.me().api_addr, "started");
+
+        // Run until a signal, or until a part ends on its own: then stop, and say why.
+        let failed = tokio::select! {
+            _ = wait_for_signal() => None,
+            exit = tasks.next_exit() => exit,
+        };
+        match &failed {
+            None => tracing::info!("shutting down"),
+            Some(exit) => {
+                let why = match &exit.result {
+                    Ok(()) => "it returned".to_string(),
+                    Err(e) => format!("it panicked: {e}"),
+                };
+                tracing::error!(part = %exit.name, why, "a part of the node ended unexpectedly; shutting down");
+            }
+        }
+        // Everything below shares one deadline; the drain leaves room for the last steps.
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.shutdown_timeout;
+        let drain_until = deadline - (self.shutdown_timeout / 5).min(Duration::from_secs(1));
+        let _ = tcp_tx.send(true);
+        if let Some(parts) = &ingest {
+            parts
+                .ingester
+                .stop(drain_until.saturating_duration_since(start))
+                .await;
+            // Keep serving /ingest/* so store nodes take what was flushed.
+            while failed.is_none()
+                && tokio::time::Instant::now() < drain_until
+                && !peers.current(Role::Store).is_empty()
+            {
+                let log = Arc::clone(&parts.log);
+                match tokio::task::spawn_blocking(move || log.stats()).await {
+                    Ok(Ok(s)) if s.flushed.0 + s.pending.0 > 0 => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let _ = tokio::time::timeout_at(deadline, self.gossip.leave()).await;
+        let _ = self.all_tx.send(true);
+        // The parts finish: consumers fail their work back, the API server ends once its
+        // running requests have. (The sync thread stays until the ingester is gone.)
+        let _ = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + Duration::from_millis(200)),
+            async {
+                while tasks.running().iter().any(|p| *p != "ingest-sync") {
+                    let Some(exit) = tasks.next_exit().await else {
+                        break;
+                    };
+                    if let Err(e) = exit.result {
+                        tracing::warn!(part = %exit.name, error = %e, "part failed while stopping");
+                    }
+                }
+            },
+        )
+        .await;
+        if let Some(parts) = &ingest {
+            parts.api.fail_all().await;
+        }
+        match failed {
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            Some(exit) => {
+                tracing::info!("stopped");
+                Err(anyhow::anyhow!(
+                    "part {} ended unexpectedly{}",
+                    exit.name,
+                    exit.result
+                        .err()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ))
+            }
+        }
+    }
+}
+
+/// Set the files and bytes gauges of each `(state, files, bytes)`.
+fn set_state_gauges(
+    files: &Family<Labels, Gauge>,
+    bytes: &Family<Labels, Gauge>,
+    states: impl IntoIterator<Item = (&'static str, u64, u64)>,
+) {
+    for (state, n, size) in states {
+        files.get_or_create(&vec![("state", state)]).set(n as i64);
+        bytes
+            .get_or_create(&vec![("state", state)])
+            .set(size as i64);
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
 
 /// The supervised parts of a node.
 pub struct RunGroup {

@@ -1,0 +1,108 @@
+//! Building a node's parts from its configuration: directories opened and recovered, listeners
+//! bound, components constructed. Nothing runs yet ([`super::run`] does that).
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use super::config::{IngestConfig, StoreConfig};
+use crate::http;
+use crate::ingest::{IngestApi, IngestLog, Ingester, Modality, Rotation};
+use crate::metrics::Metrics;
+use crate::record::FramerConfig;
+use crate::store::{CompactConfig, ConsumerConfig, StoreApi, StoreLog};
+
+/// The ingest half of a node, built and bound but not yet running.
+pub struct IngestParts {
+    pub(super) ingester: Arc<Ingester>,
+    pub(super) api: Arc<IngestApi>,
+    pub(super) log: Arc<IngestLog>,
+    pub(super) listeners: Vec<(Modality, TcpListener)>,
+}
+
+/// Open the ingest directory and bind the fast, durable and bulk listeners.
+pub async fn build_ingest(
+    cfg: &IngestConfig,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<IngestParts> {
+    let log = Arc::new(IngestLog::open(&cfg.path)?);
+    let mut listeners = Vec::new();
+    for (modality, addr) in [
+        (Modality::Fast, &cfg.fast),
+        (Modality::Durable, &cfg.durable),
+        (Modality::Bulk, &cfg.bulk),
+    ] {
+        listeners.push((
+            modality,
+            http::bind(modality.name(), &addr.listen_addr()).await?,
+        ));
+    }
+    let bulk = Arc::new(crate::ingest::bulk::Waiters::default());
+    let ingester = Arc::new(Ingester::new(
+        Arc::clone(&log),
+        FramerConfig {
+            topic: cfg.topic.clone(),
+            mode: cfg.topic_mode,
+            max_record_size: cfg.max_record_size,
+        },
+        Rotation {
+            flush_size: cfg.flush_size,
+            flush_age: cfg.flush_age,
+        },
+        cfg.limits,
+        Arc::clone(metrics),
+        crate::ingest::sync::SyncGroup::start()?,
+        Arc::clone(&bulk),
+    ));
+    let api = IngestApi::new(
+        Arc::clone(&log),
+        cfg.pending_timeout,
+        Arc::clone(metrics),
+        bulk,
+    );
+    Ok(IngestParts {
+        ingester,
+        api,
+        log,
+        listeners,
+    })
+}
+
+/// The store half of a node.
+pub struct StoreParts {
+    pub(super) log: Arc<StoreLog>,
+    pub(super) max_queries: usize,
+    pub(super) max_streams: usize,
+    pub(super) api: Arc<StoreApi>,
+    pub(super) consumers: usize,
+    pub(super) consumer: ConsumerConfig,
+    pub(super) lifecycle: CompactConfig,
+}
+
+/// Open (and recover) the store directory.
+pub fn build_store(cfg: &StoreConfig, metrics: &Arc<Metrics>) -> anyhow::Result<StoreParts> {
+    let log = Arc::new(StoreLog::open(&cfg.path)?);
+    metrics.store_quarantined_files.inc_by(
+        log.quarantined_at_start
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let api = StoreApi::new(Arc::clone(&log), Arc::clone(metrics));
+    Ok(StoreParts {
+        log,
+        max_queries: cfg.max_queries,
+        max_streams: cfg.max_streams,
+        api,
+        consumers: cfg.consumers,
+        lifecycle: CompactConfig {
+            target_size: cfg.target_size,
+            retain: cfg.retain,
+            purge: cfg.purge,
+        },
+        consumer: ConsumerConfig {
+            target_size: cfg.target_size,
+            target_age: cfg.target_age,
+            delay: cfg.delay,
+            replication_factor: cfg.replication_factor,
+        },
+    })
+}
