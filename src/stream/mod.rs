@@ -20,6 +20,46 @@ use crate::cluster::{Peers, Role};
 use crate::http::{self, Client};
 use crate::record::ULID_LEN;
 
+/// A record's ULID as a number: Crockford base32 sorts in ASCII order, so numbers compare as
+/// the text does, and a comparison or hash is one integer operation, not a 26-byte `memcmp`.
+type Key = u128;
+
+/// The [`Key`] of a record line (its first 26 bytes; any other byte counts as 0).
+fn key(line: &[u8]) -> Key {
+    line.iter().take(ULID_LEN).fold(0u128, |acc, &c| {
+        let v = match c {
+            b'0'..=b'9' => c - b'0',
+            b'A'..=b'H' => c - b'A' + 10,
+            b'J' | b'K' => c - b'J' + 18,
+            b'M' | b'N' => c - b'M' + 20,
+            b'P'..=b'T' => c - b'P' + 22,
+            b'V'..=b'Z' => c - b'V' + 27,
+            _ => 0,
+        };
+        (acc << 5) | u128::from(v)
+    })
+}
+
+/// Hashes a [`Key`] by mixing its bits: a ULID's last 80 bits are random already.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type KeySet = HashSet<Key, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// The default window, and the smallest allowed.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3);
 /// Windows below this are raised to it (as the original).
@@ -46,10 +86,10 @@ pub const MAX_EMITTED: usize = 2_000_000;
 #[derive(Debug)]
 pub struct Deduplicator {
     window: Duration,
-    held: BTreeMap<[u8; ULID_LEN], (Bytes, Instant)>,
+    held: BTreeMap<Key, (Bytes, Instant)>,
     held_bytes: usize,
-    emitted: HashSet<[u8; ULID_LEN]>,
-    emitted_order: VecDeque<([u8; ULID_LEN], Instant)>,
+    emitted: KeySet,
+    emitted_order: VecDeque<(Key, Instant)>,
 }
 
 impl Deduplicator {
@@ -59,20 +99,21 @@ impl Deduplicator {
             window,
             held: BTreeMap::new(),
             held_bytes: 0,
-            emitted: HashSet::new(),
+            emitted: KeySet::default(),
             emitted_order: VecDeque::new(),
         }
     }
 
     /// A record line (with `\n`) arrived at `now`.
     pub fn insert(&mut self, line: Bytes, now: Instant) {
-        let key = crate::merge::key(&line);
-        if self.emitted.contains(&key) || self.held.contains_key(&key) {
+        let key = key(&line);
+        if self.emitted.contains(&key) {
             return;
         }
-        self.held_bytes += line.len();
-        // A copy: the line is a slice of a peer's whole body frame, which it would keep alive.
-        self.held.insert(key, (Bytes::copy_from_slice(&line), now));
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.held.entry(key) {
+            self.held_bytes += line.len();
+            slot.insert((line, now));
+        }
     }
 
     /// Whether more is held than [`MAX_HELD_BYTES`] (so the next tick should come now).
@@ -89,7 +130,7 @@ impl Deduplicator {
             self.emitted.remove(k);
             self.emitted_order.pop_front();
         }
-        let mut due: Vec<[u8; ULID_LEN]> = self
+        let mut due: Vec<Key> = self
             .held
             .iter()
             .filter(|(_, (_, arrived))| now.duration_since(*arrived) >= self.window)
@@ -97,7 +138,7 @@ impl Deduplicator {
             .collect();
         if self.held_bytes > MAX_HELD_BYTES {
             // Too much held: let the earliest arrivals go now, down to half the limit.
-            let mut by_arrival: Vec<([u8; ULID_LEN], Instant, usize)> = self
+            let mut by_arrival: Vec<(Key, Instant, usize)> = self
                 .held
                 .iter()
                 .map(|(k, (l, t))| (*k, *t, l.len()))
@@ -144,7 +185,8 @@ pub async fn run(
     window: Duration,
     out: mpsc::Sender<Bytes>,
 ) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    // Chunks of whole lines from the peers (each a frame's worth, copied once).
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
     let mut conns: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut dedup = Deduplicator::new(window);
     let mut tick = tokio::time::interval(window / 10);
@@ -166,9 +208,14 @@ pub async fn run(
                     }
                 }
             }
-            line = rx.recv() => {
-                if let Some(line) = line {
-                    dedup.insert(line, Instant::now());
+            chunk = rx.recv() => {
+                if let Some(chunk) = chunk {
+                    let now = Instant::now();
+                    let mut at = 0;
+                    while let Some(i) = memchr::memchr(b'\n', &chunk[at..]) {
+                        dedup.insert(chunk.slice(at..at + i + 1), now);
+                        at += i + 1;
+                    }
                 }
                 if dedup.over_limit() {
                     tick.reset_immediately();
@@ -242,26 +289,53 @@ async fn follow_peer(client: Client, peer: String, raw: String, tx: mpsc::Sender
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        let mut rest = &data[..];
-        while let Some(i) = memchr::memchr(b'\n', rest) {
-            let line = if partial.is_empty() {
-                data.slice_ref(&rest[..=i])
-            } else {
-                partial.extend_from_slice(&rest[..=i]);
-                Bytes::from(std::mem::take(&mut partial))
-            };
-            if tx.send(line).await.is_err() {
-                return;
-            }
-            rest = &rest[i + 1..];
+        // The frame's whole lines, copied once into a buffer of their own (so a held line
+        // pins its own bytes, not the client's read buffers); a torn last line waits.
+        let Some(last) = memchr::memrchr(b'\n', &data) else {
+            partial.extend_from_slice(&data);
+            continue;
+        };
+        let mut whole = Vec::with_capacity(partial.len() + last + 1);
+        whole.extend_from_slice(&partial);
+        whole.extend_from_slice(&data[..=last]);
+        partial.clear();
+        partial.extend_from_slice(&data[last + 1..]);
+        if tx.send(Bytes::from(whole)).await.is_err() {
+            return;
         }
-        partial.extend_from_slice(rest);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_order_as_the_ulid_text_does() {
+        let ids: Vec<[u8; ULID_LEN]> = (0..2000u64)
+            .map(|i| {
+                crate::record::encode_ulid(
+                    i.wrapping_mul(0x9e37_79b9) % (1 << 47),
+                    u128::from(i).wrapping_mul(0x1234_5678_9abc_def1_2345_6789),
+                )
+            })
+            .chain([
+                *b"00000000000000000000000000",
+                *b"7ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            ])
+            .collect();
+        for a in &ids {
+            for b in ids.iter().step_by(7) {
+                assert_eq!(
+                    key(a).cmp(&key(b)),
+                    a.cmp(b),
+                    "{} {}",
+                    String::from_utf8_lossy(a),
+                    String::from_utf8_lossy(b)
+                );
+            }
+        }
+    }
 
     fn rec(ms: u64, body: &str) -> Bytes {
         let mut v = crate::record::min_ulid(ms).to_vec();
