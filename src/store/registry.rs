@@ -22,9 +22,9 @@ use crate::search::{Matcher, Matches};
 /// Bytes of accepted segments a stream may have queued, unread by its client (1 GiB of
 /// mapped files: they cost page cache, and keep deleted files' space until read).
 pub const MAX_PENDING: u64 = 1 << 30;
-/// A queued segment is matched this many bytes (1 MiB) at a time, so a client's read never
+/// A queued segment is matched this many bytes (256 KiB) at a time, so a client's read never
 /// waits for a whole segment to be searched.
-const SLICE: usize = 1 << 20;
+const SLICE: usize = 256 << 10;
 
 #[derive(Debug)]
 struct Entry {

@@ -186,7 +186,7 @@ pub async fn run(
     out: mpsc::Sender<Bytes>,
 ) {
     // Chunks of whole lines from the peers (each a frame's worth, copied once).
-    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(4);
     let mut conns: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut dedup = Deduplicator::new(window);
     let mut tick = tokio::time::interval(window / 10);
