@@ -72,6 +72,15 @@ pub fn ulid_ms(b: &[u8]) -> u64 {
     })
 }
 
+/// The 128-bit value of a ULID text (its first 26 characters), which orders as the text does.
+/// Characters outside the alphabet count as zero: callers validate first where it matters.
+#[inline]
+pub fn ulid_value(b: &[u8]) -> u128 {
+    b.iter().take(ULID_LEN).fold(0u128, |acc, &c| {
+        (acc << 5) | u128::from(digit(c).unwrap_or(0))
+    })
+}
+
 /// Encode a timestamp and 80 bits of entropy as ULID text, without allocating.
 #[inline]
 pub fn encode_ulid(ms: u64, entropy: u128) -> [u8; ULID_LEN] {

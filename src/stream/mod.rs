@@ -18,26 +18,14 @@ use tokio::time::Instant;
 
 use crate::cluster::{Peers, Role};
 use crate::http::{self, Client};
-use crate::record::ULID_LEN;
 
 /// A record's ULID as a number: Crockford base32 sorts in ASCII order, so numbers compare as
 /// the text does, and a comparison or hash is one integer operation, not a 26-byte `memcmp`.
 type Key = u128;
 
-/// The [`Key`] of a record line (its first 26 bytes; any other byte counts as 0).
+/// The [`Key`] of a record line.
 fn key(line: &[u8]) -> Key {
-    line.iter().take(ULID_LEN).fold(0u128, |acc, &c| {
-        let v = match c {
-            b'0'..=b'9' => c - b'0',
-            b'A'..=b'H' => c - b'A' + 10,
-            b'J' | b'K' => c - b'J' + 18,
-            b'M' | b'N' => c - b'M' + 20,
-            b'P'..=b'T' => c - b'P' + 22,
-            b'V'..=b'Z' => c - b'V' + 27,
-            _ => 0,
-        };
-        (acc << 5) | u128::from(v)
-    })
+    crate::record::ulid_value(line)
 }
 
 /// Hashes a [`Key`] by mixing its bits: a ULID's last 80 bits are random already.
@@ -312,7 +300,7 @@ mod tests {
 
     #[test]
     fn keys_order_as_the_ulid_text_does() {
-        let ids: Vec<[u8; ULID_LEN]> = (0..2000u64)
+        let ids: Vec<[u8; crate::record::ULID_LEN]> = (0..2000u64)
             .map(|i| {
                 crate::record::encode_ulid(
                     i.wrapping_mul(0x9e37_79b9) % (1 << 47),
