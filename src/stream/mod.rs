@@ -6,7 +6,7 @@
 //! whose ULID was emitted within the last `2×window` is dropped (the set of emitted IDs is
 //! bounded by that). Late records are emitted, never dropped.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,16 +67,20 @@ pub const MAX_EMITTED: usize = 2_000_000;
 
 /// Window deduplication, driven by the caller's clock (so tests control time).
 ///
-/// Memory is bounded whatever the ingest rate: past [`MAX_HELD_BYTES`] held, records are
-/// emitted before their window is up (in ULID order among themselves), and past
+/// Held records wait in arrival order, so the records due at a tick are always a prefix; each
+/// tick's batch is sorted by ULID before it goes out. One set holds every ID that is held or
+/// was emitted within the last `2×window`: a record costs one hash insert.
+///
+/// Memory is bounded whatever the ingest rate: past [`MAX_HELD_BYTES`] held, the earliest
+/// arrivals are emitted before their window is up (in ULID order among themselves), and past
 /// [`MAX_EMITTED`] remembered IDs the oldest are forgotten. At rates that reach either bound a
 /// stream may be less ordered, or let a late duplicate through; it never loses a record.
 #[derive(Debug)]
 pub struct Deduplicator {
     window: Duration,
-    held: BTreeMap<Key, (Bytes, Instant)>,
+    held: VecDeque<(Key, Bytes, Instant)>,
     held_bytes: usize,
-    emitted: KeySet,
+    seen: KeySet,
     emitted_order: VecDeque<(Key, Instant)>,
 }
 
@@ -85,23 +89,21 @@ impl Deduplicator {
     pub fn new(window: Duration) -> Self {
         Deduplicator {
             window,
-            held: BTreeMap::new(),
+            held: VecDeque::new(),
             held_bytes: 0,
-            emitted: KeySet::default(),
+            seen: KeySet::default(),
             emitted_order: VecDeque::new(),
         }
     }
 
     /// A record line (with `\n`) arrived at `now`.
     pub fn insert(&mut self, line: Bytes, now: Instant) {
-        let key = key(&line);
-        if self.emitted.contains(&key) {
+        let k = key(&line);
+        if !self.seen.insert(k) {
             return;
         }
-        if let std::collections::btree_map::Entry::Vacant(slot) = self.held.entry(key) {
-            self.held_bytes += line.len();
-            slot.insert((line, now));
-        }
+        self.held_bytes += line.len();
+        self.held.push_back((k, line, now));
     }
 
     /// Whether more is held than [`MAX_HELD_BYTES`] (so the next tick should come now).
@@ -109,50 +111,35 @@ impl Deduplicator {
         self.held_bytes > MAX_HELD_BYTES
     }
 
-    /// Records whose hold time is up at `now`, in ULID order.
+    /// Records whose hold time is up at `now` (and, past the memory bound, the earliest
+    /// arrivals), in ULID order.
     pub fn tick(&mut self, now: Instant) -> Vec<Bytes> {
         while let Some((k, t)) = self.emitted_order.front() {
             if now.duration_since(*t) < self.window * 2 && self.emitted_order.len() <= MAX_EMITTED {
                 break;
             }
-            self.emitted.remove(k);
+            self.seen.remove(k);
             self.emitted_order.pop_front();
         }
-        let mut due: Vec<Key> = self
-            .held
-            .iter()
-            .filter(|(_, (_, arrived))| now.duration_since(*arrived) >= self.window)
-            .map(|(k, _)| *k)
-            .collect();
-        if self.held_bytes > MAX_HELD_BYTES {
-            // Too much held: let the earliest arrivals go now, down to half the limit.
-            let mut by_arrival: Vec<(Key, Instant, usize)> = self
-                .held
-                .iter()
-                .map(|(k, (l, t))| (*k, *t, l.len()))
-                .collect();
-            by_arrival.sort_by_key(|(_, t, _)| *t);
-            let mut left = self.held_bytes;
-            for (k, _, len) in by_arrival {
-                if left <= MAX_HELD_BYTES / 2 {
-                    break;
-                }
-                due.push(k);
-                left -= len;
+        let over = self.held_bytes > MAX_HELD_BYTES;
+        let mut due = Vec::new();
+        while let Some((_, line, arrived)) = self.held.front() {
+            let late = now.duration_since(*arrived) >= self.window;
+            let pressed = over && self.held_bytes > MAX_HELD_BYTES / 2;
+            if !late && !pressed {
+                break;
             }
-            due.sort();
-            due.dedup();
+            self.held_bytes -= line.len();
+            let (k, line, _) = self.held.pop_front().expect("front");
+            due.push((k, line));
         }
-        let mut out = Vec::with_capacity(due.len());
-        for k in due {
-            if let Some((line, _)) = self.held.remove(&k) {
-                self.held_bytes -= line.len();
-                out.push(line);
-                self.emitted.insert(k);
+        due.sort_unstable_by_key(|(k, _)| *k);
+        due.into_iter()
+            .map(|(k, line)| {
                 self.emitted_order.push_back((k, now));
-            }
-        }
-        out
+                line
+            })
+            .collect()
     }
 }
 
