@@ -20,7 +20,8 @@ const RATE: u64 = 2000;
 /// An `oklog forward` fed numbered lines (`<name> <n>`) at [`RATE`] lines a second until stopped.
 struct Producer {
     name: String,
-    child: Child,
+    /// The forwarder (taken by `finish`).
+    child: Option<Child>,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     feeder: Option<std::thread::JoinHandle<()>>,
@@ -61,7 +62,7 @@ impl Producer {
         });
         Producer {
             name: name.to_string(),
-            child,
+            child: Some(child),
             stop,
             sent,
             feeder: Some(feeder),
@@ -72,9 +73,7 @@ impl Producer {
     fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::SeqCst);
         self.feeder.take().unwrap().join().unwrap();
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
+        let out = self.child.take().unwrap().wait_with_output().unwrap();
         assert!(
             out.status.success(),
             "forwarder {} failed: {}",
@@ -88,8 +87,10 @@ impl Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -384,7 +384,7 @@ impl Conn {
                         Err(e) => {
                             self.metrics.forward_disconnects.inc();
                             tracing::warn!(ingester = %addr, error = %e, "resending to ingester failed");
-                            self.drop_link(link);
+                            close(link);
                             self.pause();
                         }
                     }
@@ -399,10 +399,14 @@ impl Conn {
 
     /// Let go of the bytes acknowledged on the current connection.
     fn trim(&mut self) {
-        let Some(link) = &self.link else {
-            return;
-        };
-        let acked = link.acks.get().offset;
+        if let Some(link) = &self.link {
+            let acked = link.acks.get().offset;
+            self.trim_to(acked);
+        }
+    }
+
+    /// Let go of the bytes before connection offset `acked`.
+    fn trim_to(&mut self, acked: u64) {
         if acked > self.replay_at {
             let n = ((acked - self.replay_at) as usize).min(self.unacked());
             self.head += n;
@@ -424,31 +428,19 @@ impl Conn {
     /// The connection is over: wait for its reader (so every acknowledgement that arrived is
     /// counted), let go of what it acknowledged, and close it.
     fn end_link(&mut self) {
-        if let Some(mut link) = self.link.take() {
-            let _ = link.stream.shutdown(Shutdown::Write);
-            // A reader that does not finish soon (an ingester that stopped answering) is cut off.
-            link.acks
-                .wait(Duration::from_secs(5), |a| a.closed.is_some());
-            let _ = link.stream.shutdown(Shutdown::Both);
-            if let Some(r) = link.reader.take() {
-                let _ = r.join();
-            }
-            self.link = Some(link);
-            self.trim();
-            if let Some(link) = self.link.take() {
-                let a = link.acks.get();
-                if a.offset == 0 && link.sent > 0 && a.greeted {
-                    // A connection that stored nothing: do not hammer it.
-                    self.pause();
-                }
-            }
-        }
-    }
-
-    fn drop_link(&mut self, mut link: Link) {
-        let _ = link.stream.shutdown(Shutdown::Both);
-        if let Some(r) = link.reader.take() {
-            let _ = r.join();
+        let Some(link) = self.link.take() else {
+            return;
+        };
+        let _ = link.stream.shutdown(Shutdown::Write);
+        // A reader that does not finish soon (an ingester that stopped answering) is cut off.
+        let (acks, sent) = (Arc::clone(&link.acks), link.sent);
+        acks.wait(Duration::from_secs(5), |a| a.closed.is_some());
+        close(link);
+        let a = acks.get();
+        self.trim_to(a.offset);
+        if a.offset == 0 && sent > 0 && a.greeted {
+            // A connection that stored nothing: do not hammer it.
+            self.pause();
         }
     }
 
@@ -540,7 +532,7 @@ impl Conn {
             self.trim();
             if self.unacked() == 0 {
                 if let Some(link) = self.link.take() {
-                    self.drop_link(link);
+                    close(link);
                 }
                 return Ok(());
             }
@@ -575,6 +567,14 @@ impl Conn {
                 );
             }
         }
+    }
+}
+
+/// Close a connection and wait for its reader thread to end.
+fn close(mut link: Link) {
+    let _ = link.stream.shutdown(Shutdown::Both);
+    if let Some(r) = link.reader.take() {
+        let _ = r.join();
     }
 }
 

@@ -491,22 +491,17 @@ async fn handle(stream: TcpStream, peer: SocketAddr, modality: Modality, ing: &I
         writer: SegmentWriter::new(Arc::clone(&ing.log), ing.rotation),
     };
     let mut acks = Acks::off();
-    let result = read_loop(&stream, &mut pump, &mut acks).await;
-    let result = match result {
-        Ok(end) => {
-            async {
-                // Whatever the ending, the complete records read are kept (a torn line is not).
-                pump.store().await?;
-                let writer = &mut pump.writer;
-                if writer.is_open() {
-                    tokio::task::block_in_place(|| writer.close())?;
-                }
-                Ok(end)
-            }
-            .await
+    let result: io::Result<End> = async {
+        let end = read_loop(&stream, &mut pump, &mut acks).await?;
+        // Whatever the ending, the complete records read are kept (a torn line is not).
+        pump.store().await?;
+        let writer = &mut pump.writer;
+        if writer.is_open() {
+            tokio::task::block_in_place(|| writer.close())?;
         }
-        Err(e) => Err(e),
-    };
+        Ok(end)
+    }
+    .await;
     match result {
         Ok(End::Broken) => {} // reset (linger 0) when dropped
         Ok(end) => {
@@ -692,6 +687,16 @@ mod tests {
         (ing, addr)
     }
 
+    /// Every byte of the flushed segments in `dir`.
+    fn flushed_bytes(dir: &std::path::Path) -> Vec<u8> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "flushed"))
+            .flat_map(|p| std::fs::read(p).unwrap())
+            .collect()
+    }
+
     /// Connect, asking for acknowledgements (or not).
     fn connect(addr: SocketAddr, ask: bool) -> std::net::TcpStream {
         let s = std::net::TcpStream::connect(addr).unwrap();
@@ -751,12 +756,7 @@ mod tests {
         // The urgent byte never reaches the records, and the client's own lines all do.
         let got = send_and_read(addr, true, b"after\n").await.unwrap();
         assert!(got.starts_with(ACK_GREETING));
-        let stored: Vec<u8> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "flushed"))
-            .flat_map(|p| std::fs::read(p).unwrap())
-            .collect();
+        let stored = flushed_bytes(dir.path());
         let mut payloads: Vec<String> = stored
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
@@ -806,12 +806,7 @@ mod tests {
         assert_eq!(ing.live(), 0);
         let got = String::from_utf8(client.await.unwrap()).unwrap();
         assert_eq!(got, "OKLOG-ACK/1\n8\n", "acknowledged up to the torn line");
-        let stored: Vec<u8> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "flushed"))
-            .flat_map(|p| std::fs::read(p).unwrap())
-            .collect();
+        let stored = flushed_bytes(dir.path());
         let lines: Vec<&[u8]> = stored
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
