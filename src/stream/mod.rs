@@ -28,7 +28,10 @@ fn key(line: &[u8]) -> Key {
     crate::record::ulid_value(line)
 }
 
-/// Hashes a [`Key`] by mixing its bits: a ULID's last 80 bits are random already.
+/// Hashes a [`Key`] with one folded multiply, so that both the low bits (the table slot) and
+/// the top bits (hashbrown's tag) depend on every bit of the ULID: IDs made within one
+/// millisecond differ only in their low bits (monotonic entropy), and a hash that left the top
+/// bits equal for them made every probe compare keys.
 #[derive(Default)]
 struct KeyHasher(u64);
 
@@ -39,7 +42,9 @@ impl std::hash::Hasher for KeyHasher {
         }
     }
     fn write_u128(&mut self, v: u128) {
-        self.0 = (v as u64) ^ ((v >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let x = (v as u64) ^ ((v >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let folded = u128::from(x) * 0xd6e8_feb8_6659_fd93u128;
+        self.0 = (folded as u64) ^ ((folded >> 64) as u64);
     }
     fn finish(&self) -> u64 {
         self.0
@@ -62,26 +67,55 @@ const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 pub const MAX_HELD_BYTES: usize = 4 << 20;
 /// A client that takes nothing for this long is dropped (its buffers freed).
 pub const CLIENT_STALL: Duration = Duration::from_secs(30);
-/// Emitted IDs remembered for deduplication at most (about 100 MiB at most).
+/// IDs remembered for deduplication at most (about 100 MiB at most); past it the least
+/// recently touched half is forgotten.
 pub const MAX_EMITTED: usize = 2_000_000;
+
+/// Bits of a [`Key`] below its bucket number: a bucket of the seen set covers 32 ms of ULID
+/// time (about 32 k records at 1 M records/s, a table that stays in cache).
+const BUCKET_SHIFT: u32 = 80 + 5;
+
+/// The IDs seen in one bucket of ULID time, and when one last arrived.
+#[derive(Debug)]
+struct Bucket {
+    id: u64,
+    keys: KeySet,
+    touched: Instant,
+}
+
+/// Records of one chunk from a peer that are held: the chunk, when it arrived, and for each
+/// record not seen before, its key and where its line is in the chunk.
+#[derive(Debug)]
+struct HeldChunk {
+    data: Bytes,
+    arrived: Instant,
+    lines: Vec<(Key, u32, u32)>,
+}
 
 /// Window deduplication, driven by the caller's clock (so tests control time).
 ///
-/// Held records wait in arrival order, so the records due at a tick are always a prefix; each
-/// tick's batch is sorted by ULID before it goes out. One set holds every ID that is held or
-/// was emitted within the last `2×window`: a record costs one hash insert.
+/// Records are held in the chunks they arrived in, in arrival order, so the records due at a
+/// tick are always a prefix of chunks; each tick's batch is sorted by ULID and goes out as one
+/// buffer. The IDs held or seen lately sit in sets by 32 ms of ULID time: the records of a
+/// chunk fall into one or two of them, so a record costs one hash insert into a small table
+/// in cache, and a whole bucket is forgotten at once when no copy has arrived for `3×window`
+/// (its records were emitted at least `2×window` before).
 ///
 /// Memory is bounded whatever the ingest rate: past [`MAX_HELD_BYTES`] held, the earliest
 /// arrivals are emitted before their window is up (in ULID order among themselves), and past
-/// [`MAX_EMITTED`] remembered IDs the oldest are forgotten. At rates that reach either bound a
-/// stream may be less ordered, or let a late duplicate through; it never loses a record.
+/// [`MAX_EMITTED`] remembered IDs the least recently touched buckets are forgotten. At rates
+/// that reach either bound a stream may be less ordered, or let a late duplicate through; it
+/// never loses a record.
 #[derive(Debug)]
 pub struct Deduplicator {
     window: Duration,
-    held: VecDeque<(Key, Bytes, Instant)>,
+    held: VecDeque<HeldChunk>,
     held_bytes: usize,
-    seen: KeySet,
-    emitted_order: VecDeque<(Key, Instant)>,
+    buckets: Vec<Bucket>,
+    remembered: usize,
+    /// The batch being sorted at a tick: key, held chunk, line start and end (kept between
+    /// ticks for its allocation).
+    batch: Vec<(Key, u32, u32, u32)>,
 }
 
 impl Deduplicator {
@@ -91,19 +125,54 @@ impl Deduplicator {
             window,
             held: VecDeque::new(),
             held_bytes: 0,
-            seen: KeySet::default(),
-            emitted_order: VecDeque::new(),
+            buckets: Vec::new(),
+            remembered: 0,
+            batch: Vec::new(),
         }
     }
 
-    /// A record line (with `\n`) arrived at `now`.
-    pub fn insert(&mut self, line: Bytes, now: Instant) {
-        let k = key(&line);
-        if !self.seen.insert(k) {
+    /// A chunk of whole record lines (each ending in `\n`) arrived at `now`.
+    pub fn insert(&mut self, data: Bytes, now: Instant) {
+        let mut lines = Vec::with_capacity(data.len() / 64);
+        let mut at = 0;
+        let mut bucket = usize::MAX;
+        while let Some(i) = memchr::memchr(b'\n', &data[at..]) {
+            let end = at + i + 1;
+            let k = key(&data[at..end]);
+            let id = (k >> BUCKET_SHIFT) as u64;
+            if self.buckets.get(bucket).is_none_or(|b| b.id != id) {
+                bucket = self.bucket(id);
+            }
+            let b = &mut self.buckets[bucket];
+            b.touched = now;
+            if b.keys.insert(k) {
+                self.remembered += 1;
+                lines.push((k, at as u32, end as u32));
+            }
+            at = end;
+        }
+        if lines.is_empty() {
             return;
         }
-        self.held_bytes += line.len();
-        self.held.push_back((k, line, now));
+        self.held_bytes += data.len();
+        self.held.push_back(HeldChunk {
+            data,
+            arrived: now,
+            lines,
+        });
+    }
+
+    /// The index of bucket `id`, made if new.
+    fn bucket(&mut self, id: u64) -> usize {
+        if let Some(i) = self.buckets.iter().rposition(|b| b.id == id) {
+            return i;
+        }
+        self.buckets.push(Bucket {
+            id,
+            keys: KeySet::default(),
+            touched: Instant::now(),
+        });
+        self.buckets.len() - 1
     }
 
     /// Whether more is held than [`MAX_HELD_BYTES`] (so the next tick should come now).
@@ -111,35 +180,57 @@ impl Deduplicator {
         self.held_bytes > MAX_HELD_BYTES
     }
 
-    /// Records whose hold time is up at `now` (and, past the memory bound, the earliest
-    /// arrivals), in ULID order.
-    pub fn tick(&mut self, now: Instant) -> Vec<Bytes> {
-        while let Some((k, t)) = self.emitted_order.front() {
-            if now.duration_since(*t) < self.window * 2 && self.emitted_order.len() <= MAX_EMITTED {
-                break;
+    /// The lines of the records whose hold time is up at `now` (and, past the memory bound,
+    /// of the earliest arrivals), in ULID order, joined.
+    pub fn tick(&mut self, now: Instant) -> Bytes {
+        let keep = self.window * 3;
+        let remembered = &mut self.remembered;
+        self.buckets.retain(|b| {
+            let live = now.duration_since(b.touched) < keep;
+            if !live {
+                *remembered -= b.keys.len();
             }
-            self.seen.remove(k);
-            self.emitted_order.pop_front();
+            live
+        });
+        if self.remembered > MAX_EMITTED {
+            self.buckets.sort_by_key(|b| std::cmp::Reverse(b.touched));
+            while self.remembered > MAX_EMITTED / 2 {
+                let b = self.buckets.pop().expect("remembered keys are in buckets");
+                self.remembered -= b.keys.len();
+            }
         }
+
         let over = self.held_bytes > MAX_HELD_BYTES;
-        let mut due = Vec::new();
-        while let Some((_, line, arrived)) = self.held.front() {
-            let late = now.duration_since(*arrived) >= self.window;
-            let pressed = over && self.held_bytes > MAX_HELD_BYTES / 2;
-            if !late && !pressed {
+        let mut due = 0;
+        let mut left = self.held_bytes;
+        for chunk in &self.held {
+            let late = now.duration_since(chunk.arrived) >= self.window;
+            let pressed = over && left > MAX_HELD_BYTES / 2;
+            if !(late || pressed) {
                 break;
             }
-            self.held_bytes -= line.len();
-            let (k, line, _) = self.held.pop_front().expect("front");
-            due.push((k, line));
+            left -= chunk.data.len();
+            due += 1;
         }
-        due.sort_unstable_by_key(|(k, _)| *k);
-        due.into_iter()
-            .map(|(k, line)| {
-                self.emitted_order.push_back((k, now));
-                line
-            })
-            .collect()
+        if due == 0 {
+            return Bytes::new();
+        }
+        self.batch.clear();
+        let mut size = 0;
+        for (c, chunk) in self.held.iter().take(due).enumerate() {
+            for &(k, start, end) in &chunk.lines {
+                self.batch.push((k, c as u32, start, end));
+                size += (end - start) as usize;
+            }
+        }
+        self.batch.sort_unstable_by_key(|r| r.0);
+        let mut out = Vec::with_capacity(size);
+        for &(_, c, start, end) in &self.batch {
+            out.extend_from_slice(&self.held[c as usize].data[start as usize..end as usize]);
+        }
+        self.held.drain(..due);
+        self.held_bytes = left;
+        Bytes::from(out)
     }
 }
 
@@ -185,32 +276,26 @@ pub async fn run(
             }
             chunk = rx.recv() => {
                 if let Some(chunk) = chunk {
-                    let now = Instant::now();
-                    let mut at = 0;
-                    while let Some(i) = memchr::memchr(b'\n', &chunk[at..]) {
-                        dedup.insert(chunk.slice(at..at + i + 1), now);
-                        at += i + 1;
-                    }
+                    dedup.insert(chunk, Instant::now());
                 }
                 if dedup.over_limit() {
                     tick.reset_immediately();
                 }
             }
             _ = tick.tick() => {
-                // Due lines go out joined into chunks: one body frame per line would cost the
-                // client more than the records.
-                let mut chunk = Vec::new();
+                // Due lines go out in chunks of whole lines: one body frame per line would
+                // cost the client more than the records.
+                let mut due = dedup.tick(Instant::now());
                 let mut gone = false;
-                for line in dedup.tick(Instant::now()) {
-                    chunk.extend_from_slice(&line);
-                    if chunk.len() >= OUT_CHUNK {
-                        gone = !send(&out, Bytes::from(std::mem::take(&mut chunk))).await;
-                        if gone {
-                            break;
-                        }
-                    }
+                while !due.is_empty() && !gone {
+                    let cut = if due.len() <= OUT_CHUNK {
+                        due.len()
+                    } else {
+                        memchr::memrchr(b'\n', &due[..OUT_CHUNK]).map_or(due.len(), |i| i + 1)
+                    };
+                    gone = !send(&out, due.split_to(cut)).await;
                 }
-                if gone || (!chunk.is_empty() && !send(&out, Bytes::from(chunk)).await) {
+                if gone {
                     break;
                 }
             }
@@ -318,6 +403,15 @@ mod tests {
         Bytes::from(v)
     }
 
+    fn join(lines: &[&Bytes]) -> Bytes {
+        Bytes::from(
+            lines
+                .iter()
+                .flat_map(|l| l.iter().copied())
+                .collect::<Vec<u8>>(),
+        )
+    }
+
     #[test]
     fn deduplicate() {
         // TestDeduplicate, with the window counted from first arrival.
@@ -330,27 +424,70 @@ mod tests {
             rec(1000, "Bbb2"),
             rec(2000, "C"),
         );
-        d.insert(r3.clone(), t0);
-        d.insert(r1.clone(), t0);
-        d.insert(r3.clone(), t0);
+        d.insert(join(&[&r3, &r1, &r3]), t0);
         assert!(d.tick(t0 + w / 2).is_empty(), "held for the window");
         d.insert(r2.clone(), t0 + w / 2);
-        d.insert(r2b, t0 + w / 2);
-        d.insert(r1.clone(), t0 + w / 2);
-        assert_eq!(
-            d.tick(t0 + w),
-            vec![r1.clone(), r3.clone()],
-            "ULID order, once"
-        );
-        assert_eq!(d.tick(t0 + w * 3 / 2), vec![r2], "first copy wins");
+        d.insert(join(&[&r2b, &r1]), t0 + w / 2);
+        assert_eq!(d.tick(t0 + w), join(&[&r1, &r3]), "ULID order, once");
+        assert_eq!(d.tick(t0 + w * 3 / 2), r2, "first copy wins");
         d.insert(r1.clone(), t0 + w * 2);
         assert!(
             d.tick(t0 + w * 4).is_empty(),
             "copies within 2×window are dropped"
         );
-        // Long after, the emitted set has forgotten r1: a late copy is emitted, not dropped.
+        // Long after (ticks go on), the seen set has forgotten r1: a late copy is emitted, not
+        // dropped.
+        assert!(d.tick(t0 + w * 9).is_empty());
         d.insert(r1.clone(), t0 + w * 10);
-        assert_eq!(d.tick(t0 + w * 11), vec![r1]);
+        assert_eq!(d.tick(t0 + w * 11), r1);
+    }
+
+    #[test]
+    fn held_bytes_are_bounded_and_nothing_is_lost() {
+        // Two peers send the same records in interleaved chunks, far faster than the window:
+        // past the bound the earliest arrivals go out early, each record exactly once, and
+        // each batch in ULID order.
+        let t0 = Instant::now();
+        let mut d = Deduplicator::new(Duration::from_secs(3));
+        let records: Vec<Bytes> = (0..60_000u64)
+            .map(|i| {
+                let mut v = crate::record::encode_ulid(i / 7, u128::from(i % 7)).to_vec();
+                v.extend_from_slice(format!(" record {i:0>80}\n").as_bytes());
+                Bytes::from(v)
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (n, part) in records.chunks(500).enumerate() {
+            let chunk = join(&part.iter().collect::<Vec<_>>());
+            d.insert(chunk.clone(), t0);
+            if n % 3 == 0 {
+                d.insert(chunk, t0);
+            }
+            assert!(
+                d.held_bytes <= MAX_HELD_BYTES + 2 * 500 * 120,
+                "held {}",
+                d.held_bytes
+            );
+            if d.over_limit() {
+                let batch = d.tick(t0);
+                assert!(!batch.is_empty(), "pressure lets the earliest go");
+                out.push(batch);
+            }
+        }
+        out.push(d.tick(t0 + Duration::from_secs(3)));
+        let mut all = Vec::new();
+        for batch in &out {
+            let lines: Vec<&[u8]> = batch.split_inclusive(|&b| b == b'\n').collect();
+            assert!(
+                lines.windows(2).all(|w| w[0] < w[1]),
+                "a batch is in ULID order"
+            );
+            all.extend(lines);
+        }
+        let want: Vec<&[u8]> = records.iter().map(|r| &r[..]).collect();
+        assert_eq!(all.len(), want.len(), "each record once");
+        all.sort();
+        assert!(all == want, "every record, none changed");
     }
 
     #[tokio::test]
