@@ -150,7 +150,7 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
 }
 
 /// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i8, d: i8) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: i8, d: i8) -> i64 {
     let (m, d) = (i64::from(m), i64::from(d));
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);

@@ -108,6 +108,14 @@ pub struct Metrics {
     pub store_purged_segments: Counter,
     /// Live streams dropped because their client could not keep up.
     pub store_dropped_streams: Counter,
+    /// Push requests (syslog: batches written) by `protocol`, stored or not.
+    pub ingest_push_requests: Family<Labels, Counter>,
+    /// Records stored from pushes by `protocol`.
+    pub ingest_push_records: Family<Labels, Counter>,
+    /// Request bytes (decompressed) stored from pushes by `protocol`.
+    pub ingest_push_bytes: Family<Labels, Counter>,
+    /// Push requests refused or not stored by `protocol` (bad input, too large, write errors).
+    pub ingest_push_rejected: Family<Labels, Counter>,
     /// Records forwarded (forward mode).
     pub forward_records: Counter,
     /// Bytes forwarded (forward mode).
@@ -187,6 +195,26 @@ impl Metrics {
             m.ingest_split_lines.clone(),
         );
         r.register("oklog_ingest_invalid_topics", "Dynamic-topic lines stored under the static topic because their first word was not a valid topic", m.ingest_invalid_topics.clone());
+        r.register(
+            "oklog_ingest_push_requests",
+            "Push requests (Loki, OTLP, Elasticsearch, JSON lines; syslog: batches) by protocol",
+            m.ingest_push_requests.clone(),
+        );
+        r.register(
+            "oklog_ingest_push_records",
+            "Records stored from pushes, by protocol",
+            m.ingest_push_records.clone(),
+        );
+        r.register(
+            "oklog_ingest_push_bytes",
+            "Request bytes (after decompression) stored from pushes, by protocol",
+            m.ingest_push_bytes.clone(),
+        );
+        r.register(
+            "oklog_ingest_push_rejected",
+            "Push requests refused (malformed, too large) or not stored (write errors), by protocol",
+            m.ingest_push_rejected.clone(),
+        );
         r.register(
             "oklog_ingest_write_errors",
             "Errors writing ingest segments",

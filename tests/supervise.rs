@@ -35,6 +35,9 @@ const PARTS: &[&str] = &[
     "lifecycle",
     "gossip",
     "gossip-receive",
+    "push-writer",
+    "syslog-tcp",
+    "syslog-udp",
 ];
 
 #[test]

@@ -83,6 +83,14 @@ impl SegmentWriter {
         }
     }
 
+    /// fsync what was written so far, in the group's next pass, from a thread that may block.
+    pub fn sync_blocking(&mut self, group: &SyncGroup) -> io::Result<()> {
+        match &self.active {
+            Some(a) => group.sync(Arc::clone(&a.file)),
+            None => Ok(()),
+        }
+    }
+
     /// Rotate if the segment is older than the flush age.
     pub fn tick(&mut self) -> io::Result<()> {
         match &self.active {

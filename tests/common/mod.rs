@@ -57,6 +57,10 @@ pub fn quick_flags() -> Vec<String> {
         "127.0.0.1:0",
         "-ingest.bulk",
         "127.0.0.1:0",
+        "-ingest.syslog-tcp",
+        "127.0.0.1:0",
+        "-ingest.syslog-udp",
+        "127.0.0.1:0",
         "-cluster",
         "127.0.0.1:0",
         "-ingest.segment-flush-age",
@@ -90,7 +94,13 @@ pub fn start_role(mode: &str, dir: &Path, peer: Option<&str>, extra: &[&str]) ->
     ];
     let mut listeners = vec!["api", "cluster"];
     if mode != "store" {
-        for flag in ["-ingest.fast", "-ingest.durable", "-ingest.bulk"] {
+        for flag in [
+            "-ingest.fast",
+            "-ingest.durable",
+            "-ingest.bulk",
+            "-ingest.syslog-tcp",
+            "-ingest.syslog-udp",
+        ] {
             args.extend([flag.to_string(), "127.0.0.1:0".to_string()]);
         }
         args.extend(["-ingest.segment-flush-age".into(), "100ms".into()]);
@@ -282,10 +292,25 @@ impl Response {
 
 /// One HTTP/1.1 request with `Connection: close`, raw bytes both ways (chunked bodies decoded).
 pub fn http(method: &str, addr: &str, path: &str, body: &[u8]) -> Response {
+    http_with(method, addr, path, &[], body)
+}
+
+/// [`http`] with extra request headers.
+pub fn http_with(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();

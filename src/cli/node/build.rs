@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 
 use super::config::{IngestConfig, StoreConfig};
 use crate::http;
+use crate::ingest::protocols::http::Push;
+use crate::ingest::protocols::writer::PushWriter;
 use crate::ingest::{IngestApi, IngestLog, Ingester, Modality, Rotation};
 use crate::metrics::Metrics;
 use crate::record::FramerConfig;
@@ -18,9 +20,13 @@ pub struct IngestParts {
     pub(super) api: Arc<IngestApi>,
     pub(super) log: Arc<IngestLog>,
     pub(super) listeners: Vec<(Modality, TcpListener)>,
+    pub(super) push: Arc<Push>,
+    pub(super) syslog_tcp: Option<TcpListener>,
+    pub(super) syslog_udp: Option<UdpSocket>,
+    pub(super) max_connections: usize,
 }
 
-/// Open the ingest directory and bind the fast, durable and bulk listeners.
+/// Open the ingest directory and bind the fast, durable, bulk and syslog listeners.
 pub async fn build_ingest(
     cfg: &IngestConfig,
     metrics: &Arc<Metrics>,
@@ -37,6 +43,35 @@ pub async fn build_ingest(
             http::bind(modality.name(), &addr.listen_addr()).await?,
         ));
     }
+    let syslog_tcp = match &cfg.syslog_tcp {
+        Some(a) => Some(http::bind("syslog-tcp", &a.listen_addr()).await?),
+        None => None,
+    };
+    let syslog_udp = match &cfg.syslog_udp {
+        Some(a) => {
+            let socket = UdpSocket::bind(a.listen_addr())
+                .await
+                .map_err(|e| anyhow::anyhow!("-ingest.syslog-udp {}: {e}", a.listen_addr()))?;
+            tracing::info!(name = "syslog-udp", addr = %socket.local_addr()?, "listening");
+            Some(socket)
+        }
+        None => None,
+    };
+    let rotation = Rotation {
+        flush_size: cfg.flush_size,
+        flush_age: cfg.flush_age,
+    };
+    let sync = crate::ingest::sync::SyncGroup::start()?;
+    let push = Push::new(
+        cfg.push.clone(),
+        PushWriter::start(
+            Arc::clone(&log),
+            rotation,
+            sync.clone(),
+            Arc::clone(metrics),
+        )?,
+        Arc::clone(metrics),
+    );
     let bulk = Arc::new(crate::ingest::bulk::Waiters::default());
     let ingester = Arc::new(Ingester::new(
         Arc::clone(&log),
@@ -45,13 +80,10 @@ pub async fn build_ingest(
             mode: cfg.topic_mode,
             max_record_size: cfg.max_record_size,
         },
-        Rotation {
-            flush_size: cfg.flush_size,
-            flush_age: cfg.flush_age,
-        },
+        rotation,
         cfg.limits,
         Arc::clone(metrics),
-        crate::ingest::sync::SyncGroup::start()?,
+        sync,
         Arc::clone(&bulk),
     ));
     let api = IngestApi::new(
@@ -65,6 +97,10 @@ pub async fn build_ingest(
         api,
         log,
         listeners,
+        push,
+        syslog_tcp,
+        syslog_udp,
+        max_connections: cfg.limits.max_connections,
     })
 }
 

@@ -13,6 +13,8 @@ use crate::cli::addr::{Addr, parse_addr};
 use crate::cli::flags::{Args, Flag, Kind, flag};
 use crate::cluster::Role;
 use crate::ingest::conn::ConnLimits;
+use crate::ingest::protocols::http::PushConfig;
+use crate::ingest::protocols::writer::Wait;
 use crate::record::{TopicMode, is_valid_topic};
 
 /// Default API (HTTP) port.
@@ -23,6 +25,8 @@ pub const FAST_PORT: u16 = 7651;
 pub const DURABLE_PORT: u16 = 7652;
 /// Default bulk ingest port.
 pub const BULK_PORT: u16 = 7653;
+/// Default syslog port (TCP and UDP).
+pub const SYSLOG_PORT: u16 = 7654;
 /// Default cluster port.
 pub const CLUSTER_PORT: u16 = 7659;
 
@@ -155,6 +159,42 @@ pub fn ingest_flags(ns: &str) -> Vec<Flag> {
             Kind::Int,
             "1048576",
             "longer input lines are split into records of this many payload bytes",
+        ),
+        flag(
+            "ingest.syslog-tcp",
+            Kind::Str,
+            ":7654",
+            "listen address for syslog over TCP (RFC 5424/3164; empty: off)",
+        ),
+        flag(
+            "ingest.syslog-udp",
+            Kind::Str,
+            ":7654",
+            "listen address for syslog over UDP (empty: off)",
+        ),
+        flag(
+            "ingest.max-push-size",
+            Kind::Int,
+            "67108864",
+            "largest push request body (Loki, OTLP, Elasticsearch, JSON lines), compressed or not; larger is a 413",
+        ),
+        flag(
+            "ingest.push-sync",
+            Kind::Bool,
+            "true",
+            "answer a push only once its records are fsynced (false: once written)",
+        ),
+        flag(
+            "ingest.loki-topic-labels",
+            Kind::Str,
+            "service_name,job,app,container",
+            "Loki labels tried in turn for a record's topic",
+        ),
+        flag(
+            "ingest.otlp-topic-attribute",
+            Kind::Str,
+            "service.name",
+            "OTLP resource attribute that names a record's topic",
         ),
     ]
 }
@@ -292,6 +332,13 @@ pub struct IngestConfig {
     pub max_record_size: usize,
     /// `-ingest.max-connections` (10000) and `-ingest.idle-timeout` (1h, 0 never).
     pub limits: ConnLimits,
+    /// The syslog TCP listener (`-ingest.syslog-tcp`, `:7654`; `None` when empty).
+    pub syslog_tcp: Option<Addr>,
+    /// The syslog UDP listener (`-ingest.syslog-udp`, `:7654`; `None` when empty).
+    pub syslog_udp: Option<Addr>,
+    /// The push endpoints' mapping and limits (`-ingest.max-push-size` 64 MiB,
+    /// `-ingest.push-sync` true, `-ingest.loki-topic-labels`, `-ingest.otlp-topic-attribute`).
+    pub push: PushConfig,
 }
 
 /// The store half of a node.
@@ -372,6 +419,31 @@ impl IngestConfig {
             bail!("-{topic_flag}: topic name {topic:?} invalid");
         }
         let idle = args.duration("ingest.idle-timeout");
+        let optional = |name: &str, port: u16| -> anyhow::Result<Option<Addr>> {
+            if args.str(name).trim().is_empty() {
+                Ok(None)
+            } else {
+                addr(args, name, port).map(Some)
+            }
+        };
+        let list = |name: &str| -> Vec<String> {
+            args.str(name)
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let push = PushConfig {
+            topic: topic.clone(),
+            max_body: positive(args, "ingest.max-push-size")? as usize,
+            wait: if args.bool("ingest.push-sync") {
+                Wait::Synced
+            } else {
+                Wait::Written
+            },
+            loki_topic_labels: list("ingest.loki-topic-labels"),
+            otlp_topic_attribute: args.str("ingest.otlp-topic-attribute").trim().to_string(),
+        };
         Ok(IngestConfig {
             topic,
             topic_mode,
@@ -387,6 +459,9 @@ impl IngestConfig {
                 max_connections: positive(args, "ingest.max-connections")? as usize,
                 idle_timeout: (!idle.is_zero()).then_some(idle),
             },
+            syslog_tcp: optional("ingest.syslog-tcp", SYSLOG_PORT)?,
+            syslog_udp: optional("ingest.syslog-udp", SYSLOG_PORT)?,
+            push,
         })
     }
 }
@@ -524,6 +599,10 @@ mod tests {
             if let Some(i) = &cfg.ingest {
                 assert_eq!((i.topic.as_str(), i.max_record_size), ("default", 1 << 20));
                 assert_eq!(i.limits.max_connections, 10_000);
+                assert_eq!(i.syslog_tcp.as_ref().map(|a| a.port), Some(SYSLOG_PORT));
+                assert_eq!(i.push.max_body, 64 << 20);
+                assert_eq!(i.push.wait, Wait::Synced);
+                assert_eq!(i.push.loki_topic_labels.len(), 4);
             }
             if let Some(s) = &cfg.store {
                 let rf = if role == Role::Store { 2 } else { 1 };
@@ -545,6 +624,11 @@ mod tests {
             (vec!["-api.max-queries", "-1"], "-api.max-queries"),
             (vec!["-ingest.fast", "tcp://[::1"], "-ingest.fast"),
             (vec!["-filesystem", "virtual"], "-filesystem"),
+            (vec!["-ingest.max-push-size", "0"], "-ingest.max-push-size"),
+            (
+                vec!["-ingest.syslog-udp", "udp://[::1"],
+                "-ingest.syslog-udp",
+            ),
         ] {
             let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
             let args = crate::cli::parse_flags(&set, &argv).unwrap().unwrap();

@@ -6,7 +6,9 @@ pub mod build;
 pub mod config;
 pub mod run;
 
-pub use config::{API_PORT, BULK_PORT, CLUSTER_PORT, DURABLE_PORT, FAST_PORT, NodeConfig};
+pub use config::{
+    API_PORT, BULK_PORT, CLUSTER_PORT, DURABLE_PORT, FAST_PORT, NodeConfig, SYSLOG_PORT,
+};
 pub use run::wait_for_signal;
 
 use crate::cluster::Role;

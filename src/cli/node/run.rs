@@ -27,8 +27,23 @@ use crate::cluster::gossip::Gossip;
 use crate::cluster::{Membership, Peers, Role, advertise, state_json};
 use crate::http::{self, PartStates};
 use crate::ingest::conn;
+use crate::ingest::protocols::syslog;
 use crate::metrics::{Labels, Metrics};
 use crate::store::{Compacter, Consumer, Gateway};
+
+/// Push requests (Loki, OTLP, Elasticsearch bulk, JSON lines) served at once; more get 503
+/// with `Retry-After` (each may hold a body of up to `-ingest.max-push-size`).
+const MAX_PUSH_REQUESTS: usize = 32;
+/// The routes [`MAX_PUSH_REQUESTS`] applies to.
+const PUSH_PATHS: &[&str] = &[
+    "/loki/api/v1/push",
+    "/insert/loki/api/v1/push",
+    "/v1/logs",
+    "/insert/opentelemetry/v1/logs",
+    "/insert/jsonline",
+    "/insert/elasticsearch/_bulk",
+    "/insert/elasticsearch/{index}/_bulk",
+];
 
 /// Build a tokio runtime and run the node until SIGINT/SIGTERM, or until a part fails.
 pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
@@ -229,8 +244,10 @@ impl Node {
                     set_state_gauges(&m.ingest_segments, &m.ingest_segment_bytes, states);
                 }
             });
+            let push = http::limit(parts.push.router(), PUSH_PATHS, MAX_PUSH_REQUESTS);
             router = router
                 .merge(parts.api.router())
+                .merge(push)
                 .route("/ingest/_clusterstate", get(state.clone()));
             tasks.spawn(
                 "ingest-timeouts",
@@ -251,6 +268,25 @@ impl Node {
             }
             let ing = Arc::clone(&parts.ingester);
             tasks.spawn("ingest-sync", async move { ing.sync.ended().await });
+            let push = Arc::clone(&parts.push);
+            tasks.spawn("push-writer", async move { push.writer().ended().await });
+            if let Some(listener) = parts.syslog_tcp.take() {
+                tasks.spawn(
+                    "syslog-tcp",
+                    syslog::serve_tcp(
+                        listener,
+                        Arc::clone(&parts.push),
+                        parts.max_connections,
+                        tcp_rx.clone(),
+                    ),
+                );
+            }
+            if let Some(socket) = parts.syslog_udp.take() {
+                tasks.spawn(
+                    "syslog-udp",
+                    syslog::serve_udp(socket, Arc::clone(&parts.push), tcp_rx.clone()),
+                );
+            }
             parts
         });
         if let Some(parts) = &store {

@@ -1,0 +1,339 @@
+//! Elasticsearch bulk under `/insert/elasticsearch/` (as VictoriaLogs): `POST .../_bulk` and
+//! `POST .../<index>/_bulk` take NDJSON `index`/`create` actions, each followed by its
+//! document, and answer the per-item JSON bulk clients read. What clients ask before they send
+//! is answered too (`_bulk` takes `PUT` as well, as the Python client sends it): `GET /insert/elasticsearch/` (a version, and the `X-Elastic-Product`
+//! header the official clients check on every response), `_license`, `_cluster/health`, and
+//! template or lifecycle set-up calls (acknowledged, ignored).
+//!
+//! The topic is the document's `_topic_field` when given, else the index (from the action, else
+//! the URL); the message is the first of `_msg_field` (default `message,msg,_msg`) present;
+//! `_time_field` (default `@timestamp`) is the time. `delete` and `update` actions are answered
+//! as failed items (400): oklog does not change stored records.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde_json::{Value, json};
+
+use super::Batch;
+use super::http::{Protocol, Push, PushError, read_body};
+use super::jsonline::{self, Fields, Json};
+
+/// The Elasticsearch version reported to clients that ask (8.x: what current clients and
+/// Filebeat expect).
+pub const VERSION: &str = "8.9.0";
+const PREFIX: &str = "/insert/elasticsearch";
+
+/// The routes, under [`PREFIX`].
+pub fn router() -> Router<Arc<Push>> {
+    Router::new()
+        .route(PREFIX, get(info).head(info))
+        .route(&format!("{PREFIX}/"), get(info).head(info))
+        .route(
+            &format!("{PREFIX}/_bulk"),
+            post(bulk_default).put(bulk_default),
+        )
+        .route(
+            &format!("{PREFIX}/{{index}}/_bulk"),
+            post(bulk_index).put(bulk_index),
+        )
+        .route(&format!("{PREFIX}/_license"), get(license))
+        .route(&format!("{PREFIX}/_cluster/health"), get(health))
+        .route(&format!("{PREFIX}/_xpack"), get(xpack))
+        .route(&format!("{PREFIX}/{{index}}"), any(acknowledge))
+        .route(
+            &format!("{PREFIX}/_index_template/{{name}}"),
+            any(acknowledge),
+        )
+        .route(&format!("{PREFIX}/_template/{{name}}"), any(acknowledge))
+        .route(&format!("{PREFIX}/_ilm/policy/{{name}}"), any(acknowledge))
+        .route(&format!("{PREFIX}/_data_stream/{{name}}"), any(acknowledge))
+        .route(
+            &format!("{PREFIX}/_ingest/pipeline/{{name}}"),
+            any(acknowledge),
+        )
+}
+
+fn es(status: StatusCode, body: Value) -> Response {
+    let mut r = (status, body.to_string()).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        "x-elastic-product",
+        HeaderValue::from_static("Elasticsearch"),
+    );
+    r
+}
+
+async fn info() -> Response {
+    es(
+        StatusCode::OK,
+        json!({
+            "name": "oklog",
+            "cluster_name": "oklog",
+            "cluster_uuid": "oklog",
+            "version": {
+                "number": VERSION,
+                "build_flavor": "default",
+                "build_type": "oklog",
+                "lucene_version": "9.7.0",
+                "minimum_wire_compatibility_version": "7.17.0",
+                "minimum_index_compatibility_version": "7.0.0",
+            },
+            "tagline": "You Know, for Search",
+        }),
+    )
+}
+
+async fn license() -> Response {
+    es(
+        StatusCode::OK,
+        json!({"license": {"uid": "oklog", "type": "basic", "status": "active", "expiry_date_in_millis": 4_000_000_000_000u64}}),
+    )
+}
+
+async fn xpack() -> Response {
+    es(
+        StatusCode::OK,
+        json!({"build": {}, "features": {}, "license": {"mode": "basic", "status": "active", "type": "basic"}}),
+    )
+}
+
+async fn health() -> Response {
+    es(
+        StatusCode::OK,
+        json!({"cluster_name": "oklog", "status": "green", "number_of_nodes": 1}),
+    )
+}
+
+async fn acknowledge() -> Response {
+    es(StatusCode::OK, json!({"acknowledged": true}))
+}
+
+async fn bulk_default(
+    State(push): State<Arc<Push>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    bulk(push, None, params, headers, body).await
+}
+
+async fn bulk_index(
+    State(push): State<Arc<Push>>,
+    Path(index): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    bulk(push, Some(index), params, headers, body).await
+}
+
+async fn bulk(
+    push: Arc<Push>,
+    index: Option<String>,
+    params: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let raw = read_body(&headers, body, push.cfg.max_body).await?;
+        let fields = Fields::from_params(&params, "message,msg,_msg", "@timestamp");
+        let (batch, items) = decode(&raw, index.as_deref(), &fields, &push.cfg.topic)?;
+        push.store(Protocol::Elasticsearch, batch, raw.len(), push.cfg.wait)
+            .await?;
+        Ok::<_, PushError>(items)
+    }
+    .await;
+    match result {
+        Ok(items) => {
+            let errors = items.iter().any(|i| i.status >= 300);
+            let items: Vec<Value> = items.iter().map(Item::to_json).collect();
+            es(
+                StatusCode::OK,
+                json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": items}),
+            )
+        }
+        Err(e) => {
+            push.rejected(Protocol::Elasticsearch, &e);
+            let mut r = es(
+                e.status,
+                json!({"error": {"type": "parse_exception", "reason": e.message}, "status": e.status.as_u16()}),
+            );
+            if e.status == StatusCode::SERVICE_UNAVAILABLE {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            r
+        }
+    }
+}
+
+/// One bulk item's outcome.
+#[derive(Debug)]
+pub struct Item {
+    action: String,
+    index: String,
+    id: String,
+    status: u16,
+    error: Option<String>,
+}
+
+impl Item {
+    fn to_json(&self) -> Value {
+        let mut v = json!({"_index": self.index, "_id": self.id, "status": self.status});
+        match &self.error {
+            None => {
+                v["result"] = json!("created");
+                v["_version"] = json!(1);
+                v["_seq_no"] = json!(0);
+                v["_primary_term"] = json!(1);
+                v["_shards"] = json!({"total": 1, "successful": 1, "failed": 0});
+            }
+            Some(reason) => {
+                v["error"] = json!({"type": "illegal_argument_exception", "reason": reason});
+            }
+        }
+        json!({ self.action.clone(): v })
+    }
+}
+
+/// Decode a bulk body into records and the items to answer. A structural error (an action
+/// that is not JSON, an `index` without its document, a document that is not an object) is a
+/// 400 naming the line, and nothing is stored.
+pub fn decode(
+    body: &[u8],
+    url_index: Option<&str>,
+    fields: &Fields,
+    static_topic: &str,
+) -> Result<(Batch, Vec<Item>), PushError> {
+    let mut batch = Batch::new();
+    let mut items = Vec::new();
+    let mut lines = body
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
+    while let Some((n, line)) = lines.next() {
+        let at = n + 1;
+        let action = jsonline::parse_object(line)
+            .map_err(|e| PushError::bad(format!("line {at}: action: {e}")))?;
+        let [(name, Json::Object(meta))] = action.as_slice() else {
+            return Err(PushError::bad(format!(
+                "line {at}: an action is one key (index, create, delete, update) with an object"
+            )));
+        };
+        let meta_str = |k: &str| {
+            meta.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.text().into_owned())
+        };
+        let index = meta_str("_index")
+            .or_else(|| url_index.map(str::to_string))
+            .unwrap_or_else(|| static_topic.to_string());
+        let id = meta_str("_id").unwrap_or_else(|| format!("{}", items.len() + 1));
+        let mut item = Item {
+            action: name.clone(),
+            index: index.clone(),
+            id,
+            status: 201,
+            error: None,
+        };
+        match name.as_str() {
+            "index" | "create" => {
+                let Some((dn, doc_line)) = lines.next() else {
+                    return Err(PushError::bad(format!(
+                        "line {at}: {name} action without its document"
+                    )));
+                };
+                let doc = jsonline::parse_object(doc_line)
+                    .map_err(|e| PushError::bad(format!("line {}: document: {e}", dn + 1)))?;
+                let topic = jsonline::doc_topic(&doc, fields, static_topic, Some(&index));
+                jsonline::document(&mut batch, &topic, doc, fields);
+            }
+            "update" => {
+                lines.next();
+                item.status = 400;
+                item.error = Some("oklog does not update stored records".into());
+            }
+            "delete" => {
+                item.status = 400;
+                item.error = Some("oklog does not delete stored records".into());
+            }
+            other => {
+                return Err(PushError::bad(format!(
+                    "line {at}: unknown bulk action {other:?}"
+                )));
+            }
+        }
+        items.push(item);
+    }
+    Ok((batch, items))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> Fields {
+        Fields::from_params(&HashMap::new(), "message,msg,_msg", "@timestamp")
+    }
+
+    #[test]
+    fn actions_and_documents() {
+        let body = br#"{"index":{"_index":"nginx"}}
+{"@timestamp":"2026-11-29T10:00:00Z","message":"GET / 200","host":{"name":"web-1"}}
+{"create":{}}
+{"msg":"from the url index"}
+{"delete":{"_index":"x","_id":"1"}}
+"#;
+        let (batch, items) = decode(body, Some("app-logs"), &fields(), "default").unwrap();
+        assert_eq!(
+            batch.lines(),
+            [
+                "nginx GET / 200 host.name=web-1 ts=2026-11-29T10:00:00Z",
+                "app-logs from the url index",
+            ]
+        );
+        let statuses: Vec<(String, u16)> =
+            items.iter().map(|i| (i.action.clone(), i.status)).collect();
+        assert_eq!(
+            statuses,
+            [
+                ("index".into(), 201),
+                ("create".into(), 201),
+                ("delete".into(), 400)
+            ]
+        );
+        assert_eq!(items[0].to_json()["index"]["result"], "created");
+    }
+
+    #[test]
+    fn structural_errors_name_the_line() {
+        for (body, want) in [
+            (
+                &b"{\"index\":{}}\n"[..],
+                "line 1: index action without its document",
+            ),
+            (
+                b"{\"index\":{}}\n[1]\n",
+                "line 2: document: not a JSON object",
+            ),
+            (b"not json\n", "line 1: action"),
+            (b"{\"upsert\":{}}\n{}\n", "unknown bulk action"),
+        ] {
+            let e = decode(body, None, &fields(), "default").unwrap_err();
+            assert!(e.message.contains(want), "{}", e.message);
+        }
+    }
+}

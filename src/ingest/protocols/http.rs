@@ -1,0 +1,397 @@
+//! The push endpoints on the API listener of every ingest node, and what they share: reading a
+//! body within the size limit, undoing its `Content-Encoding` within the same limit (so a
+//! compression bomb stops there), counting, and answering a failed write with 503.
+//!
+//! Paths (VictoriaLogs' `/insert/...` scheme, and Loki's and OTLP's own):
+//! `POST /loki/api/v1/push`, `/insert/loki/api/v1/push`; `POST /v1/logs`,
+//! `/insert/opentelemetry/v1/logs`; `POST /insert/jsonline`; `/insert/elasticsearch/...`.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+use super::writer::{PushWriter, Wait};
+use super::{Batch, elasticsearch, jsonline, loki, otlp};
+use crate::metrics::Metrics;
+
+/// How the push endpoints map and store what they receive.
+#[derive(Clone, Debug)]
+pub struct PushConfig {
+    /// The static topic (`-ingest.topic`): records whose protocol names no topic get it.
+    pub topic: String,
+    /// Largest request body, before and after decompression (`-ingest.max-push-size`, 64 MiB).
+    pub max_body: usize,
+    /// Whether a push is answered after fsync (`-ingest.push-sync`, true) or after the write.
+    pub wait: Wait,
+    /// Loki labels tried in turn for the topic (`-ingest.loki-topic-labels`).
+    pub loki_topic_labels: Vec<String>,
+    /// The OTLP resource attribute that names the topic (`-ingest.otlp-topic-attribute`).
+    pub otlp_topic_attribute: String,
+}
+
+/// The protocols, as metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Loki push (JSON or protobuf).
+    Loki,
+    /// OTLP/HTTP logs (protobuf or JSON).
+    Otlp,
+    /// Elasticsearch bulk.
+    Elasticsearch,
+    /// JSON lines.
+    Jsonline,
+    /// Syslog over TCP.
+    SyslogTcp,
+    /// Syslog over UDP.
+    SyslogUdp,
+}
+
+impl Protocol {
+    /// The `protocol` label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Loki => "loki",
+            Protocol::Otlp => "otlp",
+            Protocol::Elasticsearch => "elasticsearch",
+            Protocol::Jsonline => "jsonline",
+            Protocol::SyslogTcp => "syslog-tcp",
+            Protocol::SyslogUdp => "syslog-udp",
+        }
+    }
+}
+
+/// Why a push was refused: the status and a message naming what is wrong.
+#[derive(Debug)]
+pub struct PushError {
+    /// 400, 413, 415 or 503.
+    pub status: StatusCode,
+    /// For the client.
+    pub message: String,
+}
+
+impl PushError {
+    /// A malformed body (400).
+    pub fn bad(message: impl Into<String>) -> PushError {
+        PushError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    fn too_large(limit: usize) -> PushError {
+        PushError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "request body over the limit of {limit} bytes (-ingest.max-push-size)"
+            ),
+        }
+    }
+
+    /// A plain-text response (503s carry `Retry-After`).
+    pub fn text_response(&self) -> Response {
+        let mut r = crate::http::text(self.status, format!("{}\n", self.message));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// The push endpoints' shared state.
+#[derive(Debug)]
+pub struct Push {
+    /// Mapping and limits.
+    pub cfg: PushConfig,
+    writer: PushWriter,
+    metrics: Arc<Metrics>,
+}
+
+impl Push {
+    /// Push endpoints writing through `writer`.
+    pub fn new(cfg: PushConfig, writer: PushWriter, metrics: Arc<Metrics>) -> Arc<Push> {
+        Arc::new(Push {
+            cfg,
+            writer,
+            metrics,
+        })
+    }
+
+    /// The push writer (for syslog listeners and the run group).
+    pub fn writer(&self) -> &PushWriter {
+        &self.writer
+    }
+
+    /// The routes.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/loki/api/v1/push", post(loki_push))
+            .route("/insert/loki/api/v1/push", post(loki_push))
+            .route("/v1/logs", post(otlp_push))
+            .route("/insert/opentelemetry/v1/logs", post(otlp_push))
+            .route("/insert/jsonline", post(jsonline_push))
+            .merge(elasticsearch::router())
+            .with_state(Arc::clone(self))
+    }
+
+    /// Count a request of `protocol` that failed with `e`.
+    pub fn rejected(&self, protocol: Protocol, e: &PushError) {
+        let labels = vec![("protocol", protocol.name())];
+        self.metrics
+            .ingest_push_requests
+            .get_or_create(&labels)
+            .inc();
+        self.metrics
+            .ingest_push_rejected
+            .get_or_create(&labels)
+            .inc();
+        if e.status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(protocol = protocol.name(), error = %e.message, "push not stored");
+        } else {
+            tracing::debug!(protocol = protocol.name(), error = %e.message, "push refused");
+        }
+    }
+
+    /// Store `batch` (decoded from `bytes` of request body) and count it; 503 when the write or
+    /// the sync fails.
+    pub async fn store(
+        &self,
+        protocol: Protocol,
+        batch: Batch,
+        bytes: usize,
+        wait: Wait,
+    ) -> Result<(), PushError> {
+        let records = batch.len() as u64;
+        let labels = vec![("protocol", protocol.name())];
+        if let Err(e) = self.writer.write(batch, wait).await {
+            let err = PushError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!("records not stored: {e}"),
+            };
+            self.rejected(protocol, &err);
+            return Err(err);
+        }
+        self.metrics
+            .ingest_push_requests
+            .get_or_create(&labels)
+            .inc();
+        self.metrics
+            .ingest_push_records
+            .get_or_create(&labels)
+            .inc_by(records);
+        self.metrics
+            .ingest_push_bytes
+            .get_or_create(&labels)
+            .inc_by(bytes as u64);
+        Ok(())
+    }
+}
+
+/// Read `body` whole, at most `limit` bytes (413 beyond), then undo `Content-Encoding`
+/// (`gzip`, `deflate`, `snappy`; `identity` or none) within the same limit.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, PushError> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(PushError::too_large(limit));
+    }
+    let raw = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(PushError::too_large(limit));
+        }
+        Err(e) => return Err(PushError::bad(format!("reading the request body: {e}"))),
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    decode(&encoding, raw, limit)
+}
+
+/// Undo one content encoding, never producing more than `limit` bytes.
+pub fn decode(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, PushError> {
+    match encoding {
+        "" | "identity" => Ok(raw),
+        "gzip" | "x-gzip" => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, "gzip"),
+        "deflate" => inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit, "deflate"),
+        "snappy" => snappy(&raw, limit),
+        other => Err(PushError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: format!(
+                "Content-Encoding {other:?} is not supported (gzip, deflate, snappy or none)"
+            ),
+        }),
+    }
+}
+
+fn inflate(reader: impl Read, limit: usize, name: &str) -> Result<Bytes, PushError> {
+    let mut out = Vec::new();
+    match reader.take(limit as u64 + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() > limit => Err(PushError::too_large(limit)),
+        Ok(_) => Ok(Bytes::from(out)),
+        Err(e) => Err(PushError::bad(format!("body is not valid {name}: {e}"))),
+    }
+}
+
+/// Snappy's block format (what Promtail, Alloy and Prometheus send), checked against the
+/// limit before anything is allocated.
+pub fn snappy(raw: &[u8], limit: usize) -> Result<Bytes, PushError> {
+    let len = snap::raw::decompress_len(raw)
+        .map_err(|e| PushError::bad(format!("body is not valid snappy: {e}")))?;
+    if len > limit {
+        return Err(PushError::too_large(limit));
+    }
+    snap::raw::Decoder::new()
+        .decompress_vec(raw)
+        .map(Bytes::from)
+        .map_err(|e| PushError::bad(format!("body is not valid snappy: {e}")))
+}
+
+/// Whether the request's `Content-Type` names `what` (`json`, `protobuf`).
+pub fn content_type_has(headers: &HeaderMap, what: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains(what))
+}
+
+async fn loki_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let protobuf = content_type_has(&headers, "protobuf");
+        // Promtail and Alloy send snappy-compressed protobuf without a Content-Encoding.
+        let raw = if protobuf && headers.get(header::CONTENT_ENCODING).is_none() {
+            let raw = read_body(&HeaderMap::new(), body, push.cfg.max_body).await?;
+            snappy(&raw, push.cfg.max_body)?
+        } else {
+            read_body(&headers, body, push.cfg.max_body).await?
+        };
+        let batch = if protobuf {
+            loki::decode_protobuf(&raw, &push.cfg)?
+        } else {
+            loki::decode_json(&raw, &push.cfg)?
+        };
+        push.store(Protocol::Loki, batch, raw.len(), push.cfg.wait)
+            .await
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            push.rejected(Protocol::Loki, &e);
+            e.text_response()
+        }
+    }
+}
+
+async fn otlp_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body) -> Response {
+    let json = content_type_has(&headers, "json");
+    let result = async {
+        let raw = read_body(&headers, body, push.cfg.max_body).await?;
+        let decoded = if json {
+            otlp::decode_json(&raw, &push.cfg)?
+        } else {
+            otlp::decode_protobuf(&raw, &push.cfg)?
+        };
+        push.store(Protocol::Otlp, decoded.batch, raw.len(), push.cfg.wait)
+            .await?;
+        Ok::<_, PushError>(decoded.rejected)
+    }
+    .await;
+    match result {
+        Ok(rejected) => otlp::response(json, rejected),
+        Err(e) => {
+            push.rejected(Protocol::Otlp, &e);
+            otlp::error_response(json, &e)
+        }
+    }
+}
+
+async fn jsonline_push(
+    State(push): State<Arc<Push>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let raw = read_body(&headers, body, push.cfg.max_body).await?;
+        let fields = jsonline::Fields::from_params(&params, "_msg", "_time");
+        let batch = jsonline::decode(&raw, &fields, &push.cfg.topic)?;
+        push.store(Protocol::Jsonline, batch, raw.len(), push.cfg.wait)
+            .await
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => {
+            push.rejected(Protocol::Jsonline, &e);
+            e.text_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_routes_build() {
+        // Route conflicts panic when the router is built: build it.
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(crate::ingest::IngestLog::open(dir.path()).unwrap());
+        let metrics = Metrics::new();
+        let writer = PushWriter::start(
+            log,
+            crate::ingest::Rotation {
+                flush_size: 1 << 20,
+                flush_age: std::time::Duration::from_secs(1),
+            },
+            crate::ingest::sync::SyncGroup::start().unwrap(),
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        let _ = Push::new(crate::ingest::protocols::test_config(), writer, metrics).router();
+    }
+
+    #[test]
+    fn bombs_stop_at_the_limit() {
+        let zeros = vec![0u8; 10 << 20];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&zeros).unwrap();
+        let gz = Bytes::from(gz.finish().unwrap());
+        assert!(gz.len() < 100 << 10);
+        let e = decode("gzip", gz.clone(), 1 << 20).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(decode("gzip", gz, 10 << 20).unwrap().len(), 10 << 20);
+        let sn = Bytes::from(snap::raw::Encoder::new().compress_vec(&zeros).unwrap());
+        assert_eq!(
+            decode("snappy", sn, 1 << 20).unwrap_err().status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let e = decode("gzip", Bytes::from_static(b"not gzip"), 1 << 20).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("gzip"), "{}", e.message);
+        assert_eq!(
+            decode("br", Bytes::new(), 1).unwrap_err().status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! The agents' protocols (README "Agents"): Loki push, Elasticsearch bulk, OTLP/HTTP logs, JSON
+//! lines and syslog. Each protocol decodes its input into entries — a topic, a message and
+//! fields — and each entry becomes one record line, `<ULID> <topic> <message> k=v k=v ...`,
+//! written through one push writer ([`writer::PushWriter`]) into its own ingest segments, which
+//! store nodes consume like any other.
+//!
+//! The mapping, the same for every protocol:
+//! - the topic is the value of a configured label, attribute or field (per protocol), else the
+//!   static topic; a value that is not a valid topic is normalised ([`normalise_topic`]);
+//! - the message comes first, with each newline stored as the two characters `\n`; then every
+//!   other label, attribute and field as logfmt `key=value` (quoted when needed); the entry's own
+//!   time last, as `ts=` (RFC 3339, UTC, nanoseconds as sent). The ULID stays the time of
+//!   arrival: records are ordered by when oklog got them.
+//! - the field whose value became the topic is left out when the topic is that value unchanged.
+
+pub mod elasticsearch;
+pub mod http;
+pub mod jsonline;
+pub mod loki;
+pub mod otlp;
+pub mod syslog;
+pub mod writer;
+
+use crate::record::ULID_LEN;
+
+/// Bytes reserved for a record's ULID, filled in by the writer (which alone knows the order in
+/// which records reach the segment).
+const ULID_SLOT: [u8; ULID_LEN] = [b'0'; ULID_LEN];
+
+/// The records decoded from one request (or one read of a syslog connection), waiting for
+/// their ULIDs.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Record lines, each starting with a [`ULID_SLOT`].
+    pub(crate) buf: Vec<u8>,
+    /// Where each record starts in `buf`.
+    pub(crate) starts: Vec<usize>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Whether the batch has no records.
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Bytes the records will take in the segment.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Start a record under `topic` (already valid: see [`normalise_topic`]).
+    pub fn record(&mut self, topic: &[u8]) -> RecordBuilder<'_> {
+        self.starts.push(self.buf.len());
+        self.buf.extend_from_slice(&ULID_SLOT);
+        self.buf.push(b' ');
+        self.buf.extend_from_slice(topic);
+        self.buf.push(b' ');
+        let line_start = self.buf.len();
+        RecordBuilder {
+            batch: self,
+            line_start,
+        }
+    }
+
+    /// The record lines with their ULID slots unfilled (tests).
+    #[cfg(test)]
+    pub fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.buf)
+            .lines()
+            .map(|l| l[ULID_LEN + 1..].to_string())
+            .collect()
+    }
+}
+
+/// One record being written into a [`Batch`]: the message, then fields, then [`RecordBuilder::finish`].
+#[derive(Debug)]
+pub struct RecordBuilder<'a> {
+    batch: &'a mut Batch,
+    line_start: usize,
+}
+
+impl RecordBuilder<'_> {
+    fn separate(&mut self) {
+        if self.batch.buf.len() > self.line_start {
+            self.batch.buf.push(b' ');
+        }
+    }
+
+    /// The entry's message, newlines escaped as `\n` (a `\r` before one is dropped).
+    pub fn message(&mut self, msg: &[u8]) -> &mut Self {
+        let msg = msg.strip_suffix(b"\n").unwrap_or(msg);
+        let msg = msg.strip_suffix(b"\r").unwrap_or(msg);
+        if msg.is_empty() {
+            return self;
+        }
+        self.separate();
+        let buf = &mut self.batch.buf;
+        let mut rest = msg;
+        while let Some(i) = memchr::memchr(b'\n', rest) {
+            let line = &rest[..i];
+            buf.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+            buf.extend_from_slice(b"\\n");
+            rest = &rest[i + 1..];
+        }
+        buf.extend_from_slice(rest);
+        self
+    }
+
+    /// A `key=value` field in logfmt (the key cleaned, the value quoted when needed).
+    pub fn field(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
+        self.separate();
+        logfmt_key(&mut self.batch.buf, key);
+        self.batch.buf.push(b'=');
+        logfmt_value(&mut self.batch.buf, value);
+        self
+    }
+
+    /// The entry's own time, `ts=<RFC 3339>`, from nanoseconds since the Unix epoch (ignored
+    /// when out of range).
+    pub fn time(&mut self, nanos: i128) -> &mut Self {
+        if let Ok(t) = jiff::Timestamp::from_nanosecond(nanos) {
+            let text = t.to_string();
+            self.field(b"ts", text.as_bytes());
+        }
+        self
+    }
+
+    /// End the record.
+    pub fn finish(&mut self) {
+        self.batch.buf.push(b'\n');
+    }
+}
+
+/// Write `key` as a logfmt key: bytes that would end or break it (space, `=`, `"`, control
+/// characters) become `_`; an empty key is `_`.
+fn logfmt_key(out: &mut Vec<u8>, key: &[u8]) {
+    if key.is_empty() {
+        out.push(b'_');
+        return;
+    }
+    out.extend(key.iter().map(|&c| {
+        if c <= b' ' || c == b'=' || c == b'"' || c == 0x7f {
+            b'_'
+        } else {
+            c
+        }
+    }));
+}
+
+/// Write `value` as a logfmt value: bare when it is non-empty and has no space, `=`, `"`, `\`
+/// or control character; otherwise in double quotes with `\\`, `\"`, `\n`, `\r`, `\t` escaped.
+fn logfmt_value(out: &mut Vec<u8>, value: &[u8]) {
+    let bare = !value.is_empty()
+        && value
+            .iter()
+            .all(|&c| c > b' ' && c != b'=' && c != b'"' && c != b'\\' && c != 0x7f);
+    if bare {
+        out.extend_from_slice(value);
+        return;
+    }
+    out.push(b'"');
+    for &c in value {
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push(b'"');
+}
+
+/// A topic from an agent's value: characters other than ASCII letters, digits, `_` and `-`
+/// become `_`, and leading characters that are not a letter or digit are dropped (a topic
+/// starts with one). `None` when nothing is left (the static topic applies).
+pub fn normalise_topic(value: &str) -> Option<String> {
+    let mapped: String = value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let t = mapped.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// Where a record's topic came from: a field's value (left out of the fields when the topic
+/// is that value unchanged), or the static topic.
+#[derive(Debug)]
+pub struct Topic {
+    /// The topic.
+    pub name: String,
+    /// The key of the field it came from, when that field's value is the topic exactly.
+    pub from_key: Option<String>,
+}
+
+impl Topic {
+    /// The topic for `value` of field `key`, or `fallback` (the static topic).
+    pub fn pick(key: &str, value: Option<&str>, fallback: &str) -> Topic {
+        match value.and_then(|v| normalise_topic(v).map(|t| (v, t))) {
+            Some((v, t)) => Topic {
+                from_key: (t == v).then(|| key.to_string()),
+                name: t,
+            },
+            None => Topic {
+                name: fallback.to_string(),
+                from_key: None,
+            },
+        }
+    }
+
+    /// Whether field `key` is the one the topic was taken from unchanged (so it is left out).
+    pub fn is_source(&self, key: &str) -> bool {
+        self.from_key.as_deref() == Some(key)
+    }
+}
+
+/// The default push configuration (tests).
+#[cfg(test)]
+pub(crate) fn test_config() -> http::PushConfig {
+    http::PushConfig {
+        topic: "default".into(),
+        max_body: 64 << 20,
+        wait: writer::Wait::Synced,
+        loki_topic_labels: ["service_name", "job", "app", "container"]
+            .map(String::from)
+            .to_vec(),
+        otlp_topic_attribute: "service.name".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_message_then_logfmt_fields_then_time() {
+        let mut b = Batch::new();
+        b.record(b"api")
+            .message(b"GET /x 200\n")
+            .field(b"host", b"web-1")
+            .field(b"path", b"/a b")
+            .field(b"q", b"say \"hi\"\\now")
+            .field(b"empty", b"")
+            .field(b"bad key=", b"v")
+            .time(1_700_000_000_123_456_789)
+            .finish();
+        b.record(b"default")
+            .message(b"first\r\nsecond\nthird")
+            .finish();
+        b.record(b"default").field(b"only", b"field").finish();
+        assert_eq!(
+            b.lines(),
+            [
+                "api GET /x 200 host=web-1 path=\"/a b\" q=\"say \\\"hi\\\"\\\\now\" empty=\"\" bad_key_=v ts=2023-11-14T22:13:20.123456789Z",
+                "default first\\nsecond\\nthird",
+                "default only=field",
+            ]
+        );
+        assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn topics_are_normalised_never_refused() {
+        assert_eq!(normalise_topic("nginx").as_deref(), Some("nginx"));
+        assert_eq!(normalise_topic("my.svc/v2").as_deref(), Some("my_svc_v2"));
+        assert_eq!(normalise_topic("_internal").as_deref(), Some("internal"));
+        assert_eq!(normalise_topic("Ünï").as_deref(), Some("n_"));
+        assert_eq!(normalise_topic("..."), None);
+        assert_eq!(normalise_topic(""), None);
+        let t = Topic::pick("job", Some("api"), "default");
+        assert!(t.is_source("job") && t.name == "api");
+        let t = Topic::pick("job", Some("my.api"), "default");
+        assert!(!t.is_source("job") && t.name == "my_api");
+        assert_eq!(Topic::pick("job", None, "default").name, "default");
+    }
+}
