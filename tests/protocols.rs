@@ -286,6 +286,9 @@ fn raw_loki_protobuf_otlp_json_and_gzip_bodies() {
     );
 }
 
+/// A bad request: path, headers, body, the status and a part of the message it must get.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Vec<u8>, u16, &'a str);
+
 #[test]
 fn bad_input_is_refused_with_a_reason_and_stores_nothing() {
     let _serial = serial();
@@ -305,7 +308,7 @@ fn bad_input_is_refused_with_a_reason_and_stores_nothing() {
     let bomb = bomb.finish().unwrap();
     let proto = [("Content-Type", "application/x-protobuf")];
     let json = [("Content-Type", "application/json")];
-    let cases: Vec<(&str, &[(&str, &str)], Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "/loki/api/v1/push",
             &proto,
