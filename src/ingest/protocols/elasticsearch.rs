@@ -10,6 +10,7 @@
 //! `_time_field` (default `@timestamp`) is the time. `delete` and `update` actions are answered
 //! as failed items (400): oklog does not change stored records.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::Batch;
 use super::http::{Protocol, Push, PushError, read_body};
-use super::jsonline::{self, Fields, Json};
+use super::jsonline::{self, Fields};
 
 /// The Elasticsearch version reported to clients that ask (8.x: what current clients and
 /// Filebeat expect).
@@ -62,7 +63,11 @@ pub fn router() -> Router<Arc<Push>> {
 }
 
 fn es(status: StatusCode, body: Value) -> Response {
-    let mut r = (status, body.to_string()).into_response();
+    es_text(status, body.to_string())
+}
+
+fn es_text(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -159,11 +164,19 @@ async fn bulk(
     match result {
         Ok(items) => {
             let errors = items.iter().any(|i| i.status >= 300);
-            let items: Vec<Value> = items.iter().map(Item::to_json).collect();
-            es(
-                StatusCode::OK,
-                json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": items}),
-            )
+            // Written directly: a `Value` per item cost more than decoding the documents.
+            let mut body = format!(
+                "{{\"took\":{},\"errors\":{errors},\"items\":[",
+                started.elapsed().as_millis()
+            );
+            for (n, item) in items.iter().enumerate() {
+                if n > 0 {
+                    body.push(',');
+                }
+                item.write_json(&mut body);
+            }
+            body.push_str("]}");
+            es_text(StatusCode::OK, body)
         }
         Err(e) => {
             push.rejected(Protocol::Elasticsearch, &e);
@@ -180,6 +193,15 @@ async fn bulk(
     }
 }
 
+/// An action's metadata (the fields oklog reads; others are ignored).
+#[derive(serde::Deserialize)]
+struct Meta<'a> {
+    #[serde(rename = "_index", borrow, default)]
+    index: Option<Cow<'a, str>>,
+    #[serde(rename = "_id", borrow, default)]
+    id: Option<Cow<'a, str>>,
+}
+
 /// One bulk item's outcome.
 #[derive(Debug)]
 pub struct Item {
@@ -191,21 +213,30 @@ pub struct Item {
 }
 
 impl Item {
-    fn to_json(&self) -> Value {
-        let mut v = json!({"_index": self.index, "_id": self.id, "status": self.status});
+    /// Append the item's JSON to `out`.
+    fn write_json(&self, out: &mut String) {
+        use std::fmt::Write;
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        let _ = write!(
+            out,
+            "{{{}:{{\"_index\":{},\"_id\":{},\"status\":{}",
+            q(&self.action),
+            q(&self.index),
+            q(&self.id),
+            self.status
+        );
         match &self.error {
-            None => {
-                v["result"] = json!("created");
-                v["_version"] = json!(1);
-                v["_seq_no"] = json!(0);
-                v["_primary_term"] = json!(1);
-                v["_shards"] = json!({"total": 1, "successful": 1, "failed": 0});
-            }
+            None => out.push_str(
+                ",\"result\":\"created\",\"_version\":1,\"_seq_no\":0,\"_primary_term\":1,\"_shards\":{\"total\":1,\"successful\":1,\"failed\":0}}}",
+            ),
             Some(reason) => {
-                v["error"] = json!({"type": "illegal_argument_exception", "reason": reason});
+                let _ = write!(
+                    out,
+                    ",\"error\":{{\"type\":\"illegal_argument_exception\",\"reason\":{}}}}}}}",
+                    q(reason)
+                );
             }
         }
-        json!({ self.action.clone(): v })
     }
 }
 
@@ -220,28 +251,32 @@ pub fn decode(
 ) -> Result<(Batch, Vec<Item>), PushError> {
     let mut batch = Batch::new();
     let mut items = Vec::new();
-    let mut lines = body
-        .split(|&b| b == b'\n')
+    let mut lines = jsonline::lines(body)
         .enumerate()
         .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
     while let Some((n, line)) = lines.next() {
         let at = n + 1;
-        let action = jsonline::parse_object(line)
-            .map_err(|e| PushError::bad(format!("line {at}: action: {e}")))?;
-        let [(name, Json::Object(meta))] = action.as_slice() else {
+        let action: HashMap<&str, Meta> = serde_json::from_slice(line).map_err(|e| {
+            PushError::bad(format!(
+                "line {at}: action: not {{\"index\"|\"create\"|\"delete\"|\"update\": {{...}}}}: {e}"
+            ))
+        })?;
+        let mut entries = action.into_iter();
+        let (Some((name, meta)), None) = (entries.next(), entries.next()) else {
             return Err(PushError::bad(format!(
                 "line {at}: an action is one key (index, create, delete, update) with an object"
             )));
         };
-        let meta_str = |k: &str| {
-            meta.iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.text().into_owned())
-        };
-        let index = meta_str("_index")
+        let name = name.to_string();
+        let index = meta
+            .index
+            .map(Cow::into_owned)
             .or_else(|| url_index.map(str::to_string))
             .unwrap_or_else(|| static_topic.to_string());
-        let id = meta_str("_id").unwrap_or_else(|| format!("{}", items.len() + 1));
+        let id = meta
+            .id
+            .map(Cow::into_owned)
+            .unwrap_or_else(|| format!("{}", items.len() + 1));
         let mut item = Item {
             action: name.clone(),
             index: index.clone(),
@@ -315,7 +350,21 @@ mod tests {
                 ("delete".into(), 400)
             ]
         );
-        assert_eq!(items[0].to_json()["index"]["result"], "created");
+        let mut out = String::new();
+        items[0].write_json(&mut out);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["index"]["result"], "created");
+        assert_eq!(v["index"]["_index"], "nginx");
+        let mut out = String::new();
+        items[2].write_json(&mut out);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["delete"]["status"], 400);
+        assert!(
+            v["delete"]["error"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("delete")
+        );
     }
 
     #[test]
@@ -330,6 +379,7 @@ mod tests {
                 "line 2: document: not a JSON object",
             ),
             (b"not json\n", "line 1: action"),
+            (b"{\"index\":{},\"create\":{}}\n{}\n", "one key"),
             (b"{\"upsert\":{}}\n{}\n", "unknown bulk action"),
         ] {
             let e = decode(body, None, &fields(), "default").unwrap_err();

@@ -5,6 +5,7 @@
 //! → `a.b=1`); arrays are kept as their JSON text. The same document mapping serves
 //! Elasticsearch bulk.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::http::PushError;
@@ -41,84 +42,120 @@ impl Fields {
 /// A JSON value whose objects keep their keys in the order they were sent (serde_json's own
 /// map sorts them), so fields come out as the agent wrote them.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Json {
+pub enum Json<'a> {
     /// `null`.
     Null,
     /// `true` or `false`.
     Bool(bool),
     /// A number.
     Number(serde_json::Number),
-    /// A string.
-    String(String),
+    /// A string (borrowed from the body when it has no escapes).
+    String(Cow<'a, str>),
     /// An array (kept as JSON text when written).
     Array(Vec<serde_json::Value>),
     /// An object, keys in order.
-    Object(Vec<(String, Json)>),
+    Object(Vec<(Cow<'a, str>, Json<'a>)>),
 }
 
-impl<'de> serde::Deserialize<'de> for Json {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Json;
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Json<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Json<'a>, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Json<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON value")
             }
-            fn visit_unit<E>(self) -> Result<Json, E> {
+            fn visit_unit<E>(self) -> Result<Json<'a>, E> {
                 Ok(Json::Null)
             }
-            fn visit_none<E>(self) -> Result<Json, E> {
+            fn visit_none<E>(self) -> Result<Json<'a>, E> {
                 Ok(Json::Null)
             }
-            fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
+            fn visit_bool<E>(self, b: bool) -> Result<Json<'a>, E> {
                 Ok(Json::Bool(b))
             }
-            fn visit_i64<E>(self, n: i64) -> Result<Json, E> {
+            fn visit_i64<E>(self, n: i64) -> Result<Json<'a>, E> {
                 Ok(Json::Number(n.into()))
             }
-            fn visit_u64<E>(self, n: u64) -> Result<Json, E> {
+            fn visit_u64<E>(self, n: u64) -> Result<Json<'a>, E> {
                 Ok(Json::Number(n.into()))
             }
-            fn visit_f64<E>(self, n: f64) -> Result<Json, E> {
+            fn visit_f64<E>(self, n: f64) -> Result<Json<'a>, E> {
                 Ok(serde_json::Number::from_f64(n).map_or(Json::Null, Json::Number))
             }
-            fn visit_str<E>(self, s: &str) -> Result<Json, E> {
-                Ok(Json::String(s.to_string()))
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Json<'a>, E> {
+                Ok(Json::String(Cow::Borrowed(s)))
             }
-            fn visit_string<E>(self, s: String) -> Result<Json, E> {
-                Ok(Json::String(s))
+            fn visit_str<E>(self, s: &str) -> Result<Json<'a>, E> {
+                Ok(Json::String(Cow::Owned(s.to_string())))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+            fn visit_string<E>(self, s: String) -> Result<Json<'a>, E> {
+                Ok(Json::String(Cow::Owned(s)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Json<'a>, A::Error> {
                 let mut v = Vec::new();
                 while let Some(x) = seq.next_element::<serde_json::Value>()? {
                     v.push(x);
                 }
                 Ok(Json::Array(v))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Json<'a>, A::Error> {
                 let mut v = Vec::new();
-                while let Some((k, x)) = map.next_entry::<String, Json>()? {
+                while let Some((Key(k), x)) = map.next_entry::<Key<'a>, Json<'a>>()? {
                     v.push((k, x));
                 }
                 Ok(Json::Object(v))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
-impl Json {
+/// An object key, borrowed from the body when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Key<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key<'a>, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+impl Json<'_> {
     /// The value as text: strings as they are, `null` empty, everything else as JSON.
-    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+    pub fn text(&self) -> Cow<'_, str> {
         match self {
-            Json::String(s) => s.as_str().into(),
+            Json::String(s) => Cow::Borrowed(s.as_ref()),
             Json::Null => "".into(),
             Json::Bool(b) => if *b { "true" } else { "false" }.into(),
             Json::Number(n) => n.to_string().into(),
             Json::Array(a) => serde_json::Value::Array(a.clone()).to_string().into(),
             Json::Object(o) => {
-                let m: serde_json::Map<String, serde_json::Value> =
-                    o.iter().map(|(k, v)| (k.clone(), v.to_value())).collect();
+                let m: serde_json::Map<String, serde_json::Value> = o
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .collect();
                 serde_json::Value::Object(m).to_string().into()
             }
         }
@@ -129,23 +166,25 @@ impl Json {
             Json::Null => serde_json::Value::Null,
             Json::Bool(b) => serde_json::Value::Bool(*b),
             Json::Number(n) => serde_json::Value::Number(n.clone()),
-            Json::String(s) => serde_json::Value::String(s.clone()),
+            Json::String(s) => serde_json::Value::String(s.to_string()),
             Json::Array(a) => serde_json::Value::Array(a.clone()),
             Json::Object(o) => serde_json::Value::Object(
-                o.iter().map(|(k, v)| (k.clone(), v.to_value())).collect(),
+                o.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .collect(),
             ),
         }
     }
 }
 
 /// A JSON object's keys and values, in order.
-pub type Object = Vec<(String, Json)>;
+pub type Object<'a> = Vec<(Cow<'a, str>, Json<'a>)>;
 
 /// Decode a JSON-lines body; a line that is not a JSON object is a 400 naming the line, and
 /// then nothing is stored.
 pub fn decode(body: &[u8], fields: &Fields, static_topic: &str) -> Result<Batch, PushError> {
     let mut batch = Batch::new();
-    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
+    for (n, line) in lines(body).enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -157,8 +196,23 @@ pub fn decode(body: &[u8], fields: &Fields, static_topic: &str) -> Result<Batch,
     Ok(batch)
 }
 
+/// The lines of `body` (split with memchr; the last one may lack its `\n`).
+pub fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', body);
+    std::iter::from_fn(move || {
+        if start > body.len() {
+            return None;
+        }
+        let end = ends.next().unwrap_or(body.len());
+        let line = &body[start..end];
+        start = end + 1;
+        Some(line)
+    })
+}
+
 /// Parse one JSON object.
-pub fn parse_object(text: &[u8]) -> Result<Object, String> {
+pub fn parse_object(text: &[u8]) -> Result<Object<'_>, String> {
     match serde_json::from_slice::<Json>(text) {
         Ok(Json::Object(m)) => Ok(m),
         Ok(_) => Err("not a JSON object".to_string()),
@@ -169,7 +223,7 @@ pub fn parse_object(text: &[u8]) -> Result<Object, String> {
 /// The topic of a document: its topic field (flattened key), else `fallback` (an index name),
 /// else the static topic.
 pub fn doc_topic(
-    doc: &Object,
+    doc: &Object<'_>,
     fields: &Fields,
     static_topic: &str,
     fallback: Option<&str>,
@@ -192,25 +246,25 @@ pub fn doc_topic(
 }
 
 /// A (possibly dotted) key's value: `a.b` is `{"a":{"b":..}}` or `{"a.b":..}`.
-fn lookup<'a>(doc: &'a Object, key: &str) -> Option<&'a Json> {
-    if let Some((_, v)) = doc.iter().find(|(k, _)| k == key) {
+fn lookup<'a, 'b>(doc: &'a Object<'b>, key: &str) -> Option<&'a Json<'b>> {
+    if let Some((_, v)) = doc.iter().find(|(k, _)| k.as_ref() == key) {
         return Some(v);
     }
     let (head, rest) = key.split_once('.')?;
-    match doc.iter().find(|(k, _)| k == head)? {
+    match doc.iter().find(|(k, _)| k.as_ref() == head)? {
         (_, Json::Object(m)) => lookup(m, rest),
         _ => None,
     }
 }
 
 /// Write one document as a record: the message field, the other fields flattened, the time.
-pub fn document(batch: &mut Batch, topic: &Topic, doc: Object, fields: &Fields) {
-    let mut flat: Vec<(String, Json)> = Vec::with_capacity(doc.len());
-    flatten(String::new(), doc, &mut flat);
+pub fn document(batch: &mut Batch, topic: &Topic, doc: Object<'_>, fields: &Fields) {
+    let mut flat: Vec<(Cow<'_, str>, Json<'_>)> = Vec::with_capacity(doc.len());
+    flatten("", doc, &mut flat);
     let msg_at = fields
         .msg
         .iter()
-        .find_map(|m| flat.iter().position(|(k, _)| k == m));
+        .find_map(|m| flat.iter().position(|(k, _)| k.as_ref() == m.as_str()));
     let mut r = batch.record(topic.name.as_bytes());
     if let Some(i) = msg_at {
         r.message(flat[i].1.text().as_bytes());
@@ -220,7 +274,7 @@ pub fn document(batch: &mut Batch, topic: &Topic, doc: Object, fields: &Fields) 
         if Some(i) == msg_at || topic.is_source(k) {
             continue;
         }
-        if *k == fields.time
+        if k.as_ref() == fields.time
             && time.is_none()
             && let Some(ns) = time_nanos(v)
         {
@@ -235,15 +289,15 @@ pub fn document(batch: &mut Batch, topic: &Topic, doc: Object, fields: &Fields) 
     r.finish();
 }
 
-fn flatten(prefix: String, doc: Object, out: &mut Vec<(String, Json)>) {
+fn flatten<'a>(prefix: &str, doc: Object<'a>, out: &mut Vec<(Cow<'a, str>, Json<'a>)>) {
     for (k, v) in doc {
         let key = if prefix.is_empty() {
             k
         } else {
-            format!("{prefix}.{k}")
+            Cow::Owned(format!("{prefix}.{k}"))
         };
         match v {
-            Json::Object(m) if !m.is_empty() => flatten(key, m, out),
+            Json::Object(m) if !m.is_empty() => flatten(&key, m, out),
             v => out.push((key, v)),
         }
     }
@@ -252,7 +306,7 @@ fn flatten(prefix: String, doc: Object, out: &mut Vec<(String, Json)>) {
 /// A time field's value as nanoseconds since the epoch: RFC 3339 text, or a Unix timestamp
 /// (number or numeric text) in seconds, milliseconds, microseconds or nanoseconds, told apart
 /// by magnitude. `None` when it is neither (the field is then kept as it is).
-pub fn time_nanos(v: &Json) -> Option<i128> {
+pub fn time_nanos(v: &Json<'_>) -> Option<i128> {
     match v {
         Json::Number(n) => {
             if let Some(i) = n.as_i64() {
@@ -339,7 +393,10 @@ mod tests {
     #[test]
     fn times_in_any_unit() {
         let want = 1_764_410_400_000_000_000i128;
-        let j = |v: serde_json::Value| serde_json::from_value::<Json>(v).unwrap();
+        let j = |v: serde_json::Value| -> Json<'static> {
+            let text: &'static str = Box::leak(v.to_string().into_boxed_str());
+            serde_json::from_str(text).unwrap()
+        };
         for v in [
             serde_json::json!(1_764_410_400),
             serde_json::json!(1_764_410_400_000i64),

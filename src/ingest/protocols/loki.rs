@@ -95,19 +95,20 @@ pub fn decode_protobuf(body: &[u8], cfg: &PushConfig) -> Result<Batch, PushError
 }
 
 #[derive(Deserialize)]
-struct JsonPush {
-    streams: Vec<JsonStream>,
+struct JsonPush<'a> {
+    #[serde(borrow)]
+    streams: Vec<JsonStream<'a>>,
 }
 
 #[derive(Deserialize)]
-struct JsonStream {
-    #[serde(default = "empty_object")]
-    stream: Json,
-    #[serde(default)]
-    values: Vec<Vec<Json>>,
+struct JsonStream<'a> {
+    #[serde(default = "empty_object", borrow)]
+    stream: Json<'a>,
+    #[serde(default, borrow)]
+    values: Vec<Vec<Json<'a>>>,
 }
 
-fn empty_object() -> Json {
+fn empty_object<'a>() -> Json<'a> {
     Json::Object(Vec::new())
 }
 
@@ -125,7 +126,7 @@ pub fn decode_json(body: &[u8], cfg: &PushConfig) -> Result<Batch, PushError> {
         };
         let labels: Vec<(String, String)> = pairs
             .iter()
-            .map(|(k, v)| (k.clone(), v.text().into_owned()))
+            .map(|(k, v)| (k.to_string(), v.text().into_owned()))
             .collect();
         let topic = topic(&labels, cfg);
         for (i, value) in stream.values.iter().enumerate() {
