@@ -104,3 +104,39 @@ fn a_full_ingest_disk_fails_writes_loudly_and_loses_nothing_stored() {
     assert!(records.windows(2).all(|w| w[0][..26] < w[1][..26]));
     drop(node);
 }
+
+#[test]
+fn a_push_into_a_full_disk_is_a_503_and_stores_none_of_it() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let small = Tmpfs::mount(&dir.path().join("small"), "1m");
+    let ingest_path = small.0.join("ingest");
+    let node = Node::ingeststore(dir.path(), &["-ingest.path", ingest_path.to_str().unwrap()]);
+    let api = node.addr("api").to_string();
+
+    // 2 MB of records into a 1 MiB filesystem: the write fails, the request is a 503 with
+    // Retry-After, and no part of it is stored.
+    let big: String = (0..20_000)
+        .map(|i| format!("{{\"_msg\":\"too much {i:06} {}\"}}\n", "y".repeat(80)))
+        .collect();
+    let r = http("POST", &api, "/insert/jsonline", big.as_bytes());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.text().contains("not stored"), "{}", r.text());
+
+    // The disk has room again for a request that fits: it is stored, whole.
+    let r = http(
+        "POST",
+        &api,
+        "/loki/api/v1/push",
+        br#"{"streams":[{"stream":{"job":"small"},"values":[["1764410400000000000","fits"]]}]}"#,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let records = wait_for_records(&api, 1);
+    assert!(
+        records[0].ends_with(b" small fits ts=2025-11-29T10:00:00Z\n"),
+        "{:?}",
+        String::from_utf8_lossy(&records[0])
+    );
+    assert_eq!(http("GET", &api, "/health", b"").status, 200);
+}

@@ -2,7 +2,7 @@
 //! size (`-ingest.segment-flush-size`) or age (`-ingest.segment-flush-age`).
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,8 +64,11 @@ impl SegmentWriter {
         };
         if let Err(e) = (&*active.file).write_all(records) {
             // Disk full or an I/O error: cut off the part of this write that made it, so the
-            // segment still ends with a complete record.
+            // segment still ends with a complete record, and write the next records right
+            // there (the file position is past the cut: writing there would leave a hole of
+            // zero bytes inside the segment).
             let _ = active.file.set_len(active.len);
+            let _ = (&*active.file).seek(io::SeekFrom::Start(active.len));
             return Err(e);
         }
         active.len += records.len() as u64;
