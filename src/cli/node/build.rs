@@ -23,7 +23,7 @@ pub struct IngestParts {
     pub(super) push: Arc<Push>,
     pub(super) syslog_tcp: Option<TcpListener>,
     pub(super) syslog_udp: Option<UdpSocket>,
-    pub(super) max_connections: usize,
+    pub(super) limits: crate::ingest::conn::ConnLimits,
 }
 
 /// Open the ingest directory and bind the fast, durable, bulk and syslog listeners.
@@ -100,7 +100,7 @@ pub async fn build_ingest(
         push,
         syslog_tcp,
         syslog_udp,
-        max_connections: cfg.limits.max_connections,
+        limits: cfg.limits,
     })
 }
 

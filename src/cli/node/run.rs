@@ -276,7 +276,7 @@ impl Node {
                     syslog::serve_tcp(
                         listener,
                         Arc::clone(&parts.push),
-                        parts.max_connections,
+                        parts.limits,
                         tcp_rx.clone(),
                     ),
                 );

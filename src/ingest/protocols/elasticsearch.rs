@@ -207,7 +207,9 @@ struct Meta<'a> {
 pub struct Item {
     action: String,
     index: String,
-    id: String,
+    /// The action's `_id`, else the item's number.
+    id: Option<String>,
+    n: usize,
     status: u16,
     error: Option<String>,
 }
@@ -216,27 +218,41 @@ impl Item {
     /// Append the item's JSON to `out`.
     fn write_json(&self, out: &mut String) {
         use std::fmt::Write;
-        let q = |s: &str| serde_json::Value::from(s).to_string();
-        let _ = write!(
-            out,
-            "{{{}:{{\"_index\":{},\"_id\":{},\"status\":{}",
-            q(&self.action),
-            q(&self.index),
-            q(&self.id),
-            self.status
-        );
+        out.push('{');
+        quote(out, &self.action);
+        out.push_str(":{\"_index\":");
+        quote(out, &self.index);
+        out.push_str(",\"_id\":");
+        match &self.id {
+            Some(id) => quote(out, id),
+            None => {
+                let _ = write!(out, "\"{}\"", self.n);
+            }
+        }
+        let _ = write!(out, ",\"status\":{}", self.status);
         match &self.error {
             None => out.push_str(
                 ",\"result\":\"created\",\"_version\":1,\"_seq_no\":0,\"_primary_term\":1,\"_shards\":{\"total\":1,\"successful\":1,\"failed\":0}}}",
             ),
             Some(reason) => {
-                let _ = write!(
-                    out,
-                    ",\"error\":{{\"type\":\"illegal_argument_exception\",\"reason\":{}}}}}}}",
-                    q(reason)
-                );
+                out.push_str(",\"error\":{\"type\":\"illegal_argument_exception\",\"reason\":");
+                quote(out, reason);
+                out.push_str("}}}");
             }
         }
+    }
+}
+
+/// Append `s` as a JSON string (plain ASCII as it is; anything else through serde_json).
+fn quote(out: &mut String, s: &str) {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::Value::from(s).to_string());
     }
 }
 
@@ -249,14 +265,14 @@ pub fn decode(
     fields: &Fields,
     static_topic: &str,
 ) -> Result<(Batch, Vec<Item>), PushError> {
-    let mut batch = Batch::new();
+    let mut batch = Batch::with_capacity(body.len());
     let mut items = Vec::new();
-    let mut lines = jsonline::lines(body)
+    let mut lines = jsonline::lines(jsonline::utf8(body)?)
         .enumerate()
-        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
+        .filter(|(_, l)| !l.bytes().all(|b| b.is_ascii_whitespace()));
     while let Some((n, line)) = lines.next() {
         let at = n + 1;
-        let action: HashMap<&str, Meta> = serde_json::from_slice(line).map_err(|e| {
+        let action: HashMap<&str, Meta> = serde_json::from_str(line).map_err(|e| {
             PushError::bad(format!(
                 "line {at}: action: not {{\"index\"|\"create\"|\"delete\"|\"update\": {{...}}}}: {e}"
             ))
@@ -273,14 +289,12 @@ pub fn decode(
             .map(Cow::into_owned)
             .or_else(|| url_index.map(str::to_string))
             .unwrap_or_else(|| static_topic.to_string());
-        let id = meta
-            .id
-            .map(Cow::into_owned)
-            .unwrap_or_else(|| format!("{}", items.len() + 1));
+        let id = meta.id.map(Cow::into_owned);
         let mut item = Item {
             action: name.clone(),
             index: index.clone(),
             id,
+            n: items.len() + 1,
             status: 201,
             error: None,
         };
@@ -355,6 +369,20 @@ mod tests {
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["index"]["result"], "created");
         assert_eq!(v["index"]["_index"], "nginx");
+        assert_eq!(v["index"]["_id"], "1");
+        let odd = Item {
+            action: "create".into(),
+            index: "q\"x\u{e9}".into(),
+            id: Some("a\\b".into()),
+            n: 2,
+            status: 201,
+            error: None,
+        };
+        let mut out = String::new();
+        odd.write_json(&mut out);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["create"]["_index"], "q\"x\u{e9}");
+        assert_eq!(v["create"]["_id"], "a\\b");
         let mut out = String::new();
         items[2].write_json(&mut out);
         let v: Value = serde_json::from_str(&out).unwrap();

@@ -183,10 +183,10 @@ pub type Object<'a> = Vec<(Cow<'a, str>, Json<'a>)>;
 /// Decode a JSON-lines body; a line that is not a JSON object is a 400 naming the line, and
 /// then nothing is stored.
 pub fn decode(body: &[u8], fields: &Fields, static_topic: &str) -> Result<Batch, PushError> {
-    let mut batch = Batch::new();
-    for (n, line) in lines(body).enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
+    let mut batch = Batch::with_capacity(body.len());
+    for (n, line) in lines(utf8(body)?).enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.bytes().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
         let doc = parse_object(line).map_err(|e| PushError::bad(format!("line {}: {e}", n + 1)))?;
@@ -196,10 +196,20 @@ pub fn decode(body: &[u8], fields: &Fields, static_topic: &str) -> Result<Batch,
     Ok(batch)
 }
 
+/// `body` as text: JSON is UTF-8, and checking the whole body once is cheaper than each string.
+pub fn utf8(body: &[u8]) -> Result<&str, PushError> {
+    std::str::from_utf8(body).map_err(|e| {
+        PushError::bad(format!(
+            "body is not UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })
+}
+
 /// The lines of `body` (split with memchr; the last one may lack its `\n`).
-pub fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn lines(body: &str) -> impl Iterator<Item = &str> {
     let mut start = 0;
-    let mut ends = memchr::memchr_iter(b'\n', body);
+    let mut ends = memchr::memchr_iter(b'\n', body.as_bytes());
     std::iter::from_fn(move || {
         if start > body.len() {
             return None;
@@ -212,8 +222,8 @@ pub fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Parse one JSON object.
-pub fn parse_object(text: &[u8]) -> Result<Object<'_>, String> {
-    match serde_json::from_slice::<Json>(text) {
+pub fn parse_object(text: &str) -> Result<Object<'_>, String> {
+    match serde_json::from_str::<Json>(text) {
         Ok(Json::Object(m)) => Ok(m),
         Ok(_) => Err("not a JSON object".to_string()),
         Err(e) => Err(format!("invalid JSON: {e}")),

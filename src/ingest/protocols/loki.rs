@@ -69,7 +69,7 @@ pub struct Timestamp {
 pub fn decode_protobuf(body: &[u8], cfg: &PushConfig) -> Result<Batch, PushError> {
     let req = <PushRequest as prost::Message>::decode(body)
         .map_err(|e| PushError::bad(format!("body is not a Loki PushRequest: {e}")))?;
-    let mut batch = Batch::new();
+    let mut batch = Batch::with_capacity(body.len() * 2);
     for (n, stream) in req.streams.iter().enumerate() {
         let labels = parse_labels(&String::from_utf8_lossy(&stream.labels))
             .map_err(|e| PushError::bad(format!("stream {}: labels: {e}", n + 1)))?;
@@ -114,9 +114,9 @@ fn empty_object<'a>() -> Json<'a> {
 
 /// Decode a JSON push: `{"streams":[{"stream":{labels},"values":[["<ns>","line",{meta}]]}]}`.
 pub fn decode_json(body: &[u8], cfg: &PushConfig) -> Result<Batch, PushError> {
-    let req: JsonPush = serde_json::from_slice(body)
+    let req: JsonPush = serde_json::from_str(super::jsonline::utf8(body)?)
         .map_err(|e| PushError::bad(format!("body is not a Loki JSON push: {e}")))?;
-    let mut batch = Batch::new();
+    let mut batch = Batch::with_capacity(body.len() * 2);
     for (n, stream) in req.streams.iter().enumerate() {
         let Json::Object(pairs) = &stream.stream else {
             return Err(PushError::bad(format!(

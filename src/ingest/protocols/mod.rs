@@ -43,6 +43,15 @@ impl Batch {
         Batch::default()
     }
 
+    /// An empty batch with room for about `bytes` of records (decoders pass a guess from
+    /// their body's size, so the buffer is not copied as it grows).
+    pub fn with_capacity(bytes: usize) -> Batch {
+        Batch {
+            buf: Vec::with_capacity(bytes),
+            starts: Vec::with_capacity(bytes / 128),
+        }
+    }
+
     /// Records in the batch.
     pub fn len(&self) -> usize {
         self.starts.len()
@@ -125,6 +134,16 @@ impl RecordBuilder<'_> {
         self
     }
 
+    /// Fields rendered once with [`render_fields`] for many records (an OTLP resource's
+    /// attributes, say).
+    pub fn rendered(&mut self, fields: &[u8]) -> &mut Self {
+        if !fields.is_empty() {
+            self.separate();
+            self.batch.buf.extend_from_slice(fields);
+        }
+        self
+    }
+
     /// The entry's own time, `ts=<RFC 3339>`, from nanoseconds since the Unix epoch (ignored
     /// when out of range).
     pub fn time(&mut self, nanos: i128) -> &mut Self {
@@ -139,6 +158,21 @@ impl RecordBuilder<'_> {
     pub fn finish(&mut self) {
         self.batch.buf.push(b'\n');
     }
+}
+
+/// `key=value` pairs rendered as [`RecordBuilder::field`] would write them, space-separated,
+/// for [`RecordBuilder::rendered`].
+pub fn render_fields<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        logfmt_key(&mut out, k);
+        out.push(b'=');
+        logfmt_value(&mut out, v);
+    }
+    out
 }
 
 /// Write `key` as a logfmt key: bytes that would end or break it (space, `=`, `"`, control
@@ -265,15 +299,21 @@ mod tests {
             .message(b"first\r\nsecond\nthird")
             .finish();
         b.record(b"default").field(b"only", b"field").finish();
+        let pre = render_fields([(&b"a"[..], &b"1"[..]), (b"b c", b"x y")]);
+        b.record(b"default")
+            .rendered(&pre)
+            .message(b"after")
+            .finish();
         assert_eq!(
             b.lines(),
             [
                 "api GET /x 200 host=web-1 path=\"/a b\" q=\"say \\\"hi\\\"\\\\now\" empty=\"\" bad_key_=v ts=2023-11-14T22:13:20.123456789Z",
                 "default first\\nsecond\\nthird",
                 "default only=field",
+                "default a=1 b_c=\"x y\" after",
             ]
         );
-        assert_eq!(b.len(), 3);
+        assert_eq!(b.len(), 4);
     }
 
     #[test]

@@ -7,13 +7,15 @@
 //! (or, when it has none, when it was observed). A record with neither body nor attributes is
 //! rejected and reported in `partial_success`.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prost::Message;
 use serde_json::Value;
 
 use super::http::{PushConfig, PushError};
-use super::{Batch, Topic};
+use super::{Batch, Topic, render_fields};
 
 /// `ExportLogsServiceRequest`.
 #[derive(Clone, PartialEq, Message)]
@@ -198,7 +200,7 @@ pub fn decode_protobuf(body: &[u8], cfg: &PushConfig) -> Result<Decoded, PushErr
     let req = ExportLogsServiceRequest::decode(body).map_err(|e| {
         PushError::bad(format!("body is not an OTLP ExportLogsServiceRequest: {e}"))
     })?;
-    Ok(map(req, cfg))
+    Ok(map(req, cfg, body.len()))
 }
 
 /// Decode the JSON encoding (the protobuf JSON mapping).
@@ -206,11 +208,11 @@ pub fn decode_json(body: &[u8], cfg: &PushConfig) -> Result<Decoded, PushError> 
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| PushError::bad(format!("body is not OTLP JSON: {e}")))?;
     let req = json::request(&v).map_err(|e| PushError::bad(format!("OTLP JSON: {e}")))?;
-    Ok(map(req, cfg))
+    Ok(map(req, cfg, body.len()))
 }
 
-fn map(req: ExportLogsServiceRequest, cfg: &PushConfig) -> Decoded {
-    let mut batch = Batch::new();
+fn map(req: ExportLogsServiceRequest, cfg: &PushConfig, size: usize) -> Decoded {
+    let mut batch = Batch::with_capacity(size + size / 2);
     let mut rejected = 0i64;
     for rl in &req.resource_logs {
         let attrs = rl
@@ -226,6 +228,17 @@ fn map(req: ExportLogsServiceRequest, cfg: &PushConfig) -> Decoded {
             topic_value.as_deref(),
             &cfg.topic,
         );
+        // The resource's attributes are the same for all its records: rendered once.
+        let resource_texts: Vec<(&str, Cow<'_, str>)> = attrs
+            .iter()
+            .filter(|kv| !topic.is_source(&kv.key))
+            .map(|kv| (kv.key.as_str(), text(kv.value.as_ref())))
+            .collect();
+        let resource = render_fields(
+            resource_texts
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+        );
         for sl in &rl.scope_logs {
             for rec in &sl.log_records {
                 if rec.body.as_ref().is_none_or(|b| b.value.is_none()) && rec.attributes.is_empty()
@@ -237,11 +250,7 @@ fn map(req: ExportLogsServiceRequest, cfg: &PushConfig) -> Decoded {
                 if let Some(body) = &rec.body {
                     r.message(text(Some(body)).as_bytes());
                 }
-                for kv in attrs {
-                    if !topic.is_source(&kv.key) {
-                        r.field(kv.key.as_bytes(), text(kv.value.as_ref()).as_bytes());
-                    }
-                }
+                r.rendered(&resource);
                 if let Some(scope) = &sl.scope
                     && !scope.name.is_empty()
                 {
@@ -304,15 +313,15 @@ fn hex(b: &[u8]) -> String {
 
 /// An `AnyValue` as text: strings as they are, scalars as text, bytes as hex, arrays and maps
 /// as JSON.
-fn text(v: Option<&AnyValue>) -> String {
+fn text(v: Option<&AnyValue>) -> Cow<'_, str> {
     match v.and_then(|v| v.value.as_ref()) {
-        None => String::new(),
-        Some(AnyKind::String(s)) => s.clone(),
-        Some(AnyKind::Bool(b)) => b.to_string(),
-        Some(AnyKind::Int(i)) => i.to_string(),
-        Some(AnyKind::Double(d)) => d.to_string(),
-        Some(AnyKind::Bytes(b)) => hex(b),
-        Some(other) => to_json(other).to_string(),
+        None => Cow::Borrowed(""),
+        Some(AnyKind::String(s)) => Cow::Borrowed(s),
+        Some(AnyKind::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        Some(AnyKind::Int(i)) => Cow::Owned(i.to_string()),
+        Some(AnyKind::Double(d)) => Cow::Owned(d.to_string()),
+        Some(AnyKind::Bytes(b)) => Cow::Owned(hex(b)),
+        Some(other) => Cow::Owned(to_json(other).to_string()),
     }
 }
 

@@ -9,7 +9,8 @@
 //! at all is stored whole under the static topic: nothing is dropped.
 //!
 //! Syslog has no acknowledgement, so a connection waits only until its records are written
-//! (as the fast port does); a TCP connection whose octet count is not a number, or larger than
+//! (as the fast port does); connections share `-ingest.max-connections` and
+//! `-ingest.idle-timeout` with the raw ports' limits (each listener counts its own); a TCP connection whose octet count is not a number, or larger than
 //! `-ingest.max-push-size`, is closed after the frames before it are stored.
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 use super::http::{Protocol, Push};
 use super::writer::Wait;
 use super::{Batch, Topic};
+use crate::ingest::conn::ConnLimits;
 use crate::throttle::Throttle;
 
 /// Bytes read from a connection at a time (256 KiB).
@@ -345,9 +347,10 @@ fn now_ns() -> i128 {
 pub async fn serve_tcp(
     listener: TcpListener,
     push: Arc<Push>,
-    max_connections: usize,
+    limits: ConnLimits,
     mut stop: watch::Receiver<bool>,
 ) {
+    let max_connections = limits.max_connections;
     let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let refused = Throttle::new(Duration::from_secs(10));
     let mut conns = tokio::task::JoinSet::new();
@@ -364,7 +367,7 @@ pub async fn serve_tcp(
                 let (push, stop) = (Arc::clone(&push), stop.clone());
                 conns.spawn(async move {
                     let _permit = permit;
-                    connection(stream, push, stop).await;
+                    connection(stream, push, limits.idle_timeout, stop).await;
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -374,7 +377,12 @@ pub async fn serve_tcp(
     while conns.join_next().await.is_some() {}
 }
 
-async fn connection(mut stream: TcpStream, push: Arc<Push>, mut stop: watch::Receiver<bool>) {
+async fn connection(
+    mut stream: TcpStream,
+    push: Arc<Push>,
+    idle: Option<Duration>,
+    mut stop: watch::Receiver<bool>,
+) {
     let peer = stream.peer_addr().ok();
     let max = push.cfg.max_body;
     let topic = push.cfg.topic.clone();
@@ -383,11 +391,16 @@ async fn connection(mut stream: TcpStream, push: Arc<Push>, mut stop: watch::Rec
         if buf.capacity() - buf.len() < READ_BUF / 4 {
             buf.reserve(READ_BUF);
         }
+        let idle_for = idle.unwrap_or(Duration::MAX);
         let n = tokio::select! {
             r = stream.read_buf(&mut buf) => r.unwrap_or(0),
             _ = stop.changed() => 0,
+            _ = tokio::time::sleep(idle_for), if idle.is_some() => {
+                tracing::debug!(?peer, "closing idle syslog connection");
+                0
+            }
         };
-        let mut batch = Batch::new();
+        let mut batch = Batch::with_capacity(buf.len() * 2);
         let now = now_ns();
         let framed = frames(&mut buf, max, |f| parse_into(&mut batch, f, &topic, now));
         if n == 0 && framed.is_ok() && !buf.is_empty() {
