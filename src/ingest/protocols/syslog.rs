@@ -357,7 +357,17 @@ pub async fn serve_tcp(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait instead of spinning.
+                        if let Some(held) = refused.allow() {
+                            tracing::warn!(error = %e, also_failed = held, "accepting a syslog connection failed");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                     if let Some(held) = refused.allow() {
                         tracing::warn!(%peer, max = max_connections, also_refused = held, "syslog connection refused: too many open");
