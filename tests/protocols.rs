@@ -441,3 +441,42 @@ fn an_answered_push_survives_a_sigkill() {
         "the last answered record is there"
     );
 }
+
+#[test]
+fn a_stopping_node_hands_over_what_was_pushed() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::ingeststore(dir.path(), &["-ingest.segment-flush-age", "1h"]);
+    let api = node.addr("api").to_string();
+    let r = http(
+        "POST",
+        &api,
+        "/insert/jsonline",
+        b"{\"_msg\":\"pushed before the stop\"}\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status = node
+        .terminate(Duration::from_secs(20))
+        .expect("the node stops");
+    assert!(status.success(), "{status}: {}", node.log_text());
+    // The push segment was closed as the stop began, so the drain handed it to the store
+    // before the node exited (not left to the next start).
+    let stored = std::fs::read_dir(dir.path().join("data/store"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".flushed"))
+        .any(|e| {
+            std::fs::read(e.path())
+                .unwrap_or_default()
+                .windows(10)
+                .any(|w| w == b"before the")
+        });
+    assert!(
+        stored,
+        "the store holds the pushed record: {}",
+        node.log_text()
+    );
+    let restarted = Node::ingeststore(dir.path(), &[]);
+    let recs = wait_for_records(restarted.addr("api"), 1);
+    assert!(recs[0].ends_with(b" default pushed before the stop\n"));
+}

@@ -368,6 +368,10 @@ impl Node {
                 .ingester
                 .stop(drain_until.saturating_duration_since(start))
                 .await;
+            // The pushed records' segment too, so the drain can hand it over.
+            if let Err(e) = parts.push.writer().rotate().await {
+                tracing::warn!(error = %e, "closing the push segment");
+            }
             // Keep serving /ingest/* so store nodes take what was flushed.
             while failed.is_none()
                 && tokio::time::Instant::now() < drain_until
@@ -385,11 +389,16 @@ impl Node {
         let _ = tokio::time::timeout_at(deadline, self.gossip.leave()).await;
         let _ = self.all_tx.send(true);
         // The parts finish: consumers fail their work back, the API server ends once its
-        // running requests have. (The sync thread stays until the ingester is gone.)
+        // running requests have. (The sync and push writer threads stay until the ingester
+        // and the push endpoints are gone.)
         let _ = tokio::time::timeout_at(
             deadline.max(tokio::time::Instant::now() + Duration::from_millis(200)),
             async {
-                while tasks.running().iter().any(|p| *p != "ingest-sync") {
+                while tasks
+                    .running()
+                    .iter()
+                    .any(|p| *p != "ingest-sync" && *p != "push-writer")
+                {
                     let Some(exit) = tasks.next_exit().await else {
                         break;
                     };
@@ -402,6 +411,10 @@ impl Node {
         .await;
         if let Some(parts) = &ingest {
             parts.api.fail_all().await;
+            // Pushes answered while draining: into `.flushed` too, for the next start.
+            if let Err(e) = parts.push.writer().rotate().await {
+                tracing::warn!(error = %e, "closing the push segment");
+            }
         }
         match failed {
             None => {

@@ -41,18 +41,29 @@ struct Job {
     done: oneshot::Sender<io::Result<()>>,
 }
 
+/// What the writer thread is asked to do.
+enum Msg {
+    /// Write a batch.
+    Write(Job),
+    /// Close the active segment now (it becomes `.flushed`, for consumers).
+    Rotate(oneshot::Sender<io::Result<()>>),
+}
+
 /// Handle to the push writer thread; it ends (closing its segment) when every handle is
 /// dropped.
 #[derive(Debug, Clone)]
 pub struct PushWriter {
-    tx: Sender<Job>,
+    tx: Sender<Msg>,
     room: Arc<Semaphore>,
     ended: Arc<tokio::sync::Mutex<Option<oneshot::Receiver<()>>>>,
 }
 
-impl std::fmt::Debug for Job {
+impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Job({} records)", self.batch.len())
+        match self {
+            Msg::Write(job) => write!(f, "Write({} records)", job.batch.len()),
+            Msg::Rotate(_) => f.write_str("Rotate"),
+        }
     }
 }
 
@@ -64,7 +75,7 @@ impl PushWriter {
         sync: SyncGroup,
         metrics: Arc<Metrics>,
     ) -> io::Result<PushWriter> {
-        let (tx, rx) = channel::<Job>();
+        let (tx, rx) = channel::<Msg>();
         let (alive, ended) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("push-writer".into())
@@ -93,8 +104,16 @@ impl PushWriter {
         let _room = self.room.acquire_many(kib).await.map_err(|_| stopped())?;
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Job { batch, wait, done })
+            .send(Msg::Write(Job { batch, wait, done }))
             .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Close the active segment now, after the batches queued before this call, so that store
+    /// nodes can take it (a stopping node does this before it drains).
+    pub async fn rotate(&self) -> io::Result<()> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Msg::Rotate(done)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -114,12 +133,16 @@ fn copy_error(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
-fn run(rx: Receiver<Job>, mut writer: SegmentWriter, sync: &SyncGroup, metrics: &Metrics) {
+fn run(rx: Receiver<Msg>, mut writer: SegmentWriter, sync: &SyncGroup, metrics: &Metrics) {
     let mut ids = UlidGenerator::new();
     loop {
         let idle = writer.until_rotation().unwrap_or(Duration::from_secs(3600));
         let first = match rx.recv_timeout(idle) {
-            Ok(job) => job,
+            Ok(Msg::Write(job)) => job,
+            Ok(Msg::Rotate(done)) => {
+                let _ = done.send(writer.close());
+                continue;
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if let Err(e) = writer.tick() {
                     tracing::error!(error = %e, "rotating the push segment");
@@ -130,56 +153,75 @@ fn run(rx: Receiver<Job>, mut writer: SegmentWriter, sync: &SyncGroup, metrics: 
         };
         let mut jobs = vec![first];
         let mut bytes = jobs[0].batch.bytes();
+        let mut rotate = None;
         while bytes < PASS_BYTES {
             match rx.try_recv() {
-                Ok(job) => {
+                Ok(Msg::Write(job)) => {
                     bytes += job.batch.bytes();
                     jobs.push(job);
+                }
+                Ok(Msg::Rotate(done)) => {
+                    rotate = Some(done);
+                    break;
                 }
                 Err(_) => break,
             }
         }
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in &mut jobs {
-            let now = now_ms() as u64;
-            let batch = &mut job.batch;
-            for &start in &batch.starts {
-                batch.buf[start..start + ULID_LEN].copy_from_slice(&ids.next(now));
-            }
-            let result = writer.write(&batch.buf);
-            match &result {
-                Ok(()) => {
-                    metrics.ingest_bytes_written.inc_by(batch.buf.len() as u64);
-                    metrics.ingest_records_written.inc_by(batch.len() as u64);
-                }
-                Err(e) => {
-                    metrics.ingest_write_errors.inc();
-                    tracing::error!(error = %e, "writing pushed records");
-                }
-            }
-            results.push(result);
-        }
-        let must_sync = jobs
-            .iter()
-            .zip(&results)
-            .any(|(j, r)| j.wait == Wait::Synced && r.is_ok());
-        if must_sync {
-            metrics.ingest_syncs.inc();
-            if let Err(e) = writer.sync_blocking(sync) {
-                metrics.ingest_write_errors.inc();
-                tracing::error!(error = %e, "syncing pushed records");
-                for (job, r) in jobs.iter().zip(results.iter_mut()) {
-                    if job.wait == Wait::Synced && r.is_ok() {
-                        *r = Err(copy_error(&e));
-                    }
-                }
-            }
-        }
-        for (job, r) in jobs.into_iter().zip(results) {
-            let _ = job.done.send(r);
+        write_pass(&mut writer, &mut ids, jobs, sync, metrics);
+        if let Some(done) = rotate {
+            let _ = done.send(writer.close());
         }
         if let Err(e) = writer.tick() {
             tracing::error!(error = %e, "rotating the push segment");
         }
+    }
+}
+
+/// Write `jobs`, fsync once if any waits for it, and answer each.
+fn write_pass(
+    writer: &mut SegmentWriter,
+    ids: &mut UlidGenerator,
+    mut jobs: Vec<Job>,
+    sync: &SyncGroup,
+    metrics: &Metrics,
+) {
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in &mut jobs {
+        let now = now_ms() as u64;
+        let batch = &mut job.batch;
+        for &start in &batch.starts {
+            batch.buf[start..start + ULID_LEN].copy_from_slice(&ids.next(now));
+        }
+        let result = writer.write(&batch.buf);
+        match &result {
+            Ok(()) => {
+                metrics.ingest_bytes_written.inc_by(batch.buf.len() as u64);
+                metrics.ingest_records_written.inc_by(batch.len() as u64);
+            }
+            Err(e) => {
+                metrics.ingest_write_errors.inc();
+                tracing::error!(error = %e, "writing pushed records");
+            }
+        }
+        results.push(result);
+    }
+    let must_sync = jobs
+        .iter()
+        .zip(&results)
+        .any(|(j, r)| j.wait == Wait::Synced && r.is_ok());
+    if must_sync {
+        metrics.ingest_syncs.inc();
+        if let Err(e) = writer.sync_blocking(sync) {
+            metrics.ingest_write_errors.inc();
+            tracing::error!(error = %e, "syncing pushed records");
+            for (job, r) in jobs.iter().zip(results.iter_mut()) {
+                if job.wait == Wait::Synced && r.is_ok() {
+                    *r = Err(copy_error(&e));
+                }
+            }
+        }
+    }
+    for (job, r) in jobs.into_iter().zip(results) {
+        let _ = job.done.send(r);
     }
 }
