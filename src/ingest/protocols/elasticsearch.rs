@@ -24,7 +24,7 @@ use axum::routing::{any, get, post};
 use serde_json::{Value, json};
 
 use super::Batch;
-use super::http::{Protocol, Push, PushError, read_body};
+use super::http::{Protocol, Push, PushError};
 use super::jsonline::{self, Fields};
 
 /// The Elasticsearch version reported to clients that ask (8.x: what current clients and
@@ -153,7 +153,7 @@ async fn bulk(
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let raw = read_body(&headers, body, push.cfg.max_body).await?;
+        let (raw, _room) = push.body(&headers, body, "").await?;
         let fields = Fields::from_params(&params, "message,msg,_msg", "@timestamp");
         let (batch, items) = decode(&raw, index.as_deref(), &fields, &push.cfg.topic)?;
         push.store(Protocol::Elasticsearch, batch, raw.len(), push.cfg.wait)

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::writer::{PushWriter, Wait};
 use super::{Batch, elasticsearch, jsonline, loki, otlp};
@@ -78,6 +79,17 @@ pub struct PushError {
     pub message: String,
 }
 
+/// 503: the push requests in flight hold as many bytes as they may.
+fn busy() -> PushError {
+    PushError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!(
+            "busy: push requests in flight hold {} MiB already; retry",
+            BODY_BUDGET >> 20
+        ),
+    }
+}
+
 impl PushError {
     /// A malformed body (400).
     pub fn bad(message: impl Into<String>) -> PushError {
@@ -114,16 +126,81 @@ pub struct Push {
     pub cfg: PushConfig,
     writer: PushWriter,
     metrics: Arc<Metrics>,
+    budget: Arc<Semaphore>,
+    budget_kib: u32,
 }
 
 impl Push {
     /// Push endpoints writing through `writer`.
     pub fn new(cfg: PushConfig, writer: PushWriter, metrics: Arc<Metrics>) -> Arc<Push> {
+        Push::with_budget(cfg, writer, metrics, BODY_BUDGET)
+    }
+
+    /// [`Push::new`] with another body budget (tests).
+    pub fn with_budget(
+        cfg: PushConfig,
+        writer: PushWriter,
+        metrics: Arc<Metrics>,
+        budget: usize,
+    ) -> Arc<Push> {
         Arc::new(Push {
             cfg,
             writer,
             metrics,
+            budget: Arc::new(Semaphore::new(budget >> 10)),
+            budget_kib: (budget >> 10) as u32,
         })
+    }
+
+    /// A request's body, read and decompressed within `-ingest.max-push-size` and within the
+    /// [`BODY_BUDGET`] all requests share: the room is held (by the returned permit) until the
+    /// request is done. `implicit` is the encoding to assume when the request names none.
+    pub async fn body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        implicit: &str,
+    ) -> Result<(Bytes, OwnedSemaphorePermit), PushError> {
+        let limit = self.cfg.max_body;
+        let expect = content_length(headers).map_or(limit, |n| (n as usize).min(limit));
+        let mut room = Arc::clone(&self.budget)
+            .acquire_many_owned(kib(expect, self.budget_kib))
+            .await
+            .map_err(|_| busy())?;
+        let raw = read_raw(headers, body, limit).await?;
+        let encoding = match encoding_of(headers) {
+            e if e.is_empty() => implicit.to_string(),
+            e => e,
+        };
+        let raw_len = raw.len();
+        let decoded = decode(&encoding, raw, limit)?;
+        // What was read, the decompressed copy (none without an encoding), and the records
+        // decoded from it.
+        let copy = if matches!(encoding.as_str(), "" | "identity") {
+            0
+        } else {
+            decoded.len()
+        };
+        let need = (((raw_len + copy + decoded.len()) >> 10) + 1) as u64;
+        if need > room.num_permits() as u64 {
+            if need > u64::from(self.budget_kib) {
+                // It could never fit, however long it waited.
+                return Err(PushError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message: format!(
+                        "request needs {} MiB to decode, more than the {} MiB all pushes share",
+                        need >> 10,
+                        self.budget_kib >> 10
+                    ),
+                });
+            }
+            let need = need as u32;
+            let more = Arc::clone(&self.budget)
+                .try_acquire_many_owned(need - room.num_permits() as u32)
+                .map_err(|_| busy())?;
+            room.merge(more);
+        }
+        Ok((decoded, room))
     }
 
     /// The push writer (for syslog listeners and the run group).
@@ -196,34 +273,57 @@ impl Push {
     }
 }
 
-/// Read `body` whole, at most `limit` bytes (413 beyond), then undo `Content-Encoding`
-/// (`gzip`, `deflate`, `snappy`; `identity` or none) within the same limit.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, PushError> {
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
-        return Err(PushError::too_large(limit));
-    }
-    let raw = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(PushError::too_large(limit));
-        }
-        Err(e) => return Err(PushError::bad(format!("reading the request body: {e}"))),
-    };
-    let encoding = headers
+/// Bytes of request bodies (as sent and decompressed, and the records decoded from them) held
+/// by all push requests together at most (256 MiB): past it a request waits for room before
+/// it reads its body, or, if its body decompresses to more than the room left, is a 503.
+pub const BODY_BUDGET: usize = 256 << 20;
+
+/// `bytes` in KiB permits, at most `cap` (the whole budget: a request bigger than it waits
+/// for all of it rather than forever).
+fn kib(bytes: usize, cap: u32) -> u32 {
+    ((bytes >> 10) + 1).min(cap as usize) as u32
+}
+
+/// The `Content-Encoding` of a request, lower-cased (`""` when none).
+fn encoding_of(headers: &HeaderMap) -> String {
+    headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
-    decode(&encoding, raw, limit)
+        .to_ascii_lowercase()
+}
+
+/// Read `body` whole, at most `limit` bytes (413 beyond; a `Content-Length` over it is refused
+/// before anything is read).
+async fn read_raw(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, PushError> {
+    if content_length(headers).is_some_and(|len| len > limit as u64) {
+        return Err(PushError::too_large(limit));
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(PushError::too_large(limit))
+        }
+        Err(e) => Err(PushError::bad(format!("reading the request body: {e}"))),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Read `body` whole, at most `limit` bytes (413 beyond), then undo `Content-Encoding`
+/// (`gzip`, `deflate`, `snappy`; `identity` or none) within the same limit.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, PushError> {
+    let raw = read_raw(headers, body, limit).await?;
+    decode(&encoding_of(headers), raw, limit)
 }
 
 /// Undo one content encoding, never producing more than `limit` bytes.
@@ -277,12 +377,8 @@ async fn loki_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body
     let result = async {
         let protobuf = content_type_has(&headers, "protobuf");
         // Promtail and Alloy send snappy-compressed protobuf without a Content-Encoding.
-        let raw = if protobuf && headers.get(header::CONTENT_ENCODING).is_none() {
-            let raw = read_body(&HeaderMap::new(), body, push.cfg.max_body).await?;
-            snappy(&raw, push.cfg.max_body)?
-        } else {
-            read_body(&headers, body, push.cfg.max_body).await?
-        };
+        let implicit = if protobuf { "snappy" } else { "" };
+        let (raw, _room) = push.body(&headers, body, implicit).await?;
         let batch = if protobuf {
             loki::decode_protobuf(&raw, &push.cfg)?
         } else {
@@ -304,7 +400,7 @@ async fn loki_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body
 async fn otlp_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body) -> Response {
     let json = content_type_has(&headers, "json");
     let result = async {
-        let raw = read_body(&headers, body, push.cfg.max_body).await?;
+        let (raw, _room) = push.body(&headers, body, "").await?;
         let decoded = if json {
             otlp::decode_json(&raw, &push.cfg)?
         } else {
@@ -331,7 +427,7 @@ async fn jsonline_push(
     body: Body,
 ) -> Response {
     let result = async {
-        let raw = read_body(&headers, body, push.cfg.max_body).await?;
+        let (raw, _room) = push.body(&headers, body, "").await?;
         let fields = jsonline::Fields::from_params(&params, "_msg", "_time");
         let batch = jsonline::decode(&raw, &fields, &push.cfg.topic)?;
         push.store(Protocol::Jsonline, batch, raw.len(), push.cfg.wait)
@@ -351,6 +447,68 @@ async fn jsonline_push(
 mod tests {
     use super::*;
     use std::io::Write;
+
+    fn push_with_budget(dir: &std::path::Path, budget: usize) -> Arc<Push> {
+        let log = Arc::new(crate::ingest::IngestLog::open(dir).unwrap());
+        let metrics = Metrics::new();
+        let writer = PushWriter::start(
+            log,
+            crate::ingest::Rotation {
+                flush_size: 1 << 20,
+                flush_age: std::time::Duration::from_secs(1),
+            },
+            crate::ingest::sync::SyncGroup::start().unwrap(),
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        Push::with_budget(
+            crate::ingest::protocols::test_config(),
+            writer,
+            metrics,
+            budget,
+        )
+    }
+
+    #[tokio::test]
+    async fn bodies_share_one_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let push = push_with_budget(dir.path(), 1 << 20);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![b'x'; 4 << 20]).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        // Small as sent, but more than the whole budget once decompressed: refused, not a
+        // wait.
+        let e = push
+            .body(&headers, Body::from(gz.clone()), "")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.message);
+        // While another request holds most of the room, one that would need more is a 503.
+        let held = Arc::clone(&push.budget)
+            .try_acquire_many_owned(900)
+            .unwrap();
+        let mut small = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        small.write_all(&vec![b'x'; 100 << 10]).unwrap();
+        let small = small.finish().unwrap();
+        let mut sized = headers.clone();
+        sized.insert(header::CONTENT_LENGTH, small.len().into());
+        let e = push.body(&sized, Body::from(small), "").await.unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{}", e.message);
+        assert!(e.message.contains("busy"), "{}", e.message);
+        drop(held);
+        // A body that fits is read, and its room is given back when the request is done.
+        for _ in 0..3 {
+            let (body, room) = push
+                .body(&HeaderMap::new(), Body::from(vec![b'y'; 200 << 10]), "")
+                .await
+                .unwrap();
+            assert_eq!(body.len(), 200 << 10);
+            assert!(room.num_permits() >= 400, "{}", room.num_permits());
+        }
+        assert_eq!(push.budget.available_permits(), 1024);
+    }
 
     #[test]
     fn the_routes_build() {
