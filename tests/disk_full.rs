@@ -35,13 +35,28 @@ impl Drop for Tmpfs {
     }
 }
 
+/// An `ingeststore` in `dir` whose ingest directory is on a 1 MiB tmpfs. The node is
+/// declared first, so it stops before the filesystem is unmounted.
+struct FullDisk {
+    node: Node,
+    _disk: Tmpfs,
+}
+
+impl FullDisk {
+    fn start(dir: &Path) -> FullDisk {
+        let disk = Tmpfs::mount(&dir.join("small"), "1m");
+        let ingest_path = disk.0.join("ingest");
+        let node = Node::ingeststore(dir, &["-ingest.path", ingest_path.to_str().unwrap()]);
+        FullDisk { node, _disk: disk }
+    }
+}
+
 #[test]
 fn a_full_ingest_disk_fails_writes_loudly_and_loses_nothing_stored() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let small = Tmpfs::mount(&dir.path().join("small"), "1m");
-    let ingest_path = small.0.join("ingest");
-    let node = Node::ingeststore(dir.path(), &["-ingest.path", ingest_path.to_str().unwrap()]);
+    let full = FullDisk::start(dir.path());
+    let node = &full.node;
     let api = node.addr("api").to_string();
     let first: Vec<u8> = (0..1000)
         .flat_map(|i| format!("stored before the disk filled {i}\n").into_bytes())
@@ -102,16 +117,14 @@ fn a_full_ingest_disk_fails_writes_loudly_and_loses_nothing_stored() {
         );
     }
     assert!(records.windows(2).all(|w| w[0][..26] < w[1][..26]));
-    drop(node);
 }
 
 #[test]
 fn a_push_into_a_full_disk_is_a_503_and_stores_none_of_it() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let small = Tmpfs::mount(&dir.path().join("small"), "1m");
-    let ingest_path = small.0.join("ingest");
-    let node = Node::ingeststore(dir.path(), &["-ingest.path", ingest_path.to_str().unwrap()]);
+    let full = FullDisk::start(dir.path());
+    let node = &full.node;
     let api = node.addr("api").to_string();
 
     // 2 MB of records into a 1 MiB filesystem: the write fails, the request is a 503 with

@@ -180,15 +180,10 @@ async fn bulk(
         }
         Err(e) => {
             push.rejected(Protocol::Elasticsearch, &e);
-            let mut r = es(
+            e.finish(es(
                 e.status,
                 json!({"error": {"type": "parse_exception", "reason": e.message}, "status": e.status.as_u16()}),
-            );
-            if e.status == StatusCode::SERVICE_UNAVAILABLE {
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            r
+            ))
         }
     }
 }

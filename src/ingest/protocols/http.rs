@@ -110,12 +110,21 @@ impl PushError {
 
     /// A plain-text response (503s carry `Retry-After`).
     pub fn text_response(&self) -> Response {
-        let mut r = crate::http::text(self.status, format!("{}\n", self.message));
+        self.finish(crate::http::text(
+            self.status,
+            format!("{}\n", self.message),
+        ))
+    }
+
+    /// `response`, the error answered in a protocol's own format, with `Retry-After` when
+    /// the error is a 503 (the client should try again).
+    pub fn finish(&self, mut response: Response) -> Response {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            r.headers_mut()
+            response
+                .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        r
+        response
     }
 }
 
@@ -319,13 +328,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-/// Read `body` whole, at most `limit` bytes (413 beyond), then undo `Content-Encoding`
-/// (`gzip`, `deflate`, `snappy`; `identity` or none) within the same limit.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, PushError> {
-    let raw = read_raw(headers, body, limit).await?;
-    decode(&encoding_of(headers), raw, limit)
-}
-
 /// Undo one content encoding, never producing more than `limit` bytes.
 pub fn decode(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, PushError> {
     match encoding {
@@ -514,19 +516,7 @@ mod tests {
     fn the_routes_build() {
         // Route conflicts panic when the router is built: build it.
         let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(crate::ingest::IngestLog::open(dir.path()).unwrap());
-        let metrics = Metrics::new();
-        let writer = PushWriter::start(
-            log,
-            crate::ingest::Rotation {
-                flush_size: 1 << 20,
-                flush_age: std::time::Duration::from_secs(1),
-            },
-            crate::ingest::sync::SyncGroup::start().unwrap(),
-            Arc::clone(&metrics),
-        )
-        .unwrap();
-        let _ = Push::new(crate::ingest::protocols::test_config(), writer, metrics).router();
+        let _ = push_with_budget(dir.path(), BODY_BUDGET).router();
     }
 
     #[test]

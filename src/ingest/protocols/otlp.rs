@@ -392,7 +392,7 @@ pub fn error_response(json: bool, e: &PushError) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => 8,
         _ => 3,
     };
-    let mut r = if json {
+    e.finish(if json {
         let body = serde_json::json!({"code": code, "message": e.message});
         with_type(e.status, "application/json", body.to_string().into_bytes())
     } else {
@@ -401,12 +401,7 @@ pub fn error_response(json: bool, e: &PushError) -> Response {
             message: e.message.clone(),
         };
         with_type(e.status, "application/x-protobuf", status.encode_to_vec())
-    };
-    if e.status == StatusCode::SERVICE_UNAVAILABLE {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    r
+    })
 }
 
 fn with_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response {
