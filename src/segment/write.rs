@@ -1,0 +1,322 @@
+//! Writing a v2 (compressed) segment from the bytes of a raw one.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use super::{
+    BLOCK_ENTRY_LEN, Block, END_MAGIC, FilterBuilder, Group, HEADER_LEN, INDEX_MAGIC, MAGIC, MIXED,
+    TopicInfo, VERSION,
+};
+use crate::record::{BODY_OFFSET, ULID_LEN, check_record};
+
+/// How a segment is compressed (see FORMAT.md for the measurements behind the defaults).
+#[derive(Clone, Debug)]
+pub struct CompressConfig {
+    /// zstd level.
+    pub level: i32,
+    /// Raw bytes per block at most (a single longer record gets a block of its own).
+    pub block_size: usize,
+    /// Raw bytes per group at most: the unit cut into per-topic blocks, and what a reader
+    /// holds decompressed at once.
+    pub group_size: usize,
+    /// Topics with blocks of their own, per group, at most; smaller ones share mixed blocks.
+    pub max_topics: usize,
+}
+
+impl Default for CompressConfig {
+    fn default() -> Self {
+        CompressConfig {
+            level: 3,
+            block_size: 1 << 20,
+            group_size: 32 << 20,
+            max_topics: 256,
+        }
+    }
+}
+
+/// What [`compress`] wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Records.
+    pub records: u64,
+    /// Raw bytes in.
+    pub raw_bytes: u64,
+    /// Bytes written (the whole file).
+    pub file_bytes: u64,
+    /// Blocks.
+    pub blocks: u64,
+}
+
+fn invalid(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+/// The topic of a record line: its first word after the ULID.
+fn topic_of(line: &[u8]) -> &[u8] {
+    let body = line.get(BODY_OFFSET..).unwrap_or_default();
+    let end = memchr::memchr2(b' ', b'\n', body).unwrap_or(body.len());
+    &body[..end]
+}
+
+struct Writer<W: Write> {
+    w: W,
+    at: u64,
+    cfg: CompressConfig,
+    zstd: zstd::bulk::Compressor<'static>,
+    filters: FilterBuilder,
+    frame: Vec<u8>,
+    filter: Vec<u8>,
+    blocks: Vec<Block>,
+    groups: Vec<Group>,
+    /// File-wide topic ids by first appearance: name, records, raw bytes.
+    topics: Vec<TopicInfo>,
+    topic_ids: HashMap<Vec<u8>, u32>,
+}
+
+impl<W: Write> Writer<W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.w.write_all(bytes)?;
+        self.at += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Compress `lines` (ULID-sorted records of one topic, or mixed) as one block.
+    fn block(&mut self, lines: &[u8], records: u32, topic: u32) -> io::Result<()> {
+        self.frame.clear();
+        self.frame
+            .reserve(zstd::zstd_safe::compress_bound(lines.len()));
+        self.zstd.compress_to_buffer(lines, &mut self.frame)?;
+        self.filters.build(lines, &mut self.filter);
+        let last = memchr::memrchr(b'\n', &lines[..lines.len() - 1]).map_or(0, |i| i + 1);
+        let offset = self.at;
+        let frame = std::mem::take(&mut self.frame);
+        self.put(&frame)?;
+        self.frame = frame;
+        let filter_offset = self.at;
+        let filter = std::mem::take(&mut self.filter);
+        self.put(&filter)?;
+        self.filter = filter;
+        self.blocks.push(Block {
+            offset,
+            stored_len: self.frame.len() as u32,
+            raw_len: lines.len() as u32,
+            records,
+            topic,
+            low: lines[..ULID_LEN].try_into().unwrap_or([b'0'; ULID_LEN]),
+            high: lines[last..last + ULID_LEN]
+                .try_into()
+                .unwrap_or([b'0'; ULID_LEN]),
+            crc: crc32fast::hash(&self.frame),
+            filter_offset,
+            filter_len: self.filter.len() as u32,
+            filter_crc: crc32fast::hash(&self.filter),
+        });
+        Ok(())
+    }
+
+    /// Cut one group (`raw`, whole checked lines starting at `starts`) into per-topic blocks.
+    fn group(&mut self, raw: &[u8], starts: &[u32]) -> io::Result<()> {
+        let line = |i: usize| {
+            let s = starts[i] as usize;
+            let e = starts.get(i + 1).map_or(raw.len(), |&e| e as usize);
+            &raw[s..e]
+        };
+        // Bytes per topic in this group.
+        let mut local: HashMap<&[u8], (usize, u64)> = HashMap::new();
+        let mut topic_of_line = Vec::with_capacity(starts.len());
+        for i in 0..starts.len() {
+            let l = line(i);
+            let next = local.len();
+            let e = local.entry(topic_of(l)).or_insert((next, 0));
+            e.1 += l.len() as u64;
+            topic_of_line.push(e.0 as u32);
+        }
+        let mut by_size: Vec<(&[u8], usize, u64)> =
+            local.iter().map(|(t, &(id, n))| (*t, id, n)).collect();
+        by_size.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
+        let min_own = (raw.len() / 512) as u64;
+        let mut own: Vec<(&[u8], usize)> = by_size
+            .iter()
+            .take(self.cfg.max_topics)
+            .filter(|(_, _, n)| *n >= min_own)
+            .map(|(t, id, _)| (*t, *id))
+            .collect();
+        own.sort();
+        // Local id → file-wide topic id, or MIXED.
+        let mut file_id = vec![MIXED; local.len()];
+        for (name, id) in &own {
+            let next = self.topics.len() as u32;
+            let fid = *self.topic_ids.entry(name.to_vec()).or_insert_with(|| {
+                self.topics.push(TopicInfo {
+                    name: name.to_vec(),
+                    records: 0,
+                    raw_bytes: 0,
+                });
+                next
+            });
+            file_id[*id] = fid;
+        }
+        let first = self.blocks.len() as u32;
+        // The lines of each run: own topics in name order, then the mixed run.
+        let mut run_of = vec![own.len(); local.len()];
+        for (r, (_, id)) in own.iter().enumerate() {
+            run_of[*id] = r;
+        }
+        let mut runs: Vec<Vec<u32>> = vec![Vec::new(); own.len() + 1];
+        for (i, &t) in topic_of_line.iter().enumerate() {
+            runs[run_of[t as usize]].push(i as u32);
+        }
+        let mut buf = Vec::with_capacity(self.cfg.block_size);
+        for (r, lines) in runs.iter().enumerate() {
+            let fid = own.get(r).map_or(MIXED, |(_, id)| file_id[*id]);
+            let mut records = 0u32;
+            for &i in lines {
+                let l = line(i as usize);
+                if !buf.is_empty() && buf.len() + l.len() > self.cfg.block_size {
+                    self.block(&buf, records, fid)?;
+                    buf.clear();
+                    records = 0;
+                }
+                buf.extend_from_slice(l);
+                records += 1;
+                if let Some(t) = self.topics.get_mut(fid as usize) {
+                    t.records += 1;
+                    t.raw_bytes += l.len() as u64;
+                }
+            }
+            if !buf.is_empty() {
+                self.block(&buf, records, fid)?;
+                buf.clear();
+            }
+        }
+        let last = line(starts.len() - 1);
+        self.groups.push(Group {
+            low: raw[..ULID_LEN].try_into().unwrap_or([b'0'; ULID_LEN]),
+            high: last[..ULID_LEN].try_into().unwrap_or([b'0'; ULID_LEN]),
+            first,
+            count: self.blocks.len() as u32 - first,
+        });
+        Ok(())
+    }
+}
+
+/// Compress the raw segment `raw` (ULID-sorted record lines, each ending in `\n`) into `w` as
+/// a v2 file. A record that is not well formed, or not strictly after the one before it, is an
+/// `InvalidData` error naming it (nothing useful has been written then).
+pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<Summary> {
+    let mut wr = Writer {
+        w,
+        at: 0,
+        zstd: zstd::bulk::Compressor::new(cfg.level)?,
+        cfg: cfg.clone(),
+        filters: FilterBuilder::default(),
+        frame: Vec::new(),
+        filter: Vec::new(),
+        blocks: Vec::new(),
+        groups: Vec::new(),
+        topics: Vec::new(),
+        topic_ids: HashMap::new(),
+    };
+    let mut header = [0u8; HEADER_LEN];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    wr.put(&header)?;
+    let mut records = 0u64;
+    let mut prev: Option<&[u8]> = None;
+    let mut group_start = 0usize;
+    let mut starts: Vec<u32> = Vec::new();
+    let mut pos = 0usize;
+    while pos < raw.len() {
+        let Some(nl) = memchr::memchr(b'\n', &raw[pos..]) else {
+            return Err(invalid(format!("record {records} has no newline")));
+        };
+        let end = pos + nl + 1;
+        let id = check_record(&raw[pos..end - 1])
+            .map_err(|e| invalid(format!("record {records}: {e}")))?;
+        if prev.is_some_and(|p| id <= p) {
+            return Err(invalid(format!(
+                "record {records} is not after the one before it"
+            )));
+        }
+        prev = Some(id);
+        if !starts.is_empty() && end - group_start > cfg.group_size {
+            wr.group(&raw[group_start..pos], &starts)?;
+            starts.clear();
+            group_start = pos;
+        }
+        starts.push((pos - group_start) as u32);
+        records += 1;
+        pos = end;
+    }
+    if !starts.is_empty() {
+        wr.group(&raw[group_start..], &starts)?;
+    }
+    let (Some(first), Some(last)) = (wr.groups.first(), wr.groups.last()) else {
+        return Err(invalid("no records".to_string()));
+    };
+    let (low, high) = (first.low, last.high);
+    // Topics in name order; blocks renumbered to match.
+    let mut order: Vec<usize> = (0..wr.topics.len()).collect();
+    order.sort_by(|&a, &b| wr.topics[a].name.cmp(&wr.topics[b].name));
+    let mut renumber = vec![0u32; order.len()];
+    for (new, &old) in order.iter().enumerate() {
+        renumber[old] = new as u32;
+    }
+    let mut index = Vec::with_capacity(64 + wr.blocks.len() * BLOCK_ENTRY_LEN);
+    index.extend_from_slice(INDEX_MAGIC);
+    index.extend_from_slice(&records.to_le_bytes());
+    index.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    index.extend_from_slice(&low);
+    index.extend_from_slice(&high);
+    index.extend_from_slice(&(order.len() as u32).to_le_bytes());
+    for &i in &order {
+        let t = &wr.topics[i];
+        let name = &t.name[..t.name.len().min(u16::MAX as usize)];
+        index.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        index.extend_from_slice(name);
+        index.extend_from_slice(&t.records.to_le_bytes());
+        index.extend_from_slice(&t.raw_bytes.to_le_bytes());
+    }
+    index.extend_from_slice(&(wr.groups.len() as u32).to_le_bytes());
+    for g in &wr.groups {
+        index.extend_from_slice(&g.low);
+        index.extend_from_slice(&g.high);
+        index.extend_from_slice(&g.first.to_le_bytes());
+        index.extend_from_slice(&g.count.to_le_bytes());
+    }
+    index.extend_from_slice(&(wr.blocks.len() as u32).to_le_bytes());
+    for b in &wr.blocks {
+        let topic = if b.topic == MIXED {
+            MIXED
+        } else {
+            renumber[b.topic as usize]
+        };
+        index.extend_from_slice(&b.offset.to_le_bytes());
+        index.extend_from_slice(&b.stored_len.to_le_bytes());
+        index.extend_from_slice(&b.raw_len.to_le_bytes());
+        index.extend_from_slice(&b.records.to_le_bytes());
+        index.extend_from_slice(&topic.to_le_bytes());
+        index.extend_from_slice(&b.low);
+        index.extend_from_slice(&b.high);
+        index.extend_from_slice(&b.crc.to_le_bytes());
+        index.extend_from_slice(&b.filter_offset.to_le_bytes());
+        index.extend_from_slice(&b.filter_len.to_le_bytes());
+        index.extend_from_slice(&b.filter_crc.to_le_bytes());
+    }
+    let index_offset = wr.at;
+    wr.put(&index)?;
+    let mut trailer = [0u8; super::TRAILER_LEN];
+    trailer[..8].copy_from_slice(&index_offset.to_le_bytes());
+    trailer[8..16].copy_from_slice(&(index.len() as u64).to_le_bytes());
+    trailer[16..20].copy_from_slice(&crc32fast::hash(&index).to_le_bytes());
+    trailer[20..22].copy_from_slice(&VERSION.to_le_bytes());
+    trailer[24..32].copy_from_slice(END_MAGIC);
+    wr.put(&trailer)?;
+    wr.w.flush()?;
+    Ok(Summary {
+        records,
+        raw_bytes: raw.len() as u64,
+        file_bytes: wr.at,
+        blocks: wr.blocks.len() as u64,
+    })
+}
