@@ -102,6 +102,14 @@ pub struct Metrics {
     pub store_compactions: Family<Labels, Counter>,
     /// Files set aside as `.bad`.
     pub store_quarantined_files: Counter,
+    /// Compressed blocks that failed their checksum (or did not decompress) when read.
+    pub store_corrupt_blocks: Counter,
+    /// Queryable segments still raw (conversion to the compressed format is behind by this).
+    pub store_raw_segments: Gauge,
+    /// Segments converted between formats, by `to` (compressed, raw).
+    pub store_converted_segments: Family<Labels, Counter>,
+    /// Raw bytes of converted segments, by `to`.
+    pub store_converted_bytes: Family<Labels, Counter>,
     /// Segments moved to the trash by retention.
     pub store_trashed_segments: Counter,
     /// Trashed segments deleted.
@@ -274,6 +282,26 @@ impl Metrics {
             "oklog_store_quarantined_files",
             "Store files set aside as .bad",
             m.store_quarantined_files.clone(),
+        );
+        r.register(
+            "oklog_store_corrupt_blocks",
+            "Compressed blocks that failed their checksum when read (their records are left out)",
+            m.store_corrupt_blocks.clone(),
+        );
+        r.register(
+            "oklog_store_raw_segments",
+            "Queryable store segments still in the raw format",
+            m.store_raw_segments.clone(),
+        );
+        r.register(
+            "oklog_store_converted_segments",
+            "Store segments converted between formats, by target format",
+            m.store_converted_segments.clone(),
+        );
+        r.register(
+            "oklog_store_converted_bytes",
+            "Raw bytes of store segments converted between formats, by target format",
+            m.store_converted_bytes.clone(),
         );
         r.register(
             "oklog_store_trashed_segments",

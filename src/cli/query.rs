@@ -194,6 +194,8 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
         let req = hyper::Request::builder()
             .method(method.clone())
             .uri(&url)
+            // The answer's trailers say whether anything went missing after the headers.
+            .header(hyper::header::TE, "trailers")
             .body(http::empty_body())?;
         let resp = client
             .request(req)
@@ -263,12 +265,26 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
     };
     let mut progress = Progress::new(began);
     let mut body = body;
+    let mut late: Option<(u64, u64)> = None;
     let result: anyhow::Result<()> = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| anyhow::anyhow!("reading the response: {e}"))?;
-            if let Ok(data) = frame.into_data() {
-                printer.feed(&data, &mut out)?;
-                progress.update(printer.records, data.len() as u64);
+            match frame.into_data() {
+                Ok(data) => {
+                    printer.feed(&data, &mut out)?;
+                    progress.update(printer.records, data.len() as u64);
+                }
+                Err(frame) => {
+                    if let Some(t) = frame.trailers_ref() {
+                        let n = |k: &str| -> u64 {
+                            t.get(k)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(0)
+                        };
+                        late = Some((n("X-Oklog-Late-Errors"), n("X-Oklog-Corrupt-Blocks")));
+                    }
+                }
             }
         }
         printer.finish(&mut out)?;
@@ -284,6 +300,13 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
             return Ok(0); // the reader went away (`| head`): a success, as in Unix tools
         }
         return Err(e);
+    }
+    if let Some((errors, corrupt)) = late.filter(|&(e, c)| e + c > 0) {
+        eprintln!(
+            "warning: partial result: {errors} store node(s) broke off their answer, \
+             {corrupt} corrupt block(s) skipped"
+        );
+        return Ok(3);
     }
     if partial {
         eprintln!(

@@ -48,6 +48,24 @@ pub fn text_body(status: StatusCode, headers: axum::http::HeaderMap, body: Body)
     r
 }
 
+/// A body fed by a channel of frames (data, then perhaps trailers); an `Err` aborts the
+/// response, so the client sees a broken transfer rather than a short answer.
+pub fn frame_body(mut rx: mpsc::Receiver<io::Result<hyper::body::Frame<Bytes>>>) -> Body {
+    Body::new(http_body_util::StreamBody::new(
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+    ))
+}
+
+/// Whether a request said it takes trailers (`TE: trailers`).
+pub fn accepts_trailers(headers: &axum::http::HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().split(';').next() == Some("trailers"))
+        })
+    })
+}
+
 /// A body fed by a channel of chunks; an `Err` chunk aborts the response.
 pub fn channel_body(mut rx: mpsc::Receiver<io::Result<Bytes>>) -> Body {
     Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
@@ -484,6 +502,8 @@ pub async fn call_full(
         .method(method)
         .uri(url)
         .header(header::CONTENT_TYPE, "application/octet-stream")
+        // Query answers end with trailers that say whether anything was left out.
+        .header(header::TE, "trailers")
         .body(body)
         .map_err(io::Error::other)?;
     let resp = tokio::time::timeout(timeout, client.request(req))

@@ -51,7 +51,9 @@ impl Matcher {
             )));
         }
         let line = Regex::new(q).map_err(|e| e.to_string())?;
-        let hir = regex_syntax::Parser::new()
+        let hir = regex_syntax::ParserBuilder::new()
+            .utf8(false) // as `regex::bytes`: `(?-u:\xff)` searches for that byte
+            .build()
             .parse(q)
             .map_err(|e| e.to_string())?;
         let candidate = if uses_line_anchors(&hir) {

@@ -112,7 +112,11 @@ impl Needles {
         if !regex {
             return Needles::of(vec![vec![q.as_bytes().to_vec()]]);
         }
-        let Ok(hir) = regex_syntax::Parser::new().parse(q) else {
+        let Ok(hir) = regex_syntax::ParserBuilder::new()
+            .utf8(false)
+            .build()
+            .parse(q)
+        else {
             return Needles::default();
         };
         let mut required = Vec::new();

@@ -436,5 +436,84 @@ pub fn for_each_group(
     Ok(())
 }
 
+/// Every record of a v2 file as a merge source, one group decompressed at a time. Blocks that
+/// cannot be read are left out and listed in `corrupt` (index, error).
+pub struct GroupLines<B> {
+    file: B,
+    footer: Footer,
+    next_group: usize,
+    dec: zstd::bulk::Decompressor<'static>,
+    bufs: Vec<Vec<u8>>,
+    lines: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// Blocks that failed their checksum or did not decompress.
+    pub corrupt: Vec<(usize, BlockError)>,
+}
+
+impl<B: AsRef<[u8]>> GroupLines<B> {
+    /// Read the footer of `file` and position on the first record.
+    pub fn new(file: B) -> io::Result<Self> {
+        let footer = Footer::parse(file.as_ref())?;
+        let mut g = GroupLines {
+            file,
+            footer,
+            next_group: 0,
+            dec: decompressor()?,
+            bufs: Vec::new(),
+            lines: Vec::new(),
+            pos: 0,
+            end: 0,
+            corrupt: Vec::new(),
+        };
+        g.fill();
+        Ok(g)
+    }
+
+    /// The footer.
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// Load groups until one has records (or none are left).
+    fn fill(&mut self) {
+        while self.pos >= self.lines.len() && self.next_group < self.footer.groups.len() {
+            let g = &self.footer.groups[self.next_group];
+            self.next_group += 1;
+            let blocks = self.footer.group_blocks(g);
+            self.bufs
+                .resize_with(blocks.len().max(self.bufs.len()), Vec::new);
+            for (i, b) in blocks.iter().enumerate() {
+                if let Err(e) = read_block(self.file.as_ref(), b, &mut self.dec, &mut self.bufs[i])
+                {
+                    self.corrupt.push((g.first as usize + i, e));
+                    self.bufs[i].clear();
+                }
+            }
+            self.lines.clear();
+            let parts: Vec<&[u8]> = self.bufs[..blocks.len()].iter().map(|b| &b[..]).collect();
+            merge_lines(&parts, &mut self.lines);
+            self.pos = 0;
+        }
+        self.end = if self.pos < self.lines.len() {
+            memchr::memchr(b'\n', &self.lines[self.pos..])
+                .map_or(self.lines.len(), |i| self.pos + i + 1)
+        } else {
+            self.pos
+        };
+    }
+}
+
+impl<B: AsRef<[u8]>> crate::merge::Source for GroupLines<B> {
+    fn current(&self) -> Option<&[u8]> {
+        (self.pos < self.end).then(|| &self.lines[self.pos..self.end])
+    }
+    fn advance(&mut self) -> io::Result<()> {
+        self.pos = self.end;
+        self.fill();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests;

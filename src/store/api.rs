@@ -23,10 +23,12 @@ use super::query::{Plan, QueryParams};
 use super::registry::Registry;
 use super::replicate::{ReplicaError, ReplicaWriter};
 use crate::gotime;
-use crate::http::{channel_body, text, text_body};
+use crate::http::{frame_body, text, text_body};
 use crate::metrics::Metrics;
 use crate::record::ULID_LEN;
 use crate::search::Matcher;
+use crate::segment::Needles;
+use hyper::body::Frame;
 
 /// Query output is sent in chunks of about this size (256 KiB).
 const OUT_CHUNK: usize = 256 << 10;
@@ -132,6 +134,75 @@ async fn local_stream(
     text_body(StatusCode::OK, HeaderMap::new(), Body::from_stream(body))
 }
 
+/// Trailer of a query answer: store nodes whose answer broke off after the headers went out.
+pub const LATE_ERRORS: &str = "x-oklog-late-errors";
+/// Trailer of a query answer: compressed blocks that could not be read, whose records are
+/// missing from the answer.
+pub const CORRUPT_BLOCKS: &str = "x-oklog-corrupt-blocks";
+
+/// What went missing from a query answer after its headers went out. A client that sent
+/// `TE: trailers` gets both counts as trailers at the end of the body; to any other client a
+/// partial answer is aborted (the body ends without its last chunk), so it can never be taken
+/// for a whole one.
+#[derive(Debug, Default)]
+pub struct Late {
+    /// Store nodes whose body failed or stalled.
+    pub errors: std::sync::atomic::AtomicU64,
+    /// Blocks that could not be read.
+    pub corrupt: std::sync::atomic::AtomicU64,
+}
+
+impl Late {
+    /// Add the counts of a store node's trailers.
+    pub fn add_trailers(&self, t: &HeaderMap) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = |k: &str| -> u64 {
+            t.get(k)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        self.errors.fetch_add(n(LATE_ERRORS), Relaxed);
+        self.corrupt.fetch_add(n(CORRUPT_BLOCKS), Relaxed);
+    }
+
+    /// Whether anything went missing.
+    pub fn is_partial(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.errors.load(Relaxed) + self.corrupt.load(Relaxed) > 0
+    }
+
+    /// The last frame of the body: the trailers, or for a client without them an error that
+    /// aborts a partial answer (`None`: end normally).
+    pub fn last_frame(&self, trailers: bool) -> Option<io::Result<hyper::body::Frame<Bytes>>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if trailers {
+            let mut t = HeaderMap::new();
+            t.insert(LATE_ERRORS, HeaderValue::from(self.errors.load(Relaxed)));
+            t.insert(
+                CORRUPT_BLOCKS,
+                HeaderValue::from(self.corrupt.load(Relaxed)),
+            );
+            return Some(Ok(hyper::body::Frame::trailers(t)));
+        }
+        self.is_partial().then(|| {
+            Err(io::Error::other(format!(
+                "partial answer: {} store node(s) failed, {} corrupt block(s) skipped",
+                self.errors.load(Relaxed),
+                self.corrupt.load(Relaxed)
+            )))
+        })
+    }
+
+    /// Declare the trailers in a response's headers (hyper sends only declared ones).
+    pub fn declare(headers: &mut HeaderMap) {
+        headers.insert(
+            axum::http::header::TRAILER,
+            HeaderValue::from_static("X-Oklog-Late-Errors, X-Oklog-Corrupt-Blocks"),
+        );
+    }
+}
+
 /// What a query answer reports in its `X-Oklog-*` headers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -191,11 +262,13 @@ fn header(h: &mut HeaderMap, name: &'static str, value: String) {
 async fn local(
     api: Arc<StoreApi>,
     method: Method,
+    headers: HeaderMap,
     raw: HashMap<String, String>,
     output: Output,
 ) -> Response {
+    let trailers = crate::http::accepts_trailers(&headers);
     match QueryParams::parse(&raw) {
-        Ok(params) => answer(&api, &method, params, output).await,
+        Ok(params) => answer(&api, &method, params, output, trailers).await,
         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }
@@ -203,17 +276,19 @@ async fn local(
 async fn query(
     State(api): State<Arc<StoreApi>>,
     method: Method,
+    headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Response {
-    local(api, method, raw, Output::Records).await
+    local(api, method, headers, raw, Output::Records).await
 }
 
 async fn hits(
     State(api): State<Arc<StoreApi>>,
     method: Method,
+    headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Response {
-    local(api, method, raw, Output::Ulids).await
+    local(api, method, headers, raw, Output::Ulids).await
 }
 
 /// What a local answer's body holds.
@@ -226,12 +301,14 @@ pub enum Output {
 }
 
 /// This node's answer to a parsed query: the planning headers, and for GET the matching
-/// records (or their ULIDs), streamed. The gateway calls it directly for its own node.
+/// records (or their ULIDs), streamed, ending with trailers when `trailers` (see [`Late`]).
+/// The gateway calls it directly for its own node.
 pub async fn answer(
     api: &Arc<StoreApi>,
     method: &Method,
     params: QueryParams,
     output: Output,
+    trailers: bool,
 ) -> Response {
     let started = Instant::now();
     let matcher = match Matcher::new(&params.q, params.regex) {
@@ -261,13 +338,6 @@ pub async fn answer(
         errors: 0,
     };
     let mut headers = stats_headers(&params, &stats, started.elapsed());
-    if method != Method::HEAD {
-        header(
-            &mut headers,
-            "X-Oklog-Bytes-Scanned",
-            plan.bytes_to_scan(&params).to_string(),
-        );
-    }
     if head {
         return (StatusCode::OK, headers, Body::empty()).into_response();
     }
@@ -276,6 +346,15 @@ pub async fn answer(
         && let Some(ranges) = plan.shared_ranges(&params)
     {
         // Every record in range is the answer: send the mapped bytes themselves, in chunks.
+        header(
+            &mut headers,
+            "X-Oklog-Bytes-Scanned",
+            ranges
+                .iter()
+                .map(|r| r.len() as u64)
+                .sum::<u64>()
+                .to_string(),
+        );
         let chunks = ranges.into_iter().flat_map(|r| {
             (0..r.len())
                 .step_by(SHARED_CHUNK)
@@ -288,7 +367,23 @@ pub async fn answer(
             Body::from_stream(futures_util::stream::iter(chunks)),
         );
     }
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(OUT_CHUNKS_IN_FLIGHT);
+    let needles = Needles::new(&params.q, params.regex);
+    let scan = plan.scan(&params, &needles);
+    header(
+        &mut headers,
+        "X-Oklog-Bytes-Scanned",
+        scan.bytes.to_string(),
+    );
+    header(
+        &mut headers,
+        "X-Oklog-Blocks-Skipped",
+        scan.blocks_skipped.to_string(),
+    );
+    if trailers {
+        Late::declare(&mut headers);
+    }
+    let metrics = Arc::clone(&api.metrics);
+    let (tx, rx) = mpsc::channel::<io::Result<Frame<Bytes>>>(OUT_CHUNKS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
         let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
         let mut open = true;
@@ -309,13 +404,24 @@ pub async fn answer(
                     &mut buf,
                     Vec::with_capacity(OUT_CHUNK * 2),
                 ));
-                open = tx.blocking_send(Ok(chunk)).is_ok();
+                open = tx.blocking_send(Ok(Frame::data(chunk))).is_ok();
             }
             open
         };
-        match plan.execute(&params, &matcher, &mut sink) {
-            Ok(_) if !buf.is_empty() && open => {
-                let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+        match plan.execute_scan(&scan, &params, &matcher, &mut sink) {
+            Ok(outcome) if open => {
+                if !buf.is_empty() {
+                    let _ = tx.blocking_send(Ok(Frame::data(Bytes::from(buf))));
+                }
+                let late = Late::default();
+                if outcome.corrupt_blocks > 0 {
+                    metrics.store_corrupt_blocks.inc_by(outcome.corrupt_blocks);
+                    late.corrupt
+                        .store(outcome.corrupt_blocks, std::sync::atomic::Ordering::Relaxed);
+                }
+                if let Some(last) = late.last_frame(trailers) {
+                    let _ = tx.blocking_send(last);
+                }
             }
             Ok(_) => {}
             Err(e) => {
@@ -324,7 +430,7 @@ pub async fn answer(
             }
         }
     });
-    text_body(StatusCode::OK, headers, channel_body(rx))
+    text_body(StatusCode::OK, headers, frame_body(rx))
 }
 
 async fn replicate(State(api): State<Arc<StoreApi>>, body: Body) -> Response {

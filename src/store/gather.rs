@@ -4,8 +4,11 @@
 //! Every peer is asked concurrently, with a connect timeout, a response-header timeout and a
 //! per-peer body idle timeout: a node that fails or is too slow counts in
 //! `X-Oklog-Error-Count` and the answer is a `206` with everything the others had, never a
-//! hang. The status is sent once every peer's headers are in; a failure after that can only be
-//! logged and counted (`oklog_store_query_peer_errors_total`).
+//! hang. The status is sent once every peer's headers are in; what goes missing after that (a
+//! peer's body that breaks off or stalls, compressed blocks a peer could not read) is logged,
+//! counted (`oklog_store_query_peer_errors_total`) and reported at the end of the body: as
+//! trailers to a client that sent `TE: trailers`, by aborting the body to any other (see
+//! [`Late`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -23,14 +26,15 @@ use futures_util::future::join_all;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use super::api::{Output, Stats, stats_headers};
+use super::api::{Late, Output, Stats, stats_headers};
 use super::hits::Buckets;
 use super::query::QueryParams;
 use crate::cluster::{Peers, Role};
-use crate::http::{self, Client, channel_body, text, text_body};
+use crate::http::{self, Client, text, text_body};
 use crate::merge::{self, Source};
 use crate::metrics::Metrics;
 use crate::search::Matcher;
+use hyper::body::Frame;
 
 /// How long a peer may take to answer with headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,7 +107,7 @@ async fn ask(
     let url = format!("http://{peer}/store/{path}?{raw}");
     let (status, headers, body) = match &gw.local {
         Some((me, store)) if me == peer => {
-            let (parts, body) = super::api::answer(store, method, params.clone(), output)
+            let (parts, body) = super::api::answer(store, method, params.clone(), output, true)
                 .await
                 .into_parts();
             (parts.status, parts.headers, body)
@@ -153,9 +157,11 @@ fn checked_params(raw: &HashMap<String, String>) -> Result<QueryParams, String> 
 async fn query(
     State(gw): State<Arc<Gateway>>,
     method: Method,
+    request: HeaderMap,
     RawQuery(raw): RawQuery,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
+    let trailers = http::accepts_trailers(&request);
     let started = Instant::now();
     let params = match checked_params(&params) {
         Ok(p) => p,
@@ -165,14 +171,17 @@ async fn query(
         Ok(g) => g,
         Err(r) => return r,
     };
-    let (status, headers) = (gathered.status(), gathered.headers(&params, started));
+    let (status, mut headers) = (gathered.status(), gathered.headers(&params, started));
     if method == Method::HEAD {
         return (status, headers, Body::empty()).into_response();
+    }
+    if trailers {
+        Late::declare(&mut headers);
     }
     (
         status,
         headers,
-        merged_body(gathered.bodies, Arc::clone(&gw.metrics)),
+        merged_body(gathered.bodies, Arc::clone(&gw.metrics), trailers),
     )
         .into_response()
 }
@@ -205,7 +214,8 @@ async fn hits(
         return (status, headers, Body::empty()).into_response();
     }
     let bodies = std::mem::take(&mut gathered.bodies);
-    let receivers = body_sources(bodies, Arc::clone(&gw.metrics));
+    let late = Arc::new(Late::default());
+    let receivers = body_sources(bodies, Arc::clone(&gw.metrics), Arc::clone(&late));
     let counted = tokio::task::spawn_blocking(move || {
         let mut sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
         merge::merge(&mut sources, |line| {
@@ -220,7 +230,19 @@ async fn hits(
         Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };
+    // Counted whole before answering: anything missing makes it a 206.
+    use std::sync::atomic::Ordering::Relaxed;
+    gathered.total.errors += late.errors.load(Relaxed);
+    let status = if late.is_partial() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        status
+    };
     let mut headers = gathered.headers(&params, started);
+    headers.insert(
+        "X-Oklog-Corrupt-Blocks",
+        axum::http::HeaderValue::from(late.corrupt.load(Relaxed)),
+    );
     headers.insert(
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("application/json"),
@@ -367,42 +389,53 @@ fn pinned_query(raw: &str, p: &QueryParams) -> String {
     parts.join("&")
 }
 
-/// Merge the peers' bodies (each sorted) by ULID with dedup, streaming.
-fn merged_body(mut bodies: Vec<(String, Body)>, metrics: Arc<Metrics>) -> Body {
+/// Merge the peers' bodies (each sorted) by ULID with dedup, streaming. What the peers report
+/// missing at the end of their bodies (or a body that breaks off) ends this body too, as
+/// trailers or an abort (see [`Late`]).
+fn merged_body(mut bodies: Vec<(String, Body)>, metrics: Arc<Metrics>, trailers: bool) -> Body {
+    let late = Arc::new(Late::default());
     if bodies.len() == 1 {
         // One answer is already in order and without duplicates: pass its chunks through,
         // with the same idle timeout, instead of splitting it into lines to merge.
         let (peer, body) = bodies.pop().expect("one body");
         let stream = futures_util::stream::unfold(Some(body), move |state| {
-            let (peer, metrics) = (peer.clone(), Arc::clone(&metrics));
+            let (peer, metrics, late) = (peer.clone(), Arc::clone(&metrics), Arc::clone(&late));
             async move {
                 let mut body = state?;
                 loop {
                     match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
-                        Ok(Some(Ok(frame))) => {
-                            if let Ok(data) = frame.into_data() {
-                                return Some((Ok::<_, io::Error>(data), Some(body)));
+                        Ok(Some(Ok(frame))) => match frame.into_data() {
+                            Ok(data) => return Some((Ok(Frame::data(data)), Some(body))),
+                            Err(frame) => {
+                                if let Some(t) = frame.trailers_ref() {
+                                    late.add_trailers(t);
+                                }
                             }
-                        }
-                        Ok(None) => return None,
+                        },
+                        Ok(None) => break,
                         Ok(Some(Err(e))) => {
                             tracing::warn!(%peer, error = %e, "store node's query body failed");
                             metrics.store_query_peer_errors.inc();
-                            return None;
+                            late.errors
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            break;
                         }
                         Err(_) => {
                             tracing::warn!(%peer, "store node's query body stalled; giving up on it");
                             metrics.store_query_peer_errors.inc();
-                            return None;
+                            late.errors
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            break;
                         }
                     }
                 }
+                late.last_frame(trailers).map(|last| (last, None))
             }
         });
-        return Body::from_stream(stream);
+        return Body::new(http_body_util::StreamBody::new(stream));
     }
-    let receivers = body_sources(bodies, metrics);
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let receivers = body_sources(bodies, metrics, Arc::clone(&late));
+    let (tx, rx) = mpsc::channel::<io::Result<Frame<Bytes>>>(8);
     tokio::task::spawn_blocking(move || {
         let mut sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
         let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
@@ -413,25 +446,37 @@ fn merged_body(mut bodies: Vec<(String, Body)>, metrics: Arc<Metrics>) -> Body {
                     &mut buf,
                     Vec::with_capacity(OUT_CHUNK * 2),
                 ));
-                return Ok(tx.blocking_send(Ok(chunk)).is_ok());
+                return Ok(tx.blocking_send(Ok(Frame::data(chunk))).is_ok());
             }
             Ok(true)
         });
-        if result.is_ok() && !buf.is_empty() {
-            let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+        if result.is_ok() {
+            if !buf.is_empty() {
+                let _ = tx.blocking_send(Ok(Frame::data(Bytes::from(buf))));
+            }
+            // Every source ended, so every body's reader is done counting.
+            if let Some(last) = late.last_frame(trailers) {
+                let _ = tx.blocking_send(last);
+            }
         }
     });
-    channel_body(rx)
+    http::frame_body(rx)
 }
 
 /// Channels of the peers' bodies for a blocking merge: each body is read by a task (with the
-/// idle timeout) into a small channel the merge pulls from through [`ChunkLines`].
-fn body_sources(bodies: Vec<(String, Body)>, metrics: Arc<Metrics>) -> Vec<mpsc::Receiver<Bytes>> {
+/// idle timeout) into a small channel the merge pulls from through [`ChunkLines`]. Trailers
+/// and failures are added to `late`.
+fn body_sources(
+    bodies: Vec<(String, Body)>,
+    metrics: Arc<Metrics>,
+    late: Arc<Late>,
+) -> Vec<mpsc::Receiver<Bytes>> {
     let mut receivers = Vec::new();
     for (peer, mut body) in bodies {
         let (tx, rx) = mpsc::channel::<Bytes>(4);
         receivers.push(rx);
         let metrics = Arc::clone(&metrics);
+        let late = Arc::clone(&late);
         tokio::spawn(async move {
             loop {
                 let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
@@ -440,18 +485,29 @@ fn body_sources(bodies: Vec<(String, Body)>, metrics: Arc<Metrics>) -> Vec<mpsc:
                     Ok(Some(Err(e))) => {
                         tracing::warn!(%peer, error = %e, "store node's query body failed");
                         metrics.store_query_peer_errors.inc();
+                        late.errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         return;
                     }
                     Err(_) => {
                         tracing::warn!(%peer, "store node's query body stalled; giving up on it");
                         metrics.store_query_peer_errors.inc();
+                        late.errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         return;
                     }
                 };
-                if let Ok(data) = frame.into_data() {
-                    // The merge thread takes chunks as it needs them.
-                    if tx.send(data).await.is_err() {
-                        return; // the client went away
+                match frame.into_data() {
+                    Ok(data) => {
+                        // The merge thread takes chunks as it needs them.
+                        if tx.send(data).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                    Err(frame) => {
+                        if let Some(t) = frame.trailers_ref() {
+                            late.add_trailers(t);
+                        }
                     }
                 }
             }

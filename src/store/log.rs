@@ -29,6 +29,7 @@ use memmap2::Mmap;
 use crate::disk::{self, DirLock, OpenError, io_at};
 use crate::merge::{self, ReaderLines};
 use crate::record::{ULID_LEN, check_record, is_valid_ulid, min_ulid, ulid_ms};
+use crate::segment::{Footer, Format, GroupLines};
 
 /// Suffix of a segment being written.
 pub const ACTIVE: &str = "active";
@@ -42,6 +43,8 @@ pub const CONSUMING: &str = "consuming";
 pub const TRASHED: &str = "trashed";
 /// Suffix of a quarantined file: kept for an operator, never read again.
 pub const BAD: &str = "bad";
+/// Suffix of a segment being converted to another format: deleted at start-up.
+pub const CONVERTING: &str = "converting";
 
 /// A flushed (or reading) segment: its ULID range, size and path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +57,96 @@ pub struct Segment {
     pub high: [u8; ULID_LEN],
     /// File size in bytes.
     pub size: u64,
+    /// Raw (v1) or compressed (v2).
+    pub format: Format,
+}
+
+/// An opened queryable segment: its mapping and, for a compressed one, its parsed footer.
+#[derive(Debug)]
+pub struct Opened {
+    /// The whole file.
+    pub map: Mmap,
+    /// The footer of a compressed segment (`None` for a raw one).
+    pub footer: Option<Footer>,
+}
+
+impl Opened {
+    /// Map `path` and read its footer if it is compressed. `Ok(None)` for an empty file.
+    pub fn open(path: &Path) -> io::Result<Option<Opened>> {
+        let Some(map) = map_segment(path)? else {
+            return Ok(None);
+        };
+        let footer = match Format::of(&map) {
+            Format::Raw => None,
+            Format::Compressed => Some(Footer::parse(&map)?),
+        };
+        Ok(Some(Opened { map, footer }))
+    }
+}
+
+/// The format of the file at `path`, from its first bytes (raw if it cannot be read).
+pub fn format_of(path: &Path) -> Format {
+    let mut head = [0u8; 8];
+    let n = File::open(path)
+        .and_then(|mut f| {
+            let mut n = 0;
+            while n < head.len() {
+                match f.read(&mut head[n..])? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            Ok(n)
+        })
+        .unwrap_or(0);
+    Format::of(&head[..n])
+}
+
+/// A segment's records in ULID order, whatever its format (compaction, `oklog segment cat`).
+pub enum Records {
+    /// Lines of a raw file.
+    Raw(ReaderLines<BufReader<File>>),
+    /// Groups of a compressed file.
+    Compressed(Box<GroupLines<Mmap>>),
+}
+
+impl Records {
+    /// Open the segment at `path`.
+    pub fn open(path: &Path) -> io::Result<Records> {
+        let f = File::open(path)?;
+        if format_of(path) == Format::Compressed {
+            // SAFETY: as in `map_segment`: segment files are never modified in place.
+            let map = unsafe { Mmap::map(&f)? };
+            return Ok(Records::Compressed(Box::new(GroupLines::new(map)?)));
+        }
+        Ok(Records::Raw(ReaderLines::new(BufReader::with_capacity(
+            256 << 10,
+            f,
+        ))?))
+    }
+
+    /// Blocks that could not be read so far (always 0 for a raw file).
+    pub fn corrupt_blocks(&self) -> u64 {
+        match self {
+            Records::Raw(_) => 0,
+            Records::Compressed(g) => g.corrupt.len() as u64,
+        }
+    }
+}
+
+impl merge::Source for Records {
+    fn current(&self) -> Option<&[u8]> {
+        match self {
+            Records::Raw(r) => r.current(),
+            Records::Compressed(g) => g.current(),
+        }
+    }
+    fn advance(&mut self) -> io::Result<()> {
+        match self {
+            Records::Raw(r) => r.advance(),
+            Records::Compressed(g) => g.advance(),
+        }
+    }
 }
 
 /// Parse `<LOW>-<HIGH>.<state>`.
@@ -164,7 +257,7 @@ pub struct StoreLog {
     /// Mappings of queryable segments, kept between queries: a segment's page tables are
     /// then built once, not on every query (at 2 GB, re-mapping cost more than the search).
     /// Entries are dropped whenever their file is renamed or removed.
-    maps: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<Mmap>>>,
+    maps: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<Opened>>>,
 }
 
 impl StoreLog {
@@ -198,7 +291,7 @@ impl StoreLog {
                 continue;
             };
             let ours = match state {
-                ACTIVE | CONSUMING => disk::is_uuid(stem),
+                ACTIVE | CONSUMING | CONVERTING => disk::is_uuid(stem),
                 FLUSHED | READING | TRASHED => parse_name(name).is_some(),
                 _ => false,
             };
@@ -218,7 +311,7 @@ impl StoreLog {
                     let to = path.with_extension(FLUSHED);
                     disk::rename_durably(&path, &to).map_err(io_at(&path))?;
                 }
-                CONSUMING if disk::is_uuid(stem) => {
+                CONSUMING | CONVERTING if disk::is_uuid(stem) => {
                     fs::remove_file(&path).map_err(io_at(&path))?;
                 }
                 _ => {}
@@ -296,11 +389,13 @@ impl StoreLog {
                 continue;
             }
             tracing::info!(segment = %p.display(), "indexed a segment found in the directory");
+            let format = format_of(&p);
             index.insert(Segment {
                 path: p,
                 low,
                 high,
                 size: meta.len(),
+                format,
             });
             changed += 1;
         }
@@ -395,6 +490,7 @@ impl StoreLog {
                 low: *low,
                 high: *high,
                 size,
+                format: Format::Raw,
             });
             return disk::sync_dir(&self.dir);
         }
@@ -405,10 +501,7 @@ impl StoreLog {
         }
         let (mut out, out_path) = self.create(ACTIVE)?;
         let result = (|| {
-            let mut sources = [
-                ReaderLines::new(BufReader::new(File::open(&target)?))?,
-                ReaderLines::new(BufReader::new(File::open(path)?))?,
-            ];
+            let mut sources = [Records::open(&target)?, Records::open(path)?];
             let mut w = BufWriter::new(&mut out);
             merge::merge(&mut sources, |l| w.write_all(l).map(|_| true))?;
             w.flush()?;
@@ -417,6 +510,7 @@ impl StoreLog {
             fs::rename(&out_path, &target)?;
             index.insert(Segment {
                 size: fs::metadata(&target)?.len(),
+                format: Format::Raw,
                 path: target.clone(),
                 low: *low,
                 high: *high,
@@ -445,7 +539,7 @@ impl StoreLog {
         &self,
         from_ms: u64,
         to_ms: u64,
-    ) -> io::Result<Vec<(Segment, Option<Arc<Mmap>>)>> {
+    ) -> io::Result<Vec<(Segment, Option<Arc<Opened>>)>> {
         let index = self.segments.read().unwrap_or_else(|p| p.into_inner());
         let segs = index.overlapping(from_ms, to_ms);
         let mut out = Vec::with_capacity(segs.len());
@@ -455,13 +549,13 @@ impl StoreLog {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&s.path)
-                .filter(|m| m.len() as u64 == s.size)
+                .filter(|m| m.map.len() as u64 == s.size)
                 .cloned();
             if let Some(m) = cached {
                 out.push((s, Some(m)));
                 continue;
             }
-            match map_segment(&s.path) {
+            match Opened::open(&s.path) {
                 Ok(Some(m)) => {
                     let m = Arc::new(m);
                     self.maps
@@ -472,10 +566,25 @@ impl StoreLog {
                 }
                 Ok(None) => out.push((s, None)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    // Checked at start-up; damaged since. Served as nothing, reported.
+                    tracing::error!(segment = %s.path.display(), error = %e, "compressed segment unreadable");
+                    out.push((s, None));
+                }
                 Err(e) => return Err(e),
             }
         }
         Ok(out)
+    }
+
+    /// Queryable segments still in the raw format.
+    pub fn raw_segments(&self) -> usize {
+        let index = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        index
+            .segments
+            .values()
+            .filter(|s| s.format == Format::Raw)
+            .count()
     }
 
     /// Drop the cached mapping of a file that is being renamed or removed.
@@ -527,6 +636,7 @@ impl StoreLog {
                 low,
                 high,
                 size: meta.len(),
+                format: format_of(&entry.path()),
             };
             if keep(&seg) {
                 out.push(seg);
@@ -565,6 +675,30 @@ impl StoreLog {
             }
         }
         Ok(out)
+    }
+
+    /// Swap a claimed (`.reading`) segment for a synced file holding the same records in
+    /// `format` (a conversion): the file is renamed in as the segment's `.flushed` name, then
+    /// the claimed one removed, under the write lock.
+    pub fn replace(&self, claimed: &Segment, file: &Path, format: Format) -> io::Result<()> {
+        let mut index = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let to = claimed.path.with_extension(FLUSHED);
+        self.forget(&claimed.path);
+        self.forget(&to);
+        fs::rename(file, &to)?;
+        index.insert(Segment {
+            size: fs::metadata(&to)?.len(),
+            path: to,
+            format,
+            ..claimed.clone()
+        });
+        match fs::remove_file(&claimed.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        index.remove(&claimed.path);
+        disk::sync_dir(&self.dir)
     }
 
     /// Give claimed (`.reading`) segments back as `.flushed`.
@@ -717,6 +851,7 @@ pub(crate) fn test_segment(low: &str, high: &str) -> Segment {
         low: pad(low),
         high: pad(high),
         size: 1,
+        format: Format::Raw,
     }
 }
 
@@ -737,6 +872,19 @@ pub fn map_segment(path: &Path) -> io::Result<Option<Mmap>> {
 /// Check that a segment starts with `<low><SP>` and ends with a complete record whose ULID is
 /// `high`. `Ok(Err(reason))` for a bad segment.
 fn check_ends(seg: &Segment) -> io::Result<Result<(), &'static str>> {
+    if seg.format == Format::Compressed {
+        let Some(map) = map_segment(&seg.path)? else {
+            return Ok(Err("empty file"));
+        };
+        return Ok(match Footer::parse(&map) {
+            Ok(f) if f.low == seg.low && f.high == seg.high => Ok(()),
+            Ok(_) => Err("compressed segment's range does not match its name"),
+            Err(e) => {
+                tracing::warn!(segment = %seg.path.display(), error = %e, "compressed segment footer");
+                Err("compressed segment's footer or index is unreadable")
+            }
+        });
+    }
     let mut f = File::open(&seg.path)?;
     let len = f.metadata()?.len();
     if len < 28 {
@@ -960,6 +1108,7 @@ mod tests {
                 low: lo,
                 high: hi,
                 size: 1,
+                format: Format::Raw,
             };
             index.insert(seg.clone());
             all.push(seg);

@@ -5,13 +5,15 @@
 use std::collections::HashMap;
 use std::io;
 
-use memmap2::Mmap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::log::{Segment, StoreLog};
+use super::log::{Opened, Segment, StoreLog};
 use crate::gotime;
 use crate::merge;
 use crate::record::{parse_ulid, ulid_ms};
 use crate::search::{MatchSource, Matcher, Matches};
+use crate::segment::{self, Needles};
 
 /// A parsed query (the `from`, `to`, `q` and `regex` parameters).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,13 +80,41 @@ impl QueryParams {
     }
 }
 
-/// The segments a query will read: named (for planning headers) or also mapped (to search).
+/// The segments a query will read: named (for planning headers) or also opened (to search).
 #[derive(Debug, Default)]
 pub struct Plan {
     /// Selected segments, sorted by low ULID.
     pub segments: Vec<Segment>,
-    /// Their mappings, when opened (`None` for an empty file).
-    maps: Vec<Option<std::sync::Arc<Mmap>>>,
+    /// Their mappings (and footers), when opened (`None` for an empty or unreadable file).
+    opened: Vec<Option<Arc<Opened>>>,
+}
+
+/// The blocks of a compressed segment a query reads: per group in range, the blocks in range
+/// that the needle filter did not rule out.
+type Selection = Vec<(usize, Vec<usize>)>;
+
+/// What a query reads, decided before its answer starts (the headers report it).
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Per opened segment: `None` for a raw one, the blocks to read for a compressed one.
+    selections: Vec<Option<Selection>>,
+    /// Bytes the search reads: the time range of raw segments, the stored bytes of the blocks
+    /// read and the filters consulted of compressed ones (`X-Oklog-Bytes-Scanned`).
+    pub bytes: u64,
+    /// Blocks in the time range ruled out by their needle filter (`X-Oklog-Blocks-Skipped`).
+    pub blocks_skipped: u64,
+    /// Blocks that will be read.
+    pub blocks_read: u64,
+}
+
+/// What a search did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Bytes read (as [`Scan::bytes`]).
+    pub scanned: u64,
+    /// Blocks (or whole compressed segments) that could not be read: the answer lacks their
+    /// records.
+    pub corrupt_blocks: u64,
 }
 
 impl Plan {
@@ -92,18 +122,18 @@ impl Plan {
     pub fn new(log: &StoreLog, p: &QueryParams) -> io::Result<Plan> {
         Ok(Plan {
             segments: log.overlapping(p.from_ms, p.to_ms)?,
-            maps: Vec::new(),
+            opened: Vec::new(),
         })
     }
 
     /// Select and map the segments, under the segment set's read lock, so compaction cannot
     /// remove one between selection and reading.
     pub fn open(log: &StoreLog, p: &QueryParams) -> io::Result<Plan> {
-        let (segments, maps) = log
+        let (segments, opened) = log
             .open_overlapping(p.from_ms, p.to_ms)?
             .into_iter()
             .unzip();
-        Ok(Plan { segments, maps })
+        Ok(Plan { segments, opened })
     }
 
     /// Sum of the selected segments' sizes (`X-Oklog-Max-Data-Set-Size`).
@@ -111,31 +141,73 @@ impl Plan {
         self.segments.iter().map(|s| s.size).sum()
     }
 
-    /// Bytes the search will scan: the `[from, to]` range of each opened segment, found by
-    /// binary search (`X-Oklog-Bytes-Scanned`).
-    pub fn bytes_to_scan(&self, p: &QueryParams) -> u64 {
-        self.maps
-            .iter()
-            .flatten()
-            .map(|m| crate::search::time_range(&m[..], p.from_ms, p.to_ms).len() as u64)
-            .sum()
+    /// Decide what the search reads: for raw segments the `[from, to]` byte range found by
+    /// binary search, for compressed ones the blocks in range that `needles` do not rule out.
+    pub fn scan(&self, p: &QueryParams, needles: &Needles) -> Scan {
+        let mut scan = Scan::default();
+        for o in &self.opened {
+            let Some(o) = o else {
+                scan.selections.push(None);
+                continue;
+            };
+            let Some(footer) = &o.footer else {
+                scan.bytes += crate::search::time_range(&o.map, p.from_ms, p.to_ms).len() as u64;
+                scan.selections.push(None);
+                continue;
+            };
+            let in_range =
+                |low: &[u8], high: &[u8]| ulid_ms(high) >= p.from_ms && ulid_ms(low) <= p.to_ms;
+            let first = footer
+                .groups
+                .partition_point(|g| ulid_ms(&g.high) < p.from_ms);
+            let mut sel = Vec::new();
+            for (gi, g) in footer.groups.iter().enumerate().skip(first) {
+                if ulid_ms(&g.low) > p.to_ms {
+                    break;
+                }
+                let mut blocks = Vec::new();
+                for (bi, b) in footer.group_blocks(g).iter().enumerate() {
+                    if !in_range(&b.low, &b.high) {
+                        continue;
+                    }
+                    if !needles.is_empty() {
+                        scan.bytes += u64::from(b.filter_len);
+                        if segment::filter(&o.map, b).is_some_and(|f| !needles.may_match(f)) {
+                            scan.blocks_skipped += 1;
+                            continue;
+                        }
+                    }
+                    scan.bytes += u64::from(b.stored_len);
+                    scan.blocks_read += 1;
+                    blocks.push(g.first as usize + bi);
+                }
+                if !blocks.is_empty() {
+                    sel.push((gi, blocks));
+                }
+            }
+            scan.selections.push(Some(sel));
+        }
+        scan
     }
 
-    /// When every selected segment overlaps no other, the `[from, to]` byte range of each, in
-    /// order, as shareable bytes of the mapping (no copy): with an empty query, that is the
-    /// whole answer. `None` when some segments must be merged.
+    /// Bytes the search will scan (`X-Oklog-Bytes-Scanned`).
+    pub fn bytes_to_scan(&self, p: &QueryParams) -> u64 {
+        self.scan(p, &Needles::new(&p.q, p.regex)).bytes
+    }
+
+    /// When every selected segment is raw and overlaps no other, the `[from, to]` byte range
+    /// of each, in order, as shareable bytes of the mapping (no copy): with an empty query,
+    /// that is the whole answer. `None` when some segments must be merged or decompressed.
     pub fn shared_ranges(&self, p: &QueryParams) -> Option<Vec<bytes::Bytes>> {
         let mut out = Vec::new();
         for batch in batches(&self.segments) {
-            let maps: Vec<&std::sync::Arc<Mmap>> = self.maps[batch].iter().flatten().collect();
-            match maps[..] {
+            let opened: Vec<&Arc<Opened>> = self.opened[batch].iter().flatten().collect();
+            match opened[..] {
                 [] => {}
-                [m] => {
-                    let r = crate::search::time_range(m, p.from_ms, p.to_ms);
+                [o] if o.footer.is_none() => {
+                    let r = crate::search::time_range(&o.map, p.from_ms, p.to_ms);
                     if !r.is_empty() {
-                        out.push(
-                            bytes::Bytes::from_owner(SharedMap(std::sync::Arc::clone(m))).slice(r),
-                        );
+                        out.push(bytes::Bytes::from_owner(SharedMap(Arc::clone(o))).slice(r));
                     }
                 }
                 _ => return None,
@@ -144,102 +216,278 @@ impl Plan {
         Some(out)
     }
 
-    /// Run the search over an opened plan, pushing matching lines (each with its `\n`, possibly
-    /// several per call) into `sink` in ULID order; `sink` returns false to stop (the client
-    /// went away). Returns bytes scanned.
-    ///
-    /// A segment that overlaps no other is cut into pieces of [`PIECE`] bytes at line
-    /// boundaries, searched in parallel on up to [`MAX_WORKERS`] threads and emitted in order;
-    /// workers run at most [`LOOKAHEAD`] pieces ahead of the output, so memory stays bounded
-    /// whatever the result size. Overlapping segments are merged with dedup, in order.
+    /// [`Plan::execute_scan`] with the scan decided here.
     pub fn execute(
         &self,
         p: &QueryParams,
         matcher: &Matcher,
         sink: &mut dyn FnMut(&[u8]) -> bool,
-    ) -> io::Result<u64> {
+    ) -> io::Result<Outcome> {
+        let scan = self.scan(p, &Needles::new(&p.q, p.regex));
+        self.execute_scan(&scan, p, matcher, sink)
+    }
+
+    /// Run the search over an opened plan, pushing matching lines (each with its `\n`, possibly
+    /// several per call) into `sink` in ULID order; `sink` returns false to stop (the client
+    /// went away).
+    ///
+    /// A raw segment that overlaps no other is cut into pieces of [`PIECE`] bytes at line
+    /// boundaries, a compressed one into its groups; both are searched in parallel on up to
+    /// [`MAX_WORKERS`] threads and emitted in order; workers run at most [`LOOKAHEAD`] tasks
+    /// ahead of the output, so memory stays bounded whatever the result size. Overlapping
+    /// segments are merged with dedup, in order. A compressed block that cannot be read is
+    /// logged, left out and counted in the outcome.
+    pub fn execute_scan(
+        &self,
+        scan: &Scan,
+        p: &QueryParams,
+        matcher: &Matcher,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> io::Result<Outcome> {
+        let corrupt = AtomicU64::new(0);
         let mut tasks: Vec<Task> = Vec::new();
-        let mut scanned = 0u64;
         for batch in batches(&self.segments) {
-            let maps: Vec<&Mmap> = self.maps[batch.clone()]
-                .iter()
-                .flatten()
-                .map(|m| &**m)
-                .collect();
-            if let [m] = maps[..] {
-                let r = crate::search::time_range(m, p.from_ms, p.to_ms);
-                scanned += r.len() as u64;
-                let mut start = r.start;
-                while start < r.end {
-                    let mut end = (start + PIECE).min(r.end);
-                    if end < r.end {
-                        end = memchr::memchr(b'\n', &m[end..r.end]).map_or(r.end, |i| end + i + 1);
-                    }
-                    tasks.push(Task::Piece(m, start..end));
-                    start = end;
+            let mut sources: Vec<Src> = Vec::new();
+            for i in batch {
+                let Some(o) = &self.opened[i] else {
+                    continue;
+                };
+                let path = self.segments[i].path.as_path();
+                match (&o.footer, scan.selections.get(i)) {
+                    (None, _) => sources.push(Src::Raw(&o.map)),
+                    (Some(_), Some(Some(sel))) => sources.push(Src::Compressed(o, path, sel)),
+                    (Some(_), _) => {}
                 }
-            } else if !maps.is_empty() {
-                scanned += maps
-                    .iter()
-                    .map(|m| crate::search::time_range(m, p.from_ms, p.to_ms).len() as u64)
-                    .sum::<u64>();
-                tasks.push(Task::Merge(maps));
+            }
+            match sources.pop() {
+                None => {}
+                Some(only) if sources.is_empty() => match only {
+                    Src::Raw(m) => {
+                        let r = crate::search::time_range(m, p.from_ms, p.to_ms);
+                        let mut start = r.start;
+                        while start < r.end {
+                            let mut end = (start + PIECE).min(r.end);
+                            if end < r.end {
+                                end = memchr::memchr(b'\n', &m[end..r.end])
+                                    .map_or(r.end, |i| end + i + 1);
+                            }
+                            tasks.push(Task::Piece(m, start..end));
+                            start = end;
+                        }
+                    }
+                    Src::Compressed(o, path, sel) => {
+                        for (g, blocks) in sel {
+                            tasks.push(Task::Group(GroupTask {
+                                seg: o,
+                                path,
+                                group: *g,
+                                blocks,
+                            }));
+                        }
+                    }
+                },
+                Some(last) => {
+                    sources.push(last);
+                    tasks.push(Task::Merge(sources));
+                }
             }
         }
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(MAX_WORKERS);
-        let pieces = tasks
-            .iter()
-            .filter(|t| matches!(t, Task::Piece(..)))
-            .count();
-        if matches!(matcher, Matcher::All) {
-            // Every line of a piece is an answer: hand the range over whole.
+        let parallel = tasks.iter().filter(|t| t.in_parallel(matcher)).count();
+        if workers < 2 || parallel < 2 {
             for task in &tasks {
-                let open = match task {
-                    Task::Piece(m, r) => sink(&m[r.clone()]),
-                    Task::Merge(_) => run_inline(task, p, matcher, sink)?,
-                };
-                if !open {
-                    break;
-                }
-            }
-        } else if workers < 2 || pieces < 2 {
-            for task in &tasks {
-                if !run_inline(task, p, matcher, sink)? {
+                if !run_inline(task, p, matcher, &corrupt, sink)? {
                     break;
                 }
             }
         } else {
-            run_parallel(&tasks, workers, p, matcher, sink)?;
+            run_parallel(&tasks, workers, p, matcher, &corrupt, sink)?;
         }
-        Ok(scanned)
+        Ok(Outcome {
+            scanned: scan.bytes,
+            corrupt_blocks: corrupt.load(Ordering::Relaxed),
+        })
     }
 }
 
 /// A segment mapping owned by `Bytes` slices handed to the HTTP body. Segment files are
 /// never written after they are named, only renamed or unlinked, so the bytes stay valid.
-struct SharedMap(std::sync::Arc<Mmap>);
+struct SharedMap(Arc<Opened>);
 
 impl AsRef<[u8]> for SharedMap {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.0.map
     }
 }
 
-/// Bytes of a segment searched as one unit of parallel work (8 MiB).
+/// Bytes of a raw segment searched as one unit of parallel work (8 MiB).
 pub const PIECE: usize = 8 << 20;
 /// Search threads per query at most.
 pub const MAX_WORKERS: usize = 8;
-/// Pieces searched ahead of the output, per worker.
+/// Tasks searched ahead of the output, per worker.
 pub const LOOKAHEAD: usize = 2;
+
+/// One segment of an overlapping batch.
+enum Src<'a> {
+    Raw(&'a [u8]),
+    Compressed(&'a Opened, &'a std::path::Path, &'a Selection),
+}
+
+/// One group of a compressed segment, with the blocks to read.
+struct GroupTask<'a> {
+    seg: &'a Opened,
+    path: &'a std::path::Path,
+    group: usize,
+    blocks: &'a [usize],
+}
+
+impl GroupTask<'_> {
+    /// Decompress and search the selected blocks; the matching lines of the group, in ULID
+    /// order. Unreadable blocks are logged and counted.
+    fn run(
+        &self,
+        dec: &mut zstd::bulk::Decompressor<'static>,
+        p: &QueryParams,
+        matcher: &Matcher,
+        corrupt: &AtomicU64,
+    ) -> Vec<u8> {
+        let Some(footer) = &self.seg.footer else {
+            return Vec::new();
+        };
+        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(self.blocks.len());
+        let mut buf = Vec::new();
+        for &bi in self.blocks {
+            let b = &footer.blocks[bi];
+            if let Err(e) = segment::read_block(&self.seg.map, b, dec, &mut buf) {
+                tracing::error!(segment = %self.path.display(), group = self.group, block = bi, error = %e, "skipping a corrupt block");
+                corrupt.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let r = crate::search::time_range(&buf, p.from_ms, p.to_ms);
+            let mut out = Vec::new();
+            if matches!(matcher, Matcher::All) {
+                out.extend_from_slice(&buf[r]);
+            } else {
+                for line in Matches::in_range(&buf, r, matcher) {
+                    out.extend_from_slice(line);
+                }
+            }
+            parts.push(out);
+        }
+        if parts.len() == 1 {
+            return parts.pop().unwrap_or_default();
+        }
+        let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        let refs: Vec<&[u8]> = parts.iter().map(|v| &v[..]).collect();
+        segment::merge_lines(&refs, &mut out);
+        out
+    }
+}
 
 /// One unit of search work.
 enum Task<'a> {
-    /// Lines `range` of one segment that overlaps no other.
-    Piece(&'a Mmap, std::ops::Range<usize>),
+    /// Lines `range` of one raw segment that overlaps no other.
+    Piece(&'a [u8], std::ops::Range<usize>),
+    /// One group of a compressed segment that overlaps no other.
+    Group(GroupTask<'a>),
     /// Overlapping segments, merged with dedup.
-    Merge(Vec<&'a Mmap>),
+    Merge(Vec<Src<'a>>),
+}
+
+impl Task<'_> {
+    /// Whether workers run it (the emitting thread runs the rest in order).
+    fn in_parallel(&self, matcher: &Matcher) -> bool {
+        match self {
+            Task::Piece(..) => !matches!(matcher, Matcher::All),
+            Task::Group(_) => true,
+            Task::Merge(_) => false,
+        }
+    }
+}
+
+/// A compressed segment's matching lines as a merge source: one selected group at a time.
+struct GroupSource<'a> {
+    tasks: std::vec::IntoIter<GroupTask<'a>>,
+    dec: zstd::bulk::Decompressor<'static>,
+    lines: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl<'a> GroupSource<'a> {
+    fn new(
+        seg: &'a Opened,
+        path: &'a std::path::Path,
+        sel: &'a Selection,
+        p: &QueryParams,
+        matcher: &Matcher,
+        corrupt: &AtomicU64,
+    ) -> io::Result<Self> {
+        let tasks: Vec<GroupTask> = sel
+            .iter()
+            .map(|(g, blocks)| GroupTask {
+                seg,
+                path,
+                group: *g,
+                blocks,
+            })
+            .collect();
+        let mut s = GroupSource {
+            tasks: tasks.into_iter(),
+            dec: segment::decompressor()?,
+            lines: Vec::new(),
+            pos: 0,
+            end: 0,
+        };
+        s.fill(p, matcher, corrupt);
+        Ok(s)
+    }
+
+    fn fill(&mut self, p: &QueryParams, matcher: &Matcher, corrupt: &AtomicU64) {
+        while self.pos >= self.lines.len() {
+            let Some(t) = self.tasks.next() else { break };
+            self.lines = t.run(&mut self.dec, p, matcher, corrupt);
+            self.pos = 0;
+        }
+        self.end = if self.pos < self.lines.len() {
+            memchr::memchr(b'\n', &self.lines[self.pos..])
+                .map_or(self.lines.len(), |i| self.pos + i + 1)
+        } else {
+            self.pos
+        };
+    }
+}
+
+/// A source of an overlapping batch.
+enum BatchSource<'a, 'q> {
+    Raw(MatchSource<'a>),
+    Compressed(
+        Box<GroupSource<'a>>,
+        &'q QueryParams,
+        &'q Matcher,
+        &'q AtomicU64,
+    ),
+}
+
+impl merge::Source for BatchSource<'_, '_> {
+    fn current(&self) -> Option<&[u8]> {
+        match self {
+            BatchSource::Raw(m) => m.current(),
+            BatchSource::Compressed(g, ..) => (g.pos < g.end).then(|| &g.lines[g.pos..g.end]),
+        }
+    }
+    fn advance(&mut self) -> io::Result<()> {
+        match self {
+            BatchSource::Raw(m) => m.advance(),
+            BatchSource::Compressed(g, p, matcher, corrupt) => {
+                g.pos = g.end;
+                g.fill(p, matcher, corrupt);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Run a task straight into the sink; false if the sink said stop.
@@ -247,10 +495,15 @@ fn run_inline(
     task: &Task,
     p: &QueryParams,
     matcher: &Matcher,
+    corrupt: &AtomicU64,
     sink: &mut dyn FnMut(&[u8]) -> bool,
 ) -> io::Result<bool> {
     match task {
         Task::Piece(m, r) => {
+            if matches!(matcher, Matcher::All) {
+                // Every line of a piece is an answer: hand the range over whole.
+                return Ok(sink(&m[r.clone()]));
+            }
             for line in Matches::in_range(m, r.clone(), matcher) {
                 if !sink(line) {
                     return Ok(false);
@@ -258,11 +511,25 @@ fn run_inline(
             }
             Ok(true)
         }
-        Task::Merge(maps) => {
-            let mut sources: Vec<MatchSource> = maps
-                .iter()
-                .map(|m| MatchSource::new(Matches::new(m, p.from_ms, p.to_ms, matcher)))
-                .collect();
+        Task::Group(g) => {
+            let out = g.run(&mut segment::decompressor()?, p, matcher, corrupt);
+            Ok(out.is_empty() || sink(&out))
+        }
+        Task::Merge(srcs) => {
+            let mut sources = Vec::with_capacity(srcs.len());
+            for s in srcs {
+                sources.push(match s {
+                    Src::Raw(m) => BatchSource::Raw(MatchSource::new(Matches::new(
+                        m, p.from_ms, p.to_ms, matcher,
+                    ))),
+                    Src::Compressed(o, path, sel) => BatchSource::Compressed(
+                        Box::new(GroupSource::new(o, path, sel, p, matcher, corrupt)?),
+                        p,
+                        matcher,
+                        corrupt,
+                    ),
+                });
+            }
             let mut open = true;
             merge::merge(&mut sources, |line| {
                 open = sink(line);
@@ -273,15 +540,16 @@ fn run_inline(
     }
 }
 
-/// Search pieces on `workers` threads and emit every task's output in order.
+/// Search tasks on `workers` threads and emit every task's output in order.
 fn run_parallel(
     tasks: &[Task],
     workers: usize,
     p: &QueryParams,
     matcher: &Matcher,
+    corrupt: &AtomicU64,
     sink: &mut dyn FnMut(&[u8]) -> bool,
 ) -> io::Result<()> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::sync::{Condvar, Mutex};
 
     let slots: Vec<Mutex<Option<Vec<u8>>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
@@ -293,24 +561,40 @@ fn run_parallel(
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
+                let mut dec = None;
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= tasks.len() || stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    let Task::Piece(m, r) = &tasks[i] else {
-                        continue; // merges run in order on the emitting thread
-                    };
+                    if !tasks[i].in_parallel(matcher) {
+                        continue; // run in order on the emitting thread
+                    }
                     // Stay within the look-ahead of the output.
                     let mut done = emitted.lock().unwrap_or_else(|e| e.into_inner());
                     while i >= *done + LOOKAHEAD * workers && !stop.load(Ordering::SeqCst) {
                         done = progress.wait(done).unwrap_or_else(|e| e.into_inner());
                     }
                     drop(done);
-                    let mut out = Vec::new();
-                    for line in Matches::in_range(m, r.clone(), matcher) {
-                        out.extend_from_slice(line);
-                    }
+                    let out = match &tasks[i] {
+                        Task::Piece(m, r) => {
+                            let mut out = Vec::new();
+                            for line in Matches::in_range(m, r.clone(), matcher) {
+                                out.extend_from_slice(line);
+                            }
+                            out
+                        }
+                        Task::Group(g) => {
+                            if dec.is_none() {
+                                dec = segment::decompressor().ok();
+                            }
+                            match dec.as_mut() {
+                                Some(d) => g.run(d, p, matcher, corrupt),
+                                None => Vec::new(),
+                            }
+                        }
+                        Task::Merge(_) => Vec::new(),
+                    };
                     *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
                     ready.notify_all();
                 }
@@ -318,17 +602,16 @@ fn run_parallel(
         }
         let result = (|| -> io::Result<()> {
             for (i, task) in tasks.iter().enumerate() {
-                let open = match task {
-                    Task::Merge(_) => run_inline(task, p, matcher, sink)?,
-                    Task::Piece(..) => {
-                        let mut slot = slots[i].lock().unwrap_or_else(|e| e.into_inner());
-                        while slot.is_none() {
-                            slot = ready.wait(slot).unwrap_or_else(|e| e.into_inner());
-                        }
-                        let out = slot.take().unwrap_or_default();
-                        drop(slot);
-                        out.is_empty() || sink(&out)
+                let open = if task.in_parallel(matcher) {
+                    let mut slot = slots[i].lock().unwrap_or_else(|e| e.into_inner());
+                    while slot.is_none() {
+                        slot = ready.wait(slot).unwrap_or_else(|e| e.into_inner());
                     }
+                    let out = slot.take().unwrap_or_default();
+                    drop(slot);
+                    out.is_empty() || sink(&out)
+                } else {
+                    run_inline(task, p, matcher, corrupt, sink)?
                 };
                 *emitted.lock().unwrap_or_else(|e| e.into_inner()) = i + 1;
                 progress.notify_all();
@@ -499,7 +782,7 @@ mod tests {
                     true
                 })
                 .unwrap();
-            assert_eq!(scanned as usize, big.len() + small.len());
+            assert_eq!(scanned.scanned as usize, big.len() + small.len());
             let lines: Vec<&[u8]> = out.split_inclusive(|&b| b == b'\n').collect();
             assert_eq!(lines.len() as u64, want, "q={q:?}");
             assert!(

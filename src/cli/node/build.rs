@@ -133,6 +133,9 @@ pub fn build_store(cfg: &StoreConfig, metrics: &Arc<Metrics>) -> anyhow::Result<
             target_size: cfg.target_size,
             retain: cfg.retain,
             purge: cfg.purge,
+            format: cfg.format,
+            compress_after: cfg.compress_after,
+            compress: crate::segment::CompressConfig::default(),
         },
         consumer: ConsumerConfig {
             target_size: cfg.target_size,

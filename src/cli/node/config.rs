@@ -272,6 +272,18 @@ pub fn store_flags(rf_default: &'static str, rf_help: &'static str) -> Vec<Flag>
             "purge deleted segment files after this long",
         ),
         flag(
+            "store.segment-compress-after",
+            Kind::Str,
+            "24h",
+            "compress segments whose newest record is older than this (0: all; -1 or off: never)",
+        ),
+        flag(
+            "store.segment-format",
+            Kind::Str,
+            "compressed",
+            "compressed, or raw: keep (and turn back) every segment raw, as the original writes them",
+        ),
+        flag(
             "api.max-queries",
             Kind::Int,
             "32",
@@ -361,6 +373,11 @@ pub struct StoreConfig {
     pub retain: Duration,
     /// Trash kept this long (`-store.segment-purge`, 24h).
     pub purge: Duration,
+    /// The format old segments are kept in (`-store.segment-format`, compressed).
+    pub format: crate::segment::Format,
+    /// Compress segments older than this (`-store.segment-compress-after`, 24h; `None`:
+    /// never).
+    pub compress_after: Option<Duration>,
     /// Queries answered at once (`-api.max-queries`, 32).
     pub max_queries: usize,
     /// Streams served at once (`-api.max-streams`, 256).
@@ -483,6 +500,17 @@ impl StoreConfig {
             replication_factor: rf as usize,
             retain: args.duration("store.segment-retain"),
             purge: args.duration("store.segment-purge"),
+            format: match args.str("store.segment-format").as_str() {
+                "compressed" => crate::segment::Format::Compressed,
+                "raw" => crate::segment::Format::Raw,
+                other => bail!("-store.segment-format: {other:?} is not compressed or raw"),
+            },
+            compress_after: match args.str("store.segment-compress-after").trim() {
+                "off" | "-1" => None,
+                v => Some(crate::gotime::parse_duration(v).map_err(|e| {
+                    anyhow::anyhow!("-store.segment-compress-after: {v:?}: {e} (or -1, off)")
+                })?),
+            },
             max_queries: positive(args, "api.max-queries")? as usize,
             max_streams: positive(args, "api.max-streams")? as usize,
         })

@@ -294,6 +294,7 @@ impl Node {
             self.metrics.on_scrape(move || {
                 if let (Some(m), Ok(states)) = (metrics.upgrade(), log.stats()) {
                     set_state_gauges(&m.store_segments, &m.store_segment_bytes, states);
+                    m.store_raw_segments.set(log.raw_segments() as i64);
                 }
             });
             let gateway = Gateway::with_local(
