@@ -10,6 +10,7 @@ pub mod ingeststore;
 pub mod logging;
 pub mod node;
 pub mod query;
+pub mod segment;
 pub mod store;
 pub mod stream;
 pub mod testsvc;
@@ -26,6 +27,7 @@ MODES
   ingeststore  Combination ingest+store node, for small installations
   query        Querying commandline tool
   stream       Streaming commandline tool
+  segment      Read store segment files (cat, info), raw or compressed
   testsvc      Test service, emits log lines at a fixed rate
 
 VERSION
@@ -44,6 +46,7 @@ pub fn main(argv: Vec<String>) -> i32 {
         "store" => store::run(rest),
         "ingeststore" => ingeststore::run(rest),
         "query" => return query::run(rest),
+        "segment" => return segment::run(rest),
         "stream" => stream::run(rest),
         "testsvc" => testsvc::run(rest),
         "-h" | "-help" | "--help" | "help" => {

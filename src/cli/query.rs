@@ -232,6 +232,12 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
         if headers.contains_key("X-Oklog-Bytes-Scanned") {
             eprintln!("{} bytes scanned", h("X-Oklog-Bytes-Scanned"));
         }
+        if headers.contains_key("X-Oklog-Blocks-Skipped") {
+            eprintln!(
+                "{} block(s) skipped by their needle filter",
+                h("X-Oklog-Blocks-Skipped")
+            );
+        }
         eprintln!("{} server-reported duration", h("X-Oklog-Duration"));
     }
     let partial = status == StatusCode::PARTIAL_CONTENT;

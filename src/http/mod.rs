@@ -225,13 +225,10 @@ pub fn limit(router: Router, paths: &'static [&'static str], max: usize) -> Rout
                     return r;
                 };
                 let (parts, body) = next.run(req).await.into_parts();
-                let body = Body::from_stream(futures_util::StreamExt::map(
-                    body.into_data_stream(),
-                    move |chunk| {
-                        let _held = &permit;
-                        chunk
-                    },
-                ));
+                let body = Body::new(Held {
+                    inner: body,
+                    _permit: permit,
+                });
                 Response::from_parts(parts, body)
             }
         },
@@ -377,6 +374,33 @@ pub async fn serve_with(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// A response body that holds a [`limit`] permit until it is finished or dropped; every frame
+/// (trailers too) passes through.
+struct Held {
+    inner: Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for Held {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A request body that fails when no data arrives for `idle`: a client that stops sending

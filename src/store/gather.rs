@@ -84,6 +84,7 @@ impl Gateway {
 struct Answer {
     stats: Stats,
     scanned: Option<u64>,
+    skipped: Option<u64>,
     body: Option<Body>,
     peer: String,
 }
@@ -141,6 +142,7 @@ async fn ask(
     Ok(Answer {
         stats,
         scanned: header_u64(&headers, "X-Oklog-Bytes-Scanned"),
+        skipped: header_u64(&headers, "X-Oklog-Blocks-Skipped"),
         body: (*method == Method::GET).then_some(body),
         peer: peer.to_string(),
     })
@@ -258,6 +260,8 @@ struct Gathered {
     total: Stats,
     /// Bytes they scanned, summed (GET only).
     scanned: Option<u64>,
+    /// Blocks their needle filters ruled out, summed (GET only).
+    skipped: Option<u64>,
     /// The bodies of those that answered, with their addresses.
     bodies: Vec<(String, Body)>,
 }
@@ -280,6 +284,9 @@ impl Gathered {
             .and_then(|n| axum::http::HeaderValue::from_str(&n.to_string()).ok())
         {
             headers.insert("X-Oklog-Bytes-Scanned", n);
+        }
+        if let Some(n) = self.skipped {
+            headers.insert("X-Oklog-Blocks-Skipped", axum::http::HeaderValue::from(n));
         }
         headers
     }
@@ -311,6 +318,7 @@ async fn scatter(
     .await;
     let mut total = Stats::default();
     let mut scanned: Option<u64> = None;
+    let mut skipped: Option<u64> = None;
     let mut bodies = Vec::new();
     for (peer, answer) in peers.iter().zip(answers) {
         match answer {
@@ -321,6 +329,9 @@ async fn scatter(
                 total.errors += a.stats.errors;
                 if let Some(n) = a.scanned {
                     *scanned.get_or_insert(0) += n;
+                }
+                if let Some(n) = a.skipped {
+                    *skipped.get_or_insert(0) += n;
                 }
                 if let Some(b) = a.body {
                     bodies.push((a.peer, b));
@@ -336,6 +347,7 @@ async fn scatter(
     Ok(Gathered {
         total,
         scanned,
+        skipped,
         bodies,
     })
 }
