@@ -11,3 +11,12 @@ pub const AFTER: Duration = Duration::from_millis(300);
 pub fn armed(part: &str) -> bool {
     std::env::var("OKLOG_FAILPOINT").is_ok_and(|v| v == part)
 }
+
+/// Die at once, as a SIGKILL would (no unwinding, no cleanup), when `OKLOG_FAILPOINT` names
+/// `point`: crash tests use it to stop a node between two exact steps.
+pub fn crash(point: &str) {
+    if armed(point) {
+        eprintln!("failpoint {point}: aborting");
+        std::process::abort();
+    }
+}

@@ -34,6 +34,8 @@ use crate::segment::{self, CompressConfig, Format};
 
 /// How often the compacter takes a step.
 const STEP: Duration = Duration::from_secs(1);
+/// How long one conversion step goes on converting segments while more are due.
+const CONVERT_BUDGET: Duration = Duration::from_secs(3);
 
 /// Lifecycle settings (the `-store.segment-*` flags).
 #[derive(Clone, Debug)]
@@ -154,7 +156,19 @@ impl Compacter {
                 self.compact(chosen.into_iter().map(|i| segs[i].clone()).collect())
             }
             Kind::Trash => self.trash(),
-            Kind::Convert => self.convert(&live),
+            Kind::Convert => {
+                // A backlog (an upgraded store, a burst of old data) is worked through a few
+                // seconds at a time, on this one thread.
+                let started = std::time::Instant::now();
+                let mut n = 0;
+                while started.elapsed() < CONVERT_BUDGET {
+                    match self.convert(&live)? {
+                        0 => break,
+                        k => n += k,
+                    }
+                }
+                Ok(n)
+            }
             Kind::Purge => {
                 // The directory is listed here anyway: also set aside what cannot be a segment
                 // and index segments an operator copied in.
@@ -965,7 +979,7 @@ mod tests {
         let mut all: Vec<Vec<u8>> = Vec::new();
         for k in 0..12u64 {
             let n = rng.random_range(200..1500);
-            let recs = random_records(&mut rng, base + k * 20_000, n);
+            let recs = random_records(&mut rng, base + k * 40_000, n);
             if k % 4 == 3 {
                 // A replica of part of the segment before: overlapping, with duplicates.
                 let prev = &all[all.len() - 100..];
@@ -1008,7 +1022,7 @@ mod tests {
         );
         for phase in ["raw", "mixed", "compressed"] {
             for _ in 0..6 {
-                let from = base + rng.random_range(0..240_000);
+                let from = base + rng.random_range(0..480_000);
                 let to = from + rng.random_range(0..300_000);
                 for &(q, regex) in shapes {
                     let want = grep(&all, from, to, q, regex);
@@ -1022,10 +1036,13 @@ mod tests {
                 }
             }
             // Convert some, then the rest (overlapping ones after compaction).
-            let steps = if phase == "raw" { 3 } else { 40 };
-            for _ in 0..steps {
-                c.step(Kind::Convert).unwrap();
-                if phase != "raw" {
+            if phase == "raw" {
+                for _ in 0..3 {
+                    assert_eq!(c.convert(&|_| true).unwrap(), 1);
+                }
+            } else {
+                for _ in 0..20 {
+                    c.step(Kind::Convert).unwrap();
                     c.step(Kind::Overlapping).unwrap();
                 }
             }
@@ -1131,15 +1148,11 @@ mod tests {
         };
         let before = files(&log);
         let mut c = compacter(&log, 1 << 30, Duration::from_secs(1 << 30), Duration::ZERO);
-        for _ in 0..3 {
-            assert_eq!(c.step(Kind::Convert).unwrap(), 1);
-        }
+        assert_eq!(c.step(Kind::Convert).unwrap(), 3, "a backlog in one step");
         assert_eq!(c.step(Kind::Convert).unwrap(), 0);
         assert!(files(&log).iter().all(|f| f.starts_with(segment::MAGIC)));
         c.cfg.format = Format::Raw;
-        for _ in 0..3 {
-            assert_eq!(c.step(Kind::Convert).unwrap(), 1);
-        }
+        assert_eq!(c.step(Kind::Convert).unwrap(), 3);
         assert_eq!(files(&log), before);
         // Never converted: compression off.
         c.cfg.format = Format::Compressed;
@@ -1149,5 +1162,38 @@ mod tests {
         c.cfg.compress_after = Some(Duration::from_secs(7200));
         assert_eq!(c.step(Kind::Convert).unwrap(), 0);
         assert_eq!(log.raw_segments(), 3);
+    }
+
+    #[test]
+    fn retention_trashes_and_purges_compressed_segments_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+        let now = crate::gotime::now_ms() as u64;
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(9);
+        write_lines(&log, &random_records(&mut rng, now - 7_200_000, 300)); // 2h old
+        write_lines(&log, &random_records(&mut rng, now - 600_000, 300)); // 10 min old
+        let c = compacter(&log, 1 << 30, Duration::from_secs(3600), Duration::ZERO);
+        assert_eq!(
+            c.step(Kind::Convert).unwrap(),
+            1,
+            "not the one past retention: it is about to go"
+        );
+        let c = compacter(&log, 1 << 30, Duration::from_secs(4 * 3600), Duration::ZERO);
+        assert_eq!(c.step(Kind::Convert).unwrap(), 1);
+        assert_eq!(log.raw_segments(), 0);
+        let c = compacter(&log, 1 << 30, Duration::from_secs(3600), Duration::ZERO);
+        assert_eq!(c.step(Kind::Trash).unwrap(), 1);
+        assert_eq!(
+            all(&log).len(),
+            300,
+            "only the young segment's records are left"
+        );
+        assert_eq!(c.step(Kind::Purge).unwrap(), 1);
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != "LOCK")
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 }

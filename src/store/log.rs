@@ -685,6 +685,7 @@ impl StoreLog {
         let to = claimed.path.with_extension(FLUSHED);
         self.forget(&claimed.path);
         self.forget(&to);
+        crate::failpoint::crash("convert-before-rename");
         fs::rename(file, &to)?;
         index.insert(Segment {
             size: fs::metadata(&to)?.len(),
@@ -692,6 +693,7 @@ impl StoreLog {
             format,
             ..claimed.clone()
         });
+        crate::failpoint::crash("convert-before-remove");
         match fs::remove_file(&claimed.path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
