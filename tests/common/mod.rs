@@ -138,10 +138,21 @@ impl Node {
 
     /// Start `oklog <args>` in `dir`, waiting for the named listeners.
     pub fn start(dir: &Path, args: &[String], listeners: &[&str]) -> Node {
+        Node::start_env(dir, args, listeners, &[])
+    }
+
+    /// [`Node::start`] with extra environment variables.
+    pub fn start_env(
+        dir: &Path,
+        args: &[String],
+        listeners: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         std::fs::create_dir_all(dir).unwrap();
         let log = dir.join(format!("node-{}.log", std::process::id() ^ rand_u32()));
         let child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -363,6 +374,15 @@ pub fn http_with(
         headers,
         body,
     }
+}
+
+/// The value of metric `name` (a line `name value`, no labels) on the node at `api`.
+pub fn metric(api: &str, name: &str) -> Option<f64> {
+    let r = http("GET", api, "/metrics", b"");
+    r.text().lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// Poll `f` until it returns `Some`, or panic after `timeout`.
