@@ -3,11 +3,16 @@
 //!
 //! Every trigram (three consecutive bytes, ASCII letters folded to lower case) of every record
 //! body (`<topic> <payload>`, the part a query matches: never the ULID, never across a newline)
-//! sets one bit, `hash(trigram) mod 2^k`, where the bitmap has `2^k` bits, at least twice the
-//! block's distinct trigrams. A query is reduced to literals that any matching line must contain
-//! ([`Needles`]); a block whose bitmap lacks any trigram of every alternative of a required
-//! literal cannot hold a match and is not read. A missing bit is proof; a set bit is only a
-//! maybe, so the filter never changes an answer, only the bytes read.
+//! sets one bit, the top `k` bits of `trigram × 0x9E3779B1` (32-bit), where the bitmap has `2^k`
+//! bits, at least three times
+//! the block's distinct trigrams. A query is reduced to literals that any matching line must
+//! contain ([`Needles`]); a block whose bitmap lacks any trigram of every alternative of a
+//! required literal cannot hold a match and is not read. A missing bit is proof; a set bit is
+//! only a maybe, so the filter never changes an answer, only the bytes read.
+//!
+//! Building: bits are set in a 2^17-bit bitmap (16 KiB, which stays in the L1 cache), the
+//! distinct trigrams are estimated from its fill, and it is shrunk to the size they need: bit
+//! `i` of the big one becomes bit `i >> (17 - k)`, the top `k` bits of the same hash.
 
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 
@@ -15,69 +20,78 @@ use crate::record::BODY_OFFSET;
 
 /// Smallest bitmap (bits, as a power of two): 1 KiB.
 const MIN_BITS_LOG2: u32 = 13;
-/// Largest bitmap: 128 KiB.
-const MAX_BITS_LOG2: u32 = 20;
+/// Largest bitmap, the one built first: 16 KiB.
+const MAX_BITS_LOG2: u32 = 17;
 
-#[inline]
-fn fold(b: u8) -> u8 {
-    b.to_ascii_lowercase()
-}
-
-#[inline]
-fn trigram(a: u8, b: u8, c: u8) -> u32 {
-    u32::from(fold(a)) | (u32::from(fold(b)) << 8) | (u32::from(fold(c)) << 16)
-}
-
-#[inline]
-fn bit(t: u32, log2: u32) -> usize {
-    (t.wrapping_mul(0x9E37_79B1) >> (32 - log2)) as usize
-}
-
-/// Builds bitmaps for blocks, reusing its exact trigram set between blocks.
-#[derive(Debug)]
-pub struct FilterBuilder {
-    /// One bit per possible trigram (2^24 bits): the block's exact set.
-    seen: Vec<u64>,
-    /// The distinct trigrams of the current block, to build the bitmap and clear `seen`.
-    distinct: Vec<u32>,
-}
-
-impl Default for FilterBuilder {
-    fn default() -> Self {
-        FilterBuilder {
-            seen: vec![0; (1 << 24) / 64],
-            distinct: Vec::new(),
-        }
+/// ASCII lower case, by table.
+const FOLD: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i as u8).to_ascii_lowercase();
+        i += 1;
     }
+    t
+};
+
+#[inline]
+fn fold(b: u8) -> u32 {
+    u32::from(FOLD[b as usize])
+}
+
+/// Bit `log2` bits wide of trigram `t`.
+#[inline]
+fn bit(t: u32, log2: u32) -> u32 {
+    t.wrapping_mul(0x9E37_79B1) >> (32 - log2)
+}
+
+/// Builds bitmaps for blocks.
+#[derive(Debug, Default)]
+pub struct FilterBuilder {
+    bits: Vec<u64>,
 }
 
 impl FilterBuilder {
     /// The bitmap of the records in `lines` (complete lines, each with its `\n`), written into
     /// `out` (cleared first).
     pub fn build(&mut self, lines: &[u8], out: &mut Vec<u8>) {
+        const WORDS: usize = (1 << MAX_BITS_LOG2) / 64;
+        self.bits.clear();
+        self.bits.resize(WORDS, 0);
+        let bits = &mut self.bits[..WORDS];
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', lines) {
             let body = lines.get(start + BODY_OFFSET..end).unwrap_or_default();
-            for w in body.windows(3) {
-                let t = trigram(w[0], w[1], w[2]);
-                let (word, mask) = ((t >> 6) as usize, 1u64 << (t & 63));
-                if self.seen[word] & mask == 0 {
-                    self.seen[word] |= mask;
-                    self.distinct.push(t);
+            if let [a, b, rest @ ..] = body {
+                let mut t = (fold(*a) << 8) | fold(*b);
+                for &c in rest {
+                    t = ((t << 8) | fold(c)) & 0xff_ffff;
+                    let h = bit(t, MAX_BITS_LOG2);
+                    bits[(h >> 6) as usize] |= 1 << (h & 63);
                 }
             }
             start = end + 1;
         }
-        let want = (self.distinct.len() * 2).max(1);
-        let log2 = (usize::BITS - (want - 1).leading_zeros()).clamp(MIN_BITS_LOG2, MAX_BITS_LOG2);
+        // Distinct trigrams from the fill: n = -m ln(1 - fill).
+        let m = f64::from(1u32 << MAX_BITS_LOG2);
+        let set = f64::from(bits.iter().map(|w| w.count_ones()).sum::<u32>());
+        let n = -m * (1.0 - (set / m).min(0.999_999)).ln();
+        let mut log2 = MAX_BITS_LOG2;
+        while log2 > MIN_BITS_LOG2 && f64::from(1u32 << (log2 - 1)) >= 3.0 * n {
+            log2 -= 1;
+        }
         out.clear();
         out.resize(1 << (log2 - 3), 0);
-        for &t in &self.distinct {
-            let b = bit(t, log2);
-            out[b >> 3] |= 1 << (b & 7);
-            self.seen[(t >> 6) as usize] = 0;
+        let shift = MAX_BITS_LOG2 - log2;
+        for (wi, &w) in bits.iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                let i = (wi as u32) * 64 + w.trailing_zeros();
+                let j = i >> shift;
+                out[(j >> 3) as usize] |= 1 << (j & 7);
+                w &= w - 1;
+            }
         }
-        self.distinct.clear();
     }
 }
 
@@ -85,13 +99,14 @@ impl FilterBuilder {
 /// ASCII letters). Literals shorter than a trigram always may.
 pub fn may_contain(filter: &[u8], literal: &[u8]) -> bool {
     let bits = filter.len() * 8;
-    if !bits.is_power_of_two() || bits < 8 {
+    if !bits.is_power_of_two() || bits < 64 {
         return true; // not a bitmap we wrote: never skip on it
     }
     let log2 = bits.trailing_zeros();
     literal.windows(3).all(|w| {
-        let b = bit(trigram(w[0], w[1], w[2]), log2);
-        filter[b >> 3] & (1 << (b & 7)) != 0
+        let t = fold(w[0]) << 16 | fold(w[1]) << 8 | fold(w[2]);
+        let b = bit(t, log2);
+        filter[(b >> 3) as usize] & (1 << (b & 7)) != 0
     })
 }
 

@@ -26,7 +26,7 @@ pub struct CompressConfig {
 impl Default for CompressConfig {
     fn default() -> Self {
         CompressConfig {
-            level: 3,
+            level: 2,
             block_size: 1 << 20,
             group_size: 32 << 20,
             max_topics: 256,
