@@ -5,7 +5,9 @@
 //!
 //! Records are LogHub sample lines (16 systems) with their digits re-drawn from a fixed-seed
 //! generator, under five topics, spread evenly over DAYS ending now. Planted for the queries:
-//! `tag=hot` on 10% of records, `needle-7f3a9` on about one record in two million.
+//! `tag=hot` on 10% of records, `needle-7f3a9` on about one record in two million, and
+//! `request_id=7c1e5a90` on one record in ten thousand: one request's burst, on a tenth of the
+//! records of the ten minutes from the middle of the span.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -103,6 +105,10 @@ fn main() {
         }
         if rng.below(2_000_000) == 0 {
             line.extend_from_slice(b" needle-7f3a9");
+        }
+        let mid = start_ms + span_ms / 2;
+        if (mid..mid + 600_000).contains(&ms) && rng.below(10) == 0 {
+            line.extend_from_slice(b" request_id=7c1e5a90");
         }
         line.push(b'\n');
         let s = seg.get_or_insert_with(|| {

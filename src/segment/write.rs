@@ -66,6 +66,9 @@ struct Writer<W: Write> {
     filters: FilterBuilder,
     frame: Vec<u8>,
     filter: Vec<u8>,
+    /// Every block's filter, written together after the blocks (a needle query then reads
+    /// them in one sequential sweep, not one seek per block).
+    filter_region: Vec<u8>,
     blocks: Vec<Block>,
     groups: Vec<Group>,
     /// File-wide topic ids by first appearance: name, records, raw bytes.
@@ -92,10 +95,9 @@ impl<W: Write> Writer<W> {
         let frame = std::mem::take(&mut self.frame);
         self.put(&frame)?;
         self.frame = frame;
-        let filter_offset = self.at;
-        let filter = std::mem::take(&mut self.filter);
-        self.put(&filter)?;
-        self.filter = filter;
+        // Relative to the filter region until it is written.
+        let filter_offset = self.filter_region.len() as u64;
+        self.filter_region.extend_from_slice(&self.filter);
         self.blocks.push(Block {
             offset,
             stored_len: self.frame.len() as u32,
@@ -212,6 +214,7 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
         filters: FilterBuilder::default(),
         frame: Vec::new(),
         filter: Vec::new(),
+        filter_region: Vec::new(),
         blocks: Vec::new(),
         groups: Vec::new(),
         topics: Vec::new(),
@@ -255,6 +258,12 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
         return Err(invalid("no records".to_string()));
     };
     let (low, high) = (first.low, last.high);
+    let filters_at = wr.at;
+    let region = std::mem::take(&mut wr.filter_region);
+    wr.put(&region)?;
+    for b in &mut wr.blocks {
+        b.filter_offset += filters_at;
+    }
     // Topics in name order; blocks renumbered to match.
     let mut order: Vec<usize> = (0..wr.topics.len()).collect();
     order.sort_by(|&a, &b| wr.topics[a].name.cmp(&wr.topics[b].name));

@@ -338,6 +338,8 @@ impl Compacter {
                     let Some(map) = map_segment(&input.path)? else {
                         return Err(Failure::Bad(input.path.clone(), "empty segment".into()));
                     };
+                    // Read once, front to back: read ahead, and drop pages behind.
+                    let _ = map.advise(memmap2::Advice::Sequential);
                     match segment::compress(&map, &mut w, &self.cfg.compress) {
                         Ok(sum) => sum.raw_bytes,
                         Err(e) if e.kind() == io::ErrorKind::InvalidData => {

@@ -8,6 +8,8 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use memmap2::Mmap;
+
 use super::log::{Opened, Segment, StoreLog};
 use crate::gotime;
 use crate::merge;
@@ -157,6 +159,17 @@ impl Plan {
             };
             let in_range =
                 |low: &[u8], high: &[u8]| ulid_ms(high) >= p.from_ms && ulid_ms(low) <= p.to_ms;
+            if !needles.is_empty()
+                && let (Some(a), Some(z)) = (footer.blocks.first(), footer.blocks.last())
+            {
+                // The filters lie together: read them in one sweep.
+                let end = (z.filter_offset + u64::from(z.filter_len)).max(a.filter_offset);
+                let _ = o.map.advise_range(
+                    memmap2::Advice::WillNeed,
+                    a.filter_offset as usize,
+                    (end - a.filter_offset) as usize,
+                );
+            }
             let first = footer
                 .groups
                 .partition_point(|g| ulid_ms(&g.high) < p.from_ms);
@@ -296,8 +309,14 @@ impl Plan {
             .map_or(1, |n| n.get())
             .min(MAX_WORKERS);
         let parallel = tasks.iter().filter(|t| t.in_parallel(matcher)).count();
+        for t in tasks.iter().take(PREFETCH) {
+            t.prefetch();
+        }
         if workers < 2 || parallel < 2 {
-            for task in &tasks {
+            for (i, task) in tasks.iter().enumerate() {
+                if let Some(t) = tasks.get(i + PREFETCH) {
+                    t.prefetch();
+                }
                 if !run_inline(task, p, matcher, &corrupt, sink)? {
                     break;
                 }
@@ -328,10 +347,12 @@ pub const PIECE: usize = 8 << 20;
 pub const MAX_WORKERS: usize = 8;
 /// Tasks searched ahead of the output, per worker.
 pub const LOOKAHEAD: usize = 2;
+/// Tasks whose bytes are asked for ahead of the one being started.
+const PREFETCH: usize = 4;
 
 /// One segment of an overlapping batch.
 enum Src<'a> {
-    Raw(&'a [u8]),
+    Raw(&'a Mmap),
     Compressed(&'a Opened, &'a std::path::Path, &'a Selection),
 }
 
@@ -389,7 +410,7 @@ impl GroupTask<'_> {
 /// One unit of search work.
 enum Task<'a> {
     /// Lines `range` of one raw segment that overlaps no other.
-    Piece(&'a [u8], std::ops::Range<usize>),
+    Piece(&'a Mmap, std::ops::Range<usize>),
     /// One group of a compressed segment that overlaps no other.
     Group(GroupTask<'a>),
     /// Overlapping segments, merged with dedup.
@@ -397,6 +418,30 @@ enum Task<'a> {
 }
 
 impl Task<'_> {
+    /// Ask the kernel to start reading the task's bytes now (`MADV_WILLNEED`), so a cold
+    /// query's reads overlap the search of the tasks before it.
+    fn prefetch(&self) {
+        use memmap2::Advice::WillNeed;
+        match self {
+            Task::Piece(m, r) => {
+                let _ = m.advise_range(WillNeed, r.start, r.len());
+            }
+            Task::Group(g) => {
+                if let Some(footer) = &g.seg.footer {
+                    for &bi in g.blocks {
+                        let b = &footer.blocks[bi];
+                        let _ = g.seg.map.advise_range(
+                            WillNeed,
+                            b.offset as usize,
+                            b.stored_len as usize,
+                        );
+                    }
+                }
+            }
+            Task::Merge(_) => {}
+        }
+    }
+
     /// Whether workers run it (the emitting thread runs the rest in order).
     fn in_parallel(&self, matcher: &Matcher) -> bool {
         match self {
@@ -566,6 +611,9 @@ fn run_parallel(
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= tasks.len() || stop.load(Ordering::SeqCst) {
                         return;
+                    }
+                    if let Some(t) = tasks.get(i + PREFETCH) {
+                        t.prefetch();
                     }
                     if !tasks[i].in_parallel(matcher) {
                         continue; // run in order on the emitting thread
