@@ -348,7 +348,7 @@ pub const MAX_WORKERS: usize = 8;
 /// Tasks searched ahead of the output, per worker.
 pub const LOOKAHEAD: usize = 2;
 /// Tasks whose bytes are asked for ahead of the one being started.
-const PREFETCH: usize = 4;
+const PREFETCH: usize = 8;
 
 /// One segment of an overlapping batch.
 enum Src<'a> {
