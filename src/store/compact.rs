@@ -1,12 +1,18 @@
-//! The store's background lifecycle: compaction, retention, purge and quarantine, one step per
-//! second in turn, so each gets a turn every 4 s and none ever blocks ingest or queries.
+//! The store's background lifecycle: compaction, conversion, retention, purge and quarantine,
+//! one step per second in turn, so each gets a turn every 5 s and none ever blocks ingest or
+//! queries.
 //!
 //! - **Overlapping compaction**: the segment overlapping the most others is merged with them
 //!   (deduplicated by ULID, split at `-store.segment-target-size`). Two segments are enough: a
 //!   retried replication leaves pairs of duplicates, which the original (three needed) kept
 //!   forever.
-//! - **Sequential compaction**: small neighbours merged up to the target size (the original's
-//!   `chooseFirstSequential`).
+//! - **Sequential compaction**: small raw neighbours merged up to the target size (the
+//!   original's `chooseFirstSequential`).
+//! - **Conversion**: segments whose newest record is older than `-store.segment-compress-after`
+//!   are compressed (segment format v2), oldest first, one at a time on this one thread, for up
+//!   to 3 s per step; `-store.segment-format raw` turns compressed ones back. The output is
+//!   written as `<uuid>.converting` (deleted at start-up), synced and renamed in under the
+//!   input's name, then the claimed input is removed.
 //! - **Retention**: segments whose newest record is older than `-store.segment-retain` go to
 //!   the trash; **purge** deletes trash older than `-store.segment-purge`.
 //! - **Quarantine**: a file that cannot be read as a segment (malformed name, a line without a

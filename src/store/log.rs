@@ -534,15 +534,17 @@ impl StoreLog {
 
     /// [`StoreLog::overlapping`], with each segment mapped while the segment set cannot change
     /// (so compaction cannot delete an input between listing and opening it). `None` for an
-    /// empty file.
+    /// empty file, and for a compressed file whose footer cannot be read (damaged since
+    /// start-up), counted in the second value.
     pub fn open_overlapping(
         &self,
         from_ms: u64,
         to_ms: u64,
-    ) -> io::Result<Vec<(Segment, Option<Arc<Opened>>)>> {
+    ) -> io::Result<(Vec<(Segment, Option<Arc<Opened>>)>, u64)> {
         let index = self.segments.read().unwrap_or_else(|p| p.into_inner());
         let segs = index.overlapping(from_ms, to_ms);
         let mut out = Vec::with_capacity(segs.len());
+        let mut unreadable = 0;
         for s in segs {
             let cached = self
                 .maps
@@ -570,11 +572,12 @@ impl StoreLog {
                     // Checked at start-up; damaged since. Served as nothing, reported.
                     tracing::error!(segment = %s.path.display(), error = %e, "compressed segment unreadable");
                     out.push((s, None));
+                    unreadable += 1;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok((out, unreadable))
     }
 
     /// Queryable segments still in the raw format.

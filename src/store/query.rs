@@ -89,6 +89,8 @@ pub struct Plan {
     pub segments: Vec<Segment>,
     /// Their mappings (and footers), when opened (`None` for an empty or unreadable file).
     opened: Vec<Option<Arc<Opened>>>,
+    /// Compressed segments whose footer could not be read: each counts as a corrupt block.
+    unreadable: u64,
 }
 
 /// The blocks of a compressed segment a query reads: per group in range, the blocks in range
@@ -125,17 +127,20 @@ impl Plan {
         Ok(Plan {
             segments: log.overlapping(p.from_ms, p.to_ms)?,
             opened: Vec::new(),
+            unreadable: 0,
         })
     }
 
     /// Select and map the segments, under the segment set's read lock, so compaction cannot
     /// remove one between selection and reading.
     pub fn open(log: &StoreLog, p: &QueryParams) -> io::Result<Plan> {
-        let (segments, opened) = log
-            .open_overlapping(p.from_ms, p.to_ms)?
-            .into_iter()
-            .unzip();
-        Ok(Plan { segments, opened })
+        let (list, unreadable) = log.open_overlapping(p.from_ms, p.to_ms)?;
+        let (segments, opened) = list.into_iter().unzip();
+        Ok(Plan {
+            segments,
+            opened,
+            unreadable,
+        })
     }
 
     /// Sum of the selected segments' sizes (`X-Oklog-Max-Data-Set-Size`).
@@ -203,11 +208,6 @@ impl Plan {
         scan
     }
 
-    /// Bytes the search will scan (`X-Oklog-Bytes-Scanned`).
-    pub fn bytes_to_scan(&self, p: &QueryParams) -> u64 {
-        self.scan(p, &Needles::new(&p.q, p.regex)).bytes
-    }
-
     /// When every selected segment is raw and overlaps no other, the `[from, to]` byte range
     /// of each, in order, as shareable bytes of the mapping (no copy): with an empty query,
     /// that is the whole answer. `None` when some segments must be merged or decompressed.
@@ -217,7 +217,7 @@ impl Plan {
             let opened: Vec<&Arc<Opened>> = self.opened[batch].iter().flatten().collect();
             match opened[..] {
                 [] => {}
-                [o] if o.footer.is_none() => {
+                [o] if o.footer.is_none() && self.unreadable == 0 => {
                     let r = crate::search::time_range(&o.map, p.from_ms, p.to_ms);
                     if !r.is_empty() {
                         out.push(bytes::Bytes::from_owner(SharedMap(Arc::clone(o))).slice(r));
@@ -257,7 +257,7 @@ impl Plan {
         matcher: &Matcher,
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> io::Result<Outcome> {
-        let corrupt = AtomicU64::new(0);
+        let corrupt = AtomicU64::new(self.unreadable);
         let mut tasks: Vec<Task> = Vec::new();
         for batch in batches(&self.segments) {
             let mut sources: Vec<Src> = Vec::new();
@@ -418,14 +418,13 @@ enum Task<'a> {
 }
 
 impl Task<'_> {
-    /// Ask the kernel to start reading the task's bytes now (`MADV_WILLNEED`), so a cold
-    /// query's reads overlap the search of the tasks before it.
+    /// Ask the kernel to start reading a compressed group's blocks now (`MADV_WILLNEED`), so a
+    /// cold query's reads overlap the decompression of the groups before it. (Not for raw
+    /// pieces: walking 8 MiB of cached pages cost a warm query more than it saved a cold one.)
     fn prefetch(&self) {
         use memmap2::Advice::WillNeed;
         match self {
-            Task::Piece(m, r) => {
-                let _ = m.advise_range(WillNeed, r.start, r.len());
-            }
+            Task::Piece(..) => {}
             Task::Group(g) => {
                 if let Some(footer) = &g.seg.footer {
                     for &bi in g.blocks {
