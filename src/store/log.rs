@@ -61,6 +61,9 @@ pub struct Segment {
     pub format: Format,
 }
 
+/// A segment selected for a query, with its opened file (`None`: empty or unreadable).
+pub type OpenedSegment = (Segment, Option<Arc<Opened>>);
+
 /// An opened queryable segment: its mapping and, for a compressed one, its parsed footer.
 #[derive(Debug)]
 pub struct Opened {
@@ -540,7 +543,7 @@ impl StoreLog {
         &self,
         from_ms: u64,
         to_ms: u64,
-    ) -> io::Result<(Vec<(Segment, Option<Arc<Opened>>)>, u64)> {
+    ) -> io::Result<(Vec<OpenedSegment>, u64)> {
         let index = self.segments.read().unwrap_or_else(|p| p.into_inner());
         let segs = index.overlapping(from_ms, to_ms);
         let mut out = Vec::with_capacity(segs.len());
