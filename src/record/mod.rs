@@ -28,26 +28,32 @@ pub const DEFAULT_TOPIC: &str = "default";
 /// Default limit on the payload bytes of one record (1 MiB); longer lines are split.
 pub const DEFAULT_MAX_RECORD_SIZE: usize = 1 << 20;
 
-/// Value of a Crockford base32 character, or `None` for anything else (lower case included:
-/// stored ULIDs are upper case so that text order is time order).
+/// Each byte's Crockford base32 value, or 0xFF for anything else (lower case included: stored
+/// ULIDs are upper case so that text order is time order).
+const DIGITS: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 32 {
+        t[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Value of a Crockford base32 character, or `None` for anything else.
 #[inline]
 fn digit(c: u8) -> Option<u8> {
-    let v = match c {
-        b'0'..=b'9' => c - b'0',
-        b'A'..=b'H' => c - b'A' + 10,
-        b'J' | b'K' => c - b'J' + 18,
-        b'M' | b'N' => c - b'M' + 20,
-        b'P'..=b'T' => c - b'P' + 22,
-        b'V'..=b'Z' => c - b'V' + 27,
-        _ => return None,
-    };
-    Some(v)
+    let v = DIGITS[c as usize];
+    (v != 0xFF).then_some(v)
 }
 
 /// Whether `b` is exactly a canonical ULID: 26 upper-case Crockford characters, the first one
 /// at most `7` (a larger one would overflow 128 bits).
 pub fn is_valid_ulid(b: &[u8]) -> bool {
-    b.len() == ULID_LEN && b[0] <= b'7' && b.iter().all(|&c| digit(c).is_some())
+    // Branch-free: valid values are below 32, an invalid byte ORs in 0xFF.
+    b.len() == ULID_LEN
+        && b[0] <= b'7'
+        && b.iter().fold(0u8, |acc, &c| acc | DIGITS[c as usize]) < 32
 }
 
 /// Parse a ULID given by a user (any case) into its canonical upper-case text.

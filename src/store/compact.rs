@@ -1204,4 +1204,36 @@ mod tests {
             .collect();
         assert_eq!(left.len(), 1, "{left:?}");
     }
+
+    #[test]
+    fn a_late_replica_overlapping_a_compressed_segment_is_merged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+        let base = crate::gotime::now_ms() as u64 - 3_600_000;
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(12);
+        let old = random_records(&mut rng, base, 2000);
+        write_lines(&log, &old);
+        let c = compacter(&log, 1 << 30, Duration::from_secs(1 << 30), Duration::ZERO);
+        assert_eq!(c.step(Kind::Convert).unwrap(), 1);
+        // A replica arrives late: half the same records and some new ones in the same range.
+        let mut late: Vec<Vec<u8>> = old.iter().step_by(2).cloned().collect();
+        late.extend(random_records(&mut rng, base + 1, 500));
+        late.sort();
+        late.dedup_by(|a, b| a[..26] == b[..26]);
+        write_lines(&log, &late);
+        let mut want: Vec<Vec<u8>> = old.iter().chain(late.iter()).cloned().collect();
+        want.sort();
+        want.dedup_by(|a, b| a[..26] == b[..26]);
+        // Queried together (a compressed and a raw segment merged), then compacted, then
+        // compressed again: the same records every time.
+        assert_eq!(all(&log), want);
+        let (hits, _) = query(&log, 0, u64::MAX >> 16, "user=alice", false);
+        assert_eq!(hits, grep(&want, 0, u64::MAX >> 16, "user=alice", false));
+        assert_eq!(c.step(Kind::Overlapping).unwrap(), 2);
+        assert_eq!(log.raw_segments(), 1, "the merged output is raw");
+        assert_eq!(all(&log), want);
+        assert_eq!(c.step(Kind::Convert).unwrap(), 1);
+        assert_eq!(log.raw_segments(), 0);
+        assert_eq!(all(&log), want);
+    }
 }
