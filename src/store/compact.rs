@@ -70,6 +70,8 @@ pub struct Compacter {
     /// Compressed segments found with unreadable blocks: never compacted or converted (that
     /// would hide the damage in a new file), only queried, reported and in time trashed.
     damaged: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    /// Set at shutdown: a conversion under way gives up (its input stays as it was).
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What one step did.
@@ -107,6 +109,7 @@ impl Compacter {
             cfg,
             metrics,
             damaged: Default::default(),
+            stop: Default::default(),
         }
     }
 
@@ -128,7 +131,17 @@ impl Compacter {
             }
             let c = Arc::clone(&this);
             let kind = *kind;
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || c.step(kind)).await {
+            let mut step = tokio::task::spawn_blocking(move || c.step(kind));
+            let done = tokio::select! {
+                done = &mut step => done,
+                _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
+                    // A long conversion stops at its next write; wait for that, not its end.
+                    this.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let _ = step.await;
+                    return;
+                }
+            };
+            if let Ok(Err(e)) = done {
                 tracing::error!(step = kind.name(), error = %e, "store lifecycle step failed");
             }
         }
@@ -338,7 +351,13 @@ impl Compacter {
     fn convert_one(&self, input: &Segment, target: Format) -> Result<u64, Failure> {
         let (file, tmp) = self.log.create(CONVERTING)?;
         let result = (|| -> Result<u64, Failure> {
-            let mut w = BufWriter::with_capacity(1 << 20, &file);
+            let mut w = BufWriter::with_capacity(
+                1 << 20,
+                Stoppable {
+                    inner: &file,
+                    stop: &self.stop,
+                },
+            );
             let raw_bytes = match target {
                 Format::Compressed => {
                     let Some(map) = map_segment(&input.path)? else {
@@ -400,6 +419,26 @@ impl Compacter {
             return Err(Failure::Io(e));
         }
         out.finish().map_err(Failure::Io)
+    }
+}
+
+/// A writer that fails once `stop` is set: a conversion at shutdown gives up at its next
+/// write instead of running to the end of its segment.
+struct Stoppable<'a, W> {
+    inner: W,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl<W: Write> Write for Stoppable<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // Not `Interrupted`: `write_all` would retry that forever.
+            return Err(io::Error::other("shutting down: conversion abandoned"));
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -1235,5 +1274,28 @@ mod tests {
         assert_eq!(c.step(Kind::Convert).unwrap(), 1);
         assert_eq!(log.raw_segments(), 0);
         assert_eq!(all(&log), want);
+    }
+
+    #[test]
+    fn a_conversion_stopped_by_shutdown_leaves_its_input_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+        let base = crate::gotime::now_ms() as u64 - 3_600_000;
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(13);
+        let recs = random_records(&mut rng, base, 3000);
+        write_lines(&log, &recs);
+        let c = compacter(&log, 1 << 30, Duration::from_secs(1 << 30), Duration::ZERO);
+        c.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(c.step(Kind::Convert).is_err(), "abandoned");
+        assert_eq!(log.raw_segments(), 1, "the input is back, raw");
+        assert_eq!(all(&log), recs);
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.iter().all(|n| n == "LOCK" || n.ends_with(".flushed")),
+            "{names:?}"
+        );
     }
 }
