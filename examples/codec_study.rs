@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use oklog::segment::{CompressConfig, FilterBuilder, Footer, Needles, compress, filter};
+use oklog::segment::{CompressConfig, FilterBuilder, Footer, Needles, compress};
 
 fn blocks(raw: &[u8], size: usize) -> Vec<&[u8]> {
     let mut out = Vec::new();
@@ -207,5 +207,4 @@ fn main() {
             present[i], tri_skip[i], tok_skip[i]
         );
     }
-    let _ = filter;
 }
