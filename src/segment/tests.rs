@@ -130,15 +130,23 @@ fn bad_input_is_refused() {
             b"01BB6RQR190000000000000001 a\n01BB6RQR190000000000000000 b\n",
             "not after",
         ),
-        (
-            b"01BB6RQR190000000000000001 a\n01BB6RQR190000000000000001 b\n",
-            "not after",
-        ),
     ] {
         let e = compress(raw, Vec::new(), &cfg).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(e.to_string().contains(why), "{e}");
     }
+}
+
+#[test]
+fn a_repeated_id_is_left_out_as_a_merge_would() {
+    let raw = b"01BB6RQR190000000000000001 t a\n01BB6RQR190000000000000001 t b\n01BB6RQR190000000000000002 u c\n01BB6RQR190000000000000002 u d\n";
+    let mut file = Vec::new();
+    let sum = compress(raw, &mut file, &small()).unwrap();
+    assert_eq!(sum.records, 2);
+    assert_eq!(
+        decompress_all(&file),
+        b"01BB6RQR190000000000000001 t a\n01BB6RQR190000000000000002 u c\n"
+    );
 }
 
 #[test]

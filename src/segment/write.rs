@@ -120,12 +120,12 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    /// Cut one group (`raw`, whole checked lines starting at `starts`) into per-topic blocks.
-    fn group(&mut self, raw: &[u8], starts: &[u32]) -> io::Result<()> {
+    /// Cut one group (`raw`, holding the checked lines at `spans`) into per-topic blocks.
+    fn group(&mut self, raw: &[u8], spans: &[(u32, u32)]) -> io::Result<()> {
+        let starts = spans;
         let line = |i: usize| {
-            let s = starts[i] as usize;
-            let e = starts.get(i + 1).map_or(raw.len(), |&e| e as usize);
-            &raw[s..e]
+            let (s, e) = spans[i];
+            &raw[s as usize..e as usize]
         };
         // Bytes per topic in this group.
         let mut local: HashMap<&[u8], (usize, u64)> = HashMap::new();
@@ -197,7 +197,7 @@ impl<W: Write> Writer<W> {
         }
         let last = line(starts.len() - 1);
         self.groups.push(Group {
-            low: raw[..ULID_LEN].try_into().unwrap_or([b'0'; ULID_LEN]),
+            low: line(0)[..ULID_LEN].try_into().unwrap_or([b'0'; ULID_LEN]),
             high: last[..ULID_LEN].try_into().unwrap_or([b'0'; ULID_LEN]),
             first,
             count: self.blocks.len() as u32 - first,
@@ -207,8 +207,10 @@ impl<W: Write> Writer<W> {
 }
 
 /// Compress the raw segment `raw` (ULID-sorted record lines, each ending in `\n`) into `w` as
-/// a v2 file. A record that is not well formed, or not strictly after the one before it, is an
-/// `InvalidData` error naming it (nothing useful has been written then).
+/// a v2 file. A record repeating the ULID of the one before it is left out (a query would never
+/// return it: merges keep the first of equal IDs). A record that is not well formed, or before
+/// the one before it, is an `InvalidData` error naming it (nothing useful has been written
+/// then).
 pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<Summary> {
     let mut wr = Writer {
         w,
@@ -231,7 +233,7 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
     let mut records = 0u64;
     let mut prev: Option<&[u8]> = None;
     let mut group_start = 0usize;
-    let mut starts: Vec<u32> = Vec::new();
+    let mut starts: Vec<(u32, u32)> = Vec::new();
     let mut pos = 0usize;
     while pos < raw.len() {
         let Some(nl) = memchr::memchr(b'\n', &raw[pos..]) else {
@@ -240,10 +242,14 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
         let end = pos + nl + 1;
         let id = check_record(&raw[pos..end - 1])
             .map_err(|e| invalid(format!("record {records}: {e}")))?;
-        if prev.is_some_and(|p| id <= p) {
+        if prev.is_some_and(|p| id < p) {
             return Err(invalid(format!(
                 "record {records} is not after the one before it"
             )));
+        }
+        if prev == Some(id) {
+            pos = end; // the same ID again: the first one stands
+            continue;
         }
         prev = Some(id);
         if !starts.is_empty() && end - group_start > cfg.group_size {
@@ -251,7 +257,7 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
             starts.clear();
             group_start = pos;
         }
-        starts.push((pos - group_start) as u32);
+        starts.push(((pos - group_start) as u32, (end - group_start) as u32));
         records += 1;
         pos = end;
     }
