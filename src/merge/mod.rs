@@ -114,6 +114,56 @@ impl Source for SliceLines<'_> {
     }
 }
 
+/// Lines of an owned buffer that is replaced whole when it runs out (one decompressed group at
+/// a time): the cursor the sources over compressed segments share.
+#[derive(Debug, Default)]
+pub struct OwnedLines {
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl OwnedLines {
+    /// Whether every line of the buffer has been consumed.
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    /// Take the buffer out (to refill it without a new allocation); the cursor is then empty.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.pos = 0;
+        self.end = 0;
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Position on the first line of `buf`.
+    pub fn set(&mut self, buf: Vec<u8>) {
+        self.buf = buf;
+        self.pos = 0;
+        self.locate();
+    }
+
+    /// The current line, with its `\n`.
+    pub fn current(&self) -> Option<&[u8]> {
+        (self.pos < self.end).then(|| &self.buf[self.pos..self.end])
+    }
+
+    /// Move to the next line of the buffer.
+    pub fn advance(&mut self) {
+        self.pos = self.end;
+        self.locate();
+    }
+
+    fn locate(&mut self) {
+        self.end = if self.pos < self.buf.len() {
+            memchr::memchr(b'\n', &self.buf[self.pos..])
+                .map_or(self.buf.len(), |i| self.pos + i + 1)
+        } else {
+            self.pos
+        };
+    }
+}
+
 /// Lines of a reader (files, spools), one line buffered at a time.
 #[derive(Debug)]
 pub struct ReaderLines<R> {

@@ -405,37 +405,6 @@ pub fn merge_lines(parts: &[&[u8]], out: &mut Vec<u8>) {
     }
 }
 
-/// Every record of a v2 file, group by group, as raw lines in ULID order: `each` gets one
-/// group's lines at a time (memory: one group). A block that cannot be read is reported to
-/// `corrupt` and left out; the rest is still given.
-pub fn for_each_group(
-    file: &[u8],
-    footer: &Footer,
-    mut corrupt: impl FnMut(usize, &BlockError),
-    mut each: impl FnMut(&[u8]) -> io::Result<bool>,
-) -> io::Result<()> {
-    let mut dec = decompressor()?;
-    let mut bufs: Vec<Vec<u8>> = Vec::new();
-    let mut out = Vec::new();
-    for g in &footer.groups {
-        let blocks = footer.group_blocks(g);
-        bufs.resize_with(blocks.len().max(bufs.len()), Vec::new);
-        for (i, b) in blocks.iter().enumerate() {
-            if let Err(e) = read_block(file, b, &mut dec, &mut bufs[i]) {
-                corrupt(g.first as usize + i, &e);
-                bufs[i].clear();
-            }
-        }
-        out.clear();
-        let parts: Vec<&[u8]> = bufs[..blocks.len()].iter().map(|b| &b[..]).collect();
-        merge_lines(&parts, &mut out);
-        if !out.is_empty() && !each(&out)? {
-            break;
-        }
-    }
-    Ok(())
-}
-
 /// Every record of a v2 file as a merge source, one group decompressed at a time. Blocks that
 /// cannot be read are left out and listed in `corrupt` (index, error).
 pub struct GroupLines<B> {
@@ -444,9 +413,7 @@ pub struct GroupLines<B> {
     next_group: usize,
     dec: zstd::bulk::Decompressor<'static>,
     bufs: Vec<Vec<u8>>,
-    lines: Vec<u8>,
-    pos: usize,
-    end: usize,
+    lines: crate::merge::OwnedLines,
     /// Blocks that failed their checksum or did not decompress.
     pub corrupt: Vec<(usize, BlockError)>,
 }
@@ -461,9 +428,7 @@ impl<B: AsRef<[u8]>> GroupLines<B> {
             next_group: 0,
             dec: decompressor()?,
             bufs: Vec::new(),
-            lines: Vec::new(),
-            pos: 0,
-            end: 0,
+            lines: Default::default(),
             corrupt: Vec::new(),
         };
         g.fill();
@@ -477,7 +442,7 @@ impl<B: AsRef<[u8]>> GroupLines<B> {
 
     /// Load groups until one has records (or none are left).
     fn fill(&mut self) {
-        while self.pos >= self.lines.len() && self.next_group < self.footer.groups.len() {
+        while self.lines.is_empty() && self.next_group < self.footer.groups.len() {
             let g = &self.footer.groups[self.next_group];
             self.next_group += 1;
             let blocks = self.footer.group_blocks(g);
@@ -490,26 +455,21 @@ impl<B: AsRef<[u8]>> GroupLines<B> {
                     self.bufs[i].clear();
                 }
             }
-            self.lines.clear();
+            let mut lines = self.lines.take();
+            lines.clear();
             let parts: Vec<&[u8]> = self.bufs[..blocks.len()].iter().map(|b| &b[..]).collect();
-            merge_lines(&parts, &mut self.lines);
-            self.pos = 0;
+            merge_lines(&parts, &mut lines);
+            self.lines.set(lines);
         }
-        self.end = if self.pos < self.lines.len() {
-            memchr::memchr(b'\n', &self.lines[self.pos..])
-                .map_or(self.lines.len(), |i| self.pos + i + 1)
-        } else {
-            self.pos
-        };
     }
 }
 
 impl<B: AsRef<[u8]>> crate::merge::Source for GroupLines<B> {
     fn current(&self) -> Option<&[u8]> {
-        (self.pos < self.end).then(|| &self.lines[self.pos..self.end])
+        self.lines.current()
     }
     fn advance(&mut self) -> io::Result<()> {
-        self.pos = self.end;
+        self.lines.advance();
         self.fill();
         Ok(())
     }

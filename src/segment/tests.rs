@@ -49,19 +49,21 @@ fn small() -> CompressConfig {
     }
 }
 
-fn decompress_all(file: &[u8]) -> Vec<u8> {
-    let footer = Footer::parse(file).unwrap();
+/// Every record of `file` through [`GroupLines`], and the blocks it could not read.
+fn read_all(file: &[u8]) -> (Vec<u8>, Vec<(usize, BlockError)>) {
+    use crate::merge::Source;
+    let mut g = GroupLines::new(file).unwrap();
     let mut out = Vec::new();
-    for_each_group(
-        file,
-        &footer,
-        |i, e| panic!("block {i}: {e}"),
-        |lines| {
-            out.extend_from_slice(lines);
-            Ok(true)
-        },
-    )
-    .unwrap();
+    while let Some(l) = g.current() {
+        out.extend_from_slice(l);
+        g.advance().unwrap();
+    }
+    (out, g.corrupt)
+}
+
+fn decompress_all(file: &[u8]) -> Vec<u8> {
+    let (out, corrupt) = read_all(file);
+    assert!(corrupt.is_empty(), "{corrupt:?}");
     out
 }
 
@@ -160,19 +162,7 @@ fn a_flipped_byte_costs_one_block_and_a_torn_footer_the_file() {
     let victim = &footer.blocks[3];
     let mut bad_file = file.clone();
     bad_file[victim.offset as usize + victim.stored_len as usize / 2] ^= 0x40;
-    let parsed = Footer::parse(&bad_file).unwrap();
-    let mut corrupt = Vec::new();
-    let mut out = Vec::new();
-    for_each_group(
-        &bad_file,
-        &parsed,
-        |i, e| corrupt.push((i, e.clone())),
-        |l| {
-            out.extend_from_slice(l);
-            Ok(true)
-        },
-    )
-    .unwrap();
+    let (out, corrupt) = read_all(&bad_file);
     assert_eq!(corrupt, vec![(3, BlockError::Checksum)]);
     assert_eq!(
         out.split_inclusive(|&c| c == b'\n').count(),

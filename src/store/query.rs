@@ -455,9 +455,7 @@ impl Task<'_> {
 struct GroupSource<'a> {
     tasks: std::vec::IntoIter<GroupTask<'a>>,
     dec: zstd::bulk::Decompressor<'static>,
-    lines: Vec<u8>,
-    pos: usize,
-    end: usize,
+    lines: merge::OwnedLines,
 }
 
 impl<'a> GroupSource<'a> {
@@ -481,26 +479,17 @@ impl<'a> GroupSource<'a> {
         let mut s = GroupSource {
             tasks: tasks.into_iter(),
             dec: segment::decompressor()?,
-            lines: Vec::new(),
-            pos: 0,
-            end: 0,
+            lines: Default::default(),
         };
         s.fill(p, matcher, corrupt);
         Ok(s)
     }
 
     fn fill(&mut self, p: &QueryParams, matcher: &Matcher, corrupt: &AtomicU64) {
-        while self.pos >= self.lines.len() {
+        while self.lines.is_empty() {
             let Some(t) = self.tasks.next() else { break };
-            self.lines = t.run(&mut self.dec, p, matcher, corrupt);
-            self.pos = 0;
+            self.lines.set(t.run(&mut self.dec, p, matcher, corrupt));
         }
-        self.end = if self.pos < self.lines.len() {
-            memchr::memchr(b'\n', &self.lines[self.pos..])
-                .map_or(self.lines.len(), |i| self.pos + i + 1)
-        } else {
-            self.pos
-        };
     }
 }
 
@@ -519,14 +508,14 @@ impl merge::Source for BatchSource<'_, '_> {
     fn current(&self) -> Option<&[u8]> {
         match self {
             BatchSource::Raw(m) => m.current(),
-            BatchSource::Compressed(g, ..) => (g.pos < g.end).then(|| &g.lines[g.pos..g.end]),
+            BatchSource::Compressed(g, ..) => g.lines.current(),
         }
     }
     fn advance(&mut self) -> io::Result<()> {
         match self {
             BatchSource::Raw(m) => m.advance(),
             BatchSource::Compressed(g, p, matcher, corrupt) => {
-                g.pos = g.end;
+                g.lines.advance();
                 g.fill(p, matcher, corrupt);
                 Ok(())
             }
