@@ -250,7 +250,15 @@ impl Compacter {
                 self.log.remove(&inputs)?;
                 Ok(inputs.len())
             }
-            Err(Failure::Bad(path, reason)) => {
+            Err(failure) => self.give_back(inputs, failure),
+        }
+    }
+
+    /// After a failed compaction or conversion: quarantine a bad input, remember a damaged
+    /// one, release the rest (claimed `.reading` back to `.flushed`). An I/O error is returned.
+    fn give_back(&self, inputs: Vec<Segment>, failure: Failure) -> io::Result<usize> {
+        match failure {
+            Failure::Bad(path, reason) => {
                 let (bad, good): (Vec<Segment>, Vec<Segment>) =
                     inputs.into_iter().partition(|s| s.path == path);
                 self.log.release(&good);
@@ -260,12 +268,12 @@ impl Compacter {
                 }
                 Ok(0)
             }
-            Err(Failure::Damaged(path)) => {
+            Failure::Damaged(path) => {
                 self.log.release(&inputs);
                 self.set_damaged(&path);
                 Ok(0)
             }
-            Err(Failure::Io(e)) => {
+            Failure::Io(e) => {
                 self.log.release(&inputs);
                 Err(e)
             }
@@ -318,32 +326,19 @@ impl Compacter {
         let started = std::time::Instant::now();
         match self.convert_one(input, target) {
             Ok(bytes) => {
-                let to = [("to", target.name())];
+                let to = vec![("to", target.name())];
                 self.metrics
                     .store_converted_segments
-                    .get_or_create(&to.iter().map(|&(k, v)| (k, v)).collect())
+                    .get_or_create(&to)
                     .inc();
                 self.metrics
                     .store_converted_bytes
-                    .get_or_create(&to.iter().map(|&(k, v)| (k, v)).collect())
+                    .get_or_create(&to)
                     .inc_by(bytes);
                 tracing::info!(segment = %candidate.path.display(), to = target.name(), raw_bytes = bytes, took = ?started.elapsed(), "converted a segment");
                 Ok(1)
             }
-            Err(Failure::Bad(path, reason)) => {
-                self.log.quarantine(&path, &reason)?;
-                self.metrics.store_quarantined_files.inc();
-                Ok(0)
-            }
-            Err(Failure::Damaged(path)) => {
-                self.log.release(&inputs);
-                self.set_damaged(&path);
-                Ok(0)
-            }
-            Err(Failure::Io(e)) => {
-                self.log.release(&inputs);
-                Err(e)
-            }
+            Err(failure) => self.give_back(inputs, failure),
         }
     }
 

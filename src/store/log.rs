@@ -89,20 +89,22 @@ impl Opened {
 
 /// The format of the file at `path`, from its first bytes (raw if it cannot be read).
 pub fn format_of(path: &Path) -> Format {
+    File::open(path)
+        .and_then(|mut f| head_format(&mut f))
+        .unwrap_or(Format::Raw)
+}
+
+/// The format of an open file, from its first bytes (read at its current position).
+fn head_format(f: &mut File) -> io::Result<Format> {
     let mut head = [0u8; 8];
-    let n = File::open(path)
-        .and_then(|mut f| {
-            let mut n = 0;
-            while n < head.len() {
-                match f.read(&mut head[n..])? {
-                    0 => break,
-                    k => n += k,
-                }
-            }
-            Ok(n)
-        })
-        .unwrap_or(0);
-    Format::of(&head[..n])
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(Format::of(&head[..n]))
 }
 
 /// A segment's records in ULID order, whatever its format (compaction, `oklog segment cat`).
@@ -116,12 +118,13 @@ pub enum Records {
 impl Records {
     /// Open the segment at `path`.
     pub fn open(path: &Path) -> io::Result<Records> {
-        let f = File::open(path)?;
-        if format_of(path) == Format::Compressed {
+        let mut f = File::open(path)?;
+        if head_format(&mut f)? == Format::Compressed {
             // SAFETY: as in `map_segment`: segment files are never modified in place.
             let map = unsafe { Mmap::map(&f)? };
             return Ok(Records::Compressed(Box::new(GroupLines::new(map)?)));
         }
+        f.seek(SeekFrom::Start(0))?;
         Ok(Records::Raw(ReaderLines::new(BufReader::with_capacity(
             256 << 10,
             f,
@@ -700,12 +703,7 @@ impl StoreLog {
             ..claimed.clone()
         });
         crate::failpoint::crash("convert-before-remove");
-        match fs::remove_file(&claimed.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        index.remove(&claimed.path);
+        Self::unlink(&mut index, &claimed.path)?;
         disk::sync_dir(&self.dir)
     }
 
@@ -735,14 +733,20 @@ impl StoreLog {
         let mut index = self.segments.write().unwrap_or_else(|p| p.into_inner());
         for s in segs {
             self.forget(&s.path);
-            match fs::remove_file(&s.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            index.remove(&s.path);
+            Self::unlink(&mut index, &s.path)?;
         }
         disk::sync_dir(&self.dir)
+    }
+
+    /// Delete an indexed segment file (already gone is fine) and drop it from the index.
+    fn unlink(index: &mut Index, path: &Path) -> io::Result<()> {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        index.remove(path);
+        Ok(())
     }
 
     /// Move a segment out of the queryable set into the trash, stamped with the time of
