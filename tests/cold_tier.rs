@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write as _};
-use std::net::TcpStream;
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -154,71 +152,14 @@ fn sigkill_at_any_point_of_a_conversion_keeps_every_record_once() {
     }
 }
 
-/// A GET read by hand: status, body, whether the chunked body ended properly, trailers.
-struct Raw {
-    status: u16,
-    body: Vec<u8>,
-    complete: bool,
-    trailers: HashMap<String, String>,
-}
-
-fn get_raw(addr: &str, path: &str, te_trailers: bool) -> Raw {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let te = if te_trailers { "TE: trailers\r\n" } else { "" };
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{te}\r\n"
-    )
-    .unwrap();
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    loop {
-        line.clear();
-        r.read_line(&mut line).unwrap();
-        if line.trim_end().is_empty() {
-            break;
-        }
-    }
-    let (mut body, mut trailers) = (Vec::new(), HashMap::new());
-    let complete = loop {
-        line.clear();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            break false;
-        }
-        let Ok(n) = usize::from_str_radix(line.trim(), 16) else {
-            break false;
-        };
-        if n == 0 {
-            loop {
-                line.clear();
-                r.read_line(&mut line).unwrap();
-                let l = line.trim_end();
-                if l.is_empty() {
-                    break;
-                }
-                let (k, v) = l.split_once(':').unwrap();
-                trailers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-            }
-            break true;
-        }
-        let start = body.len();
-        body.resize(start + n, 0);
-        if r.read_exact(&mut body[start..]).is_err() {
-            body.truncate(start);
-            break false;
-        }
-        line.clear();
-        r.read_line(&mut line).unwrap();
+/// A GET that keeps a body that broke off, asking for trailers or not.
+fn get_raw(addr: &str, path: &str, te_trailers: bool) -> Response {
+    let te: &[(&str, &str)] = if te_trailers {
+        &[("TE", "trailers")]
+    } else {
+        &[]
     };
-    Raw {
-        status,
-        body,
-        complete,
-        trailers,
-    }
+    http_partial("GET", addr, path, te, b"")
 }
 
 #[test]

@@ -288,6 +288,10 @@ pub struct Response {
     pub status: u16,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
+    /// Whether a chunked body ended with its last chunk (false: it broke off).
+    pub complete: bool,
+    /// Trailers after the last chunk (lower-case names).
+    pub trailers: HashMap<String, String>,
 }
 
 impl Response {
@@ -306,8 +310,22 @@ pub fn http(method: &str, addr: &str, path: &str, body: &[u8]) -> Response {
     http_with(method, addr, path, &[], body)
 }
 
-/// [`http`] with extra request headers.
+/// [`http`] with extra request headers. A chunked body that breaks off fails the test.
 pub fn http_with(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let r = http_partial(method, addr, path, headers, body);
+    assert!(r.complete, "{method} {path}: the chunked body broke off");
+    r
+}
+
+/// [`http_with`] that also returns a chunked body that broke off (`complete` false), with
+/// whatever arrived before, and any trailers.
+pub fn http_partial(
     method: &str,
     addr: &str,
     path: &str,
@@ -335,37 +353,37 @@ pub fn http_with(
         .expect("status")
         .parse()
         .unwrap();
-    let mut headers = HashMap::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).unwrap();
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':').unwrap();
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-    }
+    let headers = read_fields(&mut r);
     let mut body = Vec::new();
+    let mut complete = true;
+    let mut trailers = HashMap::new();
     if method == "HEAD" {
         // no body
     } else if headers
         .get("transfer-encoding")
         .is_some_and(|v| v == "chunked")
     {
-        loop {
+        complete = loop {
             line.clear();
-            r.read_line(&mut line).unwrap();
-            let n = usize::from_str_radix(line.trim(), 16).unwrap();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break false;
+            }
+            let Ok(n) = usize::from_str_radix(line.trim(), 16) else {
+                break false;
+            };
             if n == 0 {
-                break;
+                trailers = read_fields(&mut r);
+                break true;
             }
             let start = body.len();
             body.resize(start + n, 0);
-            r.read_exact(&mut body[start..]).unwrap();
+            if r.read_exact(&mut body[start..]).is_err() {
+                body.truncate(start);
+                break false;
+            }
             line.clear();
             r.read_line(&mut line).unwrap();
-        }
+        };
     } else {
         r.read_to_end(&mut body).unwrap();
     }
@@ -373,6 +391,24 @@ pub fn http_with(
         status,
         headers,
         body,
+        complete,
+        trailers,
+    }
+}
+
+/// Header (or trailer) lines up to the empty line, names in lower case.
+fn read_fields(r: &mut impl BufRead) -> HashMap<String, String> {
+    let mut fields = HashMap::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            return fields;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
     }
 }
 
