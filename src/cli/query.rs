@@ -42,6 +42,24 @@ pub fn flag_set() -> FlagSet {
             flag("q", Kind::Str, "", "query expression"),
             flag("regex", Kind::Bool, "", "parse -q as regular expression"),
             flag(
+                "topic",
+                Kind::List,
+                "",
+                "only records of this topic (a name or a * glob; repeatable)",
+            ),
+            flag(
+                "order",
+                Kind::Str,
+                "asc",
+                "asc (oldest first) or desc (newest first)",
+            ),
+            flag(
+                "limit",
+                Kind::Int,
+                "0",
+                "at most this many records, the first in -order (0: all)",
+            ),
+            flag(
                 "stats",
                 Kind::Bool,
                 "",
@@ -183,6 +201,19 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
     );
     if regex {
         url.push_str("&regex=true");
+    }
+    for t in args.list("topic") {
+        url.push_str(&format!("&topic={}", encode(&t)));
+    }
+    match args.str("order").as_str() {
+        "asc" => {}
+        "desc" => url.push_str("&order=desc"),
+        other => anyhow::bail!("-order: {other:?} is not asc or desc"),
+    }
+    match args.int("limit") {
+        0 => {}
+        n if n > 0 => url.push_str(&format!("&limit={n}")),
+        n => anyhow::bail!("-limit: {n} is negative"),
     }
     let method = if stats { Method::HEAD } else { Method::GET };
     if verbose {

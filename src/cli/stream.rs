@@ -25,6 +25,12 @@ pub fn flag_set() -> FlagSet {
             ),
             flag("q", Kind::Str, "", "query expression"),
             flag("regex", Kind::Bool, "", "parse -q as regular expression"),
+            flag(
+                "topic",
+                Kind::List,
+                "",
+                "only records of this topic (a name or a * glob; repeatable)",
+            ),
             flag("window", Kind::Duration, "3s", "deduplication window"),
             flag(
                 "ulid",
@@ -56,6 +62,9 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     );
     if args.bool("regex") {
         url.push_str("&regex=true");
+    }
+    for t in args.list("topic") {
+        url.push_str(&format!("&topic={}", encode(&t)));
     }
     let ulid = args.bool("ulid");
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -45,33 +45,72 @@ pub fn key(line: &[u8]) -> [u8; ULID_LEN] {
 /// `Ok(false)` to stop early.
 pub fn merge<S: Source>(
     sources: &mut [S],
+    emit: impl FnMut(&[u8]) -> io::Result<bool>,
+) -> io::Result<Merged> {
+    merge_ordered(sources, false, emit)
+}
+
+/// [`merge`], or with `desc` the same over sources each in descending ULID order, newest
+/// first (`low` is then the first emitted, the highest ID).
+pub fn merge_ordered<S: Source>(
+    sources: &mut [S],
+    desc: bool,
     mut emit: impl FnMut(&[u8]) -> io::Result<bool>,
 ) -> io::Result<Merged> {
+    // Descending order is ascending order of the complemented keys.
+    let order = |line: &[u8]| {
+        let mut k = key(line);
+        if desc {
+            k.iter_mut().for_each(|b| *b = !*b);
+        }
+        k
+    };
     let mut heap = BinaryHeap::with_capacity(sources.len());
     for (i, s) in sources.iter().enumerate() {
         if let Some(line) = s.current() {
-            heap.push(Reverse((key(line), i)));
+            heap.push(Reverse((order(line), i)));
         }
     }
     let mut out = Merged::default();
+    let mut last = None;
     while let Some(Reverse((k, i))) = heap.pop() {
-        if out.high != Some(k) {
+        if last != Some(k) {
             // The heap only holds indices of sources with a current line.
             let line = sources[i].current().unwrap_or_default();
             if !emit(line)? {
                 return Ok(out);
             }
-            out.low.get_or_insert(k);
-            out.high = Some(k);
+            last = Some(k);
+            out.low.get_or_insert(key(line));
+            out.high = Some(key(line));
             out.records += 1;
             out.bytes += line.len() as u64;
         }
         sources[i].advance()?;
         if let Some(line) = sources[i].current() {
-            heap.push(Reverse((key(line), i)));
+            heap.push(Reverse((order(line), i)));
         }
     }
     Ok(out)
+}
+
+/// The lines of `buf` (each ending in `\n`, the last one possibly not) in reverse order,
+/// each given its `\n`.
+pub fn reverse_lines(buf: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(buf.len() + 1);
+    if buf.is_empty() {
+        return out;
+    }
+    let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+    let mut end = body.len();
+    for i in memchr::memrchr_iter(b'\n', body) {
+        out.extend_from_slice(&body[i + 1..end]);
+        out.push(b'\n');
+        end = i;
+    }
+    out.extend_from_slice(&body[..end]);
+    out.push(b'\n');
+    out
 }
 
 /// Lines of an in-memory (or mmapped) buffer.
@@ -201,6 +240,32 @@ impl<R: BufRead> Source for ReaderLines<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_reverse() {
+        assert_eq!(reverse_lines(b""), b"");
+        assert_eq!(reverse_lines(b"a\n"), b"a\n");
+        assert_eq!(reverse_lines(b"a\nbb\nccc\n"), b"ccc\nbb\na\n");
+        assert_eq!(reverse_lines(b"a\nbb"), b"bb\na\n");
+    }
+
+    #[test]
+    fn descending_merge_dedups_newest_first() {
+        let a = b"00000000000000000000000003 a\n00000000000000000000000001 a\n";
+        let b = b"00000000000000000000000003 b\n00000000000000000000000002 b\n";
+        let mut sources = [SliceLines::new(a), SliceLines::new(b)];
+        let mut out = Vec::new();
+        let m = merge_ordered(&mut sources, true, |l| {
+            out.extend_from_slice(l);
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            b"00000000000000000000000003 a\n00000000000000000000000002 b\n00000000000000000000000001 a\n"
+        );
+        assert_eq!(m.records, 3);
+    }
 
     fn u(n: u32) -> String {
         format!("{:026}", n)

@@ -17,9 +17,9 @@ use regex_syntax::hir::{Hir, HirKind, Look};
 
 use crate::record::{BODY_OFFSET, ulid_ms};
 
-/// What a query's `q` matches.
+/// What a query's `q` matches, regardless of topic.
 #[derive(Clone, Debug)]
-pub enum Matcher {
+pub enum Pattern {
     /// The empty query: every record.
     All,
     /// Nothing can match (a literal containing a newline).
@@ -36,17 +36,17 @@ pub enum Matcher {
     },
 }
 
-impl Matcher {
-    /// Build the matcher for `q`; `regex` selects regex syntax. A bad regex is an error message.
-    pub fn new(q: &str, regex: bool) -> Result<Matcher, String> {
+impl Pattern {
+    /// Build the pattern for `q`; `regex` selects regex syntax. A bad regex is an error message.
+    pub fn new(q: &str, regex: bool) -> Result<Pattern, String> {
         if q.is_empty() {
-            return Ok(Matcher::All);
+            return Ok(Pattern::All);
         }
         if !regex {
             if q.contains('\n') {
-                return Ok(Matcher::Never);
+                return Ok(Pattern::Never);
             }
-            return Ok(Matcher::Literal(Box::new(
+            return Ok(Pattern::Literal(Box::new(
                 memmem::Finder::new(q.as_bytes()).into_owned(),
             )));
         }
@@ -61,17 +61,135 @@ impl Matcher {
         } else {
             Some(line.clone())
         };
-        Ok(Matcher::Regex { line, candidate })
+        Ok(Pattern::Regex { line, candidate })
     }
 
     /// Whether a record body (`<topic> <payload>`, no newline) matches.
     pub fn is_match(&self, body: &[u8]) -> bool {
         match self {
-            Matcher::All => true,
-            Matcher::Never => false,
-            Matcher::Literal(f) => f.find(body).is_some(),
-            Matcher::Regex { line, .. } => line.is_match(body),
+            Pattern::All => true,
+            Pattern::Never => false,
+            Pattern::Literal(f) => f.find(body).is_some(),
+            Pattern::Regex { line, .. } => line.is_match(body),
         }
+    }
+}
+
+/// The `topic=` parameters of a query: exact names and `*`/`?` globs, any of which selects a
+/// record; none selects every topic.
+#[derive(Clone, Debug, Default)]
+pub struct Topics {
+    /// The patterns as given.
+    patterns: Vec<String>,
+    /// The exact names among them.
+    exact: Vec<Vec<u8>>,
+    /// The globs among them, as one anchored regex.
+    globs: Option<Regex>,
+}
+
+impl Topics {
+    /// Read `topic=` values. A topic is `[A-Za-z0-9][A-Za-z0-9_-]*`; a glob may also hold `*`
+    /// (any run of characters) and `?` (one character). Anything else is an error message.
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Topics, String> {
+        let mut t = Topics::default();
+        let mut globs = Vec::new();
+        for p in patterns {
+            let p = p.as_ref();
+            let ok = !p.is_empty()
+                && p.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'*' | b'?'));
+            if !ok {
+                return Err(format!(
+                    "parsing 'topic': {p:?}: a topic or glob is letters, digits, '_', '-', '*' and '?'"
+                ));
+            }
+            t.patterns.push(p.to_string());
+            if p.contains(['*', '?']) {
+                let mut re = String::new();
+                for c in p.chars() {
+                    match c {
+                        '*' => re.push_str("[A-Za-z0-9_-]*"),
+                        '?' => re.push_str("[A-Za-z0-9_-]"),
+                        c => re.push(c),
+                    }
+                }
+                globs.push(re);
+            } else {
+                t.exact.push(p.as_bytes().to_vec());
+            }
+        }
+        if !globs.is_empty() {
+            let re = format!("^(?:{})$", globs.join("|"));
+            t.globs = Some(Regex::new(&re).map_err(|e| e.to_string())?);
+        }
+        Ok(t)
+    }
+
+    /// Whether every topic is selected (no `topic=` given).
+    pub fn is_all(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// The patterns as given.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Whether `topic` is selected.
+    #[inline]
+    pub fn matches(&self, topic: &[u8]) -> bool {
+        self.is_all()
+            || self.exact.iter().any(|e| e == topic)
+            || self.globs.as_ref().is_some_and(|g| g.is_match(topic))
+    }
+
+    /// Whether the record body `<topic> <payload>` is of a selected topic.
+    #[inline]
+    pub fn matches_body(&self, body: &[u8]) -> bool {
+        self.is_all() || self.matches(topic_of(body))
+    }
+}
+
+/// The topic of a record body `<topic> <payload>`.
+#[inline]
+pub fn topic_of(body: &[u8]) -> &[u8] {
+    memchr::memchr(b' ', body).map_or(body, |i| &body[..i])
+}
+
+/// What a query selects: records of the selected topics whose `<topic> <payload>` matches
+/// the pattern.
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    /// What `q` matches.
+    pub pattern: Pattern,
+    /// The topics selected.
+    pub topics: Topics,
+}
+
+impl Matcher {
+    /// The matcher for `q` over every topic; `regex` selects regex syntax. A bad regex is an
+    /// error message.
+    pub fn new(q: &str, regex: bool) -> Result<Matcher, String> {
+        Ok(Matcher {
+            pattern: Pattern::new(q, regex)?,
+            topics: Topics::default(),
+        })
+    }
+
+    /// The same matcher restricted to `topics`.
+    pub fn with_topics(mut self, topics: Topics) -> Matcher {
+        self.topics = topics;
+        self
+    }
+
+    /// Whether every record matches (no pattern, every topic).
+    pub fn is_all(&self) -> bool {
+        matches!(self.pattern, Pattern::All) && self.topics.is_all()
+    }
+
+    /// Whether a record body (`<topic> <payload>`, no newline) matches.
+    pub fn is_match(&self, body: &[u8]) -> bool {
+        self.topics.matches_body(body) && self.pattern.is_match(body)
     }
 
     /// The next matching line in `buf[pos..end]`, where `pos` is a line start and `end` a line
@@ -79,20 +197,20 @@ impl Matcher {
     pub fn find_line(&self, buf: &[u8], pos: usize, end: usize) -> Option<Range<usize>> {
         let mut p = pos;
         while p < end {
-            let hit = match self {
-                Matcher::All => p,
-                Matcher::Never => return None,
-                Matcher::Literal(f) => p + f.find(&buf[p..end])?,
+            let hit = match &self.pattern {
+                Pattern::All => p,
+                Pattern::Never => return None,
+                Pattern::Literal(f) => p + f.find(&buf[p..end])?,
                 // The earliest match *end* is enough to find a candidate line, and cheaper than
                 // a match's start (no reverse scan): no line with a match can end before it.
-                Matcher::Regex {
+                Pattern::Regex {
                     candidate: Some(re),
                     ..
                 } => re
                     .shortest_match_at(&buf[..end], p)?
                     .saturating_sub(1)
                     .max(p),
-                Matcher::Regex {
+                Pattern::Regex {
                     candidate: None, ..
                 } => p,
             };
@@ -101,11 +219,13 @@ impl Matcher {
             }
             let start = memchr::memrchr(b'\n', &buf[p..hit]).map_or(p, |i| p + i + 1);
             let line_end = memchr::memchr(b'\n', &buf[hit..end]).map_or(end, |i| hit + i + 1);
-            let confirmed = match self {
-                Matcher::All => true,
-                Matcher::Literal(_) if hit >= start + BODY_OFFSET => true,
-                _ => self.is_match(body(&buf[start..line_end])),
-            };
+            let line_body = body(&buf[start..line_end]);
+            let confirmed = self.topics.matches_body(line_body)
+                && match &self.pattern {
+                    Pattern::All => true,
+                    Pattern::Literal(_) if hit >= start + BODY_OFFSET => true,
+                    pattern => pattern.is_match(line_body),
+                };
             if confirmed {
                 return Some(start..line_end);
             }

@@ -3,7 +3,6 @@
 //! (answered "not implemented" for now). The user query, `/store/query`, is the scatter/gather
 //! gateway in [`super::gather`].
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,14 +18,14 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::log::{ACTIVE, StoreLog};
-use super::query::{Plan, QueryParams};
+use super::query::{Plan, QueryParams, RawParams};
 use super::registry::Registry;
 use super::replicate::{ReplicaError, ReplicaWriter};
 use crate::gotime;
 use crate::http::{frame_body, text, text_body};
 use crate::metrics::Metrics;
 use crate::record::ULID_LEN;
-use crate::search::Matcher;
+use crate::search::{Matcher, Topics};
 use crate::segment::Needles;
 use hyper::body::Frame;
 
@@ -113,15 +112,11 @@ impl StoreApi {
 /// now on, as they arrive.
 async fn local_stream(
     State(api): State<Arc<StoreApi>>,
-    Query(raw): Query<HashMap<String, String>>,
+    Query(raw): Query<Vec<(String, String)>>,
 ) -> Response {
-    let regex = match super::query::parse_regex_flag(raw.get("regex").map(String::as_str)) {
-        Ok(r) => r,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-    };
-    let matcher = match Matcher::new(raw.get("q").map(String::as_str).unwrap_or(""), regex) {
+    let matcher = match stream_matcher(&RawParams(raw)) {
         Ok(m) => m,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n")),
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let sub = api.registry.register(matcher);
     // The subscription lives in the body stream: when the client goes away, it is dropped
@@ -132,6 +127,14 @@ async fn local_stream(
             .map(|chunk| (Ok::<_, std::io::Error>(chunk), sub))
     });
     text_body(StatusCode::OK, HeaderMap::new(), Body::from_stream(body))
+}
+
+/// The matcher of a live stream's `q`, `regex` and `topic` parameters.
+pub fn stream_matcher(raw: &RawParams) -> Result<Matcher, String> {
+    let regex = super::query::parse_regex_flag(raw.get("regex"))?;
+    Ok(Matcher::new(raw.get("q").unwrap_or(""), regex)
+        .map_err(|e| format!("compiling regex: {e}"))?
+        .with_topics(Topics::parse(&raw.all("topic"))?))
 }
 
 /// Trailer of a query answer: store nodes whose answer broke off after the headers went out.
@@ -263,12 +266,18 @@ async fn local(
     api: Arc<StoreApi>,
     method: Method,
     headers: HeaderMap,
-    raw: HashMap<String, String>,
+    raw: RawParams,
     output: Output,
 ) -> Response {
     let trailers = crate::http::accepts_trailers(&headers);
     match QueryParams::parse(&raw) {
-        Ok(params) => answer(&api, &method, params, output, trailers).await,
+        Ok(mut params) => {
+            if output == Output::Ulids {
+                // Hits are counted, not listed: every match, in the order the gateway merges.
+                (params.desc, params.limit) = (false, None);
+            }
+            answer(&api, &method, params, output, trailers).await
+        }
         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }
@@ -277,18 +286,18 @@ async fn query(
     State(api): State<Arc<StoreApi>>,
     method: Method,
     headers: HeaderMap,
-    Query(raw): Query<HashMap<String, String>>,
+    Query(raw): Query<Vec<(String, String)>>,
 ) -> Response {
-    local(api, method, headers, raw, Output::Records).await
+    local(api, method, headers, RawParams(raw), Output::Records).await
 }
 
 async fn hits(
     State(api): State<Arc<StoreApi>>,
     method: Method,
     headers: HeaderMap,
-    Query(raw): Query<HashMap<String, String>>,
+    Query(raw): Query<Vec<(String, String)>>,
 ) -> Response {
-    local(api, method, headers, raw, Output::Ulids).await
+    local(api, method, headers, RawParams(raw), Output::Ulids).await
 }
 
 /// What a local answer's body holds.
@@ -311,9 +320,9 @@ pub async fn answer(
     trailers: bool,
 ) -> Response {
     let started = Instant::now();
-    let matcher = match Matcher::new(&params.q, params.regex) {
+    let matcher = match params.matcher() {
         Ok(m) => m,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n")),
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let log = Arc::clone(&api.log);
     let p = params.clone();
@@ -341,7 +350,7 @@ pub async fn answer(
     if head {
         return (StatusCode::OK, headers, Body::empty()).into_response();
     }
-    if matches!(matcher, Matcher::All)
+    if params.is_plain_dump()
         && output == Output::Records
         && let Some(ranges) = plan.shared_ranges(&params)
     {
@@ -368,7 +377,7 @@ pub async fn answer(
         );
     }
     let needles = Needles::new(&params.q, params.regex);
-    let scan = plan.scan(&params, &needles);
+    let scan = plan.scan(&params, &needles, &matcher.topics);
     header(
         &mut headers,
         "X-Oklog-Bytes-Scanned",
@@ -387,7 +396,13 @@ pub async fn answer(
     tokio::task::spawn_blocking(move || {
         let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
         let mut open = true;
+        let mut left = params.limit.unwrap_or(u64::MAX);
         let mut sink = |lines: &[u8]| {
+            let lines = if params.limit.is_some() {
+                take_lines(lines, &mut left)
+            } else {
+                lines
+            };
             match output {
                 Output::Records => buf.extend_from_slice(lines),
                 Output::Ulids => {
@@ -406,7 +421,7 @@ pub async fn answer(
                 ));
                 open = tx.blocking_send(Ok(Frame::data(chunk))).is_ok();
             }
-            open
+            open && left > 0
         };
         match plan.execute_scan(&scan, &params, &matcher, &mut sink) {
             Ok(outcome) if open => {
@@ -431,6 +446,20 @@ pub async fn answer(
         }
     });
     text_body(StatusCode::OK, headers, frame_body(rx))
+}
+
+/// The first `left` lines of `lines` (all of them if fewer), counted off `left`.
+fn take_lines<'a>(lines: &'a [u8], left: &mut u64) -> &'a [u8] {
+    let mut n = 0;
+    for end in memchr::memchr_iter(b'\n', lines) {
+        n += 1;
+        if n == *left {
+            *left = 0;
+            return &lines[..=end];
+        }
+    }
+    *left -= n;
+    lines
 }
 
 async fn replicate(State(api): State<Arc<StoreApi>>, body: Body) -> Response {

@@ -715,6 +715,7 @@ mod tests {
             to_ms: u64::MAX >> 16,
             q: String::new(),
             regex: false,
+            ..Default::default()
         };
         let plan = crate::store::query::Plan::open(log, &p).unwrap();
         let m = crate::search::Matcher::new("", false).unwrap();
@@ -938,7 +939,13 @@ mod tests {
             .map(|i| {
                 ms += rng.random_range(0..40u64);
                 let mut line = encode_ulid(ms, rng.random_range(0..1u128 << 80)).to_vec();
-                line.extend_from_slice(format!(" topic-{} ", rng.random_range(0..6)).as_bytes());
+                let topic = rng.random_range(0..6);
+                // Some topics too small for blocks of their own: they share mixed blocks.
+                if i % 31 == 0 {
+                    line.extend_from_slice(format!(" rare-{} ", (i / 31) % 40).as_bytes());
+                } else {
+                    line.extend_from_slice(format!(" topic-{topic} ").as_bytes());
+                }
                 for _ in 0..rng.random_range(0..8) {
                     line.extend_from_slice(words[rng.random_range(0..words.len())].as_bytes());
                     line.push(b' ');
@@ -997,18 +1004,40 @@ mod tests {
             to_ms: to,
             q: q.to_string(),
             regex,
+            ..Default::default()
         };
-        let plan = crate::store::query::Plan::open(log, &p).unwrap();
-        let m = crate::search::Matcher::new(q, regex).unwrap();
+        query_with(log, &p)
+    }
+
+    /// Run `p` as a node does (the first `limit` lines of the answer, then stop).
+    fn query_with(log: &StoreLog, p: &crate::store::query::QueryParams) -> (Vec<Vec<u8>>, u64) {
+        let plan = crate::store::query::Plan::open(log, p).unwrap();
+        let m = p.matcher().unwrap();
         let mut out = Vec::new();
+        let limit = p.limit.unwrap_or(u64::MAX) as usize;
         let outcome = plan
-            .execute(&p, &m, &mut |lines| {
+            .execute(p, &m, &mut |lines| {
                 out.extend(lines.split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec));
-                true
+                out.truncate(limit);
+                out.len() < limit
             })
             .unwrap();
         assert_eq!(outcome.corrupt_blocks, 0);
         (out, outcome.scanned)
+    }
+
+    /// [`grep`] of the selected topics, newest first for `order=desc`, cut at `limit`.
+    fn reference(all: &[Vec<u8>], p: &crate::store::query::QueryParams) -> Vec<Vec<u8>> {
+        let topics = crate::search::Topics::parse(&p.topics).unwrap();
+        let mut out: Vec<Vec<u8>> = grep(all, p.from_ms, p.to_ms, &p.q, p.regex)
+            .into_iter()
+            .filter(|l| topics.matches(crate::search::topic_of(&l[27..])))
+            .collect();
+        if p.desc {
+            out.reverse();
+        }
+        out.truncate(p.limit.unwrap_or(u64::MAX) as usize);
+        out
     }
 
     #[test]
@@ -1075,6 +1104,30 @@ mod tests {
                         got.len(),
                         want.len()
                     );
+                    // The same with topics, newest first, a limit.
+                    let topics: &[&[&str]] =
+                        &[&[], &["topic-3"], &["topic-1", "rare-*"], &["rare-1?"]];
+                    let p = crate::store::query::QueryParams {
+                        from_ms: from,
+                        to_ms: to,
+                        q: q.to_string(),
+                        regex,
+                        topics: topics[rng.random_range(0..topics.len())]
+                            .iter()
+                            .map(|t| t.to_string())
+                            .collect(),
+                        desc: rng.random_bool(0.7),
+                        limit: rng.random_bool(0.5).then(|| rng.random_range(1..60)),
+                        ..Default::default()
+                    };
+                    let want = reference(&all, &p);
+                    let (got, _) = query_with(&log, &p);
+                    assert!(
+                        got == want,
+                        "{phase}: {p:?}: {} records, want {}",
+                        got.len(),
+                        want.len()
+                    );
                 }
             }
             // Convert some, then the rest (overlapping ones after compaction).
@@ -1096,9 +1149,14 @@ mod tests {
             to_ms: u64::MAX >> 16,
             q: "req-00042x".into(),
             regex: false,
+            ..Default::default()
         };
         let plan = crate::store::query::Plan::open(&log, &p).unwrap();
-        let scan = plan.scan(&p, &segment::Needles::new(&p.q, p.regex));
+        let scan = plan.scan(
+            &p,
+            &segment::Needles::new(&p.q, p.regex),
+            &Default::default(),
+        );
         assert!(
             scan.blocks_read <= 3 && scan.blocks_skipped > 20,
             "read {} skipped {}",

@@ -10,7 +10,6 @@
 //! trailers to a client that sent `TE: trailers`, by aborting the body to any other (see
 //! [`Late`]).
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,12 +27,11 @@ use tokio::sync::mpsc;
 
 use super::api::{Late, Output, Stats, stats_headers};
 use super::hits::Buckets;
-use super::query::QueryParams;
+use super::query::{QueryParams, RawParams};
 use crate::cluster::{Peers, Role};
 use crate::http::{self, Client, text, text_body};
 use crate::merge::{self, Source};
 use crate::metrics::Metrics;
-use crate::search::Matcher;
 use hyper::body::Frame;
 
 /// How long a peer may take to answer with headers.
@@ -150,9 +148,9 @@ async fn ask(
 
 /// The query parameters, checked here (regex included) so a bad query is refused with the
 /// message a node would give, before any node is asked.
-fn checked_params(raw: &HashMap<String, String>) -> Result<QueryParams, String> {
+fn checked_params(raw: &RawParams) -> Result<QueryParams, String> {
     let params = QueryParams::parse(raw)?;
-    Matcher::new(&params.q, params.regex).map_err(|e| format!("compiling regex: {e}"))?;
+    params.matcher()?;
     Ok(params)
 }
 
@@ -161,11 +159,11 @@ async fn query(
     method: Method,
     request: HeaderMap,
     RawQuery(raw): RawQuery,
-    Query(params): Query<HashMap<String, String>>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
     let trailers = http::accepts_trailers(&request);
     let started = Instant::now();
-    let params = match checked_params(&params) {
+    let params = match checked_params(&RawParams(params)) {
         Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
@@ -183,7 +181,12 @@ async fn query(
     (
         status,
         headers,
-        merged_body(gathered.bodies, Arc::clone(&gw.metrics), trailers),
+        merged_body(
+            gathered.bodies,
+            Arc::clone(&gw.metrics),
+            trailers,
+            (params.desc, params.limit),
+        ),
     )
         .into_response()
 }
@@ -194,10 +197,11 @@ async fn hits(
     State(gw): State<Arc<Gateway>>,
     method: Method,
     RawQuery(raw): RawQuery,
-    Query(params): Query<HashMap<String, String>>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
     let started = Instant::now();
-    let step = params.get("step").cloned();
+    let params = RawParams(params);
+    let step = params.get("step").map(String::from);
     let params = match checked_params(&params) {
         Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
@@ -357,16 +361,13 @@ async fn scatter(
 async fn stream(
     State(gw): State<Arc<Gateway>>,
     RawQuery(raw): RawQuery,
-    Query(params): Query<HashMap<String, String>>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
-    let regex = match super::query::parse_regex_flag(params.get("regex").map(String::as_str)) {
-        Ok(r) => r,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-    };
-    if let Err(e) = Matcher::new(params.get("q").map(String::as_str).unwrap_or(""), regex) {
-        return text(StatusCode::BAD_REQUEST, format!("compiling regex: {e}\n"));
+    let params = RawParams(params);
+    if let Err(e) = super::api::stream_matcher(&params) {
+        return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
     }
-    let window = crate::stream::parse_window(params.get("window").map(String::as_str));
+    let window = crate::stream::parse_window(params.get("window"));
     // A few chunks of about 256 KiB: a client that stops reading holds no more than that here
     // (and its peers drop it once their queues are full).
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
@@ -401,10 +402,16 @@ fn pinned_query(raw: &str, p: &QueryParams) -> String {
     parts.join("&")
 }
 
-/// Merge the peers' bodies (each sorted) by ULID with dedup, streaming. What the peers report
-/// missing at the end of their bodies (or a body that breaks off) ends this body too, as
-/// trailers or an abort (see [`Late`]).
-fn merged_body(mut bodies: Vec<(String, Body)>, metrics: Arc<Metrics>, trailers: bool) -> Body {
+/// Merge the peers' bodies (each sorted, newest first when `desc`) by ULID with dedup,
+/// streaming, up to `limit` records. What the peers report missing at the end of their
+/// bodies (or a body that breaks off) ends this body too, as trailers or an abort (see
+/// [`Late`]).
+fn merged_body(
+    mut bodies: Vec<(String, Body)>,
+    metrics: Arc<Metrics>,
+    trailers: bool,
+    (desc, limit): (bool, Option<u64>),
+) -> Body {
     let late = Arc::new(Late::default());
     if bodies.len() == 1 {
         // One answer is already in order and without duplicates: pass its chunks through,
@@ -451,14 +458,16 @@ fn merged_body(mut bodies: Vec<(String, Body)>, metrics: Arc<Metrics>, trailers:
     tokio::task::spawn_blocking(move || {
         let mut sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
         let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
-        let result = merge::merge(&mut sources, |line| {
+        let mut left = limit.unwrap_or(u64::MAX);
+        let result = merge::merge_ordered(&mut sources, desc, |line| {
             buf.extend_from_slice(line);
-            if buf.len() >= OUT_CHUNK {
+            left -= 1;
+            if buf.len() >= OUT_CHUNK || left == 0 {
                 let chunk = Bytes::from(std::mem::replace(
                     &mut buf,
                     Vec::with_capacity(OUT_CHUNK * 2),
                 ));
-                return Ok(tx.blocking_send(Ok(Frame::data(chunk))).is_ok());
+                return Ok(tx.blocking_send(Ok(Frame::data(chunk))).is_ok() && left > 0);
             }
             Ok(true)
         });
@@ -632,6 +641,7 @@ mod tests {
             to_ms: 1,
             q: "x".into(),
             regex: true,
+            ..Default::default()
         };
         assert_eq!(
             pinned_query("q=x&from=1h&regex&to=now", &p),

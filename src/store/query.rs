@@ -2,7 +2,6 @@
 //! search each one's time range, merge overlapping segments by ULID with dedup, and push the
 //! matching lines into a sink. Nothing is collected: memory is bounded by the sink's buffer.
 
-use std::collections::HashMap;
 use std::io;
 
 use std::sync::Arc;
@@ -14,11 +13,12 @@ use super::log::{Opened, Segment, StoreLog};
 use crate::gotime;
 use crate::merge;
 use crate::record::{parse_ulid, ulid_ms};
-use crate::search::{MatchSource, Matcher, Matches};
+use crate::search::{MatchSource, Matcher, Matches, Topics};
 use crate::segment::{self, Needles};
 
-/// A parsed query (the `from`, `to`, `q` and `regex` parameters).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A parsed query (the `from`, `to`, `q`, `regex`, `topic`, `order`, `limit`, `before` and
+/// `after` parameters).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueryParams {
     /// Lower time bound, inclusive, Unix ms.
     pub from_ms: u64,
@@ -28,6 +28,66 @@ pub struct QueryParams {
     pub q: String,
     /// Whether `q` is a regex.
     pub regex: bool,
+    /// Topic names and globs selecting records (none: every topic).
+    pub topics: Vec<String>,
+    /// Newest first (`order=desc`).
+    pub desc: bool,
+    /// At most this many records (`limit=N`): the first N in the answer's order.
+    pub limit: Option<u64>,
+    /// Records of the same topic before each match (`before=N`).
+    pub before: u32,
+    /// Records of the same topic after each match (`after=N`).
+    pub after: u32,
+}
+
+/// The largest `limit` accepted.
+pub const MAX_LIMIT: u64 = 1_000_000;
+/// The largest `before`/`after` accepted.
+pub const MAX_CONTEXT: u32 = 1000;
+
+/// Query-string parameters in their order, repeated keys kept (`topic=a&topic=b`).
+#[derive(Clone, Debug, Default)]
+pub struct RawParams(pub Vec<(String, String)>);
+
+impl RawParams {
+    /// The value of `key` (the last one when repeated).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key`, in order.
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+impl<'a> FromIterator<(&'a str, &'a str)> for RawParams {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(iter: I) -> Self {
+        RawParams(
+            iter.into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+}
+
+/// Read a decimal count parameter in `1..=max` (`0..=max` when `zero` is allowed).
+fn parse_count(name: &str, value: &str, max: u64, zero: bool) -> Result<u64, String> {
+    let low = u64::from(!zero);
+    match value.parse::<u64>() {
+        Ok(n) if (low..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "parsing '{name}': {value:?}: must be a whole number from {low} to {max}"
+        )),
+    }
 }
 
 /// Read a `from`/`to` value: an RFC 3339 time or a ULID (its millisecond).
@@ -60,7 +120,7 @@ pub fn parse_regex_flag(value: Option<&str>) -> Result<bool, String> {
 impl QueryParams {
     /// Parse query-string parameters. A missing `to` is now; a missing `from` is an hour
     /// before `to`.
-    pub fn parse(params: &HashMap<String, String>) -> Result<QueryParams, String> {
+    pub fn parse(params: &RawParams) -> Result<QueryParams, String> {
         let to_ms = match params.get("to") {
             Some(v) => parse_time("to", v)?,
             None => gotime::now_ms().max(0) as u64,
@@ -73,12 +133,51 @@ impl QueryParams {
             // One rule for every endpoint that takes a window (query, hits, their local forms).
             return Err("'from' is after 'to'".to_string());
         }
+        let topics: Vec<String> = params.all("topic").into_iter().map(String::from).collect();
+        Topics::parse(&topics)?;
+        let desc = match params.get("order") {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(v) => return Err(format!("parsing 'order': {v:?}: must be asc or desc")),
+        };
+        let limit = match params.get("limit") {
+            None => None,
+            Some(v) => Some(parse_count("limit", v, MAX_LIMIT, false)?),
+        };
+        let context = |name: &str| -> Result<u32, String> {
+            match params.get(name) {
+                None => Ok(0),
+                Some(v) => Ok(parse_count(name, v, u64::from(MAX_CONTEXT), true)? as u32),
+            }
+        };
         Ok(QueryParams {
             from_ms,
             to_ms,
-            q: params.get("q").cloned().unwrap_or_default(),
-            regex: parse_regex_flag(params.get("regex").map(String::as_str))?,
+            q: params.get("q").unwrap_or_default().to_string(),
+            regex: parse_regex_flag(params.get("regex"))?,
+            topics,
+            desc,
+            limit,
+            before: context("before")?,
+            after: context("after")?,
         })
+    }
+
+    /// The matcher of `q`, `regex` and `topic`; a bad regex is an error message.
+    pub fn matcher(&self) -> Result<Matcher, String> {
+        Ok(Matcher::new(&self.q, self.regex)
+            .map_err(|e| format!("compiling regex: {e}"))?
+            .with_topics(Topics::parse(&self.topics)?))
+    }
+
+    /// Whether the answer is every record of the window in ULID order, whole.
+    pub fn is_plain_dump(&self) -> bool {
+        self.q.is_empty()
+            && self.topics.is_empty()
+            && !self.desc
+            && self.limit.is_none()
+            && self.before == 0
+            && self.after == 0
     }
 }
 
@@ -149,8 +248,9 @@ impl Plan {
     }
 
     /// Decide what the search reads: for raw segments the `[from, to]` byte range found by
-    /// binary search, for compressed ones the blocks in range that `needles` do not rule out.
-    pub fn scan(&self, p: &QueryParams, needles: &Needles) -> Scan {
+    /// binary search, for compressed ones the blocks in range of the selected `topics` (and
+    /// the mixed ones) that `needles` do not rule out.
+    pub fn scan(&self, p: &QueryParams, needles: &Needles, topics: &Topics) -> Scan {
         let mut scan = Scan::default();
         for o in &self.opened {
             let Some(o) = o else {
@@ -178,6 +278,12 @@ impl Plan {
             let first = footer
                 .groups
                 .partition_point(|g| ulid_ms(&g.high) < p.from_ms);
+            // Per topic of the table: whether the query selects it.
+            let wanted: Vec<bool> = footer
+                .topics
+                .iter()
+                .map(|t| topics.matches(&t.name))
+                .collect();
             let mut sel = Vec::new();
             for (gi, g) in footer.groups.iter().enumerate().skip(first) {
                 if ulid_ms(&g.low) > p.to_ms {
@@ -185,7 +291,9 @@ impl Plan {
                 }
                 let mut blocks = Vec::new();
                 for (bi, b) in footer.group_blocks(g).iter().enumerate() {
-                    if !in_range(&b.low, &b.high) {
+                    if !in_range(&b.low, &b.high)
+                        || (b.topic != segment::MIXED && !wanted[b.topic as usize])
+                    {
                         continue;
                     }
                     if !needles.is_empty() {
@@ -236,7 +344,7 @@ impl Plan {
         matcher: &Matcher,
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> io::Result<Outcome> {
-        let scan = self.scan(p, &Needles::new(&p.q, p.regex));
+        let scan = self.scan(p, &Needles::new(&p.q, p.regex), &matcher.topics);
         self.execute_scan(&scan, p, matcher, sink)
     }
 
@@ -277,16 +385,7 @@ impl Plan {
                 Some(only) if sources.is_empty() => match only {
                     Src::Raw(m) => {
                         let r = crate::search::time_range(m, p.from_ms, p.to_ms);
-                        let mut start = r.start;
-                        while start < r.end {
-                            let mut end = (start + PIECE).min(r.end);
-                            if end < r.end {
-                                end = memchr::memchr(b'\n', &m[end..r.end])
-                                    .map_or(r.end, |i| end + i + 1);
-                            }
-                            tasks.push(Task::Piece(m, start..end));
-                            start = end;
-                        }
+                        tasks.extend(pieces(m, r).into_iter().map(|r| Task::Piece(m, r)));
                     }
                     Src::Compressed(o, path, sel) => {
                         for (g, blocks) in sel {
@@ -304,6 +403,10 @@ impl Plan {
                     tasks.push(Task::Merge(sources));
                 }
             }
+        }
+        if p.desc {
+            // Newest first: the last task first, each one's lines reversed.
+            tasks.reverse();
         }
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -388,7 +491,7 @@ impl GroupTask<'_> {
             }
             let r = crate::search::time_range(&buf, p.from_ms, p.to_ms);
             let mut out = Vec::new();
-            if matches!(matcher, Matcher::All) {
+            if matcher.is_all() {
                 out.extend_from_slice(&buf[r]);
             } else {
                 for line in Matches::in_range(&buf, r, matcher) {
@@ -444,42 +547,89 @@ impl Task<'_> {
     /// Whether workers run it (the emitting thread runs the rest in order).
     fn in_parallel(&self, matcher: &Matcher) -> bool {
         match self {
-            Task::Piece(..) => !matches!(matcher, Matcher::All),
+            Task::Piece(..) => !matcher.is_all(),
             Task::Group(_) => true,
             Task::Merge(_) => false,
         }
     }
 }
 
-/// A compressed segment's matching lines as a merge source: one selected group at a time.
-struct GroupSource<'a> {
-    tasks: std::vec::IntoIter<GroupTask<'a>>,
-    dec: zstd::bulk::Decompressor<'static>,
-    lines: merge::OwnedLines,
+/// A piece of work whose matching lines are produced whole, in ULID order.
+enum Chunk<'a> {
+    /// Lines `range` of a raw segment.
+    Piece(&'a Mmap, std::ops::Range<usize>),
+    /// Selected blocks of a compressed segment's group.
+    Group(GroupTask<'a>),
 }
 
-impl<'a> GroupSource<'a> {
+impl Chunk<'_> {
+    /// The chunk's matching lines, in ULID order.
+    fn run(
+        &self,
+        dec: &mut zstd::bulk::Decompressor<'static>,
+        p: &QueryParams,
+        matcher: &Matcher,
+        corrupt: &AtomicU64,
+    ) -> Vec<u8> {
+        match self {
+            Chunk::Piece(m, r) => piece_matches(m, r.clone(), matcher),
+            Chunk::Group(g) => g.run(dec, p, matcher, corrupt),
+        }
+    }
+}
+
+/// The matching lines of `m[r]`, copied.
+fn piece_matches(m: &[u8], r: std::ops::Range<usize>, matcher: &Matcher) -> Vec<u8> {
+    if matcher.is_all() {
+        return m[r].to_vec();
+    }
+    let mut out = Vec::new();
+    for line in Matches::in_range(m, r, matcher) {
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// Cut `r` (line starts and ends of `m`) into pieces of about [`PIECE`] bytes at line
+/// boundaries.
+fn pieces(m: &[u8], r: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = r.start;
+    while start < r.end {
+        let mut end = (start + PIECE).min(r.end);
+        if end < r.end {
+            end = memchr::memchr(b'\n', &m[end..r.end]).map_or(r.end, |i| end + i + 1);
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+/// One segment's matching lines as a merge source, one chunk (a compressed group, or a piece
+/// of a raw segment read newest first) at a time, in the query's order.
+struct ChunkSource<'a> {
+    chunks: std::vec::IntoIter<Chunk<'a>>,
+    dec: zstd::bulk::Decompressor<'static>,
+    lines: merge::OwnedLines,
+    desc: bool,
+}
+
+impl<'a> ChunkSource<'a> {
     fn new(
-        seg: &'a Opened,
-        path: &'a std::path::Path,
-        sel: &'a Selection,
+        mut chunks: Vec<Chunk<'a>>,
         p: &QueryParams,
         matcher: &Matcher,
         corrupt: &AtomicU64,
     ) -> io::Result<Self> {
-        let tasks: Vec<GroupTask> = sel
-            .iter()
-            .map(|(g, blocks)| GroupTask {
-                seg,
-                path,
-                group: *g,
-                blocks,
-            })
-            .collect();
-        let mut s = GroupSource {
-            tasks: tasks.into_iter(),
+        if p.desc {
+            chunks.reverse();
+        }
+        let mut s = ChunkSource {
+            chunks: chunks.into_iter(),
             dec: segment::decompressor()?,
             lines: Default::default(),
+            desc: p.desc,
         };
         s.fill(p, matcher, corrupt);
         Ok(s)
@@ -487,8 +637,13 @@ impl<'a> GroupSource<'a> {
 
     fn fill(&mut self, p: &QueryParams, matcher: &Matcher, corrupt: &AtomicU64) {
         while self.lines.is_empty() {
-            let Some(t) = self.tasks.next() else { break };
-            self.lines.set(t.run(&mut self.dec, p, matcher, corrupt));
+            let Some(c) = self.chunks.next() else { break };
+            let out = c.run(&mut self.dec, p, matcher, corrupt);
+            self.lines.set(if self.desc {
+                merge::reverse_lines(&out)
+            } else {
+                out
+            });
         }
     }
 }
@@ -496,8 +651,8 @@ impl<'a> GroupSource<'a> {
 /// A source of an overlapping batch.
 enum BatchSource<'a, 'q> {
     Raw(MatchSource<'a>),
-    Compressed(
-        Box<GroupSource<'a>>,
+    Chunked(
+        Box<ChunkSource<'a>>,
         &'q QueryParams,
         &'q Matcher,
         &'q AtomicU64,
@@ -508,13 +663,13 @@ impl merge::Source for BatchSource<'_, '_> {
     fn current(&self) -> Option<&[u8]> {
         match self {
             BatchSource::Raw(m) => m.current(),
-            BatchSource::Compressed(g, ..) => g.lines.current(),
+            BatchSource::Chunked(g, ..) => g.lines.current(),
         }
     }
     fn advance(&mut self) -> io::Result<()> {
         match self {
             BatchSource::Raw(m) => m.advance(),
-            BatchSource::Compressed(g, p, matcher, corrupt) => {
+            BatchSource::Chunked(g, p, matcher, corrupt) => {
                 g.lines.advance();
                 g.fill(p, matcher, corrupt);
                 Ok(())
@@ -532,8 +687,12 @@ fn run_inline(
     sink: &mut dyn FnMut(&[u8]) -> bool,
 ) -> io::Result<bool> {
     match task {
+        Task::Piece(m, r) if p.desc => {
+            let out = merge::reverse_lines(&piece_matches(m, r.clone(), matcher));
+            Ok(out.is_empty() || sink(&out))
+        }
         Task::Piece(m, r) => {
-            if matches!(matcher, Matcher::All) {
+            if matcher.is_all() {
                 // Every line of a piece is an answer: hand the range over whole.
                 return Ok(sink(&m[r.clone()]));
             }
@@ -545,26 +704,49 @@ fn run_inline(
             Ok(true)
         }
         Task::Group(g) => {
-            let out = g.run(&mut segment::decompressor()?, p, matcher, corrupt);
+            let mut out = g.run(&mut segment::decompressor()?, p, matcher, corrupt);
+            if p.desc {
+                out = merge::reverse_lines(&out);
+            }
             Ok(out.is_empty() || sink(&out))
         }
         Task::Merge(srcs) => {
             let mut sources = Vec::with_capacity(srcs.len());
             for s in srcs {
                 sources.push(match s {
-                    Src::Raw(m) => BatchSource::Raw(MatchSource::new(Matches::new(
+                    Src::Raw(m) if !p.desc => BatchSource::Raw(MatchSource::new(Matches::new(
                         m, p.from_ms, p.to_ms, matcher,
                     ))),
-                    Src::Compressed(o, path, sel) => BatchSource::Compressed(
-                        Box::new(GroupSource::new(o, path, sel, p, matcher, corrupt)?),
-                        p,
-                        matcher,
-                        corrupt,
-                    ),
+                    Src::Raw(m) => {
+                        let r = crate::search::time_range(m, p.from_ms, p.to_ms);
+                        let chunks = pieces(m, r).into_iter().map(|r| Chunk::Piece(m, r));
+                        BatchSource::Chunked(
+                            Box::new(ChunkSource::new(chunks.collect(), p, matcher, corrupt)?),
+                            p,
+                            matcher,
+                            corrupt,
+                        )
+                    }
+                    Src::Compressed(o, path, sel) => {
+                        let chunks = sel.iter().map(|(g, blocks)| {
+                            Chunk::Group(GroupTask {
+                                seg: o,
+                                path,
+                                group: *g,
+                                blocks,
+                            })
+                        });
+                        BatchSource::Chunked(
+                            Box::new(ChunkSource::new(chunks.collect(), p, matcher, corrupt)?),
+                            p,
+                            matcher,
+                            corrupt,
+                        )
+                    }
                 });
             }
             let mut open = true;
-            merge::merge(&mut sources, |line| {
+            merge::merge_ordered(&mut sources, p.desc, |line| {
                 open = sink(line);
                 Ok(open)
             })?;
@@ -631,6 +813,11 @@ fn run_parallel(
                         }
                         Task::Merge(_) => Vec::new(),
                     };
+                    let out = if p.desc {
+                        merge::reverse_lines(&out)
+                    } else {
+                        out
+                    };
                     *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
                     ready.notify_all();
                 }
@@ -686,12 +873,7 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Result<QueryParams, String> {
-        QueryParams::parse(
-            &pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        QueryParams::parse(&pairs.iter().copied().collect())
     }
 
     use super::super::log::test_segment as seg;
@@ -825,6 +1007,33 @@ mod tests {
                 lines.windows(2).all(|w| w[0][..26] < w[1][..26]),
                 "in order"
             );
+        }
+        // Newest first: the same lines reversed, over pieces read from the end; and a topic
+        // selection.
+        for (q, topic) in [
+            ("seven", None),
+            ("", None),
+            ("line 1", Some("a*")),
+            ("", Some("b")),
+        ] {
+            let mut asc = p.clone();
+            asc.q = q.to_string();
+            asc.topics = topic.into_iter().map(String::from).collect();
+            let mut desc = asc.clone();
+            desc.desc = true;
+            let run = |p: &QueryParams| {
+                let mut out = Vec::new();
+                plan.execute(p, &p.matcher().unwrap(), &mut |b| {
+                    out.extend_from_slice(b);
+                    true
+                })
+                .unwrap();
+                out
+            };
+            let (a, d) = (run(&asc), run(&desc));
+            assert_eq!(d, merge::reverse_lines(&a), "q={q:?} topic={topic:?}");
+            let want = if topic == Some("b") { 0 } else { 1 };
+            assert_eq!(a.is_empty(), want == 0, "q={q:?} topic={topic:?}");
         }
         // A sink that stops after the first chunk ends the search (no hang, no more output).
         let m = Matcher::new("", false).unwrap();
