@@ -114,6 +114,8 @@ pub struct Metrics {
     pub store_trashed_segments: Counter,
     /// Trashed segments deleted.
     pub store_purged_segments: Counter,
+    /// Records dropped from segments because their topic's retention passed.
+    pub store_expired_records: Counter,
     /// Live streams dropped because their client could not keep up.
     pub store_dropped_streams: Counter,
     /// Push requests (syslog: batches written) by `protocol`, stored or not.
@@ -307,6 +309,11 @@ impl Metrics {
             "oklog_store_trashed_segments",
             "Segments moved to the trash by retention",
             m.store_trashed_segments.clone(),
+        );
+        r.register(
+            "oklog_store_expired_records",
+            "Records dropped from store segments because their topic's retention passed",
+            m.store_expired_records.clone(),
         );
         r.register(
             "oklog_store_purged_segments",

@@ -156,14 +156,44 @@ pub fn topic_of(body: &[u8]) -> &[u8] {
     memchr::memchr(b' ', body).map_or(body, |i| &body[..i])
 }
 
+/// A topic's oldest kept millisecond.
+pub type Cutoff = Box<dyn Fn(&[u8]) -> u64 + Send + Sync>;
+
+/// Records hidden because their topic's retention has passed (`-store.topic-retain`).
+pub struct Expiry {
+    /// Records at or after this millisecond are kept whatever their topic.
+    pub keep_from_ms: u64,
+    /// The oldest millisecond kept for a topic.
+    pub cutoff: Cutoff,
+}
+
+impl std::fmt::Debug for Expiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expiry")
+            .field("keep_from_ms", &self.keep_from_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Expiry {
+    /// Whether the stored line (`<ULID> <topic> <payload>`) has expired.
+    #[inline]
+    pub fn expired(&self, line: &[u8]) -> bool {
+        let ms = ulid_ms(line);
+        ms < self.keep_from_ms && ms < (self.cutoff)(topic_of(body(line)))
+    }
+}
+
 /// What a query selects: records of the selected topics whose `<topic> <payload>` matches
-/// the pattern.
+/// the pattern, less the expired ones.
 #[derive(Clone, Debug)]
 pub struct Matcher {
     /// What `q` matches.
     pub pattern: Pattern,
     /// The topics selected.
     pub topics: Topics,
+    /// Records hidden by their topic's retention (none: every record is visible).
+    pub expiry: Option<std::sync::Arc<Expiry>>,
 }
 
 impl Matcher {
@@ -173,6 +203,7 @@ impl Matcher {
         Ok(Matcher {
             pattern: Pattern::new(q, regex)?,
             topics: Topics::default(),
+            expiry: None,
         })
     }
 
@@ -182,9 +213,15 @@ impl Matcher {
         self
     }
 
-    /// Whether every record matches (no pattern, every topic).
+    /// The same matcher hiding expired records.
+    pub fn with_expiry(mut self, expiry: Option<std::sync::Arc<Expiry>>) -> Matcher {
+        self.expiry = expiry;
+        self
+    }
+
+    /// Whether every record matches (no pattern, every topic, none expired).
     pub fn is_all(&self) -> bool {
-        matches!(self.pattern, Pattern::All) && self.topics.is_all()
+        matches!(self.pattern, Pattern::All) && self.topics.is_all() && self.expiry.is_none()
     }
 
     /// Whether a record body (`<topic> <payload>`, no newline) matches.
@@ -221,6 +258,10 @@ impl Matcher {
             let line_end = memchr::memchr(b'\n', &buf[hit..end]).map_or(end, |i| hit + i + 1);
             let line_body = body(&buf[start..line_end]);
             let confirmed = self.topics.matches_body(line_body)
+                && self
+                    .expiry
+                    .as_ref()
+                    .is_none_or(|e| !e.expired(&buf[start..line_end]))
                 && match &self.pattern {
                     Pattern::All => true,
                     Pattern::Literal(_) if hit >= start + BODY_OFFSET => true,

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -21,11 +21,12 @@ use super::log::{ACTIVE, StoreLog};
 use super::query::{Plan, QueryParams, RawParams};
 use super::registry::Registry;
 use super::replicate::{ReplicaError, ReplicaWriter};
+use super::retention::Retention;
 use crate::gotime;
 use crate::http::{frame_body, text, text_body};
 use crate::metrics::Metrics;
-use crate::record::ULID_LEN;
-use crate::search::{Matcher, Topics};
+use crate::record::{BODY_OFFSET, ULID_LEN};
+use crate::search::{Expiry, Matcher, Topics};
 use crate::segment::Needles;
 use hyper::body::Frame;
 
@@ -42,17 +43,46 @@ pub struct StoreApi {
     log: Arc<StoreLog>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    retention: Arc<Retention>,
 }
 
 impl StoreApi {
-    /// API state over `log`.
+    /// API state over `log`, every record visible until its segment is removed.
     pub fn new(log: Arc<StoreLog>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::with_retention(log, metrics, Arc::new(Retention::uniform(Duration::MAX)))
+    }
+
+    /// API state over `log` hiding records past their topic's `retention`.
+    pub fn with_retention(
+        log: Arc<StoreLog>,
+        metrics: Arc<Metrics>,
+        retention: Arc<Retention>,
+    ) -> Arc<Self> {
         let registry = Registry::new(Arc::clone(&metrics));
         Arc::new(StoreApi {
             log,
             metrics,
             registry,
+            retention,
         })
+    }
+
+    /// What a query over `params` must hide: records of topics whose retention has passed
+    /// (none when no topic's retention is shorter than the window's age).
+    fn expiry(&self, params: &QueryParams) -> Option<Arc<Expiry>> {
+        if !self.retention.has_rules() {
+            return None;
+        }
+        let now = gotime::now_ms().max(0) as u64;
+        let keep_from_ms = now.saturating_sub(self.retention.shortest().as_millis() as u64);
+        if params.from_ms >= keep_from_ms {
+            return None;
+        }
+        let retention = Arc::clone(&self.retention);
+        Some(Arc::new(Expiry {
+            keep_from_ms,
+            cutoff: Box::new(move |topic| retention.cutoff_for(topic, now)),
+        }))
     }
 
     /// The `/store/*` routes.
@@ -272,7 +302,7 @@ async fn local(
     let trailers = crate::http::accepts_trailers(&headers);
     match QueryParams::parse(&raw) {
         Ok(mut params) => {
-            if output == Output::Ulids {
+            if output != Output::Records {
                 // Hits are counted, not listed: every match, in the order the gateway merges.
                 (params.desc, params.limit) = (false, None);
             }
@@ -297,7 +327,18 @@ async fn hits(
     headers: HeaderMap,
     Query(raw): Query<Vec<(String, String)>>,
 ) -> Response {
-    local(api, method, headers, RawParams(raw), Output::Ulids).await
+    let raw = RawParams(raw);
+    let output = match raw.get("by") {
+        None | Some("") => Output::Ulids,
+        Some("topic") => Output::UlidTopics,
+        Some(v) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("parsing 'by': {v:?}: only 'topic' is supported\n"),
+            );
+        }
+    };
+    local(api, method, headers, raw, output).await
 }
 
 /// What a local answer's body holds.
@@ -307,6 +348,8 @@ pub enum Output {
     Records,
     /// Only their ULIDs, one per line (`/store/_hits`).
     Ulids,
+    /// Their ULIDs and topics, `<ULID> <topic>` per line (`/store/_hits?by=topic`).
+    UlidTopics,
 }
 
 /// This node's answer to a parsed query: the planning headers, and for GET the matching
@@ -321,7 +364,7 @@ pub async fn answer(
 ) -> Response {
     let started = Instant::now();
     let matcher = match params.matcher() {
-        Ok(m) => m,
+        Ok(m) => m.with_expiry(api.expiry(&params)),
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let log = Arc::clone(&api.log);
@@ -351,6 +394,7 @@ pub async fn answer(
         return (StatusCode::OK, headers, Body::empty()).into_response();
     }
     if params.is_plain_dump()
+        && matcher.is_all()
         && output == Output::Records
         && let Some(ranges) = plan.shared_ranges(&params)
     {
@@ -377,7 +421,7 @@ pub async fn answer(
         );
     }
     let needles = Needles::new(&params.q, params.regex);
-    let scan = plan.scan(&params, &needles, &matcher.topics);
+    let scan = plan.scan(&params, &needles, &matcher);
     header(
         &mut headers,
         "X-Oklog-Bytes-Scanned",
@@ -409,6 +453,19 @@ pub async fn answer(
                     let mut start = 0;
                     for end in memchr::memchr_iter(b'\n', lines) {
                         buf.extend_from_slice(&lines[start..end.min(start + ULID_LEN)]);
+                        buf.push(b'\n');
+                        start = end + 1;
+                    }
+                }
+                Output::UlidTopics => {
+                    let mut start = 0;
+                    for end in memchr::memchr_iter(b'\n', lines) {
+                        let line = &lines[start..end];
+                        let topic =
+                            crate::search::topic_of(line.get(BODY_OFFSET..).unwrap_or_default());
+                        buf.extend_from_slice(&line[..line.len().min(ULID_LEN)]);
+                        buf.push(b' ');
+                        buf.extend_from_slice(topic);
                         buf.push(b'\n');
                         start = end + 1;
                     }

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use super::log::{
     ACTIVE, CONVERTING, FLUSHED, READING, Records, Segment, StoreLog, map_segment, overlap,
 };
+use super::retention::Retention;
 use crate::merge::{self, Source};
 use crate::metrics::Metrics;
 use crate::record::{ULID_LEN, check_record, min_ulid};
@@ -50,6 +51,9 @@ pub struct CompactConfig {
     pub target_size: u64,
     /// Keep segments whose newest record is younger than this.
     pub retain: Duration,
+    /// Per-topic retention: segments are kept for the longest, and records of topics kept
+    /// for less are dropped from them.
+    pub retention: Option<Arc<Retention>>,
     /// Delete trashed segments this long after trashing.
     pub purge: Duration,
     /// The format segments are converted to: compressed ones once older than
@@ -72,6 +76,9 @@ pub struct Compacter {
     damaged: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     /// Set at shutdown: a conversion under way gives up (its input stays as it was).
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Segments found without expired records, and when (Unix ms): looked at again only
+    /// after [`Compacter::recheck_ms`].
+    unexpired: std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>,
 }
 
 /// What one step did.
@@ -87,6 +94,8 @@ pub enum Kind {
     Purge,
     /// Conversion between formats (compression of old segments).
     Convert,
+    /// Per-topic retention: segments rewritten without their expired records.
+    Expire,
 }
 
 impl Kind {
@@ -97,6 +106,7 @@ impl Kind {
             Kind::Trash => "Trash",
             Kind::Purge => "Purge",
             Kind::Convert => "Convert",
+            Kind::Expire => "Expire",
         }
     }
 }
@@ -110,6 +120,7 @@ impl Compacter {
             metrics,
             damaged: Default::default(),
             stop: Default::default(),
+            unexpired: Default::default(),
         }
     }
 
@@ -120,6 +131,7 @@ impl Compacter {
             Kind::Overlapping,
             Kind::Sequential,
             Kind::Convert,
+            Kind::Expire,
             Kind::Trash,
             Kind::Purge,
         ];
@@ -188,6 +200,17 @@ impl Compacter {
                 }
                 Ok(n)
             }
+            Kind::Expire => {
+                let started = std::time::Instant::now();
+                let mut n = 0;
+                while started.elapsed() < CONVERT_BUDGET {
+                    match self.expire(&live)? {
+                        0 => break,
+                        k => n += k,
+                    }
+                }
+                Ok(n)
+            }
             Kind::Purge => {
                 // The directory is listed here anyway: also set aside what cannot be a segment
                 // and index segments an operator copied in.
@@ -221,7 +244,12 @@ impl Compacter {
     /// Segments whose newest record is older than this ULID are past retention.
     fn retention_cutoff(&self) -> [u8; ULID_LEN] {
         let now = crate::gotime::now_ms().max(0) as u64;
-        min_ulid(now.saturating_sub(self.cfg.retain.as_millis() as u64))
+        let longest = self
+            .cfg
+            .retention
+            .as_ref()
+            .map_or(self.cfg.retain, |r| r.longest());
+        min_ulid(now.saturating_sub(longest.as_millis() as u64))
     }
 
     fn trash(&self) -> io::Result<usize> {
@@ -245,10 +273,70 @@ impl Compacter {
             self.log.release(&inputs);
             return Ok(0);
         }
-        match self.merge_into_outputs(&inputs) {
+        match self.merge_into_outputs(&inputs, &mut |_| true) {
             Ok(()) => {
                 self.log.remove(&inputs)?;
                 Ok(inputs.len())
+            }
+            Err(failure) => self.give_back(inputs, failure),
+        }
+    }
+
+    /// How long a segment found without expired records is left before it is read again:
+    /// a tenth of the shortest topic retention, from 1 s to 1 h.
+    fn recheck_ms(retention: &Retention) -> u64 {
+        (retention.shortest().as_millis() as u64 / 10).clamp(1000, 3_600_000)
+    }
+
+    /// Rewrite the oldest segment holding records past their topic's retention without them
+    /// (as compaction: outputs closed, then the input removed; a crash in between leaves
+    /// copies the queries deduplicate and the next pass rewrites). Returns 1 if one was.
+    fn expire(&self, live: &dyn Fn(&Segment) -> bool) -> io::Result<usize> {
+        let Some(retention) = self.cfg.retention.as_ref().filter(|r| r.has_rules()) else {
+            return Ok(0);
+        };
+        let now = crate::gotime::now_ms().max(0) as u64;
+        let keep_from = now.saturating_sub(retention.shortest().as_millis() as u64);
+        let recheck = Self::recheck_ms(retention);
+        let candidates = self.log.scan(&[FLUSHED], |s| {
+            live(s) && crate::record::ulid_ms(&s.low) < keep_from
+        })?;
+        let mut check = ExpiryCheck::new(retention, now);
+        let mut chosen = None;
+        {
+            let mut seen = self.unexpired.lock().unwrap_or_else(|p| p.into_inner());
+            seen.retain(|p, _| candidates.iter().any(|s| &s.path == p));
+            for s in &candidates {
+                if seen.get(&s.path).is_some_and(|&t| now < t + recheck) {
+                    continue;
+                }
+                if check.any_expired(&s.path, keep_from)? {
+                    chosen = Some(s.clone());
+                    break;
+                }
+                seen.insert(s.path.clone(), now);
+            }
+        }
+        let Some(chosen) = chosen else {
+            return Ok(0);
+        };
+        let inputs = self.log.claim(std::slice::from_ref(&chosen))?;
+        if inputs.len() != 1 {
+            self.log.release(&inputs);
+            return Ok(0);
+        }
+        let mut dropped = 0u64;
+        let mut keep = |line: &[u8]| {
+            let gone = check.expired(line);
+            dropped += u64::from(gone);
+            !gone
+        };
+        match self.merge_into_outputs(&inputs, &mut keep) {
+            Ok(()) => {
+                self.log.remove(&inputs)?;
+                self.metrics.store_expired_records.inc_by(dropped);
+                tracing::info!(segment = %chosen.path.display(), records = dropped, "dropped records past their topic's retention");
+                Ok(1)
             }
             Err(failure) => self.give_back(inputs, failure),
         }
@@ -394,13 +482,23 @@ impl Compacter {
         result
     }
 
-    fn merge_into_outputs(&self, inputs: &[Segment]) -> Result<(), Failure> {
+    /// Merge `inputs` into new segments, the records `keep` refuses left out.
+    fn merge_into_outputs(
+        &self,
+        inputs: &[Segment],
+        keep: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), Failure> {
         let mut sources = inputs
             .iter()
             .map(|s| Ok(Checked::new(Records::open(&s.path)?, s.path.clone())))
             .collect::<io::Result<Vec<_>>>()?;
         let mut out = Output::new(&self.log, self.cfg.target_size);
-        let merged = merge::merge(&mut sources, |line| out.write(line).map(|_| true));
+        let merged = merge::merge(&mut sources, |line| {
+            if keep(line) {
+                out.write(line)?;
+            }
+            Ok(true)
+        });
         if let Some(bad) = sources.iter().find_map(|s| s.bad.clone()) {
             out.abandon();
             return Err(Failure::Bad(bad.0, bad.1));
@@ -414,6 +512,63 @@ impl Compacter {
             return Err(Failure::Io(e));
         }
         out.finish().map_err(Failure::Io)
+    }
+}
+
+/// Which records have passed their topic's retention, at one instant (topics' cutoffs
+/// remembered).
+struct ExpiryCheck<'a> {
+    retention: &'a Retention,
+    now: u64,
+    keep_from: u64,
+    cutoffs: std::collections::HashMap<Vec<u8>, u64>,
+}
+
+impl<'a> ExpiryCheck<'a> {
+    fn new(retention: &'a Retention, now: u64) -> Self {
+        ExpiryCheck {
+            retention,
+            now,
+            keep_from: now.saturating_sub(retention.shortest().as_millis() as u64),
+            cutoffs: Default::default(),
+        }
+    }
+
+    /// Whether the stored line's record has passed its topic's retention.
+    fn expired(&mut self, line: &[u8]) -> bool {
+        let ms = crate::record::ulid_ms(line);
+        if ms >= self.keep_from {
+            return false;
+        }
+        let topic = crate::search::topic_of(crate::search::body(line));
+        let cutoff = match self.cutoffs.get(topic) {
+            Some(&c) => c,
+            None => {
+                let c = self.retention.cutoff_for(topic, self.now);
+                self.cutoffs.insert(topic.to_vec(), c);
+                c
+            }
+        };
+        ms < cutoff
+    }
+
+    /// Whether the segment at `path` holds an expired record (read up to `keep_from`).
+    fn any_expired(&mut self, path: &std::path::Path, keep_from: u64) -> io::Result<bool> {
+        let mut records = match Records::open(path) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        while let Some(line) = records.current() {
+            if crate::record::ulid_ms(line) >= keep_from {
+                break;
+            }
+            if self.expired(line) {
+                return Ok(true);
+            }
+            records.advance()?;
+        }
+        Ok(false)
     }
 }
 
@@ -696,6 +851,7 @@ mod tests {
             CompactConfig {
                 target_size: target,
                 retain,
+                retention: None,
                 purge,
                 format: Format::Compressed,
                 compress_after: Some(Duration::ZERO),
@@ -1155,7 +1311,7 @@ mod tests {
         let scan = plan.scan(
             &p,
             &segment::Needles::new(&p.q, p.regex),
-            &Default::default(),
+            &p.matcher().unwrap(),
         );
         assert!(
             scan.blocks_read <= 3 && scan.blocks_skipped > 20,
@@ -1350,5 +1506,69 @@ mod tests {
             names.iter().all(|n| n == "LOCK" || n.ends_with(".flushed")),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn a_topic_past_its_retention_is_dropped_from_raw_and_compressed_segments_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+        let now = crate::gotime::now_ms() as u64;
+        // Two segments of records 3 h to 2 h old, of topics debug-a, debug-b and app.
+        let mut all = Vec::new();
+        for seg in 0..2u64 {
+            let mut lines = Vec::new();
+            for i in 0..300u64 {
+                let ms = now - 3 * 3_600_000 + seg * 1_800_000 + i * 1000;
+                let topic = ["debug-a", "app", "debug-b"][(i % 3) as usize];
+                let mut l = encode_ulid(ms, u128::from(i)).to_vec();
+                l.extend_from_slice(format!(" {topic} record {seg} {i}\n").as_bytes());
+                lines.push(l);
+            }
+            write_lines(&log, &lines);
+            all.extend(lines);
+        }
+        let retention =
+            Arc::new(Retention::parse(&["debug-*=1h"], Duration::from_secs(7 * 86400)).unwrap());
+        let mut c = compacter(
+            &log,
+            1 << 30,
+            Duration::from_secs(7 * 86400),
+            Duration::from_secs(3600),
+        );
+        c.cfg.retention = Some(Arc::clone(&retention));
+        // One segment compressed, one raw.
+        assert_eq!(c.convert(&|_| true).unwrap(), 1);
+        assert_eq!(c.step(Kind::Expire).unwrap(), 2);
+        let kept: Vec<Vec<u8>> = all
+            .iter()
+            .filter(|l| crate::search::topic_of(&l[27..]) == b"app")
+            .cloned()
+            .collect();
+        assert_eq!(super::tests::all(&log), kept, "only app's records are left");
+        assert_eq!(c.metrics.store_expired_records.get(), 400);
+        // Nothing more to drop: the segments are not read again for a while.
+        assert_eq!(c.step(Kind::Expire).unwrap(), 0);
+        // Queries hide expired records at once, before any rewrite.
+        let dir2 = tempfile::tempdir().unwrap();
+        let log2 = StoreLog::open(dir2.path()).unwrap();
+        write_lines(&log2, &all);
+        let p = crate::store::query::QueryParams {
+            from_ms: 0,
+            to_ms: now,
+            ..Default::default()
+        };
+        let expiry = crate::search::Expiry {
+            keep_from_ms: now - 3_600_000,
+            cutoff: Box::new(move |t| retention.cutoff_for(t, now)),
+        };
+        let m = p.matcher().unwrap().with_expiry(Some(Arc::new(expiry)));
+        let plan = crate::store::query::Plan::open(&log2, &p).unwrap();
+        let mut out = Vec::new();
+        plan.execute(&p, &m, &mut |b| {
+            out.extend(b.split_inclusive(|&c| c == b'\n').map(<[u8]>::to_vec));
+            true
+        })
+        .unwrap();
+        assert_eq!(out, kept);
     }
 }

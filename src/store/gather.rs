@@ -10,6 +10,7 @@
 //! trailers to a client that sent `TE: trailers`, by aborting the body to any other (see
 //! [`Late`]).
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,12 +27,14 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use super::api::{Late, Output, Stats, stats_headers};
-use super::hits::Buckets;
+use super::hits::{Buckets, TopicBuckets};
 use super::query::{QueryParams, RawParams};
+use super::retention::Retention;
 use crate::cluster::{Peers, Role};
 use crate::http::{self, Client, text, text_body};
 use crate::merge::{self, Source};
 use crate::metrics::Metrics;
+use crate::record::ULID_LEN;
 use hyper::body::Frame;
 
 /// How long a peer may take to answer with headers.
@@ -49,6 +52,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// This node's API address and store, answered in process rather than over HTTP.
     local: Option<(String, Arc<super::StoreApi>)>,
+    /// This node's topic retention, shown by `/store/topics`.
+    retention: Option<Arc<Retention>>,
 }
 
 impl Gateway {
@@ -65,6 +70,18 @@ impl Gateway {
             client,
             metrics,
             local: Some((me, store)),
+            retention: None,
+        })
+    }
+
+    /// The same gateway showing `retention` in `/store/topics`.
+    pub fn with_retention(self: Arc<Self>, retention: Arc<Retention>) -> Arc<Self> {
+        Arc::new(Gateway {
+            peers: Arc::clone(&self.peers),
+            client: self.client.clone(),
+            metrics: Arc::clone(&self.metrics),
+            local: self.local.clone(),
+            retention: Some(retention),
         })
     }
 
@@ -73,6 +90,7 @@ impl Gateway {
         Router::new()
             .route("/store/query", get(query).head(query))
             .route("/store/hits", get(hits).head(hits))
+            .route("/store/topics", get(topics).head(topics))
             .route("/store/stream", get(stream))
             .with_state(Arc::clone(self))
     }
@@ -99,11 +117,11 @@ async fn ask(
     params: &QueryParams,
     output: Output,
 ) -> io::Result<Answer> {
-    let path = match output {
-        Output::Records => "_query",
-        Output::Ulids => "_hits",
+    let url = match output {
+        Output::Records => format!("http://{peer}/store/_query?{raw}"),
+        Output::Ulids => format!("http://{peer}/store/_hits?{raw}"),
+        Output::UlidTopics => format!("http://{peer}/store/_hits?{raw}&by=topic"),
     };
-    let url = format!("http://{peer}/store/{path}?{raw}");
     let (status, headers, body) = match &gw.local {
         Some((me, store)) if me == peer => {
             let (parts, body) = super::api::answer(store, method, params.clone(), output, true)
@@ -191,8 +209,9 @@ async fn query(
         .into_response()
 }
 
-/// `GET|HEAD /store/hits?from=&to=&q=&regex=&step=`: matching records counted per time
-/// bucket, over every store node, deduplicated like a query.
+/// `GET|HEAD /store/hits?from=&to=&q=&regex=&topic=&step=[&by=topic]`: matching records
+/// counted per time bucket (and with `by=topic` per topic), over every store node,
+/// deduplicated like a query.
 async fn hits(
     State(gw): State<Arc<Gateway>>,
     method: Method,
@@ -202,41 +221,159 @@ async fn hits(
     let started = Instant::now();
     let params = RawParams(params);
     let step = params.get("step").map(String::from);
+    let by_topic = match params.get("by") {
+        None | Some("") => false,
+        Some("topic") => true,
+        Some(v) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("parsing 'by': {v:?}: only 'topic' is supported\n"),
+            );
+        }
+    };
     let params = match checked_params(&params) {
         Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let mut buckets = match Buckets::new(params.from_ms, params.to_ms, step.as_deref()) {
+    let buckets = match Buckets::new(params.from_ms, params.to_ms, step.as_deref()) {
         Ok(b) => b,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let mut gathered = match scatter(&gw, &method, raw, &params, Output::Ulids).await {
-        Ok(g) => g,
-        Err(r) => return r,
+    if by_topic {
+        let series = TopicBuckets::new(buckets);
+        let counted = counted(
+            &gw,
+            &method,
+            raw,
+            &params,
+            Output::UlidTopics,
+            started,
+            series,
+            |series, line| series.add(line_topic(line), crate::record::ulid_ms(line)),
+        )
+        .await;
+        return json_answer(counted, |series| series.to_json());
+    }
+    let counted = counted(
+        &gw,
+        &method,
+        raw,
+        &params,
+        Output::Ulids,
+        started,
+        buckets,
+        |buckets, line| buckets.add(crate::record::ulid_ms(&merge::key(line))),
+    )
+    .await;
+    json_answer(counted, |buckets| buckets.to_json())
+}
+
+/// `GET|HEAD /store/topics?from=&to=[&q=&regex=&topic=]`: the topics of the window's records
+/// (those matching the query, if one is given), each with its record count over every store
+/// node (replicas counted once), most records first.
+async fn topics(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    RawQuery(raw): RawQuery,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let started = Instant::now();
+    let params = match checked_params(&RawParams(params)) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
+    let counted = counted(
+        &gw,
+        &method,
+        raw,
+        &params,
+        Output::UlidTopics,
+        started,
+        HashMap::<Vec<u8>, u64>::new(),
+        |counts, line| {
+            let topic = line_topic(line);
+            match counts.get_mut(topic) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(topic.to_vec(), 1);
+                }
+            }
+        },
+    )
+    .await;
+    let retain = gw.retention.clone();
+    json_answer(counted, move |counts| {
+        let mut all: Vec<(Vec<u8>, u64)> = counts.into_iter().collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let topics: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(t, n)| {
+                let mut v = serde_json::json!({
+                    "topic": String::from_utf8_lossy(t),
+                    "records": n,
+                });
+                if let Some(r) = &retain {
+                    v["retain"] =
+                        super::hits::format_step(r.retain_for(t).as_millis() as u64).into();
+                }
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "from": crate::gotime::rfc3339_utc_millis(params.from_ms as i64),
+            "to": crate::gotime::rfc3339_utc_millis(params.to_ms as i64),
+            "topics": topics,
+        })
+        .to_string()
+    })
+}
+
+/// The topic of a `<ULID> <topic>` line.
+fn line_topic(line: &[u8]) -> &[u8] {
+    let topic = line.get(ULID_LEN + 1..).unwrap_or_default();
+    topic.strip_suffix(b"\n").unwrap_or(topic)
+}
+
+/// A counted answer: its status, headers and the counter, or the response to send instead
+/// (HEAD, errors).
+type Counted<S> = Result<(StatusCode, HeaderMap, S), Response>;
+
+/// Scatter `output` for `params`, merge the nodes' lines with dedup and pass each to `count`
+/// with `state`, whole before answering: anything missing makes the status a 206.
+#[allow(clippy::too_many_arguments)]
+async fn counted<S: Send + 'static>(
+    gw: &Gateway,
+    method: &Method,
+    raw: Option<String>,
+    params: &QueryParams,
+    output: Output,
+    started: Instant,
+    mut state: S,
+    count: fn(&mut S, &[u8]),
+) -> Counted<S> {
+    let mut gathered = scatter(gw, method, raw, params, output).await?;
     let status = gathered.status();
-    if method == Method::HEAD {
-        let headers = gathered.headers(&params, started);
-        return (status, headers, Body::empty()).into_response();
+    if *method == Method::HEAD {
+        let headers = gathered.headers(params, started);
+        return Err((status, headers, Body::empty()).into_response());
     }
     let bodies = std::mem::take(&mut gathered.bodies);
     let late = Arc::new(Late::default());
     let receivers = body_sources(bodies, Arc::clone(&gw.metrics), Arc::clone(&late));
-    let counted = tokio::task::spawn_blocking(move || {
+    let merged = tokio::task::spawn_blocking(move || {
         let mut sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
         merge::merge(&mut sources, |line| {
-            buckets.add(crate::record::ulid_ms(&merge::key(line)));
+            count(&mut state, line);
             Ok(true)
         })
-        .map(|_| buckets)
+        .map(|_| state)
     })
     .await;
-    let buckets = match counted {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    let state = match merged {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))),
+        Err(e) => return Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))),
     };
-    // Counted whole before answering: anything missing makes it a 206.
     use std::sync::atomic::Ordering::Relaxed;
     gathered.total.errors += late.errors.load(Relaxed);
     let status = if late.is_partial() {
@@ -244,7 +381,7 @@ async fn hits(
     } else {
         status
     };
-    let mut headers = gathered.headers(&params, started);
+    let mut headers = gathered.headers(params, started);
     headers.insert(
         "X-Oklog-Corrupt-Blocks",
         axum::http::HeaderValue::from(late.corrupt.load(Relaxed)),
@@ -253,9 +390,19 @@ async fn hits(
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("application/json"),
     );
-    let mut body = buckets.to_json();
-    body.push('\n');
-    (status, headers, body).into_response()
+    Ok((status, headers, state))
+}
+
+/// The JSON body `body(state)` under a counted answer's status and headers.
+fn json_answer<S>(counted: Counted<S>, body: impl FnOnce(S) -> String) -> Response {
+    match counted {
+        Ok((status, headers, state)) => {
+            let mut body = body(state);
+            body.push('\n');
+            (status, headers, body).into_response()
+        }
+        Err(r) => r,
+    }
 }
 
 /// What every store node answered to one scattered question.
@@ -392,7 +539,7 @@ fn pinned_query(raw: &str, p: &QueryParams) -> String {
         .filter(|kv| !kv.is_empty())
         .filter(|kv| {
             let k = kv.split('=').next().unwrap_or("");
-            k != "from" && k != "to"
+            k != "from" && k != "to" && k != "by"
         })
         .map(str::to_string)
         .collect();

@@ -123,6 +123,85 @@ impl Buckets {
     }
 }
 
+/// Series drawn one per topic in `by=topic` hits; the rest are summed as "other".
+pub const TOP_TOPICS: usize = 10;
+
+/// Hits per topic (`/store/hits?by=topic`): the total buckets and one series per topic.
+#[derive(Clone, Debug)]
+pub struct TopicBuckets {
+    /// Every record.
+    pub total: Buckets,
+    /// Per topic: its records and its buckets.
+    topics: std::collections::HashMap<Vec<u8>, (u64, Vec<u64>)>,
+}
+
+impl TopicBuckets {
+    /// Empty series over `total`'s buckets.
+    pub fn new(total: Buckets) -> Self {
+        TopicBuckets {
+            total,
+            topics: Default::default(),
+        }
+    }
+
+    /// Count one record of `topic` at `ms`.
+    pub fn add(&mut self, topic: &[u8], ms: u64) {
+        let b = &self.total;
+        let Some(i) = ms
+            .checked_sub(b.start_ms)
+            .map(|d| (d / b.step_ms) as usize)
+            .filter(|&i| i < b.counts.len())
+        else {
+            return;
+        };
+        self.total.counts[i] += 1;
+        let n = self.total.counts.len();
+        let (count, counts) = match self.topics.get_mut(topic) {
+            Some(e) => e,
+            None => self
+                .topics
+                .entry(topic.to_vec())
+                .or_insert_with(|| (0, vec![0; n])),
+        };
+        *count += 1;
+        counts[i] += 1;
+    }
+
+    /// The JSON answer: the total as [`Buckets::to_json`] plus `series`, the [`TOP_TOPICS`]
+    /// topics with the most records (most first, then by name), each
+    /// `{"topic", "count", "counts": [per bucket]}`, and `other`, the sum of the rest
+    /// (`{"topics": N, "count", "counts"}`).
+    pub fn to_json(&self) -> String {
+        let mut all: Vec<_> = self.topics.iter().collect();
+        all.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
+        let rest = all.split_off(all.len().min(TOP_TOPICS));
+        let mut other = vec![0u64; self.total.counts.len()];
+        for (_, (_, counts)) in &rest {
+            for (o, c) in other.iter_mut().zip(counts) {
+                *o += c;
+            }
+        }
+        let mut v: serde_json::Value =
+            serde_json::from_str(&self.total.to_json()).unwrap_or_default();
+        v["series"] = all
+            .iter()
+            .map(|(t, (count, counts))| {
+                serde_json::json!({
+                    "topic": String::from_utf8_lossy(t),
+                    "count": count,
+                    "counts": counts,
+                })
+            })
+            .collect();
+        v["other"] = serde_json::json!({
+            "topics": rest.len(),
+            "count": rest.iter().map(|(_, (c, _))| c).sum::<u64>(),
+            "counts": other,
+        });
+        v.to_string()
+    }
+}
+
 /// Buckets of `step_ms` needed to cover `[from_ms, to_ms]`.
 fn count(from_ms: u64, to_ms: u64, step_ms: u64) -> u64 {
     to_ms / step_ms - from_ms / step_ms + 1
@@ -215,6 +294,32 @@ mod tests {
                 .contains("'step'")
         );
         assert!(Buckets::new(H, 0, None).is_err());
+    }
+
+    #[test]
+    fn topic_series_keep_the_ten_largest_and_sum_the_rest() {
+        let mut t = TopicBuckets::new(Buckets::new(0, 119_999, Some("1m")).unwrap());
+        for k in 0..13u64 {
+            for i in 0..=k {
+                t.add(format!("t{k:02}").as_bytes(), i * 9_000);
+            }
+        }
+        t.add(b"t00", 500_000); // outside the window
+        let j: serde_json::Value = serde_json::from_str(&t.to_json()).unwrap();
+        let series = j["series"].as_array().unwrap();
+        assert_eq!(series.len(), 10);
+        assert_eq!(series[0]["topic"], "t12");
+        assert_eq!(series[0]["count"], 13);
+        assert_eq!(series[0]["counts"], serde_json::json!([7, 6]));
+        assert_eq!(j["other"]["topics"], 3);
+        assert_eq!(j["other"]["count"], 1 + 2 + 3);
+        let total: u64 = j["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, (1..=13).sum::<u64>());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod log;
 pub mod query;
 pub mod registry;
 pub mod replicate;
+pub mod retention;
 
 pub use api::StoreApi;
 pub use compact::{CompactConfig, Compacter};

@@ -250,7 +250,8 @@ impl Plan {
     /// Decide what the search reads: for raw segments the `[from, to]` byte range found by
     /// binary search, for compressed ones the blocks in range of the selected `topics` (and
     /// the mixed ones) that `needles` do not rule out.
-    pub fn scan(&self, p: &QueryParams, needles: &Needles, topics: &Topics) -> Scan {
+    pub fn scan(&self, p: &QueryParams, needles: &Needles, matcher: &Matcher) -> Scan {
+        let topics = &matcher.topics;
         let mut scan = Scan::default();
         for o in &self.opened {
             let Some(o) = o else {
@@ -278,11 +279,17 @@ impl Plan {
             let first = footer
                 .groups
                 .partition_point(|g| ulid_ms(&g.high) < p.from_ms);
-            // Per topic of the table: whether the query selects it.
+            // Per topic of the table: whether the query selects it, and its oldest visible
+            // millisecond.
             let wanted: Vec<bool> = footer
                 .topics
                 .iter()
                 .map(|t| topics.matches(&t.name))
+                .collect();
+            let cutoffs: Vec<u64> = footer
+                .topics
+                .iter()
+                .map(|t| matcher.expiry.as_ref().map_or(0, |e| (e.cutoff)(&t.name)))
                 .collect();
             let mut sel = Vec::new();
             for (gi, g) in footer.groups.iter().enumerate().skip(first) {
@@ -292,7 +299,9 @@ impl Plan {
                 let mut blocks = Vec::new();
                 for (bi, b) in footer.group_blocks(g).iter().enumerate() {
                     if !in_range(&b.low, &b.high)
-                        || (b.topic != segment::MIXED && !wanted[b.topic as usize])
+                        || (b.topic != segment::MIXED
+                            && (!wanted[b.topic as usize]
+                                || ulid_ms(&b.high) < cutoffs[b.topic as usize]))
                     {
                         continue;
                     }
@@ -344,7 +353,7 @@ impl Plan {
         matcher: &Matcher,
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> io::Result<Outcome> {
-        let scan = self.scan(p, &Needles::new(&p.q, p.regex), &matcher.topics);
+        let scan = self.scan(p, &Needles::new(&p.q, p.regex), matcher);
         self.execute_scan(&scan, p, matcher, sink)
     }
 

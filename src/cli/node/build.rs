@@ -113,6 +113,7 @@ pub struct StoreParts {
     pub(super) consumers: usize,
     pub(super) consumer: ConsumerConfig,
     pub(super) lifecycle: CompactConfig,
+    pub(super) retention: Arc<crate::store::retention::Retention>,
 }
 
 /// Open (and recover) the store directory.
@@ -122,16 +123,23 @@ pub fn build_store(cfg: &StoreConfig, metrics: &Arc<Metrics>) -> anyhow::Result<
         log.quarantined_at_start
             .load(std::sync::atomic::Ordering::Relaxed),
     );
-    let api = StoreApi::new(Arc::clone(&log), Arc::clone(metrics));
+    let retention = Arc::new(cfg.retention.clone());
+    let api = StoreApi::with_retention(
+        Arc::clone(&log),
+        Arc::clone(metrics),
+        Arc::clone(&retention),
+    );
     Ok(StoreParts {
         log,
         max_queries: cfg.max_queries,
         max_streams: cfg.max_streams,
         api,
         consumers: cfg.consumers,
+        retention: Arc::clone(&retention),
         lifecycle: CompactConfig {
             target_size: cfg.target_size,
             retain: cfg.retain,
+            retention: Some(Arc::clone(&retention)),
             purge: cfg.purge,
             format: cfg.format,
             compress_after: cfg.compress_after,

@@ -266,6 +266,12 @@ pub fn store_flags(rf_default: &'static str, rf_help: &'static str) -> Vec<Flag>
             "retention period for segment files",
         ),
         flag(
+            "store.topic-retain",
+            Kind::List,
+            "",
+            "PATTERN=DURATION: keep records of topics matching PATTERN (a name or a * glob) this long instead (repeatable; the first match wins)",
+        ),
+        flag(
             "store.segment-purge",
             Kind::Duration,
             "24h",
@@ -371,6 +377,8 @@ pub struct StoreConfig {
     pub replication_factor: usize,
     /// Retention (`-store.segment-retain`, 168h).
     pub retain: Duration,
+    /// Per-topic retention over `retain` (`-store.topic-retain`).
+    pub retention: crate::store::retention::Retention,
     /// Trash kept this long (`-store.segment-purge`, 24h).
     pub purge: Duration,
     /// The format old segments are kept in (`-store.segment-format`, compressed).
@@ -499,6 +507,11 @@ impl StoreConfig {
             delay: args.duration("store.segment-delay"),
             replication_factor: rf as usize,
             retain: args.duration("store.segment-retain"),
+            retention: crate::store::retention::Retention::parse(
+                &args.list("store.topic-retain"),
+                args.duration("store.segment-retain"),
+            )
+            .map_err(anyhow::Error::msg)?,
             purge: args.duration("store.segment-purge"),
             format: match args.str("store.segment-format").as_str() {
                 "compressed" => crate::segment::Format::Compressed,

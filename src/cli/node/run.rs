@@ -304,6 +304,7 @@ impl Node {
                 self.gossip.me().api_addr,
                 Arc::clone(&parts.api),
             )
+            .with_retention(Arc::clone(&parts.retention))
             .router();
             // Each class of work has its own bound, so a gateway's calls to its peers never
             // wait behind the user queries that made them.
