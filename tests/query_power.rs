@@ -1,0 +1,374 @@
+//! Query power with real processes: topics as a key, newest first with a limit, topic counts,
+//! hits by topic and per-topic retention, each checked against a reference computed here from
+//! the records sent, on a 2-store cluster where one node keeps raw segments and the other
+//! compressed ones, some records on both (replicas) and some on one.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+
+fn ulid_text(ms: u64, entropy: u128) -> String {
+    String::from_utf8(oklog::record::encode_ulid(ms, entropy).to_vec()).unwrap()
+}
+
+fn now_ms() -> u64 {
+    oklog::gotime::now_ms() as u64
+}
+
+const TOPICS: [&str; 6] = ["web", "web-api", "db", "auth", "kernel", "debug"];
+
+/// Segment `k` of `n` records, 2 h old, `k` minutes apart: topics in turn, payloads with a
+/// level and a sequence number.
+fn segment(base: u64, k: u64, n: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let id = ulid_text(base + k * 60_000 + i * 10, u128::from(k * n + i));
+            let topic = TOPICS[((i * 7 + k) % TOPICS.len() as u64) as usize];
+            let level = ["info", "warn", "error"][(i % 3) as usize];
+            format!("{id} {topic} level={level} seq={k}-{i}\n")
+        })
+        .collect()
+}
+
+fn post(api: &str, lines: &[String]) {
+    let r = http("POST", api, "/store/replicate", lines.concat().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// What a query must answer: records in `[from, to]` of the topics (exact or `*` prefix
+/// globs) containing `q`, in order, cut at `limit`.
+fn reference(
+    all: &[String],
+    (from, to): (u64, u64),
+    topics: &[&str],
+    q: &str,
+    desc: bool,
+    limit: Option<usize>,
+) -> Vec<String> {
+    let mut out: Vec<String> = all
+        .iter()
+        .filter(|l| {
+            let ms = oklog::record::ulid_ms(l.as_bytes());
+            let topic = l[27..].split(' ').next().unwrap();
+            let wanted = topics.is_empty()
+                || topics.iter().any(|t| match t.strip_suffix('*') {
+                    Some(prefix) => topic.starts_with(prefix),
+                    None => topic == *t,
+                });
+            ms >= from && ms <= to && wanted && l[27..].contains(q)
+        })
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    if desc {
+        out.reverse();
+    }
+    out.truncate(limit.unwrap_or(usize::MAX));
+    out
+}
+
+fn lines(r: &Response) -> Vec<String> {
+    r.text().split_inclusive('\n').map(String::from).collect()
+}
+
+#[test]
+fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compressed_node() {
+    let _serial = serial();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_role(
+        "ingeststore",
+        da.path(),
+        None,
+        &["-store.segment-compress-after", "off"],
+    );
+    let b = start_role(
+        "ingeststore",
+        db.path(),
+        Some(a.addr("cluster")),
+        &["-store.segment-compress-after", "0"],
+    );
+    eventually(Duration::from_secs(20), "the cluster to form", || {
+        (metric(a.addr("api"), "oklog_cluster_size") == Some(2.0)
+            && metric(b.addr("api"), "oklog_cluster_size") == Some(2.0))
+        .then_some(())
+    });
+    // Segments 0..2 on a, 1..3 on b: 1 and 2 are replicas on both.
+    let base = now_ms() - 2 * 3_600_000;
+    let segs: Vec<Vec<String>> = (0..4).map(|k| segment(base, k, 600)).collect();
+    for seg in &segs[0..3] {
+        post(a.addr("api"), seg);
+    }
+    for seg in &segs[1..4] {
+        post(b.addr("api"), seg);
+    }
+    let all: Vec<String> = segs.concat();
+    eventually(Duration::from_secs(60), "b's segments compressed", || {
+        (metric(b.addr("api"), "oklog_store_raw_segments") == Some(0.0)).then_some(())
+    });
+    // From the middle of segment 0 (only on a) to the middle of segment 3 (only on b).
+    let window = (base + 3_000, base + 183_000);
+    let (wf, wt) = (ulid_text(window.0, 0), ulid_text(window.1, u128::MAX >> 48));
+    type Case<'a> = (&'a [&'a str], &'a str, bool, Option<usize>);
+    let cases: &[Case] = &[
+        (&["db"], "", false, None),
+        (&["web"], "", true, None),
+        (&["web*"], "error", false, None),
+        (&["web*", "kernel"], "", true, Some(25)),
+        (&[], "warn", true, Some(1)),
+        (&[], "", true, Some(700)),
+        (&["auth"], "", false, Some(10)),
+        (&["nothing-*"], "", true, None),
+    ];
+    for node in [&a, &b] {
+        for &(topics, q, desc, limit) in cases {
+            let mut path = format!("/store/query?from={wf}&to={wt}&q={q}");
+            for t in topics {
+                path.push_str(&format!("&topic={t}"));
+            }
+            if desc {
+                path.push_str("&order=desc");
+            }
+            if let Some(n) = limit {
+                path.push_str(&format!("&limit={n}"));
+            }
+            let r = http("GET", node.addr("api"), &path, b"");
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            let want = reference(&all, window, topics, q, desc, limit);
+            let got = lines(&r);
+            assert!(
+                got == want,
+                "{path}: {} records, want {}",
+                got.len(),
+                want.len()
+            );
+        }
+    }
+    // Only the selected topic's blocks are read on the compressed node.
+    let one = http(
+        "GET",
+        b.addr("api"),
+        &format!("/store/_query?from={wf}&to={wt}&topic=kernel"),
+        b"",
+    );
+    let every = http(
+        "GET",
+        b.addr("api"),
+        &format!("/store/_query?from={wf}&to={wt}"),
+        b"",
+    );
+    let scanned =
+        |r: &Response| -> u64 { r.header("X-Oklog-Bytes-Scanned").unwrap().parse().unwrap() };
+    assert!(
+        scanned(&one) * 3 < scanned(&every),
+        "one topic of six read {} of {} bytes",
+        scanned(&one),
+        scanned(&every)
+    );
+    // The CLI, newest first.
+    let out = oklog(&[
+        "query",
+        "-store",
+        a.addr("api"),
+        "-from",
+        &wf,
+        "-to",
+        &wt,
+        "-topic",
+        "web-api",
+        "-order",
+        "desc",
+        "-limit",
+        "5",
+        "-ulid",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        reference(&all, window, &["web-api"], "", true, Some(5)).concat()
+    );
+    // Topic counts, replicas counted once.
+    let r = http(
+        "GET",
+        a.addr("api"),
+        &format!("/store/topics?from={wf}&to={wt}"),
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let got: BTreeMap<String, u64> = j["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["topic"].as_str().unwrap().to_string(),
+                t["records"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for l in reference(&all, window, &[], "", false, None) {
+        *want
+            .entry(l[27..].split(' ').next().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(got, want);
+    assert_eq!(j["topics"][0]["retain"], "168h", "{j}");
+    // Hits by topic: one series per topic, summing to the total.
+    let r = http(
+        "GET",
+        b.addr("api"),
+        &format!("/store/hits?from={wf}&to={wt}&by=topic&step=1m"),
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let series: BTreeMap<String, u64> = j["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let counts: u64 = s["counts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_u64().unwrap())
+                .sum();
+            assert_eq!(Some(counts), s["count"].as_u64());
+            (s["topic"].as_str().unwrap().to_string(), counts)
+        })
+        .collect();
+    assert_eq!(series, want);
+    assert_eq!(j["other"]["count"], 0);
+    // Bad parameters are 400s that say why, on the gateway and the node-local forms.
+    for (path, why) in [
+        ("/store/query?topic=a/b", "topic"),
+        ("/store/query?topic=", "topic"),
+        ("/store/_query?topic=x%20y", "topic"),
+        ("/store/query?limit=-1", "limit"),
+        ("/store/query?limit=0", "limit"),
+        ("/store/query?limit=99999999999", "limit"),
+        ("/store/query?order=sideways", "order"),
+        ("/store/_query?order=", "order"),
+        ("/store/query?before=-2", "before"),
+        ("/store/query?after=100000", "after"),
+        ("/store/hits?by=node", "by"),
+        ("/store/topics?topic=*/x", "topic"),
+        ("/store/stream?topic=%2e%2e", "topic"),
+    ] {
+        let r = http("GET", a.addr("api"), path, b"");
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert!(r.text().contains(why), "{path}: {}", r.text());
+    }
+    let out = oklog(&["query", "-store", a.addr("api"), "-order", "up"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_short_topic_retention_removes_that_topic_only_and_stays_removed_across_a_restart() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "-store.topic-retain",
+        "debug=1h",
+        "-store.topic-retain",
+        "kern*=90m",
+        "-store.segment-compress-after",
+        "off",
+    ];
+    let node = start_role("ingeststore", dir.path(), None, &flags);
+    // Two hours old: debug (1 h) and kernel (90 min) are past their retention, the rest (the
+    // default, 168 h) are not.
+    let base = now_ms() - 2 * 3_600_000;
+    let seg = segment(base, 0, 600);
+    post(node.addr("api"), &seg);
+    let kept: Vec<String> = seg
+        .iter()
+        .filter(|l| !l[27..].starts_with("debug ") && !l[27..].starts_with("kernel "))
+        .cloned()
+        .collect();
+    assert!(kept.len() < seg.len() && !kept.is_empty());
+    let all = |node: &Node| -> Vec<String> {
+        records_at(node.addr("api"), "/store/query")
+            .into_iter()
+            .map(|l| String::from_utf8(l).unwrap())
+            .collect()
+    };
+    // Hidden from queries at once (whether or not the lifecycle has run yet).
+    assert_eq!(all(&node), kept);
+    let r = http(
+        "GET",
+        node.addr("api"),
+        "/store/topics?from=2000-01-01T00:00:00Z",
+        b"",
+    );
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let names: Vec<&str> = j["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["topic"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"debug") && names.contains(&"db"), "{j}");
+    // Reclaimed on disk by the lifecycle.
+    let expired = (seg.len() - kept.len()) as f64;
+    eventually(
+        Duration::from_secs(30),
+        "the expired records dropped",
+        || {
+            (metric(node.addr("api"), "oklog_store_expired_records_total") == Some(expired))
+                .then_some(())
+        },
+    );
+    drop(node);
+    let store = dir.path().join("data/store");
+    let files: Vec<String> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "flushed"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let mut args = vec!["segment", "cat"];
+    args.extend(files.iter().map(String::as_str));
+    let out = oklog(&args);
+    assert!(out.status.success());
+    let on_disk = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(on_disk.split_inclusive('\n').count(), kept.len());
+    // Across a restart (retention given again): the same answer, nothing back.
+    let node = start_role("ingeststore", dir.path(), None, &flags);
+    assert_eq!(all(&node), kept);
+    let r = http(
+        "GET",
+        node.addr("api"),
+        "/store/topics?from=2000-01-01T00:00:00Z&topic=web*",
+        b"",
+    );
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(j["topics"][0]["retain"], "168h", "{j}");
+    let r = http(
+        "GET",
+        node.addr("api"),
+        "/store/topics?from=2000-01-01T00:00:00Z&topic=kernel",
+        b"",
+    );
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(j["topics"].as_array().unwrap().len(), 0, "{j}");
+    // A bad rule stops the node at start with the reason.
+    let bad = oklog(&[
+        "ingeststore",
+        "-store.path",
+        dir.path().join("other").to_str().unwrap(),
+        "-store.topic-retain",
+        "debug",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("PATTERN=DURATION"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
