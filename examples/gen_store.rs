@@ -4,7 +4,8 @@
 //! `cargo run --release --example gen_store -- OUT_DIR [GIB=2] [SEGMENTS=2] [DAYS=7] [SEED=42]`
 //!
 //! Records are LogHub sample lines (16 systems) with their digits re-drawn from a fixed-seed
-//! generator, under five topics, spread evenly over DAYS ending now. Planted for the queries:
+//! generator, under 100 topics of about 1% each (`web-00` … `app-19`), spread evenly over
+//! DAYS ending now. Planted for the queries:
 //! `tag=hot` on 10% of records, `needle-7f3a9` on about one record in two million, and
 //! `request_id=7c1e5a90` on one record in ten thousand: one request's burst, on a tenth of the
 //! records of the ten minutes from the middle of the span.
@@ -62,7 +63,10 @@ fn main() {
     let seed: u64 = args.get(4).map_or(42, |v| v.parse().unwrap());
     std::fs::create_dir_all(&out).unwrap();
     let templates = templates();
-    let topics: [&[u8]; 5] = [b"web", b"db", b"auth", b"kernel", b"app"];
+    let topics: Vec<Vec<u8>> = ["web", "db", "auth", "kernel", "app"]
+        .iter()
+        .flat_map(|t| (0..20).map(move |i| format!("{t}-{i:02}").into_bytes()))
+        .collect();
     let mut rng = Rng(seed.max(1));
     let total_bytes = (gib * (1u64 << 30) as f64) as u64;
     // Average record ~ 150 bytes: estimate the count to spread timestamps evenly.
@@ -91,7 +95,7 @@ fn main() {
         line.clear();
         line.extend_from_slice(&id);
         line.push(b' ');
-        line.extend_from_slice(topics[rng.below(5) as usize]);
+        line.extend_from_slice(&topics[rng.below(topics.len() as u64) as usize]);
         line.push(b' ');
         for &c in &templates[rng.below(templates.len() as u64) as usize] {
             line.push(if c.is_ascii_digit() && rng.below(2) == 0 {

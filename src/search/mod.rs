@@ -530,6 +530,41 @@ mod tests {
     }
 
     #[test]
+    fn topics_select_by_name_and_glob() {
+        let t = Topics::parse(&["web", "api-*", "db?"]).unwrap();
+        for (topic, want) in [
+            ("web", true),
+            ("webx", false),
+            ("api-", true),
+            ("api-v2", true),
+            ("xapi-v2", false),
+            ("db1", true),
+            ("db", false),
+            ("db12", false),
+        ] {
+            assert_eq!(t.matches(topic.as_bytes()), want, "{topic}");
+        }
+        assert!(Topics::parse::<&str>(&[]).unwrap().matches(b"anything"));
+        for bad in ["", "a b", "a/b", "..", "a.*", "(x)"] {
+            assert!(Topics::parse(&[bad]).is_err(), "{bad:?}");
+        }
+        // With a pattern: both must hold, on the line's own topic.
+        let lines = [(1, "web GET /a"), (2, "api-v1 GET /b"), (3, "db1 web GET")];
+        let buf = segment(&lines);
+        for (q, want) in [("", 2), ("GET", 2), ("web", 1), ("/b", 1), ("db1", 0)] {
+            let m = Matcher::new(q, false)
+                .unwrap()
+                .with_topics(Topics::parse(&["web", "api-*"]).unwrap());
+            assert_eq!(Matches::new(&buf, 0, 9, &m).count(), want, "q={q:?}");
+            assert!(!m.is_all());
+        }
+        let m = Matcher::new("GET", false)
+            .unwrap()
+            .with_topics(Topics::parse(&["db?"]).unwrap());
+        assert!(m.is_match(b"db1 web GET") && !m.is_match(b"web GET"));
+    }
+
+    #[test]
     fn time_range_bounds() {
         let lines = [(5, "a"), (5, "b"), (6, "c"), (8, "d")];
         let buf = segment(&lines);

@@ -150,6 +150,14 @@ impl QueryParams {
                 Some(v) => Ok(parse_count(name, v, u64::from(MAX_CONTEXT), true)? as u32),
             }
         };
+        let (before, after) = (context("before")?, context("after")?);
+        if before + after > 0 {
+            // Not built yet: refused rather than ignored, so no one takes an answer without
+            // its context for one with it.
+            return Err(
+                "parsing 'before'/'after': context lines are not supported yet".to_string(),
+            );
+        }
         Ok(QueryParams {
             from_ms,
             to_ms,
@@ -158,8 +166,8 @@ impl QueryParams {
             topics,
             desc,
             limit,
-            before: context("before")?,
-            after: context("after")?,
+            before,
+            after,
         })
     }
 
