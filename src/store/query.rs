@@ -425,16 +425,29 @@ impl Plan {
             // Newest first: the last task first, each one's lines reversed.
             tasks.reverse();
         }
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_WORKERS);
+        if p.limit.is_some()
+            && let Some(Task::Piece(m, r)) = tasks.first()
+        {
+            // A query with a limit may be done within its first few records: its first piece
+            // is cut finer (1, 1, 2, 4 MiB … from the end it starts at), so it stops early.
+            let (m, r) = (*m, r.clone());
+            let mut graded: Vec<Task> = graded_pieces(m, r, p.desc)
+                .into_iter()
+                .map(|r| Task::Piece(m, r))
+                .collect();
+            graded.extend(tasks.drain(1..));
+            tasks = graded;
+        }
+        let workers = parallelism();
         let parallel = tasks.iter().filter(|t| t.in_parallel(matcher)).count();
-        for t in tasks.iter().take(PREFETCH) {
+        // A query with a limit may need only its first tasks: ask for little ahead.
+        let prefetch = if p.limit.is_some() { 1 } else { PREFETCH };
+        for t in tasks.iter().take(prefetch) {
             t.prefetch();
         }
         if workers < 2 || parallel < 2 {
             for (i, task) in tasks.iter().enumerate() {
-                if let Some(t) = tasks.get(i + PREFETCH) {
+                if let Some(t) = tasks.get(i + prefetch) {
                     t.prefetch();
                 }
                 if !run_inline(task, p, matcher, &corrupt, sink)? {
@@ -442,7 +455,7 @@ impl Plan {
                 }
             }
         } else {
-            run_parallel(&tasks, workers, p, matcher, &corrupt, sink)?;
+            run_parallel(&tasks, workers, prefetch, p, matcher, &corrupt, sink)?;
         }
         Ok(Outcome {
             scanned: scan.bytes,
@@ -485,6 +498,51 @@ struct GroupTask<'a> {
 }
 
 impl GroupTask<'_> {
+    /// The matching lines of each of `blocks`, in ULID order; with a limit of N, only the
+    /// first N of each (the last N newest first), as no more can be in the answer.
+    fn parts(
+        &self,
+        blocks: &[usize],
+        dec: &mut zstd::bulk::Decompressor<'static>,
+        p: &QueryParams,
+        matcher: &Matcher,
+        corrupt: &AtomicU64,
+    ) -> Vec<Vec<u8>> {
+        let Some(footer) = &self.seg.footer else {
+            return Vec::new();
+        };
+        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(blocks.len());
+        let mut buf = Vec::new();
+        for &bi in blocks {
+            let b = &footer.blocks[bi];
+            if let Err(e) = segment::read_block(&self.seg.map, b, dec, &mut buf) {
+                tracing::error!(segment = %self.path.display(), group = self.group, block = bi, error = %e, "skipping a corrupt block");
+                corrupt.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let mut r = crate::search::time_range(&buf, p.from_ms, p.to_ms);
+            let mut out = Vec::new();
+            if matcher.is_all() {
+                if let Some(n) = p.limit {
+                    r = cut_lines(&buf, r, n as usize, p.desc);
+                }
+                out.extend_from_slice(&buf[r]);
+            } else {
+                for line in Matches::in_range(&buf, r, matcher) {
+                    out.extend_from_slice(line);
+                }
+                if let Some(n) = p.limit {
+                    let all = 0..out.len();
+                    let keep = cut_lines(&out, all, n as usize, p.desc);
+                    out.truncate(keep.end);
+                    out.drain(..keep.start);
+                }
+            }
+            parts.push(out);
+        }
+        parts
+    }
+
     /// Decompress and search the selected blocks; the matching lines of the group, in ULID
     /// order. Unreadable blocks are logged and counted.
     fn run(
@@ -494,29 +552,24 @@ impl GroupTask<'_> {
         matcher: &Matcher,
         corrupt: &AtomicU64,
     ) -> Vec<u8> {
-        let Some(footer) = &self.seg.footer else {
-            return Vec::new();
+        let mut parts = if p.limit.is_some() && self.blocks.len() >= 4 && parallelism() > 1 {
+            // A query with a limit often needs only this group: both cores decompress it.
+            let (left, right) = self.blocks.split_at(self.blocks.len() / 2);
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| match segment::decompressor() {
+                    Ok(mut d) => self.parts(right, &mut d, p, matcher, corrupt),
+                    Err(_) => {
+                        corrupt.fetch_add(right.len() as u64, Ordering::Relaxed);
+                        Vec::new()
+                    }
+                });
+                let mut parts = self.parts(left, dec, p, matcher, corrupt);
+                parts.extend(other.join().unwrap_or_default());
+                parts
+            })
+        } else {
+            self.parts(self.blocks, dec, p, matcher, corrupt)
         };
-        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(self.blocks.len());
-        let mut buf = Vec::new();
-        for &bi in self.blocks {
-            let b = &footer.blocks[bi];
-            if let Err(e) = segment::read_block(&self.seg.map, b, dec, &mut buf) {
-                tracing::error!(segment = %self.path.display(), group = self.group, block = bi, error = %e, "skipping a corrupt block");
-                corrupt.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let r = crate::search::time_range(&buf, p.from_ms, p.to_ms);
-            let mut out = Vec::new();
-            if matcher.is_all() {
-                out.extend_from_slice(&buf[r]);
-            } else {
-                for line in Matches::in_range(&buf, r, matcher) {
-                    out.extend_from_slice(line);
-                }
-            }
-            parts.push(out);
-        }
         if parts.len() == 1 {
             return parts.pop().unwrap_or_default();
         }
@@ -524,6 +577,37 @@ impl GroupTask<'_> {
         let refs: Vec<&[u8]> = parts.iter().map(|v| &v[..]).collect();
         segment::merge_lines(&refs, &mut out);
         out
+    }
+}
+
+/// Threads available to a query.
+fn parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_WORKERS)
+}
+
+/// The first `n` lines of `buf[r]` (the last `n` when `from_end`), `r` being whole lines.
+fn cut_lines(
+    buf: &[u8],
+    r: std::ops::Range<usize>,
+    n: usize,
+    from_end: bool,
+) -> std::ops::Range<usize> {
+    if from_end {
+        // The n-th newline from the end, not counting the last line's own.
+        let body = &buf[r.start..r.end.saturating_sub(1).max(r.start)];
+        match memchr::memrchr_iter(b'\n', body).nth(n.saturating_sub(1)) {
+            Some(i) if n > 0 => r.start + i + 1..r.end,
+            _ if n == 0 => r.end..r.end,
+            _ => r,
+        }
+    } else {
+        match memchr::memchr_iter(b'\n', &buf[r.clone()]).nth(n.saturating_sub(1)) {
+            Some(i) if n > 0 => r.start..r.start + i + 1,
+            _ if n == 0 => r.start..r.start,
+            _ => r,
+        }
     }
 }
 
@@ -619,6 +703,42 @@ fn pieces(m: &[u8], r: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
         }
         out.push(start..end);
         start = end;
+    }
+    out
+}
+
+/// `r` (whole lines of `m`) cut into pieces of 1, 1, 2, 4 … MiB (up to [`PIECE`]) from its
+/// start, or from its end when `from_end`; returned in that reading order.
+fn graded_pieces(
+    m: &[u8],
+    r: std::ops::Range<usize>,
+    from_end: bool,
+) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut lo, mut hi) = (r.start, r.end);
+    let mut size = 1 << 20;
+    let mut k = 0;
+    while lo < hi {
+        if from_end {
+            let mut start = hi.saturating_sub(size).max(lo);
+            if start > lo {
+                // Back to a line start.
+                start = memchr::memrchr(b'\n', &m[lo..start]).map_or(lo, |i| lo + i + 1);
+            }
+            out.push(start..hi);
+            hi = start;
+        } else {
+            let mut end = (lo + size).min(hi);
+            if end < hi {
+                end = memchr::memchr(b'\n', &m[end..hi]).map_or(hi, |i| end + i + 1);
+            }
+            out.push(lo..end);
+            lo = end;
+        }
+        k += 1;
+        if k > 1 {
+            size = (size * 2).min(PIECE);
+        }
     }
     out
 }
@@ -773,9 +893,11 @@ fn run_inline(
 }
 
 /// Search tasks on `workers` threads and emit every task's output in order.
+#[allow(clippy::too_many_arguments)]
 fn run_parallel(
     tasks: &[Task],
     workers: usize,
+    prefetch: usize,
     p: &QueryParams,
     matcher: &Matcher,
     corrupt: &AtomicU64,
@@ -799,18 +921,30 @@ fn run_parallel(
                     if i >= tasks.len() || stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    if let Some(t) = tasks.get(i + PREFETCH) {
+                    if let Some(t) = tasks.get(i + prefetch) {
                         t.prefetch();
                     }
                     if !tasks[i].in_parallel(matcher) {
                         continue; // run in order on the emitting thread
                     }
-                    // Stay within the look-ahead of the output.
+                    // Stay within the look-ahead of the output. A query with a limit may
+                    // be done after its first task: it starts one task ahead and widens by
+                    // one per task emitted.
+                    let ahead = |done: usize| {
+                        if p.limit.is_some() {
+                            (done + 1).min(LOOKAHEAD * workers)
+                        } else {
+                            LOOKAHEAD * workers
+                        }
+                    };
                     let mut done = emitted.lock().unwrap_or_else(|e| e.into_inner());
-                    while i >= *done + LOOKAHEAD * workers && !stop.load(Ordering::SeqCst) {
+                    while i >= *done + ahead(*done) && !stop.load(Ordering::SeqCst) {
                         done = progress.wait(done).unwrap_or_else(|e| e.into_inner());
                     }
                     drop(done);
+                    if stop.load(Ordering::SeqCst) {
+                        return; // the output has all it wants (or its reader went away)
+                    }
                     let out = match &tasks[i] {
                         Task::Piece(m, r) => {
                             let mut out = Vec::new();
@@ -894,6 +1028,47 @@ mod tests {
     }
 
     use super::super::log::test_segment as seg;
+
+    #[test]
+    fn graded_pieces_cover_the_range_at_line_boundaries() {
+        let mut m = Vec::new();
+        let mut i = 0;
+        while m.len() < 20 << 20 {
+            m.extend_from_slice(format!("line {i} {}\n", "x".repeat(i % 300)).as_bytes());
+            i += 1;
+        }
+        for from_end in [false, true] {
+            let r = 5..m.len();
+            let r = memchr::memchr(b'\n', &m[..])
+                .map_or(0, |i| i + 1)
+                .max(r.start)..r.end;
+            let mut pieces = graded_pieces(&m, r.clone(), from_end);
+            assert!(pieces[0].len() <= (1 << 20) + 400 && pieces.len() > 4);
+            if from_end {
+                pieces.reverse();
+            }
+            assert_eq!(pieces.first().unwrap().start, r.start);
+            assert_eq!(pieces.last().unwrap().end, r.end);
+            for w in pieces.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+                assert_eq!(m[w[0].end - 1], b'\n');
+            }
+        }
+    }
+
+    #[test]
+    fn cutting_lines_from_either_end() {
+        let b = b"a\nbb\nccc\n";
+        let all = 0..b.len();
+        let text = |r: std::ops::Range<usize>| String::from_utf8(b[r].to_vec()).unwrap();
+        assert_eq!(text(cut_lines(b, all.clone(), 2, false)), "a\nbb\n");
+        assert_eq!(text(cut_lines(b, all.clone(), 2, true)), "bb\nccc\n");
+        assert_eq!(text(cut_lines(b, all.clone(), 1, true)), "ccc\n");
+        assert_eq!(text(cut_lines(b, all.clone(), 5, true)), "a\nbb\nccc\n");
+        assert_eq!(text(cut_lines(b, all.clone(), 5, false)), "a\nbb\nccc\n");
+        assert_eq!(text(cut_lines(b, 2..5, 1, true)), "bb\n");
+        assert_eq!(text(cut_lines(b, all, 0, true)), "");
+    }
 
     #[test]
     fn batch_segments() {
