@@ -71,6 +71,72 @@ fn reference(
     out
 }
 
+/// What a query with context must answer (oldest first): per topic, grep's `-B`/`-A` over
+/// that topic's records, kept in ULID order, each with its kind byte after the ULID (` `
+/// match, `-` context, `+`/`~` the same starting a group).
+fn context_reference(
+    all: &[String],
+    (from, to): (u64, u64),
+    topics: &[&str],
+    q: &str,
+    before: usize,
+    after: usize,
+) -> Vec<String> {
+    let mut recs: Vec<String> = all.to_vec();
+    recs.sort();
+    recs.dedup();
+    let recs: Vec<String> = recs
+        .into_iter()
+        .filter(|l| {
+            !reference(
+                std::slice::from_ref(l),
+                (0, u64::MAX),
+                topics,
+                "",
+                false,
+                None,
+            )
+            .is_empty()
+        })
+        .collect();
+    let topic = |l: &String| l[27..].split(' ').next().unwrap().to_string();
+    let mut keep: Vec<Option<bool>> = vec![None; recs.len()];
+    let mut by_topic: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, l) in recs.iter().enumerate() {
+        by_topic.entry(topic(l)).or_default().push(i);
+    }
+    for idx in by_topic.values() {
+        for (k, &i) in idx.iter().enumerate() {
+            let ms = oklog::record::ulid_ms(recs[i].as_bytes());
+            if ms >= from && ms <= to && recs[i][27..].contains(q) {
+                for &j in &idx[k.saturating_sub(before)..=(k + after).min(idx.len() - 1)] {
+                    keep[j].get_or_insert(false);
+                }
+                keep[i] = Some(true);
+            }
+        }
+    }
+    let mut prev_of: BTreeMap<String, usize> = BTreeMap::new();
+    let mut kept_before: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, l) in recs.iter().enumerate() {
+        let t = topic(l);
+        let prev = prev_of.insert(t.clone(), i);
+        if let Some(m) = keep[i] {
+            let start = prev.is_none() || kept_before.get(&t) != prev.as_ref();
+            let k = match (m, start) {
+                (true, false) => ' ',
+                (true, true) => '+',
+                (false, false) => '-',
+                (false, true) => '~',
+            };
+            out.push(format!("{}{k}{}", &l[..26], &l[27..]));
+            kept_before.insert(t, i);
+        }
+    }
+    out
+}
+
 fn lines(r: &Response) -> Vec<String> {
     r.text().split_inclusive('\n').map(String::from).collect()
 }
@@ -147,6 +213,120 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
             );
         }
     }
+    // Context lines: grep's -B/-A per topic, merged across the nodes, oldest or newest first.
+    type Ctx<'a> = (&'a [&'a str], &'a str, usize, usize);
+    let contexts: &[Ctx] = &[
+        (&["db"], "level=error", 1, 1),
+        (&[], "seq=2-1", 2, 3),
+        (&["web*"], "seq=1-", 0, 2),
+        (&[], "level=warn", 3, 0),
+    ];
+    for node in [&a, &b] {
+        for &(topics, q, before, after) in contexts {
+            let mut path =
+                format!("/store/query?from={wf}&to={wt}&q={q}&before={before}&after={after}");
+            for t in topics {
+                path.push_str(&format!("&topic={t}"));
+            }
+            let want = context_reference(&all, window, topics, q, before, after);
+            let r = http("GET", node.addr("api"), &path, b"");
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            let got = lines(&r);
+            let diff = got.iter().zip(&want).position(|(g, w)| g != w);
+            assert!(
+                got == want,
+                "{path}: {} lines, want {}; first difference: {:?}",
+                got.len(),
+                want.len(),
+                diff.map(|i| (
+                    &got[i.saturating_sub(1)..=i],
+                    &want[i.saturating_sub(1)..=i]
+                ))
+            );
+            // Newest first: the same records and kinds (group starts aside), reversed.
+            let r = http("GET", node.addr("api"), &format!("{path}&order=desc"), b"");
+            let plain = |l: &String| {
+                let k = if matches!(&l[26..27], " " | "+") {
+                    ' '
+                } else {
+                    '-'
+                };
+                format!("{}{k}{}", &l[..26], &l[27..])
+            };
+            let mut got: Vec<String> = lines(&r).iter().map(plain).collect();
+            got.reverse();
+            let want: Vec<String> = want.iter().map(plain).collect();
+            assert!(got == want, "{path}&order=desc");
+        }
+    }
+    // The CLI prints grep's `--` between groups, and JSON says each record's kind.
+    let out = oklog(&[
+        "query",
+        "-store",
+        a.addr("api"),
+        "-from",
+        &wf,
+        "-to",
+        &wt,
+        "-topic",
+        "db",
+        "-q",
+        "level=error",
+        "-C",
+        "1",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let want = context_reference(&all, window, &["db"], "level=error", 1, 1);
+    let groups = want
+        .iter()
+        .filter(|l| matches!(&l[26..27], "+" | "~"))
+        .count();
+    assert_eq!(text.lines().filter(|l| *l == "--").count(), groups - 1);
+    assert_eq!(text.lines().filter(|l| *l != "--").count(), want.len());
+    assert!(
+        text.lines().all(|l| l == "--" || l.starts_with("db ")),
+        "{text}"
+    );
+    let out = oklog(&[
+        "query",
+        "-store",
+        a.addr("api"),
+        "-from",
+        &wf,
+        "-to",
+        &wt,
+        "-topic",
+        "db",
+        "-q",
+        "level=error",
+        "-B",
+        "1",
+        "-output",
+        "json",
+    ]);
+    let kinds: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let want = context_reference(&all, window, &["db"], "level=error", 1, 0);
+    let want_kinds: Vec<&str> = want
+        .iter()
+        .map(|l| {
+            if matches!(&l[26..27], " " | "+") {
+                "match"
+            } else {
+                "context"
+            }
+        })
+        .collect();
+    assert_eq!(kinds, want_kinds);
     // Only the selected topic's blocks are read on the compressed node.
     let one = http(
         "GET",

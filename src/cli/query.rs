@@ -60,6 +60,24 @@ pub fn flag_set() -> FlagSet {
                 "at most this many records, the first in -order (0: all)",
             ),
             flag(
+                "B",
+                Kind::Int,
+                "0",
+                "print this many records of the same topic before each match (as grep)",
+            ),
+            flag(
+                "A",
+                Kind::Int,
+                "0",
+                "print this many records of the same topic after each match (as grep)",
+            ),
+            flag(
+                "C",
+                Kind::Int,
+                "0",
+                "print this many records of the same topic around each match (-B and -A)",
+            ),
+            flag(
                 "stats",
                 Kind::Bool,
                 "",
@@ -210,6 +228,29 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
         "desc" => url.push_str("&order=desc"),
         other => anyhow::bail!("-order: {other:?} is not asc or desc"),
     }
+    let around = args.int("C");
+    let before = if args.is_set("B") {
+        args.int("B")
+    } else {
+        around
+    };
+    let after = if args.is_set("A") {
+        args.int("A")
+    } else {
+        around
+    };
+    for (name, n) in [("-B", before), ("-A", after), ("-C", around)] {
+        if n < 0 {
+            anyhow::bail!("{name}: {n} is negative");
+        }
+    }
+    if before > 0 {
+        url.push_str(&format!("&before={before}"));
+    }
+    if after > 0 {
+        url.push_str(&format!("&after={after}"));
+    }
+    let context = before + after > 0;
     match args.int("limit") {
         0 => {}
         n if n > 0 => url.push_str(&format!("&limit={n}")),
@@ -294,6 +335,7 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut printer = Printer {
+        context,
         mode,
         copy,
         highlight,
@@ -449,6 +491,10 @@ struct Printer {
     highlight: Option<regex::bytes::Regex>,
     partial_line: Vec<u8>,
     records: u64,
+    /// Whether the answer has context lines (a kind byte after each ULID, see
+    /// [`crate::search::context`]): groups are separated by `--`, and JSON says each
+    /// record's kind.
+    context: bool,
 }
 
 impl Printer {
@@ -479,7 +525,7 @@ impl Printer {
     }
 
     fn feed(&mut self, mut data: &[u8], out: &mut impl Write) -> io::Result<()> {
-        if (self.mode == Print::Raw && self.highlight.is_none()) || !self.copy {
+        if (self.mode == Print::Raw && self.highlight.is_none() && !self.context) || !self.copy {
             // Whole lines are printed as they came (or not at all): count them, copy the bytes.
             self.records += memchr::memchr_iter(b'\n', data).count() as u64;
             if self.partial_line.is_empty() && data.last() == Some(&b'\n') {
@@ -511,7 +557,7 @@ impl Printer {
     }
 
     fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
-        if ((self.mode == Print::Raw && self.highlight.is_none()) || !self.copy)
+        if ((self.mode == Print::Raw && self.highlight.is_none() && !self.context) || !self.copy)
             && !self.partial_line.is_empty()
         {
             // Its bytes went out already; end the line.
@@ -532,9 +578,14 @@ impl Printer {
     }
 
     fn line(&mut self, line: &[u8], out: &mut impl Write) -> io::Result<()> {
+        use crate::search::context::{is_match_kind, kind, starts_group};
         self.records += 1;
         if !self.copy {
             return Ok(());
+        }
+        let kind = if self.context { kind(line) } else { None };
+        if kind.is_some_and(starts_group) && self.records > 1 && self.mode != Print::Json {
+            out.write_all(b"--\n")?;
         }
         match self.mode {
             Print::Raw if line.len() < BODY_OFFSET => out.write_all(line),
@@ -551,12 +602,16 @@ impl Printer {
                     None => (rest, &b""[..]),
                 };
                 let ulid = body.get(..ULID_LEN).unwrap_or_default();
-                let obj = serde_json::json!({
+                let mut obj = serde_json::json!({
                     "ulid": String::from_utf8_lossy(ulid),
                     "time": gotime::rfc3339_utc_millis(if ulid.len() == ULID_LEN { ulid_ms(ulid) as i64 } else { 0 }),
                     "topic": String::from_utf8_lossy(topic),
                     "line": String::from_utf8_lossy(payload),
                 });
+                if let Some(k) = kind {
+                    obj["kind"] = if is_match_kind(k) { "match" } else { "context" }.into();
+                    obj["group_start"] = starts_group(k).into();
+                }
                 serde_json::to_writer(&mut *out, &obj).map_err(io::Error::other)?;
                 out.write_all(b"\n")
             }
@@ -611,6 +666,7 @@ mod tests {
     fn printing() {
         let mut out = Vec::new();
         let mut p = Printer {
+            context: false,
             mode: Print::Body,
             copy: true,
             highlight: None,
@@ -626,6 +682,7 @@ mod tests {
         assert_eq!(p.records, 2);
         let mut out = Vec::new();
         let mut p = Printer {
+            context: false,
             mode: Print::Json,
             copy: true,
             highlight: None,
@@ -643,6 +700,7 @@ mod tests {
             for copy in [true, false] {
                 let mut out = Vec::new();
                 let mut p = Printer {
+                    context: false,
                     mode,
                     copy,
                     highlight: None,
@@ -684,6 +742,7 @@ mod tests {
         ] {
             let mut out = Vec::new();
             let mut p = Printer {
+                context: false,
                 mode,
                 copy: true,
                 highlight: Some(error.clone()),
@@ -700,6 +759,7 @@ mod tests {
         // `^` is the start of the topic, as on the server.
         let mut out = Vec::new();
         let mut p = Printer {
+            context: false,
             mode: Print::Body,
             copy: true,
             highlight: Some(regex::bytes::Regex::new("^err").unwrap()),

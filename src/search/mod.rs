@@ -9,6 +9,8 @@
 //! candidate is confirmed on its own line before it is returned, so hits are never missed and
 //! never false. This module only reads.
 
+pub mod context;
+
 use std::ops::Range;
 
 use memchr::memmem;

@@ -26,6 +26,7 @@ use crate::gotime;
 use crate::http::{frame_body, text, text_body};
 use crate::metrics::Metrics;
 use crate::record::{BODY_OFFSET, ULID_LEN};
+use crate::search::context::Context;
 use crate::search::{Expiry, Matcher, Topics};
 use crate::segment::Needles;
 use hyper::body::Frame;
@@ -367,8 +368,20 @@ pub async fn answer(
         Ok(m) => m.with_expiry(api.expiry(&params)),
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
+    // With context lines, every record of the selected topics around the window is read
+    // (the margins hold the first and last matches' neighbours); matches are told apart here.
+    let context = output == Output::Records && params.before + params.after > 0;
+    let (scan_params, scan_matcher) = if context {
+        let all = Matcher::new("", false)
+            .unwrap_or_else(|_| unreachable!("the empty query compiles"))
+            .with_topics(matcher.topics.clone())
+            .with_expiry(matcher.expiry.clone());
+        (params.context_scan(), all)
+    } else {
+        (params.clone(), matcher.clone())
+    };
     let log = Arc::clone(&api.log);
-    let p = params.clone();
+    let p = scan_params.clone();
     let head = *method == Method::HEAD;
     let plan = match tokio::task::spawn_blocking(move || {
         if head {
@@ -420,8 +433,8 @@ pub async fn answer(
             Body::from_stream(futures_util::stream::iter(chunks)),
         );
     }
-    let needles = Needles::new(&params.q, params.regex);
-    let scan = plan.scan(&params, &needles, &matcher);
+    let needles = Needles::new(&scan_params.q, scan_params.regex);
+    let scan = plan.scan(&scan_params, &needles, &scan_matcher);
     header(
         &mut headers,
         "X-Oklog-Bytes-Scanned",
@@ -441,8 +454,33 @@ pub async fn answer(
         let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
         let mut open = true;
         let mut left = params.limit.unwrap_or(u64::MAX);
+        let mut ctx = context.then(|| {
+            Context::new(
+                params.before as usize,
+                params.after as usize,
+                params.desc,
+                params.limit,
+            )
+        });
         let mut sink = |lines: &[u8]| {
-            let lines = if params.limit.is_some() {
+            if let Some(ctx) = &mut ctx {
+                for line in lines.split_inclusive(|&b| b == b'\n') {
+                    let ms = crate::record::ulid_ms(line);
+                    let is_match = ms >= params.from_ms
+                        && ms <= params.to_ms
+                        && matcher.is_match(crate::search::body(line));
+                    ctx.push(line, is_match, &mut buf);
+                }
+                if buf.len() >= OUT_CHUNK {
+                    let chunk = Bytes::from(std::mem::replace(
+                        &mut buf,
+                        Vec::with_capacity(OUT_CHUNK * 2),
+                    ));
+                    open = tx.blocking_send(Ok(Frame::data(chunk))).is_ok();
+                }
+                return open && !ctx.done();
+            }
+            let lines = if params.limit.is_some() && !context {
                 take_lines(lines, &mut left)
             } else {
                 lines
@@ -480,7 +518,11 @@ pub async fn answer(
             }
             open && left > 0
         };
-        match plan.execute_scan(&scan, &params, &matcher, &mut sink) {
+        let result = plan.execute_scan(&scan, &scan_params, &scan_matcher, &mut sink);
+        if let Some(ctx) = &mut ctx {
+            ctx.finish(&mut buf);
+        }
+        match result {
             Ok(outcome) if open => {
                 if !buf.is_empty() {
                     let _ = tx.blocking_send(Ok(Frame::data(Bytes::from(buf))));

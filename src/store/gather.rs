@@ -199,12 +199,7 @@ async fn query(
     (
         status,
         headers,
-        merged_body(
-            gathered.bodies,
-            Arc::clone(&gw.metrics),
-            trailers,
-            (params.desc, params.limit),
-        ),
+        merged_body(gathered.bodies, Arc::clone(&gw.metrics), trailers, &params),
     )
         .into_response()
 }
@@ -557,8 +552,19 @@ fn merged_body(
     mut bodies: Vec<(String, Body)>,
     metrics: Arc<Metrics>,
     trailers: bool,
-    (desc, limit): (bool, Option<u64>),
+    params: &QueryParams,
 ) -> Body {
+    let (desc, limit) = (params.desc, params.limit);
+    // With context lines, the nodes' answers (each the matches and context of its own
+    // records) are merged and the context chosen again over the union.
+    let mut context = (params.before + params.after > 0).then(|| {
+        crate::search::context::Context::new(
+            params.before as usize,
+            params.after as usize,
+            desc,
+            limit,
+        )
+    });
     let late = Arc::new(Late::default());
     if bodies.len() == 1 {
         // One answer is already in order and without duplicates: pass its chunks through,
@@ -607,6 +613,24 @@ fn merged_body(
         let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
         let mut left = limit.unwrap_or(u64::MAX);
         let result = merge::merge_ordered(&mut sources, desc, |line| {
+            if let Some(ctx) = &mut context {
+                use crate::search::context::{is_match_kind, kind, starts_group};
+                let k = kind(line);
+                ctx.push_hinted(
+                    line,
+                    k.is_some_and(is_match_kind),
+                    k.is_some_and(starts_group),
+                    &mut buf,
+                );
+                if buf.len() >= OUT_CHUNK {
+                    let chunk = Bytes::from(std::mem::replace(
+                        &mut buf,
+                        Vec::with_capacity(OUT_CHUNK * 2),
+                    ));
+                    return Ok(tx.blocking_send(Ok(Frame::data(chunk))).is_ok() && !ctx.done());
+                }
+                return Ok(!ctx.done());
+            }
             buf.extend_from_slice(line);
             left -= 1;
             if buf.len() >= OUT_CHUNK || left == 0 {
@@ -618,6 +642,9 @@ fn merged_body(
             }
             Ok(true)
         });
+        if let Some(ctx) = &mut context {
+            ctx.finish(&mut buf);
+        }
         if result.is_ok() {
             if !buf.is_empty() {
                 let _ = tx.blocking_send(Ok(Frame::data(Bytes::from(buf))));
