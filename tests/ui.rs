@@ -1,8 +1,9 @@
 //! The web UI in a real browser (headless Chromium over the DevTools pipe) against a running
-//! node with known data: a search given in the URL shows its records with the matches marked
-//! and a chart whose bars add up to the same count; ignoring case, regexes and zooming into a
-//! bar work; a bad regex shows the node's message; the live tail follows new records and
-//! pauses; and no JavaScript error happens on the way.
+//! node with known data: a search given in the URL shows its records newest first with the
+//! matches marked and a chart whose bars add up to the same count, stacked by topic; ignoring
+//! case, regexes, oldest first, "Older" paging, the topic picker, a record's context on click
+//! and zooming into a bar work; a bad regex shows the node's message; the live tail follows new
+//! records and pauses; and no JavaScript error happens on the way.
 //!
 //! `OKLOG_UI_SCREENSHOT=path.png` also saves a screenshot of the first search (the README's).
 
@@ -22,28 +23,48 @@ fn text(record: &[u8]) -> String {
     String::from_utf8_lossy(&record[27..record.len() - 1]).into_owned()
 }
 
-/// A store segment holding the LogHub Apache sample spread over the last 50 minutes (ingest
-/// could only stamp it all with the current second), so the chart has a shape to show.
+/// Records per page of a newest-first search in the UI.
+const PAGE: usize = 1000;
+
+/// Two store segments, the LogHub Apache sample under topic `apache` and the OpenSSH one under
+/// `openssh`, each spread over the last 50 minutes (ingest could only stamp it all with the
+/// current second), so the chart has a shape to show.
 fn write_last_hour(store: &std::path::Path) {
     std::fs::create_dir_all(store).unwrap();
-    let input = std::fs::read_to_string(loghub().join("Apache_2k.log")).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let start = now - 50 * 60_000;
-    let lines: Vec<&str> = input.lines().collect();
-    let step = 50 * 60_000 / lines.len() as u64;
-    let mut body = String::new();
-    let mut ids = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        let id = oklog::record::encode_ulid(start + i as u64 * step, i as u128);
-        let id = String::from_utf8(id.to_vec()).unwrap();
-        body.push_str(&format!("{id} apache {line}\n"));
-        ids.push(id);
+    for (k, (topic, file)) in [("apache", "Apache_2k.log"), ("openssh", "OpenSSH_2k.log")]
+        .iter()
+        .enumerate()
+    {
+        let input = std::fs::read_to_string(loghub().join(file)).unwrap();
+        let lines: Vec<&str> = input.lines().collect();
+        let step = 50 * 60_000 / lines.len() as u64;
+        let mut body = String::new();
+        let mut ids = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            // Half a step apart: the two topics interleave.
+            let ms = start + i as u64 * step + k as u64 * step / 2;
+            let id = oklog::record::encode_ulid(ms, (k * 10_000 + i) as u128);
+            let id = String::from_utf8(id.to_vec()).unwrap();
+            body.push_str(&format!("{id} {topic} {line}\n"));
+            ids.push(id);
+        }
+        let name = format!("{}-{}.flushed", ids[0], ids[ids.len() - 1]);
+        std::fs::write(store.join(name), body).unwrap();
     }
-    let name = format!("{}-{}.flushed", ids[0], ids[ids.len() - 1]);
-    std::fs::write(store.join(name), body).unwrap();
+}
+
+/// The `<topic> <payload>` texts of the table's rows (the results, not context boxes).
+fn shown_texts(b: &mut Browser) -> Vec<String> {
+    let v = b.eval(
+        "[...document.querySelectorAll('#results > tbody > tr.record td.line')]\
+         .map(td => td.textContent)",
+    );
+    serde_json::from_value(v).unwrap()
 }
 
 /// Open `/ui/<query>` and wait until the search is over.
@@ -83,20 +104,19 @@ fn ui_searches_charts_and_tails_in_a_browser() {
     write_last_hour(&dir.path().join("data/store"));
     let node = Node::ingeststore(dir.path(), &[]);
     let api = node.addr("api").to_string();
-    let records = wait_for_records(&api, 2000);
+    let records = wait_for_records(&api, 4000);
     let texts: Vec<String> = records.iter().map(|r| text(r)).collect();
 
     let mut b = Browser::launch();
 
-    // A literal search given in the URL: every matching record, in order, matches marked.
+    // A literal search given in the URL: the matching records, newest first, matches marked.
     let want: Vec<&String> = texts.iter().filter(|t| t.contains("error")).collect();
     assert!(want.len() > 100, "the sample has errors to find");
     search(&mut b, &api, "?q=error");
-    assert_eq!(rows(&mut b), want.len() as u64);
-    let shown =
-        b.eval("[...document.querySelectorAll('#results td.line')].map(td => td.textContent)");
-    let shown: Vec<String> = serde_json::from_value(shown).unwrap();
-    assert_eq!(shown.iter().collect::<Vec<_>>(), want);
+    assert_eq!(rows(&mut b), want.len().min(PAGE) as u64);
+    let shown = shown_texts(&mut b);
+    let newest: Vec<&String> = want.iter().rev().take(PAGE).copied().collect();
+    assert_eq!(shown.iter().collect::<Vec<_>>(), newest);
     assert_eq!(
         b.eval(
             "[...document.querySelectorAll('#results tbody tr')]\
@@ -133,7 +153,7 @@ fn ui_searches_charts_and_tails_in_a_browser() {
         .filter(|t| t.to_lowercase().contains("notice"))
         .count() as u64;
     search(&mut b, &api, "?q=NOTICE&i=1");
-    assert_eq!(rows(&mut b), want_i);
+    assert_eq!(rows(&mut b), want_i.min(PAGE as u64));
     assert_eq!(chart_total(&mut b), want_i);
     assert_eq!(b.eval("document.getElementById('icase').checked"), true);
     assert_eq!(
@@ -146,7 +166,7 @@ fn ui_searches_charts_and_tails_in_a_browser() {
     let want_re = texts.iter().filter(|t| re.is_match(t)).count() as u64;
     assert!(want_re > 0);
     search(&mut b, &api, "?q=state%20%5B67%5D%24&regex=1");
-    assert_eq!(rows(&mut b), want_re);
+    assert_eq!(rows(&mut b), want_re.min(PAGE as u64));
     assert_eq!(b.eval("document.getElementById('regex').checked"), true);
 
     // Clicking a bar zooms into its bucket: absolute from/to in the URL, that bar's records.
@@ -161,8 +181,119 @@ fn ui_searches_charts_and_tails_in_a_browser() {
         WAIT,
         "the zoomed search",
     );
-    assert_eq!(rows(&mut b) as f64, bar.as_f64().unwrap().min(5000.0));
+    assert_eq!(rows(&mut b) as f64, bar.as_f64().unwrap().min(PAGE as f64));
     assert_eq!(b.eval("document.getElementById('range').value"), "custom");
+
+    // Oldest first stays an option, in the URL.
+    search(&mut b, &api, "?q=error&order=asc");
+    let oldest: Vec<&String> = want.iter().take(5000).copied().collect();
+    assert_eq!(shown_texts(&mut b).iter().collect::<Vec<_>>(), oldest);
+    assert_eq!(b.eval("document.getElementById('order').value"), "asc");
+
+    // The chart is stacked by topic: each topic's bars add up to its count, with a legend.
+    search(&mut b, &api, "?from=2h");
+    let by_topic = b.eval(
+        "[...document.querySelectorAll('#chart svg rect.seg')].reduce((m, r) => \
+         (m[r.dataset.topic] = (m[r.dataset.topic] || 0) + Number(r.dataset.count), m), {})",
+    );
+    let count = |t: &str| {
+        texts
+            .iter()
+            .filter(|x| x.starts_with(&format!("{t} ")))
+            .count()
+    };
+    assert_eq!(by_topic["apache"], count("apache"));
+    assert_eq!(by_topic["openssh"], count("openssh"));
+    assert_eq!(chart_total(&mut b), texts.len() as u64);
+    let legend = b.eval("document.getElementById('legend').textContent");
+    assert!(
+        legend.as_str().unwrap().contains("apache (2,000)")
+            && legend.as_str().unwrap().contains("openssh (2,000)"),
+        "{legend}"
+    );
+
+    // Newest first, a page at a time: "Older" shows the next page, right after the last one.
+    assert_eq!(rows(&mut b), PAGE as u64);
+    let all_newest: Vec<&String> = texts.iter().rev().collect();
+    assert_eq!(
+        shown_texts(&mut b).iter().collect::<Vec<_>>(),
+        all_newest[..PAGE].to_vec()
+    );
+    for pages in 2..=3 {
+        b.eval("document.getElementById('older').click()");
+        b.wait_for(
+            &format!(
+                "document.querySelectorAll('#results > tbody > tr.record').length === {} \
+                 && document.body.dataset.state === 'done'",
+                PAGE * pages
+            ),
+            WAIT,
+            "the next page",
+        );
+        assert_eq!(
+            shown_texts(&mut b).iter().collect::<Vec<_>>(),
+            all_newest[..PAGE * pages].to_vec()
+        );
+    }
+
+    // The topic picker lists the window's topics with their counts; choosing one searches it.
+    b.wait_for(
+        "document.getElementById('topic').dataset.loaded === '1'",
+        WAIT,
+        "the topic picker",
+    );
+    let options = b.eval("[...document.getElementById('topic').options].map(o => o.textContent)");
+    let options: Vec<String> = serde_json::from_value(options).unwrap();
+    assert!(
+        options.contains(&"apache (2,000)".to_string())
+            && options.contains(&"openssh (2,000)".to_string()),
+        "{options:?}"
+    );
+    b.eval(
+        "document.getElementById('topic').value = 'openssh'; \
+         document.getElementById('q').value = 'Failed'; \
+         document.body.dataset.state = 'picked'; \
+         document.getElementById('go').click()",
+    );
+    b.wait_for(
+        "location.search.includes('topic=openssh') && document.body.dataset.state === 'done'",
+        WAIT,
+        "the topic's search",
+    );
+    let want_t: Vec<&String> = texts
+        .iter()
+        .filter(|t| t.starts_with("openssh ") && t.contains("Failed"))
+        .rev()
+        .take(PAGE)
+        .collect();
+    assert!(!want_t.is_empty());
+    assert_eq!(shown_texts(&mut b).iter().collect::<Vec<_>>(), want_t);
+
+    // A record's context on click: the records of its topic just before and after it.
+    b.eval("document.querySelectorAll('#results > tbody > tr.record')[3].click()");
+    b.wait_for(
+        "document.querySelector('tr.context-box')?.dataset.state === 'done'",
+        WAIT,
+        "the context of the clicked record",
+    );
+    let topic_texts: Vec<&String> = texts.iter().filter(|t| t.starts_with("openssh ")).collect();
+    let at = topic_texts.iter().position(|t| *t == want_t[3]).unwrap();
+    let around: Vec<&String> =
+        topic_texts[at.saturating_sub(5)..(at + 6).min(topic_texts.len())].to_vec();
+    let ctx = b
+        .eval("[...document.querySelectorAll('tr.context-box td.line')].map(td => td.textContent)");
+    let ctx: Vec<String> = serde_json::from_value(ctx).unwrap();
+    assert_eq!(ctx.iter().collect::<Vec<_>>(), around);
+    assert_eq!(
+        b.eval("document.querySelector('tr.context-box tr.self td.line').textContent"),
+        want_t[3].as_str()
+    );
+    // A second click hides it again.
+    b.eval("document.querySelectorAll('#results > tbody > tr.record')[3].click()");
+    assert_eq!(
+        b.eval("document.querySelectorAll('tr.context-box').length"),
+        0
+    );
 
     // A bad regex: the node's 400 message, verbatim, and nothing else.
     search(&mut b, &api, "?q=err(&regex=1");
@@ -237,7 +368,11 @@ fn ui_searches_charts_and_tails_in_a_browser() {
     search(&mut b, &api, "?q=error&from=2h");
     let _ = kill("-CONT");
     let _ = hung.child.kill();
-    assert_eq!(rows(&mut b), want.len() as u64, "the others' records");
+    assert_eq!(
+        rows(&mut b),
+        want.len().min(PAGE) as u64,
+        "the others' records"
+    );
     assert_eq!(b.eval("document.getElementById('warning').hidden"), false);
     let warning = b.eval("document.getElementById('warning').textContent");
     assert!(

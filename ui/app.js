@@ -3,12 +3,19 @@
 // step; it talks to the store API of the node that serves it (../store/*).
 //
 // The page state lives in the URL: q, regex=1, i=1 (ignore case), from (a relative range such
-// as 1h, or an RFC 3339 time), to (RFC 3339; absent means now) and tail=1 (live tail).
+// as 1h, or an RFC 3339 time), to (RFC 3339; absent means now), topic (repeatable), order=asc
+// (oldest first; newest first is the default) and tail=1 (live tail).
 
 const $ = (id) => document.getElementById(id);
 
 /** Records shown at most (a search stops reading past this; a tail drops its oldest rows). */
 const MAX_ROWS = 5000;
+/** Records per page, newest first ("Older" asks for the next). */
+const PAGE = 1000;
+/** Records of the same topic shown before and after a clicked record. */
+const CONTEXT = 5;
+/** Colours of the chart's topic series (the last is "other"). */
+const PALETTE = ["#3d8bd9", "#e8833a", "#49a05a", "#c8463d", "#8c6bc0", "#8a5a44", "#d36fb8", "#7f7f7f", "#b5b82f", "#2fb0c2", "#c0c6cc"];
 /** Records a paused tail keeps waiting at most (the oldest are dropped beyond). */
 const MAX_WAITING = 5000;
 const UNITS = { s: 1000, m: 60000, h: 3600000, d: 86400000 };
@@ -18,6 +25,7 @@ let running = null; // the AbortController of the search or tail in progress
 let planTimer = 0;
 let planController = null;
 let tail = null; // {paused, waiting: [], dropped} while a live tail runs
+let paging = null; // {params, oldest, mark} while newest-first results can go on
 
 // ---------------------------------------------------------------------------------------------
 // State and URL
@@ -30,6 +38,8 @@ function readState() {
     icase: p.get("i") === "1",
     from: p.get("from") || "1h",
     to: p.get("to") || "",
+    topics: p.getAll("topic").filter(Boolean),
+    order: p.get("order") === "asc" ? "asc" : "desc",
     tail: p.get("tail") === "1",
   };
 }
@@ -41,6 +51,8 @@ function formState() {
     icase: $("icase").checked,
     from: $("range").value,
     to: "",
+    topics: $("topic").value ? $("topic").value.split(",") : [],
+    order: $("order").value === "asc" ? "asc" : "desc",
     tail: false,
   };
   if (s.from === "custom") {
@@ -64,6 +76,21 @@ function showState(s) {
     $("to").value = s.to ? isoToLocalInput(w.to) : "";
   }
   $("absolute").hidden = $("range").value !== "custom";
+  $("order").value = s.order;
+  showTopicChoice(s.topics);
+}
+
+/** Select `topics` in the topic picker (adding an option for a choice it does not list). */
+function showTopicChoice(topics) {
+  const value = topics.join(",");
+  const select = $("topic");
+  if (![...select.options].some((o) => o.value === value)) {
+    const o = document.createElement("option");
+    o.value = value;
+    o.textContent = topics.join(", ");
+    select.append(o);
+  }
+  select.value = value;
 }
 
 function stateUrl(s) {
@@ -73,6 +100,8 @@ function stateUrl(s) {
   if (s.icase) p.set("i", "1");
   if (s.from !== "1h") p.set("from", s.from);
   if (s.to) p.set("to", s.to);
+  for (const t of s.topics) p.append("topic", t);
+  if (s.order === "asc") p.set("order", "asc");
   if (s.tail) p.set("tail", "1");
   const qs = p.toString();
   return location.pathname + (qs ? "?" + qs : "");
@@ -121,6 +150,7 @@ function storeQuery(s, p) {
   }
   p.set("q", q);
   if (regex) p.set("regex", "1");
+  for (const t of s.topics || []) p.append("topic", t);
   return p;
 }
 
@@ -157,6 +187,9 @@ function setStatus(text) {
 }
 
 function clearOutput() {
+  paging = null;
+  $("older").hidden = true;
+  $("legend").hidden = true;
   $("error").hidden = true;
   $("error").textContent = "";
   $("warning").hidden = true;
@@ -304,6 +337,8 @@ function row(line, mark) {
   }
   if (at < body.length) text.append(body.slice(at));
   tr.append(time, text);
+  tr.className = "record";
+  tr.dataset.ulid = line.slice(0, 26);
   return tr;
 }
 
@@ -351,6 +386,8 @@ async function search(s) {
   running = null;
   if (shown === null) {
     setStatus("");
+  } else if (total !== null && total > shown && s.order !== "asc") {
+    setStatus(`Showing the newest ${shown.toLocaleString()} of ${total.toLocaleString()} matching records; "Older" shows the next ${PAGE.toLocaleString()}, or click a bar of the chart to narrow the time range.`);
   } else if (total !== null && total > shown) {
     setStatus(`Showing the first ${shown.toLocaleString()} of ${total.toLocaleString()} matching records; click a bar of the chart to narrow the time range.`);
   } else {
@@ -362,6 +399,7 @@ async function search(s) {
 /** Stream the matching records into the table; resolves to the number shown, or null on
  *  failure (shown as an error). */
 async function showRecords(params, s, signal) {
+  if (s.order !== "asc") return showPage(params, highlighter(s), signal, null);
   let shown = 0;
   try {
     const resp = await fetch("../store/query?" + params, { signal });
@@ -391,11 +429,125 @@ async function showRecords(params, s, signal) {
   }
 }
 
+/** One page of newest-first results, appended to the table: the PAGE newest matches older
+ *  than `oldest` (a ULID; null for the first page). Records of the oldest shown millisecond
+ *  come again and are skipped (`to` has millisecond precision). Resolves to the rows shown in
+ *  all, or null on failure (shown as an error). */
+async function showPage(params, mark, signal, oldest, again = 0) {
+  const p = new URLSearchParams(params);
+  p.set("order", "desc");
+  // The `again` shown records of the oldest millisecond come first: ask for them too.
+  p.set("limit", String(PAGE + again));
+  if (oldest) p.set("to", oldest);
+  const tbody = $("results").tBodies[0];
+  let added = 0;
+  let last = oldest;
+  let sameMs = again;
+  let received = 0;
+  try {
+    const resp = await fetch("../store/query?" + p, { signal });
+    if (!resp.ok) {
+      showError(await failure(resp));
+      return null;
+    }
+    if (resp.status === 206) showPartial(resp);
+    await readLines(resp, (lines) => {
+      const frag = document.createDocumentFragment();
+      for (const line of lines) {
+        received++;
+        const id = line.slice(0, 26);
+        if (oldest && id >= oldest) continue;
+        frag.append(row(line, mark));
+        // Shown records of the oldest millisecond so far (they come again on the next page).
+        sameMs = last && id.slice(0, 10) === last.slice(0, 10) ? sameMs + 1 : 1;
+        last = id;
+        added++;
+      }
+      tbody.append(frag);
+      setStatus(`${tbody.rows.length.toLocaleString()} records so far…`);
+      return true;
+    });
+  } catch (e) {
+    if (e.name === "AbortError") return tbody.rows.length;
+    showError(`Search failed: ${e.message}`);
+    return null;
+  }
+  // A full page may have older ones after it.
+  paging = received >= PAGE + again && added > 0 ? { params, mark, oldest: last, again: sameMs } : null;
+  $("older").hidden = !paging;
+  return tbody.rows.length;
+}
+
+/** "Older": the next page of a newest-first search. */
+async function older() {
+  if (!paging || running) return;
+  const controller = new AbortController();
+  running = controller;
+  document.body.dataset.state = "searching";
+  $("older").hidden = true;
+  const shown = await showPage(paging.params, paging.mark, controller.signal, paging.oldest, paging.again);
+  if (running !== controller) return;
+  running = null;
+  if (shown !== null) {
+    setStatus(`${shown.toLocaleString()} matching record${shown === 1 ? "" : "s"}, newest first${paging ? "" : " (no older ones)"}.`);
+  }
+  document.body.dataset.state = "done";
+}
+
+/** Show (or hide again) the records of the same topic around a clicked record. */
+async function toggleContext(tr) {
+  const next = tr.nextElementSibling;
+  if (next && next.classList.contains("context-box")) {
+    next.remove();
+    return;
+  }
+  const line = tr.dataset.ulid;
+  const body = tr.querySelector("td.line").textContent;
+  const topic = body.split(" ")[0];
+  const box = document.createElement("tr");
+  box.className = "context-box";
+  const cell = document.createElement("td");
+  cell.colSpan = 2;
+  cell.textContent = "Loading the records around it…";
+  box.append(cell);
+  tr.after(box);
+  const p = new URLSearchParams();
+  p.set("from", line);
+  p.set("to", line);
+  p.append("topic", topic);
+  p.set("before", String(CONTEXT));
+  p.set("after", String(CONTEXT));
+  try {
+    const resp = await fetch("../store/query?" + p);
+    if (!resp.ok) {
+      cell.textContent = await failure(resp);
+      return;
+    }
+    const table = document.createElement("table");
+    const tbody = document.createElement("tbody");
+    table.append(tbody);
+    await readLines(resp, (lines) => {
+      for (const l of lines) {
+        const r = row(l, null);
+        r.className = l.slice(0, 26) === line ? "self" : "ctx";
+        tbody.append(r);
+      }
+      return true;
+    });
+    cell.replaceChildren(table);
+    box.dataset.state = "done";
+  } catch (e) {
+    cell.textContent = `Context failed: ${e.message}`;
+  }
+}
+
 /** Fetch the hits of the search and draw them; resolves to the total count, or null. */
 async function drawHits(params, signal) {
   const figure = $("chart");
   try {
-    const resp = await fetch("../store/hits?" + params, { signal });
+    const p = new URLSearchParams(params);
+    p.set("by", "topic");
+    const resp = await fetch("../store/hits?" + p, { signal });
     if (!resp.ok) {
       figure.hidden = true;
       // The records request reports the same 400 verbatim; report anything else here.
@@ -408,6 +560,7 @@ async function drawHits(params, signal) {
     const searched = { from: Date.parse(params.get("from")), to: Date.parse(params.get("to")) };
     figure.replaceChildren(chart(hits, searched));
     figure.hidden = false;
+    legend(hits);
     return hits.buckets.reduce((n, b) => n + b.count, 0);
   } catch (e) {
     if (e.name !== "AbortError") showError(`Chart failed: ${e.message}`);
@@ -453,11 +606,32 @@ function chart(hits, searched) {
     "aria-label": `Matching records over time, ${total} in all, per ${hits.step}`,
   });
   svg.append(svgEl("line", { class: "axis", x1: 0, x2: width, y1: top + plotH + 0.5, y2: top + plotH + 0.5 }));
+  // Stacked by topic: the largest series at the bottom, "other" on top.
+  const series = [...(hits.series || [])];
+  if (hits.other && hits.other.count) series.push({ topic: null, counts: hits.other.counts });
   hits.buckets.forEach((b, i) => {
     if (!b.count) return;
+    let y = top + plotH;
+    series.forEach((sr, k) => {
+      const c = sr.counts[i] || 0;
+      if (!c) return;
+      const h = (c / max) * plotH;
+      y -= h;
+      svg.append(svgEl("rect", {
+        class: "seg",
+        x: (i * slot + 0.5).toFixed(1),
+        y: y.toFixed(2),
+        width: Math.max(1, slot - 1).toFixed(1),
+        height: Math.max(0.5, h).toFixed(2),
+        fill: sr.topic === null ? PALETTE[PALETTE.length - 1] : PALETTE[k % (PALETTE.length - 1)],
+        "data-topic": sr.topic ?? "",
+        "data-other": sr.topic === null ? "1" : "0",
+        "data-count": c,
+      }));
+    });
     const h = Math.max(1, (b.count / max) * plotH);
     const rect = svgEl("rect", {
-      class: "bar",
+      class: series.length ? "bar overlay" : "bar",
       x: (i * slot + 0.5).toFixed(1),
       y: (top + plotH - h).toFixed(1),
       width: Math.max(1, slot - 1).toFixed(1),
@@ -479,6 +653,52 @@ function chart(hits, searched) {
     svg.append(label(n, "end"));
   }
   return svg;
+}
+
+/** The chart's legend: a swatch per topic series, and "other". */
+function legend(hits) {
+  const box = $("legend");
+  box.replaceChildren();
+  const items = (hits.series || []).map((sr, k) => [sr.topic, sr.count, PALETTE[k % (PALETTE.length - 1)]]);
+  if (hits.other && hits.other.count) {
+    items.push([`${hits.other.topics} other topic${hits.other.topics === 1 ? "" : "s"}`, hits.other.count, PALETTE[PALETTE.length - 1]]);
+  }
+  for (const [name, count, colour] of items) {
+    const item = document.createElement("span");
+    item.className = "item";
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = colour;
+    item.append(sw, `${name} (${count.toLocaleString()})`);
+    box.append(item);
+  }
+  box.hidden = items.length < 2;
+}
+
+/** Fill the topic picker with the topics of the chosen window and their record counts. */
+async function loadTopics() {
+  let params;
+  try {
+    const w = timeWindow(formState());
+    params = new URLSearchParams({ from: w.from.toISOString(), to: w.to.toISOString() });
+  } catch {
+    return;
+  }
+  try {
+    const resp = await fetch("../store/topics?" + params);
+    if (!resp.ok) return;
+    const answer = await resp.json();
+    const select = $("topic");
+    const chosen = select.value;
+    select.replaceChildren(new Option("all topics", ""));
+    for (const t of answer.topics) {
+      select.append(new Option(`${t.topic} (${t.records.toLocaleString()})`, t.topic));
+    }
+    showTopicChoice(chosen ? chosen.split(",") : []);
+    select.dataset.loaded = "1";
+  } catch {
+    // the picker keeps what it had
+  }
 }
 
 function zoom(startMs, step, searched) {
@@ -620,6 +840,13 @@ function init() {
     startTail(st);
   });
   $("pause").addEventListener("click", togglePause);
+  $("older").addEventListener("click", older);
+  $("results").addEventListener("click", (e) => {
+    const tr = e.target.closest("tr.record");
+    if (tr && !tail && tr.closest("#results > tbody")) toggleContext(tr);
+  });
+  $("topic").addEventListener("change", schedulePlan);
+  $("order").addEventListener("change", schedulePlan);
   $("range").addEventListener("change", () => {
     $("absolute").hidden = $("range").value !== "custom";
     if ($("range").value === "custom" && !$("from").value) {
@@ -627,6 +854,7 @@ function init() {
       $("from").value = isoToLocalInput(w.from);
     }
     schedulePlan();
+    loadTopics();
   });
   for (const id of ["q", "from", "to"]) $(id).addEventListener("input", schedulePlan);
   for (const id of ["regex", "icase"]) $(id).addEventListener("change", schedulePlan);
@@ -636,6 +864,7 @@ function init() {
     run(st);
   });
   plan();
+  loadTopics();
   if (s.q || s.tail || location.search) run(s);
 }
 
