@@ -124,11 +124,13 @@ fn context_reference(
         let prev = prev_of.insert(t.clone(), i);
         if let Some(m) = keep[i] {
             let start = prev.is_none() || kept_before.get(&t) != prev.as_ref();
-            let k = match (m, start) {
-                (true, false) => ' ',
-                (true, true) => '+',
-                (false, false) => '-',
-                (false, true) => '~',
+            let k = match (m, start, prev.is_none()) {
+                (true, false, _) => ' ',
+                (false, false, _) => '-',
+                (true, true, false) => '+',
+                (false, true, false) => '~',
+                (true, true, true) => ':',
+                (false, true, true) => '=',
             };
             out.push(format!("{}{k}{}", &l[..26], &l[27..]));
             kept_before.insert(t, i);
@@ -210,6 +212,27 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
                 "{path}: {} records, want {}",
                 got.len(),
                 want.len()
+            );
+        }
+    }
+    // Each node on its own (`/store/_query`): the same over the records it holds.
+    for (node, own) in [(&a, segs[0..3].concat()), (&b, segs[1..4].concat())] {
+        for &(topics, q, desc, limit) in cases {
+            let mut path = format!("/store/_query?from={wf}&to={wt}&q={q}");
+            for t in topics {
+                path.push_str(&format!("&topic={t}"));
+            }
+            if desc {
+                path.push_str("&order=desc");
+            }
+            if let Some(n) = limit {
+                path.push_str(&format!("&limit={n}"));
+            }
+            let r = http("GET", node.addr("api"), &path, b"");
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            assert!(
+                lines(&r) == reference(&own, window, topics, q, desc, limit),
+                "{path} on one node"
             );
         }
     }
@@ -551,4 +574,76 @@ fn a_short_topic_retention_removes_that_topic_only_and_stays_removed_across_a_re
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+}
+
+#[test]
+fn a_stream_follows_only_its_topics() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_role(
+        "ingeststore",
+        dir.path(),
+        None,
+        &["-ingest.topic-mode", "dynamic"],
+    );
+    let mut stream = std::process::Command::new(BIN)
+        .args([
+            "stream",
+            "-store",
+            node.addr("api"),
+            "-topic",
+            "web*",
+            "-topic",
+            "auth",
+            "-q",
+            "wanted",
+            "-window",
+            "300ms",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = stream.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let input: String = (0..60)
+        .map(|i| format!("{} wanted {i}\n", TOPICS[i % TOPICS.len()]))
+        .collect();
+    assert!(
+        forward(node.addr("fast"), input.as_bytes(), &[])
+            .status
+            .success()
+    );
+    let want: Vec<String> = input
+        .lines()
+        .filter(|l| l.starts_with("web") || l.starts_with("auth "))
+        .map(String::from)
+        .collect();
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < want.len() && std::time::Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            got.push(line);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    while let Ok(line) = rx.try_recv() {
+        got.push(line);
+    }
+    let _ = stream.kill();
+    let _ = stream.wait();
+    assert_eq!(got, want);
+    // A bad topic is refused before the stream starts.
+    let out = oklog(&["stream", "-store", node.addr("api"), "-topic", "a b"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("topic"));
 }

@@ -55,6 +55,17 @@ pub fn merge<S: Source>(
 pub fn merge_ordered<S: Source>(
     sources: &mut [S],
     desc: bool,
+    emit: impl FnMut(&[u8]) -> io::Result<bool>,
+) -> io::Result<Merged> {
+    merge_with(sources, desc, true, emit)
+}
+
+/// [`merge_ordered`], without dropping repeated IDs when `dedup` is false (every source's
+/// copy is emitted, in source order).
+pub fn merge_with<S: Source>(
+    sources: &mut [S],
+    desc: bool,
+    dedup: bool,
     mut emit: impl FnMut(&[u8]) -> io::Result<bool>,
 ) -> io::Result<Merged> {
     // Descending order is ascending order of the complemented keys.
@@ -74,7 +85,7 @@ pub fn merge_ordered<S: Source>(
     let mut out = Merged::default();
     let mut last = None;
     while let Some(Reverse((k, i))) = heap.pop() {
-        if last != Some(k) {
+        if !dedup || last != Some(k) {
             // The heap only holds indices of sources with a current line.
             let line = sources[i].current().unwrap_or_default();
             if !emit(line)? {

@@ -9,9 +9,12 @@
 //! (it will not be context), so memory stays bounded.
 //!
 //! Emitted lines carry their kind in the byte after the ULID, where a stored record has its
-//! space: [`MATCH`] (a space, as stored), [`CONTEXT`], and for the first record of a group
-//! (one not adjacent, in its topic, to the record of that topic emitted before it)
-//! [`MATCH_START`] or [`CONTEXT_START`]. `oklog query` prints `--` between groups, as grep.
+//! space: [`MATCH`] (a space, as stored) or [`CONTEXT`]; for the first record of a group (one
+//! whose topic's previous record was not emitted) [`MATCH_START`] or [`CONTEXT_START`]; and for
+//! a topic's first record in the answer, of which nothing before is known, [`MATCH_FIRST`] or
+//! [`CONTEXT_FIRST`]. `oklog query` prints `--` between groups, as grep. A gateway merging the
+//! answers of several nodes trusts a node's "start" (that node saw a record in between), not its
+//! "first" (another node may hold the records before).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -25,6 +28,10 @@ pub const CONTEXT: u8 = b'-';
 pub const MATCH_START: u8 = b'+';
 /// Kind byte of a context record that starts a group.
 pub const CONTEXT_START: u8 = b'~';
+/// Kind byte of a match that is its topic's first record in the answer.
+pub const MATCH_FIRST: u8 = b':';
+/// Kind byte of a context record that is its topic's first record in the answer.
+pub const CONTEXT_FIRST: u8 = b'=';
 
 /// Bytes of records waiting for their turn before the oldest waiting one is given up (16 MiB).
 pub const MAX_PENDING: usize = 16 << 20;
@@ -36,12 +43,18 @@ pub fn kind(line: &[u8]) -> Option<u8> {
 
 /// Whether an answer line's kind is a match.
 pub fn is_match_kind(k: u8) -> bool {
-    k == MATCH || k == MATCH_START
+    matches!(k, MATCH | MATCH_START | MATCH_FIRST)
 }
 
 /// Whether an answer line starts a group.
 pub fn starts_group(k: u8) -> bool {
-    k == MATCH_START || k == CONTEXT_START
+    matches!(k, MATCH_START | CONTEXT_START | MATCH_FIRST | CONTEXT_FIRST)
+}
+
+/// Whether an answer line is known to follow a gap in its topic (not only to be the first the
+/// answer has of it).
+pub fn after_gap(k: u8) -> bool {
+    matches!(k, MATCH_START | CONTEXT_START)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -56,9 +69,9 @@ struct Slot {
     line: Vec<u8>,
     topic: Vec<u8>,
     state: State,
-    /// The record is known to start a group whatever this processor sees (the node that sent
-    /// it saw a record of its topic just before it that it did not send).
-    starts: bool,
+    /// The record is known to follow a gap in its topic, whatever this processor sees (the
+    /// node that sent it saw a record of its topic just before it that it did not send).
+    gap: bool,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +83,31 @@ struct Topic {
     /// Whether the topic's last decided record was emitted (the next emitted one continues
     /// its group).
     last_emitted: bool,
+    /// Whether a record of the topic was decided before.
+    decided: bool,
+}
+
+impl Topic {
+    /// Emit the topic's next record: its kind. `gap`: known to follow a gap.
+    fn emit(&mut self, is_match: bool, gap: bool) -> u8 {
+        let k = match (is_match, self.last_emitted && !gap, self.decided || gap) {
+            (true, true, _) => MATCH,
+            (false, true, _) => CONTEXT,
+            (true, false, true) => MATCH_START,
+            (false, false, true) => CONTEXT_START,
+            (true, false, false) => MATCH_FIRST,
+            (false, false, false) => CONTEXT_FIRST,
+        };
+        self.last_emitted = true;
+        self.decided = true;
+        k
+    }
+
+    /// Leave the topic's next record out.
+    fn leave_out(&mut self) {
+        self.last_emitted = false;
+        self.decided = true;
+    }
 }
 
 /// The context processor of one answer.
@@ -123,8 +161,8 @@ impl Context {
         self.push_hinted(line, is_match, false, out);
     }
 
-    /// [`Context::push`] of a record already known to start a group (`starts`).
-    pub fn push_hinted(&mut self, line: &[u8], is_match: bool, starts: bool, out: &mut Vec<u8>) {
+    /// [`Context::push`] of a record that may be known to follow a gap in its topic (`gap`).
+    pub fn push_hinted(&mut self, line: &[u8], is_match: bool, gap: bool, out: &mut Vec<u8>) {
         if line.len() <= ULID_LEN || self.done() {
             return;
         }
@@ -140,24 +178,12 @@ impl Context {
         let state = if is_match {
             self.matches_left -= 1;
             // The waiting records of the topic become its "before" context.
-            let mut first = true;
-            for s in t.ring.drain(..) {
+            let ring = std::mem::take(&mut t.ring);
+            for s in ring {
                 let slot = &mut self.slots[(s - self.base) as usize];
-                let k = if (first && !t.last_emitted) || slot.starts {
-                    CONTEXT_START
-                } else {
-                    CONTEXT
-                };
-                slot.state = State::Emit(k);
-                first = false;
-                t.last_emitted = true;
+                slot.state = State::Emit(t.emit(false, slot.gap));
             }
-            let k = if t.last_emitted && !starts {
-                MATCH
-            } else {
-                MATCH_START
-            };
-            t.last_emitted = true;
+            let k = t.emit(true, gap);
             if t.trail == 0 && trail > 0 {
                 self.trailing += 1;
             } else if t.trail > 0 && trail == 0 {
@@ -170,18 +196,17 @@ impl Context {
             if t.trail == 0 {
                 self.trailing -= 1;
             }
-            t.last_emitted = true;
-            State::Emit(if starts { CONTEXT_START } else { CONTEXT })
+            State::Emit(t.emit(false, gap))
         } else if lead > 0 {
             t.ring.push_back(seq);
             if t.ring.len() > lead {
                 let old = t.ring.pop_front().expect("longer than lead");
                 self.slots[(old - self.base) as usize].state = State::Drop;
-                t.last_emitted = false;
+                t.leave_out();
             }
             State::Waiting
         } else {
-            t.last_emitted = false;
+            t.leave_out();
             State::Drop
         };
         if state == State::Drop && self.slots.is_empty() {
@@ -192,7 +217,7 @@ impl Context {
             line: line.to_vec(),
             topic: topic.to_vec(),
             state,
-            starts,
+            gap,
         });
         self.flush(out);
         while self.pending > MAX_PENDING {
@@ -218,7 +243,7 @@ impl Context {
             if let Some(t) = self.topics.get_mut(&front.topic) {
                 t.ring.pop_front();
                 // Records of the topic after it are all still waiting: none was decided.
-                t.last_emitted = false;
+                t.leave_out();
             }
         }
     }
@@ -314,11 +339,13 @@ mod tests {
             let prev_idx = (0..i).rev().find(|&j| records[j].0 == r.0);
             if let Some(m) = keep[i] {
                 let start = prev.is_none() || prev != prev_idx;
-                let k = match (m, start) {
-                    (true, false) => MATCH,
-                    (true, true) => MATCH_START,
-                    (false, false) => CONTEXT,
-                    (false, true) => CONTEXT_START,
+                let k = match (m, start, prev_idx.is_none()) {
+                    (true, false, _) => MATCH,
+                    (false, false, _) => CONTEXT,
+                    (true, true, false) => MATCH_START,
+                    (false, true, false) => CONTEXT_START,
+                    (true, true, true) => MATCH_FIRST,
+                    (false, true, true) => CONTEXT_FIRST,
                 };
                 out.push((k as char, r.1.to_string()));
                 last_kept_of.insert(r.0, Some(i));

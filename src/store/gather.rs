@@ -612,16 +612,32 @@ fn merged_body(
         let mut sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
         let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
         let mut left = limit.unwrap_or(u64::MAX);
-        let result = merge::merge_ordered(&mut sources, desc, |line| {
+        // With context, every node's copy of a record is seen (no dedup in the merge): the
+        // record follows a gap if any node says so. Each is held until its last copy passed.
+        let mut held: Option<(Vec<u8>, bool)> = None;
+        let push_held = |held: &mut Option<(Vec<u8>, bool)>,
+                         ctx: &mut crate::search::context::Context,
+                         buf: &mut Vec<u8>| {
+            if let Some((line, gap)) = held.take() {
+                let is_match = crate::search::context::kind(&line)
+                    .is_some_and(crate::search::context::is_match_kind);
+                ctx.push_hinted(&line, is_match, gap, buf);
+            }
+        };
+        let result = merge::merge_with(&mut sources, desc, context.is_none(), |line| {
             if let Some(ctx) = &mut context {
-                use crate::search::context::{is_match_kind, kind, starts_group};
-                let k = kind(line);
-                ctx.push_hinted(
-                    line,
-                    k.is_some_and(is_match_kind),
-                    k.is_some_and(starts_group),
-                    &mut buf,
-                );
+                let gap = crate::search::context::kind(line)
+                    .is_some_and(crate::search::context::after_gap);
+                match &mut held {
+                    Some((h, g)) if merge::key(h) == merge::key(line) => {
+                        *g |= gap;
+                        return Ok(true);
+                    }
+                    _ => {
+                        push_held(&mut held, ctx, &mut buf);
+                        held = Some((line.to_vec(), gap));
+                    }
+                }
                 if buf.len() >= OUT_CHUNK {
                     let chunk = Bytes::from(std::mem::replace(
                         &mut buf,
@@ -643,6 +659,7 @@ fn merged_body(
             Ok(true)
         });
         if let Some(ctx) = &mut context {
+            push_held(&mut held, ctx, &mut buf);
             ctx.finish(&mut buf);
         }
         if result.is_ok() {
