@@ -17,7 +17,7 @@ use memchr::memmem;
 use regex::bytes::Regex;
 use regex_syntax::hir::{Hir, HirKind, Look};
 
-use crate::record::{BODY_OFFSET, ulid_ms};
+use crate::record::{BODY_OFFSET, ULID_LEN, ulid_ms};
 
 /// What a query's `q` matches, regardless of topic.
 #[derive(Clone, Debug)]
@@ -87,6 +87,8 @@ pub struct Topics {
     exact: Vec<Vec<u8>>,
     /// The globs among them, as one anchored regex.
     globs: Option<Regex>,
+    /// For one exact name: ` <name> `, searched for to find its records.
+    finder: Option<std::sync::Arc<memmem::Finder<'static>>>,
 }
 
 impl Topics {
@@ -123,6 +125,11 @@ impl Topics {
         if !globs.is_empty() {
             let re = format!("^(?:{})$", globs.join("|"));
             t.globs = Some(Regex::new(&re).map_err(|e| e.to_string())?);
+        } else if let [name] = &t.exact[..] {
+            let needle = [&b" "[..], name, b" "].concat();
+            t.finder = Some(std::sync::Arc::new(
+                memmem::Finder::new(&needle).into_owned(),
+            ));
         }
         Ok(t)
     }
@@ -237,7 +244,24 @@ impl Matcher {
         let mut p = pos;
         while p < end {
             let hit = match &self.pattern {
-                Pattern::All => p,
+                // One topic: its records are where ` <topic> ` follows a ULID.
+                Pattern::All => match &self.topics.finder {
+                    Some(f) => {
+                        let mut at = p;
+                        loop {
+                            let i = at + f.find(&buf[at..end])?;
+                            let start = i.saturating_sub(ULID_LEN);
+                            if i >= ULID_LEN
+                                && (start == p || buf[start - 1] == b'\n')
+                                && start >= p
+                            {
+                                break i;
+                            }
+                            at = i + 1;
+                        }
+                    }
+                    None => p,
+                },
                 Pattern::Never => return None,
                 Pattern::Literal(f) => p + f.find(&buf[p..end])?,
                 // The earliest match *end* is enough to find a candidate line, and cheaper than
@@ -559,6 +583,15 @@ mod tests {
                 .with_topics(Topics::parse(&["web", "api-*"]).unwrap());
             assert_eq!(Matches::new(&buf, 0, 9, &m).count(), want, "q={q:?}");
             assert!(!m.is_all());
+        }
+        // One exact topic (searched for as ` web `): not where the name is in a payload.
+        for (q, want) in [("", 1), ("GET", 1), ("/a", 1), ("/b", 0)] {
+            let m = Matcher::new(q, false)
+                .unwrap()
+                .with_topics(Topics::parse(&["web"]).unwrap());
+            let got: Vec<&[u8]> = Matches::new(&buf, 0, 9, &m).collect();
+            assert_eq!(got.len(), want, "q={q:?}");
+            assert!(got.iter().all(|l| body(l).starts_with(b"web ")));
         }
         let m = Matcher::new("GET", false)
             .unwrap()
