@@ -344,6 +344,18 @@ pub fn time_range(buf: &[u8], from_ms: u64, to_ms: u64) -> Range<usize> {
 /// The first line start whose timestamp fails `before`, for a `before` that is true for a
 /// prefix of the lines. Binary search on bytes: each probe widens to the line around it.
 fn partition(buf: &[u8], before: impl Fn(u64) -> bool) -> usize {
+    let ms_at = |line: &[u8]| if line.len() >= 10 { ulid_ms(line) } else { 0 };
+    // A window that takes in a whole end of the segment (the usual case when a query spans
+    // several) is settled by its first or last line alone: no probes in between, each of
+    // which reads megabytes around it from a cold file.
+    if buf.is_empty() || !before(ms_at(buf)) {
+        return 0;
+    }
+    let body = &buf[..buf.len() - 1];
+    let last = memchr::memrchr(b'\n', body).map_or(0, |i| i + 1);
+    if before(ms_at(&buf[last..])) {
+        return buf.len();
+    }
     let (mut lo, mut hi) = (0, buf.len());
     // Invariant: lo and hi are line starts (or buf.len()); lines before lo are `before`,
     // lines at or after hi are not.

@@ -16,7 +16,7 @@ use std::fmt;
 use std::io;
 
 pub use filter::{FilterBuilder, Needles};
-pub use write::{CompressConfig, Summary, compress};
+pub use write::{CompressConfig, Summary, compress, copy_blocks};
 
 use crate::record::{ULID_LEN, is_valid_ulid};
 

@@ -268,6 +268,17 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
         return Err(invalid("no records".to_string()));
     };
     let (low, high) = (first.low, last.high);
+    finish(wr, records, raw.len() as u64, low, high)
+}
+
+/// Write the filters, the index and the trailer after the blocks.
+fn finish<W: Write>(
+    mut wr: Writer<W>,
+    records: u64,
+    raw_bytes: u64,
+    low: [u8; ULID_LEN],
+    high: [u8; ULID_LEN],
+) -> io::Result<Summary> {
     let filters_at = wr.at;
     let region = std::mem::take(&mut wr.filter_region);
     wr.put(&region)?;
@@ -284,7 +295,7 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
     let mut index = Vec::with_capacity(64 + wr.blocks.len() * BLOCK_ENTRY_LEN);
     index.extend_from_slice(INDEX_MAGIC);
     index.extend_from_slice(&records.to_le_bytes());
-    index.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    index.extend_from_slice(&raw_bytes.to_le_bytes());
     index.extend_from_slice(&low);
     index.extend_from_slice(&high);
     index.extend_from_slice(&(order.len() as u32).to_le_bytes());
@@ -334,8 +345,113 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
     wr.w.flush()?;
     Ok(Summary {
         records,
-        raw_bytes: raw.len() as u64,
+        raw_bytes,
         file_bytes: wr.at,
         blocks: wr.blocks.len() as u64,
     })
+}
+
+/// Write a copy of the v2 segment `map` (whose index is `footer`) holding only the blocks that
+/// `keep` accepts (given each block's index): their compressed bytes and filters are copied as
+/// they are, each checked against its CRC first. Returns what was written with the new first
+/// and last ULID, or `None` (nothing written) when no block is kept. A block that fails its
+/// CRC is an `InvalidData` error.
+pub fn copy_blocks(
+    map: &[u8],
+    footer: &super::Footer,
+    keep: &dyn Fn(usize, &Block) -> bool,
+    w: impl Write,
+) -> io::Result<Option<(Summary, [u8; ULID_LEN], [u8; ULID_LEN])>> {
+    let kept: Vec<usize> = (0..footer.blocks.len())
+        .filter(|&i| keep(i, &footer.blocks[i]))
+        .collect();
+    if kept.is_empty() {
+        return Ok(None);
+    }
+    let mut wr = Writer {
+        w,
+        at: 0,
+        zstd: zstd::bulk::Compressor::new(1)?,
+        cfg: CompressConfig::default(),
+        filters: FilterBuilder::default(),
+        frame: Vec::new(),
+        filter: Vec::new(),
+        filter_region: Vec::new(),
+        blocks: Vec::new(),
+        groups: Vec::new(),
+        topics: Vec::new(),
+        topic_ids: HashMap::new(),
+    };
+    let mut header = [0u8; HEADER_LEN];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    wr.put(&header)?;
+    let (mut records, mut raw_bytes) = (0u64, 0u64);
+    let bytes = |at: u64, len: u32| -> io::Result<&[u8]> {
+        map.get(at as usize..at as usize + len as usize)
+            .ok_or_else(|| invalid("a block lies outside the file".to_string()))
+    };
+    for g in &footer.groups {
+        let first = wr.blocks.len() as u32;
+        let (mut low, mut high) = ([b'Z'; ULID_LEN], [b'0'; ULID_LEN]);
+        for i in g.first as usize..(g.first + g.count) as usize {
+            if kept.binary_search(&i).is_err() {
+                continue;
+            }
+            let b = &footer.blocks[i];
+            let frame = bytes(b.offset, b.stored_len)?;
+            if crc32fast::hash(frame) != b.crc {
+                return Err(invalid(format!("block {i} fails its checksum")));
+            }
+            let filter = bytes(b.filter_offset, b.filter_len)?;
+            let topic = if b.topic == MIXED {
+                MIXED
+            } else {
+                let name = &footer.topics[b.topic as usize].name;
+                let next = wr.topics.len() as u32;
+                let id = *wr.topic_ids.entry(name.clone()).or_insert(next);
+                if id == next {
+                    wr.topics.push(TopicInfo {
+                        name: name.clone(),
+                        records: 0,
+                        raw_bytes: 0,
+                    });
+                }
+                let t = &mut wr.topics[id as usize];
+                t.records += u64::from(b.records);
+                t.raw_bytes += u64::from(b.raw_len);
+                id
+            };
+            let offset = wr.at;
+            wr.put(frame)?;
+            let filter_offset = wr.filter_region.len() as u64;
+            wr.filter_region.extend_from_slice(filter);
+            wr.blocks.push(Block {
+                offset,
+                topic,
+                filter_offset,
+                ..b.clone()
+            });
+            low = low.min(b.low);
+            high = high.max(b.high);
+            records += u64::from(b.records);
+            raw_bytes += u64::from(b.raw_len);
+        }
+        let count = wr.blocks.len() as u32 - first;
+        if count > 0 {
+            wr.groups.push(Group {
+                low,
+                high,
+                first,
+                count,
+            });
+        }
+    }
+    let low = wr.groups.first().map(|g| g.low).unwrap_or_default();
+    let high = wr.groups.last().map(|g| g.high).unwrap_or_default();
+    Ok(Some((
+        finish(wr, records, raw_bytes, low, high)?,
+        low,
+        high,
+    )))
 }

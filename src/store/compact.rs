@@ -310,20 +310,35 @@ impl Compacter {
                 if seen.get(&s.path).is_some_and(|&t| now < t + recheck) {
                     continue;
                 }
-                if check.any_expired(&s.path, keep_from)? {
-                    chosen = Some(s.clone());
-                    break;
+                match check.action(s)? {
+                    Expire::Nothing => {
+                        seen.insert(s.path.clone(), now);
+                    }
+                    action => {
+                        chosen = Some((s.clone(), action));
+                        break;
+                    }
                 }
-                seen.insert(s.path.clone(), now);
             }
         }
-        let Some(chosen) = chosen else {
+        let Some((chosen, action)) = chosen else {
             return Ok(0);
         };
         let inputs = self.log.claim(std::slice::from_ref(&chosen))?;
         if inputs.len() != 1 {
             self.log.release(&inputs);
             return Ok(0);
+        }
+        if let Expire::DropBlocks(drop) = action {
+            return match self.drop_blocks(&inputs[0], &drop) {
+                Ok(dropped) => {
+                    self.log.remove(&inputs)?;
+                    self.metrics.store_expired_records.inc_by(dropped);
+                    tracing::info!(segment = %chosen.path.display(), records = dropped, "dropped compressed blocks past their topic's retention");
+                    Ok(1)
+                }
+                Err(failure) => self.give_back(inputs, failure),
+            };
         }
         let mut dropped = 0u64;
         let mut keep = |line: &[u8]| {
@@ -482,6 +497,52 @@ impl Compacter {
         result
     }
 
+    /// Write the compressed segment `input` (claimed) again without the blocks `gone` marks,
+    /// their bytes copied as they are, under the name of its new range; returns the records
+    /// left out. Nothing is written when every block goes.
+    fn drop_blocks(&self, input: &Segment, gone: &[bool]) -> Result<u64, Failure> {
+        let opened = match super::log::Opened::open(&input.path)? {
+            Some(o) => o,
+            None => return Err(Failure::Bad(input.path.clone(), "empty segment".into())),
+        };
+        let Some(footer) = &opened.footer else {
+            return Err(Failure::Bad(input.path.clone(), "not compressed".into()));
+        };
+        let dropped = footer
+            .blocks
+            .iter()
+            .zip(gone)
+            .filter(|(_, d)| **d)
+            .map(|(b, _)| u64::from(b.records))
+            .sum();
+        let (file, tmp) = self.log.create(ACTIVE)?;
+        let result = (|| -> Result<(), Failure> {
+            let mut w = BufWriter::with_capacity(1 << 20, &file);
+            let keep = |i: usize, _: &segment::Block| !gone.get(i).copied().unwrap_or(false);
+            let written = match segment::copy_blocks(&opened.map, footer, &keep, &mut w) {
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(Failure::Damaged(input.path.clone()));
+                }
+                Err(e) => return Err(Failure::Io(e)),
+            };
+            w.flush()?;
+            drop(w);
+            match written {
+                Some((_, low, high)) => {
+                    self.log
+                        .close_as(file.try_clone()?, &tmp, &low, &high, Format::Compressed)?;
+                }
+                None => std::fs::remove_file(&tmp)?,
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|()| dropped)
+    }
+
     /// Merge `inputs` into new segments, the records `keep` refuses left out.
     fn merge_into_outputs(
         &self,
@@ -515,6 +576,18 @@ impl Compacter {
     }
 }
 
+/// What the expire step does with a segment.
+#[derive(Debug)]
+enum Expire {
+    /// Nothing has expired (or only records in blocks that are not wholly past yet, hidden
+    /// from queries until they are).
+    Nothing,
+    /// A compressed segment whose expired records fill whole topic blocks: those blocks go.
+    DropBlocks(Vec<bool>),
+    /// Records have expired: the segment is written again without them.
+    Rewrite,
+}
+
 /// Which records have passed their topic's retention, at one instant (topics' cutoffs
 /// remembered).
 struct ExpiryCheck<'a> {
@@ -534,22 +607,65 @@ impl<'a> ExpiryCheck<'a> {
         }
     }
 
-    /// Whether the stored line's record has passed its topic's retention.
-    fn expired(&mut self, line: &[u8]) -> bool {
-        let ms = crate::record::ulid_ms(line);
-        if ms >= self.keep_from {
-            return false;
-        }
-        let topic = crate::search::topic_of(crate::search::body(line));
-        let cutoff = match self.cutoffs.get(topic) {
+    /// The oldest millisecond kept for `topic`.
+    fn cutoff(&mut self, topic: &[u8]) -> u64 {
+        match self.cutoffs.get(topic) {
             Some(&c) => c,
             None => {
                 let c = self.retention.cutoff_for(topic, self.now);
                 self.cutoffs.insert(topic.to_vec(), c);
                 c
             }
-        };
-        ms < cutoff
+        }
+    }
+
+    /// Whether the stored line's record has passed its topic's retention.
+    fn expired(&mut self, line: &[u8]) -> bool {
+        let ms = crate::record::ulid_ms(line);
+        if ms >= self.keep_from {
+            return false;
+        }
+        ms < self.cutoff(crate::search::topic_of(crate::search::body(line)))
+    }
+
+    /// What to do with segment `s`: for a compressed one, its topic blocks wholly past their
+    /// topic's retention are dropped as they are (its mixed blocks, which may hold any topic,
+    /// are read when old enough to hold expired records); a raw one is read up to the
+    /// shortest retention's cutoff.
+    fn action(&mut self, s: &Segment) -> io::Result<Expire> {
+        if s.format == Format::Compressed {
+            let opened = match super::log::Opened::open(&s.path) {
+                Ok(Some(o)) => o,
+                Ok(None) => return Ok(Expire::Nothing),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Expire::Nothing),
+                Err(e) => return Err(e),
+            };
+            if let Some(footer) = &opened.footer {
+                let mut mixed_old = false;
+                let mut drop = vec![false; footer.blocks.len()];
+                for (i, b) in footer.blocks.iter().enumerate() {
+                    if b.topic == segment::MIXED {
+                        mixed_old |= crate::record::ulid_ms(&b.low) < self.keep_from;
+                    } else {
+                        let cutoff = self.cutoff(&footer.topics[b.topic as usize].name);
+                        drop[i] = crate::record::ulid_ms(&b.high) < cutoff;
+                    }
+                }
+                if mixed_old && self.any_expired(&s.path, self.keep_from)? {
+                    return Ok(Expire::Rewrite);
+                }
+                return Ok(if drop.contains(&true) {
+                    Expire::DropBlocks(drop)
+                } else {
+                    Expire::Nothing
+                });
+            }
+        }
+        Ok(if self.any_expired(&s.path, self.keep_from)? {
+            Expire::Rewrite
+        } else {
+            Expire::Nothing
+        })
     }
 
     /// Whether the segment at `path` holds an expired record (read up to `keep_from`).
@@ -1513,13 +1629,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(StoreLog::open(dir.path()).unwrap());
         let now = crate::gotime::now_ms() as u64;
-        // Two segments of records 3 h to 2 h old, of topics debug-a, debug-b and app.
+        // Three segments of records 3 h to 1.5 h old, of topics debug-a, debug-b and app; the
+        // second also with small debug topics that share mixed blocks once compressed.
         let mut all = Vec::new();
-        for seg in 0..2u64 {
+        for seg in 0..3u64 {
             let mut lines = Vec::new();
-            for i in 0..300u64 {
-                let ms = now - 3 * 3_600_000 + seg * 1_800_000 + i * 1000;
-                let topic = ["debug-a", "app", "debug-b"][(i % 3) as usize];
+            let (n, gap) = if seg == 1 { (3000, 100) } else { (300, 1000) };
+            for i in 0..n {
+                let ms = now - 3 * 3_600_000 + seg * 1_800_000 + i * gap;
+                let topic = if seg == 1 && i % 50 == 7 {
+                    format!("debug-small-{}", i / 50)
+                } else {
+                    ["debug-a", "app", "debug-b"][(i % 3) as usize].to_string()
+                };
                 let mut l = encode_ulid(ms, u128::from(i)).to_vec();
                 l.extend_from_slice(format!(" {topic} record {seg} {i}\n").as_bytes());
                 lines.push(l);
@@ -1536,16 +1658,28 @@ mod tests {
             Duration::from_secs(3600),
         );
         c.cfg.retention = Some(Arc::clone(&retention));
-        // One segment compressed, one raw.
+        // Two segments compressed, one raw.
         assert_eq!(c.convert(&|_| true).unwrap(), 1);
-        assert_eq!(c.step(Kind::Expire).unwrap(), 2);
+        assert_eq!(c.convert(&|_| true).unwrap(), 1);
+        assert_eq!(log.raw_segments(), 1);
+        assert_eq!(c.step(Kind::Expire).unwrap(), 3);
         let kept: Vec<Vec<u8>> = all
             .iter()
             .filter(|l| crate::search::topic_of(&l[27..]) == b"app")
             .cloned()
             .collect();
         assert_eq!(super::tests::all(&log), kept, "only app's records are left");
-        assert_eq!(c.metrics.store_expired_records.get(), 400);
+        assert_eq!(
+            c.metrics.store_expired_records.get(),
+            (all.len() - kept.len()) as u64
+        );
+        // The first compressed segment lost whole topic blocks, copied as they were: it is
+        // still compressed. The one with mixed blocks was written again (raw, to be compressed
+        // again when due), as was the raw one.
+        let segs = log.scan(&[FLUSHED], |_| true).unwrap();
+        assert_eq!(segs.len(), 3);
+        assert_eq!(log.raw_segments(), 2);
+        assert_eq!(segs[0].format, Format::Compressed);
         // Nothing more to drop: the segments are not read again for a while.
         assert_eq!(c.step(Kind::Expire).unwrap(), 0);
         // Queries hide expired records at once, before any rewrite.

@@ -485,6 +485,19 @@ impl StoreLog {
         low: &[u8; ULID_LEN],
         high: &[u8; ULID_LEN],
     ) -> io::Result<()> {
+        self.close_as(file, path, low, high, Format::Raw)
+    }
+
+    /// [`StoreLog::close`] of a segment written in `format` (merged with an existing one of
+    /// the same name, the result is raw).
+    pub fn close_as(
+        &self,
+        file: File,
+        path: &Path,
+        low: &[u8; ULID_LEN],
+        high: &[u8; ULID_LEN],
+        format: Format,
+    ) -> io::Result<()> {
         let target = self.dir.join(build_name(low, high, FLUSHED));
         file.sync_all()?;
         let mut index = self.segments.write().unwrap_or_else(|p| p.into_inner());
@@ -496,7 +509,7 @@ impl StoreLog {
                 low: *low,
                 high: *high,
                 size,
-                format: Format::Raw,
+                format,
             });
             return disk::sync_dir(&self.dir);
         }

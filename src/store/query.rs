@@ -409,7 +409,7 @@ impl Plan {
                 Some(only) if sources.is_empty() => match only {
                     Src::Raw(m) => {
                         let r = crate::search::time_range(m, p.from_ms, p.to_ms);
-                        tasks.extend(pieces(m, r).into_iter().map(|r| Task::Piece(m, r)));
+                        tasks.extend(pieces(r).into_iter().map(|r| Task::Piece(m, r)));
                     }
                     Src::Compressed(o, path, sel) => {
                         for (g, blocks) in sel {
@@ -438,7 +438,7 @@ impl Plan {
             // A query with a limit may be done within its first few records: its first piece
             // is cut finer (1, 1, 2, 4 MiB … from the end it starts at), so it stops early.
             let (m, r) = (*m, r.clone());
-            let mut graded: Vec<Task> = graded_pieces(m, r, p.desc)
+            let mut graded: Vec<Task> = graded_pieces(m, align(m, r), p.desc)
                 .into_iter()
                 .map(|r| Task::Piece(m, r))
                 .collect();
@@ -686,8 +686,9 @@ impl Chunk<'_> {
     }
 }
 
-/// The matching lines of `m[r]`, copied.
+/// The matching lines of `m` starting in `r`, copied.
 fn piece_matches(m: &[u8], r: std::ops::Range<usize>, matcher: &Matcher) -> Vec<u8> {
+    let r = align(m, r);
     if matcher.is_all() {
         return m[r].to_vec();
     }
@@ -698,20 +699,28 @@ fn piece_matches(m: &[u8], r: std::ops::Range<usize>, matcher: &Matcher) -> Vec<
     out
 }
 
-/// Cut `r` (line starts and ends of `m`) into pieces of about [`PIECE`] bytes at line
-/// boundaries.
-fn pieces(m: &[u8], r: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = r.start;
-    while start < r.end {
-        let mut end = (start + PIECE).min(r.end);
-        if end < r.end {
-            end = memchr::memchr(b'\n', &m[end..r.end]).map_or(r.end, |i| end + i + 1);
+/// Cut `r` (a line start and a line end of a mapping) into pieces of [`PIECE`] bytes. The cuts
+/// fall anywhere: a piece is moved to line boundaries by [`align`] only when it is searched,
+/// so cutting touches no page (on a cold file each first touch reads megabytes around it).
+fn pieces(r: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
+    (r.start..r.end)
+        .step_by(PIECE)
+        .map(|start| start..(start + PIECE).min(r.end))
+        .collect()
+}
+
+/// The lines of `m` that start in `r`: `r` moved forward to line boundaries (each line then
+/// belongs to exactly one of a run of adjoining ranges).
+fn align(m: &[u8], r: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let boundary = |at: usize| {
+        if at == 0 || at >= m.len() || m[at - 1] == b'\n' {
+            at.min(m.len())
+        } else {
+            memchr::memchr(b'\n', &m[at..]).map_or(m.len(), |i| at + i + 1)
         }
-        out.push(start..end);
-        start = end;
-    }
-    out
+    };
+    let start = boundary(r.start);
+    start..boundary(r.end).max(start)
 }
 
 /// `r` (whole lines of `m`) cut into pieces of 1, 1, 2, 4 … MiB (up to [`PIECE`]) from its
@@ -836,11 +845,12 @@ fn run_inline(
             Ok(out.is_empty() || sink(&out))
         }
         Task::Piece(m, r) => {
+            let r = align(m, r.clone());
             if matcher.is_all() {
                 // Every line of a piece is an answer: hand the range over whole.
-                return Ok(sink(&m[r.clone()]));
+                return Ok(sink(&m[r]));
             }
-            for line in Matches::in_range(m, r.clone(), matcher) {
+            for line in Matches::in_range(m, r, matcher) {
                 if !sink(line) {
                     return Ok(false);
                 }
@@ -863,7 +873,7 @@ fn run_inline(
                     ))),
                     Src::Raw(m) => {
                         let r = crate::search::time_range(m, p.from_ms, p.to_ms);
-                        let chunks = pieces(m, r).into_iter().map(|r| Chunk::Piece(m, r));
+                        let chunks = pieces(r).into_iter().map(|r| Chunk::Piece(m, r));
                         BatchSource::Chunked(
                             Box::new(ChunkSource::new(chunks.collect(), p, matcher, corrupt)?),
                             p,
@@ -955,7 +965,7 @@ fn run_parallel(
                     let out = match &tasks[i] {
                         Task::Piece(m, r) => {
                             let mut out = Vec::new();
-                            for line in Matches::in_range(m, r.clone(), matcher) {
+                            for line in Matches::in_range(m, align(m, r.clone()), matcher) {
                                 out.extend_from_slice(line);
                             }
                             out
@@ -1035,6 +1045,35 @@ mod tests {
     }
 
     use super::super::log::test_segment as seg;
+
+    #[test]
+    fn pieces_aligned_when_searched_hold_every_line_once() {
+        let mut m = Vec::new();
+        let mut i = 0;
+        while m.len() < 18 << 20 {
+            m.extend_from_slice(format!("line {i} {}\n", "y".repeat(i % 500)).as_bytes());
+            if i == 1000 {
+                // A line longer than a piece.
+                m.extend_from_slice(&vec![b'z'; PIECE + 100]);
+                m.push(b'\n');
+            }
+            i += 1;
+        }
+        let first = memchr::memchr(b'\n', &m).unwrap() + 1;
+        let r = first..m.len();
+        let parts: Vec<std::ops::Range<usize>> = pieces(r.clone())
+            .into_iter()
+            .map(|p| align(&m, p))
+            .collect();
+        assert!(parts.len() >= 3);
+        let mut at = r.start;
+        for p in &parts {
+            assert_eq!(p.start, at, "adjoining");
+            assert!(p.is_empty() || m[p.start - 1] == b'\n');
+            at = p.end;
+        }
+        assert_eq!(at, r.end);
+    }
 
     #[test]
     fn graded_pieces_cover_the_range_at_line_boundaries() {
