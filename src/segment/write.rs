@@ -45,6 +45,10 @@ pub struct Summary {
     pub file_bytes: u64,
     /// Blocks.
     pub blocks: u64,
+    /// First ULID.
+    pub low: [u8; ULID_LEN],
+    /// Last ULID.
+    pub high: [u8; ULID_LEN],
 }
 
 fn invalid(why: String) -> io::Error {
@@ -348,20 +352,22 @@ fn finish<W: Write>(
         raw_bytes,
         file_bytes: wr.at,
         blocks: wr.blocks.len() as u64,
+        low,
+        high,
     })
 }
 
 /// Write a copy of the v2 segment `map` (whose index is `footer`) holding only the blocks that
 /// `keep` accepts (given each block's index): their compressed bytes and filters are copied as
-/// they are, each checked against its CRC first. Returns what was written with the new first
-/// and last ULID, or `None` (nothing written) when no block is kept. A block that fails its
+/// they are, each checked against its CRC first. Returns what was written (with the new first
+/// and last ULID), or `None` (nothing written) when no block is kept. A block that fails its
 /// CRC is an `InvalidData` error.
 pub fn copy_blocks(
     map: &[u8],
     footer: &super::Footer,
     keep: &dyn Fn(usize, &Block) -> bool,
     w: impl Write,
-) -> io::Result<Option<(Summary, [u8; ULID_LEN], [u8; ULID_LEN])>> {
+) -> io::Result<Option<Summary>> {
     let kept: Vec<usize> = (0..footer.blocks.len())
         .filter(|&i| keep(i, &footer.blocks[i]))
         .collect();
@@ -449,9 +455,5 @@ pub fn copy_blocks(
     }
     let low = wr.groups.first().map(|g| g.low).unwrap_or_default();
     let high = wr.groups.last().map(|g| g.high).unwrap_or_default();
-    Ok(Some((
-        finish(wr, records, raw_bytes, low, high)?,
-        low,
-        high,
-    )))
+    finish(wr, records, raw_bytes, low, high).map(Some)
 }

@@ -529,7 +529,8 @@ impl Compacter {
             w.flush()?;
             drop(w);
             match written {
-                Some((_, low, high)) => {
+                Some(sum) => {
+                    let (low, high) = (sum.low, sum.high);
                     self.log
                         .close_as(file.try_clone()?, &tmp, &low, &high, Format::Compressed)?;
                 }
