@@ -380,16 +380,7 @@ fn a_stream_sees_each_new_matching_record_once() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = stream.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut stream);
     // Give the gateway a moment to connect to both store nodes.
     std::thread::sleep(Duration::from_millis(1500));
     let input: Vec<u8> = (0..200)

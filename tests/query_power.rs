@@ -191,18 +191,22 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
         (&["auth"], "", false, Some(10)),
         (&["nothing-*"], "", true, None),
     ];
+    let path = |base: &str, (topics, q, desc, limit): Case| {
+        let mut path = format!("{base}?from={wf}&to={wt}&q={q}");
+        for t in topics {
+            path.push_str(&format!("&topic={t}"));
+        }
+        if desc {
+            path.push_str("&order=desc");
+        }
+        if let Some(n) = limit {
+            path.push_str(&format!("&limit={n}"));
+        }
+        path
+    };
     for node in [&a, &b] {
         for &(topics, q, desc, limit) in cases {
-            let mut path = format!("/store/query?from={wf}&to={wt}&q={q}");
-            for t in topics {
-                path.push_str(&format!("&topic={t}"));
-            }
-            if desc {
-                path.push_str("&order=desc");
-            }
-            if let Some(n) = limit {
-                path.push_str(&format!("&limit={n}"));
-            }
+            let path = path("/store/query", (topics, q, desc, limit));
             let r = http("GET", node.addr("api"), &path, b"");
             assert_eq!(r.status, 200, "{path}: {}", r.text());
             let want = reference(&all, window, topics, q, desc, limit);
@@ -218,16 +222,7 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
     // Each node on its own (`/store/_query`): the same over the records it holds.
     for (node, own) in [(&a, segs[0..3].concat()), (&b, segs[1..4].concat())] {
         for &(topics, q, desc, limit) in cases {
-            let mut path = format!("/store/_query?from={wf}&to={wt}&q={q}");
-            for t in topics {
-                path.push_str(&format!("&topic={t}"));
-            }
-            if desc {
-                path.push_str("&order=desc");
-            }
-            if let Some(n) = limit {
-                path.push_str(&format!("&limit={n}"));
-            }
+            let path = path("/store/_query", (topics, q, desc, limit));
             let r = http("GET", node.addr("api"), &path, b"");
             assert_eq!(r.status, 200, "{path}: {}", r.text());
             assert!(
@@ -604,16 +599,7 @@ fn a_stream_follows_only_its_topics() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = stream.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut stream);
     std::thread::sleep(Duration::from_millis(1000));
     let input: String = (0..60)
         .map(|i| format!("{} wanted {i}\n", TOPICS[i % TOPICS.len()]))

@@ -85,6 +85,29 @@ struct Writer<W: Write> {
 }
 
 impl<W: Write> Writer<W> {
+    /// A writer into `w`, the file header written.
+    fn start(w: W, cfg: &CompressConfig) -> io::Result<Self> {
+        let mut wr = Writer {
+            w,
+            at: 0,
+            zstd: zstd::bulk::Compressor::new(cfg.level)?,
+            cfg: cfg.clone(),
+            filters: FilterBuilder::default(),
+            frame: Vec::new(),
+            filter: Vec::new(),
+            filter_region: Vec::new(),
+            blocks: Vec::new(),
+            groups: Vec::new(),
+            topics: Vec::new(),
+            topic_ids: HashMap::new(),
+        };
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        wr.put(&header)?;
+        Ok(wr)
+    }
+
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.w.write_all(bytes)?;
         self.at += bytes.len() as u64;
@@ -216,24 +239,7 @@ impl<W: Write> Writer<W> {
 /// the one before it, is an `InvalidData` error naming it (nothing useful has been written
 /// then).
 pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<Summary> {
-    let mut wr = Writer {
-        w,
-        at: 0,
-        zstd: zstd::bulk::Compressor::new(cfg.level)?,
-        cfg: cfg.clone(),
-        filters: FilterBuilder::default(),
-        frame: Vec::new(),
-        filter: Vec::new(),
-        filter_region: Vec::new(),
-        blocks: Vec::new(),
-        groups: Vec::new(),
-        topics: Vec::new(),
-        topic_ids: HashMap::new(),
-    };
-    let mut header = [0u8; HEADER_LEN];
-    header[..8].copy_from_slice(MAGIC);
-    header[8..10].copy_from_slice(&VERSION.to_le_bytes());
-    wr.put(&header)?;
+    let mut wr = Writer::start(w, cfg)?;
     let mut records = 0u64;
     let mut prev: Option<&[u8]> = None;
     let mut group_start = 0usize;
@@ -374,24 +380,8 @@ pub fn copy_blocks(
     if kept.is_empty() {
         return Ok(None);
     }
-    let mut wr = Writer {
-        w,
-        at: 0,
-        zstd: zstd::bulk::Compressor::new(1)?,
-        cfg: CompressConfig::default(),
-        filters: FilterBuilder::default(),
-        frame: Vec::new(),
-        filter: Vec::new(),
-        filter_region: Vec::new(),
-        blocks: Vec::new(),
-        groups: Vec::new(),
-        topics: Vec::new(),
-        topic_ids: HashMap::new(),
-    };
-    let mut header = [0u8; HEADER_LEN];
-    header[..8].copy_from_slice(MAGIC);
-    header[8..10].copy_from_slice(&VERSION.to_le_bytes());
-    wr.put(&header)?;
+    // Nothing is compressed here: the blocks go as they are.
+    let mut wr = Writer::start(w, &CompressConfig::default())?;
     let (mut records, mut raw_bytes) = (0u64, 0u64);
     let bytes = |at: u64, len: u32| -> io::Result<&[u8]> {
         map.get(at as usize..at as usize + len as usize)
