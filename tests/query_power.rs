@@ -139,6 +139,13 @@ fn context_reference(
     out
 }
 
+/// A JSON answer of a GET, which must be a 200.
+fn get_json(api: &str, path: &str) -> serde_json::Value {
+    let r = http("GET", api, path, b"");
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
 fn lines(r: &Response) -> Vec<String> {
     r.text().split_inclusive('\n').map(String::from).collect()
 }
@@ -389,14 +396,7 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
         reference(&all, window, &["web-api"], "", true, Some(5)).concat()
     );
     // Topic counts, replicas counted once.
-    let r = http(
-        "GET",
-        a.addr("api"),
-        &format!("/store/topics?from={wf}&to={wt}"),
-        b"",
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let j = get_json(a.addr("api"), &format!("/store/topics?from={wf}&to={wt}"));
     let got: BTreeMap<String, u64> = j["topics"]
         .as_array()
         .unwrap()
@@ -417,14 +417,10 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
     assert_eq!(got, want);
     assert_eq!(j["topics"][0]["retain"], "168h", "{j}");
     // Hits by topic: one series per topic, summing to the total.
-    let r = http(
-        "GET",
+    let j = get_json(
         b.addr("api"),
         &format!("/store/hits?from={wf}&to={wt}&by=topic&step=1m"),
-        b"",
     );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let series: BTreeMap<String, u64> = j["series"]
         .as_array()
         .unwrap()
@@ -498,13 +494,7 @@ fn a_short_topic_retention_removes_that_topic_only_and_stays_removed_across_a_re
     };
     // Hidden from queries at once (whether or not the lifecycle has run yet).
     assert_eq!(all(&node), kept);
-    let r = http(
-        "GET",
-        node.addr("api"),
-        "/store/topics?from=2000-01-01T00:00:00Z",
-        b"",
-    );
-    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let j = get_json(node.addr("api"), "/store/topics?from=2000-01-01T00:00:00Z");
     let names: Vec<&str> = j["topics"]
         .as_array()
         .unwrap()
@@ -539,21 +529,15 @@ fn a_short_topic_retention_removes_that_topic_only_and_stays_removed_across_a_re
     // Across a restart (retention given again): the same answer, nothing back.
     let node = start_role("ingeststore", dir.path(), None, &flags);
     assert_eq!(all(&node), kept);
-    let r = http(
-        "GET",
+    let j = get_json(
         node.addr("api"),
         "/store/topics?from=2000-01-01T00:00:00Z&topic=web*",
-        b"",
     );
-    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(j["topics"][0]["retain"], "168h", "{j}");
-    let r = http(
-        "GET",
+    let j = get_json(
         node.addr("api"),
         "/store/topics?from=2000-01-01T00:00:00Z&topic=kernel",
-        b"",
     );
-    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(j["topics"].as_array().unwrap().len(), 0, "{j}");
     // A bad rule stops the node at start with the reason.
     let bad = oklog(&[
