@@ -617,3 +617,68 @@ fn a_stream_follows_only_its_topics() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("topic"));
 }
+
+#[test]
+fn a_sigkill_between_expiring_and_removing_the_input_loses_nothing_and_repeats_nothing() {
+    let _serial = serial();
+    // A raw segment (rewritten without its expired records) and a compressed one (its expired
+    // topic blocks dropped), each killed after the output is in and before the input goes.
+    for (point, compress_after) in [
+        ("expire-rewrite-before-remove", "off"),
+        ("expire-drop-before-remove", "0"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        // Written before the node starts, so the lifecycle converts it before it expires.
+        let store = dir.path().join("data/store");
+        std::fs::create_dir_all(&store).unwrap();
+        let seg = segment(now_ms() - 2 * 3_600_000, 0, 3000);
+        let name = format!("{}-{}.flushed", &seg[0][..26], &seg[seg.len() - 1][..26]);
+        std::fs::write(store.join(name), seg.concat()).unwrap();
+        let kept: Vec<String> = seg
+            .iter()
+            .filter(|l| !l[27..].starts_with("debug "))
+            .cloned()
+            .collect();
+        let args = ingeststore_args(&[
+            "-store.topic-retain",
+            "debug=1h",
+            "-store.segment-compress-after",
+            compress_after,
+        ]);
+        let mut node = Node::start_env(dir.path(), &args, &["api"], &[("OKLOG_FAILPOINT", point)]);
+        let status = eventually(Duration::from_secs(60), "the failpoint", || {
+            node.child.try_wait().unwrap()
+        });
+        assert!(!status.success(), "{point}: {status}");
+        drop(node);
+        // Both the input and its rewritten copy are on disk; queries show each record once.
+        let node = Node::start(dir.path(), &args, &["api"]);
+        let all = |node: &Node| -> Vec<String> {
+            records_at(node.addr("api"), "/store/query")
+                .into_iter()
+                .map(|l| String::from_utf8(l).unwrap())
+                .collect()
+        };
+        assert_eq!(all(&node), kept, "{point}");
+        // The lifecycle finishes the job: on disk, each kept record once, nothing expired.
+        eventually(Duration::from_secs(60), "the store to settle", || {
+            let files: Vec<String> = std::fs::read_dir(&store)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "flushed"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            let mut args = vec!["segment", "cat"];
+            args.extend(files.iter().map(String::as_str));
+            let out = oklog(&args);
+            let mut on_disk: Vec<String> = String::from_utf8(out.stdout)
+                .unwrap()
+                .split_inclusive('\n')
+                .map(String::from)
+                .collect();
+            on_disk.sort();
+            (on_disk == kept).then_some(())
+        });
+        assert_eq!(all(&node), kept, "{point}, settled");
+    }
+}

@@ -332,6 +332,7 @@ impl Compacter {
         if let Expire::DropBlocks(drop) = action {
             return match self.drop_blocks(&inputs[0], &drop) {
                 Ok(dropped) => {
+                    crate::failpoint::crash("expire-drop-before-remove");
                     self.log.remove(&inputs)?;
                     self.metrics.store_expired_records.inc_by(dropped);
                     tracing::info!(segment = %chosen.path.display(), records = dropped, "dropped compressed blocks past their topic's retention");
@@ -348,6 +349,7 @@ impl Compacter {
         };
         match self.merge_into_outputs(&inputs, &mut keep) {
             Ok(()) => {
+                crate::failpoint::crash("expire-rewrite-before-remove");
                 self.log.remove(&inputs)?;
                 self.metrics.store_expired_records.inc_by(dropped);
                 tracing::info!(segment = %chosen.path.display(), records = dropped, "dropped records past their topic's retention");
