@@ -329,17 +329,10 @@ async fn hits(
     Query(raw): Query<Vec<(String, String)>>,
 ) -> Response {
     let raw = RawParams(raw);
-    let output = match raw.get("by") {
-        None | Some("") => Output::Ulids,
-        Some("topic") => Output::UlidTopics,
-        Some(v) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("parsing 'by': {v:?}: only 'topic' is supported\n"),
-            );
-        }
-    };
-    local(api, method, headers, raw, output).await
+    match Output::of_hits(&raw) {
+        Ok(output) => local(api, method, headers, raw, output).await,
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
 }
 
 /// What a local answer's body holds.
@@ -351,6 +344,17 @@ pub enum Output {
     Ulids,
     /// Their ULIDs and topics, `<ULID> <topic>` per line (`/store/_hits?by=topic`).
     UlidTopics,
+}
+
+impl Output {
+    /// What a hits request asks for: its `by` parameter (absent, or `topic`).
+    pub fn of_hits(raw: &RawParams) -> Result<Output, String> {
+        match raw.get("by") {
+            None | Some("") => Ok(Output::Ulids),
+            Some("topic") => Ok(Output::UlidTopics),
+            Some(v) => Err(format!("parsing 'by': {v:?}: only 'topic' is supported")),
+        }
+    }
 }
 
 /// This node's answer to a parsed query: the planning headers, and for GET the matching

@@ -216,15 +216,9 @@ async fn hits(
     let started = Instant::now();
     let params = RawParams(params);
     let step = params.get("step").map(String::from);
-    let by_topic = match params.get("by") {
-        None | Some("") => false,
-        Some("topic") => true,
-        Some(v) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("parsing 'by': {v:?}: only 'topic' is supported\n"),
-            );
-        }
+    let by_topic = match Output::of_hits(&params) {
+        Ok(output) => output == Output::UlidTopics,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let params = match checked_params(&params) {
         Ok(p) => p,
