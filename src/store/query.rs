@@ -409,16 +409,16 @@ impl Plan {
                 Some(only) if sources.is_empty() => match only {
                     Src::Raw(m) => {
                         let r = crate::search::time_range(m, p.from_ms, p.to_ms);
-                        tasks.extend(pieces(r).into_iter().map(|r| Task::Piece(m, r)));
+                        tasks.extend(pieces(r).into_iter().map(|r| Task::One(Chunk::Piece(m, r))));
                     }
                     Src::Compressed(o, path, sel) => {
                         for (g, blocks) in sel {
-                            tasks.push(Task::Group(GroupTask {
+                            tasks.push(Task::One(Chunk::Group(GroupTask {
                                 seg: o,
                                 path,
                                 group: *g,
                                 blocks,
-                            }));
+                            })));
                         }
                     }
                 },
@@ -433,14 +433,14 @@ impl Plan {
             tasks.reverse();
         }
         if p.limit.is_some()
-            && let Some(Task::Piece(m, r)) = tasks.first()
+            && let Some(Task::One(Chunk::Piece(m, r))) = tasks.first()
         {
             // A query with a limit may be done within its first few records: its first piece
             // is cut finer (1, 1, 2, 4 MiB … from the end it starts at), so it stops early.
             let (m, r) = (*m, r.clone());
             let mut graded: Vec<Task> = graded_pieces(m, align(m, r), p.desc)
                 .into_iter()
-                .map(|r| Task::Piece(m, r))
+                .map(|r| Task::One(Chunk::Piece(m, r)))
                 .collect();
             graded.extend(tasks.drain(1..));
             tasks = graded;
@@ -620,10 +620,9 @@ fn cut_lines(
 
 /// One unit of search work.
 enum Task<'a> {
-    /// Lines `range` of one raw segment that overlaps no other.
-    Piece(&'a Mmap, std::ops::Range<usize>),
-    /// One group of a compressed segment that overlaps no other.
-    Group(GroupTask<'a>),
+    /// A raw segment's piece or a compressed segment's group, of a segment that overlaps no
+    /// other.
+    One(Chunk<'a>),
     /// Overlapping segments, merged with dedup.
     Merge(Vec<Src<'a>>),
 }
@@ -634,55 +633,62 @@ impl Task<'_> {
     /// pieces: walking 8 MiB of cached pages cost a warm query more than it saved a cold one.)
     fn prefetch(&self) {
         use memmap2::Advice::WillNeed;
-        match self {
-            Task::Piece(..) => {}
-            Task::Group(g) => {
-                if let Some(footer) = &g.seg.footer {
-                    for &bi in g.blocks {
-                        let b = &footer.blocks[bi];
-                        let _ = g.seg.map.advise_range(
-                            WillNeed,
-                            b.offset as usize,
-                            b.stored_len as usize,
-                        );
-                    }
-                }
+        if let Task::One(Chunk::Group(g)) = self
+            && let Some(footer) = &g.seg.footer
+        {
+            for &bi in g.blocks {
+                let b = &footer.blocks[bi];
+                let _ = g
+                    .seg
+                    .map
+                    .advise_range(WillNeed, b.offset as usize, b.stored_len as usize);
             }
-            Task::Merge(_) => {}
         }
     }
 
     /// Whether workers run it (the emitting thread runs the rest in order).
     fn in_parallel(&self, matcher: &Matcher) -> bool {
         match self {
-            Task::Piece(..) => !matcher.is_all(),
-            Task::Group(_) => true,
+            Task::One(Chunk::Piece(..)) => !matcher.is_all(),
+            Task::One(Chunk::Group(_)) => true,
             Task::Merge(_) => false,
         }
     }
 }
 
-/// A piece of work whose matching lines are produced whole, in ULID order.
+/// A piece of work whose matching lines are produced whole.
 enum Chunk<'a> {
-    /// Lines `range` of a raw segment.
+    /// Lines `range` of a raw segment (moved to line boundaries when searched).
     Piece(&'a Mmap, std::ops::Range<usize>),
     /// Selected blocks of a compressed segment's group.
     Group(GroupTask<'a>),
 }
 
 impl Chunk<'_> {
-    /// The chunk's matching lines, in ULID order.
-    fn run(
+    /// The chunk's matching lines in the query's order (newest first for `order=desc`). A
+    /// group is decompressed with `dec`, made here the first time one is needed.
+    fn output(
         &self,
-        dec: &mut zstd::bulk::Decompressor<'static>,
+        dec: &mut Option<zstd::bulk::Decompressor<'static>>,
         p: &QueryParams,
         matcher: &Matcher,
         corrupt: &AtomicU64,
-    ) -> Vec<u8> {
-        match self {
+    ) -> io::Result<Vec<u8>> {
+        let out = match self {
             Chunk::Piece(m, r) => piece_matches(m, r.clone(), matcher),
-            Chunk::Group(g) => g.run(dec, p, matcher, corrupt),
-        }
+            Chunk::Group(g) => {
+                let d = match dec {
+                    Some(d) => d,
+                    None => dec.insert(segment::decompressor()?),
+                };
+                g.run(d, p, matcher, corrupt)
+            }
+        };
+        Ok(if p.desc {
+            merge::reverse_lines(&out)
+        } else {
+            out
+        })
     }
 }
 
@@ -763,9 +769,8 @@ fn graded_pieces(
 /// of a raw segment read newest first) at a time, in the query's order.
 struct ChunkSource<'a> {
     chunks: std::vec::IntoIter<Chunk<'a>>,
-    dec: zstd::bulk::Decompressor<'static>,
+    dec: Option<zstd::bulk::Decompressor<'static>>,
     lines: merge::OwnedLines,
-    desc: bool,
 }
 
 impl<'a> ChunkSource<'a> {
@@ -780,24 +785,20 @@ impl<'a> ChunkSource<'a> {
         }
         let mut s = ChunkSource {
             chunks: chunks.into_iter(),
-            dec: segment::decompressor()?,
+            dec: Some(segment::decompressor()?),
             lines: Default::default(),
-            desc: p.desc,
         };
-        s.fill(p, matcher, corrupt);
+        s.fill(p, matcher, corrupt)?;
         Ok(s)
     }
 
-    fn fill(&mut self, p: &QueryParams, matcher: &Matcher, corrupt: &AtomicU64) {
+    fn fill(&mut self, p: &QueryParams, matcher: &Matcher, corrupt: &AtomicU64) -> io::Result<()> {
         while self.lines.is_empty() {
             let Some(c) = self.chunks.next() else { break };
-            let out = c.run(&mut self.dec, p, matcher, corrupt);
-            self.lines.set(if self.desc {
-                merge::reverse_lines(&out)
-            } else {
-                out
-            });
+            self.lines
+                .set(c.output(&mut self.dec, p, matcher, corrupt)?);
         }
+        Ok(())
     }
 }
 
@@ -824,8 +825,7 @@ impl merge::Source for BatchSource<'_, '_> {
             BatchSource::Raw(m) => m.advance(),
             BatchSource::Chunked(g, p, matcher, corrupt) => {
                 g.lines.advance();
-                g.fill(p, matcher, corrupt);
-                Ok(())
+                g.fill(p, matcher, corrupt)
             }
         }
     }
@@ -840,11 +840,7 @@ fn run_inline(
     sink: &mut dyn FnMut(&[u8]) -> bool,
 ) -> io::Result<bool> {
     match task {
-        Task::Piece(m, r) if p.desc => {
-            let out = merge::reverse_lines(&piece_matches(m, r.clone(), matcher));
-            Ok(out.is_empty() || sink(&out))
-        }
-        Task::Piece(m, r) => {
+        Task::One(Chunk::Piece(m, r)) if !p.desc => {
             let r = align(m, r.clone());
             if matcher.is_all() {
                 // Every line of a piece is an answer: hand the range over whole.
@@ -857,11 +853,8 @@ fn run_inline(
             }
             Ok(true)
         }
-        Task::Group(g) => {
-            let mut out = g.run(&mut segment::decompressor()?, p, matcher, corrupt);
-            if p.desc {
-                out = merge::reverse_lines(&out);
-            }
+        Task::One(c) => {
+            let out = c.output(&mut None, p, matcher, corrupt)?;
             Ok(out.is_empty() || sink(&out))
         }
         Task::Merge(srcs) => {
@@ -963,28 +956,9 @@ fn run_parallel(
                         return; // the output has all it wants (or its reader went away)
                     }
                     let out = match &tasks[i] {
-                        Task::Piece(m, r) => {
-                            let mut out = Vec::new();
-                            for line in Matches::in_range(m, align(m, r.clone()), matcher) {
-                                out.extend_from_slice(line);
-                            }
-                            out
-                        }
-                        Task::Group(g) => {
-                            if dec.is_none() {
-                                dec = segment::decompressor().ok();
-                            }
-                            match dec.as_mut() {
-                                Some(d) => g.run(d, p, matcher, corrupt),
-                                None => Vec::new(),
-                            }
-                        }
+                        // A group whose decompressor cannot be made is left out.
+                        Task::One(c) => c.output(&mut dec, p, matcher, corrupt).unwrap_or_default(),
                         Task::Merge(_) => Vec::new(),
-                    };
-                    let out = if p.desc {
-                        merge::reverse_lines(&out)
-                    } else {
-                        out
                     };
                     *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
                     ready.notify_all();
