@@ -49,11 +49,10 @@ const CONVERT_BUDGET: Duration = Duration::from_secs(3);
 pub struct CompactConfig {
     /// Compaction output size, and the bound for sequential compaction.
     pub target_size: u64,
-    /// Keep segments whose newest record is younger than this.
-    pub retain: Duration,
-    /// Per-topic retention: segments are kept for the longest, and records of topics kept
+    /// Retention (`-store.segment-retain`, and `-store.topic-retain` per topic): segments are
+    /// kept while their newest record is younger than the longest, and records of topics kept
     /// for less are dropped from them.
-    pub retention: Option<Arc<Retention>>,
+    pub retention: Arc<Retention>,
     /// Delete trashed segments this long after trashing.
     pub purge: Duration,
     /// The format segments are converted to: compressed ones once older than
@@ -244,11 +243,7 @@ impl Compacter {
     /// Segments whose newest record is older than this ULID are past retention.
     fn retention_cutoff(&self) -> [u8; ULID_LEN] {
         let now = crate::gotime::now_ms().max(0) as u64;
-        let longest = self
-            .cfg
-            .retention
-            .as_ref()
-            .map_or(self.cfg.retain, |r| r.longest());
+        let longest = self.cfg.retention.longest();
         min_ulid(now.saturating_sub(longest.as_millis() as u64))
     }
 
@@ -292,9 +287,10 @@ impl Compacter {
     /// (as compaction: outputs closed, then the input removed; a crash in between leaves
     /// copies the queries deduplicate and the next pass rewrites). Returns 1 if one was.
     fn expire(&self, live: &dyn Fn(&Segment) -> bool) -> io::Result<usize> {
-        let Some(retention) = self.cfg.retention.as_ref().filter(|r| r.has_rules()) else {
+        let retention = &*self.cfg.retention;
+        if !retention.has_rules() {
             return Ok(0);
-        };
+        }
         let now = crate::gotime::now_ms().max(0) as u64;
         let keep_from = now.saturating_sub(retention.shortest().as_millis() as u64);
         let recheck = Self::recheck_ms(retention);
@@ -969,8 +965,7 @@ mod tests {
             Arc::clone(log),
             CompactConfig {
                 target_size: target,
-                retain,
-                retention: None,
+                retention: Arc::new(Retention::uniform(retain)),
                 purge,
                 format: Format::Compressed,
                 compress_after: Some(Duration::ZERO),
@@ -1660,7 +1655,7 @@ mod tests {
             Duration::from_secs(7 * 86400),
             Duration::from_secs(3600),
         );
-        c.cfg.retention = Some(Arc::clone(&retention));
+        c.cfg.retention = Arc::clone(&retention);
         // Two segments compressed, one raw.
         assert_eq!(c.convert(&|_| true).unwrap(), 1);
         assert_eq!(c.convert(&|_| true).unwrap(), 1);

@@ -138,8 +138,7 @@ pub fn build_store(cfg: &StoreConfig, metrics: &Arc<Metrics>) -> anyhow::Result<
         retention: Arc::clone(&retention),
         lifecycle: CompactConfig {
             target_size: cfg.target_size,
-            retain: cfg.retain,
-            retention: Some(Arc::clone(&retention)),
+            retention: Arc::clone(&retention),
             purge: cfg.purge,
             format: cfg.format,
             compress_after: cfg.compress_after,

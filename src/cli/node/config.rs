@@ -375,9 +375,8 @@ pub struct StoreConfig {
     /// Copies of each aggregate (`-store.segment-replication-factor`; 2 for `store`; for
     /// `ingeststore` 1 without `-peer`, 2 with).
     pub replication_factor: usize,
-    /// Retention (`-store.segment-retain`, 168h).
-    pub retain: Duration,
-    /// Per-topic retention over `retain` (`-store.topic-retain`).
+    /// Retention: `-store.segment-retain` (168h) for every topic but those of
+    /// `-store.topic-retain`.
     pub retention: crate::store::retention::Retention,
     /// Trash kept this long (`-store.segment-purge`, 24h).
     pub purge: Duration,
@@ -506,7 +505,6 @@ impl StoreConfig {
             target_age: args.duration("store.segment-target-age"),
             delay: args.duration("store.segment-delay"),
             replication_factor: rf as usize,
-            retain: args.duration("store.segment-retain"),
             retention: crate::store::retention::Retention::parse(
                 &args.list("store.topic-retain"),
                 args.duration("store.segment-retain"),
