@@ -499,6 +499,8 @@ impl Compacter {
     /// their bytes copied as they are, under the name of its new range; returns the records
     /// left out. Nothing is written when every block goes.
     fn drop_blocks(&self, input: &Segment, gone: &[bool]) -> Result<u64, Failure> {
+        // Opened again now that it is claimed: the file looked at before the claim may have
+        // been replaced under its name since (a replica merged in), and that one goes.
         let opened = match super::log::Opened::open(&input.path)? {
             Some(o) => o,
             None => return Err(Failure::Bad(input.path.clone(), "empty segment".into())),
