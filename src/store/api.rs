@@ -467,7 +467,7 @@ pub async fn answer(
             )
         });
         let mut sink = |lines: &[u8]| {
-            if let Some(ctx) = &mut ctx {
+            let more = if let Some(ctx) = &mut ctx {
                 for line in lines.split_inclusive(|&b| b == b'\n') {
                     let ms = crate::record::ulid_ms(line);
                     let is_match = ms >= params.from_ms
@@ -475,44 +475,40 @@ pub async fn answer(
                         && matcher.is_match(crate::search::body(line));
                     ctx.push(line, is_match, &mut buf);
                 }
-                if buf.len() >= OUT_CHUNK {
-                    let chunk = Bytes::from(std::mem::replace(
-                        &mut buf,
-                        Vec::with_capacity(OUT_CHUNK * 2),
-                    ));
-                    open = tx.blocking_send(Ok(Frame::data(chunk))).is_ok();
-                }
-                return open && !ctx.done();
-            }
-            let lines = if params.limit.is_some() && !context {
-                take_lines(lines, &mut left)
+                !ctx.done()
             } else {
-                lines
+                let lines = if params.limit.is_some() {
+                    take_lines(lines, &mut left)
+                } else {
+                    lines
+                };
+                match output {
+                    Output::Records => buf.extend_from_slice(lines),
+                    Output::Ulids => {
+                        let mut start = 0;
+                        for end in memchr::memchr_iter(b'\n', lines) {
+                            buf.extend_from_slice(&lines[start..end.min(start + ULID_LEN)]);
+                            buf.push(b'\n');
+                            start = end + 1;
+                        }
+                    }
+                    Output::UlidTopics => {
+                        let mut start = 0;
+                        for end in memchr::memchr_iter(b'\n', lines) {
+                            let line = &lines[start..end];
+                            let topic = crate::search::topic_of(
+                                line.get(BODY_OFFSET..).unwrap_or_default(),
+                            );
+                            buf.extend_from_slice(&line[..line.len().min(ULID_LEN)]);
+                            buf.push(b' ');
+                            buf.extend_from_slice(topic);
+                            buf.push(b'\n');
+                            start = end + 1;
+                        }
+                    }
+                }
+                left > 0
             };
-            match output {
-                Output::Records => buf.extend_from_slice(lines),
-                Output::Ulids => {
-                    let mut start = 0;
-                    for end in memchr::memchr_iter(b'\n', lines) {
-                        buf.extend_from_slice(&lines[start..end.min(start + ULID_LEN)]);
-                        buf.push(b'\n');
-                        start = end + 1;
-                    }
-                }
-                Output::UlidTopics => {
-                    let mut start = 0;
-                    for end in memchr::memchr_iter(b'\n', lines) {
-                        let line = &lines[start..end];
-                        let topic =
-                            crate::search::topic_of(line.get(BODY_OFFSET..).unwrap_or_default());
-                        buf.extend_from_slice(&line[..line.len().min(ULID_LEN)]);
-                        buf.push(b' ');
-                        buf.extend_from_slice(topic);
-                        buf.push(b'\n');
-                        start = end + 1;
-                    }
-                }
-            }
             if buf.len() >= OUT_CHUNK {
                 let chunk = Bytes::from(std::mem::replace(
                     &mut buf,
@@ -520,7 +516,7 @@ pub async fn answer(
                 ));
                 open = tx.blocking_send(Ok(Frame::data(chunk))).is_ok();
             }
-            open && left > 0
+            open && more
         };
         let result = plan.execute_scan(&scan, &scan_params, &scan_matcher, &mut sink);
         if let Some(ctx) = &mut ctx {

@@ -619,7 +619,7 @@ fn merged_body(
             }
         };
         let result = merge::merge_with(&mut sources, desc, context.is_none(), |line| {
-            if let Some(ctx) = &mut context {
+            let more = if let Some(ctx) = &mut context {
                 let gap = crate::search::context::kind(line)
                     .is_some_and(crate::search::context::after_gap);
                 match &mut held {
@@ -632,25 +632,20 @@ fn merged_body(
                         held = Some((line.to_vec(), gap));
                     }
                 }
-                if buf.len() >= OUT_CHUNK {
-                    let chunk = Bytes::from(std::mem::replace(
-                        &mut buf,
-                        Vec::with_capacity(OUT_CHUNK * 2),
-                    ));
-                    return Ok(tx.blocking_send(Ok(Frame::data(chunk))).is_ok() && !ctx.done());
-                }
-                return Ok(!ctx.done());
-            }
-            buf.extend_from_slice(line);
-            left -= 1;
-            if buf.len() >= OUT_CHUNK || left == 0 {
+                !ctx.done()
+            } else {
+                buf.extend_from_slice(line);
+                left -= 1;
+                left > 0
+            };
+            if buf.len() >= OUT_CHUNK {
                 let chunk = Bytes::from(std::mem::replace(
                     &mut buf,
                     Vec::with_capacity(OUT_CHUNK * 2),
                 ));
-                return Ok(tx.blocking_send(Ok(Frame::data(chunk))).is_ok() && left > 0);
+                return Ok(tx.blocking_send(Ok(Frame::data(chunk))).is_ok() && more);
             }
-            Ok(true)
+            Ok(more)
         });
         if let Some(ctx) = &mut context {
             push_held(&mut held, ctx, &mut buf);
