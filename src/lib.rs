@@ -11,6 +11,7 @@
 //! - [`stream`]: the user stream: fan-out to store nodes, window deduplication.
 //! - [`cluster`]: who the peers are.
 //! - [`http`]: shared server and client plumbing, `/health`, `/metrics`.
+//! - [`security`]: TLS, tokens with roles, the cluster key.
 //! - [`ui`]: the embedded web UI at `/ui/`.
 //! - [`cli`]: one module per subcommand; `main.rs` only picks one.
 
@@ -25,6 +26,7 @@ pub mod merge;
 pub mod metrics;
 pub mod record;
 pub mod search;
+pub mod security;
 pub mod segment;
 pub mod store;
 pub mod stream;

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub api_request_duration: RequestDurations,
     /// Members of the cluster this node sees, itself included.
     pub cluster_size: Gauge,
+    /// Gossip packets dropped because no cluster key opened them.
+    pub cluster_rejected_packets: Counter,
     /// Ingest segment files by `state` (flushed and pending are the consumers' queue).
     pub ingest_segments: Family<Labels, Gauge>,
     /// Bytes of ingest segment files by `state`.
@@ -148,6 +150,11 @@ impl Metrics {
             "oklog_cluster_size",
             "Number of peer members in the cluster, this node included",
             m.cluster_size.clone(),
+        );
+        r.register(
+            "oklog_cluster_rejected_packets",
+            "Gossip packets dropped because no key of -cluster.key-file opened them",
+            m.cluster_rejected_packets.clone(),
         );
         r.register(
             "oklog_ingest_segments",

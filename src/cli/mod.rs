@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod bulk;
+pub mod client;
 pub mod flags;
 pub mod forward;
 pub mod ingest;

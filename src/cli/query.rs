@@ -20,7 +20,9 @@ use crate::record::{BODY_OFFSET, ULID_LEN, parse_ulid, ulid_ms};
 pub fn flag_set() -> FlagSet {
     FlagSet {
         usage: "oklog query [flags]",
-        flags: vec![
+        flags: super::client::flags()
+            .into_iter()
+            .chain([
             flag(
                 "store",
                 Kind::Str,
@@ -109,7 +111,8 @@ pub fn flag_set() -> FlagSet {
                 "auto",
                 "highlight matches: auto (when stdout is a terminal and NO_COLOR is unset), always or never",
             ),
-        ],
+            ])
+            .collect(),
         aliases: vec![],
     }
 }
@@ -211,8 +214,13 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
     let regex = args.bool("regex");
     let stats = args.bool("stats");
     let verbose = args.bool("v") || stats;
+    let scheme = match store.network.as_str() {
+        "https" => "https",
+        "tcp" | "http" => "http",
+        other => anyhow::bail!("-store: {other}:// is not http or https"),
+    };
     let mut url = format!(
-        "http://{host}/store/query?from={}&to={}&q={}",
+        "{scheme}://{host}/store/query?from={}&to={}&q={}",
         encode(&from),
         encode(&to),
         encode(&q)
@@ -261,7 +269,7 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
         eprintln!("{method} {url}");
     }
     let began = Instant::now();
-    let client = http::bulk_client();
+    let client = http::bulk_client(&super::client::ClientOpts::from_args(args).http()?);
     let (status, headers, body) = {
         let req = hyper::Request::builder()
             .method(method.clone())

@@ -16,29 +16,32 @@ use crate::record::BODY_OFFSET;
 pub fn flag_set() -> FlagSet {
     FlagSet {
         usage: "oklog stream [flags]",
-        flags: vec![
-            flag(
-                "store",
-                Kind::Str,
-                "localhost:7650",
-                "address of store instance to query",
-            ),
-            flag("q", Kind::Str, "", "query expression"),
-            flag("regex", Kind::Bool, "", "parse -q as regular expression"),
-            flag(
-                "topic",
-                Kind::List,
-                "",
-                "only records of this topic (a name or a * glob; repeatable)",
-            ),
-            flag("window", Kind::Duration, "3s", "deduplication window"),
-            flag(
-                "ulid",
-                Kind::Bool,
-                "",
-                "include ULID prefix with each record",
-            ),
-        ],
+        flags: super::client::flags()
+            .into_iter()
+            .chain([
+                flag(
+                    "store",
+                    Kind::Str,
+                    "localhost:7650",
+                    "address of store instance to query",
+                ),
+                flag("q", Kind::Str, "", "query expression"),
+                flag("regex", Kind::Bool, "", "parse -q as regular expression"),
+                flag(
+                    "topic",
+                    Kind::List,
+                    "",
+                    "only records of this topic (a name or a * glob; repeatable)",
+                ),
+                flag("window", Kind::Duration, "3s", "deduplication window"),
+                flag(
+                    "ulid",
+                    Kind::Bool,
+                    "",
+                    "include ULID prefix with each record",
+                ),
+            ])
+            .collect(),
         aliases: vec![],
     }
 }
@@ -55,8 +58,14 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     } else {
         store.host_port()
     };
+    let scheme = match store.network.as_str() {
+        "https" => "https",
+        "tcp" | "http" => "http",
+        other => anyhow::bail!("-store: {other}:// is not http or https"),
+    };
+    let sec = super::client::ClientOpts::from_args(&args).http()?;
     let mut url = format!(
-        "http://{host}/store/stream?q={}&window={}",
+        "{scheme}://{host}/store/stream?q={}&window={}",
         encode(&args.str("q")),
         encode(&crate::gotime::format_duration(args.duration("window")))
     );
@@ -72,14 +81,14 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         tokio::select! {
-            r = follow(&url, ulid) => r,
+            r = follow(&url, ulid, &sec) => r,
             _ = wait_for_signal() => Ok(()),
         }
     })
 }
 
-async fn follow(url: &str, ulid: bool) -> anyhow::Result<()> {
-    let client = http::client();
+async fn follow(url: &str, ulid: bool, sec: &http::ClientSecurity) -> anyhow::Result<()> {
+    let client = http::client_with(sec);
     let req = hyper::Request::builder()
         .uri(url)
         .body(http::empty_body())?;

@@ -20,6 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Member, Membership, Peers, Role};
+use crate::security::key::Keyring;
 
 /// How often a node that was given peers but knows no one announces itself again.
 const REANNOUNCE: Duration = Duration::from_secs(1);
@@ -37,6 +38,8 @@ pub struct NodeId {
     pub api: SocketAddr,
     /// Grows with every start (and every renewal).
     pub incarnation: u64,
+    /// The API speaks TLS: peers call it over `https`.
+    pub tls: bool,
 }
 
 impl foca::Identity for NodeId {
@@ -63,7 +66,11 @@ impl NodeId {
         Member {
             id: format!("{}#{}", self.addr, self.incarnation),
             role: self.role,
-            api_addr: self.api.to_string(),
+            api_addr: if self.tls {
+                format!("https://{}", self.api)
+            } else {
+                self.api.to_string()
+            },
             cluster_addr: self.addr.to_string(),
         }
     }
@@ -102,6 +109,17 @@ pub struct Seeds {
     pub names: Vec<(String, u16)>,
 }
 
+/// How a node's gossip is protected.
+#[derive(Clone, Debug, Default)]
+pub struct Protection {
+    /// The API speaks TLS (advertised, so peers call it over `https`).
+    pub tls: bool,
+    /// `-cluster.key-file`: packets are sealed, and only packets that open are taken in.
+    pub keyring: Option<Arc<Keyring>>,
+    /// Packets dropped because they did not open (`oklog_cluster_rejected_packets_total`).
+    pub rejected: prometheus_client::metrics::counter::Counter,
+}
+
 /// A long-running task of the gossip, for the caller to run (and supervise).
 pub type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -111,11 +129,11 @@ impl Gossip {
     /// `advertise` is the cluster address others reach this node at, `api` its API address.
     pub async fn start(
         bind: &str,
-        advertise_ip: std::net::IpAddr,
-        advertise_port: Option<u16>,
+        (advertise_ip, advertise_port): (std::net::IpAddr, Option<u16>),
         role: Role,
         api: SocketAddr,
         peers: Seeds,
+        protection: Protection,
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<(Gossip, Vec<(&'static str, Task)>)> {
         let socket = Arc::new(UdpSocket::bind(bind).await?);
@@ -127,6 +145,7 @@ impl Gossip {
             api,
             incarnation: (crate::gotime::now_ms().max(0) as u64) << 16
                 | u64::from(rand::random::<u16>()),
+            tls: protection.tls,
         };
         let members = Arc::new(RwLock::new(vec![me.member()]));
         let (tx, rx) = mpsc::channel(1024);
@@ -138,11 +157,27 @@ impl Gossip {
         let tasks: Vec<(&'static str, Task)> = vec![
             (
                 "gossip-receive",
-                Box::pin(receive(Arc::clone(&socket), tx.clone(), shutdown.clone())),
+                Box::pin(receive(
+                    Arc::clone(&socket),
+                    protection.clone(),
+                    tx.clone(),
+                    shutdown.clone(),
+                )),
             ),
             (
                 "gossip",
-                Box::pin(run(me, socket, rx, tx, members, peers, shutdown)),
+                Box::pin(run(
+                    me,
+                    Wire {
+                        socket,
+                        keyring: protection.keyring,
+                    },
+                    rx,
+                    tx,
+                    members,
+                    peers,
+                    shutdown,
+                )),
             ),
         ];
         Ok((gossip, tasks))
@@ -179,24 +214,41 @@ impl Peers for Gossip {
     }
 }
 
+/// The socket packets go out on, sealed when there is a key.
+struct Wire {
+    socket: Arc<UdpSocket>,
+    keyring: Option<Arc<Keyring>>,
+}
+
 async fn receive(
     socket: Arc<UdpSocket>,
+    protection: Protection,
     tx: mpsc::Sender<InputBox>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 65536];
+    let rejected_log = crate::throttle::Throttle::new(Duration::from_secs(10));
     loop {
         let received = tokio::select! {
             r = socket.recv_from(&mut buf) => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         match received {
-            Ok((n, _)) => {
-                if tx
-                    .send(InputBox(Input::Data(buf[..n].to_vec())))
-                    .await
-                    .is_err()
-                {
+            Ok((n, from)) => {
+                let data = match &protection.keyring {
+                    None => buf[..n].to_vec(),
+                    Some(keys) => match keys.open_packet(&buf[..n]) {
+                        Some(plain) => plain,
+                        None => {
+                            protection.rejected.inc();
+                            if let Some(held) = rejected_log.allow() {
+                                tracing::warn!(%from, suppressed = held, "dropped a gossip packet that no cluster key opens (a node without the key?)");
+                            }
+                            continue;
+                        }
+                    },
+                };
+                if tx.send(InputBox(Input::Data(data))).await.is_err() {
                     return;
                 }
             }
@@ -210,7 +262,7 @@ async fn receive(
 
 async fn run(
     me: NodeId,
-    socket: Arc<UdpSocket>,
+    socket: Wire,
     mut rx: mpsc::Receiver<InputBox>,
     tx: mpsc::Sender<InputBox>,
     members: Arc<RwLock<Vec<Member>>>,
@@ -224,6 +276,12 @@ async fn run(
     let mut config = Config::new_lan(NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN));
     // Forget dead identities after a while; restarts use a new incarnation anyway.
     config.remove_down_after = Duration::from_secs(60).into();
+    if socket.keyring.is_some() {
+        // Sealing adds its overhead: the sealed packet must still fit the same datagram.
+        let room = config.max_packet_size.get() - crate::security::key::OVERHEAD;
+        config.max_packet_size =
+            std::num::NonZeroUsize::new(room).unwrap_or(config.max_packet_size);
+    }
     let rng: StdRng = rand::make_rng();
     let mut foca = Foca::new(me.clone(), config, rng, PostcardCodec);
     let mut runtime = foca::AccumulatingRuntime::new();
@@ -232,6 +290,7 @@ async fn run(
         role: Role::Ingest,
         api: addr,
         incarnation: 0,
+        tls: false,
     };
     peers.retain(|p| *p != me.addr); // a headless Service name includes this node
     for p in &peers {
@@ -294,12 +353,16 @@ async fn run(
 
 /// Send what foca wants sent, schedule its timers; returns whether membership changed.
 async fn flush(
-    socket: &UdpSocket,
+    wire: &Wire,
     runtime: &mut foca::AccumulatingRuntime<NodeId>,
     tx: &mpsc::Sender<InputBox>,
 ) -> bool {
     while let Some((dst, data)) = runtime.to_send() {
-        if let Err(e) = socket.send_to(&data, dst.addr).await {
+        let sent = match &wire.keyring {
+            None => wire.socket.send_to(&data, dst.addr).await,
+            Some(keys) => wire.socket.send_to(&keys.seal(&data), dst.addr).await,
+        };
+        if let Err(e) = sent {
             tracing::debug!(dst = %dst.addr, error = %e, "cluster send");
         }
     }

@@ -235,6 +235,53 @@ pub fn limit(router: Router, paths: &'static [&'static str], max: usize) -> Rout
     ))
 }
 
+/// Refuse requests that lack the role their path needs ([`crate::security::auth::need`]): 401
+/// with `WWW-Authenticate` without a valid token, 403 without the role. Nothing changes when
+/// `guard` checks nothing.
+pub fn guard(router: Router, guard: Arc<crate::security::auth::Guard>) -> Router {
+    use crate::security::auth::{Refusal, bearer, need};
+    use axum::extract::Request;
+    use axum::middleware::Next;
+    if !guard.is_on() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let guard = Arc::clone(&guard);
+            async move {
+                let needs = need(req.uri().path(), guard.protect_metrics);
+                let token = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| bearer(v.as_bytes()));
+                let cert = req
+                    .extensions()
+                    .get::<crate::security::tls::ClientCert>()
+                    .is_some();
+                match guard.check(needs, token, cert) {
+                    Ok(()) => next.run(req).await,
+                    Err(Refusal::Unauthenticated(why)) => {
+                        tracing::debug!(path = %req.uri().path(), why, "request refused (401)");
+                        let mut r = text(StatusCode::UNAUTHORIZED, format!("401 unauthorized: {why}\n"));
+                        let challenge = if token.is_some() {
+                            "Bearer realm=\"oklog\", error=\"invalid_token\""
+                        } else {
+                            "Bearer realm=\"oklog\""
+                        };
+                        r.headers_mut()
+                            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                        r
+                    }
+                    Err(Refusal::Forbidden(why)) => {
+                        tracing::debug!(path = %req.uri().path(), why = %why, "request refused (403)");
+                        text(StatusCode::FORBIDDEN, format!("403 forbidden: {why}\n"))
+                    }
+                }
+            }
+        },
+    ))
+}
+
 /// Pending connections a listener queues before the kernel drops SYNs.
 pub const BACKLOG: i32 = 4096;
 
@@ -318,8 +365,21 @@ pub async fn serve(
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
+    shutdown: watch::Receiver<bool>,
+    timeouts: Timeouts,
+) -> io::Result<()> {
+    serve_tls(listener, router, shutdown, timeouts, None).await
+}
+
+/// [`serve_with`], speaking TLS with `tls` when given: the handshake must finish within the
+/// header timeout, and a request over a connection whose client certificate was verified
+/// carries [`crate::security::tls::ClientCert`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
     mut shutdown: watch::Receiver<bool>,
     timeouts: Timeouts,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -356,20 +416,56 @@ pub async fn serve_with(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(timeouts.header_read)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), service.clone());
-        let conn = graceful.watch(conn);
+        let http1 = {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(timeouts.header_read)
+                .max_buf_size(MAX_HEAD_BYTES);
+            b
+        };
         live.fetch_add(1, Ordering::SeqCst);
         let live = Arc::clone(&live);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "API connection ended");
+        match &tls {
+            None => {
+                let conn =
+                    graceful.watch(http1.serve_connection(TokioIo::new(stream), service.clone()));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "API connection ended");
+                    }
+                    live.fetch_sub(1, Ordering::SeqCst);
+                });
             }
-            live.fetch_sub(1, Ordering::SeqCst);
-        });
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
+                let (service, watcher) = (service.clone(), graceful.watcher());
+                let handshake_timeout = timeouts.header_read;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let cert = tls.get_ref().1.peer_certificates().is_some();
+                            let service = hyper::service::service_fn(
+                                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                                    if cert {
+                                        req.extensions_mut()
+                                            .insert(crate::security::tls::ClientCert);
+                                    }
+                                    hyper::service::Service::call(&service, req)
+                                },
+                            );
+                            let conn =
+                                watcher.watch(http1.serve_connection(TokioIo::new(tls), service));
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, error = %e, "API connection ended");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                    live.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
@@ -460,29 +556,111 @@ impl hyper::body::Body for IdleBody {
 /// Request body type of the node-to-node client.
 pub type ClientBody = BoxBody<Bytes, io::Error>;
 
-/// The node-to-node HTTP client (connection pool, HTTP/1.1).
-pub type Client = HyperClient<HttpConnector, ClientBody>;
+/// How a client proves who it is and checks whom it talks to.
+#[derive(Clone, Debug, Default)]
+pub struct ClientSecurity {
+    /// Verifies `https` servers (and presents a client certificate); `None`: the system's CAs.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Sent as `Authorization: Bearer TOKEN` (`-auth.token`).
+    pub token: Option<String>,
+}
+
+impl ClientSecurity {
+    fn tls_config(&self) -> rustls::ClientConfig {
+        match &self.tls {
+            Some(c) => (**c).clone(),
+            None => {
+                static SYSTEM: std::sync::OnceLock<Arc<rustls::ClientConfig>> =
+                    std::sync::OnceLock::new();
+                let c = SYSTEM.get_or_init(|| {
+                    crate::security::tls::client_config(None, None)
+                        .expect("a client configuration without files")
+                });
+                (**c).clone()
+            }
+        }
+    }
+
+    fn authorization(&self) -> Option<HeaderValue> {
+        let token = self.token.as_ref()?;
+        let mut v = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// An HTTP/1.1 client with a connection pool, for `http://` and `https://` URLs, that sends
+/// its bearer token (if any) with every request.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: HyperClient<Connector, ClientBody>,
+    authorization: Option<HeaderValue>,
+}
+
+impl Client {
+    fn new(
+        mut conn: HttpConnector,
+        sec: &ClientSecurity,
+        builder: &hyper_util::client::legacy::Builder,
+    ) -> Client {
+        conn.enforce_http(false);
+        conn.set_connect_timeout(Some(Duration::from_secs(5)));
+        conn.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(sec.tls_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
+        Client {
+            inner: builder.build(https),
+            authorization: sec.authorization(),
+        }
+    }
+
+    /// Send `req` (with the token, if any).
+    pub fn request(
+        &self,
+        mut req: hyper::Request<ClientBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        if let Some(a) = &self.authorization {
+            req.headers_mut().insert(header::AUTHORIZATION, a.clone());
+        }
+        self.inner.request(req)
+    }
+}
 
 /// A client with a connect timeout and an idle-pool timeout shorter than servers' keep-alive.
 pub fn client() -> Client {
-    let mut conn = HttpConnector::new();
-    conn.set_connect_timeout(Some(Duration::from_secs(5)));
-    conn.set_nodelay(true);
-    HyperClient::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(20))
-        .build(conn)
+    client_with(&ClientSecurity::default())
+}
+
+/// [`client`] with `sec`'s TLS configuration and token.
+pub fn client_with(sec: &ClientSecurity) -> Client {
+    let mut builder = HyperClient::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(Duration::from_secs(20));
+    Client::new(HttpConnector::new(), sec, &builder)
 }
 
 /// A client for one large download (`oklog query`): reads the socket in 1 MiB buffers
 /// instead of hyper's small adaptive ones, which halves the client's CPU per byte.
-pub fn bulk_client() -> Client {
+pub fn bulk_client(sec: &ClientSecurity) -> Client {
     let mut conn = HttpConnector::new();
-    conn.set_connect_timeout(Some(Duration::from_secs(5)));
-    conn.set_nodelay(true);
     conn.set_recv_buffer_size(Some(4 << 20));
-    HyperClient::builder(TokioExecutor::new())
-        .http1_read_buf_exact_size(1 << 20)
-        .build(conn)
+    let mut builder = HyperClient::builder(TokioExecutor::new());
+    builder.http1_read_buf_exact_size(1 << 20);
+    Client::new(conn, sec, &builder)
+}
+
+/// The URL of `path` (with its query) on `peer`: an `https://host:port` peer keeps its scheme,
+/// a bare `host:port` is `http`.
+pub fn url(peer: &str, path: &str) -> String {
+    if peer.starts_with("https://") || peer.starts_with("http://") {
+        format!("{peer}{path}")
+    } else {
+        format!("http://{peer}{path}")
+    }
 }
 
 /// An empty request body.

@@ -217,7 +217,7 @@ impl Consumer {
 
     /// Claim and read one segment from `ingester`; `Ok(false)` if it had none.
     async fn gather(&mut self, ingester: &str) -> io::Result<bool> {
-        let url = format!("http://{ingester}/ingest/next");
+        let url = http::url(ingester, "/ingest/next");
         let (status, body) = http::call(
             &self.client,
             Method::GET,
@@ -238,7 +238,7 @@ impl Consumer {
         }
         let id = text.trim().to_string();
         self.pending.push((ingester.to_string(), id.clone()));
-        let url = format!("http://{ingester}/ingest/read?id={id}");
+        let url = http::url(ingester, &format!("/ingest/read?id={id}"));
         let (status, body) = http::call(
             &self.client,
             Method::GET,
@@ -442,7 +442,7 @@ impl Consumer {
                 }
                 continue;
             }
-            let url = format!("http://{store}/store/replicate");
+            let url = http::url(&store, "/store/replicate");
             let file = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) => {
@@ -497,7 +497,7 @@ impl Consumer {
             .map(|(ingester, id)| {
                 let client = self.client.clone();
                 async move {
-                    let url = format!("http://{ingester}/ingest/{verb}?id={id}");
+                    let url = http::url(&ingester, &format!("/ingest/{verb}?id={id}"));
                     match http::call(&client, Method::POST, &url, http::empty_body(), CALL_TIMEOUT)
                         .await
                     {

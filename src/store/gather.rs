@@ -118,9 +118,9 @@ async fn ask(
     output: Output,
 ) -> io::Result<Answer> {
     let url = match output {
-        Output::Records => format!("http://{peer}/store/_query?{raw}"),
-        Output::Ulids => format!("http://{peer}/store/_hits?{raw}"),
-        Output::UlidTopics => format!("http://{peer}/store/_hits?{raw}&by=topic"),
+        Output::Records => http::url(peer, &format!("/store/_query?{raw}")),
+        Output::Ulids => http::url(peer, &format!("/store/_hits?{raw}")),
+        Output::UlidTopics => http::url(peer, &format!("/store/_hits?{raw}&by=topic")),
     };
     let (status, headers, body) = match &gw.local {
         Some((me, store)) if me == peer => {

@@ -322,7 +322,7 @@ async fn send(out: &mpsc::Sender<Bytes>, chunk: Bytes) -> bool {
 /// Read one peer's `/store/_stream` and pass its lines on, until it ends (the caller reconnects
 /// on its next membership pass).
 async fn follow_peer(client: Client, peer: String, raw: String, tx: mpsc::Sender<Bytes>) {
-    let url = format!("http://{peer}/store/_stream?{raw}");
+    let url = http::url(&peer, &format!("/store/_stream?{raw}"));
     let (status, mut body) = match http::call(
         &client,
         Method::GET,

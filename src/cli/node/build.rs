@@ -152,3 +152,74 @@ pub fn build_store(cfg: &StoreConfig, metrics: &Arc<Metrics>) -> anyhow::Result<
         },
     })
 }
+
+/// What protects a running node, built from its flags.
+pub struct SecurityParts {
+    /// The listeners' TLS configurations (`-tls.cert-file`).
+    pub(super) server: Option<crate::security::tls::ServerTls>,
+    /// What the node's own calls to its peers use.
+    pub(super) client: http::ClientSecurity,
+    /// The access rules of the API and the ingest ports.
+    pub(super) guard: Arc<crate::security::auth::Guard>,
+    /// The gossip's protection.
+    pub(super) gossip: crate::cluster::gossip::Protection,
+    /// The files looked at for changes.
+    pub(super) reloader: Arc<crate::security::Reloader>,
+}
+
+/// Load the certificates, tokens and cluster keys (each checked now: a bad file stops the
+/// start with one line naming its flag).
+pub fn build_security(
+    cfg: &super::config::SecurityConfig,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<SecurityParts> {
+    use crate::security::{Reloader, auth, key, tls};
+    let reloader = Arc::new(Reloader::default());
+    let identity = cfg.tls.identity()?;
+    if let Some(id) = &identity {
+        reloader.watch(Arc::clone(id) as _);
+    }
+    let tokens = match &cfg.token_file {
+        Some(p) => {
+            let t = auth::Tokens::open(p)?;
+            reloader.watch(Arc::clone(&t) as _);
+            Some(t)
+        }
+        None => None,
+    };
+    let server = match &identity {
+        Some(id) => Some(tls::ServerTls::new(
+            Arc::clone(id),
+            cfg.tls.client_ca.as_deref(),
+            tokens.is_some(),
+        )?),
+        None => None,
+    };
+    let keyring = match &cfg.cluster_key {
+        Some(p) => {
+            let k = key::Keyring::open(p)?;
+            reloader.watch(Arc::clone(&k) as _);
+            Some(k)
+        }
+        None => None,
+    };
+    let client = http::ClientSecurity {
+        tls: Some(tls::client_config(cfg.tls.ca.as_deref(), identity)?),
+        token: cfg.token.clone(),
+    };
+    Ok(SecurityParts {
+        guard: Arc::new(auth::Guard {
+            tokens,
+            client_certs: cfg.tls.client_ca.is_some(),
+            protect_metrics: cfg.protect_metrics,
+        }),
+        gossip: crate::cluster::gossip::Protection {
+            tls: server.is_some(),
+            keyring,
+            rejected: metrics.cluster_rejected_packets.clone(),
+        },
+        server,
+        client,
+        reloader,
+    })
+}

@@ -86,6 +86,54 @@ pub fn common_flags(role: &str) -> Vec<Flag> {
             "5s",
             "how long a graceful shutdown may take",
         ),
+        flag(
+            "tls.cert-file",
+            Kind::Str,
+            "",
+            "certificate chain (PEM): every TCP listener speaks TLS, and peers are called over https (reloaded on change)",
+        ),
+        flag(
+            "tls.key-file",
+            Kind::Str,
+            "",
+            "private key (PEM) of -tls.cert-file (reloaded on change)",
+        ),
+        flag(
+            "tls.client-ca-file",
+            Kind::Str,
+            "",
+            "CA certificates (PEM): the ingest ports and the internal API then require a client certificate signed by one",
+        ),
+        flag(
+            "tls.ca-file",
+            Kind::Str,
+            "",
+            "CA certificates (PEM) that peers are verified against (default: the system's)",
+        ),
+        flag(
+            "auth.token-file",
+            Kind::Str,
+            "",
+            "file of `TOKEN ROLE[,ROLE...]` lines (roles ingest, query, cluster): requests then need a token with their role (reloaded on change)",
+        ),
+        flag(
+            "auth.token",
+            Kind::Str,
+            "",
+            "token (with the cluster role) this node presents to its peers (better given as OKLOG_AUTH_TOKEN)",
+        ),
+        flag(
+            "auth.protect-metrics",
+            Kind::Bool,
+            "",
+            "/metrics also needs a token (or a client certificate)",
+        ),
+        flag(
+            "cluster.key-file",
+            Kind::Str,
+            "",
+            "keys (from `oklog keygen`, one per line; the first seals) that authenticate and encrypt gossip (reloaded on change)",
+        ),
     ]);
     flags
 }
@@ -323,6 +371,61 @@ pub struct NodeConfig {
     pub ingest: Option<IngestConfig>,
     /// The store half (`store`, `ingeststore`).
     pub store: Option<StoreConfig>,
+    /// TLS, tokens and the cluster key.
+    pub security: SecurityConfig,
+}
+
+/// What protects a node; everything off by default.
+#[derive(Debug, Default)]
+pub struct SecurityConfig {
+    /// `-tls.cert-file`, `-tls.key-file`, `-tls.ca-file`, `-tls.client-ca-file`.
+    pub tls: crate::security::tls::TlsFiles,
+    /// `-auth.token-file`.
+    pub token_file: Option<PathBuf>,
+    /// `-auth.token` (`OKLOG_AUTH_TOKEN`).
+    pub token: Option<String>,
+    /// `-auth.protect-metrics`.
+    pub protect_metrics: bool,
+    /// `-cluster.key-file`.
+    pub cluster_key: Option<PathBuf>,
+}
+
+impl SecurityConfig {
+    fn from_args(args: &Args) -> anyhow::Result<SecurityConfig> {
+        let path = |name: &str| {
+            let v = args.str(name);
+            (!v.trim().is_empty()).then(|| PathBuf::from(v.trim()))
+        };
+        let tls = crate::security::tls::TlsFiles {
+            cert: path("tls.cert-file"),
+            key: path("tls.key-file"),
+            ca: path("tls.ca-file"),
+            client_ca: path("tls.client-ca-file"),
+        };
+        if tls.cert.is_some() != tls.key.is_some() {
+            bail!("-tls.cert-file and -tls.key-file go together");
+        }
+        if tls.client_ca.is_some() && tls.cert.is_none() {
+            bail!(
+                "-tls.client-ca-file needs -tls.cert-file and -tls.key-file (client certificates are checked over TLS)"
+            );
+        }
+        let token = args.str("auth.token").trim().to_string();
+        let token = (!token.is_empty()).then_some(token);
+        let token_file = path("auth.token-file");
+        if token_file.is_some() && token.is_none() {
+            bail!(
+                "-auth.token-file needs -auth.token (or OKLOG_AUTH_TOKEN): the token with the cluster role this node presents to its peers, itself included"
+            );
+        }
+        Ok(SecurityConfig {
+            tls,
+            token_file,
+            token,
+            protect_metrics: args.bool("auth.protect-metrics"),
+            cluster_key: path("cluster.key-file"),
+        })
+    }
 }
 
 /// The ingest half of a node.
@@ -422,6 +525,7 @@ impl NodeConfig {
             },
             ingest,
             store,
+            security: SecurityConfig::from_args(args)?,
         })
     }
 }

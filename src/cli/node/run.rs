@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{Id, JoinSet};
 
-use super::build::{IngestParts, StoreParts, build_ingest, build_store};
+use super::build::{IngestParts, StoreParts, build_ingest, build_security, build_store};
 use super::config::NodeConfig;
 use crate::cluster::gossip::Gossip;
 use crate::cluster::{Membership, Peers, Role, advertise, state_json};
@@ -81,6 +81,7 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let metrics = Metrics::new();
+        let security = build_security(&cfg.security, &metrics)?;
         let ingest = match &cfg.ingest {
             Some(c) => Some(build_ingest(c, &metrics).await?),
             None => None,
@@ -100,14 +101,14 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         let (all_tx, all_rx) = watch::channel(false);
         let (gossip, gossip_tasks) = Gossip::start(
             &cluster.bind,
-            advertise_ip,
-            cluster.advertise_port,
+            (advertise_ip, cluster.advertise_port),
             role,
             api,
             crate::cluster::gossip::Seeds {
                 addrs: cluster.peers.clone(),
                 names: cluster.peer_hosts.clone(),
             },
+            security.gossip.clone(),
             all_rx.clone(),
         )
         .await
@@ -122,6 +123,7 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
             http: cfg.http,
             metrics,
             gossip,
+            security,
             all_tx,
             all_rx,
         };
@@ -186,6 +188,7 @@ struct Node {
     http: http::Timeouts,
     metrics: Arc<Metrics>,
     gossip: Gossip,
+    security: super::build::SecurityParts,
     /// The last shutdown phase: everything but the ingest listeners.
     all_tx: watch::Sender<bool>,
     all_rx: watch::Receiver<bool>,
@@ -299,7 +302,7 @@ impl Node {
             });
             let gateway = Gateway::with_local(
                 Arc::clone(&peers),
-                http::client(),
+                http::client_with(&self.security.client),
                 Arc::clone(&self.metrics),
                 self.gossip.me().api_addr,
                 Arc::clone(&parts.api),
@@ -328,7 +331,7 @@ impl Node {
                 let consumer = Consumer::new(
                     Arc::clone(&parts.log),
                     Arc::clone(&peers),
-                    http::client(),
+                    http::client_with(&self.security.client),
                     parts.consumer.clone(),
                     Arc::clone(&self.metrics),
                 )
@@ -336,10 +339,16 @@ impl Node {
                 tasks.spawn(&format!("consumer-{i}"), consumer.run(all_rx.clone()));
             }
         }
+        let router = http::guard(router, Arc::clone(&self.security.guard));
         let router = http::instrument(router, Arc::clone(&self.metrics));
         let timeouts = self.http;
+        let tls = self.security.server.as_ref().map(|s| Arc::clone(&s.api));
+        tasks.spawn(
+            "security-reload",
+            Arc::clone(&self.security.reloader).run(all_rx.clone()),
+        );
         tasks.spawn("api", async move {
-            if let Err(e) = http::serve_with(api_listener, router, all_rx, timeouts).await {
+            if let Err(e) = http::serve_tls(api_listener, router, all_rx, timeouts, tls).await {
                 panic!("serving the API: {e}");
             }
         });
