@@ -4,13 +4,12 @@
 //! never duplicates a record in query results.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::bail;
 
 use super::addr::Addr;
-use super::forward::dial;
+use super::dial::{Dialer, ReadWrite};
 use crate::ingest::bulk::{COMMIT_TIMEOUT, GREETING};
 use crate::metrics::Metrics;
 use crate::record::{DEFAULT_MAX_RECORD_SIZE, UlidGenerator};
@@ -20,11 +19,13 @@ pub fn forward(
     input: &mut impl Read,
     prefix: &[u8],
     addrs: Vec<Addr>,
+    dialer: Dialer,
     size: usize,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let mut sender = Sender {
         addrs,
+        dialer,
         next: 0,
         conn: None,
     };
@@ -79,8 +80,9 @@ pub fn forward(
 
 struct Sender {
     addrs: Vec<Addr>,
+    dialer: Dialer,
     next: usize,
-    conn: Option<(TcpStream, BufReader<TcpStream>)>,
+    conn: Option<BufReader<Box<dyn ReadWrite>>>,
 }
 
 impl Sender {
@@ -94,6 +96,8 @@ impl Sender {
                     if refusal.starts_with("record")
                         || refusal.starts_with("last record")
                         || refusal.starts_with("batch of")
+                        || refusal.starts_with("unauthorized")
+                        || refusal.starts_with("forbidden")
                     {
                         bail!("the ingester refused a batch: {refusal}");
                     }
@@ -114,17 +118,19 @@ impl Sender {
         if self.conn.is_none() {
             let addr = &self.addrs[self.next % self.addrs.len()];
             self.next += 1;
-            let mut s = dial(addr)?;
-            s.set_read_timeout(Some(COMMIT_TIMEOUT + Duration::from_secs(10)))?;
+            let mut s = self.dialer.connect_blocking(addr)?;
+            s.tcp()
+                .set_read_timeout(Some(COMMIT_TIMEOUT + Duration::from_secs(10)))?;
             s.write_all(GREETING)?;
-            let r = BufReader::new(s.try_clone()?);
-            self.conn = Some((s, r));
+            self.conn = Some(BufReader::new(s));
         }
-        let Some((s, r)) = self.conn.as_mut() else {
+        let Some(r) = self.conn.as_mut() else {
             return Err(io::Error::other("not connected"));
         };
+        let s = r.get_mut();
         s.write_all(&(batch.len() as u32).to_be_bytes())?;
         s.write_all(batch)?;
+        s.flush()?;
         let mut answer = String::new();
         if r.read_line(&mut answer)? == 0 {
             return Err(io::Error::new(

@@ -9,14 +9,15 @@
 //! but had not acknowledged yet when it died are then stored twice (under new ULIDs); nothing
 //! is dropped.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use super::addr::{Addr, parse_addr};
+use super::dial::{Dialer, LinkIo, LinkRead};
 use super::flags::{FlagSet, Kind, flag};
 use super::node::{API_PORT, BULK_PORT, FAST_PORT};
 use crate::metrics::Metrics;
@@ -27,8 +28,6 @@ const READ_BUF: usize = 1 << 20;
 const MAX_HELD: usize = 16 << 20;
 /// How long to wait for the ingester to confirm the end of input.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connect timeout per attempt.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The flags of `oklog forward`.
 pub fn flag_set() -> FlagSet {
@@ -36,6 +35,7 @@ pub fn flag_set() -> FlagSet {
         usage: "oklog forward [flags] <ingester> [<ingester>...]",
         flags: super::logging::flags()
             .into_iter()
+            .chain(super::client::flags())
             .chain([
                 flag(
                     "api",
@@ -83,11 +83,15 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
             parse_addr(a, port).map_err(|e| anyhow::anyhow!(e))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut tls = false;
     for a in &addrs {
-        if a.base_network() != "tcp" {
-            bail!("{a}: only tcp ingest addresses are supported");
+        match a.base_network() {
+            "tcp" => {}
+            "tls" => tls = true,
+            _ => bail!("{a}: only tcp:// and tls:// ingest addresses are supported"),
         }
     }
+    let dialer = super::dial::Dialer::new(&super::client::ClientOpts::from_args(&args), tls)?;
     {
         use rand::seq::SliceRandom;
         addrs.shuffle(&mut rand::rng());
@@ -116,11 +120,12 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
             &mut io::stdin().lock(),
             &prefix,
             addrs,
+            dialer,
             size as usize,
             &metrics,
         );
     }
-    let mut conn = Conn::new(addrs, Arc::clone(&metrics));
+    let mut conn = Conn::new(addrs, dialer, Arc::clone(&metrics));
     forward(&mut io::stdin().lock(), &prefix, &mut conn)?;
     conn.confirm()
 }
@@ -221,6 +226,7 @@ fn emit(data: &[u8], prefix: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>)
 /// replaced, which bounds the bytes kept.
 struct Conn {
     addrs: Vec<Addr>,
+    dialer: Dialer,
     next: usize,
     link: Option<Link>,
     backoff: Duration,
@@ -243,7 +249,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// One live connection and what its ingester acknowledged.
 struct Link {
-    stream: TcpStream,
+    stream: LinkIo,
     /// Bytes written on this connection.
     sent: u64,
     acks: Arc<AckState>,
@@ -255,6 +261,8 @@ struct Link {
 struct AckState {
     inner: std::sync::Mutex<Acked>,
     changed: std::sync::Condvar,
+    /// What the ingester said when it refused the connection (`OKLOG-ERR <why>`).
+    refusal: std::sync::Mutex<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -265,6 +273,8 @@ struct Acked {
     offset: u64,
     /// The ingester closed its side (`Some(true)` gracefully, `Some(false)` with a reset).
     closed: Option<bool>,
+    /// The ingester refused the connection (see [`AckState::refusal`]).
+    refused: bool,
 }
 
 impl AckState {
@@ -288,9 +298,26 @@ impl AckState {
     }
 }
 
+impl Link {
+    /// An error when the ingester refused this connection (a bad token, say): retrying would
+    /// not help.
+    fn refused(&self) -> anyhow::Result<()> {
+        if self.acks.get().refused {
+            let why = self
+                .acks
+                .refusal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            bail!("the ingester refused the connection: {why}");
+        }
+        Ok(())
+    }
+}
+
 /// Read the ingester's greeting and acknowledged offsets until the connection ends.
-fn read_acks(stream: TcpStream, acks: Arc<AckState>) {
-    let mut r = io::BufReader::with_capacity(4096, &stream);
+fn read_acks(stream: LinkRead, tcp: TcpStream, acks: Arc<AckState>) {
+    let mut r = io::BufReader::with_capacity(4096, stream);
     let mut line = Vec::new();
     let mut first = true;
     let graceful = loop {
@@ -301,6 +328,18 @@ fn read_acks(stream: TcpStream, acks: Arc<AckState>) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break false,
+        }
+        if let Some(why) = line.strip_prefix(b"OKLOG-ERR ") {
+            *acks.refusal.lock().unwrap_or_else(|p| p.into_inner()) =
+                String::from_utf8_lossy(why).trim().to_string();
+            acks.update(|a| a.refused = true);
+            continue;
+        }
+        if first && line.starts_with(&[0x15, 0x03]) {
+            // A TLS alert record: the port speaks TLS and this connection does not.
+            *acks.refusal.lock().unwrap_or_else(|p| p.into_inner()) =
+                "the port speaks TLS (give -tls.ca-file, or a tls:// address)".into();
+            acks.update(|a| a.refused = true);
         }
         if std::mem::take(&mut first) {
             if line == crate::ingest::conn::ACK_GREETING {
@@ -323,13 +362,14 @@ fn read_acks(stream: TcpStream, acks: Arc<AckState>) {
     };
     acks.update(|a| a.closed = Some(graceful));
     // The ingester is done with this connection: make a blocked write fail now.
-    let _ = stream.shutdown(Shutdown::Both);
+    let _ = tcp.shutdown(Shutdown::Both);
 }
 
 impl Conn {
-    fn new(addrs: Vec<Addr>, metrics: Arc<Metrics>) -> Self {
+    fn new(addrs: Vec<Addr>, dialer: Dialer, metrics: Arc<Metrics>) -> Self {
         Conn {
             addrs,
+            dialer,
             next: 0,
             link: None,
             backoff: Duration::ZERO,
@@ -354,17 +394,20 @@ impl Conn {
         while self.link.is_none() {
             let addr = &self.addrs[self.next % self.addrs.len()];
             self.next += 1;
-            let link = dial(addr).and_then(|stream| {
-                // Ask for acknowledgements, out of band: an ingester that does not know them
-                // (the original) never sees the request.
-                socket2::SockRef::from(&stream)
-                    .send_out_of_band(&[crate::ingest::conn::ACK_REQUEST])?;
+            // Ask for acknowledgements, out of band (before TLS starts, if it does): an
+            // ingester that does not know them (the original) never sees the request.
+            let ask = |stream: &TcpStream| {
+                socket2::SockRef::from(stream)
+                    .send_out_of_band(&[crate::ingest::conn::ACK_REQUEST])
+                    .map(|_| ())
+            };
+            let link = self.dialer.connect(addr, ask).and_then(|(stream, theirs)| {
                 let acks = Arc::new(AckState::default());
-                let theirs = stream.try_clone()?;
+                let tcp = stream.tcp().try_clone()?;
                 let a = Arc::clone(&acks);
                 let reader = std::thread::Builder::new()
                     .name("forward-acks".into())
-                    .spawn(move || read_acks(theirs, a))?;
+                    .spawn(move || read_acks(theirs, tcp, a))?;
                 Ok(Link {
                     stream,
                     sent: 0,
@@ -428,10 +471,10 @@ impl Conn {
     /// The connection is over: wait for its reader (so every acknowledgement that arrived is
     /// counted), let go of what it acknowledged, and close it.
     fn end_link(&mut self) {
-        let Some(link) = self.link.take() else {
+        let Some(mut link) = self.link.take() else {
             return;
         };
-        let _ = link.stream.shutdown(Shutdown::Write);
+        link.stream.shutdown_write();
         // A reader that does not finish soon (an ingester that stopped answering) is cut off.
         let (acks, sent) = (Arc::clone(&link.acks), link.sent);
         acks.wait(Duration::from_secs(5), |a| a.closed.is_some());
@@ -448,6 +491,9 @@ impl Conn {
     fn send(&mut self, bytes: &[u8], records: u64, line_end: bool) -> anyhow::Result<()> {
         if bytes.is_empty() {
             return Ok(());
+        }
+        if let Some(link) = &self.link {
+            link.refused()?;
         }
         self.trim();
         if self
@@ -512,6 +558,7 @@ impl Conn {
             let a = link
                 .acks
                 .wait(ACK_STALL, |a| a.offset >= want || a.closed.is_some());
+            link.refused()?;
             self.trim();
             if a.closed.is_some() || (a.offset < want && self.unacked() >= REPLAY_MAX) {
                 self.metrics.forward_disconnects.inc();
@@ -539,12 +586,13 @@ impl Conn {
             if self.link.is_none() {
                 self.connect();
             }
-            let Some(link) = &self.link else {
+            let Some(link) = &mut self.link else {
                 continue;
             };
-            let _ = link.stream.shutdown(Shutdown::Write);
+            link.stream.shutdown_write();
             let left = CONFIRM_TIMEOUT.saturating_sub(started.elapsed());
             let a = link.acks.wait(left, |a| a.closed.is_some());
+            link.refused()?;
             match a.closed {
                 None => bail!("the ingester did not acknowledge within {CONFIRM_TIMEOUT:?}"),
                 Some(true) if !a.greeted => {
@@ -557,6 +605,8 @@ impl Conn {
             }
             self.end_link();
             if self.unacked() > 0 {
+                // Not a tight loop against an ingester that takes nothing.
+                self.pause();
                 if started.elapsed() >= CONFIRM_TIMEOUT {
                     bail!("the ingester did not acknowledge everything within {CONFIRM_TIMEOUT:?}");
                 }
@@ -572,32 +622,10 @@ impl Conn {
 
 /// Close a connection and wait for its reader thread to end.
 fn close(mut link: Link) {
-    let _ = link.stream.shutdown(Shutdown::Both);
+    link.stream.shutdown_both();
     if let Some(r) = link.reader.take() {
         let _ = r.join();
     }
-}
-
-pub(super) fn dial(addr: &Addr) -> io::Result<TcpStream> {
-    let host = if addr.host.is_empty() {
-        "127.0.0.1"
-    } else {
-        addr.host.as_str()
-    };
-    let mut last = io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{}: no addresses", addr.host),
-    );
-    for sa in (host, addr.port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod addr;
 pub mod bulk;
 pub mod client;
+pub mod dial;
 pub mod flags;
 pub mod forward;
 pub mod ingest;

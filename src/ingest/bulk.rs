@@ -101,13 +101,32 @@ pub fn to_records(batch: &[u8], topic: &str, mode: TopicMode) -> Result<(Vec<u8>
 /// How long a bulk connection may send nothing while a batch (or the greeting) is expected.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Serve one bulk connection; closes it gracefully once every batch was answered.
-pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ing: &Ingester) {
+/// A connection's socket, under TLS or not.
+pub trait Socket: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Serve one bulk connection (`cert`: its client presented a verified certificate); closes it
+/// gracefully once every batch was answered.
+pub async fn serve_connection<S: Socket>(stream: S, peer: SocketAddr, cert: bool, ing: &Ingester) {
     let mut stream = stream;
-    match handle(&mut stream, ing).await {
+    match handle(&mut stream, peer, cert, ing).await {
         Ok(()) => {
             // Every batch was answered: close gracefully.
-            let _ = super::conn::reset_on_close(&stream, false);
+            let _ = super::conn::reset_on_close(stream.tcp(), false);
             let _ = stream.shutdown().await;
         }
         Err(e) => tracing::debug!(%peer, error = %e, "bulk connection ended"),
@@ -115,7 +134,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ing: &Ingeste
 }
 
 /// Read exactly `buf.len()` bytes, each read within [`READ_TIMEOUT`].
-async fn read_exact(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
+async fn read_exact<S: Socket>(stream: &mut S, buf: &mut [u8]) -> io::Result<()> {
     let mut got = 0;
     while got < buf.len() {
         let n = tokio::time::timeout(READ_TIMEOUT, stream.read(&mut buf[got..]))
@@ -129,11 +148,56 @@ async fn read_exact(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-async fn handle(stream: &mut TcpStream, ing: &Ingester) -> io::Result<()> {
-    let mut greeting = [0u8; GREETING.len()];
-    read_exact(stream, &mut greeting).await?;
-    if greeting != GREETING {
-        return reply(stream, "ERR not an OKLOG-BULK/1 stream").await;
+/// Read the connection's start: an optional `OKLOG-AUTH <token>` line, then the greeting.
+/// `Ok(Err(why))` when it is refused.
+async fn greeting<S: Socket>(
+    stream: &mut S,
+    cert: bool,
+    ing: &Ingester,
+) -> io::Result<Result<(), String>> {
+    use crate::security::auth::RAW_AUTH_PREFIX;
+    let mut start = [0u8; GREETING.len()];
+    read_exact(stream, &mut start[..RAW_AUTH_PREFIX.len()]).await?;
+    let mut token = None;
+    if start[..RAW_AUTH_PREFIX.len()] == *RAW_AUTH_PREFIX {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            read_exact(stream, &mut byte).await?;
+            if byte[0] == b'\n' {
+                break;
+            }
+            if line.len() >= super::wire::MAX_AUTH_LINE {
+                return Ok(Err("unauthorized: malformed OKLOG-AUTH line".into()));
+            }
+            line.push(byte[0]);
+        }
+        token = Some(String::from_utf8_lossy(&line).trim().to_string());
+        read_exact(stream, &mut start[..RAW_AUTH_PREFIX.len()]).await?;
+    }
+    if (ing.door().needs_token(cert) || token.is_some())
+        && let Err(why) = ing.door().authorize(token.as_deref(), cert)
+    {
+        return Ok(Err(why));
+    }
+    read_exact(stream, &mut start[RAW_AUTH_PREFIX.len()..]).await?;
+    if start != GREETING {
+        return Ok(Err("not an OKLOG-BULK/1 stream".into()));
+    }
+    Ok(Ok(()))
+}
+
+async fn handle<S: Socket>(
+    stream: &mut S,
+    peer: SocketAddr,
+    cert: bool,
+    ing: &Ingester,
+) -> io::Result<()> {
+    if let Err(why) = greeting(stream, cert, ing).await? {
+        if why.starts_with("unauthorized") || why.starts_with("forbidden") {
+            ing.door().refused(peer, "bulk", &why);
+        }
+        return reply(stream, &format!("ERR {why}")).await;
     }
     loop {
         let mut len = [0u8; 4];

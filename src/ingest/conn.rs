@@ -40,17 +40,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::IngestLog;
+use super::wire::{AuthLine, Wire, auth_line};
 use super::writer::{Rotation, SegmentWriter};
 use crate::gotime::now_ms;
-use crate::metrics::Metrics;
+use crate::metrics::{Labels, Metrics};
 use crate::record::{Framer, FramerConfig, FramerStats};
+use crate::security::auth::Guard;
 use crate::throttle::Throttle;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// The urgent byte (TCP out-of-band data) a client sends first to ask for acknowledgements. A
 /// newline, so that a path which clears the urgent flag turns it into an empty line at worst.
@@ -137,6 +141,18 @@ pub struct Ingester {
     /// Rate limit of the "connection refused" and "write failed" log lines.
     refused_log: Throttle,
     failed_log: Throttle,
+    /// TLS and credentials.
+    door: Arc<Door>,
+}
+
+/// What every ingest listener checks at the door: TLS (`-tls.cert-file`), and who may send (a
+/// token with the `ingest` role, or a verified client certificate).
+#[derive(Debug)]
+pub struct Door {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    guard: Arc<Guard>,
+    refused: Family<Labels, Counter>,
+    refused_log: Throttle,
 }
 
 impl Ingester {
@@ -162,7 +178,74 @@ impl Ingester {
             live: AtomicUsize::new(0),
             refused_log: Throttle::new(Duration::from_secs(10)),
             failed_log: Throttle::new(Duration::from_secs(10)),
+            door: Arc::new(Door::open(&Metrics::new())),
         }
+    }
+
+    /// Check every connection at `door`.
+    pub fn secured(mut self, door: Arc<Door>) -> Self {
+        self.door = door;
+        self
+    }
+}
+
+impl Door {
+    /// No TLS, and everyone may send (`metrics` counts refusals all the same).
+    pub fn open(metrics: &Metrics) -> Door {
+        Door::new(None, Arc::new(Guard::default()), metrics)
+    }
+
+    /// Speak TLS with `tls`, and let only those `guard` allows send.
+    pub fn new(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        guard: Arc<Guard>,
+        metrics: &Metrics,
+    ) -> Door {
+        Door {
+            tls,
+            guard,
+            refused: metrics.ingest_refused_connections.clone(),
+            refused_log: Throttle::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// The listeners' TLS configuration, if any.
+    pub fn tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls.as_ref()
+    }
+
+    /// Whether a connection must present a token (it has no verified client certificate and
+    /// tokens or client certificates are required).
+    pub fn needs_token(&self, cert: bool) -> bool {
+        self.guard.is_on() && !(cert && self.guard.client_certs)
+    }
+
+    /// Check the token of an `OKLOG-AUTH` line (`None`: there was none) of a connection that
+    /// presented a verified client certificate or not.
+    pub fn authorize(&self, token: Option<&str>, cert: bool) -> Result<(), String> {
+        use crate::security::auth::{Need, Refusal, Role};
+        match self.guard.check(Need::Role(Role::Ingest), token, cert) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Unauthenticated(why)) => Err(format!("unauthorized: {why}")),
+            Err(Refusal::Forbidden(why)) => Err(format!("forbidden: {why}")),
+        }
+    }
+
+    /// Count and log (rate-limited, never the token) a connection refused for its credentials.
+    pub fn refused(&self, peer: SocketAddr, listener: &'static str, why: &str) {
+        self.refused
+            .get_or_create(&vec![("modality", listener)])
+            .inc();
+        if let Some(held) = self.refused_log.allow() {
+            tracing::warn!(%peer, listener, why, suppressed = held, "ingest connection refused");
+        }
+    }
+}
+
+impl Ingester {
+    /// The door every connection passes.
+    pub fn door(&self) -> &Arc<Door> {
+        &self.door
     }
 
     /// Connection handlers running now.
@@ -248,10 +331,12 @@ pub async fn serve(
                 .get_or_create(&vec![("modality", modality.name())])
                 .clone();
             gauge.inc();
-            if modality == Modality::Bulk {
-                super::bulk::serve_connection(stream, peer, &ing).await;
-            } else {
-                handle(stream, peer, modality, &ing).await;
+            match ing.door.tls.clone() {
+                None if modality == Modality::Bulk => {
+                    super::bulk::serve_connection(stream, peer, false, &ing).await
+                }
+                None => handle(Wire::Plain(stream), None, false, peer, modality, &ing).await,
+                Some(config) => serve_tls(stream, config, peer, modality, &ing).await,
             }
             gauge.dec();
             ing.live.fetch_sub(1, Ordering::SeqCst);
@@ -259,6 +344,50 @@ pub async fn serve(
     }
     // The listener stops; its connections finish their own graceful stop ([`Ingester::stop`]).
     connections.detach_all();
+}
+
+/// How long a client has to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shake hands, then serve the connection as its listener does. A failed handshake (plain TCP
+/// to a TLS port, an unknown CA, an expired certificate) only ends this connection.
+async fn serve_tls(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+    modality: Modality,
+    ing: &Ingester,
+) {
+    // The acknowledgement request is TCP urgent data sent before the handshake: look for it
+    // before the handshake reads past it.
+    let mut acks = None;
+    if modality != Modality::Bulk
+        && tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.readable())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    {
+        acks = Some(Acks::requested(&stream));
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            ing.door
+                .refused(peer, modality.name(), &format!("TLS handshake failed: {e}"));
+            return;
+        }
+        Err(_) => {
+            ing.door
+                .refused(peer, modality.name(), "TLS handshake timed out");
+            return;
+        }
+    };
+    let cert = tls.get_ref().1.peer_certificates().is_some();
+    if modality == Modality::Bulk {
+        return super::bulk::serve_connection(tls, peer, cert, ing).await;
+    }
+    let (tcp, conn) = tls.into_inner();
+    handle(Wire::tls(tcp, conn), acks, cert, peer, modality, ing).await;
 }
 
 /// How a connection's reading ended.
@@ -310,7 +439,7 @@ impl Acks {
     }
 
     /// Write what fits without blocking; `true` once everything wanted is written.
-    fn flush(&mut self, stream: &TcpStream) -> bool {
+    fn flush(&mut self, stream: &mut Wire) -> bool {
         while !self.broken {
             if self.written < self.line.len() {
                 match stream.try_write(&self.line[self.written..]) {
@@ -334,7 +463,7 @@ impl Acks {
     }
 
     /// Write everything wanted, waiting up to `wait` for room in the send buffer.
-    async fn flush_all(&mut self, stream: &TcpStream, wait: Duration) {
+    async fn flush_all(&mut self, stream: &mut Wire, wait: Duration) {
         let deadline = Instant::now() + wait;
         while !self.flush(stream) {
             match tokio::time::timeout_at(deadline, stream.writable()).await {
@@ -368,17 +497,23 @@ struct Pump<'a> {
 impl Pump<'_> {
     /// Frame `n` bytes just read into `buf` (or the end of input when `n` is 0).
     fn push(&mut self, n: usize) {
+        let buf = std::mem::take(&mut self.buf);
+        self.push_data(&buf[..n]);
+        self.buf = buf;
+    }
+
+    /// Frame `data` (the end of input when it is empty).
+    fn push_data(&mut self, data: &[u8]) {
         let now = now_ms() as u64;
-        if n == 0 {
+        if data.is_empty() {
             self.framer.finish(now, &mut self.out);
             self.framed = self.read;
         } else {
-            let data = &self.buf[..n];
             self.framer.push(data, now, &mut self.out);
             if let Some(i) = memchr::memrchr(b'\n', data) {
                 self.framed = self.read + i as u64 + 1;
             }
-            self.read += n as u64;
+            self.read += data.len() as u64;
         }
         if !self.out.is_empty() && self.out_since.is_none() {
             self.out_since = Some(Instant::now());
@@ -471,11 +606,20 @@ impl Pump<'_> {
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, modality: Modality, ing: &Ingester) {
+/// Serve a fast or durable connection: `acks` is the acknowledgement request already looked
+/// for (TLS), `cert` whether the client presented a verified certificate.
+async fn handle(
+    mut stream: Wire,
+    acks: Option<Acks>,
+    cert: bool,
+    peer: SocketAddr,
+    modality: Modality,
+    ing: &Ingester,
+) {
     if crate::failpoint::armed("connection") {
         panic!("injected failure of an ingest connection (OKLOG_FAILPOINT)");
     }
-    let _ = stream.set_nodelay(true);
+    let _ = stream.tcp().set_nodelay(true);
     let mut pump = Pump {
         ing,
         durable: modality == Modality::Durable,
@@ -490,9 +634,16 @@ async fn handle(stream: TcpStream, peer: SocketAddr, modality: Modality, ing: &I
         out_since: None,
         writer: SegmentWriter::new(Arc::clone(&ing.log), ing.rotation),
     };
-    let mut acks = Acks::off();
+    let asked = acks.is_some();
+    let mut acks = acks.unwrap_or_else(Acks::off);
+    let mut gate = Gate {
+        pending: Some(Vec::new()),
+        needs_token: ing.door.needs_token(cert),
+        cert,
+        refused: None,
+    };
     let result: io::Result<End> = async {
-        let end = read_loop(&stream, &mut pump, &mut acks).await?;
+        let end = read_loop(&mut stream, &mut pump, &mut acks, asked, &mut gate).await?;
         // Whatever the ending, the complete records read are kept (a torn line is not).
         pump.store().await?;
         let writer = &mut pump.writer;
@@ -502,15 +653,26 @@ async fn handle(stream: TcpStream, peer: SocketAddr, modality: Modality, ing: &I
         Ok(end)
     }
     .await;
+    if let Some(why) = gate.refused {
+        ing.door.refused(peer, modality.name(), &why);
+        // Said instead of the greeting, then a graceful close: nothing was stored.
+        acks.line = format!("OKLOG-ERR {why}\n").into_bytes();
+        acks.written = 0;
+        acks.broken = false;
+        acks.flush_all(&mut stream, FINAL_WAIT).await;
+        let _ = reset_on_close(stream.tcp(), false);
+        stream.shutdown(FINAL_WAIT).await;
+        drain(&mut stream, FINAL_WAIT).await;
+        return;
+    }
     match result {
         Ok(End::Broken) => {} // reset (linger 0) when dropped
         Ok(end) => {
             acks.want = pump.stored;
-            acks.flush_all(&stream, FINAL_WAIT).await;
+            acks.flush_all(&mut stream, FINAL_WAIT).await;
             // The FIN follows the final acknowledgement: a client reads the offset, then EOF.
-            let _ = reset_on_close(&stream, false);
-            let mut stream = stream;
-            let _ = stream.shutdown().await;
+            let _ = reset_on_close(stream.tcp(), false);
+            stream.shutdown(FINAL_WAIT).await;
             if end == End::Stop {
                 // Whatever the client still sends is not stored; read it until the client,
                 // having seen the EOF, closes (so the close is not a reset that could beat the
@@ -528,13 +690,70 @@ async fn handle(stream: TcpStream, peer: SocketAddr, modality: Modality, ing: &I
     }
 }
 
+/// The start of a connection, until its `OKLOG-AUTH` line (if any) is read and checked.
+struct Gate {
+    /// Bytes read while it is not yet known whether they start with an `OKLOG-AUTH` line;
+    /// `None` once known.
+    pending: Option<Vec<u8>>,
+    /// The connection must present a token.
+    needs_token: bool,
+    /// It presented a verified client certificate.
+    cert: bool,
+    /// Why it was refused.
+    refused: Option<String>,
+}
+
+impl Gate {
+    /// Take `n` bytes just read into the pump's buffer: pass input on to the pump, keep what
+    /// may still be an `OKLOG-AUTH` line. `false` when the connection is refused.
+    fn take(&mut self, pump: &mut Pump<'_>, n: usize) -> bool {
+        let Some(pending) = &mut self.pending else {
+            pump.push(n);
+            return true;
+        };
+        pending.extend_from_slice(&pump.buf[..n]);
+        let (token, skip) = match auth_line(pending) {
+            AuthLine::More if n > 0 => return true,
+            AuthLine::More | AuthLine::None => (None, 0),
+            AuthLine::Token(t, len) => (Some(t.to_string()), len),
+            AuthLine::Bad => {
+                self.refused = Some("unauthorized: malformed OKLOG-AUTH line".into());
+                return false;
+            }
+        };
+        if (self.needs_token || token.is_some())
+            && let Err(why) = pump.ing.door.authorize(token.as_deref(), self.cert)
+        {
+            self.refused = Some(why);
+            return false;
+        }
+        let pending = self.pending.take().unwrap_or_default();
+        if pending.len() > skip {
+            pump.push_data(&pending[skip..]);
+        }
+        if n == 0 {
+            pump.push_data(&[]);
+        }
+        true
+    }
+
+    fn open(&self) -> bool {
+        self.pending.is_none()
+    }
+}
+
 /// Read, frame, store and acknowledge until the connection ends.
-async fn read_loop(stream: &TcpStream, pump: &mut Pump<'_>, acks: &mut Acks) -> io::Result<End> {
+async fn read_loop(
+    stream: &mut Wire,
+    pump: &mut Pump<'_>,
+    acks: &mut Acks,
+    mut asked: bool,
+    gate: &mut Gate,
+) -> io::Result<End> {
     let ing = pump.ing;
     let mut stop = ing.stop.subscribe();
     let mut last_data = Instant::now();
     let mut filled = false;
-    let mut asked = false;
     loop {
         if ing.stopping() {
             return Ok(End::Stop);
@@ -564,7 +783,7 @@ async fn read_loop(stream: &TcpStream, pump: &mut Pump<'_>, acks: &mut Acks) -> 
             if !asked {
                 // Until the first byte is read, the request may still arrive (a readiness
                 // event can come before the data does). Once read, it is gone from the kernel.
-                let requested = Acks::requested(stream);
+                let requested = Acks::requested(stream.tcp());
                 if !requested.broken {
                     asked = true;
                     *acks = requested;
@@ -574,14 +793,19 @@ async fn read_loop(stream: &TcpStream, pump: &mut Pump<'_>, acks: &mut Acks) -> 
             let len = room.len();
             match stream.try_read(room) {
                 Ok(0) => {
-                    pump.push(0);
+                    // (Finishes the framing, as the end of input.)
+                    if !gate.take(pump, 0) {
+                        return Ok(End::Broken);
+                    }
                     return Ok(End::Eof);
                 }
                 Ok(n) => {
                     asked = true;
                     filled = n == len;
                     last_data = Instant::now();
-                    pump.push(n);
+                    if !gate.take(pump, n) {
+                        return Ok(End::Broken);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -605,17 +829,25 @@ async fn read_loop(stream: &TcpStream, pump: &mut Pump<'_>, acks: &mut Acks) -> 
         if last_data.elapsed() >= SHRINK_AFTER {
             pump.shrink();
         }
-        acks.flush(stream);
+        if gate.open() {
+            acks.flush(stream);
+        }
     }
 }
 
 /// Read and discard until the peer closes, or `wait` passes.
-async fn drain(stream: &mut TcpStream, wait: Duration) {
+async fn drain(stream: &mut Wire, wait: Duration) {
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(wait, async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
             }
         }
     })
@@ -629,8 +861,12 @@ pub(super) fn reset_on_close(stream: &TcpStream, reset: bool) -> io::Result<()> 
 }
 
 /// Write `line` and a newline (the bulk protocol's replies).
-pub(super) async fn reply(stream: &mut TcpStream, line: &str) -> io::Result<()> {
-    stream.write_all(format!("{line}\n").as_bytes()).await
+pub(super) async fn reply<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    line: &str,
+) -> io::Result<()> {
+    stream.write_all(format!("{line}\n").as_bytes()).await?;
+    stream.flush().await
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod conn;
 pub mod log;
 pub mod protocols;
 pub mod sync;
+pub mod wire;
 pub mod writer;
 
 pub use api::IngestApi;

@@ -7,6 +7,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use super::config::{IngestConfig, StoreConfig};
 use crate::http;
+use crate::ingest::conn::Door;
 use crate::ingest::protocols::http::Push;
 use crate::ingest::protocols::writer::PushWriter;
 use crate::ingest::{IngestApi, IngestLog, Ingester, Modality, Rotation};
@@ -29,6 +30,7 @@ pub struct IngestParts {
 /// Open the ingest directory and bind the fast, durable, bulk and syslog listeners.
 pub async fn build_ingest(
     cfg: &IngestConfig,
+    security: &SecurityParts,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<IngestParts> {
     let log = Arc::new(IngestLog::open(&cfg.path)?);
@@ -48,7 +50,18 @@ pub async fn build_ingest(
         None => None,
     };
     let syslog_udp = match &cfg.syslog_udp {
+        // Datagrams carry no credentials: with tokens or client certificates on, syslog over
+        // UDP is served only when asked for by name.
+        Some(_) if security.guard.is_on() && !cfg.syslog_udp_explicit => {
+            tracing::info!(
+                "syslog over UDP is off: it cannot be authenticated (give -ingest.syslog-udp to serve it anyway)"
+            );
+            None
+        }
         Some(a) => {
+            if security.guard.is_on() {
+                tracing::warn!(addr = %a.listen_addr(), "syslog over UDP takes records from anyone who can reach it");
+            }
             let socket = UdpSocket::bind(a.listen_addr())
                 .await
                 .map_err(|e| anyhow::anyhow!("-ingest.syslog-udp {}: {e}", a.listen_addr()))?;
@@ -73,19 +86,27 @@ pub async fn build_ingest(
         Arc::clone(metrics),
     );
     let bulk = Arc::new(crate::ingest::bulk::Waiters::default());
-    let ingester = Arc::new(Ingester::new(
-        Arc::clone(&log),
-        FramerConfig {
-            topic: cfg.topic.clone(),
-            mode: cfg.topic_mode,
-            max_record_size: cfg.max_record_size,
-        },
-        rotation,
-        cfg.limits,
-        Arc::clone(metrics),
-        sync,
-        Arc::clone(&bulk),
+    let door = Arc::new(Door::new(
+        security.server.as_ref().map(|s| Arc::clone(&s.ingest)),
+        Arc::clone(&security.guard),
+        metrics,
     ));
+    let ingester = Arc::new(
+        Ingester::new(
+            Arc::clone(&log),
+            FramerConfig {
+                topic: cfg.topic.clone(),
+                mode: cfg.topic_mode,
+                max_record_size: cfg.max_record_size,
+            },
+            rotation,
+            cfg.limits,
+            Arc::clone(metrics),
+            sync,
+            Arc::clone(&bulk),
+        )
+        .secured(Arc::clone(&door)),
+    );
     let api = IngestApi::new(
         Arc::clone(&log),
         cfg.pending_timeout,

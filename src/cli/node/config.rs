@@ -457,6 +457,8 @@ pub struct IngestConfig {
     pub syslog_tcp: Option<Addr>,
     /// The syslog UDP listener (`-ingest.syslog-udp`, `:7654`; `None` when empty).
     pub syslog_udp: Option<Addr>,
+    /// `-ingest.syslog-udp` was given (it is then served even with authentication on).
+    pub syslog_udp_explicit: bool,
     /// The push endpoints' mapping and limits (`-ingest.max-push-size` 64 MiB,
     /// `-ingest.push-sync` true, `-ingest.loki-topic-labels`, `-ingest.otlp-topic-attribute`).
     pub push: PushConfig,
@@ -589,6 +591,7 @@ impl IngestConfig {
             },
             syslog_tcp: optional("ingest.syslog-tcp", SYSLOG_PORT)?,
             syslog_udp: optional("ingest.syslog-udp", SYSLOG_PORT)?,
+            syslog_udp_explicit: args.is_set("ingest.syslog-udp"),
             push,
         })
     }

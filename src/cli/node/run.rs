@@ -83,7 +83,7 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         let metrics = Metrics::new();
         let security = build_security(&cfg.security, &metrics)?;
         let ingest = match &cfg.ingest {
-            Some(c) => Some(build_ingest(c, &metrics).await?),
+            Some(c) => Some(build_ingest(c, &security, &metrics).await?),
             None => None,
         };
         let store = match &cfg.store {
@@ -280,6 +280,7 @@ impl Node {
                         listener,
                         Arc::clone(&parts.push),
                         parts.limits,
+                        Arc::clone(parts.ingester.door()),
                         tcp_rx.clone(),
                     ),
                 );

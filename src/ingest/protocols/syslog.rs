@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::ingest::conn::{Door, HANDSHAKE_TIMEOUT};
+use crate::ingest::wire::{AuthLine, auth_line};
 use tokio::sync::watch;
 
 use super::http::{Protocol, Push};
@@ -348,6 +351,7 @@ pub async fn serve_tcp(
     listener: TcpListener,
     push: Arc<Push>,
     limits: ConnLimits,
+    door: Arc<Door>,
     mut stop: watch::Receiver<bool>,
 ) {
     let max_connections = limits.max_connections;
@@ -374,10 +378,30 @@ pub async fn serve_tcp(
                     }
                     continue;
                 };
-                let (push, stop) = (Arc::clone(&push), stop.clone());
+                let (push, stop, door) = (Arc::clone(&push), stop.clone(), Arc::clone(&door));
                 conns.spawn(async move {
                     let _permit = permit;
-                    connection(stream, push, limits.idle_timeout, stop).await;
+                    let idle = limits.idle_timeout;
+                    match door.tls().cloned() {
+                        None => {
+                            if let Some((stream, buf)) = admit(stream, &door, false, peer).await {
+                                connection(stream, buf, peer, push, idle, stop).await;
+                            }
+                        }
+                        Some(config) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => {
+                                    let cert = tls.get_ref().1.peer_certificates().is_some();
+                                    if let Some((tls, buf)) = admit(tls, &door, cert, peer).await {
+                                        connection(tls, buf, peer, push, idle, stop).await;
+                                    }
+                                }
+                                Ok(Err(e)) => door.refused(peer, "syslog-tcp", &format!("TLS handshake failed: {e}")),
+                                Err(_) => door.refused(peer, "syslog-tcp", "TLS handshake timed out"),
+                            }
+                        }
+                    }
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -387,27 +411,75 @@ pub async fn serve_tcp(
     while conns.join_next().await.is_some() {}
 }
 
-async fn connection(
-    mut stream: TcpStream,
+/// Read a connection's start and check it at `door`: an `OKLOG-AUTH <token>` line is taken
+/// off; the stream and what was read after it come back, or `None` when it is refused.
+async fn admit<S: tokio::io::AsyncRead + Unpin>(
+    mut stream: S,
+    door: &Door,
+    cert: bool,
+    peer: std::net::SocketAddr,
+) -> Option<(S, BytesMut)> {
+    let mut buf = BytesMut::new();
+    loop {
+        let (token, skip) = match auth_line(&buf) {
+            AuthLine::More => {
+                buf.reserve(1024);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => continue,
+                    _ if buf.is_empty() => return None,
+                    _ => (None, 0),
+                }
+            }
+            AuthLine::None => (None, 0),
+            AuthLine::Token(t, len) => (Some(t.to_string()), len),
+            AuthLine::Bad => {
+                door.refused(
+                    peer,
+                    "syslog-tcp",
+                    "unauthorized: malformed OKLOG-AUTH line",
+                );
+                return None;
+            }
+        };
+        if (door.needs_token(cert) || token.is_some())
+            && let Err(why) = door.authorize(token.as_deref(), cert)
+        {
+            door.refused(peer, "syslog-tcp", &why);
+            return None;
+        }
+        let _ = buf.split_to(skip);
+        return Some((stream, buf));
+    }
+}
+
+async fn connection<S: tokio::io::AsyncRead + Unpin>(
+    mut stream: S,
+    mut buf: BytesMut,
+    peer: std::net::SocketAddr,
     push: Arc<Push>,
     idle: Option<Duration>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let peer = stream.peer_addr().ok();
+    let peer = Some(peer);
+    let mut read_ahead = !buf.is_empty();
     let max = push.cfg.max_body;
     let topic = push.cfg.topic.clone();
-    let mut buf = BytesMut::new();
     loop {
         if buf.capacity() - buf.len() < READ_BUF / 4 {
             buf.reserve(READ_BUF);
         }
         let idle_for = idle.unwrap_or(Duration::MAX);
-        let n = tokio::select! {
+        // What came with the connection's first line is framed before reading more.
+        let n = if std::mem::take(&mut read_ahead) {
+            buf.len()
+        } else {
+            tokio::select! {
             r = stream.read_buf(&mut buf) => r.unwrap_or(0),
             _ = stop.changed() => 0,
             _ = tokio::time::sleep(idle_for), if idle.is_some() => {
                 tracing::debug!(?peer, "closing idle syslog connection");
                 0
+            }
             }
         };
         let mut batch = Batch::with_capacity(buf.len() * 2);
