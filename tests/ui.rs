@@ -386,3 +386,67 @@ fn ui_searches_charts_and_tails_in_a_browser() {
     let errors = b.js_errors();
     assert!(errors.is_empty(), "JavaScript errors: {errors:#?}");
 }
+
+#[test]
+fn ui_asks_for_a_token_when_the_node_wants_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    write_last_hour(&dir.path().join("data/store"));
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "node-token-0000000000000001 cluster\nquery-token-000000000000001 query\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let node = Node::start_env(
+        dir.path(),
+        &ingeststore_args(&["-auth.token-file", tokens.to_str().unwrap()]),
+        &["api"],
+        &[("OKLOG_AUTH_TOKEN", "node-token-0000000000000001")],
+    );
+    let api = node.addr("api").to_string();
+    let mut b = Browser::launch();
+    b.navigate(&format!("http://{api}/ui/?q=error"));
+    b.wait_for(
+        "document.body && !document.getElementById('login').hidden",
+        WAIT,
+        "the page to ask for a token",
+    );
+    assert_eq!(rows(&mut b), 0, "nothing shown without a token");
+    // A wrong token is refused, and the page says so.
+    let submit = |b: &mut Browser, token: &str| {
+        b.eval(&format!(
+            "document.getElementById('token').value = {}; \
+             document.getElementById('login').requestSubmit(); true",
+            serde_json::to_string(token).unwrap()
+        ));
+    };
+    submit(&mut b, "not-the-right-token-000001");
+    b.wait_for(
+        "!document.getElementById('login').hidden && \
+         document.getElementById('login-why').textContent.includes('refused')",
+        WAIT,
+        "a refused token to be reported",
+    );
+    submit(&mut b, "query-token-000000000000001");
+    b.wait_for(
+        "document.body.dataset.state === 'done' && \
+         document.querySelectorAll('#results tbody tr').length > 0",
+        WAIT,
+        "the search to run with the token",
+    );
+    assert_eq!(
+        b.eval("sessionStorage.getItem('oklog-token')"),
+        "query-token-000000000000001",
+        "kept for this tab's session"
+    );
+    assert!(b.eval("document.getElementById('login').hidden") == true);
+    assert!(
+        chart_total(&mut b) > 0,
+        "the chart's hits came with the token too"
+    );
+    let errors = b.js_errors();
+    assert!(errors.is_empty(), "{errors:?}");
+}

@@ -5,6 +5,9 @@
 // The page state lives in the URL: q, regex=1, i=1 (ignore case), from (a relative range such
 // as 1h, or an RFC 3339 time), to (RFC 3339; absent means now), topic (repeatable), order=asc
 // (oldest first; newest first is the default) and tail=1 (live tail).
+//
+// A node with -auth.token-file answers 401 without a token of the query role: the page then
+// asks for one and keeps it in session storage (this tab only), sending it as a bearer token.
 
 const $ = (id) => document.getElementById(id);
 
@@ -26,6 +29,7 @@ let planTimer = 0;
 let planController = null;
 let tail = null; // {paused, waiting: [], dropped} while a live tail runs
 let paging = null; // {params, oldest, mark} while newest-first results can go on
+const TOKEN_KEY = "oklog-token";
 
 // ---------------------------------------------------------------------------------------------
 // State and URL
@@ -163,6 +167,40 @@ function windowParams(s) {
   return storeQuery(s, p);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tokens
+
+/** `fetch` with the session's token as a bearer; a 401 asks for a token. */
+async function api(url, opts = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = new Headers(opts.headers || {});
+  if (token) headers.set("Authorization", "Bearer " + token);
+  const resp = await fetch(url, { ...opts, headers });
+  if (resp.status === 401) askForToken(token ? "That token was refused; give another." : "");
+  return resp;
+}
+
+function askForToken(why) {
+  $("login-why").textContent = why;
+  if ($("login").hidden) {
+    $("login").hidden = false;
+    $("token").focus();
+  }
+}
+
+function useToken(e) {
+  e.preventDefault();
+  const token = $("token").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("token").value = "";
+  $("login").hidden = true;
+  const s = readState();
+  plan();
+  loadTopics();
+  if (s.q || s.tail || location.search) run(s);
+}
+
 async function failure(resp) {
   const body = await resp.text();
   return body || `${resp.status} ${resp.statusText}`;
@@ -231,10 +269,10 @@ async function plan() {
   }
   try {
     const url = "../store/query?" + params;
-    const resp = await fetch(url, { method: "HEAD", signal: planController.signal });
+    const resp = await api(url, { method: "HEAD", signal: planController.signal });
     if (resp.status === 400) {
       // HEAD answers carry no body: ask again for the message (refused before any work).
-      const again = await fetch(url, { signal: planController.signal });
+      const again = await api(url, { signal: planController.signal });
       line.textContent = await failure(again);
       line.classList.add("bad");
       return;
@@ -402,7 +440,7 @@ async function showRecords(params, s, signal) {
   if (s.order !== "asc") return showPage(params, highlighter(s), signal, null);
   let shown = 0;
   try {
-    const resp = await fetch("../store/query?" + params, { signal });
+    const resp = await api("../store/query?" + params, { signal });
     if (!resp.ok) {
       showError(await failure(resp));
       return null;
@@ -445,7 +483,7 @@ async function showPage(params, mark, signal, oldest, again = 0) {
   let sameMs = again;
   let received = 0;
   try {
-    const resp = await fetch("../store/query?" + p, { signal });
+    const resp = await api("../store/query?" + p, { signal });
     if (!resp.ok) {
       showError(await failure(resp));
       return null;
@@ -518,7 +556,7 @@ async function toggleContext(tr) {
   p.set("before", String(CONTEXT));
   p.set("after", String(CONTEXT));
   try {
-    const resp = await fetch("../store/query?" + p);
+    const resp = await api("../store/query?" + p);
     if (!resp.ok) {
       cell.textContent = await failure(resp);
       return;
@@ -547,7 +585,7 @@ async function drawHits(params, signal) {
   try {
     const p = new URLSearchParams(params);
     p.set("by", "topic");
-    const resp = await fetch("../store/hits?" + p, { signal });
+    const resp = await api("../store/hits?" + p, { signal });
     if (!resp.ok) {
       figure.hidden = true;
       // The records request reports the same 400 verbatim; report anything else here.
@@ -685,7 +723,7 @@ async function loadTopics() {
     return;
   }
   try {
-    const resp = await fetch("../store/topics?" + params);
+    const resp = await api("../store/topics?" + params);
     if (!resp.ok) return;
     const answer = await resp.json();
     const select = $("topic");
@@ -730,7 +768,7 @@ async function startTail(s) {
   const p = storeQuery(s, new URLSearchParams());
   const mark = highlighter(s);
   try {
-    const resp = await fetch("../store/stream?" + p, { signal: controller.signal });
+    const resp = await api("../store/stream?" + p, { signal: controller.signal });
     if (!resp.ok) {
       showError(await failure(resp));
       endTail();
@@ -839,6 +877,7 @@ function init() {
     remember(st);
     startTail(st);
   });
+  $("login").addEventListener("submit", useToken);
   $("pause").addEventListener("click", togglePause);
   $("older").addEventListener("click", older);
   $("results").addEventListener("click", (e) => {

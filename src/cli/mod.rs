@@ -31,6 +31,7 @@ MODES
   stream       Streaming commandline tool
   segment      Read store segment files (cat, info), raw or compressed
   testsvc      Test service, emits log lines at a fixed rate
+  keygen       Print a new cluster key (for -cluster.key-file)
 
 VERSION
   ";
@@ -51,6 +52,7 @@ pub fn main(argv: Vec<String>) -> i32 {
         "segment" => return segment::run(rest),
         "stream" => stream::run(rest),
         "testsvc" => testsvc::run(rest),
+        "keygen" => crate::security::key::generate().map(|k| println!("{k}")),
         "-h" | "-help" | "--help" | "help" => {
             println!("{USAGE}{}", env!("CARGO_PKG_VERSION"));
             return 0;
