@@ -533,6 +533,35 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // -tls.server-name: the certificate is checked for that name, not the address dialled.
+    let with_query = [("OKLOG_AUTH_TOKEN", QUERY_TOKEN)];
+    let named = |name: &str| {
+        oklog_env(
+            &[
+                "query",
+                "-store",
+                &store,
+                "-tls.ca-file",
+                &ca,
+                "-tls.server-name",
+                name,
+                "-from",
+                "1h",
+            ],
+            &with_query,
+        )
+    };
+    assert!(
+        named("localhost").status.success(),
+        "the certificate names localhost"
+    );
+    let out = named("elsewhere.example");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotValidForName"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut stream = Command::new(BIN)
         .args([
             "stream",

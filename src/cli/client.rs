@@ -30,6 +30,12 @@ pub fn flags() -> Vec<Flag> {
             "private key (PEM) of -tls.cert-file",
         ),
         flag(
+            "tls.server-name",
+            Kind::Str,
+            "",
+            "name the server's certificate must have (default: the host dialled)",
+        ),
+        flag(
             "auth.token",
             Kind::Str,
             "",
@@ -45,6 +51,8 @@ pub struct ClientOpts {
     pub files: TlsFiles,
     /// `-auth.token`.
     pub token: Option<String>,
+    /// `-tls.server-name`.
+    pub server_name: Option<String>,
 }
 
 fn path(args: &Args, name: &str) -> Option<PathBuf> {
@@ -64,17 +72,22 @@ impl ClientOpts {
                 client_ca: None,
             },
             token: (!token.trim().is_empty()).then(|| token.trim().to_string()),
+            server_name: path(args, "tls.server-name").map(|p| p.display().to_string()),
         }
     }
 
     /// Whether a `-tls.*` flag was given (raw ingest connections then speak TLS).
     pub fn wants_tls(&self) -> bool {
-        self.files.any()
+        self.files.any() || self.server_name.is_some()
     }
 
     /// The rustls client configuration.
     pub fn tls(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        client_config(self.files.ca.as_deref(), self.files.identity()?)
+        client_config(
+            self.files.ca.as_deref(),
+            self.files.identity()?,
+            self.server_name.as_deref(),
+        )
     }
 
     /// What an HTTP client needs.

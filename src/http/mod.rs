@@ -74,7 +74,8 @@ pub fn channel_body(mut rx: mpsc::Receiver<io::Result<Bytes>>) -> Body {
 /// Read `file` in 256 KiB chunks, as the consumer of the stream asks for them. An I/O error
 /// is the last item. Nothing is held while the consumer waits (a client that stopped reading,
 /// a SIGSTOPped peer) but the file and the stream itself: no thread blocks on a full channel.
-fn file_chunks(
+/// A file's bytes as a stream of chunks.
+pub fn file_chunks(
     file: std::fs::File,
 ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
     use tokio::io::AsyncReadExt;
@@ -573,7 +574,7 @@ impl ClientSecurity {
                 static SYSTEM: std::sync::OnceLock<Arc<rustls::ClientConfig>> =
                     std::sync::OnceLock::new();
                 let c = SYSTEM.get_or_init(|| {
-                    crate::security::tls::client_config(None, None)
+                    crate::security::tls::client_config(None, None, None)
                         .expect("a client configuration without files")
                 });
                 (**c).clone()

@@ -7,6 +7,7 @@
 //! name a path. An id that is not a canonical UUID is a 400 and touches nothing.
 
 use std::collections::HashMap;
+use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -144,27 +145,106 @@ fn id_param(params: &Params) -> Result<String, Box<Response>> {
     }
 }
 
-fn unknown() -> Response {
-    text(StatusCode::NOT_FOUND, "segment not found\n")
+fn unknown() -> Refused {
+    (StatusCode::NOT_FOUND, "segment not found\n".into())
 }
 
-async fn next(State(api): State<Arc<IngestApi>>) -> Response {
-    let log = Arc::clone(&api.log);
-    match tokio::task::spawn_blocking(move || log.take_oldest()).await {
-        Ok(Ok(Some(path))) => {
+/// Why a claim, read, commit or fail was refused: the status and message the API answers.
+pub type Refused = (StatusCode, String);
+
+impl IngestApi {
+    /// Claim the oldest flushed segment (`/ingest/next`): its id, or `None` when there is none.
+    pub async fn claim(&self) -> io::Result<Option<String>> {
+        let log = Arc::clone(&self.log);
+        let taken = tokio::task::spawn_blocking(move || log.take_oldest())
+            .await
+            .map_err(io::Error::other)??;
+        Ok(taken.map(|path| {
             let id = disk::new_uuid();
-            api.lock().insert(
+            self.lock().insert(
                 id.clone(),
                 Pending {
                     path,
-                    deadline: Instant::now() + api.pending_timeout,
+                    deadline: Instant::now() + self.pending_timeout,
                     reading: false,
                 },
             );
-            (StatusCode::OK, id).into_response()
+            id
+        }))
+    }
+
+    /// Open a claimed segment to read it (`/ingest/read`); only once.
+    pub fn open(&self, id: &str) -> Result<std::fs::File, Refused> {
+        let path = {
+            let mut map = self.lock();
+            let Some(p) = map.get_mut(id) else {
+                return Err(unknown());
+            };
+            if p.reading {
+                return Err((
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "another client is already reading this segment\n".into(),
+                ));
+            }
+            p.reading = true;
+            p.path.clone()
+        };
+        std::fs::File::open(&path)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))
+    }
+
+    /// Commit a segment that was read (`/ingest/commit`).
+    pub async fn commit(&self, id: &str) -> Result<(), Refused> {
+        let path = {
+            let mut map = self.lock();
+            match map.get(id) {
+                None => return Err(unknown()),
+                Some(p) if !p.reading => {
+                    return Err((
+                        StatusCode::PRECONDITION_REQUIRED,
+                        "segment hasn't been read yet; can't commit\n".into(),
+                    ));
+                }
+                Some(_) => map.remove(id).map(|p| p.path).unwrap_or_default(),
+            }
+        };
+        let log = Arc::clone(&self.log);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        match tokio::task::spawn_blocking(move || log.commit(&path)).await {
+            Ok(Ok(())) => {
+                self.metrics.ingest_committed_segments.inc();
+                self.metrics.ingest_committed_bytes.inc_by(size);
+                self.bulk.committed(&stem);
+                Ok(())
+            }
+            Ok(Err(e)) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))),
+            Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))),
         }
-        Ok(Ok(None)) => text(StatusCode::NOT_FOUND, "404 page not found\n"),
-        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+
+    /// Fail a claimed segment back (`/ingest/failed`): it is offered again.
+    pub async fn fail(&self, id: &str) -> Result<(), Refused> {
+        let Some(p) = self.lock().remove(id) else {
+            return Err(unknown());
+        };
+        self.fail_path(p.path).await;
+        Ok(())
+    }
+}
+
+fn refused((status, message): Refused) -> Response {
+    text(status, message)
+}
+
+async fn next(State(api): State<Arc<IngestApi>>) -> Response {
+    match api.claim().await {
+        Ok(Some(id)) => (StatusCode::OK, id).into_response(),
+        Ok(None) => text(StatusCode::NOT_FOUND, "404 page not found\n"),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
 }
@@ -174,23 +254,9 @@ async fn read(State(api): State<Arc<IngestApi>>, params: Params) -> Response {
         Ok(id) => id,
         Err(r) => return *r,
     };
-    let path = {
-        let mut map = api.lock();
-        let Some(p) = map.get_mut(&id) else {
-            return unknown();
-        };
-        if p.reading {
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "another client is already reading this segment\n",
-            );
-        }
-        p.reading = true;
-        p.path.clone()
-    };
-    match std::fs::File::open(&path) {
+    match api.open(&id) {
         Ok(file) => (StatusCode::OK, file_body(file)).into_response(),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(r) => refused(r),
     }
 }
 
@@ -199,35 +265,9 @@ async fn commit(State(api): State<Arc<IngestApi>>, params: Params) -> Response {
         Ok(id) => id,
         Err(r) => return *r,
     };
-    let path = {
-        let mut map = api.lock();
-        match map.get(&id) {
-            None => return unknown(),
-            Some(p) if !p.reading => {
-                return text(
-                    StatusCode::PRECONDITION_REQUIRED,
-                    "segment hasn't been read yet; can't commit\n",
-                );
-            }
-            Some(_) => map.remove(&id).map(|p| p.path).unwrap_or_default(),
-        }
-    };
-    let log = Arc::clone(&api.log);
-    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default()
-        .to_string();
-    match tokio::task::spawn_blocking(move || log.commit(&path)).await {
-        Ok(Ok(())) => {
-            api.metrics.ingest_committed_segments.inc();
-            api.metrics.ingest_committed_bytes.inc_by(size);
-            api.bulk.committed(&stem);
-            text(StatusCode::OK, "Commit OK\n")
-        }
-        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    match api.commit(&id).await {
+        Ok(()) => text(StatusCode::OK, "Commit OK\n"),
+        Err(r) => refused(r),
     }
 }
 
@@ -236,11 +276,10 @@ async fn failed(State(api): State<Arc<IngestApi>>, params: Params) -> Response {
         Ok(id) => id,
         Err(r) => return *r,
     };
-    let Some(p) = api.lock().remove(&id) else {
-        return unknown();
-    };
-    api.fail_path(p.path).await;
-    text(StatusCode::OK, "Failed OK\n")
+    match api.fail(&id).await {
+        Ok(()) => text(StatusCode::OK, "Failed OK\n"),
+        Err(r) => refused(r),
+    }
 }
 
 async fn segment_state(State(api): State<Arc<IngestApi>>) -> Response {

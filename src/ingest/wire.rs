@@ -26,7 +26,15 @@ pub enum Wire {
 pub struct TlsWire {
     tcp: TcpStream,
     tls: rustls::ServerConnection,
+    /// Bytes read from the socket and not yet given to rustls, `inbuf[pos..]` (rustls reads
+    /// 4 KiB at a time: read straight from the socket, that was four system calls per record).
+    /// Given back whenever the socket has nothing more, so idle connections hold none.
+    inbuf: Vec<u8>,
+    pos: usize,
 }
+
+/// The socket reads of a TLS connection (64 KiB).
+const TLS_READ: usize = 64 << 10;
 
 /// `io::Read`/`io::Write` over a tokio socket's non-blocking calls (for rustls).
 struct TryIo<'a>(&'a TcpStream);
@@ -60,7 +68,23 @@ impl TlsWire {
         Ok(())
     }
 
+    /// Read as much plaintext as is there, up to `buf`'s size (a TLS record holds at most
+    /// 16 KiB: returning one at a time would make a durable connection fsync per record).
     fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = self.try_read_some(buf)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        while n < buf.len() {
+            match self.try_read_some(&mut buf[n..]) {
+                Ok(0) | Err(_) => break, // the end or an error shows at the next read
+                Ok(more) => n += more,
+            }
+        }
+        Ok(n)
+    }
+
+    fn try_read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.tls.reader().read(buf) {
                 Ok(n) => return Ok(n), // 0: the client said close_notify
@@ -70,7 +94,21 @@ impl TlsWire {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
-            let n = self.tls.read_tls(&mut TryIo(&self.tcp))?;
+            if self.pos == self.inbuf.len() {
+                self.inbuf.resize(TLS_READ, 0);
+                match self.tcp.try_read(&mut self.inbuf) {
+                    Ok(got) => self.inbuf.truncate(got),
+                    Err(e) => {
+                        self.inbuf = Vec::new();
+                        self.pos = 0;
+                        return Err(e);
+                    }
+                }
+                self.pos = 0;
+            }
+            let mut rest = &self.inbuf[self.pos..];
+            let n = self.tls.read_tls(&mut rest)?; // 0 on an empty slice: the socket's end
+            self.pos += n;
             self.tls
                 .process_new_packets()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -109,7 +147,12 @@ impl TlsWire {
 impl Wire {
     /// Wrap a finished handshake.
     pub fn tls(tcp: TcpStream, tls: rustls::ServerConnection) -> Wire {
-        Wire::Tls(Box::new(TlsWire { tcp, tls }))
+        Wire::Tls(Box::new(TlsWire {
+            tcp,
+            tls,
+            inbuf: Vec::new(),
+            pos: 0,
+        }))
     }
 
     /// The socket underneath.
@@ -124,8 +167,9 @@ impl Wire {
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             Wire::Plain(s) => s.readable().await,
-            // rustls holds decrypted bytes already, or the connection has ended.
-            Wire::Tls(t) if !t.tls.wants_read() => Ok(()),
+            // rustls holds decrypted bytes already (or the connection has ended), or bytes
+            // read from the socket wait for it.
+            Wire::Tls(t) if !t.tls.wants_read() || t.pos < t.inbuf.len() => Ok(()),
             Wire::Tls(t) => t.tcp.readable().await,
         }
     }

@@ -218,23 +218,81 @@ impl ServerTls {
     }
 }
 
-/// A client configuration: servers verified against `ca` (default: the system's CAs), and
-/// `identity` presented when a server asks for a client certificate.
+/// A client configuration: servers verified against `ca` (default: the system's CAs), for
+/// `server_name` instead of the address dialled when given (`-tls.server-name`: peers in
+/// Kubernetes are dialled at pod IPs no certificate names), and `identity` presented when a
+/// server asks for a client certificate.
 pub fn client_config(
     ca: Option<&Path>,
     identity: Option<Arc<Identity>>,
+    server_name: Option<&str>,
 ) -> anyhow::Result<Arc<ClientConfig>> {
     let roots = match ca {
         Some(p) => roots(p, "-tls.ca-file")?,
         None => system_roots(),
     };
-    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let builder = match server_name {
+        None => ClientConfig::builder().with_root_certificates(roots),
+        Some(name) => {
+            let name = rustls::pki_types::ServerName::try_from(name.to_string())
+                .map_err(|e| anyhow::anyhow!("-tls.server-name {name:?}: {e}"))?;
+            let inner = rustls::client::WebPkiServerVerifier::builder(roots)
+                .build()
+                .map_err(|e| anyhow::anyhow!("-tls.ca-file: {e}"))?;
+            ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(FixedName { inner, name }))
+        }
+    };
     let mut cfg = match identity {
         Some(id) => builder.with_client_cert_resolver(id as _),
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = Vec::new();
     Ok(Arc::new(cfg))
+}
+
+/// Verifies a server's certificate as the standard verifier does, for a fixed name.
+#[derive(Debug)]
+struct FixedName {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for FixedName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The host name to verify a server's certificate against (an IP address works too, when the

@@ -52,6 +52,22 @@ pub struct ConsumerConfig {
     pub replication_factor: usize,
 }
 
+/// An ingester in this process (an `ingeststore` node's own), which a consumer reaches
+/// without HTTP: the same claim, read and commit as `/ingest/next`, `/ingest/read`,
+/// `/ingest/commit` and `/ingest/failed`.
+pub trait LocalIngest: Send + Sync + std::fmt::Debug {
+    /// Claim the oldest flushed segment: its id, or `None` when there is none.
+    fn next(&self) -> futures_util::future::BoxFuture<'_, io::Result<Option<String>>>;
+    /// Open a claimed segment to read it (once).
+    fn read(&self, id: &str) -> io::Result<std::fs::File>;
+    /// Commit (`true`) or fail back a claimed segment.
+    fn finish<'a>(
+        &'a self,
+        id: &'a str,
+        commit: bool,
+    ) -> futures_util::future::BoxFuture<'a, io::Result<()>>;
+}
+
 /// One consumer state machine.
 #[derive(Debug)]
 pub struct Consumer {
@@ -76,6 +92,8 @@ pub struct Consumer {
     warn_at: Instant,
     /// This node's API address and store: a replica for itself is adopted in place.
     local: Option<(String, Arc<super::StoreApi>)>,
+    /// This node's API address and ingester: its segments are taken without HTTP (or TLS).
+    local_ingest: Option<(String, Arc<dyn LocalIngest>)>,
     /// Ingesters that failed a call: skipped until the instant, with the cool-down to double
     /// if they fail again.
     cooling: std::collections::HashMap<String, (Instant, Duration)>,
@@ -108,6 +126,22 @@ impl Consumer {
             // from `Instant::now()` here would panic on a machine booted moments ago.)
             warn_at: Instant::now() + JOIN_GRACE,
             local: None,
+            local_ingest: None,
+        }
+    }
+
+    /// Segments of this node's own ingester (API address `me`) are taken from `ingest`
+    /// directly, not over HTTP.
+    pub fn with_local_ingest(mut self, me: String, ingest: Arc<dyn LocalIngest>) -> Self {
+        self.local_ingest = Some((me, ingest));
+        self
+    }
+
+    /// The in-process ingester, if `ingester` is this node.
+    fn local_ingester(&self, ingester: &str) -> Option<Arc<dyn LocalIngest>> {
+        match &self.local_ingest {
+            Some((me, li)) if me == ingester => Some(Arc::clone(li)),
+            _ => None,
         }
     }
 
@@ -215,8 +249,15 @@ impl Consumer {
         }
     }
 
-    /// Claim and read one segment from `ingester`; `Ok(false)` if it had none.
-    async fn gather(&mut self, ingester: &str) -> io::Result<bool> {
+    /// Claim a segment of `ingester` over HTTP and start reading it (`None`: it had none).
+    async fn claim_over_http(
+        &mut self,
+        ingester: &str,
+    ) -> io::Result<
+        Option<
+            std::pin::Pin<Box<dyn futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send>>,
+        >,
+    > {
         let url = http::url(ingester, "/ingest/next");
         let (status, body) = http::call(
             &self.client,
@@ -227,7 +268,7 @@ impl Consumer {
         )
         .await?;
         if status == hyper::StatusCode::NOT_FOUND {
-            return Ok(false);
+            return Ok(None);
         }
         let text = http::body_text(body).await?;
         if !status.is_success() {
@@ -255,7 +296,29 @@ impl Consumer {
             )));
         }
         // A segment body that stalls (a SIGSTOPped ingester) fails the step after CALL_TIMEOUT.
-        let mut stream = Box::pin(idle_timeout(body.into_data_stream(), CALL_TIMEOUT));
+        Ok(Some(Box::pin(idle_timeout(
+            body.into_data_stream(),
+            CALL_TIMEOUT,
+        ))))
+    }
+
+    /// Claim and read one segment from `ingester`; `Ok(false)` if it had none.
+    async fn gather(&mut self, ingester: &str) -> io::Result<bool> {
+        let mut stream: std::pin::Pin<
+            Box<dyn futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send>,
+        > = match self.local_ingester(ingester) {
+            Some(li) => {
+                let Some(id) = li.next().await? else {
+                    return Ok(false);
+                };
+                self.pending.push((ingester.to_string(), id.clone()));
+                Box::pin(http::file_chunks(li.read(&id)?))
+            }
+            None => match self.claim_over_http(ingester).await? {
+                Some(body) => body,
+                None => return Ok(false),
+            },
+        };
         // Read up to the first record's ULID to choose where the segment goes.
         let mut first_chunks: Vec<bytes::Bytes> = Vec::new();
         let mut seen = 0;
@@ -496,7 +559,14 @@ impl Consumer {
             .into_iter()
             .map(|(ingester, id)| {
                 let client = self.client.clone();
+                let local = self.local_ingester(&ingester);
                 async move {
+                    if let Some(li) = local {
+                        if let Err(e) = li.finish(&id, commit).await {
+                            tracing::warn!(%ingester, %id, error = %e, "{verb} failed");
+                        }
+                        return;
+                    }
                     let url = http::url(&ingester, &format!("/ingest/{verb}?id={id}"));
                     match http::call(&client, Method::POST, &url, http::empty_body(), CALL_TIMEOUT)
                         .await

@@ -225,7 +225,11 @@ pub fn build_security(
         None => None,
     };
     let client = http::ClientSecurity {
-        tls: Some(tls::client_config(cfg.tls.ca.as_deref(), identity)?),
+        tls: Some(tls::client_config(
+            cfg.tls.ca.as_deref(),
+            identity,
+            cfg.server_name.as_deref(),
+        )?),
         token: cfg.token.clone(),
     };
     Ok(SecurityParts {

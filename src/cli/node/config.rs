@@ -111,6 +111,12 @@ pub fn common_flags(role: &str) -> Vec<Flag> {
             "CA certificates (PEM) that peers are verified against (default: the system's)",
         ),
         flag(
+            "tls.server-name",
+            Kind::Str,
+            "",
+            "name peers' certificates must have (default: the address dialled; set it when peers are dialled at addresses no certificate names, such as pod IPs)",
+        ),
+        flag(
             "auth.token-file",
             Kind::Str,
             "",
@@ -380,6 +386,8 @@ pub struct NodeConfig {
 pub struct SecurityConfig {
     /// `-tls.cert-file`, `-tls.key-file`, `-tls.ca-file`, `-tls.client-ca-file`.
     pub tls: crate::security::tls::TlsFiles,
+    /// `-tls.server-name`.
+    pub server_name: Option<String>,
     /// `-auth.token-file`.
     pub token_file: Option<PathBuf>,
     /// `-auth.token` (`OKLOG_AUTH_TOKEN`).
@@ -419,6 +427,8 @@ impl SecurityConfig {
             );
         }
         Ok(SecurityConfig {
+            server_name: Some(args.str("tls.server-name").trim().to_string())
+                .filter(|s| !s.is_empty()),
             tls,
             token_file,
             token,

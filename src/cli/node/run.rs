@@ -45,6 +45,38 @@ const PUSH_PATHS: &[&str] = &[
     "/insert/elasticsearch/{index}/_bulk",
 ];
 
+/// An `ingeststore` node's own ingester, as its consumers reach it: in process, not over
+/// HTTP (and TLS) to itself.
+#[derive(Debug)]
+struct OwnIngester(Arc<crate::ingest::IngestApi>);
+
+impl crate::store::consume::LocalIngest for OwnIngester {
+    fn next(&self) -> futures_util::future::BoxFuture<'_, std::io::Result<Option<String>>> {
+        Box::pin(self.0.claim())
+    }
+
+    fn read(&self, id: &str) -> std::io::Result<std::fs::File> {
+        self.0
+            .open(id)
+            .map_err(|(status, why)| std::io::Error::other(format!("{status}: {}", why.trim())))
+    }
+
+    fn finish<'a>(
+        &'a self,
+        id: &'a str,
+        commit: bool,
+    ) -> futures_util::future::BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(async move {
+            let done = if commit {
+                self.0.commit(id).await
+            } else {
+                self.0.fail(id).await
+            };
+            done.map_err(|(status, why)| std::io::Error::other(format!("{status}: {}", why.trim())))
+        })
+    }
+}
+
 /// Build a tokio runtime and run the node until SIGINT/SIGTERM, or until a part fails.
 pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     let role = cfg.role;
@@ -293,6 +325,7 @@ impl Node {
             }
             parts
         });
+        let ingest_api = ingest.as_ref().map(|p| Arc::clone(&p.api));
         if let Some(parts) = &store {
             let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
             self.metrics.on_scrape(move || {
@@ -337,6 +370,13 @@ impl Node {
                     Arc::clone(&self.metrics),
                 )
                 .with_local(self.gossip.me().api_addr, Arc::clone(&parts.api));
+                let consumer = match &ingest_api {
+                    Some(api) => consumer.with_local_ingest(
+                        self.gossip.me().api_addr,
+                        Arc::new(OwnIngester(Arc::clone(api))),
+                    ),
+                    None => consumer,
+                };
                 tasks.spawn(&format!("consumer-{i}"), consumer.run(all_rx.clone()));
             }
         }
