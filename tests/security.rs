@@ -501,8 +501,8 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
 
     // Our CLIs: https and the token from the environment.
     let store = format!("https://{}", node.addr("api"));
-    let out = oklog_env(
-        &[
+    let query = |extra: &[&str], env: &[(&str, &str)]| {
+        let base = [
             "query",
             "-store",
             &store,
@@ -510,47 +510,22 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
             &ca,
             "-from",
             "1h",
-        ],
-        &[("OKLOG_AUTH_TOKEN", QUERY_TOKEN)],
-    );
+        ];
+        oklog_env(&[base.as_slice(), extra].concat(), env)
+    };
+    let with_query = [("OKLOG_AUTH_TOKEN", QUERY_TOKEN)];
+    let out = query(&[], &with_query);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("via-durable"),
         "{text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = oklog_env(
-        &[
-            "query",
-            "-store",
-            &store,
-            "-tls.ca-file",
-            &ca,
-            "-from",
-            "1h",
-        ],
-        &[],
-    );
+    let out = query(&[], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     // -tls.server-name: the certificate is checked for that name, not the address dialled.
-    let with_query = [("OKLOG_AUTH_TOKEN", QUERY_TOKEN)];
-    let named = |name: &str| {
-        oklog_env(
-            &[
-                "query",
-                "-store",
-                &store,
-                "-tls.ca-file",
-                &ca,
-                "-tls.server-name",
-                name,
-                "-from",
-                "1h",
-            ],
-            &with_query,
-        )
-    };
+    let named = |name: &str| query(&["-tls.server-name", name], &with_query);
     assert!(
         named("localhost").status.success(),
         "the certificate names localhost"
@@ -558,7 +533,7 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
     let out = named("elsewhere.example");
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("NotValidForName"),
+        String::from_utf8_lossy(&out.stderr).contains("not valid for name"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -785,6 +760,9 @@ fn a_three_node_cluster_with_tls_tokens_and_a_cluster_key() {
             args.extend(["-peer".into(), p.into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
+        if name == "c" {
+            args.push("-auth.protect-metrics".into());
+        }
         Node::start_env(
             &tmp.path().join(name),
             &args,
@@ -813,6 +791,10 @@ fn a_three_node_cluster_with_tls_tokens_and_a_cluster_key() {
             .all(|n| members(n).len() == 3)
             .then_some(())
     });
+    // /metrics is open, unless the node protects it.
+    assert_eq!(api(&pki, &a, "GET", "/metrics", None).0, 200);
+    assert_eq!(api(&pki, &c, "GET", "/metrics", None).0, 401);
+    assert_eq!(api(&pki, &c, "GET", "/metrics", Some(QUERY_TOKEN)).0, 200);
     assert!(
         members(&a).iter().all(|m| m.starts_with("https://")),
         "{:?}",

@@ -280,7 +280,7 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
         let resp = client
             .request(req)
             .await
-            .map_err(|e| anyhow::anyhow!("{method} {url}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{method} {url}: {}", http::error_chain(&e)))?;
         let (parts, body) = resp.into_parts();
         (parts.status, parts.headers, body)
     };

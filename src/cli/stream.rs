@@ -95,7 +95,7 @@ async fn follow(url: &str, ulid: bool, sec: &http::ClientSecurity) -> anyhow::Re
     let resp = client
         .request(req)
         .await
-        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("GET {url}: {}", http::error_chain(&e)))?;
     let (parts, mut body) = resp.into_parts();
     if parts.status != StatusCode::OK {
         let text = http::body_text(body).await.unwrap_or_default();

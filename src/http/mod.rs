@@ -717,9 +717,25 @@ pub async fn call_full(
                 format!("{url}: no response within {timeout:?}"),
             )
         })?
-        .map_err(|e| io::Error::other(format!("{url}: {e}")))?;
+        .map_err(|e| io::Error::other(format!("{url}: {}", error_chain(&e))))?;
     let (parts, body) = resp.into_parts();
     Ok((parts.status, parts.headers, body))
+}
+
+/// An error and its sources, `outer: inner: ...` (a client's "client error (Connect)" says
+/// why only in its sources: an unknown CA, a refused connection).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// How long a small response body (an id, an "OK") may take to arrive whole.
