@@ -379,6 +379,26 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
     );
     let _ = s.kill();
     let _ = s.wait();
+    // Without the token line, syslog over TLS is refused.
+    let mut sneaky = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-CAfile",
+            &ca,
+            "-connect",
+            node.addr("syslog-tcp"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        sneaky.stdin.as_mut().unwrap(),
+        b"<13>1 2026-11-29T23:59:00Z host app - - - sneaky-syslog\n",
+    )
+    .unwrap();
 
     // Without a token, or with one of another role, the raw ports refuse and say why.
     let (code, err) = forward_for(
@@ -493,6 +513,21 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
         assert!(code == 401 || code == 403, "{code} {body}");
     }
     wait_for_bodies(&pki, &node, &["not-stolen"]);
+    let _ = sneaky.kill();
+    let _ = sneaky.wait();
+    let all = records(&pki, &node, "/store/query", QUERY_TOKEN);
+    assert!(
+        !all.iter().any(|l| l.contains("sneaky-syslog")),
+        "syslog without a token was stored"
+    );
+    let (_, metrics) = api(&pki, &node, "GET", "/metrics", None);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                .starts_with("oklog_ingest_refused_connections_total{modality=\"syslog-tcp\"}")),
+        "the refusal is counted"
+    );
     // The node's own token may (it is how store nodes consume).
     assert_eq!(
         api(&pki, &node, "GET", "/store/_clusterstate", Some(NODE_TOKEN)).0,

@@ -209,6 +209,11 @@ impl Door {
         }
     }
 
+    /// Whether connections must present credentials (tokens or client certificates are on).
+    pub fn checks(&self) -> bool {
+        self.guard.is_on()
+    }
+
     /// The listeners' TLS configuration, if any.
     pub fn tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
         self.tls.as_ref()
