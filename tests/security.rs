@@ -185,6 +185,20 @@ fn served_subject(addr: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `openssl s_client -quiet` to `addr`, trusting `ca`, having sent `text`; it stays until
+/// killed.
+fn tls_lines(ca: &str, addr: &str, text: &str) -> std::process::Child {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-CAfile", ca, "-connect", addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl is installed");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    child
+}
+
 /// Run `oklog <args>` with `env`, to completion.
 fn oklog_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let scratch = tempfile::tempdir().unwrap();
@@ -349,28 +363,13 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
         assert_eq!(code, Some(0), "{port}: {err}");
     }
     // syslog over TLS with the token line (openssl s_client as the client).
-    let mut s = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-CAfile",
-            &ca,
-            "-connect",
-            node.addr("syslog-tcp"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        s.stdin.as_mut().unwrap(),
-        format!(
+    let mut s = tls_lines(
+        &ca,
+        node.addr("syslog-tcp"),
+        &format!(
             "OKLOG-AUTH {INGEST_TOKEN}\n<13>1 2026-11-29T23:59:00Z host app - - - via-syslog\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+        ),
+    );
     // (s_client -quiet stays until killed.)
     wait_for_bodies(
         &pki,
@@ -380,25 +379,11 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
     let _ = s.kill();
     let _ = s.wait();
     // Without the token line, syslog over TLS is refused.
-    let mut sneaky = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-CAfile",
-            &ca,
-            "-connect",
-            node.addr("syslog-tcp"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        sneaky.stdin.as_mut().unwrap(),
-        b"<13>1 2026-11-29T23:59:00Z host app - - - sneaky-syslog\n",
-    )
-    .unwrap();
+    let mut sneaky = tls_lines(
+        &ca,
+        node.addr("syslog-tcp"),
+        "<13>1 2026-11-29T23:59:00Z host app - - - sneaky-syslog\n",
+    );
 
     // Without a token, or with one of another role, the raw ports refuse and say why.
     let (code, err) = forward_for(
