@@ -195,10 +195,7 @@ function useToken(e) {
   sessionStorage.setItem(TOKEN_KEY, token);
   $("token").value = "";
   $("login").hidden = true;
-  const s = readState();
-  plan();
-  loadTopics();
-  if (s.q || s.tail || location.search) run(s);
+  start(readState());
 }
 
 async function failure(resp) {
@@ -434,21 +431,28 @@ async function search(s) {
   document.body.dataset.state = "done";
 }
 
+/** Ask ../store/query for `params` and pass its lines to `onLines` as they come; false when
+ *  the node answered with an error (shown). */
+async function queryLines(params, signal, onLines) {
+  const resp = await api("../store/query?" + params, { signal });
+  if (!resp.ok) {
+    showError(await failure(resp));
+    return false;
+  }
+  if (resp.status === 206) showPartial(resp);
+  await readLines(resp, onLines);
+  return true;
+}
+
 /** Stream the matching records into the table; resolves to the number shown, or null on
  *  failure (shown as an error). */
 async function showRecords(params, s, signal) {
   if (s.order !== "asc") return showPage(params, highlighter(s), signal, null);
   let shown = 0;
   try {
-    const resp = await api("../store/query?" + params, { signal });
-    if (!resp.ok) {
-      showError(await failure(resp));
-      return null;
-    }
-    if (resp.status === 206) showPartial(resp);
     const mark = highlighter(s);
     const tbody = $("results").tBodies[0];
-    await readLines(resp, (lines) => {
+    const answered = await queryLines(params, signal, (lines) => {
       const frag = document.createDocumentFragment();
       for (const line of lines) {
         if (shown >= MAX_ROWS) break;
@@ -459,7 +463,7 @@ async function showRecords(params, s, signal) {
       setStatus(`${shown.toLocaleString()} records so far…`);
       return shown < MAX_ROWS;
     });
-    return shown;
+    return answered ? shown : null;
   } catch (e) {
     if (e.name === "AbortError") return shown;
     showError(`Search failed: ${e.message}`);
@@ -483,13 +487,7 @@ async function showPage(params, mark, signal, oldest, again = 0) {
   let sameMs = again;
   let received = 0;
   try {
-    const resp = await api("../store/query?" + p, { signal });
-    if (!resp.ok) {
-      showError(await failure(resp));
-      return null;
-    }
-    if (resp.status === 206) showPartial(resp);
-    await readLines(resp, (lines) => {
+    const answered = await queryLines(p, signal, (lines) => {
       const frag = document.createDocumentFragment();
       for (const line of lines) {
         received++;
@@ -505,6 +503,7 @@ async function showPage(params, mark, signal, oldest, again = 0) {
       setStatus(`${tbody.rows.length.toLocaleString()} records so far…`);
       return true;
     });
+    if (!answered) return null;
   } catch (e) {
     if (e.name === "AbortError") return tbody.rows.length;
     showError(`Search failed: ${e.message}`);
@@ -902,6 +901,11 @@ function init() {
     showState(st);
     run(st);
   });
+  start(s);
+}
+
+/** What the page does on its own: the plan, the topics, and the search or tail of the URL. */
+function start(s) {
   plan();
   loadTopics();
   if (s.q || s.tail || location.search) run(s);

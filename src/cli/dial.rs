@@ -24,8 +24,10 @@ type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// Makes connections to ingesters.
 pub struct Dialer {
-    tls: Option<(tokio_rustls::TlsConnector, tokio::runtime::Runtime)>,
-    rustls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS, when asked for.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The runtime driving TLS connections, made by the first one (bulk never needs it).
+    runtime: std::sync::OnceLock<tokio::runtime::Runtime>,
     token: Option<String>,
 }
 
@@ -111,25 +113,35 @@ impl LinkIo {
 impl Dialer {
     /// A dialer for `opts`; `tls` forces TLS even without a `-tls.*` flag.
     pub fn new(opts: &ClientOpts, tls: bool) -> anyhow::Result<Dialer> {
-        let (tls, rustls) = if tls || opts.wants_tls() {
-            let config = opts.tls()?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("forward-tls")
-                .enable_all()
-                .build()?;
-            (
-                Some((tokio_rustls::TlsConnector::from(Arc::clone(&config)), rt)),
-                Some(config),
-            )
-        } else {
-            (None, None)
-        };
         Ok(Dialer {
-            tls,
-            rustls,
+            tls: if tls || opts.wants_tls() {
+                Some(opts.tls()?)
+            } else {
+                None
+            },
+            runtime: std::sync::OnceLock::new(),
             token: opts.token.clone(),
         })
+    }
+
+    fn runtime(&self) -> io::Result<&tokio::runtime::Runtime> {
+        if let Some(rt) = self.runtime.get() {
+            return Ok(rt);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("forward-tls")
+            .enable_all()
+            .build()?;
+        Ok(self.runtime.get_or_init(|| rt))
+    }
+
+    /// Send the token line, if there is a token.
+    fn present_token(&self, w: impl FnOnce(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        match &self.token {
+            Some(t) => w(format!("OKLOG-AUTH {t}\n").as_bytes()),
+            None => Ok(()),
+        }
     }
 
     /// Connect to `addr`; `before` runs on the TCP socket before TLS starts (the urgent
@@ -146,9 +158,9 @@ impl Dialer {
                 let theirs = stream.try_clone()?;
                 (LinkIo::Plain(stream), LinkRead::Plain(theirs))
             }
-            Some((connector, rt)) => {
-                let name = crate::security::tls::server_name(&addr.host)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            Some(config) => {
+                let (name, rt) = (tls_name(addr)?, self.runtime()?);
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
                 let tcp = stream.try_clone()?;
                 stream.set_nonblocking(true)?;
                 let tls = rt.block_on(async {
@@ -171,30 +183,30 @@ impl Dialer {
                 )
             }
         };
-        if let Some(t) = &self.token {
-            io.write_all(format!("OKLOG-AUTH {t}\n").as_bytes())?;
-        }
+        self.present_token(|line| io.write_all(line))?;
         Ok((io, read))
     }
 
     /// A blocking stream for request/answer protocols (bulk): TLS when asked for.
     pub fn connect_blocking(&self, addr: &Addr) -> io::Result<Box<dyn ReadWrite>> {
         let stream = dial(addr)?;
-        let mut s: Box<dyn ReadWrite> = match &self.rustls {
+        let mut s: Box<dyn ReadWrite> = match &self.tls {
             None => Box::new(stream),
             Some(config) => {
-                let name = crate::security::tls::server_name(&addr.host)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                let conn = rustls::ClientConnection::new(Arc::clone(config), name)
+                let conn = rustls::ClientConnection::new(Arc::clone(config), tls_name(addr)?)
                     .map_err(io::Error::other)?;
                 Box::new(rustls::StreamOwned::new(conn, stream))
             }
         };
-        if let Some(t) = &self.token {
-            s.write_all(format!("OKLOG-AUTH {t}\n").as_bytes())?;
-        }
+        self.present_token(|line| s.write_all(line))?;
         Ok(s)
     }
+}
+
+/// The name `addr`'s certificate is checked for.
+fn tls_name(addr: &Addr) -> io::Result<rustls::pki_types::ServerName<'static>> {
+    crate::security::tls::server_name(&addr.host)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
 }
 
 /// A blocking byte stream with a socket underneath.

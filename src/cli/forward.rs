@@ -261,7 +261,8 @@ struct Link {
 struct AckState {
     inner: std::sync::Mutex<Acked>,
     changed: std::sync::Condvar,
-    /// What the ingester said when it refused the connection (`OKLOG-ERR <why>`).
+    /// What the ingester said when it refused the connection (`OKLOG-ERR <why>`); empty
+    /// while it did not.
     refusal: std::sync::Mutex<String>,
 }
 
@@ -273,8 +274,6 @@ struct Acked {
     offset: u64,
     /// The ingester closed its side (`Some(true)` gracefully, `Some(false)` with a reset).
     closed: Option<bool>,
-    /// The ingester refused the connection (see [`AckState::refusal`]).
-    refused: bool,
 }
 
 impl AckState {
@@ -302,13 +301,8 @@ impl Link {
     /// An error when the ingester refused this connection (a bad token, say): retrying would
     /// not help.
     fn refused(&self) -> anyhow::Result<()> {
-        if self.acks.get().refused {
-            let why = self
-                .acks
-                .refusal
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+        let why = self.acks.refusal.lock().unwrap_or_else(|p| p.into_inner());
+        if !why.is_empty() {
             bail!("the ingester refused the connection: {why}");
         }
         Ok(())
@@ -330,16 +324,13 @@ fn read_acks(stream: LinkRead, tcp: TcpStream, acks: Arc<AckState>) {
             Err(_) => break false,
         }
         if let Some(why) = line.strip_prefix(b"OKLOG-ERR ") {
-            *acks.refusal.lock().unwrap_or_else(|p| p.into_inner()) =
-                String::from_utf8_lossy(why).trim().to_string();
-            acks.update(|a| a.refused = true);
+            let why = String::from_utf8_lossy(why).trim().to_string();
+            *acks.refusal.lock().unwrap_or_else(|p| p.into_inner()) = if why.is_empty() {
+                "no reason given".into()
+            } else {
+                why
+            };
             continue;
-        }
-        if first && line.starts_with(&[0x15, 0x03]) {
-            // A TLS alert record: the port speaks TLS and this connection does not.
-            *acks.refusal.lock().unwrap_or_else(|p| p.into_inner()) =
-                "the port speaks TLS (give -tls.ca-file, or a tls:// address)".into();
-            acks.update(|a| a.refused = true);
         }
         if std::mem::take(&mut first) {
             if line == crate::ingest::conn::ACK_GREETING {

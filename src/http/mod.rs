@@ -74,7 +74,6 @@ pub fn channel_body(mut rx: mpsc::Receiver<io::Result<Bytes>>) -> Body {
 /// Read `file` in 256 KiB chunks, as the consumer of the stream asks for them. An I/O error
 /// is the last item. Nothing is held while the consumer waits (a client that stopped reading,
 /// a SIGSTOPped peer) but the file and the stream itself: no thread blocks on a full channel.
-/// A file's bytes as a stream of chunks.
 pub fn file_chunks(
     file: std::fs::File,
 ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {

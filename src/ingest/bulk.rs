@@ -149,9 +149,10 @@ async fn read_exact<S: Socket>(stream: &mut S, buf: &mut [u8]) -> io::Result<()>
 }
 
 /// Read the connection's start: an optional `OKLOG-AUTH <token>` line, then the greeting.
-/// `Ok(Err(why))` when it is refused.
+/// `Ok(Err(why))` when it is refused (a refusal for credentials is counted and logged).
 async fn greeting<S: Socket>(
     stream: &mut S,
+    peer: SocketAddr,
     cert: bool,
     ing: &Ingester,
 ) -> io::Result<Result<(), String>> {
@@ -168,16 +169,17 @@ async fn greeting<S: Socket>(
                 break;
             }
             if line.len() >= super::wire::MAX_AUTH_LINE {
-                return Ok(Err("unauthorized: malformed OKLOG-AUTH line".into()));
+                let why = "unauthorized: malformed OKLOG-AUTH line";
+                ing.door().refused(peer, "bulk", why);
+                return Ok(Err(why.into()));
             }
             line.push(byte[0]);
         }
         token = Some(String::from_utf8_lossy(&line).trim().to_string());
         read_exact(stream, &mut start[..RAW_AUTH_PREFIX.len()]).await?;
     }
-    if (ing.door().needs_token(cert) || token.is_some())
-        && let Err(why) = ing.door().authorize(token.as_deref(), cert)
-    {
+    if let Err(why) = ing.door().authorize(token.as_deref(), cert) {
+        ing.door().refused(peer, "bulk", &why);
         return Ok(Err(why));
     }
     read_exact(stream, &mut start[RAW_AUTH_PREFIX.len()..]).await?;
@@ -193,10 +195,7 @@ async fn handle<S: Socket>(
     cert: bool,
     ing: &Ingester,
 ) -> io::Result<()> {
-    if let Err(why) = greeting(stream, cert, ing).await? {
-        if why.starts_with("unauthorized") || why.starts_with("forbidden") {
-            ing.door().refused(peer, "bulk", &why);
-        }
+    if let Err(why) = greeting(stream, peer, cert, ing).await? {
         return reply(stream, &format!("ERR {why}")).await;
     }
     loop {

@@ -166,6 +166,7 @@ impl Ingester {
         sync: super::sync::SyncGroup,
         bulk: Arc<super::bulk::Waiters>,
     ) -> Ingester {
+        let door = Arc::new(Door::open(&metrics));
         Ingester {
             log,
             framer,
@@ -178,7 +179,7 @@ impl Ingester {
             live: AtomicUsize::new(0),
             refused_log: Throttle::new(Duration::from_secs(10)),
             failed_log: Throttle::new(Duration::from_secs(10)),
-            door: Arc::new(Door::open(&Metrics::new())),
+            door,
         }
     }
 
@@ -219,14 +220,8 @@ impl Door {
         self.tls.as_ref()
     }
 
-    /// Whether a connection must present a token (it has no verified client certificate and
-    /// tokens or client certificates are required).
-    pub fn needs_token(&self, cert: bool) -> bool {
-        self.guard.is_on() && !(cert && self.guard.client_certs)
-    }
-
     /// Check the token of an `OKLOG-AUTH` line (`None`: there was none) of a connection that
-    /// presented a verified client certificate or not.
+    /// presented a verified client certificate or not (with nothing to check, anything goes).
     pub fn authorize(&self, token: Option<&str>, cert: bool) -> Result<(), String> {
         use crate::security::auth::{Need, Refusal, Role};
         match self.guard.check(Need::Role(Role::Ingest), token, cert) {
@@ -643,7 +638,6 @@ async fn handle(
     let mut acks = acks.unwrap_or_else(Acks::off);
     let mut gate = Gate {
         pending: Some(Vec::new()),
-        needs_token: ing.door.needs_token(cert),
         cert,
         refused: None,
     };
@@ -700,8 +694,6 @@ struct Gate {
     /// Bytes read while it is not yet known whether they start with an `OKLOG-AUTH` line;
     /// `None` once known.
     pending: Option<Vec<u8>>,
-    /// The connection must present a token.
-    needs_token: bool,
     /// It presented a verified client certificate.
     cert: bool,
     /// Why it was refused.
@@ -726,9 +718,7 @@ impl Gate {
                 return false;
             }
         };
-        if (self.needs_token || token.is_some())
-            && let Err(why) = pump.ing.door.authorize(token.as_deref(), self.cert)
-        {
+        if let Err(why) = pump.ing.door.authorize(token.as_deref(), self.cert) {
             self.refused = Some(why);
             return false;
         }

@@ -36,14 +36,8 @@ pub struct TlsWire {
 /// The socket reads of a TLS connection (64 KiB).
 const TLS_READ: usize = 64 << 10;
 
-/// `io::Read`/`io::Write` over a tokio socket's non-blocking calls (for rustls).
+/// `io::Write` over a tokio socket's non-blocking writes (for rustls).
 struct TryIo<'a>(&'a TcpStream);
-
-impl Read for TryIo<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
-    }
-}
 
 impl Write for TryIo<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -190,8 +190,6 @@ pub struct ServerTls {
     pub api: Arc<ServerConfig>,
     /// The fast, durable, bulk and syslog-tcp listeners' configuration.
     pub ingest: Arc<ServerConfig>,
-    /// The certificate served (reloaded on change).
-    pub identity: Arc<Identity>,
 }
 
 impl ServerTls {
@@ -202,16 +200,16 @@ impl ServerTls {
         client_ca: Option<&Path>,
         tokens: bool,
     ) -> anyhow::Result<ServerTls> {
+        let client_roots = client_ca
+            .map(|ca| roots(ca, "-tls.client-ca-file"))
+            .transpose()?;
         let config = |require: bool| -> anyhow::Result<Arc<ServerConfig>> {
             let builder = ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-            let builder = match client_ca {
+            let builder = match &client_roots {
                 Some(ca) => {
-                    let v = rustls::server::WebPkiClientVerifier::builder(roots(
-                        ca,
-                        "-tls.client-ca-file",
-                    )?);
+                    let v = rustls::server::WebPkiClientVerifier::builder(Arc::clone(ca));
                     let v = if require {
                         v
                     } else {
@@ -224,14 +222,13 @@ impl ServerTls {
                 }
                 None => builder.with_no_client_auth(),
             };
-            let mut cfg = builder.with_cert_resolver(Arc::clone(&identity) as _);
-            cfg.alpn_protocols = Vec::new();
-            Ok(Arc::new(cfg))
+            Ok(Arc::new(
+                builder.with_cert_resolver(Arc::clone(&identity) as _),
+            ))
         };
         Ok(ServerTls {
             api: config(false)?,
             ingest: config(!tokens)?,
-            identity: Arc::clone(&identity),
         })
     }
 }
@@ -267,12 +264,10 @@ pub fn client_config(
                 .with_custom_certificate_verifier(Arc::new(FixedName { inner, name }))
         }
     };
-    let mut cfg = match identity {
+    Ok(Arc::new(match identity {
         Some(id) => builder.with_client_cert_resolver(id as _),
         None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = Vec::new();
-    Ok(Arc::new(cfg))
+    }))
 }
 
 /// Verifies a server's certificate as the standard verifier does, for a fixed name.

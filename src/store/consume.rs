@@ -68,6 +68,10 @@ pub trait LocalIngest: Send + Sync + std::fmt::Debug {
     ) -> futures_util::future::BoxFuture<'a, io::Result<()>>;
 }
 
+/// A segment's bytes as they are read.
+type SegmentBody =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send>>;
+
 /// One consumer state machine.
 #[derive(Debug)]
 pub struct Consumer {
@@ -250,14 +254,7 @@ impl Consumer {
     }
 
     /// Claim a segment of `ingester` over HTTP and start reading it (`None`: it had none).
-    async fn claim_over_http(
-        &mut self,
-        ingester: &str,
-    ) -> io::Result<
-        Option<
-            std::pin::Pin<Box<dyn futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send>>,
-        >,
-    > {
+    async fn claim_over_http(&mut self, ingester: &str) -> io::Result<Option<SegmentBody>> {
         let url = http::url(ingester, "/ingest/next");
         let (status, body) = http::call(
             &self.client,
@@ -304,9 +301,7 @@ impl Consumer {
 
     /// Claim and read one segment from `ingester`; `Ok(false)` if it had none.
     async fn gather(&mut self, ingester: &str) -> io::Result<bool> {
-        let mut stream: std::pin::Pin<
-            Box<dyn futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send>,
-        > = match self.local_ingester(ingester) {
+        let mut stream: SegmentBody = match self.local_ingester(ingester) {
             Some(li) => {
                 let Some(id) = li.next().await? else {
                     return Ok(false);

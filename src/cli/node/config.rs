@@ -410,9 +410,6 @@ impl SecurityConfig {
             ca: path("tls.ca-file"),
             client_ca: path("tls.client-ca-file"),
         };
-        if tls.cert.is_some() != tls.key.is_some() {
-            bail!("-tls.cert-file and -tls.key-file go together");
-        }
         if tls.client_ca.is_some() && tls.cert.is_none() {
             bail!(
                 "-tls.client-ca-file needs -tls.cert-file and -tls.key-file (client certificates are checked over TLS)"

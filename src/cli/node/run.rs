@@ -56,9 +56,7 @@ impl crate::store::consume::LocalIngest for OwnIngester {
     }
 
     fn read(&self, id: &str) -> std::io::Result<std::fs::File> {
-        self.0
-            .open(id)
-            .map_err(|(status, why)| std::io::Error::other(format!("{status}: {}", why.trim())))
+        self.0.open(id).map_err(refused)
     }
 
     fn finish<'a>(
@@ -72,9 +70,14 @@ impl crate::store::consume::LocalIngest for OwnIngester {
             } else {
                 self.0.fail(id).await
             };
-            done.map_err(|(status, why)| std::io::Error::other(format!("{status}: {}", why.trim())))
+            done.map_err(refused)
         })
     }
+}
+
+/// An ingester's refusal as the error an HTTP consumer would have seen.
+fn refused((status, why): crate::ingest::api::Refused) -> std::io::Error {
+    std::io::Error::other(format!("{status}: {}", why.trim()))
 }
 
 /// Build a tokio runtime and run the node until SIGINT/SIGTERM, or until a part fails.

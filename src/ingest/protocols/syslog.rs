@@ -446,9 +446,7 @@ async fn admit<S: tokio::io::AsyncRead + Unpin>(
                 return None;
             }
         };
-        if (door.needs_token(cert) || token.is_some())
-            && let Err(why) = door.authorize(token.as_deref(), cert)
-        {
+        if let Err(why) = door.authorize(token.as_deref(), cert) {
             door.refused(peer, "syslog-tcp", &why);
             return None;
         }
