@@ -176,7 +176,11 @@ async function api(url, opts = {}) {
   const headers = new Headers(opts.headers || {});
   if (token) headers.set("Authorization", "Bearer " + token);
   const resp = await fetch(url, { ...opts, headers });
-  if (resp.status === 401) askForToken(token ? "That token was refused; give another." : "");
+  // A 401 to a request sent with an older token (one still in flight when a new token was
+  // given) says nothing about the current one.
+  if (resp.status === 401 && sessionStorage.getItem(TOKEN_KEY) === token) {
+    askForToken(token ? "That token was refused; give another." : "");
+  }
   return resp;
 }
 
