@@ -1,6 +1,9 @@
 //! Micro-benchmarks of the hot paths: framing input lines into records (with ULIDs), the
 //! k-way merge, the matcher over a segment, and the ingest segment writer.
 //!
+//! Also the floor under TLS: AES-128-GCM (ring, as rustls uses it) sealing and opening 16 KiB
+//! records in place, beside a rustls server and client passing the same bytes in memory.
+//!
 //! `cargo bench --bench core`
 
 use std::hint::black_box;
@@ -136,5 +139,185 @@ fn writing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, framing, merging, matching, writing);
+/// A CA-signed ECDSA P-256 certificate for 127.0.0.1 made by `openssl` (as the tests do).
+fn pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let sh = |args: &str| {
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl: {args}");
+    };
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout ca.key -out ca.pem -days 1 -subj /CN=bench-ca",
+    );
+    sh(
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout node.key -out node.csr -subj /CN=node && \
+        echo subjectAltName=IP:127.0.0.1 > node.ext && \
+        openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -out node.pem -days 1 -extfile node.ext",
+    );
+    (
+        dir.join("node.pem"),
+        dir.join("node.key"),
+        dir.join("ca.pem"),
+    )
+}
+
+fn tls(c: &mut Criterion) {
+    use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    use std::io::{Read, Write};
+    const RECORD: usize = 16 << 10;
+    const TOTAL: usize = 64 << 20;
+    let key = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &[7; 16]).unwrap());
+    let mut g = c.benchmark_group("tls");
+    g.throughput(Throughput::Bytes(TOTAL as u64));
+    let mut buf = vec![b'x'; RECORD];
+    g.bench_function("aes-128-gcm seal, 64 MiB in 16 KiB records", |b| {
+        b.iter(|| {
+            for i in 0..TOTAL / RECORD {
+                let mut nonce = [0u8; 12];
+                nonce[4..].copy_from_slice(&(i as u64).to_be_bytes());
+                let tag = key
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::empty(),
+                        &mut buf,
+                    )
+                    .unwrap();
+                black_box(tag.as_ref()[0]);
+            }
+        })
+    });
+    let mut sealed = vec![b'x'; RECORD];
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key([0; 12]),
+            Aad::empty(),
+            &mut sealed,
+        )
+        .unwrap();
+    sealed.extend_from_slice(tag.as_ref());
+    g.bench_function("aes-128-gcm open, 64 MiB in 16 KiB records", |b| {
+        let mut work = sealed.clone();
+        b.iter(|| {
+            for _ in 0..TOTAL / RECORD {
+                work.copy_from_slice(&sealed);
+                let plain = key
+                    .open_in_place(
+                        Nonce::assume_unique_for_key([0; 12]),
+                        Aad::empty(),
+                        &mut work,
+                    )
+                    .unwrap();
+                black_box(plain.len());
+            }
+        })
+    });
+
+    // rustls end to end in memory: the server writes, the client reads.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key_file, ca) = pki(dir.path());
+    let identity = oklog::security::tls::Identity::load(&cert, &key_file).unwrap();
+    let server = oklog::security::tls::ServerTls::new(identity, None, false)
+        .unwrap()
+        .api;
+    let client = oklog::security::tls::client_config(Some(&ca), None, None).unwrap();
+    let mut s = rustls::ServerConnection::new(server).unwrap();
+    let mut cl = rustls::ClientConnection::new(client, "127.0.0.1".try_into().unwrap()).unwrap();
+    let mut wire = Vec::new();
+    while cl.is_handshaking() || s.is_handshaking() {
+        wire.clear();
+        cl.write_tls(&mut wire).unwrap();
+        s.read_tls(&mut &wire[..]).unwrap();
+        s.process_new_packets().unwrap();
+        wire.clear();
+        s.write_tls(&mut wire).unwrap();
+        cl.read_tls(&mut &wire[..]).unwrap();
+        cl.process_new_packets().unwrap();
+    }
+    let chunk = vec![b'y'; 256 << 10];
+    let mut out = vec![0u8; 64 << 10];
+    g.bench_function("rustls server to client, 64 MiB", |b| {
+        b.iter(|| {
+            for _ in 0..TOTAL / chunk.len() {
+                s.writer().write_all(&chunk).unwrap();
+                wire.clear();
+                while s.wants_write() {
+                    s.write_tls(&mut wire).unwrap();
+                }
+                let mut input = &wire[..];
+                while !input.is_empty() {
+                    cl.read_tls(&mut input).unwrap();
+                    cl.process_new_packets().unwrap();
+                    while let Ok(n) = cl.reader().read(&mut out) {
+                        if n == 0 {
+                            break;
+                        }
+                        black_box(&out[..n]);
+                    }
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
+/// A 64-byte aligned buffer.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+struct Aligned(Vec<u8>, usize);
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+impl Aligned {
+    fn new(len: usize) -> Aligned {
+        let v = vec![7u8; len + 64];
+        let at = v.as_ptr().align_offset(64);
+        Aligned(v, at)
+    }
+    fn as_ptr(&self) -> *const u8 {
+        self.0[self.1..].as_ptr()
+    }
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.0[self.1..].as_mut_ptr()
+    }
+}
+
+/// glibc's `memcpy` (the bench binary keeps it) against `oklog::copy`, which the `oklog` binary
+/// uses instead on AMD under glibc < 2.39; the destination one byte past alignment.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+fn copying(c: &mut Criterion) {
+    let mut g = c.benchmark_group("copy");
+    for size in [4usize << 10, 16 << 10, 256 << 10, 512 << 10] {
+        // Both 64-byte aligned, then the destination one byte further.
+        let src = Aligned::new(size);
+        let mut dst = Aligned::new(size + 1);
+        g.throughput(Throughput::Bytes(size as u64));
+        for skew in [0, 1] {
+            let (d, s) = (dst.as_mut_ptr().wrapping_add(skew), src.as_ptr());
+            g.bench_function(format!("glibc {} KiB, skew {skew}", size >> 10), |b| {
+                // SAFETY: separate buffers of `size` bytes from the pointers on.
+                b.iter(|| unsafe { std::ptr::copy_nonoverlapping(black_box(s), d, size) })
+            });
+            g.bench_function(
+                format!("oklog::copy {} KiB, skew {skew}", size >> 10),
+                |b| {
+                    // SAFETY: as above.
+                    b.iter(|| unsafe { oklog::copy::memcpy(d, black_box(s), size) })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+fn copying(_: &mut Criterion) {}
+
+criterion_group!(benches, framing, merging, matching, writing, tls, copying);
 criterion_main!(benches);
