@@ -120,6 +120,18 @@ fn matching(c: &mut Criterion) {
     g.finish();
 }
 
+fn filtering(c: &mut Criterion) {
+    let records = segment(10_000, 0);
+    let mut g = c.benchmark_group("segment");
+    g.throughput(Throughput::Bytes(records.len() as u64));
+    let mut builder = oklog::segment::FilterBuilder::default();
+    let mut out = Vec::new();
+    g.bench_function("needle filter of a 1 MiB block", |b| {
+        b.iter(|| builder.build(black_box(&records), &mut out))
+    });
+    g.finish();
+}
+
 fn writing(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let log = std::sync::Arc::new(oklog::ingest::IngestLog::open(dir.path()).unwrap());
@@ -319,5 +331,7 @@ fn copying(c: &mut Criterion) {
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
 fn copying(_: &mut Criterion) {}
 
-criterion_group!(benches, framing, merging, matching, writing, tls, copying);
+criterion_group!(
+    benches, framing, merging, matching, filtering, writing, tls, copying
+);
 criterion_main!(benches);
