@@ -140,6 +140,38 @@ pub unsafe fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
 // stored at 32-byte aligned destinations. The loops are assembly so that the compiler cannot
 // turn them back into a call to `memcpy`.
 
+/// The first and last 128 bytes of `src` into `h0..h3` and `t0..t3`.
+macro_rules! load_ends {
+    () => {
+        concat!(
+            "vmovdqu {h0}, [{src}]\n",
+            "vmovdqu {h1}, [{src} + 32]\n",
+            "vmovdqu {h2}, [{src} + 64]\n",
+            "vmovdqu {h3}, [{src} + 96]\n",
+            "vmovdqu {t0}, [{src} + {n} - 128]\n",
+            "vmovdqu {t1}, [{src} + {n} - 96]\n",
+            "vmovdqu {t2}, [{src} + {n} - 64]\n",
+            "vmovdqu {t3}, [{src} + {n} - 32]",
+        )
+    };
+}
+
+/// `h0..h3` and `t0..t3` into the first and last 128 bytes of `dst`.
+macro_rules! store_ends {
+    () => {
+        concat!(
+            "vmovdqu [{dst}], {h0}\n",
+            "vmovdqu [{dst} + 32], {h1}\n",
+            "vmovdqu [{dst} + 64], {h2}\n",
+            "vmovdqu [{dst} + 96], {h3}\n",
+            "vmovdqu [{dst} + {n} - 128], {t0}\n",
+            "vmovdqu [{dst} + {n} - 96], {t1}\n",
+            "vmovdqu [{dst} + {n} - 64], {t2}\n",
+            "vmovdqu [{dst} + {n} - 32], {t3}",
+        )
+    };
+}
+
 /// Copy ascending. `n >= 256`; the ranges may overlap only with `dst < src`.
 #[target_feature(enable = "avx2")]
 unsafe fn forward(dst: *mut u8, src: *const u8, n: usize) {
@@ -149,14 +181,7 @@ unsafe fn forward(dst: *mut u8, src: *const u8, n: usize) {
     // SAFETY: every address is within [src, src + n) and [dst, dst + n), n >= 256.
     unsafe {
         std::arch::asm!(
-            "vmovdqu {h0}, [{src}]",
-            "vmovdqu {h1}, [{src} + 32]",
-            "vmovdqu {h2}, [{src} + 64]",
-            "vmovdqu {h3}, [{src} + 96]",
-            "vmovdqu {t0}, [{src} + {n} - 128]",
-            "vmovdqu {t1}, [{src} + {n} - 96]",
-            "vmovdqu {t2}, [{src} + {n} - 64]",
-            "vmovdqu {t3}, [{src} + {n} - 32]",
+            load_ends!(),
             "lea {end}, [{n} - 128]",
             "2:",
             "vmovdqu {v0}, [{src} + {off}]",
@@ -170,14 +195,7 @@ unsafe fn forward(dst: *mut u8, src: *const u8, n: usize) {
             "add {off}, 128",
             "cmp {off}, {end}",
             "jb 2b",
-            "vmovdqu [{dst}], {h0}",
-            "vmovdqu [{dst} + 32], {h1}",
-            "vmovdqu [{dst} + 64], {h2}",
-            "vmovdqu [{dst} + 96], {h3}",
-            "vmovdqu [{dst} + {n} - 128], {t0}",
-            "vmovdqu [{dst} + {n} - 96], {t1}",
-            "vmovdqu [{dst} + {n} - 64], {t2}",
-            "vmovdqu [{dst} + {n} - 32], {t3}",
+            store_ends!(),
             "vzeroupper",
             dst = in(reg) dst,
             src = in(reg) src,
@@ -202,14 +220,7 @@ unsafe fn backward(dst: *mut u8, src: *const u8, n: usize) {
     // SAFETY: every address is within [src, src + n) and [dst, dst + n), n >= 256.
     unsafe {
         std::arch::asm!(
-            "vmovdqu {h0}, [{src}]",
-            "vmovdqu {h1}, [{src} + 32]",
-            "vmovdqu {h2}, [{src} + 64]",
-            "vmovdqu {h3}, [{src} + 96]",
-            "vmovdqu {t0}, [{src} + {n} - 128]",
-            "vmovdqu {t1}, [{src} + {n} - 96]",
-            "vmovdqu {t2}, [{src} + {n} - 64]",
-            "vmovdqu {t3}, [{src} + {n} - 32]",
+            load_ends!(),
             "2:",
             "cmp {off}, 128",
             "jbe 3f",
@@ -224,14 +235,7 @@ unsafe fn backward(dst: *mut u8, src: *const u8, n: usize) {
             "vmovdqa [{dst} + {off}], {v3}",
             "jmp 2b",
             "3:",
-            "vmovdqu [{dst} + {n} - 128], {t0}",
-            "vmovdqu [{dst} + {n} - 96], {t1}",
-            "vmovdqu [{dst} + {n} - 64], {t2}",
-            "vmovdqu [{dst} + {n} - 32], {t3}",
-            "vmovdqu [{dst}], {h0}",
-            "vmovdqu [{dst} + 32], {h1}",
-            "vmovdqu [{dst} + 64], {h2}",
-            "vmovdqu [{dst} + 96], {h3}",
+            store_ends!(),
             "vzeroupper",
             dst = in(reg) dst,
             src = in(reg) src,
