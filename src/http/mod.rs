@@ -22,8 +22,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 
+pub mod flush;
 #[cfg(feature = "pprof")]
 pub mod pprof;
+
+pub use flush::frame_body;
 
 /// Chunk size for streamed file bodies (256 KiB).
 const FILE_CHUNK: usize = 256 << 10;
@@ -46,14 +49,6 @@ pub fn text_body(status: StatusCode, headers: axum::http::HeaderMap, body: Body)
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
-}
-
-/// A body fed by a channel of frames (data, then perhaps trailers); an `Err` aborts the
-/// response, so the client sees a broken transfer rather than a short answer.
-pub fn frame_body(mut rx: mpsc::Receiver<io::Result<hyper::body::Frame<Bytes>>>) -> Body {
-    Body::new(http_body_util::StreamBody::new(
-        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
-    ))
 }
 
 /// Whether a request said it takes trailers (`TE: trailers`).
@@ -425,10 +420,12 @@ pub async fn serve_tls(
         };
         live.fetch_add(1, Ordering::SeqCst);
         let live = Arc::clone(&live);
+        let flushes = flush::Flushes::default();
         match &tls {
             None => {
-                let conn =
-                    graceful.watch(http1.serve_connection(TokioIo::new(stream), service.clone()));
+                let io = TokioIo::new(flush::FlushIo::new(stream, flushes.clone()));
+                let conn = graceful.watch(http1.serve_connection(io, service.clone()));
+                let conn = flush::FLUSHES.scope(flushes, conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "API connection ended");
@@ -453,9 +450,9 @@ pub async fn serve_tls(
                                     hyper::service::Service::call(&service, req)
                                 },
                             );
-                            let conn =
-                                watcher.watch(http1.serve_connection(TokioIo::new(tls), service));
-                            if let Err(e) = conn.await {
+                            let io = TokioIo::new(flush::FlushIo::new(tls, flushes.clone()));
+                            let conn = watcher.watch(http1.serve_connection(io, service));
+                            if let Err(e) = flush::FLUSHES.scope(flushes, conn).await {
                                 tracing::debug!(%peer, error = %e, "API connection ended");
                             }
                         }

@@ -595,7 +595,12 @@ fn merged_body(
                         }
                     }
                 }
-                late.last_frame(trailers).map(|last| (last, None))
+                let last = late.last_frame(trailers)?;
+                if last.is_err() {
+                    // An abort drops what hyper still holds: send it all first.
+                    http::flush::flushed().await;
+                }
+                Some((last, None))
             }
         });
         return Body::new(http_body_util::StreamBody::new(stream));

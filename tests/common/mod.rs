@@ -332,6 +332,19 @@ pub fn http_partial(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
+    http_partial_after(method, addr, path, headers, body, Duration::ZERO)
+}
+
+/// [`http_partial`] by a client that waits `wait` after sending before it reads anything (the
+/// server meanwhile fills the socket's buffers and its own).
+pub fn http_partial_after(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    wait: Duration,
+) -> Response {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let extra: String = headers
@@ -344,6 +357,7 @@ pub fn http_partial(
     );
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(body).unwrap();
+    std::thread::sleep(wait);
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
