@@ -114,29 +114,13 @@ pub async fn flushed() {
 /// A body fed by a channel of frames (data, then perhaps trailers); an `Err` aborts the
 /// response, so the client sees a broken transfer rather than a short answer, but only once
 /// every frame before it has been flushed to the socket (when served by the API server).
-pub fn frame_body(mut rx: mpsc::Receiver<io::Result<hyper::body::Frame<Bytes>>>) -> Body {
-    let mut held: Option<(io::Error, Flushes, u64)> = None;
-    Body::new(http_body_util::StreamBody::new(
-        futures_util::stream::poll_fn(move |cx| {
-            if let Some((_, flushes, at)) = &held {
-                flushes.0.waiting.register(cx.waker());
-                if flushes.0.count.load(Ordering::SeqCst) == *at {
-                    return Poll::Pending;
-                }
-                return Poll::Ready(held.take().map(|(e, ..)| Err(e)));
-            }
-            match ready!(rx.poll_recv(cx)) {
-                Some(Err(e)) => match FLUSHES.try_with(Flushes::clone) {
-                    Ok(flushes) => {
-                        let at = flushes.0.count.load(Ordering::SeqCst);
-                        flushes.0.waiting.register(cx.waker());
-                        held = Some((e, flushes, at));
-                        Poll::Pending
-                    }
-                    Err(_) => Poll::Ready(Some(Err(e))),
-                },
-                other => Poll::Ready(other),
-            }
-        }),
-    ))
+pub fn frame_body(rx: mpsc::Receiver<io::Result<hyper::body::Frame<Bytes>>>) -> Body {
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let frame = rx.recv().await?;
+        if frame.is_err() {
+            flushed().await;
+        }
+        Some((frame, rx))
+    });
+    Body::new(http_body_util::StreamBody::new(frames))
 }
