@@ -182,19 +182,6 @@ fn pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::p
     )
 }
 
-/// `dst.copy_from_slice(src)` as the `oklog` binary does it (glibc's own copy of 16 KiB is 30×
-/// slower on AMD under glibc < 2.39 and would be most of what the open loop measures).
-fn restore(dst: &mut [u8], src: &[u8]) {
-    assert_eq!(dst.len(), src.len());
-    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-    // SAFETY: separate slices of the same length.
-    unsafe {
-        oklog::copy::memcpy(dst.as_mut_ptr(), src.as_ptr(), src.len());
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
-    dst.copy_from_slice(src);
-}
-
 fn tls(c: &mut Criterion) {
     use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
     use std::io::{Read, Write};
@@ -235,7 +222,7 @@ fn tls(c: &mut Criterion) {
             let mut work = sealed.clone();
             b.iter(|| {
                 for _ in 0..TOTAL / RECORD {
-                    restore(&mut work, &sealed);
+                    work.copy_from_slice(&sealed);
                     let plain = key
                         .open_in_place(
                             Nonce::assume_unique_for_key([0; 12]),
@@ -299,10 +286,8 @@ fn tls(c: &mut Criterion) {
 }
 
 /// A 64-byte aligned buffer.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 struct Aligned(Vec<u8>, usize);
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 impl Aligned {
     fn new(len: usize) -> Aligned {
         let v = vec![7u8; len + 64];
@@ -317,9 +302,9 @@ impl Aligned {
     }
 }
 
-/// glibc's `memcpy` (the bench binary keeps it) against `oklog::copy`, which the `oklog` binary
-/// uses instead on AMD under glibc < 2.39; the destination one byte past alignment.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+/// The C library's `memcpy` with the destination aligned like the source and one byte past it:
+/// tells whether this machine has glibc bug 30994 (`rep movsb` up to 20x slower on AMD Zen with a
+/// misaligned destination, glibc < 2.39), which `docs/operating.md` works around with a tunable.
 fn copying(c: &mut Criterion) {
     let mut g = c.benchmark_group("copy");
     for size in [4usize << 10, 16 << 10, 256 << 10, 512 << 10] {
@@ -329,24 +314,14 @@ fn copying(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(size as u64));
         for skew in [0, 1] {
             let (d, s) = (dst.as_mut_ptr().wrapping_add(skew), src.as_ptr());
-            g.bench_function(format!("glibc {} KiB, skew {skew}", size >> 10), |b| {
+            g.bench_function(format!("libc {} KiB, skew {skew}", size >> 10), |b| {
                 // SAFETY: separate buffers of `size` bytes from the pointers on.
                 b.iter(|| unsafe { std::ptr::copy_nonoverlapping(black_box(s), d, size) })
             });
-            g.bench_function(
-                format!("oklog::copy {} KiB, skew {skew}", size >> 10),
-                |b| {
-                    // SAFETY: as above.
-                    b.iter(|| unsafe { oklog::copy::memcpy(d, black_box(s), size) })
-                },
-            );
         }
     }
     g.finish();
 }
-
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
-fn copying(_: &mut Criterion) {}
 
 criterion_group!(
     benches, framing, merging, matching, filtering, writing, tls, copying

@@ -14,12 +14,9 @@
 //! - [`security`]: TLS, tokens with roles, the cluster key.
 //! - [`ui`]: the embedded web UI at `/ui/`.
 //! - [`cli`]: one module per subcommand; `main.rs` only picks one.
-//! - `copy`: the binary's `memcpy` and `memmove` where glibc's are slow (AMD, glibc < 2.39).
 
 pub mod cli;
 pub mod cluster;
-#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-pub mod copy;
 pub mod disk;
 pub mod failpoint;
 pub mod gotime;
