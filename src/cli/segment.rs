@@ -11,9 +11,8 @@ use std::path::Path;
 
 use crate::gotime;
 use crate::merge::Source;
-use crate::record::{ULID_LEN, ulid_ms};
-use crate::segment::{Footer, Format, MIXED};
-use crate::store::log::{Records, format_of, map_segment};
+use crate::record::ulid_ms;
+use crate::segment::{self, Format, Info, Reader, Records};
 
 const USAGE: &str = "USAGE
   oklog segment cat FILE...    print the records of raw or compressed segments as raw lines
@@ -72,10 +71,8 @@ fn cat(path: &Path, out: &mut impl Write) -> io::Result<u64> {
         out.write_all(line)?;
         records.advance()?;
     }
-    if let Records::Compressed(g) = &records {
-        for (i, e) in &g.corrupt {
-            eprintln!("{}: block {i}: {e}", path.display());
-        }
+    for (i, e) in records.corrupt() {
+        eprintln!("{}: block {i}: {e}", path.display());
     }
     Ok(records.corrupt_blocks())
 }
@@ -86,96 +83,48 @@ fn time(id: &[u8]) -> String {
 
 /// Describe `path`; returns the blocks that fail their checksum.
 fn info(path: &Path, out: &mut impl Write) -> io::Result<u64> {
-    let size = std::fs::metadata(path)?.len();
+    // An empty file is a raw segment of no records.
+    let i = Reader::open_file(path)?.map_or_else(Info::default, |r| r.info());
     writeln!(out, "file      {}", path.display())?;
-    match format_of(path) {
-        Format::Raw => {
-            let mut records = Records::open(path)?;
-            let (mut n, mut low, mut high) = (0u64, None, Vec::new());
-            while let Some(line) = records.current() {
-                n += 1;
-                let id = &line[..line.len().min(ULID_LEN)];
-                low.get_or_insert_with(|| id.to_vec());
-                high.clear();
-                high.extend_from_slice(id);
-                records.advance()?;
-            }
-            let low = low.unwrap_or_default();
-            writeln!(out, "format    raw (v1)")?;
-            writeln!(out, "records   {n}")?;
-            if n > 0 {
-                writeln!(
-                    out,
-                    "ulids     {} .. {}",
-                    String::from_utf8_lossy(&low),
-                    String::from_utf8_lossy(&high)
-                )?;
-                writeln!(out, "time      {} .. {}", time(&low), time(&high))?;
-            }
-            writeln!(out, "raw       {size} bytes")?;
-            writeln!(out, "stored    {size} bytes")?;
-            writeln!(out)?;
-            Ok(0)
-        }
-        Format::Compressed => {
-            let map = map_segment(path)?.ok_or_else(|| io::Error::other("empty file"))?;
-            let footer = Footer::parse(&map)?;
-            let corrupt = footer
-                .blocks
-                .iter()
-                .filter(|b| {
-                    let s = b.offset as usize;
-                    map.get(s..s + b.stored_len as usize)
-                        .is_none_or(|d| crc32fast::hash(d) != b.crc)
-                })
-                .count() as u64;
-            let mixed: Vec<_> = footer.blocks.iter().filter(|b| b.topic == MIXED).collect();
-            writeln!(out, "format    compressed (v{})", crate::segment::VERSION)?;
-            writeln!(out, "records   {}", footer.records)?;
-            writeln!(
-                out,
-                "ulids     {} .. {}",
-                String::from_utf8_lossy(&footer.low),
-                String::from_utf8_lossy(&footer.high)
-            )?;
-            writeln!(
-                out,
-                "time      {} .. {}",
-                time(&footer.low),
-                time(&footer.high)
-            )?;
-            writeln!(out, "raw       {} bytes", footer.raw_bytes)?;
-            writeln!(
-                out,
-                "stored    {size} bytes (ratio {:.2}; blocks {} bytes, filters {} bytes)",
-                footer.raw_bytes as f64 / size.max(1) as f64,
-                footer.stored_bytes(),
-                footer
-                    .blocks
-                    .iter()
-                    .map(|b| u64::from(b.filter_len))
-                    .sum::<u64>()
-            )?;
-            writeln!(
-                out,
-                "blocks    {} in {} group(s); {} mixed ({} records); {corrupt} corrupt",
-                footer.blocks.len(),
-                footer.groups.len(),
-                mixed.len(),
-                mixed.iter().map(|b| u64::from(b.records)).sum::<u64>()
-            )?;
-            writeln!(out, "topics    {}", footer.topics.len())?;
-            for t in &footer.topics {
-                writeln!(
-                    out,
-                    "  {:<24} {:>10} records {:>12} bytes",
-                    String::from_utf8_lossy(&t.name),
-                    t.records,
-                    t.raw_bytes
-                )?;
-            }
-            writeln!(out)?;
-            Ok(corrupt)
-        }
+    match i.format {
+        Format::Raw => writeln!(out, "format    raw (v1)")?,
+        Format::Compressed => writeln!(out, "format    compressed (v{})", segment::VERSION)?,
     }
+    writeln!(out, "records   {}", i.records)?;
+    if let (Some(low), Some(high)) = (&i.low, &i.high) {
+        let text = |id: &[u8]| String::from_utf8_lossy(id).into_owned();
+        writeln!(out, "ulids     {} .. {}", text(low), text(high))?;
+        writeln!(out, "time      {} .. {}", time(low), time(high))?;
+    }
+    writeln!(out, "raw       {} bytes", i.raw_bytes)?;
+    if i.format == Format::Raw {
+        writeln!(out, "stored    {} bytes", i.stored_bytes)?;
+        writeln!(out)?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "stored    {} bytes (ratio {:.2}; blocks {} bytes, filters {} bytes)",
+        i.stored_bytes,
+        i.raw_bytes as f64 / i.stored_bytes.max(1) as f64,
+        i.block_bytes,
+        i.filter_bytes
+    )?;
+    writeln!(
+        out,
+        "blocks    {} in {} group(s); {} mixed ({} records); {} corrupt",
+        i.blocks, i.groups, i.mixed_blocks, i.mixed_records, i.corrupt_blocks
+    )?;
+    writeln!(out, "topics    {}", i.topics.len())?;
+    for t in &i.topics {
+        writeln!(
+            out,
+            "  {:<24} {:>10} records {:>12} bytes",
+            String::from_utf8_lossy(&t.name),
+            t.records,
+            t.raw_bytes
+        )?;
+    }
+    writeln!(out)?;
+    Ok(i.corrupt_blocks)
 }

@@ -1,5 +1,8 @@
 use rand::{RngExt, SeedableRng};
 
+use std::io;
+
+use super::block::{filter, read as read_block};
 use super::*;
 use crate::record::encode_ulid;
 
@@ -216,7 +219,7 @@ fn filters_never_rule_out_a_block_that_holds_the_needle() {
                 .split(|&c| c == b'\n')
                 .any(|l| l.len() > 27 && memchr::memmem::find(&l[27..], &needle).is_some());
             let q = String::from_utf8_lossy(&needle).into_owned();
-            let maybe = Needles::new(&q, false).may_match(f);
+            let maybe = Needles::new(&q, false).may_match(&f);
             if present && q.as_bytes() == needle {
                 assert!(maybe, "{q:?} is in the block but was ruled out");
             }

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
+use super::footer::{BLOCK_ENTRY_LEN, INDEX_MAGIC};
 use super::{
-    BLOCK_ENTRY_LEN, Block, END_MAGIC, FilterBuilder, Group, HEADER_LEN, INDEX_MAGIC, MAGIC, MIXED,
-    TopicInfo, VERSION,
+    Block, END_MAGIC, FilterBuilder, Group, HEADER_LEN, MAGIC, MIXED, Source, TopicInfo, VERSION,
 };
 use crate::record::{BODY_OFFSET, ULID_LEN, check_record};
 
@@ -390,30 +390,24 @@ fn finish<W: Write>(
     })
 }
 
-/// Write a copy of the v2 segment `map` (whose index is `footer`) holding only the blocks that
+/// Write a copy of the v2 segment `src` (whose index is `footer`) holding only the blocks that
 /// `keep` accepts (given each block's index): their compressed bytes and filters are copied as
 /// they are, each checked against its CRC first. Returns what was written (with the new first
 /// and last ULID), or `None` (nothing written) when no block is kept. A block that fails its
 /// CRC is an `InvalidData` error.
-pub fn copy_blocks(
-    map: &[u8],
+pub(super) fn copy_blocks(
+    src: &(impl Source + ?Sized),
     footer: &super::Footer,
-    keep: &dyn Fn(usize, &Block) -> bool,
+    keep: &dyn Fn(usize) -> bool,
     w: impl Write,
 ) -> io::Result<Option<Summary>> {
-    let kept: Vec<usize> = (0..footer.blocks.len())
-        .filter(|&i| keep(i, &footer.blocks[i]))
-        .collect();
+    let kept: Vec<usize> = (0..footer.blocks.len()).filter(|&i| keep(i)).collect();
     if kept.is_empty() {
         return Ok(None);
     }
     // Nothing is compressed here: the blocks go as they are.
     let mut wr = Writer::start(w, &CompressConfig::default())?;
     let (mut records, mut raw_bytes) = (0u64, 0u64);
-    let bytes = |at: u64, len: u32| -> io::Result<&[u8]> {
-        map.get(at as usize..at as usize + len as usize)
-            .ok_or_else(|| invalid("a block lies outside the file".to_string()))
-    };
     for g in &footer.groups {
         let first = wr.blocks.len() as u32;
         let (mut low, mut high) = ([b'Z'; ULID_LEN], [b'0'; ULID_LEN]);
@@ -422,11 +416,11 @@ pub fn copy_blocks(
                 continue;
             }
             let b = &footer.blocks[i];
-            let frame = bytes(b.offset, b.stored_len)?;
-            if crc32fast::hash(frame) != b.crc {
+            let frame = src.read(b.stored())?;
+            if crc32fast::hash(&frame) != b.crc {
                 return Err(invalid(format!("block {i} fails its checksum")));
             }
-            let filter = bytes(b.filter_offset, b.filter_len)?;
+            let filter = src.read(b.filter_range())?;
             let topic = if b.topic == MIXED {
                 MIXED
             } else {
@@ -446,9 +440,9 @@ pub fn copy_blocks(
                 id
             };
             let offset = wr.at;
-            wr.put(frame)?;
+            wr.put(&frame)?;
             let filter_offset = wr.filter_region.len() as u64;
-            wr.filter_region.extend_from_slice(filter);
+            wr.filter_region.extend_from_slice(&filter);
             wr.blocks.push(Block {
                 offset,
                 topic,

@@ -31,13 +31,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::log::{
-    ACTIVE, CONVERTING, FLUSHED, READING, Records, Segment, StoreLog, map_segment, overlap,
+    ACTIVE, CONVERTING, FLUSHED, READING, Segment, StoreLog, overlap,
 };
 use super::retention::Retention;
 use crate::merge::{self, Source};
 use crate::metrics::Metrics;
 use crate::record::{ULID_LEN, check_record, min_ulid};
-use crate::segment::{self, CompressConfig, Format};
+use crate::segment::{CompressConfig, Format, Reader, Records};
 
 /// How often the compacter takes a step.
 const STEP: Duration = Duration::from_secs(1);
@@ -456,12 +456,10 @@ impl Compacter {
             );
             let raw_bytes = match target {
                 Format::Compressed => {
-                    let Some(map) = map_segment(&input.path)? else {
+                    let Some(reader) = Reader::open_file(&input.path)? else {
                         return Err(Failure::Bad(input.path.clone(), "empty segment".into()));
                     };
-                    // Read once, front to back: read ahead, and drop pages behind.
-                    let _ = map.advise(memmap2::Advice::Sequential);
-                    match segment::compress(&map, &mut w, &self.cfg.compress) {
+                    match reader.compress(&mut w, &self.cfg.compress) {
                         Ok(sum) => sum.raw_bytes,
                         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                             return Err(Failure::Bad(input.path.clone(), e.to_string()));
@@ -501,25 +499,15 @@ impl Compacter {
     fn drop_blocks(&self, input: &Segment, gone: &[bool]) -> Result<u64, Failure> {
         // Opened again now that it is claimed: the file looked at before the claim may have
         // been replaced under its name since (a replica merged in), and that one goes.
-        let opened = match super::log::Opened::open(&input.path)? {
-            Some(o) => o,
+        let reader = match Reader::open_file(&input.path)? {
+            Some(r) if r.format() == Format::Compressed => r,
+            Some(_) => return Err(Failure::Bad(input.path.clone(), "not compressed".into())),
             None => return Err(Failure::Bad(input.path.clone(), "empty segment".into())),
         };
-        let Some(footer) = &opened.footer else {
-            return Err(Failure::Bad(input.path.clone(), "not compressed".into()));
-        };
-        let dropped = footer
-            .blocks
-            .iter()
-            .zip(gone)
-            .filter(|(_, d)| **d)
-            .map(|(b, _)| u64::from(b.records))
-            .sum();
         let (file, tmp) = self.log.create(ACTIVE)?;
-        let result = (|| -> Result<(), Failure> {
+        let result = (|| -> Result<u64, Failure> {
             let mut w = BufWriter::with_capacity(1 << 20, &file);
-            let keep = |i: usize, _: &segment::Block| !gone.get(i).copied().unwrap_or(false);
-            let written = match segment::copy_blocks(&opened.map, footer, &keep, &mut w) {
+            let (written, dropped) = match reader.drop_blocks(gone, &mut w) {
                 Ok(w) => w,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     return Err(Failure::Damaged(input.path.clone()));
@@ -536,12 +524,12 @@ impl Compacter {
                 }
                 None => std::fs::remove_file(&tmp)?,
             }
-            Ok(())
+            Ok(dropped)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result.map(|()| dropped)
+        result
     }
 
     /// Merge `inputs` into new segments, the records `keep` refuses left out.
@@ -635,28 +623,20 @@ impl<'a> ExpiryCheck<'a> {
     /// shortest retention's cutoff.
     fn action(&mut self, s: &Segment) -> io::Result<Expire> {
         if s.format == Format::Compressed {
-            let opened = match super::log::Opened::open(&s.path) {
-                Ok(Some(o)) => o,
+            let reader = match Reader::open_file(&s.path) {
+                Ok(Some(r)) => r,
                 Ok(None) => return Ok(Expire::Nothing),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Expire::Nothing),
                 Err(e) => return Err(e),
             };
-            if let Some(footer) = &opened.footer {
-                let mut mixed_old = false;
-                let mut drop = vec![false; footer.blocks.len()];
-                for (i, b) in footer.blocks.iter().enumerate() {
-                    if b.topic == segment::MIXED {
-                        mixed_old |= crate::record::ulid_ms(&b.low) < self.keep_from;
-                    } else {
-                        let cutoff = self.cutoff(&footer.topics[b.topic as usize].name);
-                        drop[i] = crate::record::ulid_ms(&b.high) < cutoff;
-                    }
-                }
-                if mixed_old && self.any_expired(&s.path, self.keep_from)? {
+            let keep_from = self.keep_from;
+            if let Some(blocks) = reader.expired_blocks(&mut |topic| self.cutoff(topic), keep_from)
+            {
+                if blocks.mixed_old && self.any_expired(&s.path, keep_from)? {
                     return Ok(Expire::Rewrite);
                 }
-                return Ok(if drop.contains(&true) {
-                    Expire::DropBlocks(drop)
+                return Ok(if blocks.gone.contains(&true) {
+                    Expire::DropBlocks(blocks.gone)
                 } else {
                     Expire::Nothing
                 });
@@ -1426,7 +1406,7 @@ mod tests {
         let plan = crate::store::query::Plan::open(&log, &p).unwrap();
         let scan = plan.scan(
             &p,
-            &segment::Needles::new(&p.q, p.regex),
+            &crate::segment::Needles::new(&p.q, p.regex),
             &p.matcher().unwrap(),
         );
         assert!(
@@ -1455,7 +1435,7 @@ mod tests {
             .unwrap();
         let raw = fs::read(&seg).unwrap();
         let mut compressed = Vec::new();
-        segment::compress(&raw, &mut compressed, &CompressConfig::default()).unwrap();
+        crate::segment::compress(&raw, &mut compressed, &CompressConfig::default()).unwrap();
         let reading = seg.with_extension(READING);
         let converting = d.join(format!("{}.{CONVERTING}", crate::disk::new_uuid()));
         // (files present at the crash): claimed; half written; written but not renamed;
@@ -1522,7 +1502,7 @@ mod tests {
         let mut c = compacter(&log, 1 << 30, Duration::from_secs(1 << 30), Duration::ZERO);
         assert_eq!(c.step(Kind::Convert).unwrap(), 3, "a backlog in one step");
         assert_eq!(c.step(Kind::Convert).unwrap(), 0);
-        assert!(files(&log).iter().all(|f| f.starts_with(segment::MAGIC)));
+        assert!(files(&log).iter().all(|f| f.starts_with(crate::segment::MAGIC)));
         c.cfg.format = Format::Raw;
         assert_eq!(c.step(Kind::Convert).unwrap(), 3);
         assert_eq!(files(&log), before);

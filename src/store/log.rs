@@ -27,9 +27,9 @@ use std::sync::{Arc, RwLock};
 use memmap2::Mmap;
 
 use crate::disk::{self, DirLock, OpenError, io_at};
-use crate::merge::{self, ReaderLines};
+use crate::merge;
 use crate::record::{ULID_LEN, check_record, is_valid_ulid, min_ulid, ulid_ms};
-use crate::segment::{Footer, Format, GroupLines};
+use crate::segment::{Format, Reader, Records};
 
 /// Suffix of a segment being written.
 pub const ACTIVE: &str = "active";
@@ -61,99 +61,9 @@ pub struct Segment {
     pub format: Format,
 }
 
-/// A segment selected for a query, with its opened file (`None`: empty or unreadable).
-pub type OpenedSegment = (Segment, Option<Arc<Opened>>);
+/// A segment selected for a query, with its reader (`None`: empty or unreadable).
+pub type OpenedSegment = (Segment, Option<Arc<Reader<Mmap>>>);
 
-/// An opened queryable segment: its mapping and, for a compressed one, its parsed footer.
-#[derive(Debug)]
-pub struct Opened {
-    /// The whole file.
-    pub map: Mmap,
-    /// The footer of a compressed segment (`None` for a raw one).
-    pub footer: Option<Footer>,
-}
-
-impl Opened {
-    /// Map `path` and read its footer if it is compressed. `Ok(None)` for an empty file.
-    pub fn open(path: &Path) -> io::Result<Option<Opened>> {
-        let Some(map) = map_segment(path)? else {
-            return Ok(None);
-        };
-        let footer = match Format::of(&map) {
-            Format::Raw => None,
-            Format::Compressed => Some(Footer::parse(&map)?),
-        };
-        Ok(Some(Opened { map, footer }))
-    }
-}
-
-/// The format of the file at `path`, from its first bytes (raw if it cannot be read).
-pub fn format_of(path: &Path) -> Format {
-    File::open(path)
-        .and_then(|mut f| head_format(&mut f))
-        .unwrap_or(Format::Raw)
-}
-
-/// The format of an open file, from its first bytes (read at its current position).
-fn head_format(f: &mut File) -> io::Result<Format> {
-    let mut head = [0u8; 8];
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(Format::of(&head[..n]))
-}
-
-/// A segment's records in ULID order, whatever its format (compaction, `oklog segment cat`).
-pub enum Records {
-    /// Lines of a raw file.
-    Raw(ReaderLines<BufReader<File>>),
-    /// Groups of a compressed file.
-    Compressed(Box<GroupLines<Mmap>>),
-}
-
-impl Records {
-    /// Open the segment at `path`.
-    pub fn open(path: &Path) -> io::Result<Records> {
-        let mut f = File::open(path)?;
-        if head_format(&mut f)? == Format::Compressed {
-            // SAFETY: as in `map_segment`: segment files are never modified in place.
-            let map = unsafe { Mmap::map(&f)? };
-            return Ok(Records::Compressed(Box::new(GroupLines::new(map)?)));
-        }
-        f.seek(SeekFrom::Start(0))?;
-        Ok(Records::Raw(ReaderLines::new(BufReader::with_capacity(
-            256 << 10,
-            f,
-        ))?))
-    }
-
-    /// Blocks that could not be read so far (always 0 for a raw file).
-    pub fn corrupt_blocks(&self) -> u64 {
-        match self {
-            Records::Raw(_) => 0,
-            Records::Compressed(g) => g.corrupt.len() as u64,
-        }
-    }
-}
-
-impl merge::Source for Records {
-    fn current(&self) -> Option<&[u8]> {
-        match self {
-            Records::Raw(r) => r.current(),
-            Records::Compressed(g) => g.current(),
-        }
-    }
-    fn advance(&mut self) -> io::Result<()> {
-        match self {
-            Records::Raw(r) => r.advance(),
-            Records::Compressed(g) => g.advance(),
-        }
-    }
-}
 
 /// Parse `<LOW>-<HIGH>.<state>`.
 pub fn parse_name(name: &str) -> Option<([u8; ULID_LEN], [u8; ULID_LEN], &str)> {
@@ -263,7 +173,7 @@ pub struct StoreLog {
     /// Mappings of queryable segments, kept between queries: a segment's page tables are
     /// then built once, not on every query (at 2 GB, re-mapping cost more than the search).
     /// Entries are dropped whenever their file is renamed or removed.
-    maps: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<Opened>>>,
+    maps: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<Reader<Mmap>>>>,
 }
 
 impl StoreLog {
@@ -395,7 +305,7 @@ impl StoreLog {
                 continue;
             }
             tracing::info!(segment = %p.display(), "indexed a segment found in the directory");
-            let format = format_of(&p);
+            let format = Format::of_file(&p);
             index.insert(Segment {
                 path: p,
                 low,
@@ -570,13 +480,13 @@ impl StoreLog {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&s.path)
-                .filter(|m| m.map.len() as u64 == s.size)
+                .filter(|m| m.len() == s.size)
                 .cloned();
             if let Some(m) = cached {
                 out.push((s, Some(m)));
                 continue;
             }
-            match Opened::open(&s.path) {
+            match Reader::open_file(&s.path) {
                 Ok(Some(m)) => {
                     let m = Arc::new(m);
                     self.maps
@@ -658,7 +568,7 @@ impl StoreLog {
                 low,
                 high,
                 size: meta.len(),
-                format: format_of(&entry.path()),
+                format: Format::of_file(&entry.path()),
             };
             if keep(&seg) {
                 out.push(seg);
@@ -880,34 +790,23 @@ pub(crate) fn test_segment(low: &str, high: &str) -> Segment {
     }
 }
 
-/// Map a segment read-only; `Ok(None)` if it is empty.
-pub fn map_segment(path: &Path) -> io::Result<Option<Mmap>> {
-    let file = File::open(path)?;
-    if file.metadata()?.len() == 0 {
-        return Ok(None);
-    }
-    // SAFETY: flushed segments are never modified in place: they are only renamed, replaced
-    // by a rename, or unlinked, none of which changes the mapped inode's bytes (truncating a
-    // mapped file would raise SIGBUS; only start-up recovery truncates, and only `.active`
-    // files, which are never mapped).
-    let map = unsafe { Mmap::map(&file)? };
-    Ok(Some(map))
-}
 
 /// Check that a segment starts with `<low><SP>` and ends with a complete record whose ULID is
 /// `high`. `Ok(Err(reason))` for a bad segment.
 fn check_ends(seg: &Segment) -> io::Result<Result<(), &'static str>> {
     if seg.format == Format::Compressed {
-        let Some(map) = map_segment(&seg.path)? else {
-            return Ok(Err("empty file"));
-        };
-        return Ok(match Footer::parse(&map) {
-            Ok(f) if f.low == seg.low && f.high == seg.high => Ok(()),
-            Ok(_) => Err("compressed segment's range does not match its name"),
-            Err(e) => {
+        return Ok(match Reader::open_file(&seg.path) {
+            Ok(None) => Err("empty file"),
+            Ok(Some(r)) => match r.footer() {
+                Some(f) if f.low == seg.low && f.high == seg.high => Ok(()),
+                Some(_) => Err("compressed segment's range does not match its name"),
+                None => Err("compressed segment's footer or index is unreadable"),
+            },
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 tracing::warn!(segment = %seg.path.display(), error = %e, "compressed segment footer");
                 Err("compressed segment's footer or index is unreadable")
             }
+            Err(e) => return Err(e),
         });
     }
     let mut f = File::open(&seg.path)?;

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::Mmap;
 
-use super::log::{Opened, Segment, StoreLog};
+use super::log::{Segment, StoreLog};
 use crate::gotime;
 use crate::merge;
 use crate::record::{parse_ulid, ulid_ms};
-use crate::search::{MatchSource, Matcher, Matches, Topics};
-use crate::segment::{self, Needles};
+use crate::search::{Matcher, Topics};
+use crate::segment::{self, Chunk, Needles, Reader, Selection};
 
 /// A parsed query (the `from`, `to`, `q`, `regex`, `topic`, `order`, `limit`, `before` and
 /// `after` parameters).
@@ -201,21 +201,17 @@ impl QueryParams {
 pub struct Plan {
     /// Selected segments, sorted by low ULID.
     pub segments: Vec<Segment>,
-    /// Their mappings (and footers), when opened (`None` for an empty or unreadable file).
-    opened: Vec<Option<Arc<Opened>>>,
+    /// Their readers, when opened (`None` for an empty or unreadable file).
+    opened: Vec<Option<Arc<Reader<Mmap>>>>,
     /// Compressed segments whose footer could not be read: each counts as a corrupt block.
     unreadable: u64,
 }
 
-/// The blocks of a compressed segment a query reads: per group in range, the blocks in range
-/// that the needle filter did not rule out.
-type Selection = Vec<(usize, Vec<usize>)>;
-
 /// What a query reads, decided before its answer starts (the headers report it).
 #[derive(Debug, Default)]
 pub struct Scan {
-    /// Per opened segment: `None` for a raw one, the blocks to read for a compressed one.
-    selections: Vec<Option<Selection>>,
+    /// Per opened segment, what is read of it.
+    selections: Vec<Selection>,
     /// Bytes the search reads: the time range of raw segments, the stored bytes of the blocks
     /// read and the filters consulted of compressed ones (`X-Oklog-Bytes-Scanned`).
     pub bytes: u64,
@@ -233,6 +229,19 @@ pub struct Outcome {
     /// Blocks (or whole compressed segments) that could not be read: the answer lacks their
     /// records.
     pub corrupt_blocks: u64,
+}
+
+impl QueryParams {
+    /// What the query asks of each segment, with `matcher` (built once per query).
+    pub fn segment_query<'a>(&self, matcher: &'a Matcher) -> segment::Query<'a> {
+        segment::Query {
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+            matcher,
+            desc: self.desc,
+            limit: self.limit,
+        }
+    }
 }
 
 impl Plan {
@@ -262,80 +271,19 @@ impl Plan {
         self.segments.iter().map(|s| s.size).sum()
     }
 
-    /// Decide what the search reads: for raw segments the `[from, to]` byte range found by
-    /// binary search, for compressed ones the blocks in range of the selected `topics` (and
-    /// the mixed ones) that `needles` do not rule out.
+    /// Decide what the search reads of each segment ([`Reader::select`]).
     pub fn scan(&self, p: &QueryParams, needles: &Needles, matcher: &Matcher) -> Scan {
-        let topics = &matcher.topics;
+        let q = p.segment_query(matcher);
         let mut scan = Scan::default();
         for o in &self.opened {
-            let Some(o) = o else {
-                scan.selections.push(None);
-                continue;
-            };
-            let Some(footer) = &o.footer else {
-                scan.bytes += crate::search::time_range(&o.map, p.from_ms, p.to_ms).len() as u64;
-                scan.selections.push(None);
-                continue;
-            };
-            let in_range =
-                |low: &[u8], high: &[u8]| ulid_ms(high) >= p.from_ms && ulid_ms(low) <= p.to_ms;
-            if !needles.is_empty()
-                && let (Some(a), Some(z)) = (footer.blocks.first(), footer.blocks.last())
-            {
-                // The filters lie together: read them in one sweep.
-                let end = (z.filter_offset + u64::from(z.filter_len)).max(a.filter_offset);
-                let _ = o.map.advise_range(
-                    memmap2::Advice::WillNeed,
-                    a.filter_offset as usize,
-                    (end - a.filter_offset) as usize,
-                );
-            }
-            let first = footer
-                .groups
-                .partition_point(|g| ulid_ms(&g.high) < p.from_ms);
-            // Per topic of the table: whether the query selects it, and its oldest visible
-            // millisecond.
-            let wanted: Vec<bool> = footer
-                .topics
-                .iter()
-                .map(|t| topics.matches(&t.name))
-                .collect();
-            let cutoffs: Vec<u64> = footer
-                .topics
-                .iter()
-                .map(|t| matcher.expiry.as_ref().map_or(0, |e| (e.cutoff)(&t.name)))
-                .collect();
-            let mut sel = Vec::new();
-            for (gi, g) in footer.groups.iter().enumerate().skip(first) {
-                if ulid_ms(&g.low) > p.to_ms {
-                    break;
-                }
-                let mut blocks = Vec::new();
-                for (bi, b) in footer.group_blocks(g).iter().enumerate() {
-                    if !in_range(&b.low, &b.high)
-                        || (b.topic != segment::MIXED
-                            && (!wanted[b.topic as usize]
-                                || ulid_ms(&b.high) < cutoffs[b.topic as usize]))
-                    {
-                        continue;
-                    }
-                    if !needles.is_empty() {
-                        scan.bytes += u64::from(b.filter_len);
-                        if segment::filter(&o.map, b).is_some_and(|f| !needles.may_match(f)) {
-                            scan.blocks_skipped += 1;
-                            continue;
-                        }
-                    }
-                    scan.bytes += u64::from(b.stored_len);
-                    scan.blocks_read += 1;
-                    blocks.push(g.first as usize + bi);
-                }
-                if !blocks.is_empty() {
-                    sel.push((gi, blocks));
-                }
-            }
-            scan.selections.push(Some(sel));
+            let sel = o
+                .as_ref()
+                .map(|r| r.select(&q, needles))
+                .unwrap_or_default();
+            scan.bytes += sel.bytes;
+            scan.blocks_skipped += sel.blocks_skipped;
+            scan.blocks_read += sel.blocks_read;
+            scan.selections.push(sel);
         }
         scan
     }
@@ -346,11 +294,12 @@ impl Plan {
     pub fn shared_ranges(&self, p: &QueryParams) -> Option<Vec<bytes::Bytes>> {
         let mut out = Vec::new();
         for batch in batches(&self.segments) {
-            let opened: Vec<&Arc<Opened>> = self.opened[batch].iter().flatten().collect();
+            let opened: Vec<&Arc<Reader<Mmap>>> = self.opened[batch].iter().flatten().collect();
             match opened[..] {
                 [] => {}
-                [o] if o.footer.is_none() && self.unreadable == 0 => {
-                    let r = crate::search::time_range(&o.map, p.from_ms, p.to_ms);
+                [o] if self.unreadable == 0 && o.raw().is_some() => {
+                    let m = o.raw().unwrap_or_default();
+                    let r = crate::search::time_range(m, p.from_ms, p.to_ms);
                     if !r.is_empty() {
                         out.push(bytes::Bytes::from_owner(SharedMap(Arc::clone(o))).slice(r));
                     }
@@ -372,13 +321,61 @@ impl Plan {
         self.execute_scan(&scan, p, matcher, sink)
     }
 
+    /// The units of work of a scan, in ULID order: the chunks of each segment that overlaps
+    /// no other, and one merge per batch of overlapping segments.
+    fn tasks<'a>(&'a self, scan: &'a Scan, q: &segment::Query<'_>) -> Vec<Task<'a>> {
+        let mut tasks: Vec<Task> = Vec::new();
+        for batch in batches(&self.segments) {
+            let mut sources: Vec<Src> = Vec::new();
+            for i in batch {
+                let (Some(reader), Some(sel)) = (&self.opened[i], scan.selections.get(i)) else {
+                    continue;
+                };
+                if reader.raw().is_some() || sel.blocks_read > 0 {
+                    sources.push(Src {
+                        reader,
+                        sel,
+                        label: &self.segments[i].path,
+                    });
+                }
+            }
+            match sources.pop() {
+                None => {}
+                Some(only) if sources.is_empty() => tasks.extend(
+                    only.reader
+                        .chunks(only.sel, q, only.label)
+                        .into_iter()
+                        .map(Task::One),
+                ),
+                Some(last) => {
+                    sources.push(last);
+                    tasks.push(Task::Merge(sources));
+                }
+            }
+        }
+        if q.desc {
+            // Newest first: the last task first, each one's lines reversed.
+            tasks.reverse();
+        }
+        if q.limit.is_some() && matches!(tasks.first(), Some(Task::One(c)) if c.is_piece()) {
+            // A query with a limit may be done within its first few records: its first piece
+            // is cut finer, so it stops early.
+            let rest = tasks.split_off(1);
+            if let Some(Task::One(first)) = tasks.pop() {
+                tasks.extend(first.graded(q.desc).into_iter().map(Task::One));
+            }
+            tasks.extend(rest);
+        }
+        tasks
+    }
+
     /// Run the search over an opened plan, pushing matching lines (each with its `\n`, possibly
     /// several per call) into `sink` in ULID order; `sink` returns false to stop (the client
     /// went away).
     ///
-    /// A raw segment that overlaps no other is cut into pieces of [`PIECE`] bytes at line
-    /// boundaries, a compressed one into its groups; both are searched in parallel on up to
-    /// [`MAX_WORKERS`] threads and emitted in order; workers run at most [`LOOKAHEAD`] tasks
+    /// A raw segment that overlaps no other is cut into pieces of [`segment::PIECE`] bytes at
+    /// line boundaries, a compressed one into its groups; both are searched in parallel on up
+    /// to [`MAX_WORKERS`] threads and emitted in order; workers run at most [`LOOKAHEAD`] tasks
     /// ahead of the output, so memory stays bounded whatever the result size. Overlapping
     /// segments are merged with dedup, in order. A compressed block that cannot be read is
     /// logged, left out and counted in the outcome.
@@ -390,61 +387,8 @@ impl Plan {
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> io::Result<Outcome> {
         let corrupt = AtomicU64::new(self.unreadable);
-        let mut tasks: Vec<Task> = Vec::new();
-        for batch in batches(&self.segments) {
-            let mut sources: Vec<Src> = Vec::new();
-            for i in batch {
-                let Some(o) = &self.opened[i] else {
-                    continue;
-                };
-                let path = self.segments[i].path.as_path();
-                match (&o.footer, scan.selections.get(i)) {
-                    (None, _) => sources.push(Src::Raw(&o.map)),
-                    (Some(_), Some(Some(sel))) => sources.push(Src::Compressed(o, path, sel)),
-                    (Some(_), _) => {}
-                }
-            }
-            match sources.pop() {
-                None => {}
-                Some(only) if sources.is_empty() => match only {
-                    Src::Raw(m) => {
-                        let r = crate::search::time_range(m, p.from_ms, p.to_ms);
-                        tasks.extend(pieces(r).into_iter().map(|r| Task::One(Chunk::Piece(m, r))));
-                    }
-                    Src::Compressed(o, path, sel) => {
-                        for (g, blocks) in sel {
-                            tasks.push(Task::One(Chunk::Group(GroupTask {
-                                seg: o,
-                                path,
-                                group: *g,
-                                blocks,
-                            })));
-                        }
-                    }
-                },
-                Some(last) => {
-                    sources.push(last);
-                    tasks.push(Task::Merge(sources));
-                }
-            }
-        }
-        if p.desc {
-            // Newest first: the last task first, each one's lines reversed.
-            tasks.reverse();
-        }
-        if p.limit.is_some()
-            && let Some(Task::One(Chunk::Piece(m, r))) = tasks.first()
-        {
-            // A query with a limit may be done within its first few records: its first piece
-            // is cut finer (1, 1, 2, 4 MiB … from the end it starts at), so it stops early.
-            let (m, r) = (*m, r.clone());
-            let mut graded: Vec<Task> = graded_pieces(m, align(m, r), p.desc)
-                .into_iter()
-                .map(|r| Task::One(Chunk::Piece(m, r)))
-                .collect();
-            graded.extend(tasks.drain(1..));
-            tasks = graded;
-        }
+        let q = p.segment_query(matcher);
+        let tasks = self.tasks(scan, &q);
         let workers = parallelism();
         let parallel = tasks.iter().filter(|t| t.in_parallel(matcher)).count();
         // A query with a limit may need only its first tasks: ask for little ahead.
@@ -457,12 +401,12 @@ impl Plan {
                 if let Some(t) = tasks.get(i + prefetch) {
                     t.prefetch();
                 }
-                if !run_inline(task, p, matcher, &corrupt, sink)? {
+                if !run_inline(task, q, &corrupt, sink)? {
                     break;
                 }
             }
         } else {
-            run_parallel(&tasks, workers, prefetch, p, matcher, &corrupt, sink)?;
+            run_parallel(&tasks, workers, prefetch, q, &corrupt, sink)?;
         }
         Ok(Outcome {
             scanned: scan.bytes,
@@ -473,16 +417,14 @@ impl Plan {
 
 /// A segment mapping owned by `Bytes` slices handed to the HTTP body. Segment files are
 /// never written after they are named, only renamed or unlinked, so the bytes stay valid.
-struct SharedMap(Arc<Opened>);
+struct SharedMap(Arc<Reader<Mmap>>);
 
 impl AsRef<[u8]> for SharedMap {
     fn as_ref(&self) -> &[u8] {
-        &self.0.map
+        self.0.raw().unwrap_or_default()
     }
 }
 
-/// Bytes of a raw segment searched as one unit of parallel work (8 MiB).
-pub const PIECE: usize = 8 << 20;
 /// Search threads per query at most.
 pub const MAX_WORKERS: usize = 8;
 /// Tasks searched ahead of the output, per worker.
@@ -490,101 +432,11 @@ pub const LOOKAHEAD: usize = 2;
 /// Tasks whose bytes are asked for ahead of the one being started.
 const PREFETCH: usize = 8;
 
-/// One segment of an overlapping batch.
-enum Src<'a> {
-    Raw(&'a Mmap),
-    Compressed(&'a Opened, &'a std::path::Path, &'a Selection),
-}
-
-/// One group of a compressed segment, with the blocks to read.
-struct GroupTask<'a> {
-    seg: &'a Opened,
-    path: &'a std::path::Path,
-    group: usize,
-    blocks: &'a [usize],
-}
-
-impl GroupTask<'_> {
-    /// The matching lines of each of `blocks`, in ULID order; with a limit of N, only the
-    /// first N of each (the last N newest first), as no more can be in the answer.
-    fn parts(
-        &self,
-        blocks: &[usize],
-        dec: &mut zstd::bulk::Decompressor<'static>,
-        p: &QueryParams,
-        matcher: &Matcher,
-        corrupt: &AtomicU64,
-    ) -> Vec<Vec<u8>> {
-        let Some(footer) = &self.seg.footer else {
-            return Vec::new();
-        };
-        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(blocks.len());
-        let mut buf = Vec::new();
-        for &bi in blocks {
-            let b = &footer.blocks[bi];
-            if let Err(e) = segment::read_block(&self.seg.map, b, dec, &mut buf) {
-                tracing::error!(segment = %self.path.display(), group = self.group, block = bi, error = %e, "skipping a corrupt block");
-                corrupt.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let mut r = crate::search::time_range(&buf, p.from_ms, p.to_ms);
-            let mut out = Vec::new();
-            if matcher.is_all() {
-                if let Some(n) = p.limit {
-                    r = cut_lines(&buf, r, n as usize, p.desc);
-                }
-                out.extend_from_slice(&buf[r]);
-            } else {
-                for line in Matches::in_range(&buf, r, matcher) {
-                    out.extend_from_slice(line);
-                }
-                if let Some(n) = p.limit {
-                    let all = 0..out.len();
-                    let keep = cut_lines(&out, all, n as usize, p.desc);
-                    out.truncate(keep.end);
-                    out.drain(..keep.start);
-                }
-            }
-            parts.push(out);
-        }
-        parts
-    }
-
-    /// Decompress and search the selected blocks; the matching lines of the group, in ULID
-    /// order. Unreadable blocks are logged and counted.
-    fn run(
-        &self,
-        dec: &mut zstd::bulk::Decompressor<'static>,
-        p: &QueryParams,
-        matcher: &Matcher,
-        corrupt: &AtomicU64,
-    ) -> Vec<u8> {
-        let mut parts = if p.limit.is_some() && self.blocks.len() >= 4 && parallelism() > 1 {
-            // A query with a limit often needs only this group: both cores decompress it.
-            let (left, right) = self.blocks.split_at(self.blocks.len() / 2);
-            std::thread::scope(|scope| {
-                let other = scope.spawn(|| match segment::decompressor() {
-                    Ok(mut d) => self.parts(right, &mut d, p, matcher, corrupt),
-                    Err(_) => {
-                        corrupt.fetch_add(right.len() as u64, Ordering::Relaxed);
-                        Vec::new()
-                    }
-                });
-                let mut parts = self.parts(left, dec, p, matcher, corrupt);
-                parts.extend(other.join().unwrap_or_default());
-                parts
-            })
-        } else {
-            self.parts(self.blocks, dec, p, matcher, corrupt)
-        };
-        if parts.len() == 1 {
-            return parts.pop().unwrap_or_default();
-        }
-        let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-        let refs: Vec<&[u8]> = parts.iter().map(|v| &v[..]).collect();
-        segment::merge_lines(&refs, &mut out);
-        out
-    }
+/// One segment of an overlapping batch, with what is read of it.
+struct Src<'a> {
+    reader: &'a Reader<Mmap>,
+    sel: &'a Selection,
+    label: &'a std::path::Path,
 }
 
 /// Threads available to a query.
@@ -592,30 +444,6 @@ fn parallelism() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_WORKERS)
-}
-
-/// The first `n` lines of `buf[r]` (the last `n` when `from_end`), `r` being whole lines.
-fn cut_lines(
-    buf: &[u8],
-    r: std::ops::Range<usize>,
-    n: usize,
-    from_end: bool,
-) -> std::ops::Range<usize> {
-    if from_end {
-        // The n-th newline from the end, not counting the last line's own.
-        let body = &buf[r.start..r.end.saturating_sub(1).max(r.start)];
-        match memchr::memrchr_iter(b'\n', body).nth(n.saturating_sub(1)) {
-            Some(i) if n > 0 => r.start + i + 1..r.end,
-            _ if n == 0 => r.end..r.end,
-            _ => r,
-        }
-    } else {
-        match memchr::memchr_iter(b'\n', &buf[r.clone()]).nth(n.saturating_sub(1)) {
-            Some(i) if n > 0 => r.start..r.start + i + 1,
-            _ if n == 0 => r.start..r.start,
-            _ => r,
-        }
-    }
 }
 
 /// One unit of search work.
@@ -628,205 +456,18 @@ enum Task<'a> {
 }
 
 impl Task<'_> {
-    /// Ask the kernel to start reading a compressed group's blocks now (`MADV_WILLNEED`), so a
-    /// cold query's reads overlap the decompression of the groups before it. (Not for raw
-    /// pieces: walking 8 MiB of cached pages cost a warm query more than it saved a cold one.)
+    /// Ask for a compressed group's blocks ahead ([`Chunk::prefetch`]).
     fn prefetch(&self) {
-        use memmap2::Advice::WillNeed;
-        if let Task::One(Chunk::Group(g)) = self
-            && let Some(footer) = &g.seg.footer
-        {
-            for &bi in g.blocks {
-                let b = &footer.blocks[bi];
-                let _ = g
-                    .seg
-                    .map
-                    .advise_range(WillNeed, b.offset as usize, b.stored_len as usize);
-            }
+        if let Task::One(c) = self {
+            c.prefetch();
         }
     }
 
     /// Whether workers run it (the emitting thread runs the rest in order).
     fn in_parallel(&self, matcher: &Matcher) -> bool {
         match self {
-            Task::One(Chunk::Piece(..)) => !matcher.is_all(),
-            Task::One(Chunk::Group(_)) => true,
+            Task::One(c) => !c.is_piece() || !matcher.is_all(),
             Task::Merge(_) => false,
-        }
-    }
-}
-
-/// A piece of work whose matching lines are produced whole.
-enum Chunk<'a> {
-    /// Lines `range` of a raw segment (moved to line boundaries when searched).
-    Piece(&'a Mmap, std::ops::Range<usize>),
-    /// Selected blocks of a compressed segment's group.
-    Group(GroupTask<'a>),
-}
-
-impl Chunk<'_> {
-    /// The chunk's matching lines in the query's order (newest first for `order=desc`). A
-    /// group is decompressed with `dec`, made here the first time one is needed.
-    fn output(
-        &self,
-        dec: &mut Option<zstd::bulk::Decompressor<'static>>,
-        p: &QueryParams,
-        matcher: &Matcher,
-        corrupt: &AtomicU64,
-    ) -> io::Result<Vec<u8>> {
-        let out = match self {
-            Chunk::Piece(m, r) => piece_matches(m, r.clone(), matcher),
-            Chunk::Group(g) => {
-                let d = match dec {
-                    Some(d) => d,
-                    None => dec.insert(segment::decompressor()?),
-                };
-                g.run(d, p, matcher, corrupt)
-            }
-        };
-        Ok(if p.desc {
-            merge::reverse_lines(&out)
-        } else {
-            out
-        })
-    }
-}
-
-/// The matching lines of `m` starting in `r`, copied.
-fn piece_matches(m: &[u8], r: std::ops::Range<usize>, matcher: &Matcher) -> Vec<u8> {
-    let r = align(m, r);
-    if matcher.is_all() {
-        return m[r].to_vec();
-    }
-    let mut out = Vec::new();
-    for line in Matches::in_range(m, r, matcher) {
-        out.extend_from_slice(line);
-    }
-    out
-}
-
-/// Cut `r` (a line start and a line end of a mapping) into pieces of [`PIECE`] bytes. The cuts
-/// fall anywhere: a piece is moved to line boundaries by [`align`] only when it is searched,
-/// so cutting touches no page (on a cold file each first touch reads megabytes around it).
-fn pieces(r: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
-    (r.start..r.end)
-        .step_by(PIECE)
-        .map(|start| start..(start + PIECE).min(r.end))
-        .collect()
-}
-
-/// The lines of `m` that start in `r`: `r` moved forward to line boundaries (each line then
-/// belongs to exactly one of a run of adjoining ranges).
-fn align(m: &[u8], r: std::ops::Range<usize>) -> std::ops::Range<usize> {
-    let boundary = |at: usize| {
-        if at == 0 || at >= m.len() || m[at - 1] == b'\n' {
-            at.min(m.len())
-        } else {
-            memchr::memchr(b'\n', &m[at..]).map_or(m.len(), |i| at + i + 1)
-        }
-    };
-    let start = boundary(r.start);
-    start..boundary(r.end).max(start)
-}
-
-/// `r` (whole lines of `m`) cut into pieces of 1, 1, 2, 4 … MiB (up to [`PIECE`]) from its
-/// start, or from its end when `from_end`; returned in that reading order.
-fn graded_pieces(
-    m: &[u8],
-    r: std::ops::Range<usize>,
-    from_end: bool,
-) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let (mut lo, mut hi) = (r.start, r.end);
-    let mut size = 1 << 20;
-    let mut k = 0;
-    while lo < hi {
-        if from_end {
-            let mut start = hi.saturating_sub(size).max(lo);
-            if start > lo {
-                // Back to a line start.
-                start = memchr::memrchr(b'\n', &m[lo..start]).map_or(lo, |i| lo + i + 1);
-            }
-            out.push(start..hi);
-            hi = start;
-        } else {
-            let mut end = (lo + size).min(hi);
-            if end < hi {
-                end = memchr::memchr(b'\n', &m[end..hi]).map_or(hi, |i| end + i + 1);
-            }
-            out.push(lo..end);
-            lo = end;
-        }
-        k += 1;
-        if k > 1 {
-            size = (size * 2).min(PIECE);
-        }
-    }
-    out
-}
-
-/// One segment's matching lines as a merge source, one chunk (a compressed group, or a piece
-/// of a raw segment read newest first) at a time, in the query's order.
-struct ChunkSource<'a> {
-    chunks: std::vec::IntoIter<Chunk<'a>>,
-    dec: Option<zstd::bulk::Decompressor<'static>>,
-    lines: merge::OwnedLines,
-}
-
-impl<'a> ChunkSource<'a> {
-    fn new(
-        mut chunks: Vec<Chunk<'a>>,
-        p: &QueryParams,
-        matcher: &Matcher,
-        corrupt: &AtomicU64,
-    ) -> io::Result<Self> {
-        if p.desc {
-            chunks.reverse();
-        }
-        let mut s = ChunkSource {
-            chunks: chunks.into_iter(),
-            dec: Some(segment::decompressor()?),
-            lines: Default::default(),
-        };
-        s.fill(p, matcher, corrupt)?;
-        Ok(s)
-    }
-
-    fn fill(&mut self, p: &QueryParams, matcher: &Matcher, corrupt: &AtomicU64) -> io::Result<()> {
-        while self.lines.is_empty() {
-            let Some(c) = self.chunks.next() else { break };
-            self.lines
-                .set(c.output(&mut self.dec, p, matcher, corrupt)?);
-        }
-        Ok(())
-    }
-}
-
-/// A source of an overlapping batch.
-enum BatchSource<'a, 'q> {
-    Raw(MatchSource<'a>),
-    Chunked(
-        Box<ChunkSource<'a>>,
-        &'q QueryParams,
-        &'q Matcher,
-        &'q AtomicU64,
-    ),
-}
-
-impl merge::Source for BatchSource<'_, '_> {
-    fn current(&self) -> Option<&[u8]> {
-        match self {
-            BatchSource::Raw(m) => m.current(),
-            BatchSource::Chunked(g, ..) => g.lines.current(),
-        }
-    }
-    fn advance(&mut self) -> io::Result<()> {
-        match self {
-            BatchSource::Raw(m) => m.advance(),
-            BatchSource::Chunked(g, p, matcher, corrupt) => {
-                g.lines.advance();
-                g.fill(p, matcher, corrupt)
-            }
         }
     }
 }
@@ -834,66 +475,19 @@ impl merge::Source for BatchSource<'_, '_> {
 /// Run a task straight into the sink; false if the sink said stop.
 fn run_inline(
     task: &Task,
-    p: &QueryParams,
-    matcher: &Matcher,
+    q: segment::Query<'_>,
     corrupt: &AtomicU64,
     sink: &mut dyn FnMut(&[u8]) -> bool,
 ) -> io::Result<bool> {
     match task {
-        Task::One(Chunk::Piece(m, r)) if !p.desc => {
-            let r = align(m, r.clone());
-            if matcher.is_all() {
-                // Every line of a piece is an answer: hand the range over whole.
-                return Ok(sink(&m[r]));
-            }
-            for line in Matches::in_range(m, r, matcher) {
-                if !sink(line) {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        }
-        Task::One(c) => {
-            let out = c.output(&mut None, p, matcher, corrupt)?;
-            Ok(out.is_empty() || sink(&out))
-        }
+        Task::One(c) => c.search_into(&q, corrupt, sink),
         Task::Merge(srcs) => {
             let mut sources = Vec::with_capacity(srcs.len());
             for s in srcs {
-                sources.push(match s {
-                    Src::Raw(m) if !p.desc => BatchSource::Raw(MatchSource::new(Matches::new(
-                        m, p.from_ms, p.to_ms, matcher,
-                    ))),
-                    Src::Raw(m) => {
-                        let r = crate::search::time_range(m, p.from_ms, p.to_ms);
-                        let chunks = pieces(r).into_iter().map(|r| Chunk::Piece(m, r));
-                        BatchSource::Chunked(
-                            Box::new(ChunkSource::new(chunks.collect(), p, matcher, corrupt)?),
-                            p,
-                            matcher,
-                            corrupt,
-                        )
-                    }
-                    Src::Compressed(o, path, sel) => {
-                        let chunks = sel.iter().map(|(g, blocks)| {
-                            Chunk::Group(GroupTask {
-                                seg: o,
-                                path,
-                                group: *g,
-                                blocks,
-                            })
-                        });
-                        BatchSource::Chunked(
-                            Box::new(ChunkSource::new(chunks.collect(), p, matcher, corrupt)?),
-                            p,
-                            matcher,
-                            corrupt,
-                        )
-                    }
-                });
+                sources.push(s.reader.lines(s.sel, q, s.label, corrupt)?);
             }
             let mut open = true;
-            merge::merge_ordered(&mut sources, p.desc, |line| {
+            merge::merge_ordered(&mut sources, q.desc, |line| {
                 open = sink(line);
                 Ok(open)
             })?;
@@ -903,13 +497,11 @@ fn run_inline(
 }
 
 /// Search tasks on `workers` threads and emit every task's output in order.
-#[allow(clippy::too_many_arguments)]
 fn run_parallel(
     tasks: &[Task],
     workers: usize,
     prefetch: usize,
-    p: &QueryParams,
-    matcher: &Matcher,
+    q: segment::Query<'_>,
     corrupt: &AtomicU64,
     sink: &mut dyn FnMut(&[u8]) -> bool,
 ) -> io::Result<()> {
@@ -934,14 +526,14 @@ fn run_parallel(
                     if let Some(t) = tasks.get(i + prefetch) {
                         t.prefetch();
                     }
-                    if !tasks[i].in_parallel(matcher) {
+                    if !tasks[i].in_parallel(q.matcher) {
                         continue; // run in order on the emitting thread
                     }
                     // Stay within the look-ahead of the output. A query with a limit may
                     // be done after its first task: it starts one task ahead and widens by
                     // one per task emitted.
                     let ahead = |done: usize| {
-                        if p.limit.is_some() {
+                        if q.limit.is_some() {
                             (done + 1).min(LOOKAHEAD * workers)
                         } else {
                             LOOKAHEAD * workers
@@ -957,7 +549,7 @@ fn run_parallel(
                     }
                     let out = match &tasks[i] {
                         // A group whose decompressor cannot be made is left out.
-                        Task::One(c) => c.output(&mut dec, p, matcher, corrupt).unwrap_or_default(),
+                        Task::One(c) => c.output(&mut dec, &q, corrupt).unwrap_or_default(),
                         Task::Merge(_) => Vec::new(),
                     };
                     *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
@@ -967,7 +559,7 @@ fn run_parallel(
         }
         let result = (|| -> io::Result<()> {
             for (i, task) in tasks.iter().enumerate() {
-                let open = if task.in_parallel(matcher) {
+                let open = if task.in_parallel(q.matcher) {
                     let mut slot = slots[i].lock().unwrap_or_else(|e| e.into_inner());
                     while slot.is_none() {
                         slot = ready.wait(slot).unwrap_or_else(|e| e.into_inner());
@@ -976,7 +568,7 @@ fn run_parallel(
                     drop(slot);
                     out.is_empty() || sink(&out)
                 } else {
-                    run_inline(task, p, matcher, corrupt, sink)?
+                    run_inline(task, q, corrupt, sink)?
                 };
                 *emitted.lock().unwrap_or_else(|e| e.into_inner()) = i + 1;
                 progress.notify_all();
@@ -1019,76 +611,6 @@ mod tests {
     }
 
     use super::super::log::test_segment as seg;
-
-    #[test]
-    fn pieces_aligned_when_searched_hold_every_line_once() {
-        let mut m = Vec::new();
-        let mut i = 0;
-        while m.len() < 18 << 20 {
-            m.extend_from_slice(format!("line {i} {}\n", "y".repeat(i % 500)).as_bytes());
-            if i == 1000 {
-                // A line longer than a piece.
-                m.extend_from_slice(&vec![b'z'; PIECE + 100]);
-                m.push(b'\n');
-            }
-            i += 1;
-        }
-        let first = memchr::memchr(b'\n', &m).unwrap() + 1;
-        let r = first..m.len();
-        let parts: Vec<std::ops::Range<usize>> = pieces(r.clone())
-            .into_iter()
-            .map(|p| align(&m, p))
-            .collect();
-        assert!(parts.len() >= 3);
-        let mut at = r.start;
-        for p in &parts {
-            assert_eq!(p.start, at, "adjoining");
-            assert!(p.is_empty() || m[p.start - 1] == b'\n');
-            at = p.end;
-        }
-        assert_eq!(at, r.end);
-    }
-
-    #[test]
-    fn graded_pieces_cover_the_range_at_line_boundaries() {
-        let mut m = Vec::new();
-        let mut i = 0;
-        while m.len() < 20 << 20 {
-            m.extend_from_slice(format!("line {i} {}\n", "x".repeat(i % 300)).as_bytes());
-            i += 1;
-        }
-        for from_end in [false, true] {
-            let r = 5..m.len();
-            let r = memchr::memchr(b'\n', &m[..])
-                .map_or(0, |i| i + 1)
-                .max(r.start)..r.end;
-            let mut pieces = graded_pieces(&m, r.clone(), from_end);
-            assert!(pieces[0].len() <= (1 << 20) + 400 && pieces.len() > 4);
-            if from_end {
-                pieces.reverse();
-            }
-            assert_eq!(pieces.first().unwrap().start, r.start);
-            assert_eq!(pieces.last().unwrap().end, r.end);
-            for w in pieces.windows(2) {
-                assert_eq!(w[0].end, w[1].start);
-                assert_eq!(m[w[0].end - 1], b'\n');
-            }
-        }
-    }
-
-    #[test]
-    fn cutting_lines_from_either_end() {
-        let b = b"a\nbb\nccc\n";
-        let all = 0..b.len();
-        let text = |r: std::ops::Range<usize>| String::from_utf8(b[r].to_vec()).unwrap();
-        assert_eq!(text(cut_lines(b, all.clone(), 2, false)), "a\nbb\n");
-        assert_eq!(text(cut_lines(b, all.clone(), 2, true)), "bb\nccc\n");
-        assert_eq!(text(cut_lines(b, all.clone(), 1, true)), "ccc\n");
-        assert_eq!(text(cut_lines(b, all.clone(), 5, true)), "a\nbb\nccc\n");
-        assert_eq!(text(cut_lines(b, all.clone(), 5, false)), "a\nbb\nccc\n");
-        assert_eq!(text(cut_lines(b, 2..5, 1, true)), "bb\n");
-        assert_eq!(text(cut_lines(b, all, 0, true)), "");
-    }
 
     #[test]
     fn batch_segments() {
@@ -1162,7 +684,7 @@ mod tests {
         // One segment of three pieces and more, plus a separate small one after it.
         let mut big = Vec::new();
         let mut n = 0u64;
-        while big.len() < 2 * PIECE + PIECE / 2 {
+        while big.len() < 2 * segment::PIECE + segment::PIECE / 2 {
             let id = crate::record::encode_ulid(1_000_000 + n / 100, u128::from(n));
             big.extend_from_slice(&id);
             big.extend_from_slice(
