@@ -166,7 +166,11 @@ fn kubernetes_manifests_fit_together_and_pass_real_flags() {
             .as_vec()
             .and_then(|v| v.iter().find(|e| str_of(&e["name"]) == "GLIBC_TUNABLES"))
             .map(|e| str_of(&e["value"]));
-        assert_eq!(tunable.as_deref(), Some(COPY_TUNABLE), "{name}: GLIBC_TUNABLES");
+        assert_eq!(
+            tunable.as_deref(),
+            Some(COPY_TUNABLE),
+            "{name}: GLIBC_TUNABLES"
+        );
         check_env(&name, &mode, envs);
         // Ports: the named ones match the flags' ports; probes use real paths and ports.
         let ports: BTreeMap<String, i64> = c["ports"]

@@ -91,6 +91,15 @@ pub struct Topics {
     finder: Option<std::sync::Arc<memmem::Finder<'static>>>,
 }
 
+/// Two selections are equal when they were given the same patterns.
+impl PartialEq for Topics {
+    fn eq(&self, other: &Topics) -> bool {
+        self.patterns == other.patterns
+    }
+}
+
+impl Eq for Topics {}
+
 impl Topics {
     /// Read `topic=` values. A topic is `[A-Za-z0-9][A-Za-z0-9_-]*`; a glob may also hold `*`
     /// (any run of characters) and `?` (one character). Anything else is an error message.

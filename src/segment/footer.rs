@@ -231,7 +231,9 @@ impl Footer {
         let mut next = 0u64;
         for g in &groups {
             if u64::from(g.first) != next || g.count == 0 || g.low > g.high {
-                return Err(FormatError::Index("groups do not cover the blocks in order"));
+                return Err(FormatError::Index(
+                    "groups do not cover the blocks in order",
+                ));
             }
             next += u64::from(g.count);
         }

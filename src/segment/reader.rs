@@ -191,7 +191,8 @@ impl<S: Source> Reader<S> {
             let mut last = 0;
             for l in lines.split_inclusive(|&c| c == b'\n') {
                 info.records += 1;
-                info.low.get_or_insert_with(|| l[..l.len().min(ULID_LEN)].to_vec());
+                info.low
+                    .get_or_insert_with(|| l[..l.len().min(ULID_LEN)].to_vec());
                 last = l.as_ptr() as usize - lines.as_ptr() as usize;
             }
             if info.records > 0 {

@@ -72,7 +72,11 @@ impl<S: Source> Reader<S> {
         }
         let topics = &q.matcher.topics;
         // Per topic of the table: whether the query selects it, and its oldest visible ms.
-        let wanted: Vec<bool> = footer.topics.iter().map(|t| topics.matches(&t.name)).collect();
+        let wanted: Vec<bool> = footer
+            .topics
+            .iter()
+            .map(|t| topics.matches(&t.name))
+            .collect();
         let cutoffs: Vec<u64> = footer
             .topics
             .iter()
@@ -83,7 +87,9 @@ impl<S: Source> Reader<S> {
             ..Default::default()
         };
         let mut chosen = Vec::new();
-        let first = footer.groups.partition_point(|g| ulid_ms(&g.high) < q.from_ms);
+        let first = footer
+            .groups
+            .partition_point(|g| ulid_ms(&g.high) < q.from_ms);
         for (gi, g) in footer.groups.iter().enumerate().skip(first) {
             if ulid_ms(&g.low) > q.to_ms {
                 break;
@@ -119,7 +125,12 @@ impl<S: Source> Reader<S> {
 
     /// The selection cut into chunks, in ULID order: pieces of a raw segment's range, or the
     /// selected groups of a compressed one (`label` names the segment in logs).
-    pub fn chunks<'a>(&'a self, sel: &'a Selection, q: &Query<'_>, label: &'a Path) -> Vec<Chunk<'a>>
+    pub fn chunks<'a>(
+        &'a self,
+        sel: &'a Selection,
+        q: &Query<'_>,
+        label: &'a Path,
+    ) -> Vec<Chunk<'a>>
     where
         S: 'a,
     {
@@ -163,7 +174,9 @@ impl<S: Source> Reader<S> {
             return Ok(Lines::Raw(MatchSource::new(matches)));
         }
         let chunks = self.chunks(sel, &q, label);
-        Ok(Lines::Chunked(Box::new(ChunkSource::new(chunks, q, corrupt)?)))
+        Ok(Lines::Chunked(Box::new(ChunkSource::new(
+            chunks, q, corrupt,
+        )?)))
     }
 }
 
@@ -373,7 +386,11 @@ pub struct ChunkSource<'a> {
 
 impl<'a> ChunkSource<'a> {
     /// Positioned on the first matching line of `chunks` (reversed for a newest-first query).
-    pub fn new(mut chunks: Vec<Chunk<'a>>, q: Query<'a>, corrupt: &'a AtomicU64) -> io::Result<Self> {
+    pub fn new(
+        mut chunks: Vec<Chunk<'a>>,
+        q: Query<'a>,
+        corrupt: &'a AtomicU64,
+    ) -> io::Result<Self> {
         if q.desc {
             chunks.reverse();
         }

@@ -26,9 +26,10 @@ use futures_util::future::join_all;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
+use super::api::params::{RawParams, parse_query, stream_matcher};
 use super::api::{Late, Output, Stats, stats_headers};
 use super::hits::{Buckets, TopicBuckets};
-use super::query::{QueryParams, RawParams};
+use super::query::QueryParams;
 use super::retention::Retention;
 use crate::cluster::{Peers, Role};
 use crate::http::{self, Client, text, text_body};
@@ -167,7 +168,7 @@ async fn ask(
 /// The query parameters, checked here (regex included) so a bad query is refused with the
 /// message a node would give, before any node is asked.
 fn checked_params(raw: &RawParams) -> Result<QueryParams, String> {
-    let params = QueryParams::parse(raw)?;
+    let params = parse_query(raw)?;
     params.matcher()?;
     Ok(params)
 }
@@ -500,7 +501,7 @@ async fn stream(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
     let params = RawParams(params);
-    if let Err(e) = super::api::stream_matcher(&params) {
+    if let Err(e) = stream_matcher(&params) {
         return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
     }
     let window = crate::stream::parse_window(params.get("window"));

@@ -64,7 +64,6 @@ pub struct Segment {
 /// A segment selected for a query, with its reader (`None`: empty or unreadable).
 pub type OpenedSegment = (Segment, Option<Arc<Reader<Mmap>>>);
 
-
 /// Parse `<LOW>-<HIGH>.<state>`.
 pub fn parse_name(name: &str) -> Option<([u8; ULID_LEN], [u8; ULID_LEN], &str)> {
     let (stem, state) = name.rsplit_once('.')?;
@@ -789,7 +788,6 @@ pub(crate) fn test_segment(low: &str, high: &str) -> Segment {
         format: Format::Raw,
     }
 }
-
 
 /// Check that a segment starts with `<low><SP>` and ends with a complete record whose ULID is
 /// `high`. `Ok(Err(reason))` for a bad segment.

@@ -1,4 +1,4 @@
-//! Local query execution: select the segments whose names overlap `[from, to]`, map them,
+//! Local query execution (the query's HTTP parameters are parsed in `api/params.rs`): select the segments whose names overlap `[from, to]`, map them,
 //! search each one's time range, merge overlapping segments by ULID with dedup, and push the
 //! matching lines into a sink. Nothing is collected: memory is bounded by the sink's buffer.
 
@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::Mmap;
 
 use super::log::{Segment, StoreLog};
-use crate::gotime;
 use crate::merge;
-use crate::record::{parse_ulid, ulid_ms};
 use crate::search::{Matcher, Topics};
 use crate::segment::{self, Chunk, Needles, Reader, Selection};
 
@@ -28,8 +26,8 @@ pub struct QueryParams {
     pub q: String,
     /// Whether `q` is a regex.
     pub regex: bool,
-    /// Topic names and globs selecting records (none: every topic).
-    pub topics: Vec<String>,
+    /// Topic names and globs selecting records (none: every topic), parsed once.
+    pub topics: Topics,
     /// Newest first (`order=desc`).
     pub desc: bool,
     /// At most this many records (`limit=N`): the first N in the answer's order.
@@ -40,135 +38,12 @@ pub struct QueryParams {
     pub after: u32,
 }
 
-/// The largest `limit` accepted.
-pub const MAX_LIMIT: u64 = 1_000_000;
-/// The largest `before`/`after` accepted.
-pub const MAX_CONTEXT: u32 = 1000;
-
-/// Query-string parameters in their order, repeated keys kept (`topic=a&topic=b`).
-#[derive(Clone, Debug, Default)]
-pub struct RawParams(pub Vec<(String, String)>);
-
-impl RawParams {
-    /// The value of `key` (the last one when repeated).
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every value of `key`, in order.
-    pub fn all(&self, key: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
-impl<'a> FromIterator<(&'a str, &'a str)> for RawParams {
-    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(iter: I) -> Self {
-        RawParams(
-            iter.into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-}
-
-/// Read a decimal count parameter in `1..=max` (`0..=max` when `zero` is allowed).
-fn parse_count(name: &str, value: &str, max: u64, zero: bool) -> Result<u64, String> {
-    let low = u64::from(!zero);
-    match value.parse::<u64>() {
-        Ok(n) if (low..=max).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "parsing '{name}': {value:?}: must be a whole number from {low} to {max}"
-        )),
-    }
-}
-
-/// Read a `from`/`to` value: an RFC 3339 time or a ULID (its millisecond).
-pub fn parse_time(name: &str, value: &str) -> Result<u64, String> {
-    if let Some(id) = parse_ulid(value) {
-        return Ok(ulid_ms(&id));
-    }
-    match gotime::parse_rfc3339_ms(value) {
-        Some(ms) if ms >= 0 => Ok(ms as u64),
-        Some(_) => Err(format!(
-            "parsing '{name}': {value}: times before 1970 are not supported"
-        )),
-        None => Err(format!(
-            "parsing '{name}': {value}: can't parse as ULID or RFC3339 time"
-        )),
-    }
-}
-
-/// Read the `regex` parameter: absent, `false` or `0` → literal; empty, `true` or `1` → regex.
-pub fn parse_regex_flag(value: Option<&str>) -> Result<bool, String> {
-    match value {
-        None | Some("false") | Some("0") => Ok(false),
-        Some("") | Some("true") | Some("1") => Ok(true),
-        Some(v) => Err(format!(
-            "parsing 'regex': {v:?}: must be true, false, 1, 0 or empty"
-        )),
-    }
-}
-
 impl QueryParams {
-    /// Parse query-string parameters. A missing `to` is now; a missing `from` is an hour
-    /// before `to`.
-    pub fn parse(params: &RawParams) -> Result<QueryParams, String> {
-        let to_ms = match params.get("to") {
-            Some(v) => parse_time("to", v)?,
-            None => gotime::now_ms().max(0) as u64,
-        };
-        let from_ms = match params.get("from") {
-            Some(v) => parse_time("from", v)?,
-            None => to_ms.saturating_sub(3_600_000),
-        };
-        if from_ms > to_ms {
-            // One rule for every endpoint that takes a window (query, hits, their local forms).
-            return Err("'from' is after 'to'".to_string());
-        }
-        let topics: Vec<String> = params.all("topic").into_iter().map(String::from).collect();
-        Topics::parse(&topics)?;
-        let desc = match params.get("order") {
-            None | Some("asc") => false,
-            Some("desc") => true,
-            Some(v) => return Err(format!("parsing 'order': {v:?}: must be asc or desc")),
-        };
-        let limit = match params.get("limit") {
-            None => None,
-            Some(v) => Some(parse_count("limit", v, MAX_LIMIT, false)?),
-        };
-        let context = |name: &str| -> Result<u32, String> {
-            match params.get(name) {
-                None => Ok(0),
-                Some(v) => Ok(parse_count(name, v, u64::from(MAX_CONTEXT), true)? as u32),
-            }
-        };
-        let (before, after) = (context("before")?, context("after")?);
-        Ok(QueryParams {
-            from_ms,
-            to_ms,
-            q: params.get("q").unwrap_or_default().to_string(),
-            regex: parse_regex_flag(params.get("regex"))?,
-            topics,
-            desc,
-            limit,
-            before,
-            after,
-        })
-    }
-
     /// The matcher of `q`, `regex` and `topic`; a bad regex is an error message.
     pub fn matcher(&self) -> Result<Matcher, String> {
         Ok(Matcher::new(&self.q, self.regex)
             .map_err(|e| format!("compiling regex: {e}"))?
-            .with_topics(Topics::parse(&self.topics)?))
+            .with_topics(self.topics.clone()))
     }
 
     /// What a query with context lines reads: every record of its topics in its window
@@ -188,7 +63,7 @@ impl QueryParams {
     /// Whether the answer is every record of the window in ULID order, whole.
     pub fn is_plain_dump(&self) -> bool {
         self.q.is_empty()
-            && self.topics.is_empty()
+            && self.topics.is_all()
             && !self.desc
             && self.limit.is_none()
             && self.before == 0
@@ -607,7 +482,7 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Result<QueryParams, String> {
-        QueryParams::parse(&pairs.iter().copied().collect())
+        super::super::api::params::parse_query(&pairs.iter().copied().collect())
     }
 
     use super::super::log::test_segment as seg;
@@ -752,7 +627,7 @@ mod tests {
         ] {
             let mut asc = p.clone();
             asc.q = q.to_string();
-            asc.topics = topic.into_iter().map(String::from).collect();
+            asc.topics = Topics::parse(&topic.into_iter().collect::<Vec<_>>()).unwrap();
             let mut desc = asc.clone();
             desc.desc = true;
             let run = |p: &QueryParams| {
@@ -778,35 +653,5 @@ mod tests {
         })
         .unwrap();
         assert_eq!(calls, 1);
-    }
-
-    #[test]
-    fn parameters() {
-        let p = params(&[
-            ("from", "01BC3NABW20000000000000000"),
-            ("to", "2017-03-25T21:18:20.05731891Z"),
-            ("q", "a b"),
-        ])
-        .unwrap();
-        assert_eq!(p.from_ms, 1490476674946);
-        assert_eq!(p.to_ms, 1490476700057);
-        assert!(!p.regex);
-        assert!(params(&[("regex", "")]).unwrap().regex);
-        assert!(params(&[("regex", "true")]).unwrap().regex);
-        assert!(
-            !params(&[("regex", "false")]).unwrap().regex,
-            "regex=false means false"
-        );
-        assert!(params(&[("regex", "yes")]).is_err());
-        let e = params(&[("from", "yesterday")]).unwrap_err();
-        assert_eq!(
-            e,
-            "parsing 'from': yesterday: can't parse as ULID or RFC3339 time"
-        );
-        assert!(params(&[("to", "0123456789012345678901234U")]).is_err());
-        assert!(
-            params(&[("to", "2017-03-25T21:18:20.12345Z")]).is_ok(),
-            "26 chars, a time"
-        );
     }
 }

@@ -18,7 +18,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::log::{ACTIVE, StoreLog};
-use super::query::{Plan, QueryParams, RawParams};
+pub mod params;
+
+use super::query::{Plan, QueryParams};
 use super::registry::Registry;
 use super::replicate::{ReplicaError, ReplicaWriter};
 use super::retention::Retention;
@@ -27,9 +29,10 @@ use crate::http::{frame_body, text, text_body};
 use crate::metrics::Metrics;
 use crate::record::{BODY_OFFSET, ULID_LEN};
 use crate::search::context::Context;
-use crate::search::{Expiry, Matcher, Topics};
+use crate::search::{Expiry, Matcher};
 use crate::segment::Needles;
 use hyper::body::Frame;
+use params::{RawParams, parse_query, stream_matcher};
 
 /// Query output is sent in chunks of about this size (256 KiB).
 const OUT_CHUNK: usize = 256 << 10;
@@ -158,14 +161,6 @@ async fn local_stream(
             .map(|chunk| (Ok::<_, std::io::Error>(chunk), sub))
     });
     text_body(StatusCode::OK, HeaderMap::new(), Body::from_stream(body))
-}
-
-/// The matcher of a live stream's `q`, `regex` and `topic` parameters.
-pub fn stream_matcher(raw: &RawParams) -> Result<Matcher, String> {
-    let regex = super::query::parse_regex_flag(raw.get("regex"))?;
-    Ok(Matcher::new(raw.get("q").unwrap_or(""), regex)
-        .map_err(|e| format!("compiling regex: {e}"))?
-        .with_topics(Topics::parse(&raw.all("topic"))?))
 }
 
 /// Trailer of a query answer: store nodes whose answer broke off after the headers went out.
@@ -301,7 +296,7 @@ async fn local(
     output: Output,
 ) -> Response {
     let trailers = crate::http::accepts_trailers(&headers);
-    match QueryParams::parse(&raw) {
+    match parse_query(&raw) {
         Ok(mut params) => {
             if output != Output::Records {
                 // Hits are counted, not listed: every match, in the order the gateway merges.

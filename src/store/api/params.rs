@@ -1,0 +1,177 @@
+//! The query API's parameters: the query string as given ([`RawParams`]), read into a
+//! [`QueryParams`] once per request, with every error a message for a 400 answer.
+
+use super::super::query::QueryParams;
+use crate::gotime;
+use crate::record::{parse_ulid, ulid_ms};
+use crate::search::{Matcher, Topics};
+
+/// The largest `limit` accepted.
+pub const MAX_LIMIT: u64 = 1_000_000;
+/// The largest `before`/`after` accepted.
+pub const MAX_CONTEXT: u32 = 1000;
+
+/// Query-string parameters in their order, repeated keys kept (`topic=a&topic=b`).
+#[derive(Clone, Debug, Default)]
+pub struct RawParams(pub Vec<(String, String)>);
+
+impl RawParams {
+    /// The value of `key` (the last one when repeated).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key`, in order.
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+impl<'a> FromIterator<(&'a str, &'a str)> for RawParams {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(iter: I) -> Self {
+        RawParams(
+            iter.into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+}
+
+/// Read a decimal count parameter in `1..=max` (`0..=max` when `zero` is allowed).
+fn parse_count(name: &str, value: &str, max: u64, zero: bool) -> Result<u64, String> {
+    let low = u64::from(!zero);
+    match value.parse::<u64>() {
+        Ok(n) if (low..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "parsing '{name}': {value:?}: must be a whole number from {low} to {max}"
+        )),
+    }
+}
+
+/// Read a `from`/`to` value: an RFC 3339 time or a ULID (its millisecond).
+pub fn parse_time(name: &str, value: &str) -> Result<u64, String> {
+    if let Some(id) = parse_ulid(value) {
+        return Ok(ulid_ms(&id));
+    }
+    match gotime::parse_rfc3339_ms(value) {
+        Some(ms) if ms >= 0 => Ok(ms as u64),
+        Some(_) => Err(format!(
+            "parsing '{name}': {value}: times before 1970 are not supported"
+        )),
+        None => Err(format!(
+            "parsing '{name}': {value}: can't parse as ULID or RFC3339 time"
+        )),
+    }
+}
+
+/// Read the `regex` parameter: absent, `false` or `0` → literal; empty, `true` or `1` → regex.
+pub fn parse_regex_flag(value: Option<&str>) -> Result<bool, String> {
+    match value {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("") | Some("true") | Some("1") => Ok(true),
+        Some(v) => Err(format!(
+            "parsing 'regex': {v:?}: must be true, false, 1, 0 or empty"
+        )),
+    }
+}
+
+/// Parse a query's parameters (`from`, `to`, `q`, `regex`, `topic`, `order`, `limit`,
+/// `before`, `after`). A missing `to` is now; a missing `from` is an hour before `to`. The
+/// topic matcher is built here, once.
+pub fn parse_query(params: &RawParams) -> Result<QueryParams, String> {
+    let to_ms = match params.get("to") {
+        Some(v) => parse_time("to", v)?,
+        None => gotime::now_ms().max(0) as u64,
+    };
+    let from_ms = match params.get("from") {
+        Some(v) => parse_time("from", v)?,
+        None => to_ms.saturating_sub(3_600_000),
+    };
+    if from_ms > to_ms {
+        // One rule for every endpoint that takes a window (query, hits, their local forms).
+        return Err("'from' is after 'to'".to_string());
+    }
+    let topics = Topics::parse(&params.all("topic"))?;
+    let desc = match params.get("order") {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(v) => return Err(format!("parsing 'order': {v:?}: must be asc or desc")),
+    };
+    let limit = match params.get("limit") {
+        None => None,
+        Some(v) => Some(parse_count("limit", v, MAX_LIMIT, false)?),
+    };
+    let context = |name: &str| -> Result<u32, String> {
+        match params.get(name) {
+            None => Ok(0),
+            Some(v) => Ok(parse_count(name, v, u64::from(MAX_CONTEXT), true)? as u32),
+        }
+    };
+    let (before, after) = (context("before")?, context("after")?);
+    Ok(QueryParams {
+        from_ms,
+        to_ms,
+        q: params.get("q").unwrap_or_default().to_string(),
+        regex: parse_regex_flag(params.get("regex"))?,
+        topics,
+        desc,
+        limit,
+        before,
+        after,
+    })
+}
+
+/// The matcher of a live stream's `q`, `regex` and `topic` parameters.
+pub fn stream_matcher(raw: &RawParams) -> Result<Matcher, String> {
+    let regex = parse_regex_flag(raw.get("regex"))?;
+    Ok(Matcher::new(raw.get("q").unwrap_or(""), regex)
+        .map_err(|e| format!("compiling regex: {e}"))?
+        .with_topics(Topics::parse(&raw.all("topic"))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Result<QueryParams, String> {
+        parse_query(&pairs.iter().copied().collect())
+    }
+
+    #[test]
+    fn parameters() {
+        let p = params(&[
+            ("from", "01BC3NABW20000000000000000"),
+            ("to", "2017-03-25T21:18:20.05731891Z"),
+            ("q", "a b"),
+        ])
+        .unwrap();
+        assert_eq!(p.from_ms, 1490476674946);
+        assert_eq!(p.to_ms, 1490476700057);
+        assert!(!p.regex);
+        assert!(params(&[("regex", "")]).unwrap().regex);
+        assert!(params(&[("regex", "true")]).unwrap().regex);
+        assert!(
+            !params(&[("regex", "false")]).unwrap().regex,
+            "regex=false means false"
+        );
+        assert!(params(&[("regex", "yes")]).is_err());
+        let e = params(&[("from", "yesterday")]).unwrap_err();
+        assert_eq!(
+            e,
+            "parsing 'from': yesterday: can't parse as ULID or RFC3339 time"
+        );
+        assert!(params(&[("to", "0123456789012345678901234U")]).is_err());
+        assert!(
+            params(&[("to", "2017-03-25T21:18:20.12345Z")]).is_ok(),
+            "26 chars, a time"
+        );
+    }
+}
