@@ -13,6 +13,7 @@
 //! - [`http`]: shared server and client plumbing, `/health`, `/metrics`.
 //! - [`security`]: TLS, tokens with roles, the cluster key.
 //! - [`ui`]: the embedded web UI at `/ui/`.
+//! - [`supervise`]: the run group every long-running part of a node runs under.
 //! - [`cli`]: one module per subcommand; `main.rs` only picks one.
 
 pub mod cli;
@@ -30,5 +31,6 @@ pub mod security;
 pub mod segment;
 pub mod store;
 pub mod stream;
+pub mod supervise;
 pub mod throttle;
 pub mod ui;

@@ -22,6 +22,40 @@ fn health_lists_every_part_running() {
     }
 }
 
+#[test]
+fn a_panicking_lifecycle_step_is_logged_and_counted_and_the_node_goes_on() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_env(
+        dir.path(),
+        &ingeststore_args(&[]),
+        &["api"],
+        &[("OKLOG_FAILPOINT", "lifecycle-step")],
+    );
+    let counted = |kind: &str| {
+        let metrics = http("GET", node.addr("api"), "/metrics", b"").body;
+        String::from_utf8_lossy(&metrics).lines().any(|l| {
+            l.starts_with("oklog_store_compactions_total{")
+                && l.contains(&format!("kind=\"{kind}\""))
+                && l.contains("result=\"Panic\"")
+        })
+    };
+    // Steps take turns, one a second: two of them have panicked by now, and were counted.
+    eventually(
+        Duration::from_secs(10),
+        "two panicked steps counted",
+        || (counted("Overlapping") && counted("Sequential")).then_some(()),
+    );
+    let log = node.log_text();
+    assert!(
+        log.contains("store lifecycle step panicked") && log.contains("injected failure"),
+        "{log}"
+    );
+    let health: serde_json::Value =
+        serde_json::from_slice(&http("GET", node.addr("api"), "/health", b"").body).unwrap();
+    assert_eq!(health["parts"]["lifecycle"], "running", "{health}");
+}
+
 /// Every kind of part of an `ingeststore`.
 const PARTS: &[&str] = &[
     "api",
@@ -38,6 +72,7 @@ const PARTS: &[&str] = &[
     "push-writer",
     "syslog-tcp",
     "syslog-udp",
+    "security-reload",
 ];
 
 #[test]

@@ -4,10 +4,10 @@
 //! Store owns only `-store.path`; it never touches ingest files except through the ingest API.
 
 pub mod api;
-pub mod compact;
 pub mod consume;
 pub mod gather;
 pub mod hits;
+pub mod lifecycle;
 pub mod log;
 pub mod query;
 pub mod registry;
@@ -15,7 +15,7 @@ pub mod replicate;
 pub mod retention;
 
 pub use api::StoreApi;
-pub use compact::{CompactConfig, Compacter};
 pub use consume::{Consumer, ConsumerConfig};
 pub use gather::Gateway;
+pub use lifecycle::{CompactConfig, Compacter};
 pub use log::StoreLog;

@@ -6,10 +6,8 @@
 //! the group logs which part and why, the node runs its ordered shutdown and exits non-zero,
 //! so systemd or Kubernetes restarts it. `/health` shows each part's state.
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,17 +17,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{Id, JoinSet};
 
 use super::build::{IngestParts, StoreParts, build_ingest, build_security, build_store};
 use super::config::NodeConfig;
 use crate::cluster::gossip::Gossip;
 use crate::cluster::{Membership, Peers, Role, advertise, state_json};
-use crate::http::{self, PartStates};
+use crate::http;
 use crate::ingest::conn;
 use crate::ingest::protocols::syslog;
 use crate::metrics::{Labels, Metrics};
 use crate::store::{Compacter, Consumer, Gateway};
+use crate::supervise::RunGroup;
 
 /// Push requests (Loki, OTLP, Elasticsearch bulk, JSON lines) served at once; more get 503
 /// with `Retry-After` (each may hold a body of up to `-ingest.max-push-size`).
@@ -106,7 +104,7 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         tracing::warn!(%advertise_ip, "this node advertises an address other hosts cannot reach; set -cluster.advertise-addr");
     }
     raise_open_files_limit();
-    tame_the_allocator();
+    let _trimming = tame_the_allocator();
     // Connections are tasks on the workers; blocking work (file I/O, fsync, local searches)
     // runs on a bounded pool, so no client can make the node start threads without end.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -168,18 +166,21 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
 
 /// Keep the allocator from holding on to memory a flood of connections used: at most a few
 /// malloc arenas (glibc makes up to 8 per core, one per busy thread, and a freed buffer stays in
-/// the arena of the thread that freed it), and free pages handed back to the kernel every 10 s.
+/// the arena of the thread that freed it), and free pages handed back to the kernel every 10 s,
+/// by a thread that ends when the returned guard is dropped (with the node).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tame_the_allocator() {
+fn tame_the_allocator() -> std::sync::mpsc::Sender<()> {
     // SAFETY: mallopt is called before any thread but this one exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
+    let (guard, stopped) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("malloc-trim".into())
-        .spawn(|| {
-            loop {
-                std::thread::sleep(Duration::from_secs(10));
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_secs(10))
+            {
                 // SAFETY: malloc_trim only releases free memory.
                 unsafe {
                     libc::malloc_trim(0);
@@ -187,10 +188,13 @@ fn tame_the_allocator() {
             }
         })
         .ok();
+    guard
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tame_the_allocator() {}
+fn tame_the_allocator() -> std::sync::mpsc::Sender<()> {
+    std::sync::mpsc::channel().0
+}
 
 /// Threads the runtime may start for blocking work.
 const MAX_BLOCKING_THREADS: usize = 40;
@@ -229,7 +233,17 @@ struct Node {
     all_rx: watch::Receiver<bool>,
 }
 
+/// The signals of a node's two shutdown phases, as its parts receive them.
+#[derive(Clone)]
+struct Phases {
+    /// The first phase: the ingest listeners stop.
+    tcp: watch::Receiver<bool>,
+    /// The last phase: everything else.
+    all: watch::Receiver<bool>,
+}
+
 impl Node {
+    /// Serve until a signal or a part's end, then shut down in order.
     async fn serve(
         self,
         api_listener: TcpListener,
@@ -237,166 +251,30 @@ impl Node {
         store: Option<StoreParts>,
         mut tasks: RunGroup,
     ) -> anyhow::Result<()> {
-        let role_name = self.role.name();
         let peers: Arc<dyn Peers> = Arc::new(self.gossip.clone());
-        // The first shutdown phase stops the ingest listeners.
         let (tcp_tx, tcp_rx) = watch::channel(false);
-        let all_rx = self.all_rx.clone();
-        let gossip = self.gossip.clone();
-        let state = move || {
-            let g = gossip.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/json; charset=utf-8",
-                    )],
-                    state_json(&g.me(), &g.members()),
-                )
-            }
+        let phases = Phases {
+            tcp: tcp_rx,
+            all: self.all_rx.clone(),
         };
+        self.report_on_scrape(ingest.as_ref(), store.as_ref());
         let mut router = Router::new().merge(http::common_routes(
-            role_name,
+            self.role.name(),
             Arc::clone(&self.metrics),
-            tcp_rx.clone(),
+            phases.tcp.clone(),
             Some(tasks.states()),
         ));
-        {
-            let (gossip, metrics) = (self.gossip.clone(), Arc::downgrade(&self.metrics));
-            self.metrics.on_scrape(move || {
-                if let Some(m) = metrics.upgrade() {
-                    m.cluster_size.set(gossip.members().len() as i64);
-                }
-            });
-        }
-        if let Some(parts) = &ingest {
-            let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
-            self.metrics.on_scrape(move || {
-                if let (Some(m), Ok(s)) = (metrics.upgrade(), log.stats()) {
-                    let states = [
-                        ("active", s.active.0, s.active.1),
-                        ("flushed", s.flushed.0, s.flushed.1),
-                        ("pending", s.pending.0, s.pending.1),
-                        ("bad", s.bad.0, s.bad.1),
-                    ];
-                    set_state_gauges(&m.ingest_segments, &m.ingest_segment_bytes, states);
-                }
-            });
-            let push = http::limit(parts.push.router(), PUSH_PATHS, MAX_PUSH_REQUESTS);
-            router = router
-                .merge(parts.api.router())
-                .merge(push)
-                .route("/ingest/_clusterstate", get(state.clone()));
-            tasks.spawn(
-                "ingest-timeouts",
-                Arc::clone(&parts.api).run_timeouts(all_rx.clone()),
-            );
-        }
         let ingest = ingest.map(|mut parts| {
-            for (modality, listener) in parts.listeners.drain(..) {
-                tasks.spawn(
-                    modality.name(),
-                    conn::serve(
-                        listener,
-                        modality,
-                        Arc::clone(&parts.ingester),
-                        tcp_rx.clone(),
-                    ),
-                );
-            }
-            let ing = Arc::clone(&parts.ingester);
-            tasks.spawn("ingest-sync", async move { ing.sync.ended().await });
-            let push = Arc::clone(&parts.push);
-            tasks.spawn("push-writer", async move { push.writer().ended().await });
-            if let Some(listener) = parts.syslog_tcp.take() {
-                tasks.spawn(
-                    "syslog-tcp",
-                    syslog::serve_tcp(
-                        listener,
-                        Arc::clone(&parts.push),
-                        parts.limits,
-                        Arc::clone(parts.ingester.door()),
-                        tcp_rx.clone(),
-                    ),
-                );
-            }
-            if let Some(socket) = parts.syslog_udp.take() {
-                tasks.spawn(
-                    "syslog-udp",
-                    syslog::serve_udp(socket, Arc::clone(&parts.push), tcp_rx.clone()),
-                );
-            }
+            router = std::mem::take(&mut router)
+                .merge(self.spawn_ingest(&mut parts, &mut tasks, &phases));
             parts
         });
-        let ingest_api = ingest.as_ref().map(|p| Arc::clone(&p.api));
         if let Some(parts) = &store {
-            let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
-            self.metrics.on_scrape(move || {
-                if let (Some(m), Ok(states)) = (metrics.upgrade(), log.stats()) {
-                    set_state_gauges(&m.store_segments, &m.store_segment_bytes, states);
-                    m.store_raw_segments.set(log.raw_segments() as i64);
-                }
-            });
-            let gateway = Gateway::with_local(
-                Arc::clone(&peers),
-                http::client_with(&self.security.client),
-                Arc::clone(&self.metrics),
-                self.gossip.me().api_addr,
-                Arc::clone(&parts.api),
-            )
-            .with_retention(Arc::clone(&parts.retention))
-            .router();
-            // Each class of work has its own bound, so a gateway's calls to its peers never
-            // wait behind the user queries that made them.
-            let (q, st) = (parts.max_queries, parts.max_streams);
-            let gateway = http::limit(gateway, &["/store/query", "/store/hits"], q);
-            let gateway = http::limit(gateway, &["/store/stream"], st);
-            let local = http::limit(parts.api.router(), &["/store/_query", "/store/_hits"], q);
-            let local = http::limit(local, &["/store/_stream"], st);
-            router = router
-                .merge(local)
-                .merge(gateway)
-                .route("/store/_clusterstate", get(state))
-                .merge(crate::ui::router());
-            let compacter = Compacter::new(
-                Arc::clone(&parts.log),
-                parts.lifecycle.clone(),
-                Arc::clone(&self.metrics),
-            );
-            tasks.spawn("lifecycle", compacter.run(all_rx.clone()));
-            for i in 0..parts.consumers {
-                let consumer = Consumer::new(
-                    Arc::clone(&parts.log),
-                    Arc::clone(&peers),
-                    http::client_with(&self.security.client),
-                    parts.consumer.clone(),
-                    Arc::clone(&self.metrics),
-                )
-                .with_local(self.gossip.me().api_addr, Arc::clone(&parts.api));
-                let consumer = match &ingest_api {
-                    Some(api) => consumer.with_local_ingest(
-                        self.gossip.me().api_addr,
-                        Arc::new(OwnIngester(Arc::clone(api))),
-                    ),
-                    None => consumer,
-                };
-                tasks.spawn(&format!("consumer-{i}"), consumer.run(all_rx.clone()));
-            }
+            let own = ingest.as_ref().map(|p| Arc::clone(&p.api));
+            router = router.merge(self.spawn_store(parts, own, &peers, &mut tasks, &phases));
         }
-        let router = http::guard(router, Arc::clone(&self.security.guard));
-        let router = http::instrument(router, Arc::clone(&self.metrics));
-        let timeouts = self.http;
-        let tls = self.security.server.as_ref().map(|s| Arc::clone(&s.api));
-        tasks.spawn(
-            "security-reload",
-            Arc::clone(&self.security.reloader).run(all_rx.clone()),
-        );
-        tasks.spawn("api", async move {
-            if let Err(e) = http::serve_tls(api_listener, router, all_rx, timeouts, tls).await {
-                panic!("serving the API: {e}");
-            }
-        });
-        tracing::info!(role = role_name, api = %self.gossip.me().api_addr, "started");
+        self.spawn_api(api_listener, router, &mut tasks, &phases);
+        tracing::info!(role = self.role.name(), api = %self.gossip.me().api_addr, "started");
 
         // Run until a signal, or until a part ends on its own: then stop, and say why.
         let failed = tokio::select! {
@@ -413,12 +291,224 @@ impl Node {
                 tracing::error!(part = %exit.name, why, "a part of the node ended unexpectedly; shutting down");
             }
         }
-        // Everything below shares one deadline; the drain leaves room for the last steps.
+        self.shut_down(tasks, failed.is_some(), ingest.as_ref(), tcp_tx, &peers)
+            .await;
+        tracing::info!("stopped");
+        match failed {
+            None => Ok(()),
+            Some(exit) => Err(anyhow::anyhow!(
+                "part {} ended unexpectedly{}",
+                exit.name,
+                exit.result
+                    .err()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+
+    /// `/store/_clusterstate` and `/ingest/_clusterstate`: the members as gossip sees them.
+    fn cluster_state(&self) -> axum::routing::MethodRouter {
+        let gossip = self.gossip.clone();
+        get(move || {
+            let g = gossip.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/json; charset=utf-8",
+                    )],
+                    state_json(&g.me(), &g.members()),
+                )
+            }
+        })
+    }
+
+    /// The gauges read when `/metrics` is scraped: the cluster's size, and the segment files
+    /// and bytes of each state of the ingest and store logs.
+    fn report_on_scrape(&self, ingest: Option<&IngestParts>, store: Option<&StoreParts>) {
+        let (gossip, metrics) = (self.gossip.clone(), Arc::downgrade(&self.metrics));
+        self.metrics.on_scrape(move || {
+            if let Some(m) = metrics.upgrade() {
+                m.cluster_size.set(gossip.members().len() as i64);
+            }
+        });
+        if let Some(parts) = ingest {
+            let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
+            self.metrics.on_scrape(move || {
+                if let (Some(m), Ok(s)) = (metrics.upgrade(), log.stats()) {
+                    let states = [
+                        ("active", s.active.0, s.active.1),
+                        ("flushed", s.flushed.0, s.flushed.1),
+                        ("pending", s.pending.0, s.pending.1),
+                        ("bad", s.bad.0, s.bad.1),
+                    ];
+                    set_state_gauges(&m.ingest_segments, &m.ingest_segment_bytes, states);
+                }
+            });
+        }
+        if let Some(parts) = store {
+            let (log, metrics) = (Arc::clone(&parts.log), Arc::downgrade(&self.metrics));
+            self.metrics.on_scrape(move || {
+                if let (Some(m), Ok(states)) = (metrics.upgrade(), log.stats()) {
+                    set_state_gauges(&m.store_segments, &m.store_segment_bytes, states);
+                    m.store_raw_segments.set(log.raw_segments() as i64);
+                }
+            });
+        }
+    }
+
+    /// Start the ingester's parts (listeners, syslog, the sync and push writers, the
+    /// timeouts of claimed segments); the routes of `/ingest/*` and the push endpoints.
+    fn spawn_ingest(
+        &self,
+        parts: &mut IngestParts,
+        tasks: &mut RunGroup,
+        phases: &Phases,
+    ) -> Router {
+        tasks.spawn(
+            "ingest-timeouts",
+            Arc::clone(&parts.api).run_timeouts(phases.all.clone()),
+        );
+        for (modality, listener) in parts.listeners.drain(..) {
+            tasks.spawn(
+                modality.name(),
+                conn::serve(
+                    listener,
+                    modality,
+                    Arc::clone(&parts.ingester),
+                    phases.tcp.clone(),
+                ),
+            );
+        }
+        let ing = Arc::clone(&parts.ingester);
+        tasks.spawn("ingest-sync", async move { ing.sync.ended().await });
+        let push = Arc::clone(&parts.push);
+        tasks.spawn("push-writer", async move { push.writer().ended().await });
+        if let Some(listener) = parts.syslog_tcp.take() {
+            tasks.spawn(
+                "syslog-tcp",
+                syslog::serve_tcp(
+                    listener,
+                    Arc::clone(&parts.push),
+                    parts.limits,
+                    Arc::clone(parts.ingester.door()),
+                    phases.tcp.clone(),
+                ),
+            );
+        }
+        if let Some(socket) = parts.syslog_udp.take() {
+            tasks.spawn(
+                "syslog-udp",
+                syslog::serve_udp(socket, Arc::clone(&parts.push), phases.tcp.clone()),
+            );
+        }
+        let push = http::limit(parts.push.router(), PUSH_PATHS, MAX_PUSH_REQUESTS);
+        parts
+            .api
+            .router()
+            .merge(push)
+            .route("/ingest/_clusterstate", self.cluster_state())
+    }
+
+    /// Start the store's parts (the lifecycle, the consumers, pulling from `own_ingest` in
+    /// process when this node ingests too); the routes of `/store/*` and the UI.
+    fn spawn_store(
+        &self,
+        parts: &StoreParts,
+        own_ingest: Option<Arc<crate::ingest::IngestApi>>,
+        peers: &Arc<dyn Peers>,
+        tasks: &mut RunGroup,
+        phases: &Phases,
+    ) -> Router {
+        let me = self.gossip.me().api_addr;
+        let compacter = Compacter::new(
+            Arc::clone(&parts.log),
+            parts.lifecycle.clone(),
+            Arc::clone(&self.metrics),
+        );
+        tasks.spawn("lifecycle", compacter.run(phases.all.clone()));
+        for i in 0..parts.consumers {
+            let consumer = Consumer::new(
+                Arc::clone(&parts.log),
+                Arc::clone(peers),
+                http::client_with(&self.security.client),
+                parts.consumer.clone(),
+                Arc::clone(&self.metrics),
+            )
+            .with_local(me.clone(), Arc::clone(&parts.api));
+            let consumer = match &own_ingest {
+                Some(api) => {
+                    consumer.with_local_ingest(me.clone(), Arc::new(OwnIngester(Arc::clone(api))))
+                }
+                None => consumer,
+            };
+            tasks.spawn(&format!("consumer-{i}"), consumer.run(phases.all.clone()));
+        }
+        let gateway = Gateway::with_local(
+            Arc::clone(peers),
+            http::client_with(&self.security.client),
+            Arc::clone(&self.metrics),
+            me,
+            Arc::clone(&parts.api),
+        )
+        .with_retention(Arc::clone(&parts.retention))
+        .router();
+        // Each class of work has its own bound, so a gateway's calls to its peers never
+        // wait behind the user queries that made them.
+        let (q, st) = (parts.max_queries, parts.max_streams);
+        let gateway = http::limit(gateway, &["/store/query", "/store/hits"], q);
+        let gateway = http::limit(gateway, &["/store/stream"], st);
+        let local = http::limit(parts.api.router(), &["/store/_query", "/store/_hits"], q);
+        let local = http::limit(local, &["/store/_stream"], st);
+        local
+            .merge(gateway)
+            .route("/store/_clusterstate", self.cluster_state())
+            .merge(crate::ui::router())
+    }
+
+    /// Serve `router` on the API listener (guarded by the credentials check, instrumented),
+    /// and reload the TLS material and tokens as they change.
+    fn spawn_api(
+        &self,
+        listener: TcpListener,
+        router: Router,
+        tasks: &mut RunGroup,
+        phases: &Phases,
+    ) {
+        let router = http::guard(router, Arc::clone(&self.security.guard));
+        let router = http::instrument(router, Arc::clone(&self.metrics));
+        let timeouts = self.http;
+        let tls = self.security.server.as_ref().map(|s| Arc::clone(&s.api));
+        tasks.spawn(
+            "security-reload",
+            Arc::clone(&self.security.reloader).run(phases.all.clone()),
+        );
+        let all = phases.all.clone();
+        tasks.spawn("api", async move {
+            if let Err(e) = http::serve_tls(listener, router, all, timeouts, tls).await {
+                panic!("serving the API: {e}");
+            }
+        });
+    }
+
+    /// The ordered shutdown, all within one deadline: stop the ingest listeners, drain what
+    /// was ingested to the store nodes (unless a part `failed`), leave the cluster, stop every
+    /// other part, and fail back what is still claimed.
+    async fn shut_down(
+        self,
+        mut tasks: RunGroup,
+        failed: bool,
+        ingest: Option<&IngestParts>,
+        tcp_tx: watch::Sender<bool>,
+        peers: &Arc<dyn Peers>,
+    ) {
+        // The drain leaves room for the last steps.
         let start = tokio::time::Instant::now();
         let deadline = start + self.shutdown_timeout;
         let drain_until = deadline - (self.shutdown_timeout / 5).min(Duration::from_secs(1));
         let _ = tcp_tx.send(true);
-        if let Some(parts) = &ingest {
+        if let Some(parts) = ingest {
             parts
                 .ingester
                 .stop(drain_until.saturating_duration_since(start))
@@ -427,18 +517,8 @@ impl Node {
             if let Err(e) = parts.push.writer().rotate().await {
                 tracing::warn!(error = %e, "closing the push segment");
             }
-            // Keep serving /ingest/* so store nodes take what was flushed.
-            while failed.is_none()
-                && tokio::time::Instant::now() < drain_until
-                && !peers.current(Role::Store).is_empty()
-            {
-                let log = Arc::clone(&parts.log);
-                match tokio::task::spawn_blocking(move || log.stats()).await {
-                    Ok(Ok(s)) if s.flushed.0 + s.pending.0 > 0 => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    _ => break,
-                }
+            if !failed {
+                drain(parts, peers, drain_until).await;
             }
         }
         let _ = tokio::time::timeout_at(deadline, self.gossip.leave()).await;
@@ -464,29 +544,26 @@ impl Node {
             },
         )
         .await;
-        if let Some(parts) = &ingest {
+        if let Some(parts) = ingest {
             parts.api.fail_all().await;
             // Pushes answered while draining: into `.flushed` too, for the next start.
             if let Err(e) = parts.push.writer().rotate().await {
                 tracing::warn!(error = %e, "closing the push segment");
             }
         }
-        match failed {
-            None => {
-                tracing::info!("stopped");
-                Ok(())
+    }
+}
+
+/// Keep serving `/ingest/*` until the store nodes have taken what was flushed (or
+/// `until`, or there is no store node to take it).
+async fn drain(parts: &IngestParts, peers: &Arc<dyn Peers>, until: tokio::time::Instant) {
+    while tokio::time::Instant::now() < until && !peers.current(Role::Store).is_empty() {
+        let log = Arc::clone(&parts.log);
+        match tokio::task::spawn_blocking(move || log.stats()).await {
+            Ok(Ok(s)) if s.flushed.0 + s.pending.0 > 0 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Some(exit) => {
-                tracing::info!("stopped");
-                Err(anyhow::anyhow!(
-                    "part {} ended unexpectedly{}",
-                    exit.name,
-                    exit.result
-                        .err()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                ))
-            }
+            _ => break,
         }
     }
 }
@@ -525,132 +602,5 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// The supervised parts of a node.
-pub struct RunGroup {
-    set: JoinSet<()>,
-    names: HashMap<Id, String>,
-    states: PartStates,
-}
-
-/// How a part ended.
-#[derive(Debug)]
-pub struct Exit {
-    /// The part.
-    pub name: String,
-    /// `Err` with the panic message if it panicked.
-    pub result: Result<(), String>,
-}
-
-impl RunGroup {
-    /// An empty group.
-    pub fn new() -> RunGroup {
-        RunGroup {
-            set: JoinSet::new(),
-            names: HashMap::new(),
-            states: Arc::new(Mutex::new(BTreeMap::new())),
-        }
-    }
-
-    /// The parts' states, for `/health`.
-    pub fn states(&self) -> PartStates {
-        Arc::clone(&self.states)
-    }
-
-    /// Run `part` under the name `name`.
-    pub fn spawn(&mut self, name: &str, part: impl Future<Output = ()> + Send + 'static) {
-        let armed = crate::failpoint::armed(name);
-        let owned = name.to_string();
-        let handle = self.set.spawn(async move {
-            if armed {
-                tokio::select! {
-                    _ = part => {}
-                    _ = tokio::time::sleep(crate::failpoint::AFTER) => {
-                        panic!("injected failure of {owned} (OKLOG_FAILPOINT)")
-                    }
-                }
-            } else {
-                part.await
-            }
-        });
-        self.names.insert(handle.id(), name.to_string());
-        self.set_state(name, "running");
-    }
-
-    fn set_state(&self, name: &str, state: &str) {
-        self.states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), state.to_string());
-    }
-
-    /// Wait for the next part to end (`None` when none is left), and record its state.
-    pub async fn next_exit(&mut self) -> Option<Exit> {
-        let joined = self.set.join_next_with_id().await?;
-        let (id, result) = match joined {
-            Ok((id, ())) => (id, Ok(())),
-            Err(e) => {
-                let id = e.id();
-                let why = if e.is_panic() {
-                    panic_message(e.into_panic())
-                } else {
-                    "cancelled".to_string()
-                };
-                (id, Err(why))
-            }
-        };
-        let name = self
-            .names
-            .remove(&id)
-            .unwrap_or_else(|| format!("task {id}"));
-        match &result {
-            Ok(()) => self.set_state(&name, "stopped"),
-            Err(why) => self.set_state(&name, &format!("failed: {why}")),
-        }
-        Some(Exit { name, result })
-    }
-
-    /// The parts still running.
-    pub fn running(&self) -> Vec<&str> {
-        self.names.values().map(String::as_str).collect()
-    }
-}
-
-impl Default for RunGroup {
-    fn default() -> Self {
-        RunGroup::new()
-    }
-}
-
-/// The text of a panic payload.
-pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panicked".to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_first_part_to_end_is_named_with_its_panic() {
-        let mut group = RunGroup::new();
-        group.spawn("forever", std::future::pending());
-        group.spawn("broken", async {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            panic!("disk on fire");
-        });
-        let exit = group.next_exit().await.unwrap();
-        assert_eq!(exit.name, "broken");
-        assert_eq!(exit.result.unwrap_err(), "disk on fire");
-        let states = group.states();
-        let states = states.lock().unwrap();
-        assert_eq!(states["forever"], "running");
-        assert_eq!(states["broken"], "failed: disk on fire");
     }
 }

@@ -1,0 +1,134 @@
+//! Conversion: segments older than `-store.segment-compress-after` compressed (v2), oldest
+//! first, one at a time; `-store.segment-format raw` turns compressed ones back.
+
+use std::io::{self, BufWriter, Write};
+
+use super::{Compacter, Failure};
+use crate::merge::Source;
+use crate::record::min_ulid;
+use crate::segment::{Format, Reader, Records};
+use crate::store::log::{CONVERTING, FLUSHED, READING, Segment, overlap};
+
+impl Compacter {
+    /// Convert the oldest segment due for it (see [`CompactConfig::format`]) that overlaps no
+    /// other: claimed, written as `<uuid>.converting`, synced, renamed in under the same name
+    /// with the input removed. A crash before the rename leaves the input (the partial file is
+    /// deleted at start-up); after it, either copy alone or both (then queries deduplicate and
+    /// start-up keeps the raw one). Returns how many segments were converted (0 or 1).
+    pub(super) fn convert(&self, live: &dyn Fn(&Segment) -> bool) -> io::Result<usize> {
+        let target = self.cfg.format;
+        let due = match (target, self.cfg.compress_after) {
+            (Format::Raw, _) => None,
+            (Format::Compressed, Some(after)) => {
+                let now = crate::gotime::now_ms().max(0) as u64;
+                Some(min_ulid(now.saturating_sub(after.as_millis() as u64)))
+            }
+            (Format::Compressed, None) => return Ok(0),
+        };
+        let all = self.log.scan(&[FLUSHED, READING], |_| true)?;
+        let candidate = all.iter().find(|s| {
+            s.path.extension().and_then(|e| e.to_str()) == Some(FLUSHED)
+                && s.format != target
+                && due.is_none_or(|d| s.high < d)
+                && live(s)
+                && !all
+                    .iter()
+                    .any(|o| o.path != s.path && overlap((o.low, o.high), (s.low, s.high)))
+        });
+        let Some(candidate) = candidate else {
+            return Ok(0);
+        };
+        let inputs = self.log.claim(std::slice::from_ref(candidate))?;
+        let [input] = &inputs[..] else {
+            self.log.release(&inputs);
+            return Ok(0);
+        };
+        let started = std::time::Instant::now();
+        match self.convert_one(input, target) {
+            Ok(bytes) => {
+                let to = vec![("to", target.name())];
+                self.metrics
+                    .store_converted_segments
+                    .get_or_create(&to)
+                    .inc();
+                self.metrics
+                    .store_converted_bytes
+                    .get_or_create(&to)
+                    .inc_by(bytes);
+                tracing::info!(segment = %candidate.path.display(), to = target.name(), raw_bytes = bytes, took = ?started.elapsed(), "converted a segment");
+                Ok(1)
+            }
+            Err(failure) => self.give_back(inputs, failure),
+        }
+    }
+
+    /// Write `input` (claimed) in `target` format and swap it in; returns its raw bytes.
+    pub(super) fn convert_one(&self, input: &Segment, target: Format) -> Result<u64, Failure> {
+        let (file, tmp) = self.log.create(CONVERTING)?;
+        let result = (|| -> Result<u64, Failure> {
+            let mut w = BufWriter::with_capacity(
+                1 << 20,
+                Stoppable {
+                    inner: &file,
+                    stop: &self.stop,
+                },
+            );
+            let raw_bytes = match target {
+                Format::Compressed => {
+                    let Some(reader) = Reader::open_file(&input.path)? else {
+                        return Err(Failure::Bad(input.path.clone(), "empty segment".into()));
+                    };
+                    match reader.compress(&mut w, &self.cfg.compress) {
+                        Ok(sum) => sum.raw_bytes,
+                        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                            return Err(Failure::Bad(input.path.clone(), e.to_string()));
+                        }
+                        Err(e) => return Err(Failure::Io(e)),
+                    }
+                }
+                Format::Raw => {
+                    let mut records = Records::open(&input.path)?;
+                    let mut n = 0u64;
+                    while let Some(line) = records.current() {
+                        w.write_all(line)?;
+                        n += line.len() as u64;
+                        records.advance()?;
+                    }
+                    if records.corrupt_blocks() > 0 {
+                        return Err(Failure::Damaged(input.path.clone()));
+                    }
+                    n
+                }
+            };
+            w.flush()?;
+            drop(w);
+            file.sync_all()?;
+            self.log.replace(input, &tmp, target)?;
+            Ok(raw_bytes)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// A writer that fails once `stop` is set: a conversion at shutdown gives up at its next
+/// write instead of running to the end of its segment.
+struct Stoppable<'a, W> {
+    inner: W,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl<W: Write> Write for Stoppable<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // Not `Interrupted`: `write_all` would retry that forever.
+            return Err(io::Error::other("shutting down: conversion abandoned"));
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,814 @@
+//! The lifecycle's steps against real store directories, and against grep over the raw
+//! records.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::segment::CompressConfig;
+use crate::store::log::{ACTIVE, CONVERTING, READING};
+
+#[test]
+fn first_sequential() {
+    // TestChooseFirstSequential (target 100 KiB, min 2).
+    let t = 102_400;
+    assert_eq!(
+        choose_first_sequential(&[123; 5], 2, t),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert_eq!(
+        choose_first_sequential(&[100_000, 2000, 2000, 2000], 2, t),
+        vec![0, 1]
+    );
+    assert_eq!(
+        choose_first_sequential(&[118_401, 623, 1000], 2, t),
+        vec![1, 2]
+    );
+    assert!(choose_first_sequential(&[200_000, 300_000], 2, t).is_empty());
+    assert!(choose_first_sequential(&[5], 2, t).is_empty());
+}
+
+use crate::store::log::test_segment as seg;
+
+#[test]
+fn overlapping_choice_needs_only_two() {
+    assert_eq!(
+        choose_overlapping(&[seg("A", "B"), seg("C", "D")]),
+        Vec::<usize>::new()
+    );
+    assert_eq!(
+        choose_overlapping(&[seg("A", "C"), seg("B", "D")]),
+        vec![0, 1]
+    );
+    assert_eq!(
+        choose_overlapping(&[
+            seg("A", "B"),
+            seg("C", "M"),
+            seg("D", "E"),
+            seg("F", "G"),
+            seg("N", "P")
+        ]),
+        vec![1, 2, 3]
+    );
+}
+
+use crate::record::encode_ulid;
+use std::fs;
+
+fn write_segment(log: &StoreLog, records: &[(u64, u128, &str)]) {
+    let (mut f, p) = log.create(ACTIVE).unwrap();
+    let mut low = None;
+    let mut high = [0u8; 26];
+    for (ms, e, body) in records {
+        let id = encode_ulid(*ms, *e);
+        f.write_all(&id).unwrap();
+        f.write_all(format!(" {body}\n").as_bytes()).unwrap();
+        low.get_or_insert(id);
+        high = id;
+    }
+    log.close(f, &p, &low.unwrap(), &high).unwrap();
+}
+
+fn compacter(log: &Arc<StoreLog>, target: u64, retain: Duration, purge: Duration) -> Compacter {
+    Compacter::new(
+        Arc::clone(log),
+        CompactConfig {
+            target_size: target,
+            retention: Arc::new(Retention::uniform(retain)),
+            purge,
+            format: Format::Compressed,
+            compress_after: Some(Duration::ZERO),
+            compress: CompressConfig {
+                block_size: 4096,
+                group_size: 64 << 10,
+                ..CompressConfig::default()
+            },
+        },
+        Metrics::new(),
+    )
+}
+
+fn all(log: &StoreLog) -> Vec<Vec<u8>> {
+    let p = crate::store::query::QueryParams {
+        from_ms: 0,
+        to_ms: u64::MAX >> 16,
+        q: String::new(),
+        regex: false,
+        ..Default::default()
+    };
+    let plan = crate::store::query::Plan::open(log, &p).unwrap();
+    let m = crate::search::Matcher::new("", false).unwrap();
+    let mut out = Vec::new();
+    plan.execute(&p, &m, &mut |lines| {
+        out.extend(lines.split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec));
+        true
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn overlapping_duplicates_end_as_few_sorted_unique_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let now = crate::gotime::now_ms() as u64;
+    // 20 segments, each record 1..=200 in steps, every record in two segments.
+    for k in 0..20u64 {
+        let recs: Vec<(u64, u128, String)> = (0..50u64)
+            .map(|i| {
+                let n = (k / 2) * 50 + i;
+                (
+                    now + n,
+                    u128::from(n),
+                    format!("record {n:06} from pass {k}"),
+                )
+            })
+            .collect();
+        let r: Vec<(u64, u128, &str)> = recs.iter().map(|(a, b, c)| (*a, *b, c.as_str())).collect();
+        write_segment(&log, &r);
+    }
+    let before = all(&log);
+    assert_eq!(before.len(), 500, "queries already deduplicate");
+    let c = compacter(
+        &log,
+        8 << 10,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    for _ in 0..50 {
+        let a = c.step(Kind::Overlapping).unwrap();
+        let b = c.step(Kind::Sequential).unwrap();
+        if a + b == 0 {
+            break;
+        }
+    }
+    let segs = log.scan(&[FLUSHED], |_| true).unwrap();
+    let total: u64 = segs.iter().map(|s| s.size).sum();
+    assert!(
+        segs.len() <= (total / (8 << 10)) as usize + 2,
+        "{} segments for {total} bytes",
+        segs.len()
+    );
+    let mut seen = std::collections::HashSet::new();
+    for s in &segs {
+        let data = fs::read(&s.path).unwrap();
+        let lines: Vec<&[u8]> = data.split_inclusive(|&b| b == b'\n').collect();
+        assert!(
+            lines.windows(2).all(|w| w[0][..26] < w[1][..26]),
+            "sorted, unique"
+        );
+        assert_eq!(&lines[0][..26], &s.low[..]);
+        assert_eq!(&lines[lines.len() - 1][..26], &s.high[..]);
+        for l in lines {
+            assert!(seen.insert(l[..26].to_vec()), "a ULID in two segments");
+        }
+    }
+    assert_eq!(seen.len(), 500);
+    assert_eq!(
+        all(&log),
+        before,
+        "every record still queryable exactly once"
+    );
+}
+
+#[test]
+fn retention_trashes_and_purge_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let now = crate::gotime::now_ms() as u64;
+    write_segment(&log, &[(now - 7_200_000, 1, "old")]);
+    write_segment(&log, &[(now, 2, "new")]);
+    let c = compacter(&log, 1 << 20, Duration::from_secs(3600), Duration::ZERO);
+    assert_eq!(c.step(Kind::Trash).unwrap(), 1);
+    assert_eq!(log.scan(&[FLUSHED], |_| true).unwrap().len(), 1);
+    assert_eq!(
+        log.scan(&[super::super::log::TRASHED], |_| true)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(all(&log).len(), 1, "trashed segments are not queried");
+    assert_eq!(c.step(Kind::Purge).unwrap(), 1);
+    assert!(
+        log.scan(&[super::super::log::TRASHED], |_| true)
+            .unwrap()
+            .is_empty()
+    );
+    let keep = compacter(
+        &log,
+        1 << 20,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    assert_eq!(keep.step(Kind::Trash).unwrap(), 0);
+}
+
+#[test]
+fn corrupt_segments_are_quarantined_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let now = crate::gotime::now_ms() as u64;
+    write_segment(&log, &[(now, 1, "a"), (now + 10, 2, "b")]);
+    // An overlapping segment whose content is out of order, and one with a bad name.
+    let (lo, hi) = (encode_ulid(now + 1, 0), encode_ulid(now + 5, 0));
+    let name = super::super::log::build_name(&lo, &hi, FLUSHED);
+    let mut body = hi.to_vec();
+    body.extend_from_slice(b" late\n");
+    body.extend_from_slice(&lo);
+    body.extend_from_slice(b" early\n");
+    fs::write(dir.path().join(&name), &body).unwrap();
+    fs::write(
+        dir.path().join("01BB6RQR190000000000000000-xxx.flushed"),
+        b"junk\n",
+    )
+    .unwrap();
+    let c = compacter(
+        &log,
+        1 << 20,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    // The purge step sets the bad name aside and indexes the segment copied in.
+    c.step(Kind::Purge).unwrap();
+    assert_eq!(c.step(Kind::Overlapping).unwrap(), 0);
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with("-xxx.bad")), "{names:?}");
+    assert!(
+        names.contains(&name.replace(".flushed", ".bad")),
+        "{names:?}"
+    );
+    assert_eq!(
+        log.scan(&[FLUSHED], |_| true).unwrap().len(),
+        1,
+        "the good one is released"
+    );
+    assert_eq!(all(&log).len(), 2);
+    assert_eq!(c.metrics.store_quarantined_files.get(), 2);
+}
+
+#[test]
+fn queries_during_compaction_see_every_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let now = crate::gotime::now_ms() as u64 - 60_000; // old enough to be compressed
+    for k in 0..30u64 {
+        let recs: Vec<(u64, u128, String)> = (0..40u64)
+            .map(|i| {
+                let n = (k % 10) * 40 + i;
+                (now + n, u128::from(n), format!("record {n}"))
+            })
+            .collect();
+        let r: Vec<(u64, u128, &str)> = recs.iter().map(|(a, b, c)| (*a, *b, c.as_str())).collect();
+        write_segment(&log, &r);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (log, stop) = (Arc::clone(&log), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || runs == 0 {
+                let got = all(&log);
+                assert_eq!(got.len(), 400, "run {runs}");
+                assert!(got.windows(2).all(|w| w[0][..26] < w[1][..26]));
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let c = compacter(
+        &log,
+        4 << 10,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    for _ in 0..40 {
+        c.step(Kind::Overlapping).unwrap();
+        c.step(Kind::Sequential).unwrap();
+        c.step(Kind::Convert).unwrap();
+    }
+    assert_eq!(log.raw_segments(), 0, "every segment converted meanwhile");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = reader
+        .join()
+        .expect("every concurrent query saw every record once");
+    assert!(runs > 0);
+}
+
+/// Records of `n` random bodies: topics, words that repeat, rare ids, mixed case, and
+/// bytes that are not UTF-8.
+fn random_records(rng: &mut rand::rngs::StdRng, start_ms: u64, n: usize) -> Vec<Vec<u8>> {
+    use rand::RngExt;
+    let words = [
+        "GET",
+        "post",
+        "Error",
+        "timeout",
+        "user=alice",
+        "USER=BOB",
+        "ok",
+        "é",
+    ];
+    let mut ms = start_ms;
+    let mut out: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            ms += rng.random_range(0..40u64);
+            let mut line = encode_ulid(ms, rng.random_range(0..1u128 << 80)).to_vec();
+            let topic = rng.random_range(0..6);
+            // Some topics too small for blocks of their own: they share mixed blocks.
+            if i % 31 == 0 {
+                line.extend_from_slice(format!(" rare-{} ", (i / 31) % 40).as_bytes());
+            } else {
+                line.extend_from_slice(format!(" topic-{topic} ").as_bytes());
+            }
+            for _ in 0..rng.random_range(0..8) {
+                line.extend_from_slice(words[rng.random_range(0..words.len())].as_bytes());
+                line.push(b' ');
+            }
+            if rng.random_bool(0.05) {
+                line.extend_from_slice(&[0xff, b'z', 0xc3]);
+            }
+            if rng.random_bool(0.01) {
+                line.extend_from_slice(format!("req-{i:05}x").as_bytes());
+            }
+            line.extend_from_slice(format!("n={}", rng.random_range(0..10_000)).as_bytes());
+            line.push(b'\n');
+            line
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn write_lines(log: &StoreLog, lines: &[Vec<u8>]) {
+    let (mut f, p) = log.create(ACTIVE).unwrap();
+    for l in lines {
+        f.write_all(l).unwrap();
+    }
+    let id = |l: &Vec<u8>| -> [u8; 26] { l[..26].try_into().unwrap() };
+    log.close(f, &p, &id(&lines[0]), &id(&lines[lines.len() - 1]))
+        .unwrap();
+}
+
+/// What grep over the raw records answers: every distinct record (by ULID) in the window
+/// whose `<topic> <payload>` matches, in ULID order.
+fn grep(all: &[Vec<u8>], from: u64, to: u64, q: &str, regex: bool) -> Vec<Vec<u8>> {
+    let re = regex.then(|| regex::bytes::Regex::new(q).unwrap());
+    let mut out: Vec<Vec<u8>> = all
+        .iter()
+        .filter(|l| {
+            let ms = crate::record::ulid_ms(l);
+            let body = &l[27..l.len() - 1];
+            ms >= from
+                && ms <= to
+                && match &re {
+                    Some(re) => re.is_match(body),
+                    None => memchr::memmem::find(body, q.as_bytes()).is_some(),
+                }
+        })
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup_by(|a, b| a[..26] == b[..26]);
+    out
+}
+
+fn query(log: &StoreLog, from: u64, to: u64, q: &str, regex: bool) -> (Vec<Vec<u8>>, u64) {
+    let p = crate::store::query::QueryParams {
+        from_ms: from,
+        to_ms: to,
+        q: q.to_string(),
+        regex,
+        ..Default::default()
+    };
+    query_with(log, &p)
+}
+
+/// Run `p` as a node does (the first `limit` lines of the answer, then stop).
+fn query_with(log: &StoreLog, p: &crate::store::query::QueryParams) -> (Vec<Vec<u8>>, u64) {
+    let plan = crate::store::query::Plan::open(log, p).unwrap();
+    let m = p.matcher().unwrap();
+    let mut out = Vec::new();
+    let limit = p.limit.unwrap_or(u64::MAX) as usize;
+    let outcome = plan
+        .execute(p, &m, &mut |lines| {
+            out.extend(lines.split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec));
+            out.truncate(limit);
+            out.len() < limit
+        })
+        .unwrap();
+    assert_eq!(outcome.corrupt_blocks, 0);
+    (out, outcome.scanned)
+}
+
+/// [`grep`] of the selected topics, newest first for `order=desc`, cut at `limit`.
+fn reference(all: &[Vec<u8>], p: &crate::store::query::QueryParams) -> Vec<Vec<u8>> {
+    let topics = &p.topics;
+    let mut out: Vec<Vec<u8>> = grep(all, p.from_ms, p.to_ms, &p.q, p.regex)
+        .into_iter()
+        .filter(|l| topics.matches(crate::search::topic_of(&l[27..])))
+        .collect();
+    if p.desc {
+        out.reverse();
+    }
+    out.truncate(p.limit.unwrap_or(u64::MAX) as usize);
+    out
+}
+
+#[test]
+fn raw_and_compressed_segments_answer_exactly_as_grep_over_the_raw_records() {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let base = crate::gotime::now_ms() as u64 - 3_600_000;
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    for k in 0..12u64 {
+        let n = rng.random_range(200..1500);
+        let recs = random_records(&mut rng, base + k * 40_000, n);
+        if k % 4 == 3 {
+            // A replica of part of the segment before: overlapping, with duplicates.
+            let prev = &all[all.len() - 100..];
+            let mut both: Vec<Vec<u8>> = prev.iter().chain(recs.iter()).cloned().collect();
+            both.sort();
+            write_lines(&log, &both);
+        } else {
+            write_lines(&log, &recs);
+        }
+        all.extend(recs);
+    }
+    let shapes: &[(&str, bool)] = &[
+        ("", false),
+        ("GET", false),
+        ("user=alice", false),
+        ("req-00", false),
+        ("req-00042x", false),
+        ("absent-needle", false),
+        ("é", false),
+        ("o", false),
+        ("USER=bob", false),
+        ("(?i)user=BOB", true),
+        ("(?i)TIMEOUT", true),
+        ("^topic-3 ", true),
+        ("ok $", true),
+        ("n=[0-9]{4}$", true),
+        ("[0-9]{3}", true),
+        ("Error.*timeout", true),
+        ("(post|Error) user", true),
+        ("(?-u:\\xff)z", true),
+        ("\\bok\\b", true),
+        ("req-[0-9]+x", true),
+        ("^$", true),
+    ];
+    let c = compacter(
+        &log,
+        1 << 30,
+        Duration::from_secs(1 << 30),
+        Duration::from_secs(3600),
+    );
+    for phase in ["raw", "mixed", "compressed"] {
+        for _ in 0..6 {
+            let from = base + rng.random_range(0..480_000);
+            let to = from + rng.random_range(0..300_000);
+            for &(q, regex) in shapes {
+                let want = grep(&all, from, to, q, regex);
+                let (got, _) = query(&log, from, to, q, regex);
+                assert!(
+                    got == want,
+                    "{phase}: q={q:?} regex={regex} [{from}, {to}]: {} records, want {}",
+                    got.len(),
+                    want.len()
+                );
+                // The same with topics, newest first, a limit.
+                let topics: &[&[&str]] = &[&[], &["topic-3"], &["topic-1", "rare-*"], &["rare-1?"]];
+                let p = crate::store::query::QueryParams {
+                    from_ms: from,
+                    to_ms: to,
+                    q: q.to_string(),
+                    regex,
+                    topics: crate::search::Topics::parse(topics[rng.random_range(0..topics.len())])
+                        .unwrap(),
+                    desc: rng.random_bool(0.7),
+                    limit: rng.random_bool(0.5).then(|| rng.random_range(1..60)),
+                    ..Default::default()
+                };
+                let want = reference(&all, &p);
+                let (got, _) = query_with(&log, &p);
+                assert!(
+                    got == want,
+                    "{phase}: {p:?}: {} records, want {}",
+                    got.len(),
+                    want.len()
+                );
+            }
+        }
+        // Convert some, then the rest (overlapping ones after compaction).
+        if phase == "raw" {
+            for _ in 0..3 {
+                assert_eq!(c.convert(&|_| true).unwrap(), 1);
+            }
+        } else {
+            for _ in 0..20 {
+                c.step(Kind::Convert).unwrap();
+                c.step(Kind::Overlapping).unwrap();
+            }
+        }
+    }
+    assert_eq!(log.raw_segments(), 0);
+    // A needle query reads only the blocks whose filter may hold it.
+    let p = crate::store::query::QueryParams {
+        from_ms: 0,
+        to_ms: u64::MAX >> 16,
+        q: "req-00042x".into(),
+        regex: false,
+        ..Default::default()
+    };
+    let plan = crate::store::query::Plan::open(&log, &p).unwrap();
+    let scan = plan.scan(
+        &p,
+        &crate::segment::Needles::new(&p.q, p.regex),
+        &p.matcher().unwrap(),
+    );
+    assert!(
+        scan.blocks_read <= 3 && scan.blocks_skipped > 20,
+        "read {} skipped {}",
+        scan.blocks_read,
+        scan.blocks_skipped
+    );
+}
+
+#[test]
+fn a_crash_at_any_point_of_a_conversion_leaves_every_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let base = crate::gotime::now_ms() as u64 - 3_600_000;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(4);
+    let recs = random_records(&mut rng, base, 3000);
+    {
+        let log = StoreLog::open(&d).unwrap();
+        write_lines(&log, &recs);
+    }
+    let seg = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "flushed"))
+        .unwrap();
+    let raw = fs::read(&seg).unwrap();
+    let mut compressed = Vec::new();
+    crate::segment::compress(&raw, &mut compressed, &CompressConfig::default()).unwrap();
+    let reading = seg.with_extension(READING);
+    let converting = d.join(format!("{}.{CONVERTING}", crate::disk::new_uuid()));
+    // (files present at the crash): claimed; half written; written but not renamed;
+    // renamed in but the input not removed yet; done.
+    let states: Vec<Vec<(PathBuf, Vec<u8>)>> = vec![
+        vec![(reading.clone(), raw.clone())],
+        vec![
+            (reading.clone(), raw.clone()),
+            (
+                converting.clone(),
+                compressed[..compressed.len() / 2].to_vec(),
+            ),
+        ],
+        vec![
+            (reading.clone(), raw.clone()),
+            (converting.clone(), compressed.clone()),
+        ],
+        vec![
+            (reading.clone(), raw.clone()),
+            (seg.clone(), compressed.clone()),
+        ],
+        vec![(seg.clone(), compressed.clone())],
+    ];
+    for (i, files) in states.iter().enumerate() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().is_some_and(|n| n != "LOCK") {
+                fs::remove_file(p).unwrap();
+            }
+        }
+        for (p, bytes) in files {
+            fs::write(p, bytes).unwrap();
+        }
+        let log = Arc::new(StoreLog::open(&d).unwrap());
+        let got = all(&log);
+        assert_eq!(got.len(), recs.len(), "state {i}");
+        assert!(got.iter().zip(&recs).all(|(a, b)| a == b), "state {i}");
+        assert!(!converting.exists(), "state {i}: partial output removed");
+        // And the conversion then completes.
+        let c = compacter(&log, 1 << 30, Duration::from_secs(1 << 30), Duration::ZERO);
+        c.step(Kind::Convert).unwrap();
+        assert_eq!(log.raw_segments(), 0, "state {i}");
+        assert_eq!(all(&log), got, "state {i}");
+    }
+}
+
+#[test]
+fn the_raw_format_turns_a_compressed_store_back_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let base = crate::gotime::now_ms() as u64 - 3_600_000;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(8);
+    for k in 0..3 {
+        write_lines(&log, &random_records(&mut rng, base + k * 200_000, 500));
+    }
+    let files = |log: &StoreLog| -> Vec<Vec<u8>> {
+        log.scan(&[FLUSHED], |_| true)
+            .unwrap()
+            .iter()
+            .map(|s| fs::read(&s.path).unwrap())
+            .collect()
+    };
+    let before = files(&log);
+    let mut c = compacter(&log, 1 << 30, Duration::from_secs(1 << 30), Duration::ZERO);
+    assert_eq!(c.step(Kind::Convert).unwrap(), 3, "a backlog in one step");
+    assert_eq!(c.step(Kind::Convert).unwrap(), 0);
+    assert!(
+        files(&log)
+            .iter()
+            .all(|f| f.starts_with(crate::segment::MAGIC))
+    );
+    c.cfg.format = Format::Raw;
+    assert_eq!(c.step(Kind::Convert).unwrap(), 3);
+    assert_eq!(files(&log), before);
+    // Never converted: compression off.
+    c.cfg.format = Format::Compressed;
+    c.cfg.compress_after = None;
+    assert_eq!(c.step(Kind::Convert).unwrap(), 0);
+    // Not yet due.
+    c.cfg.compress_after = Some(Duration::from_secs(7200));
+    assert_eq!(c.step(Kind::Convert).unwrap(), 0);
+    assert_eq!(log.raw_segments(), 3);
+}
+
+#[test]
+fn retention_trashes_and_purges_compressed_segments_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let now = crate::gotime::now_ms() as u64;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(9);
+    write_lines(&log, &random_records(&mut rng, now - 7_200_000, 300)); // 2h old
+    write_lines(&log, &random_records(&mut rng, now - 600_000, 300)); // 10 min old
+    let c = compacter(&log, 1 << 30, Duration::from_secs(3600), Duration::ZERO);
+    assert_eq!(
+        c.step(Kind::Convert).unwrap(),
+        1,
+        "not the one past retention: it is about to go"
+    );
+    let c = compacter(&log, 1 << 30, Duration::from_secs(4 * 3600), Duration::ZERO);
+    assert_eq!(c.step(Kind::Convert).unwrap(), 1);
+    assert_eq!(log.raw_segments(), 0);
+    let c = compacter(&log, 1 << 30, Duration::from_secs(3600), Duration::ZERO);
+    assert_eq!(c.step(Kind::Trash).unwrap(), 1);
+    assert_eq!(
+        all(&log).len(),
+        300,
+        "only the young segment's records are left"
+    );
+    assert_eq!(c.step(Kind::Purge).unwrap(), 1);
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "LOCK")
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}
+
+#[test]
+fn a_late_replica_overlapping_a_compressed_segment_is_merged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let base = crate::gotime::now_ms() as u64 - 3_600_000;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(12);
+    let old = random_records(&mut rng, base, 2000);
+    write_lines(&log, &old);
+    let c = compacter(&log, 1 << 30, Duration::from_secs(1 << 30), Duration::ZERO);
+    assert_eq!(c.step(Kind::Convert).unwrap(), 1);
+    // A replica arrives late: half the same records and some new ones in the same range.
+    let mut late: Vec<Vec<u8>> = old.iter().step_by(2).cloned().collect();
+    late.extend(random_records(&mut rng, base + 1, 500));
+    late.sort();
+    late.dedup_by(|a, b| a[..26] == b[..26]);
+    write_lines(&log, &late);
+    let mut want: Vec<Vec<u8>> = old.iter().chain(late.iter()).cloned().collect();
+    want.sort();
+    want.dedup_by(|a, b| a[..26] == b[..26]);
+    // Queried together (a compressed and a raw segment merged), then compacted, then
+    // compressed again: the same records every time.
+    assert_eq!(all(&log), want);
+    let (hits, _) = query(&log, 0, u64::MAX >> 16, "user=alice", false);
+    assert_eq!(hits, grep(&want, 0, u64::MAX >> 16, "user=alice", false));
+    assert_eq!(c.step(Kind::Overlapping).unwrap(), 2);
+    assert_eq!(log.raw_segments(), 1, "the merged output is raw");
+    assert_eq!(all(&log), want);
+    assert_eq!(c.step(Kind::Convert).unwrap(), 1);
+    assert_eq!(log.raw_segments(), 0);
+    assert_eq!(all(&log), want);
+}
+
+#[test]
+fn a_conversion_stopped_by_shutdown_leaves_its_input_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let base = crate::gotime::now_ms() as u64 - 3_600_000;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(13);
+    let recs = random_records(&mut rng, base, 3000);
+    write_lines(&log, &recs);
+    let c = compacter(&log, 1 << 30, Duration::from_secs(1 << 30), Duration::ZERO);
+    c.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(c.step(Kind::Convert).is_err(), "abandoned");
+    assert_eq!(log.raw_segments(), 1, "the input is back, raw");
+    assert_eq!(all(&log), recs);
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "LOCK" || n.ends_with(".flushed")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_topic_past_its_retention_is_dropped_from_raw_and_compressed_segments_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let now = crate::gotime::now_ms() as u64;
+    // Three segments of records 3 h to 1.5 h old, of topics debug-a, debug-b and app; the
+    // second also with small debug topics that share mixed blocks once compressed.
+    let mut all = Vec::new();
+    for seg in 0..3u64 {
+        let mut lines = Vec::new();
+        let (n, gap) = if seg == 1 { (3000, 100) } else { (300, 1000) };
+        for i in 0..n {
+            let ms = now - 3 * 3_600_000 + seg * 1_800_000 + i * gap;
+            let topic = if seg == 1 && i % 50 == 7 {
+                format!("debug-small-{}", i / 50)
+            } else {
+                ["debug-a", "app", "debug-b"][(i % 3) as usize].to_string()
+            };
+            let mut l = encode_ulid(ms, u128::from(i)).to_vec();
+            l.extend_from_slice(format!(" {topic} record {seg} {i}\n").as_bytes());
+            lines.push(l);
+        }
+        write_lines(&log, &lines);
+        all.extend(lines);
+    }
+    let retention =
+        Arc::new(Retention::parse(&["debug-*=1h"], Duration::from_secs(7 * 86400)).unwrap());
+    let mut c = compacter(
+        &log,
+        1 << 30,
+        Duration::from_secs(7 * 86400),
+        Duration::from_secs(3600),
+    );
+    c.cfg.retention = Arc::clone(&retention);
+    // Two segments compressed, one raw.
+    assert_eq!(c.convert(&|_| true).unwrap(), 1);
+    assert_eq!(c.convert(&|_| true).unwrap(), 1);
+    assert_eq!(log.raw_segments(), 1);
+    assert_eq!(c.step(Kind::Expire).unwrap(), 3);
+    let kept: Vec<Vec<u8>> = all
+        .iter()
+        .filter(|l| crate::search::topic_of(&l[27..]) == b"app")
+        .cloned()
+        .collect();
+    assert_eq!(super::tests::all(&log), kept, "only app's records are left");
+    assert_eq!(
+        c.metrics.store_expired_records.get(),
+        (all.len() - kept.len()) as u64
+    );
+    // The first compressed segment lost whole topic blocks, copied as they were: it is
+    // still compressed. The one with mixed blocks was written again (raw, to be compressed
+    // again when due), as was the raw one.
+    let segs = log.scan(&[FLUSHED], |_| true).unwrap();
+    assert_eq!(segs.len(), 3);
+    assert_eq!(log.raw_segments(), 2);
+    assert_eq!(segs[0].format, Format::Compressed);
+    // Nothing more to drop: the segments are not read again for a while.
+    assert_eq!(c.step(Kind::Expire).unwrap(), 0);
+    // Queries hide expired records at once, before any rewrite.
+    let dir2 = tempfile::tempdir().unwrap();
+    let log2 = StoreLog::open(dir2.path()).unwrap();
+    write_lines(&log2, &all);
+    let p = crate::store::query::QueryParams {
+        from_ms: 0,
+        to_ms: now,
+        ..Default::default()
+    };
+    let expiry = crate::search::Expiry {
+        keep_from_ms: now - 3_600_000,
+        cutoff: Box::new(move |t| retention.cutoff_for(t, now)),
+    };
+    let m = p.matcher().unwrap().with_expiry(Some(Arc::new(expiry)));
+    let plan = crate::store::query::Plan::open(&log2, &p).unwrap();
+    let mut out = Vec::new();
+    plan.execute(&p, &m, &mut |b| {
+        out.extend(b.split_inclusive(|&c| c == b'\n').map(<[u8]>::to_vec));
+        true
+    })
+    .unwrap();
+    assert_eq!(out, kept);
+}
