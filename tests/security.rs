@@ -1,4 +1,4 @@
-//! Security (README "Security"): TLS on every listener, tokens with roles, client certificates,
+//! Security (docs/security.md): TLS on every listener, tokens with roles, client certificates,
 //! and the cluster key, with certificates made by `openssl` in the test and real clients
 //! (curl, openssl s_client, our CLIs) against real nodes on 127.0.0.1.
 

@@ -1,6 +1,6 @@
 //! How `oklog forward` reaches an ingester's raw ports: plain TCP, or TLS when a `-tls.*` flag
 //! is given (or the address is `tls://`), and with `-auth.token`, an `OKLOG-AUTH <token>` line
-//! before anything else (README "Security").
+//! before anything else (docs/security.md).
 //!
 //! The forwarder is synchronous (a writer, and a thread that reads acknowledgements); a TLS
 //! connection is driven by a one-thread tokio runtime and split into a write half used by the

@@ -214,8 +214,7 @@ fn emit(data: &[u8], prefix: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>)
 /// A connection to one of the ingesters, re-established (with backoff, rotating through the
 /// addresses, resolving names again) whenever it breaks.
 ///
-/// Every byte sent is kept until the ingester acknowledges it (README "Forward and
-/// acknowledgement"). Our ingesters greet a connection with `OKLOG-ACK/1` and then write the
+/// Every byte sent is kept until the ingester acknowledges it (docs/ingest.md). Our ingesters greet a connection with `OKLOG-ACK/1` and then write the
 /// offset up to which they stored its input, as it advances; a thread per connection reads
 /// those, and the bytes before the offset are let go. When a connection ends, only what was
 /// not acknowledged is sent on the next one, so an ingester that stops gracefully (and

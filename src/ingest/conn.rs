@@ -1,7 +1,7 @@
 //! The fast, durable and bulk listeners, and the handler that turns one connection into
 //! records in its own active segment.
 //!
-//! # Acknowledgement (README "Forward and acknowledgement")
+//! # Acknowledgement (docs/ingest.md)
 //!
 //! A client asks for acknowledgements by sending one byte of TCP urgent data,
 //! [`ACK_REQUEST`], before anything else. Urgent data is outside the byte stream (neither the

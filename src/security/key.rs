@@ -1,6 +1,6 @@
 //! The cluster key (`-cluster.key-file`): every gossip packet is sealed with ChaCha20-Poly1305
 //! (ring) under the first key of the file, and a packet is accepted when any key of the file
-//! opens it, so keys rotate without a restart (README "Security").
+//! opens it, so keys rotate without a restart (docs/security.md).
 //!
 //! The file holds one key per line, 64 hex digits (32 random bytes, `oklog keygen`); `#`
 //! lines are comments. A sealed packet is `K`, a version byte (1), a random 96-bit nonce, and

@@ -1,6 +1,6 @@
 //! What lets a node face a network: TLS on every TCP listener and for every client
 //! ([`tls`]), bearer tokens with roles ([`auth`]), and the cluster key that authenticates and
-//! encrypts gossip ([`key`]). Each is off until its flag is given (README "Security").
+//! encrypts gossip ([`key`]). Each is off until its flag is given (docs/security.md).
 //!
 //! Secret files (tokens, keys, the cluster key) must not be readable by other users; the
 //! files that can change while a node runs (certificates, the token file, the cluster key) are

@@ -549,83 +549,144 @@ fn merged_body(
     trailers: bool,
     params: &QueryParams,
 ) -> Body {
-    let (desc, limit) = (params.desc, params.limit);
-    // With context lines, the nodes' answers (each the matches and context of its own
-    // records) are merged and the context chosen again over the union.
-    let mut context = (params.before + params.after > 0).then(|| {
-        crate::search::context::Context::new(
-            params.before as usize,
-            params.after as usize,
-            desc,
-            limit,
-        )
-    });
     let late = Arc::new(Late::default());
     if bodies.len() == 1 {
         // One answer is already in order and without duplicates: pass its chunks through,
         // with the same idle timeout, instead of splitting it into lines to merge.
         let (peer, body) = bodies.pop().expect("one body");
-        let stream = futures_util::stream::unfold(Some(body), move |state| {
-            let (peer, metrics, late) = (peer.clone(), Arc::clone(&metrics), Arc::clone(&late));
-            async move {
-                let mut body = state?;
-                loop {
-                    match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
-                        Ok(Some(Ok(frame))) => match frame.into_data() {
-                            Ok(data) => return Some((Ok(Frame::data(data)), Some(body))),
-                            Err(frame) => {
-                                if let Some(t) = frame.trailers_ref() {
-                                    late.add_trailers(t);
-                                }
-                            }
-                        },
-                        Ok(None) => break,
-                        Ok(Some(Err(e))) => {
-                            tracing::warn!(%peer, error = %e, "store node's query body failed");
-                            metrics.store_query_peer_errors.inc();
-                            late.errors
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            break;
-                        }
-                        Err(_) => {
-                            tracing::warn!(%peer, "store node's query body stalled; giving up on it");
-                            metrics.store_query_peer_errors.inc();
-                            late.errors
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            break;
-                        }
-                    }
-                }
-                let last = late.last_frame(trailers)?;
-                if last.is_err() {
-                    // An abort drops what hyper still holds: send it all first.
-                    http::flush::flushed().await;
-                }
-                Some((last, None))
-            }
-        });
-        return Body::new(http_body_util::StreamBody::new(stream));
+        return passed_through(PeerBody::new(peer, body, metrics, late), trailers);
     }
     let receivers = body_sources(bodies, metrics, Arc::clone(&late));
     let (tx, rx) = mpsc::channel::<io::Result<Frame<Bytes>>>(8);
+    let merge = LineMerge::new(params);
     tokio::task::spawn_blocking(move || {
-        let mut sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
+        let sources: Vec<ChunkLines> = receivers.into_iter().map(ChunkLines::new).collect();
+        if merge.run(sources, &tx).is_ok() {
+            // Every source ended, so every body's reader is done counting.
+            if let Some(last) = late.last_frame(trailers) {
+                let _ = tx.blocking_send(last);
+            }
+        }
+    });
+    http::frame_body(rx)
+}
+
+/// One peer's answer body, read frame by frame with the idle timeout: its trailers, and a
+/// failure or a stall, are told to `late` (and a failure counted).
+struct PeerBody {
+    peer: String,
+    body: Body,
+    metrics: Arc<Metrics>,
+    late: Arc<Late>,
+}
+
+impl PeerBody {
+    fn new(peer: String, body: Body, metrics: Arc<Metrics>, late: Arc<Late>) -> Self {
+        PeerBody {
+            peer,
+            body,
+            metrics,
+            late,
+        }
+    }
+
+    /// The next chunk of records; `None` once the body ended, failed or stalled.
+    async fn next_data(&mut self) -> Option<Bytes> {
+        loop {
+            let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, self.body.frame()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => {
+                    let peer = &self.peer;
+                    tracing::warn!(%peer, error = %e, "store node's query body failed");
+                    return self.failed();
+                }
+                Err(_) => {
+                    let peer = &self.peer;
+                    tracing::warn!(%peer, "store node's query body stalled; giving up on it");
+                    return self.failed();
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => return Some(data),
+                Err(frame) => {
+                    if let Some(t) = frame.trailers_ref() {
+                        self.late.add_trailers(t);
+                    }
+                }
+            }
+        }
+    }
+
+    fn failed(&self) -> Option<Bytes> {
+        self.metrics.store_query_peer_errors.inc();
+        self.late
+            .errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        None
+    }
+}
+
+/// One peer's body passed through as it comes, ended as [`Late`] says.
+fn passed_through(body: PeerBody, trailers: bool) -> Body {
+    let stream = futures_util::stream::unfold(Some(body), move |state| async move {
+        let mut body = state?;
+        if let Some(data) = body.next_data().await {
+            return Some((Ok(Frame::data(data)), Some(body)));
+        }
+        let last = body.late.last_frame(trailers)?;
+        if last.is_err() {
+            // An abort drops what hyper still holds: send it all first.
+            http::flush::flushed().await;
+        }
+        Some((last, None))
+    });
+    Body::new(http_body_util::StreamBody::new(stream))
+}
+
+/// The merge of several peers' lines into one answer: by ULID with dedup, up to a limit, or
+/// with context chosen again over the union.
+struct LineMerge {
+    desc: bool,
+    limit: Option<u64>,
+    /// With context lines, the nodes' answers (each the matches and context of its own
+    /// records) are merged and the context chosen again over the union.
+    context: Option<crate::search::context::Context>,
+}
+
+impl LineMerge {
+    fn new(params: &QueryParams) -> Self {
+        let (desc, limit) = (params.desc, params.limit);
+        let context = (params.before + params.after > 0).then(|| {
+            crate::search::context::Context::new(
+                params.before as usize,
+                params.after as usize,
+                desc,
+                limit,
+            )
+        });
+        LineMerge {
+            desc,
+            limit,
+            context,
+        }
+    }
+
+    /// Merge `sources` into chunks sent on `tx` (blocking), the last one too when the merge
+    /// ended well.
+    fn run(
+        mut self,
+        mut sources: Vec<ChunkLines>,
+        tx: &mpsc::Sender<io::Result<Frame<Bytes>>>,
+    ) -> io::Result<()> {
         let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
-        let mut left = limit.unwrap_or(u64::MAX);
+        let mut left = self.limit.unwrap_or(u64::MAX);
         // With context, every node's copy of a record is seen (no dedup in the merge): the
         // record follows a gap if any node says so. Each is held until its last copy passed.
         let mut held: Option<(Vec<u8>, bool)> = None;
-        let push_held = |held: &mut Option<(Vec<u8>, bool)>,
-                         ctx: &mut crate::search::context::Context,
-                         buf: &mut Vec<u8>| {
-            if let Some((line, gap)) = held.take() {
-                let is_match = crate::search::context::kind(&line)
-                    .is_some_and(crate::search::context::is_match_kind);
-                ctx.push_hinted(&line, is_match, gap, buf);
-            }
-        };
-        let result = merge::merge_with(&mut sources, desc, context.is_none(), |line| {
-            let more = if let Some(ctx) = &mut context {
+        let dedup = self.context.is_none();
+        let result = merge::merge_with(&mut sources, self.desc, dedup, |line| {
+            let more = if let Some(ctx) = &mut self.context {
                 let gap = crate::search::context::kind(line)
                     .is_some_and(crate::search::context::after_gap);
                 match &mut held {
@@ -653,21 +714,29 @@ fn merged_body(
             }
             Ok(more)
         });
-        if let Some(ctx) = &mut context {
+        if let Some(ctx) = &mut self.context {
             push_held(&mut held, ctx, &mut buf);
             ctx.finish(&mut buf);
         }
-        if result.is_ok() {
-            if !buf.is_empty() {
-                let _ = tx.blocking_send(Ok(Frame::data(Bytes::from(buf))));
-            }
-            // Every source ended, so every body's reader is done counting.
-            if let Some(last) = late.last_frame(trailers) {
-                let _ = tx.blocking_send(last);
-            }
+        result?;
+        if !buf.is_empty() {
+            let _ = tx.blocking_send(Ok(Frame::data(Bytes::from(buf))));
         }
-    });
-    http::frame_body(rx)
+        Ok(())
+    }
+}
+
+/// Hand the record held back (with whether it follows a gap) to the context.
+fn push_held(
+    held: &mut Option<(Vec<u8>, bool)>,
+    ctx: &mut crate::search::context::Context,
+    buf: &mut Vec<u8>,
+) {
+    if let Some((line, gap)) = held.take() {
+        let is_match =
+            crate::search::context::kind(&line).is_some_and(crate::search::context::is_match_kind);
+        ctx.push_hinted(&line, is_match, gap, buf);
+    }
 }
 
 /// Channels of the peers' bodies for a blocking merge: each body is read by a task (with the
@@ -679,43 +748,15 @@ fn body_sources(
     late: Arc<Late>,
 ) -> Vec<mpsc::Receiver<Bytes>> {
     let mut receivers = Vec::new();
-    for (peer, mut body) in bodies {
+    for (peer, body) in bodies {
         let (tx, rx) = mpsc::channel::<Bytes>(4);
         receivers.push(rx);
-        let metrics = Arc::clone(&metrics);
-        let late = Arc::clone(&late);
+        let mut body = PeerBody::new(peer, body, Arc::clone(&metrics), Arc::clone(&late));
         tokio::spawn(async move {
-            loop {
-                let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
-                    Ok(Some(Ok(frame))) => frame,
-                    Ok(None) => return,
-                    Ok(Some(Err(e))) => {
-                        tracing::warn!(%peer, error = %e, "store node's query body failed");
-                        metrics.store_query_peer_errors.inc();
-                        late.errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!(%peer, "store node's query body stalled; giving up on it");
-                        metrics.store_query_peer_errors.inc();
-                        late.errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return;
-                    }
-                };
-                match frame.into_data() {
-                    Ok(data) => {
-                        // The merge thread takes chunks as it needs them.
-                        if tx.send(data).await.is_err() {
-                            return; // the client went away
-                        }
-                    }
-                    Err(frame) => {
-                        if let Some(t) = frame.trailers_ref() {
-                            late.add_trailers(t);
-                        }
-                    }
+            while let Some(data) = body.next_data().await {
+                // The merge thread takes chunks as it needs them.
+                if tx.send(data).await.is_err() {
+                    return; // the client went away
                 }
             }
         });

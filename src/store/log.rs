@@ -1,9 +1,16 @@
 //! Store segment files, their names and states.
 //!
 //! ```text
-//! <uuid>.active ──close──▶ <LOW>-<HIGH>.flushed ◀──▶ <LOW>-<HIGH>.reading   (compaction, later)
+//! <uuid>.active ──close──▶ <LOW>-<HIGH>.flushed ◀──claim/release──▶ <LOW>-<HIGH>.reading
+//!                                │          ▲                                │
+//!                                │          └── <uuid>.converting (renamed in under the input's name)
+//!                                ├──trash──▶ <LOW>-<HIGH>.trashed ──purge──▶ (deleted)
+//!                                └──quarantine──▶ <name>.bad   (never opened again)
 //! <uuid>.consuming        a consumer's spool file: never queried, deleted at start-up
+//! <uuid>.converting       a conversion's output: deleted at start-up (its input is still there)
 //! ```
+//!
+//! `docs/data-directory.md` has every state with what start-up does with it.
 //!
 //! The name of a flushed segment is its time index: the first and last ULID it holds. Names stay
 //! exactly the original's so either implementation can read the other's directory. The

@@ -1,4 +1,4 @@
-//! The agents' protocols (README "Agents"): Loki push, Elasticsearch bulk, OTLP/HTTP logs, JSON
+//! The agents' protocols (docs/agents.md): Loki push, Elasticsearch bulk, OTLP/HTTP logs, JSON
 //! lines and syslog. Each protocol decodes its input into entries — a topic, a message and
 //! fields — and each entry becomes one record line, `<ULID> <topic> <message> k=v k=v ...`,
 //! written through one push writer ([`writer::PushWriter`]) into its own ingest segments, which

@@ -113,14 +113,14 @@ impl StoreApi {
         high: &[u8; ULID_LEN],
         bytes: u64,
     ) -> io::Result<()> {
-        // SAFETY: the spool is complete and never written again (only unlinked), so the
-        // mapping stays valid.
         let for_streams = if self.registry.is_empty() {
             None
         } else {
-            std::fs::File::open(spool)
-                .ok()
-                .and_then(|f| unsafe { memmap2::Mmap::map(&f) }.ok())
+            std::fs::File::open(spool).ok().and_then(|f| {
+                // SAFETY: the spool is complete and never written again (only unlinked), so
+                // the mapping stays valid.
+                unsafe { memmap2::Mmap::map(&f) }.ok()
+            })
         };
         self.log.adopt(spool, low, high)?;
         if let Some(map) = for_streams {
