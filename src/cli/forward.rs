@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::addr::{Addr, parse_addr};
+use super::addr::Addr;
+use super::client::config::ForwardConfig;
 use super::dial::{Dialer, LinkIo, LinkRead};
-use super::flags::{FlagSet, Kind, flag};
-use super::node::{API_PORT, BULK_PORT, FAST_PORT};
 use crate::metrics::Metrics;
 
 /// Bytes read from stdin at once (1 MiB).
@@ -29,104 +28,34 @@ const MAX_HELD: usize = 16 << 20;
 /// How long to wait for the ingester to confirm the end of input.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The flags of `oklog forward`.
-pub fn flag_set() -> FlagSet {
-    FlagSet {
-        usage: "oklog forward [flags] <ingester> [<ingester>...]",
-        flags: super::logging::flags()
-            .into_iter()
-            .chain(super::client::flags())
-            .chain([
-                flag(
-                    "api",
-                    Kind::Str,
-                    "",
-                    "listen address for forward API (and metrics); empty for none",
-                ),
-                flag(
-                    "prefix",
-                    Kind::List,
-                    "",
-                    "prefix prepended to every record (repeatable)",
-                ),
-                flag(
-                    "bulk",
-                    Kind::Bool,
-                    "",
-                    "send batches to the bulk port (7653), each acknowledged once stored N ways",
-                ),
-                flag("bulk.size", Kind::Int, "16777216", "bytes per bulk batch"),
-            ])
-            .collect(),
-        aliases: vec![],
-    }
-}
-
 /// Run the forwarder until stdin's EOF has been confirmed by an ingester.
 pub fn run(argv: &[String]) -> anyhow::Result<()> {
-    let Some(args) = super::parse_flags(&flag_set(), argv)? else {
+    let Some(cfg) = ForwardConfig::parse(argv)? else {
         return Ok(());
     };
-    super::logging::init(&args.str("log.format"), args.bool("debug"))?;
-    if args.positional.is_empty() {
-        bail!("specify at least one ingest address as an argument");
-    }
-    let mut addrs = args
-        .positional
-        .iter()
-        .map(|a| {
-            let port = if args.bool("bulk") {
-                BULK_PORT
-            } else {
-                FAST_PORT
-            };
-            parse_addr(a, port).map_err(|e| anyhow::anyhow!(e))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut tls = false;
-    for a in &addrs {
-        match a.base_network() {
-            "tcp" => {}
-            "tls" => tls = true,
-            _ => bail!("{a}: only tcp:// and tls:// ingest addresses are supported"),
-        }
-    }
-    let dialer = super::dial::Dialer::new(&super::client::ClientOpts::from_args(&args), tls)?;
+    cfg.log.init()?;
+    let dialer = super::dial::Dialer::new(&cfg.security, cfg.tls)?;
+    let mut addrs = cfg.addrs;
     {
         use rand::seq::SliceRandom;
         addrs.shuffle(&mut rand::rng());
     }
-    let prefixes = args.list("prefix");
-    let prefix = if prefixes.is_empty() {
-        Vec::new()
-    } else {
-        format!("{} ", prefixes.join(" ")).into_bytes()
-    };
     let metrics = Metrics::new();
-    let api = args.str("api");
-    if !api.is_empty() {
-        let addr = parse_addr(&api, API_PORT).map_err(|e| anyhow::anyhow!("-api: {e}"))?;
+    if let Some(addr) = cfg.api {
         spawn_api(addr, Arc::clone(&metrics))?;
     }
-    if args.bool("bulk") {
-        let size = args.int("bulk.size");
-        if size <= 0 || size as usize > crate::ingest::bulk::MAX_BATCH {
-            bail!(
-                "-bulk.size: must be between 1 and {}",
-                crate::ingest::bulk::MAX_BATCH
-            );
-        }
+    if let Some(size) = cfg.bulk {
         return super::bulk::forward(
             &mut io::stdin().lock(),
-            &prefix,
+            &cfg.prefix,
             addrs,
             dialer,
-            size as usize,
+            size,
             &metrics,
         );
     }
     let mut conn = Conn::new(addrs, dialer, Arc::clone(&metrics));
-    forward(&mut io::stdin().lock(), &prefix, &mut conn)?;
+    forward(&mut io::stdin().lock(), &cfg.prefix, &mut conn)?;
     conn.confirm()
 }
 

@@ -29,6 +29,30 @@ pub fn flags() -> Vec<Flag> {
     ]
 }
 
+/// `-log.format` and `-debug`, read once.
+#[derive(Clone, Debug, Default)]
+pub struct LogConfig {
+    /// `logfmt`, `json` or `text`.
+    pub format: String,
+    /// Debug events too.
+    pub debug: bool,
+}
+
+impl LogConfig {
+    /// Read the flags of [`flags`].
+    pub fn from_args(args: &super::flags::Args) -> LogConfig {
+        LogConfig {
+            format: args.str("log.format"),
+            debug: args.bool("debug"),
+        }
+    }
+
+    /// Install the global logger ([`init`]).
+    pub fn init(&self) -> anyhow::Result<()> {
+        init(&self.format, self.debug)
+    }
+}
+
 /// Install the global logger. An unknown format is an error naming the flag.
 pub fn init(format: &str, debug: bool) -> anyhow::Result<()> {
     let level = if debug {

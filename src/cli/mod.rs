@@ -7,17 +7,16 @@ pub mod client;
 pub mod dial;
 pub mod flags;
 pub mod forward;
-pub mod ingest;
-pub mod ingeststore;
 pub mod logging;
 pub mod node;
 pub mod query;
 pub mod segment;
-pub mod store;
 pub mod stream;
 pub mod testsvc;
 
 use flags::{FlagError, FlagSet};
+
+use crate::cluster::Role;
 
 const USAGE: &str = "USAGE
   oklog <mode> [flags]
@@ -45,9 +44,9 @@ pub fn main(argv: Vec<String>) -> i32 {
     let rest = &argv[2..];
     let result = match mode.to_ascii_lowercase().as_str() {
         "forward" => forward::run(rest),
-        "ingest" => ingest::run(rest),
-        "store" => store::run(rest),
-        "ingeststore" => ingeststore::run(rest),
+        "ingest" => node::run_mode(Role::Ingest, rest),
+        "store" => node::run_mode(Role::Store, rest),
+        "ingeststore" => node::run_mode(Role::IngestStore, rest),
         "query" => return query::run(rest),
         "segment" => return segment::run(rest),
         "stream" => stream::run(rest),

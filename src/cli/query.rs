@@ -9,118 +9,15 @@ use std::time::Instant;
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 
-use super::addr::parse_addr;
-use super::flags::{Args, FlagSet, Kind, flag};
-use super::node::API_PORT;
+use super::client::config::{Color, Print, QueryConfig};
 use crate::gotime;
 use crate::http;
-use crate::record::{BODY_OFFSET, ULID_LEN, parse_ulid, ulid_ms};
-
-/// The flags of `oklog query`.
-pub fn flag_set() -> FlagSet {
-    FlagSet {
-        usage: "oklog query [flags]",
-        flags: super::client::flags()
-            .into_iter()
-            .chain([
-            flag(
-                "store",
-                Kind::Str,
-                "localhost:7650",
-                "address of store instance to query",
-            ),
-            flag(
-                "from",
-                Kind::Str,
-                "1h",
-                "from, as RFC3339 timestamp, ULID, or duration ago",
-            ),
-            flag(
-                "to",
-                Kind::Str,
-                "now",
-                "to, as RFC3339 timestamp, ULID, or duration ago",
-            ),
-            flag("q", Kind::Str, "", "query expression"),
-            flag("regex", Kind::Bool, "", "parse -q as regular expression"),
-            flag(
-                "topic",
-                Kind::List,
-                "",
-                "only records of this topic (a name or a * glob; repeatable)",
-            ),
-            flag(
-                "order",
-                Kind::Str,
-                "asc",
-                "asc (oldest first) or desc (newest first)",
-            ),
-            flag(
-                "limit",
-                Kind::Int,
-                "0",
-                "at most this many records, the first in -order (0: all)",
-            ),
-            flag(
-                "B",
-                Kind::Int,
-                "0",
-                "print this many records of the same topic before each match (as grep)",
-            ),
-            flag(
-                "A",
-                Kind::Int,
-                "0",
-                "print this many records of the same topic after each match (as grep)",
-            ),
-            flag(
-                "C",
-                Kind::Int,
-                "0",
-                "print this many records of the same topic around each match (-B and -A)",
-            ),
-            flag(
-                "stats",
-                Kind::Bool,
-                "",
-                "statistics only, no records (implies -v)",
-            ),
-            flag("nocopy", Kind::Bool, "", "don't print the records"),
-            flag(
-                "ulid",
-                Kind::Bool,
-                "",
-                "include ULID prefix with each record",
-            ),
-            flag(
-                "time",
-                Kind::Bool,
-                "",
-                "replace the ULID with its time (RFC3339, local zone)",
-            ),
-            flag("v", Kind::Bool, "", "verbose output to stderr"),
-            flag(
-                "output",
-                Kind::Str,
-                "text",
-                "text, or json: one object per record",
-            ),
-            flag(
-                "color",
-                Kind::Str,
-                "auto",
-                "highlight matches: auto (when stdout is a terminal and NO_COLOR is unset), always or never",
-            ),
-            ])
-            .collect(),
-        aliases: vec![],
-    }
-}
+use crate::record::{BODY_OFFSET, ULID_LEN, ulid_ms};
 
 /// Run the query; returns the exit code.
 pub fn run(argv: &[String]) -> i32 {
-    let args = match super::parse_flags(&flag_set(), argv) {
-        Ok(Some(a)) => a,
+    let cfg = match QueryConfig::parse(argv, gotime::now_ms()) {
+        Ok(Some(c)) => c,
         Ok(None) => return 0,
         Err(e) => {
             eprintln!("{}", super::one_line(&e.to_string()));
@@ -137,7 +34,7 @@ pub fn run(argv: &[String]) -> i32 {
             return 2;
         }
     };
-    match runtime.block_on(query(&args)) {
+    match runtime.block_on(query(&cfg)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{}", super::one_line(&format!("{e:#}")));
@@ -146,212 +43,146 @@ pub fn run(argv: &[String]) -> i32 {
     }
 }
 
-/// Read `-from`/`-to`: `now`, a Go duration meaning "ago" (sign ignored), an RFC 3339 time, or
-/// a ULID. Returns the query-string value to send.
-pub fn parse_when(flag: &str, value: &str, now_ms: i64) -> Result<String, String> {
-    if value == "now" {
-        return Ok(gotime::rfc3339_utc_millis(now_ms));
+/// Ask the store node, print what it answers; the exit code.
+async fn query(cfg: &QueryConfig) -> anyhow::Result<i32> {
+    let url = cfg.url();
+    let method = if cfg.stats { Method::HEAD } else { Method::GET };
+    if cfg.verbose {
+        eprintln!("{method} {url}");
     }
-    if let Ok(nanos) = gotime::parse_duration_nanos(value) {
-        let ago = (nanos.unsigned_abs() / 1_000_000) as i64;
-        return Ok(gotime::rfc3339_utc_millis(now_ms - ago));
+    let began = Instant::now();
+    let client = http::bulk_client(&cfg.reader.security.http()?);
+    let req = hyper::Request::builder()
+        .method(method.clone())
+        .uri(&url)
+        // The answer's trailers say whether anything went missing after the headers.
+        .header(hyper::header::TE, "trailers")
+        .body(http::empty_body())?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| anyhow::anyhow!("{method} {url}: {}", http::error_chain(&e)))?;
+    let (parts, body) = resp.into_parts();
+    let (status, headers) = (parts.status, parts.headers);
+    if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
+        let text = http::body_text(body).await.unwrap_or_default();
+        anyhow::bail!("{method} {url}: {status}: {}", text.trim());
     }
-    if let Some(ms) = gotime::parse_rfc3339_ms(value) {
-        return Ok(gotime::rfc3339_utc_millis(ms));
+    if cfg.verbose {
+        print_stats(&headers, began);
     }
-    if let Some(id) = parse_ulid(value) {
-        return Ok(String::from_utf8_lossy(&id).into_owned());
+    let partial = status == StatusCode::PARTIAL_CONTENT;
+    if cfg.stats {
+        return Ok(if partial { 3 } else { 0 });
     }
-    Err(format!(
-        "couldn't parse -{flag} ({value:?}) as either duration or time"
-    ))
-}
-
-/// Percent-encode a query-string value.
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+    let (records, late) = match print_records(cfg, body, began).await {
+        Ok(printed) => printed,
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+        {
+            return Ok(0); // the reader went away (`| head`): a success, as in Unix tools
         }
+        Err(e) => return Err(e),
+    };
+    if let Some((errors, corrupt)) = late.filter(|&(e, c)| e + c > 0) {
+        eprintln!(
+            "warning: partial result: {errors} store node(s) broke off their answer, \
+             {corrupt} corrupt block(s) skipped"
+        );
+        return Ok(3);
     }
-    out
+    if partial {
+        eprintln!(
+            "warning: partial result: {} store node(s) failed to answer",
+            headers
+                .get("X-Oklog-Error-Count")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("some")
+        );
+        return Ok(3);
+    }
+    Ok(if records > 0 { 0 } else { 1 })
 }
 
-async fn query(args: &Args) -> anyhow::Result<i32> {
-    if !matches!(args.str("output").as_str(), "text" | "json") {
-        anyhow::bail!("-output: {:?} is not text or json", args.str("output"));
+/// The answer's planning statistics, on stderr (`-v`, `-stats`).
+fn print_stats(headers: &hyper::HeaderMap, began: Instant) {
+    let h = |k: &str| {
+        headers
+            .get(k)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_else(|| "?".to_string())
+    };
+    eprintln!("Response in {}", gotime::format_duration(began.elapsed()));
+    eprintln!("Queried from {}", h("X-Oklog-From"));
+    eprintln!("Queried to {}", h("X-Oklog-To"));
+    let kind = if h("X-Oklog-Regex") == "true" {
+        "regular expression"
+    } else {
+        "normal string"
+    };
+    eprintln!("Queried {kind} {:?}", h("X-Oklog-Q"));
+    eprintln!("{} node(s) queried", h("X-Oklog-Nodes-Queried"));
+    eprintln!("{} segment(s) queried", h("X-Oklog-Segments-Queried"));
+    let size: u64 = h("X-Oklog-Max-Data-Set-Size").parse().unwrap_or(0);
+    eprintln!("{size}B ({}MiB) maximum data set size", size / (1 << 20));
+    eprintln!("{} error(s)", h("X-Oklog-Error-Count"));
+    if headers.contains_key("X-Oklog-Bytes-Scanned") {
+        eprintln!("{} bytes scanned", h("X-Oklog-Bytes-Scanned"));
     }
-    let color = match args.str("color").as_str() {
-        "always" => true,
-        "never" => false,
-        "auto" => {
+    if headers.contains_key("X-Oklog-Blocks-Skipped") {
+        eprintln!(
+            "{} block(s) skipped by their needle filter",
+            h("X-Oklog-Blocks-Skipped")
+        );
+    }
+    eprintln!("{} server-reported duration", h("X-Oklog-Duration"));
+}
+
+/// Whether matches are coloured: `-color`, with `auto` deciding by stdout and the environment.
+fn colour(color: Color) -> bool {
+    match color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => {
             use std::io::IsTerminal;
             io::stdout().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
                 && std::env::var("TERM").is_ok_and(|t| t != "dumb")
         }
-        other => anyhow::bail!("-color: {other:?} is not auto, always or never"),
-    };
-    let now = gotime::now_ms();
-    let from = parse_when("from", &args.str("from"), now).map_err(anyhow::Error::msg)?;
-    let to = parse_when("to", &args.str("to"), now).map_err(anyhow::Error::msg)?;
-    let store =
-        parse_addr(&args.str("store"), API_PORT).map_err(|e| anyhow::anyhow!("-store: {e}"))?;
-    let host = if store.host.is_empty() {
-        "localhost".to_string()
-    } else {
-        store.host_port()
-    };
-    let host = if store.host.is_empty() {
-        format!("{host}:{}", store.port)
-    } else {
-        host
-    };
-    let q = args.str("q");
-    let regex = args.bool("regex");
-    let stats = args.bool("stats");
-    let verbose = args.bool("v") || stats;
-    let scheme = match store.network.as_str() {
-        "https" => "https",
-        "tcp" | "http" => "http",
-        other => anyhow::bail!("-store: {other}:// is not http or https"),
-    };
-    let mut url = format!(
-        "{scheme}://{host}/store/query?from={}&to={}&q={}",
-        encode(&from),
-        encode(&to),
-        encode(&q)
-    );
-    if regex {
-        url.push_str("&regex=true");
     }
-    for t in args.list("topic") {
-        url.push_str(&format!("&topic={}", encode(&t)));
-    }
-    match args.str("order").as_str() {
-        "asc" => {}
-        "desc" => url.push_str("&order=desc"),
-        other => anyhow::bail!("-order: {other:?} is not asc or desc"),
-    }
-    let around = args.int("C");
-    let before = if args.is_set("B") {
-        args.int("B")
-    } else {
-        around
-    };
-    let after = if args.is_set("A") {
-        args.int("A")
-    } else {
-        around
-    };
-    for (name, n) in [("-B", before), ("-A", after), ("-C", around)] {
-        if n < 0 {
-            anyhow::bail!("{name}: {n} is negative");
-        }
-    }
-    if before > 0 {
-        url.push_str(&format!("&before={before}"));
-    }
-    if after > 0 {
-        url.push_str(&format!("&after={after}"));
-    }
-    let context = before + after > 0;
-    match args.int("limit") {
-        0 => {}
-        n if n > 0 => url.push_str(&format!("&limit={n}")),
-        n => anyhow::bail!("-limit: {n} is negative"),
-    }
-    let method = if stats { Method::HEAD } else { Method::GET };
-    if verbose {
-        eprintln!("{method} {url}");
-    }
-    let began = Instant::now();
-    let client = http::bulk_client(&super::client::ClientOpts::from_args(args).http()?);
-    let (status, headers, body) = {
-        let req = hyper::Request::builder()
-            .method(method.clone())
-            .uri(&url)
-            // The answer's trailers say whether anything went missing after the headers.
-            .header(hyper::header::TE, "trailers")
-            .body(http::empty_body())?;
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| anyhow::anyhow!("{method} {url}: {}", http::error_chain(&e)))?;
-        let (parts, body) = resp.into_parts();
-        (parts.status, parts.headers, body)
-    };
-    if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
-        let text = http::body_text(body).await.unwrap_or_default();
-        anyhow::bail!("{method} {url}: {status}: {}", text.trim());
-    }
-    if verbose {
-        let h = |k: &str| {
-            headers
-                .get(k)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_else(|| "?".to_string())
-        };
-        eprintln!("Response in {}", gotime::format_duration(began.elapsed()));
-        eprintln!("Queried from {}", h("X-Oklog-From"));
-        eprintln!("Queried to {}", h("X-Oklog-To"));
-        let kind = if h("X-Oklog-Regex") == "true" {
-            "regular expression"
-        } else {
-            "normal string"
-        };
-        eprintln!("Queried {kind} {:?}", h("X-Oklog-Q"));
-        eprintln!("{} node(s) queried", h("X-Oklog-Nodes-Queried"));
-        eprintln!("{} segment(s) queried", h("X-Oklog-Segments-Queried"));
-        let size: u64 = h("X-Oklog-Max-Data-Set-Size").parse().unwrap_or(0);
-        eprintln!("{size}B ({}MiB) maximum data set size", size / (1 << 20));
-        eprintln!("{} error(s)", h("X-Oklog-Error-Count"));
-        if headers.contains_key("X-Oklog-Bytes-Scanned") {
-            eprintln!("{} bytes scanned", h("X-Oklog-Bytes-Scanned"));
-        }
-        if headers.contains_key("X-Oklog-Blocks-Skipped") {
-            eprintln!(
-                "{} block(s) skipped by their needle filter",
-                h("X-Oklog-Blocks-Skipped")
-            );
-        }
-        eprintln!("{} server-reported duration", h("X-Oklog-Duration"));
-    }
-    let partial = status == StatusCode::PARTIAL_CONTENT;
-    if stats {
-        return Ok(if partial { 3 } else { 0 });
-    }
-    let mode = if args.str("output") == "json" {
-        Print::Json
-    } else if args.bool("ulid") {
-        Print::Raw
-    } else if args.bool("time") {
-        Print::Time
-    } else {
-        Print::Body
-    };
-    let copy = !args.bool("nocopy");
-    let highlight = if color && mode != Print::Json && !q.is_empty() {
+}
+
+/// Print the answer's records to stdout as they arrive; the records printed, and what the
+/// trailers said went missing (store nodes broken off, corrupt blocks), if there were any.
+async fn print_records(
+    cfg: &QueryConfig,
+    mut body: hyper::body::Incoming,
+    began: Instant,
+) -> anyhow::Result<(u64, Option<(u64, u64)>)> {
+    let q = &cfg.reader.q;
+    let highlight = if colour(cfg.color) && cfg.print != Print::Json && !q.is_empty() {
         // The server accepted the query, so it compiles here too.
-        regex::bytes::Regex::new(&if regex { q.clone() } else { regex::escape(&q) }).ok()
+        let pattern = if cfg.reader.regex {
+            q.clone()
+        } else {
+            regex::escape(q)
+        };
+        regex::bytes::Regex::new(&pattern).ok()
     } else {
         None
     };
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut printer = Printer {
-        context,
-        mode,
-        copy,
+        context: cfg.before + cfg.after > 0,
+        mode: cfg.print,
+        copy: cfg.copy,
         highlight,
         partial_line: Vec::new(),
         records: 0,
     };
     let mut progress = Progress::new(began);
-    let mut body = body;
     let mut late: Option<(u64, u64)> = None;
     let result: anyhow::Result<()> = async {
         while let Some(frame) = body.frame().await {
@@ -380,44 +211,7 @@ async fn query(args: &Args) -> anyhow::Result<i32> {
     }
     .await;
     progress.clear();
-    if let Err(e) = result {
-        if e.downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
-        {
-            return Ok(0); // the reader went away (`| head`): a success, as in Unix tools
-        }
-        return Err(e);
-    }
-    if let Some((errors, corrupt)) = late.filter(|&(e, c)| e + c > 0) {
-        eprintln!(
-            "warning: partial result: {errors} store node(s) broke off their answer, \
-             {corrupt} corrupt block(s) skipped"
-        );
-        return Ok(3);
-    }
-    if partial {
-        eprintln!(
-            "warning: partial result: {} store node(s) failed to answer",
-            headers
-                .get("X-Oklog-Error-Count")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("some")
-        );
-        return Ok(3);
-    }
-    Ok(if printer.records > 0 { 0 } else { 1 })
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Print {
-    /// `<topic> <payload>` (the default).
-    Body,
-    /// The whole stored line (`-ulid`).
-    Raw,
-    /// The ULID replaced by its time (`-time`).
-    Time,
-    /// One JSON object per record (`-output json`).
-    Json,
+    result.map(|()| (printer.records, late))
 }
 
 /// A progress line on stderr for queries that take a while, when stderr is a terminal: records
@@ -640,6 +434,7 @@ impl Printer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::client::config::{encode, parse_when};
 
     #[test]
     fn when_values() {

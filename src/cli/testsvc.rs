@@ -10,36 +10,18 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use rand::RngExt;
 
-use super::flags::{FlagSet, Kind, flag};
+use super::client::config::TestsvcConfig;
 use crate::gotime;
 
 const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 const RECORDS: usize = 10_000;
 
-/// The flags of `oklog testsvc`.
-pub fn flag_set() -> FlagSet {
-    FlagSet {
-        usage: "oklog testsvc [flags]",
-        flags: vec![
-            flag("id", Kind::Str, "foo", "ID for this instance"),
-            flag("size", Kind::Int, "512", "bytes per record"),
-            flag("rate", Kind::Int, "5", "records per second"),
-        ],
-        aliases: vec![],
-    }
-}
-
 /// Print records until stdout closes.
 pub fn run(argv: &[String]) -> anyhow::Result<()> {
-    let Some(args) = super::parse_flags(&flag_set(), argv)? else {
+    let Some(TestsvcConfig { id, size, rate }) = TestsvcConfig::parse(argv)? else {
         return Ok(());
     };
-    let id = args.str("id");
-    let size = args.int("size");
-    let rate = args.int("rate");
-    if rate <= 0 {
-        bail!("-rate: must be positive, got {rate}");
-    }
+    let size = size as i64;
     // <RFC3339> <id> <%09d> <record>\n
     let overhead = ("2006-01-02T15:04:05Z07:00".len() + 1 + id.len() + 1 + 9 + 1) as i64;
     let record_len = size - overhead - 1;
@@ -48,7 +30,7 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     }
     eprintln!("reticulating splines...");
     let records = generate(record_len as usize);
-    let mut period = Duration::from_secs(1) / rate as u32;
+    let mut period = Duration::from_secs(1) / rate;
     let mut per_cycle = 1u64;
     while period < Duration::from_millis(50) {
         period *= 2;

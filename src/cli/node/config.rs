@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::bail;
 
 use crate::cli::addr::{Addr, parse_addr};
-use crate::cli::flags::{Args, Flag, Kind, flag};
+use crate::cli::flags::{Args, Flag, FlagSet, Kind, flag};
 use crate::cluster::Role;
 use crate::ingest::conn::ConnLimits;
 use crate::ingest::protocols::http::PushConfig;
@@ -29,6 +29,36 @@ pub const BULK_PORT: u16 = 7653;
 pub const SYSLOG_PORT: u16 = 7654;
 /// Default cluster port.
 pub const CLUSTER_PORT: u16 = 7659;
+
+/// The flags of the server mode `role`: `ingest`, `store`, or `ingeststore` (the union of
+/// both, the ingest ones under `ingest.`).
+pub fn flag_set(role: Role) -> FlagSet {
+    let mut flags = common_flags(role.name());
+    let rf_help = "number of store nodes each aggregate segment is replicated to";
+    let (usage, aliases) = match role {
+        Role::Ingest => {
+            flags.extend(ingest_flags(""));
+            ("oklog ingest [flags]", topic_aliases(""))
+        }
+        Role::Store => {
+            flags.extend(store_flags("2", rf_help));
+            ("oklog store [flags]", vec![])
+        }
+        Role::IngestStore => {
+            flags.extend(ingest_flags("ingest."));
+            flags.extend(store_flags(
+                "",
+                "number of store nodes each aggregate segment is replicated to (default 1 without -peer, 2 with)",
+            ));
+            ("oklog ingeststore [flags]", topic_aliases("ingest."))
+        }
+    };
+    FlagSet {
+        usage,
+        flags,
+        aliases,
+    }
+}
 
 /// Flags every server mode has.
 pub fn common_flags(role: &str) -> Vec<Flag> {
@@ -741,9 +771,9 @@ mod tests {
     #[test]
     fn every_mode_parses_its_defaults() {
         for (role, set) in [
-            (Role::Ingest, crate::cli::ingest::flag_set()),
-            (Role::Store, crate::cli::store::flag_set()),
-            (Role::IngestStore, crate::cli::ingeststore::flag_set()),
+            (Role::Ingest, flag_set(Role::Ingest)),
+            (Role::Store, flag_set(Role::Store)),
+            (Role::IngestStore, flag_set(Role::IngestStore)),
         ] {
             let args = crate::cli::parse_flags(&set, &[]).unwrap().unwrap();
             let cfg = NodeConfig::from_args(role, &args).unwrap();
@@ -767,7 +797,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_flag() {
-        let set = crate::cli::ingeststore::flag_set();
+        let set = flag_set(Role::IngestStore);
         for (argv, want) in [
             (
                 vec!["-ingest.max-connections", "0"],

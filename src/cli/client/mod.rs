@@ -1,5 +1,8 @@
-//! The security flags every client shares (`forward`, `query`, `stream`): the TLS files that
-//! verify servers and identify the client, and the bearer token.
+//! The client modes' configuration: the security flags every client shares (`forward`,
+//! `query`, `stream`: the TLS files that verify servers and identify the client, and the
+//! bearer token), and in [`config`] each mode's flags parsed once into a typed config.
+
+pub mod config;
 
 use std::path::PathBuf;
 use std::sync::Arc;
