@@ -58,6 +58,75 @@ impl DirLock {
     }
 }
 
+/// A data directory, locked (its `LOCK`) for as long as this lives; derefs to its path.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    _lock: DirLock,
+}
+
+impl DataDir {
+    /// Lock `dir`, creating it if needed.
+    pub fn lock(dir: &Path) -> Result<DataDir, OpenError> {
+        Ok(DataDir {
+            _lock: DirLock::acquire(dir)?,
+            path: dir.to_path_buf(),
+        })
+    }
+}
+
+impl AsRef<Path> for DataDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for DataDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A file of a data directory named `<stem>.<state>`, as start-up recovery sees it.
+#[derive(Debug)]
+pub struct StateFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// The name before the last `.`.
+    pub stem: String,
+    /// The suffix after it: the file's state.
+    pub state: String,
+    /// Whether it is a regular file (anything else with a segment's name is never opened).
+    pub regular: bool,
+}
+
+/// The files of `dir` named `<stem>.<state>` (others, such as `LOCK`, are left out), for
+/// start-up recovery to act on by state.
+pub fn state_files(dir: &Path) -> Result<Vec<StateFile>, OpenError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        let path = entry.path();
+        let Some((stem, state)) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.rsplit_once('.'))
+        else {
+            continue;
+        };
+        let (stem, state) = (stem.to_string(), state.to_string());
+        let regular = entry.file_type().is_ok_and(|t| t.is_file());
+        out.push(StateFile {
+            path,
+            stem,
+            state,
+            regular,
+        });
+    }
+    Ok(out)
+}
+
 /// fsync a directory, making the renames and creations in it durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

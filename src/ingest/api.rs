@@ -38,7 +38,7 @@ pub struct IngestApi {
     pending_timeout: Duration,
     metrics: Arc<Metrics>,
     pending: Mutex<HashMap<String, Pending>>,
-    bulk: Arc<super::bulk::Waiters>,
+    bulk: Arc<super::ingester::Waiters>,
 }
 
 type Params = Query<HashMap<String, String>>;
@@ -49,7 +49,7 @@ impl IngestApi {
         log: Arc<IngestLog>,
         pending_timeout: Duration,
         metrics: Arc<Metrics>,
-        bulk: Arc<super::bulk::Waiters>,
+        bulk: Arc<super::ingester::Waiters>,
     ) -> Arc<Self> {
         Arc::new(IngestApi {
             log,

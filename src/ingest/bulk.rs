@@ -20,17 +20,15 @@
 //! resynchronised). No answer within [`COMMIT_TIMEOUT`] is `ERR`: the client should send the
 //! batch again (same ULIDs, so at worst a duplicate that reads drop).
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
-use super::conn::{Ingester, reply};
+use super::ingester::{Ingester, Waiters, reset_on_close};
 use crate::record::{TopicMode, ULID_LEN, check_record, is_valid_topic};
 
 /// The greeting that opens a bulk connection.
@@ -39,25 +37,6 @@ pub const GREETING: &[u8] = b"OKLOG-BULK/1\n";
 pub const MAX_BATCH: usize = 64 << 20;
 /// How long a batch may wait for a store node to commit it.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Batches waiting for their segment to be committed, by segment file stem.
-#[derive(Debug, Default)]
-pub struct Waiters {
-    map: Mutex<HashMap<String, oneshot::Sender<()>>>,
-}
-
-impl Waiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<()>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A store node committed the segment with this stem (called by the ingest API).
-    pub fn committed(&self, stem: &str) {
-        if let Some(tx) = self.lock().remove(stem) {
-            let _ = tx.send(());
-        }
-    }
-}
 
 /// Why a batch was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -126,7 +105,7 @@ pub async fn serve_connection<S: Socket>(stream: S, peer: SocketAddr, cert: bool
     match handle(&mut stream, peer, cert, ing).await {
         Ok(()) => {
             // Every batch was answered: close gracefully.
-            let _ = super::conn::reset_on_close(stream.tcp(), false);
+            let _ = reset_on_close(stream.tcp(), false);
             let _ = stream.shutdown().await;
         }
         Err(e) => tracing::debug!(%peer, error = %e, "bulk connection ended"),
@@ -243,7 +222,7 @@ async fn handle<S: Socket>(
 
 /// Write the batch as one flushed segment and wait until a store node commits it.
 async fn store_and_wait(records: &[u8], ing: &Ingester, waiters: &Arc<Waiters>) -> io::Result<()> {
-    let (tx, rx) = oneshot::channel();
+    let (tx, rx) = tokio::sync::oneshot::channel();
     let stem = tokio::task::block_in_place(|| -> io::Result<String> {
         let (mut file, path) = ing.log.create()?;
         let stem = path
@@ -273,6 +252,12 @@ async fn store_and_wait(records: &[u8], ing: &Ingester, waiters: &Arc<Waiters>) 
             ))
         }
     }
+}
+
+/// Write `line` and a newline (the bulk protocol's replies).
+async fn reply<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, line: &str) -> io::Result<()> {
+    stream.write_all(format!("{line}\n").as_bytes()).await?;
+    stream.flush().await
 }
 
 #[cfg(test)]

@@ -37,24 +37,18 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::IngestLog;
+use super::ingester::{Ingester, Modality, reset_on_close};
 use super::wire::{AuthLine, Wire, auth_line};
-use super::writer::{Rotation, SegmentWriter};
+use super::writer::SegmentWriter;
 use crate::gotime::now_ms;
-use crate::metrics::{Labels, Metrics};
-use crate::record::{Framer, FramerConfig, FramerStats};
-use crate::security::auth::Guard;
-use crate::throttle::Throttle;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use crate::record::{Framer, FramerStats};
 
 /// The urgent byte (TCP out-of-band data) a client sends first to ask for acknowledgements. A
 /// newline, so that a path which clears the urgent flag turns it into an empty line at worst.
@@ -75,198 +69,6 @@ const SHRINK_AFTER: Duration = Duration::from_secs(1);
 /// How long a stopping connection waits to hand its final acknowledgement over, and then for
 /// the client to close.
 const FINAL_WAIT: Duration = Duration::from_secs(1);
-
-/// How a listener treats its connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Modality {
-    /// Buffered writes, no fsync.
-    Fast,
-    /// fsync after every batch read, before acknowledging it.
-    Durable,
-    /// Length-prefixed batches acknowledged once stored N ways ([`super::bulk`]).
-    Bulk,
-}
-
-impl Modality {
-    /// The listener's name in logs and metric labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            Modality::Fast => "fast",
-            Modality::Durable => "durable",
-            Modality::Bulk => "bulk",
-        }
-    }
-}
-
-/// Limits on ingest connections.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnLimits {
-    /// Connections served at once, all ingest listeners together; more are refused (reset).
-    pub max_connections: usize,
-    /// A fast or durable connection that sends nothing for this long is acknowledged and
-    /// closed; `None` never.
-    pub idle_timeout: Option<Duration>,
-}
-
-impl Default for ConnLimits {
-    fn default() -> Self {
-        ConnLimits {
-            max_connections: 10_000,
-            idle_timeout: Some(Duration::from_secs(3600)),
-        }
-    }
-}
-
-/// What every connection handler needs.
-#[derive(Debug)]
-pub struct Ingester {
-    /// The segment files.
-    pub log: Arc<IngestLog>,
-    /// Topic and record-size rules.
-    pub framer: FramerConfig,
-    /// Segment rotation.
-    pub rotation: Rotation,
-    /// Connection limits.
-    pub limits: ConnLimits,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Group commit for durable connections.
-    pub sync: super::sync::SyncGroup,
-    /// Bulk batches waiting for their segment's commit.
-    pub bulk: Arc<super::bulk::Waiters>,
-    /// Turns true when the node stops: handlers acknowledge what they stored and close.
-    stop: watch::Sender<bool>,
-    /// Live connection handlers.
-    live: AtomicUsize,
-    /// Rate limit of the "connection refused" and "write failed" log lines.
-    refused_log: Throttle,
-    failed_log: Throttle,
-    /// TLS and credentials.
-    door: Arc<Door>,
-}
-
-/// What every ingest listener checks at the door: TLS (`-tls.cert-file`), and who may send (a
-/// token with the `ingest` role, or a verified client certificate).
-#[derive(Debug)]
-pub struct Door {
-    tls: Option<Arc<rustls::ServerConfig>>,
-    guard: Arc<Guard>,
-    refused: Family<Labels, Counter>,
-    refused_log: Throttle,
-}
-
-impl Ingester {
-    /// An ingester with no connections yet.
-    pub fn new(
-        log: Arc<IngestLog>,
-        framer: FramerConfig,
-        rotation: Rotation,
-        limits: ConnLimits,
-        metrics: Arc<Metrics>,
-        sync: super::sync::SyncGroup,
-        bulk: Arc<super::bulk::Waiters>,
-    ) -> Ingester {
-        let door = Arc::new(Door::open(&metrics));
-        Ingester {
-            log,
-            framer,
-            rotation,
-            limits,
-            metrics,
-            sync,
-            bulk,
-            stop: watch::channel(false).0,
-            live: AtomicUsize::new(0),
-            refused_log: Throttle::new(Duration::from_secs(10)),
-            failed_log: Throttle::new(Duration::from_secs(10)),
-            door,
-        }
-    }
-
-    /// Check every connection at `door`.
-    pub fn secured(mut self, door: Arc<Door>) -> Self {
-        self.door = door;
-        self
-    }
-}
-
-impl Door {
-    /// No TLS, and everyone may send (`metrics` counts refusals all the same).
-    pub fn open(metrics: &Metrics) -> Door {
-        Door::new(None, Arc::new(Guard::default()), metrics)
-    }
-
-    /// Speak TLS with `tls`, and let only those `guard` allows send.
-    pub fn new(
-        tls: Option<Arc<rustls::ServerConfig>>,
-        guard: Arc<Guard>,
-        metrics: &Metrics,
-    ) -> Door {
-        Door {
-            tls,
-            guard,
-            refused: metrics.ingest_refused_connections.clone(),
-            refused_log: Throttle::new(Duration::from_secs(10)),
-        }
-    }
-
-    /// Whether connections must present credentials (tokens or client certificates are on).
-    pub fn checks(&self) -> bool {
-        self.guard.is_on()
-    }
-
-    /// The listeners' TLS configuration, if any.
-    pub fn tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
-        self.tls.as_ref()
-    }
-
-    /// Check the token of an `OKLOG-AUTH` line (`None`: there was none) of a connection that
-    /// presented a verified client certificate or not (with nothing to check, anything goes).
-    pub fn authorize(&self, token: Option<&str>, cert: bool) -> Result<(), String> {
-        use crate::security::auth::{Need, Refusal, Role};
-        match self.guard.check(Need::Role(Role::Ingest), token, cert) {
-            Ok(()) => Ok(()),
-            Err(Refusal::Unauthenticated(why)) => Err(format!("unauthorized: {why}")),
-            Err(Refusal::Forbidden(why)) => Err(format!("forbidden: {why}")),
-        }
-    }
-
-    /// Count and log (rate-limited, never the token) a connection refused for its credentials.
-    pub fn refused(&self, peer: SocketAddr, listener: &'static str, why: &str) {
-        self.refused
-            .get_or_create(&vec![("modality", listener)])
-            .inc();
-        if let Some(held) = self.refused_log.allow() {
-            tracing::warn!(%peer, listener, why, suppressed = held, "ingest connection refused");
-        }
-    }
-}
-
-impl Ingester {
-    /// The door every connection passes.
-    pub fn door(&self) -> &Arc<Door> {
-        &self.door
-    }
-
-    /// Connection handlers running now.
-    pub fn live(&self) -> usize {
-        self.live.load(Ordering::SeqCst)
-    }
-
-    /// Stop every connection handler and wait (up to `timeout`) for them to acknowledge what
-    /// they stored and close.
-    pub async fn stop(&self, timeout: Duration) {
-        self.stop.send_replace(true);
-        let deadline = Instant::now() + timeout;
-        while self.live() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn stopping(&self) -> bool {
-        *self.stop.borrow()
-    }
-}
 
 /// Accept connections until `shutdown` turns true.
 pub async fn serve(
@@ -849,25 +651,15 @@ async fn drain(stream: &mut Wire, wait: Duration) {
     .await;
 }
 
-/// Make closing `stream` a reset (linger 0), or a graceful FIN again. (A zero linger never
-/// blocks the closing thread; only a positive one would.)
-pub(super) fn reset_on_close(stream: &TcpStream, reset: bool) -> io::Result<()> {
-    socket2::SockRef::from(stream).set_linger(reset.then_some(Duration::ZERO))
-}
-
-/// Write `line` and a newline (the bulk protocol's replies).
-pub(super) async fn reply<S: tokio::io::AsyncWrite + Unpin>(
-    stream: &mut S,
-    line: &str,
-) -> io::Result<()> {
-    stream.write_all(format!("{line}\n").as_bytes()).await?;
-    stream.flush().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::IngestLog;
+    use crate::ingest::ingester::ConnLimits;
     use crate::ingest::sync::SyncGroup;
+    use crate::ingest::writer::Rotation;
+    use crate::metrics::Metrics;
+    use crate::record::FramerConfig;
     use std::io::{Read as _, Write as _};
     use std::net::Shutdown;
 

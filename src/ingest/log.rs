@@ -15,7 +15,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::disk::{self, DirLock, OpenError, io_at};
+use crate::disk::{self, DataDir, OpenError, io_at};
 
 /// Suffix of a segment being written.
 pub const ACTIVE: &str = "active";
@@ -29,8 +29,7 @@ pub const BAD: &str = "bad";
 /// The ingest directory: its lock and its segment files.
 #[derive(Debug)]
 pub struct IngestLog {
-    dir: PathBuf,
-    _lock: DirLock,
+    dir: DataDir,
 }
 
 /// Counts of segments and bytes per state.
@@ -49,12 +48,10 @@ pub struct LogStats {
 impl IngestLog {
     /// Lock `dir` (creating it) and recover leftovers from an earlier run.
     pub fn open(dir: &Path) -> Result<IngestLog, OpenError> {
-        let lock = DirLock::acquire(dir)?;
         let log = IngestLog {
-            dir: dir.to_path_buf(),
-            _lock: lock,
+            dir: DataDir::lock(dir)?,
         };
-        log.recover()?;
+        log.recover(disk::state_files(dir)?)?;
         Ok(log)
     }
 
@@ -63,33 +60,37 @@ impl IngestLog {
         &self.dir
     }
 
-    fn recover(&self) -> Result<(), OpenError> {
-        for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
-            let entry = entry.map_err(io_at(&self.dir))?;
-            let path = entry.path();
-            let Some((stem, state)) = split_name(&path) else {
+    /// Act on each of the directory's `files` by its state (see the module docs).
+    fn recover(&self, files: Vec<disk::StateFile>) -> Result<(), OpenError> {
+        for disk::StateFile {
+            path,
+            stem,
+            state,
+            regular,
+        } in files
+        {
+            let (path, stem, state) = (&path, stem.as_str(), state.as_str());
+            if !disk::is_uuid(stem) {
                 continue;
-            };
-            if matches!(state, ACTIVE | FLUSHED | PENDING)
-                && !entry.file_type().is_ok_and(|t| t.is_file())
-            {
-                self.quarantine(&path).map_err(io_at(&path))?;
+            }
+            if matches!(state, ACTIVE | FLUSHED | PENDING) && !regular {
+                self.quarantine(path).map_err(io_at(path))?;
                 continue;
             }
             match state {
                 ACTIVE => {
-                    let len = truncate_to_last_newline(&path).map_err(io_at(&path))?;
+                    let len = truncate_to_last_newline(path).map_err(io_at(path))?;
                     if len == 0 {
-                        fs::remove_file(&path).map_err(io_at(&path))?;
+                        fs::remove_file(path).map_err(io_at(path))?;
                         continue;
                     }
                     let to = self.path(stem, FLUSHED);
                     tracing::info!(segment = %path.display(), bytes = len, "recovered active ingest segment");
-                    disk::rename_durably(&path, &to).map_err(io_at(&path))?;
+                    disk::rename_durably(path, &to).map_err(io_at(path))?;
                 }
                 PENDING => {
                     let to = self.path(stem, FLUSHED);
-                    disk::rename_durably(&path, &to).map_err(io_at(&path))?;
+                    disk::rename_durably(path, &to).map_err(io_at(path))?;
                 }
                 _ => {}
             }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bulk;
 pub mod conn;
+pub mod ingester;
 pub mod log;
 pub mod protocols;
 pub mod sync;
@@ -15,6 +16,6 @@ pub mod wire;
 pub mod writer;
 
 pub use api::IngestApi;
-pub use conn::{Ingester, Modality};
+pub use ingester::{Ingester, Modality};
 pub use log::IngestLog;
 pub use writer::Rotation;

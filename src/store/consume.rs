@@ -253,38 +253,24 @@ impl Consumer {
         }
     }
 
-    /// Claim a segment of `ingester` over HTTP and start reading it (`None`: it had none).
-    async fn claim_over_http(&mut self, ingester: &str) -> io::Result<Option<SegmentBody>> {
-        let url = http::url(ingester, "/ingest/next");
+    /// `GET url` of an ingester: its body if it answered 2xx, `None` for a 404 when
+    /// `none_if_not_found`; any other answer is an error carrying its text.
+    async fn get(
+        &self,
+        url: &str,
+        none_if_not_found: bool,
+    ) -> io::Result<Option<hyper::body::Incoming>> {
         let (status, body) = http::call(
             &self.client,
             Method::GET,
-            &url,
+            url,
             http::empty_body(),
             CALL_TIMEOUT,
         )
         .await?;
-        if status == hyper::StatusCode::NOT_FOUND {
+        if none_if_not_found && status == hyper::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let text = http::body_text(body).await?;
-        if !status.is_success() {
-            return Err(io::Error::other(format!(
-                "{url}: {status}: {}",
-                text.trim()
-            )));
-        }
-        let id = text.trim().to_string();
-        self.pending.push((ingester.to_string(), id.clone()));
-        let url = http::url(ingester, &format!("/ingest/read?id={id}"));
-        let (status, body) = http::call(
-            &self.client,
-            Method::GET,
-            &url,
-            http::empty_body(),
-            CALL_TIMEOUT,
-        )
-        .await?;
         if !status.is_success() {
             let text = http::body_text(body).await.unwrap_or_default();
             return Err(io::Error::other(format!(
@@ -292,6 +278,20 @@ impl Consumer {
                 text.trim()
             )));
         }
+        Ok(Some(body))
+    }
+
+    /// Claim a segment of `ingester` over HTTP and start reading it (`None`: it had none).
+    async fn claim_over_http(&mut self, ingester: &str) -> io::Result<Option<SegmentBody>> {
+        let Some(body) = self.get(&http::url(ingester, "/ingest/next"), true).await? else {
+            return Ok(None);
+        };
+        let id = http::body_text(body).await?.trim().to_string();
+        self.pending.push((ingester.to_string(), id.clone()));
+        let url = http::url(ingester, &format!("/ingest/read?id={id}"));
+        let Some(body) = self.get(&url, false).await? else {
+            return Ok(None);
+        };
         // A segment body that stalls (a SIGSTOPped ingester) fails the step after CALL_TIMEOUT.
         Ok(Some(Box::pin(idle_timeout(
             body.into_data_stream(),
@@ -299,42 +299,25 @@ impl Consumer {
         ))))
     }
 
+    /// Claim a segment of `ingester`, in process or over HTTP, and start reading it (`None`:
+    /// it had none).
+    async fn claim(&mut self, ingester: &str) -> io::Result<Option<SegmentBody>> {
+        let Some(li) = self.local_ingester(ingester) else {
+            return self.claim_over_http(ingester).await;
+        };
+        let Some(id) = li.next().await? else {
+            return Ok(None);
+        };
+        self.pending.push((ingester.to_string(), id.clone()));
+        Ok(Some(Box::pin(http::file_chunks(li.read(&id)?))))
+    }
+
     /// Claim and read one segment from `ingester`; `Ok(false)` if it had none.
     async fn gather(&mut self, ingester: &str) -> io::Result<bool> {
-        let mut stream: SegmentBody = match self.local_ingester(ingester) {
-            Some(li) => {
-                let Some(id) = li.next().await? else {
-                    return Ok(false);
-                };
-                self.pending.push((ingester.to_string(), id.clone()));
-                Box::pin(http::file_chunks(li.read(&id)?))
-            }
-            None => match self.claim_over_http(ingester).await? {
-                Some(body) => body,
-                None => return Ok(false),
-            },
+        let Some(mut stream) = self.claim(ingester).await? else {
+            return Ok(false);
         };
-        // Read up to the first record's ULID to choose where the segment goes.
-        let mut first_chunks: Vec<bytes::Bytes> = Vec::new();
-        let mut seen = 0;
-        while seen < BODY_OFFSET {
-            match stream.next().await {
-                Some(chunk) => {
-                    let chunk = chunk?;
-                    seen += chunk.len();
-                    first_chunks.push(chunk);
-                }
-                None => break,
-            }
-        }
-        let head: Vec<u8> = first_chunks
-            .iter()
-            .flatten()
-            .take(ULID_LEN)
-            .copied()
-            .collect();
-        let first = (head.len() == ULID_LEN && crate::record::is_valid_ulid(&head))
-            .then(|| merge::key(&head));
+        let (head, first) = read_head(&mut stream).await?;
         // A segment that starts after everything in the open aggregate is appended to it:
         // one ingester's segments arrive in order, so the aggregate is written once and
         // needs no merge. Anything else is spooled on its own and merged later.
@@ -344,33 +327,67 @@ impl Consumer {
             (None, Some(_)) => true,
             (_, None) => false,
         };
-        let log = Arc::clone(&self.log);
-        let (target, prev_len) = if append && let Some(i) = self.open {
+        let target = self.target(append).await?;
+        let chunks = futures_util::stream::iter(head.into_iter().map(Ok)).chain(stream);
+        let n = self.copy_in(target, chunks).await?;
+        self.bytes += n;
+        self.since.get_or_insert_with(Instant::now);
+        self.metrics.store_consumed_segments.inc();
+        self.metrics.store_consumed_bytes.inc_by(n);
+        Ok(true)
+    }
+
+    /// Where the next segment goes: appended to the open aggregate (`append`), or into a new
+    /// spool (which becomes the open aggregate when `append`).
+    async fn target(&mut self, append: bool) -> io::Result<Target> {
+        if append && let Some(i) = self.open {
             let path = self.parts[i].clone();
             let file = std::fs::OpenOptions::new().append(true).open(&path)?;
             let len = file.metadata()?.len();
-            ((file, path), Some((i, len)))
-        } else {
-            let fp = tokio::task::spawn_blocking(move || log.create(CONSUMING))
-                .await
-                .map_err(io::Error::other)??;
-            self.parts.push(fp.1.clone());
-            self.ranges.push(None);
-            if append {
-                self.open = Some(self.parts.len() - 1);
-            }
-            (fp, None)
-        };
-        let (file, path) = target;
-        // Where this segment's range goes: the aggregate, or its own (last) spool.
-        let index = prev_len.map_or(self.parts.len() - 1, |(i, _)| i);
+            return Ok(Target {
+                file,
+                path,
+                index: i,
+                appended_at: Some(len),
+            });
+        }
+        let log = Arc::clone(&self.log);
+        let (file, path) = tokio::task::spawn_blocking(move || log.create(CONSUMING))
+            .await
+            .map_err(io::Error::other)??;
+        self.parts.push(path.clone());
+        self.ranges.push(None);
+        let index = self.parts.len() - 1;
+        if append {
+            self.open = Some(index);
+        }
+        Ok(Target {
+            file,
+            path,
+            index,
+            appended_at: None,
+        })
+    }
+
+    /// Write a segment's `chunks` into `target`, checking its records on the way in (well
+    /// formed and sorted); one that is not goes to a spool of its own, to be merged. Returns
+    /// the bytes read.
+    async fn copy_in(
+        &mut self,
+        target: Target,
+        mut chunks: impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Unpin,
+    ) -> io::Result<u64> {
+        let Target {
+            file,
+            path,
+            index,
+            appended_at,
+        } = target;
         let sync_handle = file.try_clone()?;
-        // Check the segment on the way in (records well-formed and sorted).
-        let mut writer = ReplicaWriter::new(file, path.clone());
+        let mut writer = ReplicaWriter::new(file, path);
         let mut well_formed = true;
         let mut n = 0u64;
         let mut spill: Option<BufWriter<File>> = None;
-        let mut chunks = futures_util::stream::iter(first_chunks.into_iter().map(Ok)).chain(stream);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             n += chunk.len() as u64;
@@ -381,11 +398,11 @@ impl Consumer {
                     Err(ReplicaError::Io(e)) => return Err(e),
                     Err(e @ ReplicaError::Body(_)) => return Err(io::Error::other(e)),
                 }
-                if let Some((i, len)) = prev_len {
+                if let Some(len) = appended_at {
                     // Not fit to append after all: move what went into the aggregate to a
                     // spool of its own, and put the aggregate back as it was.
                     writer.flush()?;
-                    let own = self.split_off(i, len)?;
+                    let own = self.split_off(index, len)?;
                     spill = Some(BufWriter::with_capacity(1 << 20, own));
                 }
             }
@@ -396,43 +413,39 @@ impl Consumer {
         }
         if let Some(mut w) = spill {
             w.flush()?;
-        } else {
-            writer.flush()?;
-            let checked = match well_formed.then(|| writer.finish()) {
-                Some(Ok(r)) => Some(r),
-                Some(Err(ReplicaError::Io(e))) => return Err(e),
-                Some(Err(e @ ReplicaError::Body(_))) => return Err(io::Error::other(e)),
-                Some(Err(ReplicaError::Malformed { .. })) | None => None,
-            };
-            match (checked, prev_len) {
-                (Some(Some(r)), _) => {
-                    let low = self.ranges[index].map_or(r.low, |(low, _)| low);
-                    self.ranges[index] = Some((low, r.high));
-                    if self.open == Some(index) {
-                        // Start writing the appended bytes back now, while the next segment
-                        // is read, so the commit's fsync has little left to do.
-                        tokio::task::spawn_blocking(move || sync_handle.sync_data());
-                    }
+            return Ok(n);
+        }
+        writer.flush()?;
+        let checked = match well_formed.then(|| writer.finish()) {
+            Some(Ok(r)) => Some(r),
+            Some(Err(ReplicaError::Io(e))) => return Err(e),
+            Some(Err(e @ ReplicaError::Body(_))) => return Err(io::Error::other(e)),
+            Some(Err(ReplicaError::Malformed { .. })) | None => None,
+        };
+        match (checked, appended_at) {
+            (Some(Some(r)), _) => {
+                let low = self.ranges[index].map_or(r.low, |(low, _)| low);
+                self.ranges[index] = Some((low, r.high));
+                if self.open == Some(index) {
+                    // Start writing the appended bytes back now, while the next segment
+                    // is read, so the commit's fsync has little left to do.
+                    tokio::task::spawn_blocking(move || sync_handle.sync_data());
                 }
-                (Some(None), _) => {} // an empty segment
-                // A torn last line: keep it out of the aggregate, in a spool of its own.
-                (None, Some((i, len))) => {
-                    self.split_off(i, len)?;
-                }
-                // A malformed segment in a spool of its own is merged later; it takes no
-                // appends.
-                (None, None) => {
-                    if self.open == Some(index) {
-                        self.open = None;
-                    }
+            }
+            (Some(None), _) => {} // an empty segment
+            // A torn last line: keep it out of the aggregate, in a spool of its own.
+            (None, Some(len)) => {
+                self.split_off(index, len)?;
+            }
+            // A malformed segment in a spool of its own is merged later; it takes no
+            // appends.
+            (None, None) => {
+                if self.open == Some(index) {
+                    self.open = None;
                 }
             }
         }
-        self.bytes += n;
-        self.since.get_or_insert_with(Instant::now);
-        self.metrics.store_consumed_segments.inc();
-        self.metrics.store_consumed_bytes.inc_by(n);
-        Ok(true)
+        Ok(n)
     }
 
     /// Move the bytes of `parts[i]` past `len` (a segment that turned out unfit to append)
@@ -752,6 +765,39 @@ fn idle_timeout<E: std::fmt::Display>(
             )),
         }
     })
+}
+
+/// Where a segment being gathered is written.
+struct Target {
+    file: File,
+    path: std::path::PathBuf,
+    /// Its index in the consumer's parts.
+    index: usize,
+    /// For an append to the open aggregate: the aggregate's length before it.
+    appended_at: Option<u64>,
+}
+
+/// Read a segment body up to its first record's ULID (to choose where the segment goes):
+/// the chunks read, and the ULID if the body starts with a valid one.
+async fn read_head(
+    stream: &mut SegmentBody,
+) -> io::Result<(Vec<bytes::Bytes>, Option<[u8; ULID_LEN]>)> {
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    let mut seen = 0;
+    while seen < BODY_OFFSET {
+        match stream.next().await {
+            Some(chunk) => {
+                let chunk = chunk?;
+                seen += chunk.len();
+                chunks.push(chunk);
+            }
+            None => break,
+        }
+    }
+    let head: Vec<u8> = chunks.iter().flatten().take(ULID_LEN).copied().collect();
+    let first =
+        (head.len() == ULID_LEN && crate::record::is_valid_ulid(&head)).then(|| merge::key(&head));
+    Ok((chunks, first))
 }
 
 #[cfg(test)]

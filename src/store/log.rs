@@ -33,7 +33,7 @@ use std::sync::{Arc, RwLock};
 
 use memmap2::Mmap;
 
-use crate::disk::{self, DirLock, OpenError, io_at};
+use crate::disk::{self, DataDir, OpenError, io_at};
 use crate::merge;
 use crate::record::{ULID_LEN, check_record, is_valid_ulid, min_ulid, ulid_ms};
 use crate::segment::{Format, Reader, Records};
@@ -169,8 +169,7 @@ impl Index {
 /// The store directory.
 #[derive(Debug)]
 pub struct StoreLog {
-    dir: PathBuf,
-    _lock: DirLock,
+    dir: DataDir,
     /// The queryable segments; its lock guards the set of queryable names (see the module
     /// docs).
     pub segments: RwLock<Index>,
@@ -183,33 +182,28 @@ pub struct StoreLog {
 }
 
 impl StoreLog {
-    /// Lock `dir` (creating it) and recover leftovers from an earlier run.
-    pub fn open(dir: &Path) -> Result<StoreLog, OpenError> {
-        let lock = DirLock::acquire(dir)?;
-        let log = StoreLog {
-            dir: dir.to_path_buf(),
-            _lock: lock,
-            segments: RwLock::new(Index::default()),
-            quarantined_at_start: std::sync::atomic::AtomicU64::new(0),
-            maps: Default::default(),
-        };
-        log.recover()?;
-        Ok(log)
-    }
-
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn recover(&self) -> Result<(), OpenError> {
-        for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
-            let entry = entry.map_err(io_at(&self.dir))?;
-            let path = entry.path();
+    /// Lock `dir` (creating it) and recover leftovers from an earlier run.
+    pub fn open(dir: &Path) -> Result<StoreLog, OpenError> {
+        let log = StoreLog {
+            dir: DataDir::lock(dir)?,
+            segments: RwLock::new(Index::default()),
+            quarantined_at_start: std::sync::atomic::AtomicU64::new(0),
+            maps: Default::default(),
+        };
+        log.recover(disk::state_files(dir)?)?;
+        Ok(log)
+    }
+
+    /// Act on each of the directory's `files` by its state (see the module docs).
+    fn recover(&self, files: Vec<disk::StateFile>) -> Result<(), OpenError> {
+        for f in files {
+            let (path, stem, state) = (&f.path, f.stem.as_str(), f.state.as_str());
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            let Some((stem, state)) = name.rsplit_once('.') else {
                 continue;
             };
             let ours = match state {
@@ -217,24 +211,22 @@ impl StoreLog {
                 FLUSHED | READING | TRASHED => parse_name(name).is_some(),
                 _ => false,
             };
-            if ours && !entry.file_type().is_ok_and(|t| t.is_file()) {
+            if ours && !f.regular {
                 // Never opened: a FIFO would block, a directory fail.
-                self.quarantine(&path, "not a regular file")
-                    .map_err(io_at(&path))?;
+                self.quarantine(path, "not a regular file")
+                    .map_err(io_at(path))?;
                 self.quarantined_at_start
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
             match state {
-                ACTIVE if disk::is_uuid(stem) => {
-                    self.recover_active(&path).map_err(io_at(&path))?
-                }
+                ACTIVE if disk::is_uuid(stem) => self.recover_active(path).map_err(io_at(path))?,
                 READING if parse_name(name).is_some() => {
                     let to = path.with_extension(FLUSHED);
-                    disk::rename_durably(&path, &to).map_err(io_at(&path))?;
+                    disk::rename_durably(path, &to).map_err(io_at(path))?;
                 }
                 CONSUMING | CONVERTING if disk::is_uuid(stem) => {
-                    fs::remove_file(&path).map_err(io_at(&path))?;
+                    fs::remove_file(path).map_err(io_at(path))?;
                 }
                 _ => {}
             }

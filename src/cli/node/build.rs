@@ -7,7 +7,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use super::config::{IngestConfig, StoreConfig};
 use crate::http;
-use crate::ingest::conn::Door;
+use crate::ingest::ingester::Door;
 use crate::ingest::protocols::http::Push;
 use crate::ingest::protocols::writer::PushWriter;
 use crate::ingest::{IngestApi, IngestLog, Ingester, Modality, Rotation};
@@ -24,7 +24,7 @@ pub struct IngestParts {
     pub(super) push: Arc<Push>,
     pub(super) syslog_tcp: Option<TcpListener>,
     pub(super) syslog_udp: Option<UdpSocket>,
-    pub(super) limits: crate::ingest::conn::ConnLimits,
+    pub(super) limits: crate::ingest::ingester::ConnLimits,
 }
 
 /// Open the ingest directory and bind the fast, durable, bulk and syslog listeners.
@@ -85,7 +85,7 @@ pub async fn build_ingest(
         )?,
         Arc::clone(metrics),
     );
-    let bulk = Arc::new(crate::ingest::bulk::Waiters::default());
+    let bulk = Arc::new(crate::ingest::ingester::Waiters::default());
     let door = Arc::new(Door::new(
         security.server.as_ref().map(|s| Arc::clone(&s.ingest)),
         Arc::clone(&security.guard),

@@ -12,8 +12,8 @@ use anyhow::bail;
 use crate::cli::addr::{Addr, parse_addr};
 use crate::cli::flags::{Args, Flag, FlagSet, Kind, flag};
 use crate::cluster::Role;
-use crate::ingest::conn::ConnLimits;
-use crate::ingest::protocols::http::PushConfig;
+use crate::ingest::ingester::ConnLimits;
+use crate::ingest::protocols::PushConfig;
 use crate::ingest::protocols::writer::Wait;
 use crate::record::{TopicMode, is_valid_topic};
 

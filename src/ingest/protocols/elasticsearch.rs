@@ -12,39 +12,32 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use serde_json::{Value, json};
 
-use super::Batch;
-use super::http::{Protocol, Push, PushError};
 use super::jsonline::{self, Fields};
+use super::{Batch, PushError};
 
 /// The Elasticsearch version reported to clients that ask (8.x: what current clients and
 /// Filebeat expect).
 pub const VERSION: &str = "8.9.0";
 const PREFIX: &str = "/insert/elasticsearch";
 
-/// The routes, under [`PREFIX`].
-pub fn router() -> Router<Arc<Push>> {
+/// The bulk route (its handler is the push endpoints', in `http.rs`).
+pub const BULK: &str = "/insert/elasticsearch/_bulk";
+/// The bulk route with an index.
+pub const BULK_INDEX: &str = "/insert/elasticsearch/{index}/_bulk";
+
+/// The routes under [`PREFIX`] that store nothing: what clients ask before they send.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(PREFIX, get(info).head(info))
         .route(&format!("{PREFIX}/"), get(info).head(info))
-        .route(
-            &format!("{PREFIX}/_bulk"),
-            post(bulk_default).put(bulk_default),
-        )
-        .route(
-            &format!("{PREFIX}/{{index}}/_bulk"),
-            post(bulk_index).put(bulk_index),
-        )
         .route(&format!("{PREFIX}/_license"), get(license))
         .route(&format!("{PREFIX}/_cluster/health"), get(health))
         .route(&format!("{PREFIX}/_xpack"), get(xpack))
@@ -125,67 +118,36 @@ async fn acknowledge() -> Response {
     es(StatusCode::OK, json!({"acknowledged": true}))
 }
 
-async fn bulk_default(
-    State(push): State<Arc<Push>>,
-    Query(params): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    bulk(push, None, params, headers, body).await
+/// The document fields a bulk request's parameters name (`_msg_field`, default
+/// `message,msg,_msg`; `_time_field`, default `@timestamp`; `_topic_field`).
+pub fn fields(params: &HashMap<String, String>) -> Fields {
+    Fields::from_params(params, "message,msg,_msg", "@timestamp")
 }
 
-async fn bulk_index(
-    State(push): State<Arc<Push>>,
-    Path(index): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    bulk(push, Some(index), params, headers, body).await
+/// The answer to a stored bulk request: each item's outcome.
+pub fn bulk_response(items: &[Item], started: Instant) -> Response {
+    let errors = items.iter().any(|i| i.status >= 300);
+    // Written directly: a `Value` per item cost more than decoding the documents.
+    let mut body = format!(
+        "{{\"took\":{},\"errors\":{errors},\"items\":[",
+        started.elapsed().as_millis()
+    );
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            body.push(',');
+        }
+        item.write_json(&mut body);
+    }
+    body.push_str("]}");
+    es_text(StatusCode::OK, body)
 }
 
-async fn bulk(
-    push: Arc<Push>,
-    index: Option<String>,
-    params: HashMap<String, String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let started = Instant::now();
-    let result = async {
-        let (raw, _room) = push.body(&headers, body, "").await?;
-        let fields = Fields::from_params(&params, "message,msg,_msg", "@timestamp");
-        let (batch, items) = decode(&raw, index.as_deref(), &fields, &push.cfg.topic)?;
-        push.store(Protocol::Elasticsearch, batch, raw.len(), push.cfg.wait)
-            .await?;
-        Ok::<_, PushError>(items)
-    }
-    .await;
-    match result {
-        Ok(items) => {
-            let errors = items.iter().any(|i| i.status >= 300);
-            // Written directly: a `Value` per item cost more than decoding the documents.
-            let mut body = format!(
-                "{{\"took\":{},\"errors\":{errors},\"items\":[",
-                started.elapsed().as_millis()
-            );
-            for (n, item) in items.iter().enumerate() {
-                if n > 0 {
-                    body.push(',');
-                }
-                item.write_json(&mut body);
-            }
-            body.push_str("]}");
-            es_text(StatusCode::OK, body)
-        }
-        Err(e) => {
-            push.rejected(Protocol::Elasticsearch, &e);
-            e.finish(es(
-                e.status,
-                json!({"error": {"type": "parse_exception", "reason": e.message}, "status": e.status.as_u16()}),
-            ))
-        }
-    }
+/// A refused bulk request, as Elasticsearch answers one.
+pub fn error_response(e: &PushError) -> Response {
+    e.finish(es(
+        e.status,
+        json!({"error": {"type": "parse_exception", "reason": e.message}, "status": e.status.as_u16()}),
+    ))
 }
 
 /// An action's metadata (the fields oklog reads; others are ignored).

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
@@ -21,112 +21,8 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::writer::{PushWriter, Wait};
-use super::{Batch, elasticsearch, jsonline, loki, otlp};
+use super::{Batch, Protocol, PushConfig, PushError, elasticsearch, jsonline, loki, otlp};
 use crate::metrics::Metrics;
-
-/// How the push endpoints map and store what they receive.
-#[derive(Clone, Debug)]
-pub struct PushConfig {
-    /// The static topic (`-ingest.topic`): records whose protocol names no topic get it.
-    pub topic: String,
-    /// Largest request body, before and after decompression (`-ingest.max-push-size`, 64 MiB).
-    pub max_body: usize,
-    /// Whether a push is answered after fsync (`-ingest.push-sync`, true) or after the write.
-    pub wait: Wait,
-    /// Loki labels tried in turn for the topic (`-ingest.loki-topic-labels`).
-    pub loki_topic_labels: Vec<String>,
-    /// The OTLP resource attribute that names the topic (`-ingest.otlp-topic-attribute`).
-    pub otlp_topic_attribute: String,
-}
-
-/// The protocols, as metric labels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// Loki push (JSON or protobuf).
-    Loki,
-    /// OTLP/HTTP logs (protobuf or JSON).
-    Otlp,
-    /// Elasticsearch bulk.
-    Elasticsearch,
-    /// JSON lines.
-    Jsonline,
-    /// Syslog over TCP.
-    SyslogTcp,
-    /// Syslog over UDP.
-    SyslogUdp,
-}
-
-impl Protocol {
-    /// The `protocol` label value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Loki => "loki",
-            Protocol::Otlp => "otlp",
-            Protocol::Elasticsearch => "elasticsearch",
-            Protocol::Jsonline => "jsonline",
-            Protocol::SyslogTcp => "syslog-tcp",
-            Protocol::SyslogUdp => "syslog-udp",
-        }
-    }
-}
-
-/// Why a push was refused: the status and a message naming what is wrong.
-#[derive(Debug)]
-pub struct PushError {
-    /// 400, 413, 415 or 503.
-    pub status: StatusCode,
-    /// For the client.
-    pub message: String,
-}
-
-/// 503: the push requests in flight hold as many bytes as they may.
-fn busy() -> PushError {
-    PushError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: format!(
-            "busy: push requests in flight hold {} MiB already; retry",
-            BODY_BUDGET >> 20
-        ),
-    }
-}
-
-impl PushError {
-    /// A malformed body (400).
-    pub fn bad(message: impl Into<String>) -> PushError {
-        PushError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        }
-    }
-
-    fn too_large(limit: usize) -> PushError {
-        PushError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!(
-                "request body over the limit of {limit} bytes (-ingest.max-push-size)"
-            ),
-        }
-    }
-
-    /// A plain-text response (503s carry `Retry-After`).
-    pub fn text_response(&self) -> Response {
-        self.finish(crate::http::text(
-            self.status,
-            format!("{}\n", self.message),
-        ))
-    }
-
-    /// `response`, the error answered in a protocol's own format, with `Retry-After` when
-    /// the error is a 503 (the client should try again).
-    pub fn finish(&self, mut response: Response) -> Response {
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
 
 /// The push endpoints' shared state.
 #[derive(Debug)]
@@ -175,7 +71,7 @@ impl Push {
         let mut room = Arc::clone(&self.budget)
             .acquire_many_owned(kib(expect, self.budget_kib))
             .await
-            .map_err(|_| busy())?;
+            .map_err(|_| PushError::busy())?;
         let raw = read_raw(headers, body, limit).await?;
         let encoding = match encoding_of(headers) {
             e if e.is_empty() => implicit.to_string(),
@@ -206,7 +102,7 @@ impl Push {
             let need = need as u32;
             let more = Arc::clone(&self.budget)
                 .try_acquire_many_owned(need - room.num_permits() as u32)
-                .map_err(|_| busy())?;
+                .map_err(|_| PushError::busy())?;
             room.merge(more);
         }
         Ok((decoded, room))
@@ -225,6 +121,14 @@ impl Push {
             .route("/v1/logs", post(otlp_push))
             .route("/insert/opentelemetry/v1/logs", post(otlp_push))
             .route("/insert/jsonline", post(jsonline_push))
+            .route(
+                elasticsearch::BULK,
+                post(elasticsearch_bulk).put(elasticsearch_bulk),
+            )
+            .route(
+                elasticsearch::BULK_INDEX,
+                post(elasticsearch_bulk_index).put(elasticsearch_bulk_index),
+            )
             .merge(elasticsearch::router())
             .with_state(Arc::clone(self))
     }
@@ -375,51 +279,88 @@ pub fn content_type_has(headers: &HeaderMap, what: &str) -> bool {
         .is_some_and(|v| v.to_ascii_lowercase().contains(what))
 }
 
-async fn loki_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body) -> Response {
+/// One push request, the shape every push endpoint shares: read the body within the limits,
+/// `decode` it into records (and what the answer needs), store them, and answer with `respond`,
+/// or with `refuse` in the protocol's own format (the refusal counted).
+#[allow(clippy::too_many_arguments)]
+async fn handle<T>(
+    push: &Push,
+    protocol: Protocol,
+    headers: &HeaderMap,
+    body: Body,
+    implicit: &str,
+    decode: impl FnOnce(&Bytes) -> Result<(Batch, T), PushError>,
+    respond: impl FnOnce(T) -> Response,
+    refuse: impl FnOnce(&PushError) -> Response,
+) -> Response {
     let result = async {
-        let protobuf = content_type_has(&headers, "protobuf");
-        // Promtail and Alloy send snappy-compressed protobuf without a Content-Encoding.
-        let implicit = if protobuf { "snappy" } else { "" };
-        let (raw, _room) = push.body(&headers, body, implicit).await?;
-        let batch = if protobuf {
-            loki::decode_protobuf(&raw, &push.cfg)?
-        } else {
-            loki::decode_json(&raw, &push.cfg)?
-        };
-        push.store(Protocol::Loki, batch, raw.len(), push.cfg.wait)
-            .await
+        let (raw, _room) = push.body(headers, body, implicit).await?;
+        let (batch, answer) = decode(&raw)?;
+        push.store(protocol, batch, raw.len(), push.cfg.wait)
+            .await?;
+        Ok::<_, PushError>(answer)
     }
     .await;
     match result {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(answer) => respond(answer),
         Err(e) => {
-            push.rejected(Protocol::Loki, &e);
-            e.text_response()
+            push.rejected(protocol, &e);
+            refuse(&e)
         }
     }
 }
 
+async fn loki_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body) -> Response {
+    let protobuf = content_type_has(&headers, "protobuf");
+    // Promtail and Alloy send snappy-compressed protobuf without a Content-Encoding.
+    let implicit = if protobuf { "snappy" } else { "" };
+    let cfg = &push.cfg;
+    let decode = |raw: &Bytes| {
+        let batch = if protobuf {
+            loki::decode_protobuf(raw, cfg)?
+        } else {
+            loki::decode_json(raw, cfg)?
+        };
+        Ok((batch, ()))
+    };
+    let respond = |()| StatusCode::NO_CONTENT.into_response();
+    handle(
+        &push,
+        Protocol::Loki,
+        &headers,
+        body,
+        implicit,
+        decode,
+        respond,
+        PushError::text_response,
+    )
+    .await
+}
+
 async fn otlp_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body) -> Response {
     let json = content_type_has(&headers, "json");
-    let result = async {
-        let (raw, _room) = push.body(&headers, body, "").await?;
+    let cfg = &push.cfg;
+    let decode = |raw: &Bytes| {
         let decoded = if json {
-            otlp::decode_json(&raw, &push.cfg)?
+            otlp::decode_json(raw, cfg)?
         } else {
-            otlp::decode_protobuf(&raw, &push.cfg)?
+            otlp::decode_protobuf(raw, cfg)?
         };
-        push.store(Protocol::Otlp, decoded.batch, raw.len(), push.cfg.wait)
-            .await?;
-        Ok::<_, PushError>(decoded.rejected)
-    }
-    .await;
-    match result {
-        Ok(rejected) => otlp::response(json, rejected),
-        Err(e) => {
-            push.rejected(Protocol::Otlp, &e);
-            otlp::error_response(json, &e)
-        }
-    }
+        Ok((decoded.batch, decoded.rejected))
+    };
+    let respond = |rejected| otlp::response(json, rejected);
+    let refuse = |e: &PushError| otlp::error_response(json, e);
+    handle(
+        &push,
+        Protocol::Otlp,
+        &headers,
+        body,
+        "",
+        decode,
+        respond,
+        refuse,
+    )
+    .await
 }
 
 async fn jsonline_push(
@@ -428,21 +369,65 @@ async fn jsonline_push(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let result = async {
-        let (raw, _room) = push.body(&headers, body, "").await?;
-        let fields = jsonline::Fields::from_params(&params, "_msg", "_time");
-        let batch = jsonline::decode(&raw, &fields, &push.cfg.topic)?;
-        push.store(Protocol::Jsonline, batch, raw.len(), push.cfg.wait)
-            .await
-    }
-    .await;
-    match result {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => {
-            push.rejected(Protocol::Jsonline, &e);
-            e.text_response()
-        }
-    }
+    let fields = jsonline::Fields::from_params(&params, "_msg", "_time");
+    let topic = &push.cfg.topic;
+    let decode = |raw: &Bytes| Ok((jsonline::decode(raw, &fields, topic)?, ()));
+    let respond = |()| StatusCode::OK.into_response();
+    handle(
+        &push,
+        Protocol::Jsonline,
+        &headers,
+        body,
+        "",
+        decode,
+        respond,
+        PushError::text_response,
+    )
+    .await
+}
+
+async fn elasticsearch_bulk(
+    State(push): State<Arc<Push>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    elasticsearch_push(push, None, params, headers, body).await
+}
+
+async fn elasticsearch_bulk_index(
+    State(push): State<Arc<Push>>,
+    axum::extract::Path(index): axum::extract::Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    elasticsearch_push(push, Some(index), params, headers, body).await
+}
+
+async fn elasticsearch_push(
+    push: Arc<Push>,
+    index: Option<String>,
+    params: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = std::time::Instant::now();
+    let fields = elasticsearch::fields(&params);
+    let topic = &push.cfg.topic;
+    let decode = |raw: &Bytes| elasticsearch::decode(raw, index.as_deref(), &fields, topic);
+    let respond = |items: Vec<elasticsearch::Item>| elasticsearch::bulk_response(&items, started);
+    handle(
+        &push,
+        Protocol::Elasticsearch,
+        &headers,
+        body,
+        "",
+        decode,
+        respond,
+        elasticsearch::error_response,
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -479,7 +464,10 @@ mod tests {
         gz.write_all(&vec![b'x'; 4 << 20]).unwrap();
         let gz = gz.finish().unwrap();
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        headers.insert(
+            header::CONTENT_ENCODING,
+            axum::http::HeaderValue::from_static("gzip"),
+        );
         // Small as sent, but more than the whole budget once decompressed: refused, not a
         // wait.
         let e = push

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use super::http::PushError;
+use super::PushError;
 use super::{Batch, Topic};
 
 /// Which fields of a document are the message, the time and the topic.

@@ -5,9 +5,9 @@
 
 use serde::Deserialize;
 
-use super::http::{PushConfig, PushError};
 use super::jsonline::Json;
 use super::{Batch, Topic};
+use super::{PushConfig, PushError};
 
 /// `logproto.PushRequest` (Loki's `pkg/push/push.proto`); strings are read as bytes so that
 /// a line that is not UTF-8 is kept, not refused.

@@ -21,7 +21,116 @@ pub mod otlp;
 pub mod syslog;
 pub mod writer;
 
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+
 use crate::record::ULID_LEN;
+use writer::Wait;
+
+/// How the push endpoints map and store what they receive.
+#[derive(Clone, Debug)]
+pub struct PushConfig {
+    /// The static topic (`-ingest.topic`): records whose protocol names no topic get it.
+    pub topic: String,
+    /// Largest request body, before and after decompression (`-ingest.max-push-size`, 64 MiB).
+    pub max_body: usize,
+    /// Whether a push is answered after fsync (`-ingest.push-sync`, true) or after the write.
+    pub wait: Wait,
+    /// Loki labels tried in turn for the topic (`-ingest.loki-topic-labels`).
+    pub loki_topic_labels: Vec<String>,
+    /// The OTLP resource attribute that names the topic (`-ingest.otlp-topic-attribute`).
+    pub otlp_topic_attribute: String,
+}
+
+/// The protocols, as metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Loki push (JSON or protobuf).
+    Loki,
+    /// OTLP/HTTP logs (protobuf or JSON).
+    Otlp,
+    /// Elasticsearch bulk.
+    Elasticsearch,
+    /// JSON lines.
+    Jsonline,
+    /// Syslog over TCP.
+    SyslogTcp,
+    /// Syslog over UDP.
+    SyslogUdp,
+}
+
+impl Protocol {
+    /// The `protocol` label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Loki => "loki",
+            Protocol::Otlp => "otlp",
+            Protocol::Elasticsearch => "elasticsearch",
+            Protocol::Jsonline => "jsonline",
+            Protocol::SyslogTcp => "syslog-tcp",
+            Protocol::SyslogUdp => "syslog-udp",
+        }
+    }
+}
+
+/// Why a push was refused: the status and a message naming what is wrong.
+#[derive(Debug)]
+pub struct PushError {
+    /// 400, 413, 415 or 503.
+    pub status: StatusCode,
+    /// For the client.
+    pub message: String,
+}
+
+impl PushError {
+    /// A malformed body (400).
+    pub fn bad(message: impl Into<String>) -> PushError {
+        PushError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    /// 503: the push requests in flight hold as many bytes as they may.
+    pub(crate) fn busy() -> PushError {
+        PushError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "busy: push requests in flight hold {} MiB already; retry",
+                http::BODY_BUDGET >> 20
+            ),
+        }
+    }
+
+    /// 413: a body over `limit` (`-ingest.max-push-size`).
+    pub(crate) fn too_large(limit: usize) -> PushError {
+        PushError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "request body over the limit of {limit} bytes (-ingest.max-push-size)"
+            ),
+        }
+    }
+
+    /// A plain-text response (503s carry `Retry-After`).
+    pub fn text_response(&self) -> Response {
+        self.finish(crate::http::text(
+            self.status,
+            format!("{}\n", self.message),
+        ))
+    }
+
+    /// `response`, the error answered in a protocol's own format, with `Retry-After` when
+    /// the error is a 503 (the client should try again).
+    pub fn finish(&self, mut response: Response) -> Response {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
 
 /// Bytes reserved for a record's ULID, filled in by the writer (which alone knows the order in
 /// which records reach the segment).
@@ -267,8 +376,8 @@ impl Topic {
 
 /// The default push configuration (tests).
 #[cfg(test)]
-pub(crate) fn test_config() -> http::PushConfig {
-    http::PushConfig {
+pub(crate) fn test_config() -> PushConfig {
+    PushConfig {
         topic: "default".into(),
         max_body: 64 << 20,
         wait: writer::Wait::Synced,

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use prost::Message;
 use serde_json::Value;
 
-use super::http::{PushConfig, PushError};
 use super::{Batch, Topic, render_fields};
+use super::{PushConfig, PushError};
 
 /// `ExportLogsServiceRequest`.
 #[derive(Clone, PartialEq, Message)]

@@ -20,14 +20,16 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::ingest::conn::{Door, HANDSHAKE_TIMEOUT};
+use crate::ingest::conn::HANDSHAKE_TIMEOUT;
+use crate::ingest::ingester::Door;
 use crate::ingest::wire::{AuthLine, auth_line};
 use tokio::sync::watch;
 
-use super::http::{Protocol, Push};
+use super::Protocol;
+use super::http::Push;
 use super::writer::Wait;
 use super::{Batch, Topic};
-use crate::ingest::conn::ConnLimits;
+use crate::ingest::ingester::ConnLimits;
 use crate::throttle::Throttle;
 
 /// Bytes read from a connection at a time (256 KiB).

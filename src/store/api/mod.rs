@@ -379,20 +379,9 @@ pub async fn answer(
     } else {
         (params.clone(), matcher.clone())
     };
-    let log = Arc::clone(&api.log);
-    let p = scan_params.clone();
     let head = *method == Method::HEAD;
-    let plan = match tokio::task::spawn_blocking(move || {
-        if head {
-            Plan::new(&log, &p)
-        } else {
-            Plan::open(&log, &p)
-        }
-    })
-    .await
-    {
-        Ok(Ok(plan)) => plan,
-        Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    let plan = match plan(api, &scan_params, head).await {
+        Ok(plan) => plan,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };
     let stats = Stats {
@@ -410,27 +399,7 @@ pub async fn answer(
         && output == Output::Records
         && let Some(ranges) = plan.shared_ranges(&params)
     {
-        // Every record in range is the answer: send the mapped bytes themselves, in chunks.
-        header(
-            &mut headers,
-            "X-Oklog-Bytes-Scanned",
-            ranges
-                .iter()
-                .map(|r| r.len() as u64)
-                .sum::<u64>()
-                .to_string(),
-        );
-        let chunks = ranges.into_iter().flat_map(|r| {
-            (0..r.len())
-                .step_by(SHARED_CHUNK)
-                .map(move |at| Ok::<_, io::Error>(r.slice(at..(at + SHARED_CHUNK).min(r.len()))))
-                .collect::<Vec<_>>()
-        });
-        return text_body(
-            StatusCode::OK,
-            headers,
-            Body::from_stream(futures_util::stream::iter(chunks)),
-        );
+        return shared_answer(ranges, headers);
     }
     let needles = Needles::new(&scan_params.q, scan_params.regex);
     let scan = plan.scan(&scan_params, &needles, &scan_matcher);
@@ -448,79 +417,179 @@ pub async fn answer(
         Late::declare(&mut headers);
     }
     let metrics = Arc::clone(&api.metrics);
+    let encoder = Encoder::new(&params, matcher, output, context);
     let (tx, rx) = mpsc::channel::<io::Result<Frame<Bytes>>>(OUT_CHUNKS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::with_capacity(OUT_CHUNK * 2);
-        let mut open = true;
-        let mut left = params.limit.unwrap_or(u64::MAX);
-        let mut ctx = context.then(|| {
-            Context::new(
+        let mut out = Out {
+            tx,
+            buf: Vec::with_capacity(OUT_CHUNK * 2),
+            open: true,
+        };
+        let mut encoder = encoder;
+        let result = plan.execute_scan(&scan, &scan_params, &scan_matcher, &mut |lines| {
+            let more = encoder.push(lines, &mut out.buf);
+            out.flush_full() && more
+        });
+        encoder.finish(&mut out.buf);
+        out.end(result, &metrics, trailers);
+    });
+    text_body(StatusCode::OK, headers, frame_body(rx))
+}
+
+/// The segments a query reads: named only for HEAD, opened for GET.
+async fn plan(api: &StoreApi, p: &QueryParams, head: bool) -> io::Result<Plan> {
+    let (log, p) = (Arc::clone(&api.log), p.clone());
+    tokio::task::spawn_blocking(move || {
+        if head {
+            Plan::new(&log, &p)
+        } else {
+            Plan::open(&log, &p)
+        }
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Every record in range is the answer: the mapped bytes themselves, in chunks.
+fn shared_answer(ranges: Vec<Bytes>, mut headers: HeaderMap) -> Response {
+    header(
+        &mut headers,
+        "X-Oklog-Bytes-Scanned",
+        ranges
+            .iter()
+            .map(|r| r.len() as u64)
+            .sum::<u64>()
+            .to_string(),
+    );
+    let chunks = ranges.into_iter().flat_map(|r| {
+        (0..r.len())
+            .step_by(SHARED_CHUNK)
+            .map(move |at| Ok::<_, io::Error>(r.slice(at..(at + SHARED_CHUNK).min(r.len()))))
+            .collect::<Vec<_>>()
+    });
+    text_body(
+        StatusCode::OK,
+        headers,
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+}
+
+/// What a local answer writes for the matching lines the search pushes: the records (up to
+/// the limit), with context chosen around the matches, or only their ULIDs (and topics).
+struct Encoder {
+    output: Output,
+    /// Records still wanted (`limit`).
+    left: u64,
+    limited: bool,
+    /// With context lines: the context, and what tells a match from context.
+    ctx: Option<(Context, Matcher, u64, u64)>,
+}
+
+impl Encoder {
+    fn new(params: &QueryParams, matcher: Matcher, output: Output, context: bool) -> Self {
+        let ctx = context.then(|| {
+            let ctx = Context::new(
                 params.before as usize,
                 params.after as usize,
                 params.desc,
                 params.limit,
-            )
+            );
+            (ctx, matcher, params.from_ms, params.to_ms)
         });
-        let mut sink = |lines: &[u8]| {
-            let more = if let Some(ctx) = &mut ctx {
-                for line in lines.split_inclusive(|&b| b == b'\n') {
-                    let ms = crate::record::ulid_ms(line);
-                    let is_match = ms >= params.from_ms
-                        && ms <= params.to_ms
-                        && matcher.is_match(crate::search::body(line));
-                    ctx.push(line, is_match, &mut buf);
-                }
-                !ctx.done()
-            } else {
-                let lines = if params.limit.is_some() {
-                    take_lines(lines, &mut left)
-                } else {
-                    lines
-                };
-                match output {
-                    Output::Records => buf.extend_from_slice(lines),
-                    Output::Ulids => {
-                        let mut start = 0;
-                        for end in memchr::memchr_iter(b'\n', lines) {
-                            buf.extend_from_slice(&lines[start..end.min(start + ULID_LEN)]);
-                            buf.push(b'\n');
-                            start = end + 1;
-                        }
-                    }
-                    Output::UlidTopics => {
-                        let mut start = 0;
-                        for end in memchr::memchr_iter(b'\n', lines) {
-                            let line = &lines[start..end];
-                            let topic = crate::search::topic_of(
-                                line.get(BODY_OFFSET..).unwrap_or_default(),
-                            );
-                            buf.extend_from_slice(&line[..line.len().min(ULID_LEN)]);
-                            buf.push(b' ');
-                            buf.extend_from_slice(topic);
-                            buf.push(b'\n');
-                            start = end + 1;
-                        }
-                    }
-                }
-                left > 0
-            };
-            if buf.len() >= OUT_CHUNK {
-                let chunk = Bytes::from(std::mem::replace(
-                    &mut buf,
-                    Vec::with_capacity(OUT_CHUNK * 2),
-                ));
-                open = tx.blocking_send(Ok(Frame::data(chunk))).is_ok();
-            }
-            open && more
-        };
-        let result = plan.execute_scan(&scan, &scan_params, &scan_matcher, &mut sink);
-        if let Some(ctx) = &mut ctx {
-            ctx.finish(&mut buf);
+        Encoder {
+            output,
+            left: params.limit.unwrap_or(u64::MAX),
+            limited: params.limit.is_some(),
+            ctx,
         }
+    }
+
+    /// Encode `lines` (whole records) into `buf`; false once nothing more is wanted.
+    fn push(&mut self, lines: &[u8], buf: &mut Vec<u8>) -> bool {
+        if let Some((ctx, matcher, from_ms, to_ms)) = &mut self.ctx {
+            for line in lines.split_inclusive(|&b| b == b'\n') {
+                let ms = crate::record::ulid_ms(line);
+                let is_match =
+                    ms >= *from_ms && ms <= *to_ms && matcher.is_match(crate::search::body(line));
+                ctx.push(line, is_match, buf);
+            }
+            return !ctx.done();
+        }
+        let lines = if self.limited {
+            take_lines(lines, &mut self.left)
+        } else {
+            lines
+        };
+        match self.output {
+            Output::Records => buf.extend_from_slice(lines),
+            Output::Ulids => {
+                let mut start = 0;
+                for end in memchr::memchr_iter(b'\n', lines) {
+                    buf.extend_from_slice(&lines[start..end.min(start + ULID_LEN)]);
+                    buf.push(b'\n');
+                    start = end + 1;
+                }
+            }
+            Output::UlidTopics => {
+                let mut start = 0;
+                for end in memchr::memchr_iter(b'\n', lines) {
+                    let line = &lines[start..end];
+                    let topic =
+                        crate::search::topic_of(line.get(BODY_OFFSET..).unwrap_or_default());
+                    buf.extend_from_slice(&line[..line.len().min(ULID_LEN)]);
+                    buf.push(b' ');
+                    buf.extend_from_slice(topic);
+                    buf.push(b'\n');
+                    start = end + 1;
+                }
+            }
+        }
+        self.left > 0
+    }
+
+    /// Write what the context still holds.
+    fn finish(&mut self, buf: &mut Vec<u8>) {
+        if let Some((ctx, ..)) = &mut self.ctx {
+            ctx.finish(buf);
+        }
+    }
+}
+
+/// A local answer's body as it is written: chunks of [`OUT_CHUNK`] bytes sent as they fill.
+struct Out {
+    tx: mpsc::Sender<io::Result<Frame<Bytes>>>,
+    buf: Vec<u8>,
+    /// False once the body's reader went away.
+    open: bool,
+}
+
+impl Out {
+    /// Send the buffer if it is full; false if the reader went away.
+    fn flush_full(&mut self) -> bool {
+        if self.buf.len() >= OUT_CHUNK {
+            let chunk = Bytes::from(std::mem::replace(
+                &mut self.buf,
+                Vec::with_capacity(OUT_CHUNK * 2),
+            ));
+            self.open = self.tx.blocking_send(Ok(Frame::data(chunk))).is_ok();
+        }
+        self.open
+    }
+
+    /// End the body after the search's `result`: the rest of the buffer and the trailers
+    /// (corrupt blocks counted), or the error that aborts it.
+    fn end(
+        self,
+        result: io::Result<crate::store::query::Outcome>,
+        metrics: &Metrics,
+        trailers: bool,
+    ) {
         match result {
-            Ok(outcome) if open => {
-                if !buf.is_empty() {
-                    let _ = tx.blocking_send(Ok(Frame::data(Bytes::from(buf))));
+            Ok(outcome) if self.open => {
+                if !self.buf.is_empty() {
+                    let _ = self
+                        .tx
+                        .blocking_send(Ok(Frame::data(Bytes::from(self.buf))));
                 }
                 let late = Late::default();
                 if outcome.corrupt_blocks > 0 {
@@ -529,17 +598,16 @@ pub async fn answer(
                         .store(outcome.corrupt_blocks, std::sync::atomic::Ordering::Relaxed);
                 }
                 if let Some(last) = late.last_frame(trailers) {
-                    let _ = tx.blocking_send(last);
+                    let _ = self.tx.blocking_send(last);
                 }
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "query failed while streaming");
-                let _ = tx.blocking_send(Err(e));
+                let _ = self.tx.blocking_send(Err(e));
             }
         }
-    });
-    text_body(StatusCode::OK, headers, frame_body(rx))
+    }
 }
 
 /// The first `left` lines of `lines` (all of them if fewer), counted off `left`.
