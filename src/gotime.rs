@@ -9,12 +9,34 @@ use std::time::Duration;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
+/// Why a Go duration does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Not a duration at all, or out of range.
+    #[error("invalid duration {0:?}")]
+    Invalid(String),
+    /// A number without its unit.
+    #[error("missing unit in duration {0:?}")]
+    MissingUnit(String),
+    /// A unit Go does not know.
+    #[error("unknown unit {unit:?} in duration {duration:?}")]
+    UnknownUnit {
+        /// The unit.
+        unit: String,
+        /// The whole value.
+        duration: String,
+    },
+    /// Below zero where only non-negative durations are allowed.
+    #[error("negative duration {0:?}")]
+    Negative(String),
+}
+
 /// Parse a Go duration: an optional sign, then one or more decimal numbers each with a unit
 /// (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), e.g. `300ms`, `-1.5h`, `2h45m`. A bare `0` is allowed.
 /// Returns the signed number of nanoseconds.
-pub fn parse_duration_nanos(s: &str) -> Result<i128, String> {
+pub fn parse_duration_nanos(s: &str) -> Result<i128, DurationError> {
     let orig = s;
-    let err = || format!("invalid duration {orig:?}");
+    let err = || DurationError::Invalid(orig.to_string());
     let (neg, mut rest) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
         Some(b'+') => (false, &s[1..]),
@@ -30,7 +52,7 @@ pub fn parse_duration_nanos(s: &str) -> Result<i128, String> {
     while !rest.is_empty() {
         let num_end = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("missing unit in duration {orig:?}"))?;
+            .ok_or_else(|| DurationError::MissingUnit(orig.to_string()))?;
         let num = &rest[..num_end];
         if num.is_empty() || num == "." || num.matches('.').count() > 1 {
             return Err(err());
@@ -46,8 +68,13 @@ pub fn parse_duration_nanos(s: &str) -> Result<i128, String> {
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
-            "" => return Err(format!("missing unit in duration {orig:?}")),
-            u => return Err(format!("unknown unit {u:?} in duration {orig:?}")),
+            "" => return Err(DurationError::MissingUnit(orig.to_string())),
+            u => {
+                return Err(DurationError::UnknownUnit {
+                    unit: u.to_string(),
+                    duration: orig.to_string(),
+                });
+            }
         };
         rest = &rest[unit_end..];
         let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
@@ -75,10 +102,10 @@ pub fn parse_duration_nanos(s: &str) -> Result<i128, String> {
 }
 
 /// Parse a non-negative Go duration (flags such as `-ingest.segment-flush-age`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let nanos = parse_duration_nanos(s)?;
     if nanos < 0 {
-        return Err(format!("negative duration {s:?}"));
+        return Err(DurationError::Negative(s.to_string()));
     }
     Ok(Duration::from_nanos(nanos as u64))
 }

@@ -414,8 +414,9 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("unauthorized"), "{err}");
-    // Plain TCP to a TLS port, and a server certificate from a CA the client does not trust:
-    // nothing goes through (the forwarder keeps retrying), and the node is unhurt.
+    // Plain TCP to a TLS port: nothing goes through (the forwarder keeps retrying: it cannot
+    // tell a refusal from a restart). A server certificate from a CA the client does not
+    // trust: retrying cannot help, so the forwarder says why and exits 1. The node is unhurt.
     let (code, _) = forward_for(
         node.addr("fast"),
         b"plain-tcp\n",
@@ -433,10 +434,13 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
         b"wrong-ca\n",
         &["-tls.ca-file", &other],
         &with_ingest,
-        Duration::from_secs(2),
+        Duration::from_secs(20),
     );
-    assert_eq!(code, None, "{err}");
-    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("certificate was refused") && err.contains("UnknownIssuer"),
+        "{err}"
+    );
     assert_eq!(
         curl(&[
             "--cacert",
@@ -677,22 +681,55 @@ fn client_certificates_guard_the_ingest_ports_and_the_internal_api() {
         Duration::from_secs(30),
     );
     assert_eq!(code, Some(0), "{err}");
-    // No certificate, an expired one, one from another CA: the handshake fails.
-    for who in [None, Some("expired"), Some("stranger")] {
-        let flags = match who {
+    // No certificate, an expired one, one from another CA: the node refuses the handshake
+    // (and logs the peer, counted), and the forwarder names the refusal and exits 1 rather
+    // than retrying for ever, fast, durable or bulk.
+    for (who, port) in [
+        (None, "durable"),
+        (Some("expired"), "durable"),
+        (Some("stranger"), "fast"),
+        (Some("stranger"), "bulk"),
+    ] {
+        let mut flags = match who {
             None => vec!["-tls.ca-file".to_string(), ca.clone()],
             Some(n) => client(n),
         };
+        if port == "bulk" {
+            flags.push("-bulk".to_string());
+        }
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let (code, _) = forward_for(
-            node.addr("durable"),
+        let (code, err) = forward_for(
+            node.addr(port),
             b"refused\n",
             &flags,
             &[],
-            Duration::from_secs(2),
+            Duration::from_secs(30),
         );
-        assert_eq!(code, None, "{who:?} never gets through");
+        assert_eq!(code, Some(1), "{who:?} on {port}: {err}");
+        assert!(
+            err.contains("the ingester refused the TLS connection (received fatal alert"),
+            "{who:?} on {port}: {err}"
+        );
     }
+    let log = node.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("ingest connection refused")
+            && l.contains("peer=127.0.0.1:")
+            && l.contains("TLS handshake failed")),
+        "{log}"
+    );
+    let metrics = curl(&[
+        "--cacert",
+        &ca,
+        &format!("https://{}/metrics", node.addr("api")),
+    ])
+    .1;
+    let refused: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("oklog_ingest_refused_connections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(refused >= 4, "{metrics}");
     // Queries stay open (no token file); the internal API wants the certificate.
     let url = |p: &str| format!("https://{}{p}", node.addr("api"));
     let with_cert = |p: &str| {

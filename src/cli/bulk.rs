@@ -104,6 +104,9 @@ impl Sender {
                     tracing::warn!(reason = %refusal, "batch not acknowledged; sending it again");
                 }
                 Err(e) => {
+                    if let Some(why) = super::dial::refusal(&e) {
+                        bail!("{why}");
+                    }
                     tracing::warn!(error = %e, "bulk connection failed; sending the batch again");
                     self.conn = None;
                 }

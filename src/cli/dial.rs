@@ -203,6 +203,26 @@ impl Dialer {
     }
 }
 
+/// Why a connection error means the TLS connection was refused for good, by the ingester (a
+/// fatal alert: it did not accept our certificate) or by us (its certificate failed our
+/// check): retrying cannot help, so the forwarder says so and stops. `None` for anything else.
+pub fn refusal(e: &io::Error) -> Option<String> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match tls {
+        rustls::Error::AlertReceived(alert) if *alert != rustls::AlertDescription::CloseNotify => {
+            Some(format!(
+                "the ingester refused the TLS connection ({tls}): check -tls.cert-file against its -tls.client-ca-file"
+            ))
+        }
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+            Some(format!(
+                "the ingester's certificate was refused ({tls}): check -tls.ca-file and -tls.server-name"
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// The name `addr`'s certificate is checked for.
 fn tls_name(addr: &Addr) -> io::Result<rustls::pki_types::ServerName<'static>> {
     crate::security::tls::server_name(&addr.host)

@@ -300,7 +300,9 @@ fn check(flag: &Flag, value: &str) -> Result<(), String> {
             .parse::<i64>()
             .map(|_| ())
             .map_err(|_| "parse error: not an integer".to_string()),
-        Kind::Duration => gotime::parse_duration(value).map(|_| ()),
+        Kind::Duration => gotime::parse_duration(value)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         Kind::Str | Kind::List => Ok(()),
     }
 }

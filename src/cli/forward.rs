@@ -164,6 +164,9 @@ struct Conn {
     head: usize,
     replay_at: u64,
     metrics: Arc<Metrics>,
+    /// Why an ingester refused an earlier connection (a token, a certificate): the next
+    /// attempt ends the forwarder with it.
+    refusal: Option<String>,
 }
 
 /// Unacknowledged bytes kept before the forwarder waits for acknowledgements (or, with an
@@ -226,14 +229,19 @@ impl AckState {
 }
 
 impl Link {
-    /// An error when the ingester refused this connection (a bad token, say): retrying would
-    /// not help.
+    /// An error when the ingester refused this connection (a bad token, a certificate it does
+    /// not accept): retrying would not help.
     fn refused(&self) -> anyhow::Result<()> {
-        let why = self.acks.refusal.lock().unwrap_or_else(|p| p.into_inner());
-        if !why.is_empty() {
-            bail!("the ingester refused the connection: {why}");
+        match self.refusal() {
+            Some(why) => bail!("the ingester refused the connection: {why}"),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// What the ingester said when it refused this connection, if it did.
+    fn refusal(&self) -> Option<String> {
+        let why = self.acks.refusal.lock().unwrap_or_else(|p| p.into_inner());
+        (!why.is_empty()).then(|| why.clone())
     }
 }
 
@@ -249,7 +257,13 @@ fn read_acks(stream: LinkRead, tcp: TcpStream, acks: Arc<AckState>) {
             Ok(_) if line.last() != Some(&b'\n') => break true, // EOF mid-line
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break false,
+            Err(e) => {
+                // A TLS alert (a refused client certificate) is a refusal too.
+                if let Some(why) = super::dial::refusal(&e) {
+                    *acks.refusal.lock().unwrap_or_else(|p| p.into_inner()) = why;
+                }
+                break false;
+            }
         }
         if let Some(why) = line.strip_prefix(b"OKLOG-ERR ") {
             let why = String::from_utf8_lossy(why).trim().to_string();
@@ -296,6 +310,7 @@ impl Conn {
             head: 0,
             replay_at: 0,
             metrics,
+            refusal: None,
         }
     }
 
@@ -308,9 +323,13 @@ impl Conn {
     }
 
     /// Connect (retrying forever, with backoff) if not connected, and send every
-    /// unacknowledged byte on the new connection.
-    fn connect(&mut self) {
+    /// unacknowledged byte on the new connection. A refusal (by an ingester, or of its
+    /// certificate) ends it with the reason: retrying cannot fix it.
+    fn connect(&mut self) -> anyhow::Result<()> {
         while self.link.is_none() {
+            if let Some(why) = &self.refusal {
+                bail!("the ingester refused the connection: {why}");
+            }
             let addr = &self.addrs[self.next % self.addrs.len()];
             self.next += 1;
             // Ask for acknowledgements, out of band (before TLS starts, if it does): an
@@ -352,11 +371,15 @@ impl Conn {
                     }
                 }
                 Err(e) => {
+                    if let Some(why) = super::dial::refusal(&e) {
+                        bail!("{addr}: {why}");
+                    }
                     tracing::warn!(ingester = %addr, error = %e, "connecting to ingester failed");
                     self.pause();
                 }
             }
         }
+        Ok(())
     }
 
     /// Let go of the bytes acknowledged on the current connection.
@@ -397,6 +420,10 @@ impl Conn {
         // A reader that does not finish soon (an ingester that stopped answering) is cut off.
         let (acks, sent) = (Arc::clone(&link.acks), link.sent);
         acks.wait(Duration::from_secs(5), |a| a.closed.is_some());
+        if let Some(why) = link.refusal() {
+            // Remembered: the next connection attempt ends the forwarder with it.
+            self.refusal = Some(why);
+        }
         close(link);
         let a = acks.get();
         self.trim_to(a.offset);
@@ -426,7 +453,7 @@ impl Conn {
             self.end_link();
         }
         self.replay.extend_from_slice(bytes);
-        self.write_fresh(bytes.len());
+        self.write_fresh(bytes.len())?;
         self.metrics.forward_records.inc_by(records);
         self.metrics.forward_bytes.inc_by(bytes.len() as u64);
         if line_end && self.unacked() >= REPLAY_MAX {
@@ -436,11 +463,10 @@ impl Conn {
     }
 
     /// Write the last `fresh` bytes of the replay buffer (on a new connection, all of it).
-    fn write_fresh(&mut self, fresh: usize) {
+    fn write_fresh(&mut self, fresh: usize) -> anyhow::Result<()> {
         loop {
             if self.link.is_none() {
-                self.connect(); // sends the whole replay buffer
-                return;
+                return self.connect(); // sends the whole replay buffer
             }
             let Conn { link, replay, .. } = self;
             let link = link.as_mut().expect("connected");
@@ -450,7 +476,7 @@ impl Conn {
                     if !link.acks.get().greeted {
                         self.backoff = Duration::ZERO;
                     }
-                    return;
+                    return Ok(());
                 }
                 Err(e) => {
                     self.metrics.forward_disconnects.inc();
@@ -470,7 +496,7 @@ impl Conn {
         }
         while self.unacked() >= REPLAY_MAX {
             let Some(link) = &self.link else {
-                self.connect();
+                self.connect()?;
                 continue;
             };
             let want = self.replay_at + (self.unacked() - REPLAY_MAX / 2) as u64;
@@ -483,7 +509,7 @@ impl Conn {
                 self.metrics.forward_disconnects.inc();
                 tracing::warn!("ingester stopped acknowledging; sending to the next one");
                 self.end_link();
-                self.connect();
+                self.connect()?;
             }
         }
         Ok(())
@@ -503,7 +529,7 @@ impl Conn {
                 return Ok(());
             }
             if self.link.is_none() {
-                self.connect();
+                self.connect()?;
             }
             let Some(link) = &mut self.link else {
                 continue;

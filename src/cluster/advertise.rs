@@ -33,21 +33,51 @@ pub fn has_nonlocal(peers: &[String]) -> bool {
     })
 }
 
+/// Why the address to advertise cannot be found.
+#[derive(Debug, thiserror::Error)]
+pub enum AdvertiseError {
+    /// A name that does not resolve.
+    #[error("resolving {host}: {source}")]
+    Resolve {
+        /// The name.
+        host: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A name that resolves to nothing.
+    #[error("{0} resolves to no address")]
+    NoAddress(String),
+    /// The address of a flag, with the flag's name.
+    #[error("{flag}: {source}")]
+    Flag {
+        /// `-cluster.advertise-addr` or `-cluster`.
+        flag: &'static str,
+        /// Why.
+        source: Box<AdvertiseError>,
+    },
+    /// No local address reaches any peer.
+    #[error("cannot find a local address that reaches the peers; set -cluster.advertise-addr")]
+    Unreachable,
+}
+
 /// `host` as an IP, or the first address (IPv4 preferred) it resolves to.
-pub fn resolve(host: &str) -> Result<IpAddr, String> {
+pub fn resolve(host: &str) -> Result<IpAddr, AdvertiseError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ip);
     }
     let addrs: Vec<SocketAddr> = (host, 0)
         .to_socket_addrs()
-        .map_err(|e| format!("resolving {host}: {e}"))?
+        .map_err(|source| AdvertiseError::Resolve {
+            host: host.to_string(),
+            source,
+        })?
         .collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .map(|a| a.ip())
-        .ok_or_else(|| format!("{host} resolves to no address"))
+        .ok_or_else(|| AdvertiseError::NoAddress(host.to_string()))
 }
 
 /// The IP to advertise. `bind_host` is the `-cluster` host, `advertise_host` the host part of
@@ -56,15 +86,21 @@ pub fn advertise_ip(
     bind_host: &str,
     advertise_host: &str,
     peers: &[SocketAddr],
-) -> Result<IpAddr, String> {
+) -> Result<IpAddr, AdvertiseError> {
+    let flag = |flag| {
+        move |e| AdvertiseError::Flag {
+            flag,
+            source: Box::new(e),
+        }
+    };
     if peers.is_empty() {
         return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
     if !advertise_host.is_empty() {
-        return resolve(advertise_host).map_err(|e| format!("-cluster.advertise-addr: {e}"));
+        return resolve(advertise_host).map_err(flag("-cluster.advertise-addr"));
     }
     if !bind_host.is_empty() {
-        let ip = resolve(bind_host).map_err(|e| format!("-cluster: {e}"))?;
+        let ip = resolve(bind_host).map_err(flag("-cluster"))?;
         if !ip.is_unspecified() {
             return Ok(ip);
         }
@@ -84,10 +120,10 @@ pub fn advertise_ip(
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified())
     };
-    peers.iter().find_map(probe).ok_or_else(|| {
-        "cannot find a local address that reaches the peers; set -cluster.advertise-addr"
-            .to_string()
-    })
+    peers
+        .iter()
+        .find_map(probe)
+        .ok_or(AdvertiseError::Unreachable)
 }
 
 #[cfg(test)]

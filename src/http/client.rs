@@ -178,9 +178,49 @@ pub async fn call_full(
                 format!("{url}: no response within {timeout:?}"),
             )
         })?
-        .map_err(|e| io::Error::other(format!("{url}: {}", error_chain(&e))))?;
+        .map_err(|e| {
+            io::Error::other(CallError::Transport {
+                url: url.to_string(),
+                chain: error_chain(&e),
+            })
+        })?;
     let (parts, body) = resp.into_parts();
     Ok((parts.status, parts.headers, body))
+}
+
+/// Why a call to a peer failed, as the `io::Error` the caller sees wraps it.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The request never got an answer (connect, TLS, a broken connection): the error's
+    /// chain of causes.
+    #[error("{url}: {chain}")]
+    Transport {
+        /// What was called.
+        url: String,
+        /// The error and its causes.
+        chain: String,
+    },
+    /// An answer that is not a success, with its text.
+    #[error("{url}: {status}: {text}")]
+    Status {
+        /// What was called.
+        url: String,
+        /// The answer's status.
+        status: StatusCode,
+        /// Its body, trimmed.
+        text: String,
+    },
+}
+
+impl CallError {
+    /// The `io::Error` for an unsuccessful answer.
+    pub fn status(url: &str, status: StatusCode, text: &str) -> io::Error {
+        io::Error::other(CallError::Status {
+            url: url.to_string(),
+            status,
+            text: text.trim().to_string(),
+        })
+    }
 }
 
 /// An error and its sources, `outer: inner: ...` (a client's "client error (Connect)" says

@@ -158,6 +158,7 @@ async fn greeting<S: Socket>(
         read_exact(stream, &mut start[..RAW_AUTH_PREFIX.len()]).await?;
     }
     if let Err(why) = ing.door().authorize(token.as_deref(), cert) {
+        let why = why.to_string();
         ing.door().refused(peer, "bulk", &why);
         return Ok(Err(why));
     }

@@ -521,7 +521,7 @@ impl Gate {
             }
         };
         if let Err(why) = pump.ing.door.authorize(token.as_deref(), self.cert) {
-            self.refused = Some(why);
+            self.refused = Some(why.to_string());
             return false;
         }
         let pending = self.pending.take().unwrap_or_default();

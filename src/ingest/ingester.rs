@@ -168,13 +168,14 @@ impl Door {
 
     /// Check the token of an `OKLOG-AUTH` line (`None`: there was none) of a connection that
     /// presented a verified client certificate or not (with nothing to check, anything goes).
-    pub fn authorize(&self, token: Option<&str>, cert: bool) -> Result<(), String> {
-        use crate::security::auth::{Need, Refusal, Role};
-        match self.guard.check(Need::Role(Role::Ingest), token, cert) {
-            Ok(()) => Ok(()),
-            Err(Refusal::Unauthenticated(why)) => Err(format!("unauthorized: {why}")),
-            Err(Refusal::Forbidden(why)) => Err(format!("forbidden: {why}")),
-        }
+    /// The refusal's text (`unauthorized: ...`, `forbidden: ...`) is what the client is told.
+    pub fn authorize(
+        &self,
+        token: Option<&str>,
+        cert: bool,
+    ) -> Result<(), crate::security::auth::Refusal> {
+        use crate::security::auth::{Need, Role};
+        self.guard.check(Need::Role(Role::Ingest), token, cert)
     }
 
     /// Count and log (rate-limited, never the token) a connection refused for its credentials.

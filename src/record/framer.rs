@@ -24,15 +24,18 @@ pub enum TopicMode {
     Dynamic,
 }
 
+/// A `-ingest.topic-mode` that is neither `static` nor `dynamic`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("topic mode {0:?} invalid, must be \"static\" or \"dynamic\"")]
+pub struct BadTopicMode(pub String);
+
 impl std::str::FromStr for TopicMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadTopicMode;
+    fn from_str(s: &str) -> Result<Self, BadTopicMode> {
         match s {
             "static" => Ok(TopicMode::Static),
             "dynamic" => Ok(TopicMode::Dynamic),
-            _ => Err(format!(
-                "topic mode {s:?} invalid, must be \"static\" or \"dynamic\""
-            )),
+            _ => Err(BadTopicMode(s.to_string())),
         }
     }
 }

@@ -14,7 +14,7 @@
 mod framer;
 mod ulid;
 
-pub use framer::{Framer, FramerConfig, FramerStats, TopicMode};
+pub use framer::{BadTopicMode, Framer, FramerConfig, FramerStats, TopicMode};
 pub use ulid::UlidGenerator;
 
 /// Length of a ULID in text form.

@@ -38,9 +38,23 @@ pub enum Pattern {
     },
 }
 
+/// Why a query expression or a topic selection cannot be searched for (a 400 to a client).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// `q` is not a regex the engine compiles (the parser's message).
+    #[error("compiling regex: {0}")]
+    Regex(String),
+    /// A `topic=` value holds something other than a name or a glob.
+    #[error("parsing 'topic': {0:?}: a topic or glob is letters, digits, '_', '-', '*' and '?'")]
+    Topic(String),
+    /// The topic globs do not compile together (too many, too long).
+    #[error("parsing 'topic': {0}")]
+    Globs(String),
+}
+
 impl Pattern {
-    /// Build the pattern for `q`; `regex` selects regex syntax. A bad regex is an error message.
-    pub fn new(q: &str, regex: bool) -> Result<Pattern, String> {
+    /// Build the pattern for `q`; `regex` selects regex syntax.
+    pub fn new(q: &str, regex: bool) -> Result<Pattern, QueryError> {
         if q.is_empty() {
             return Ok(Pattern::All);
         }
@@ -52,12 +66,12 @@ impl Pattern {
                 memmem::Finder::new(q.as_bytes()).into_owned(),
             )));
         }
-        let line = Regex::new(q).map_err(|e| e.to_string())?;
+        let line = Regex::new(q).map_err(|e| QueryError::Regex(e.to_string()))?;
         let hir = regex_syntax::ParserBuilder::new()
             .utf8(false) // as `regex::bytes`: `(?-u:\xff)` searches for that byte
             .build()
             .parse(q)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| QueryError::Regex(e.to_string()))?;
         let candidate = if uses_line_anchors(&hir) {
             None
         } else {
@@ -102,8 +116,8 @@ impl Eq for Topics {}
 
 impl Topics {
     /// Read `topic=` values. A topic is `[A-Za-z0-9][A-Za-z0-9_-]*`; a glob may also hold `*`
-    /// (any run of characters) and `?` (one character). Anything else is an error message.
-    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Topics, String> {
+    /// (any run of characters) and `?` (one character).
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Topics, QueryError> {
         let mut t = Topics::default();
         let mut globs = Vec::new();
         for p in patterns {
@@ -112,9 +126,7 @@ impl Topics {
                 && p.bytes()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'*' | b'?'));
             if !ok {
-                return Err(format!(
-                    "parsing 'topic': {p:?}: a topic or glob is letters, digits, '_', '-', '*' and '?'"
-                ));
+                return Err(QueryError::Topic(p.to_string()));
             }
             t.patterns.push(p.to_string());
             if p.contains(['*', '?']) {
@@ -133,7 +145,7 @@ impl Topics {
         }
         if !globs.is_empty() {
             let re = format!("^(?:{})$", globs.join("|"));
-            t.globs = Some(Regex::new(&re).map_err(|e| e.to_string())?);
+            t.globs = Some(Regex::new(&re).map_err(|e| QueryError::Globs(e.to_string()))?);
         } else if let [name] = &t.exact[..] {
             let needle = [&b" "[..], name, b" "].concat();
             t.finder = Some(std::sync::Arc::new(
@@ -215,9 +227,8 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    /// The matcher for `q` over every topic; `regex` selects regex syntax. A bad regex is an
-    /// error message.
-    pub fn new(q: &str, regex: bool) -> Result<Matcher, String> {
+    /// The matcher for `q` over every topic; `regex` selects regex syntax.
+    pub fn new(q: &str, regex: bool) -> Result<Matcher, QueryError> {
         Ok(Matcher {
             pattern: Pattern::new(q, regex)?,
             topics: Topics::default(),

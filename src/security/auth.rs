@@ -196,11 +196,13 @@ pub fn need(path: &str, protect_metrics: bool) -> Need {
 }
 
 /// Why a request was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// No credentials, or a token that is not one: HTTP 401.
+    #[error("unauthorized: {0}")]
     Unauthenticated(&'static str),
     /// Credentials without the role: HTTP 403.
+    #[error("forbidden: {0}")]
     Forbidden(String),
 }
 

@@ -273,10 +273,7 @@ impl Consumer {
         }
         if !status.is_success() {
             let text = http::body_text(body).await.unwrap_or_default();
-            return Err(io::Error::other(format!(
-                "{url}: {status}: {}",
-                text.trim()
-            )));
+            return Err(http::CallError::status(url, status, &text));
         }
         Ok(Some(body))
     }

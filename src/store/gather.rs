@@ -26,7 +26,7 @@ use futures_util::future::join_all;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use super::api::params::{RawParams, parse_query, stream_matcher};
+use super::api::params::{ParamError, RawParams, parse_query, stream_matcher};
 use super::api::{Late, Output, Stats, stats_headers};
 use super::hits::{Buckets, TopicBuckets};
 use super::query::QueryParams;
@@ -148,7 +148,7 @@ async fn ask(
             .await
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
             .unwrap_or_default();
-        return Err(io::Error::other(format!("{url}: {status}: {}", msg.trim())));
+        return Err(http::CallError::status(&url, status, &msg));
     }
     let stats = Stats {
         nodes: header_u64(&headers, "X-Oklog-Nodes-Queried").unwrap_or(1),
@@ -167,7 +167,7 @@ async fn ask(
 
 /// The query parameters, checked here (regex included) so a bad query is refused with the
 /// message a node would give, before any node is asked.
-fn checked_params(raw: &RawParams) -> Result<QueryParams, String> {
+fn checked_params(raw: &RawParams) -> Result<QueryParams, ParamError> {
     let params = parse_query(raw)?;
     params.matcher()?;
     Ok(params)

@@ -47,32 +47,51 @@ pub struct Buckets {
     pub counts: Vec<u64>,
 }
 
+/// Why a `step` is refused (a 400).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// `from` after `to`.
+    #[error("'from' is after 'to'")]
+    FromAfterTo,
+    /// Not a duration.
+    #[error("parsing 'step': {0}")]
+    Duration(#[from] gotime::DurationError),
+    /// Not whole milliseconds.
+    #[error("parsing 'step': {0:?}: must be a whole number of milliseconds, at least 1ms")]
+    NotMillis(String),
+    /// More buckets than [`MAX_BUCKETS`].
+    #[error("step {step} gives {n} buckets over this window; at most {MAX_BUCKETS} are allowed")]
+    TooMany {
+        /// The step, formatted.
+        step: String,
+        /// The buckets it gives.
+        n: u64,
+    },
+}
+
 impl Buckets {
-    /// Empty buckets covering `[from_ms, to_ms]` with the given step (`None`: the default),
-    /// or a message for a 400.
-    pub fn new(from_ms: u64, to_ms: u64, step: Option<&str>) -> Result<Buckets, String> {
+    /// Empty buckets covering `[from_ms, to_ms]` with the given step (`None`: the default).
+    pub fn new(from_ms: u64, to_ms: u64, step: Option<&str>) -> Result<Buckets, StepError> {
         if to_ms < from_ms {
-            return Err("'from' is after 'to'".to_string());
+            return Err(StepError::FromAfterTo);
         }
         let step_ms = match step {
             None | Some("") => default_step(from_ms, to_ms),
             Some(s) => {
-                let d = gotime::parse_duration(s).map_err(|e| format!("parsing 'step': {e}"))?;
+                let d = gotime::parse_duration(s).map_err(StepError::Duration)?;
                 let ms = d.as_millis() as u64;
                 if ms == 0 || d.as_nanos() % 1_000_000 != 0 {
-                    return Err(format!(
-                        "parsing 'step': {s:?}: must be a whole number of milliseconds, at least 1ms"
-                    ));
+                    return Err(StepError::NotMillis(s.to_string()));
                 }
                 ms
             }
         };
         let n = count(from_ms, to_ms, step_ms);
         if n > MAX_BUCKETS {
-            return Err(format!(
-                "step {} gives {n} buckets over this window; at most {MAX_BUCKETS} are allowed",
-                format_step(step_ms)
-            ));
+            return Err(StepError::TooMany {
+                step: format_step(step_ms),
+                n,
+            });
         }
         Ok(Buckets {
             step_ms,
@@ -284,13 +303,14 @@ mod tests {
 
     #[test]
     fn bad_steps_are_refused_with_the_reason() {
-        let e = Buckets::new(0, 24 * H, Some("1s")).unwrap_err();
+        let e = Buckets::new(0, 24 * H, Some("1s")).unwrap_err().to_string();
         assert!(e.contains("86401 buckets") && e.contains("10000"), "{e}");
         assert!(Buckets::new(0, H, Some("0s")).is_err());
         assert!(Buckets::new(0, H, Some("1us")).is_err());
         assert!(
             Buckets::new(0, H, Some("soon"))
                 .unwrap_err()
+                .to_string()
                 .contains("'step'")
         );
         assert!(Buckets::new(H, 0, None).is_err());

@@ -39,11 +39,9 @@ pub struct QueryParams {
 }
 
 impl QueryParams {
-    /// The matcher of `q`, `regex` and `topic`; a bad regex is an error message.
-    pub fn matcher(&self) -> Result<Matcher, String> {
-        Ok(Matcher::new(&self.q, self.regex)
-            .map_err(|e| format!("compiling regex: {e}"))?
-            .with_topics(self.topics.clone()))
+    /// The matcher of `q`, `regex` and `topic`.
+    pub fn matcher(&self) -> Result<Matcher, crate::search::QueryError> {
+        Ok(Matcher::new(&self.q, self.regex)?.with_topics(self.topics.clone()))
     }
 
     /// What a query with context lines reads: every record of its topics in its window
@@ -481,7 +479,9 @@ pub fn batches(segments: &[Segment]) -> Vec<std::ops::Range<usize>> {
 mod tests {
     use super::*;
 
-    fn params(pairs: &[(&str, &str)]) -> Result<QueryParams, String> {
+    fn params(
+        pairs: &[(&str, &str)],
+    ) -> Result<QueryParams, super::super::api::params::ParamError> {
         super::super::api::params::parse_query(&pairs.iter().copied().collect())
     }
 

@@ -25,6 +25,33 @@ pub struct Retention {
     default: Duration,
 }
 
+/// A `-store.topic-retain` rule that cannot be used, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("-store.topic-retain {rule:?}: {why}")]
+pub struct RuleError {
+    /// The rule as given.
+    pub rule: String,
+    /// What is wrong with it.
+    pub why: RuleWhy,
+}
+
+/// What is wrong with a retention rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleWhy {
+    /// Not `PATTERN=DURATION`.
+    #[error("want PATTERN=DURATION, e.g. debug-*=24h")]
+    Shape,
+    /// The pattern is no topic or glob.
+    #[error(transparent)]
+    Topic(crate::search::QueryError),
+    /// The duration does not parse.
+    #[error(transparent)]
+    Duration(crate::gotime::DurationError),
+    /// A zero duration.
+    #[error("the duration must be positive")]
+    Zero,
+}
+
 impl Retention {
     /// Every topic kept for `default`, no rules.
     pub fn uniform(default: Duration) -> Retention {
@@ -34,24 +61,22 @@ impl Retention {
         }
     }
 
-    /// Rules `PATTERN=DURATION` (Go durations) over `default`; a bad rule is an error message.
-    pub fn parse<S: AsRef<str>>(rules: &[S], default: Duration) -> Result<Retention, String> {
+    /// Rules `PATTERN=DURATION` (Go durations) over `default`.
+    pub fn parse<S: AsRef<str>>(rules: &[S], default: Duration) -> Result<Retention, RuleError> {
         let mut out = Retention::uniform(default);
         for r in rules {
             let r = r.as_ref();
-            let Some((pattern, d)) = r.split_once('=') else {
-                return Err(format!(
-                    "-store.topic-retain {r:?}: want PATTERN=DURATION, e.g. debug-*=24h"
-                ));
+            let bad = |why: RuleWhy| RuleError {
+                rule: r.to_string(),
+                why,
             };
-            let topics =
-                Topics::parse(&[pattern]).map_err(|e| format!("-store.topic-retain {r:?}: {e}"))?;
-            let retain = crate::gotime::parse_duration(d)
-                .map_err(|e| format!("-store.topic-retain {r:?}: {e}"))?;
+            let Some((pattern, d)) = r.split_once('=') else {
+                return Err(bad(RuleWhy::Shape));
+            };
+            let topics = Topics::parse(&[pattern]).map_err(|e| bad(RuleWhy::Topic(e)))?;
+            let retain = crate::gotime::parse_duration(d).map_err(|e| bad(RuleWhy::Duration(e)))?;
             if retain.is_zero() {
-                return Err(format!(
-                    "-store.topic-retain {r:?}: the duration must be positive"
-                ));
+                return Err(bad(RuleWhy::Zero));
             }
             out.rules.push(Rule {
                 pattern: pattern.to_string(),
@@ -147,7 +172,7 @@ mod tests {
             ("a=soon", "a=soon"),
             ("a=0s", "positive"),
         ] {
-            let e = Retention::parse(&[bad], d).unwrap_err();
+            let e = Retention::parse(&[bad], d).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }

@@ -580,7 +580,7 @@ impl IngestConfig {
         let topic_mode: TopicMode = args
             .str(mode_flag)
             .parse()
-            .map_err(|e: String| anyhow::anyhow!("-{mode_flag}: {e}"))?;
+            .map_err(|e: crate::record::BadTopicMode| anyhow::anyhow!("-{mode_flag}: {e}"))?;
         let topic = args.str(topic_flag);
         if !is_valid_topic(topic.as_bytes()) {
             bail!("-{topic_flag}: topic name {topic:?} invalid");

@@ -88,15 +88,14 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
             .into_iter()
             .find(|h| !h.is_empty() && !advertise::is_unroutable(h));
         match explicit {
-            Some(h) => advertise::resolve(h).map_err(anyhow::Error::msg)?,
+            Some(h) => advertise::resolve(h)?,
             None => anyhow::bail!(
                 "-peer {}: no address resolved, so the address to advertise is unknown; set -cluster.advertise-addr",
                 cluster.peer_names.join(",")
             ),
         }
     } else {
-        advertise::advertise_ip(&cluster.bind_host, &cluster.advertise_host, &cluster.peers)
-            .map_err(anyhow::Error::msg)?
+        advertise::advertise_ip(&cluster.bind_host, &cluster.advertise_host, &cluster.peers)?
     };
     if advertise::has_nonlocal(&cluster.peer_names)
         && advertise::is_unroutable(&advertise_ip.to_string())

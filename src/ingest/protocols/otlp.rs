@@ -417,11 +417,41 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> R
 mod json {
     use super::*;
 
-    fn arr<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], String> {
+    /// Why an OTLP JSON body does not map to the protobuf types.
+    #[derive(Debug, thiserror::Error)]
+    pub(super) enum JsonError {
+        /// The body is not an object.
+        #[error("not an object")]
+        Object,
+        /// A field that must be an array.
+        #[error("{0:?} is not an array")]
+        Array(String),
+        /// A field that must be a 64-bit integer.
+        #[error("{key:?}: {value} is not an integer")]
+        Integer {
+            /// The field.
+            key: String,
+            /// Its value, as JSON.
+            value: String,
+        },
+        /// An `intValue` or `doubleValue` that is no number.
+        #[error("{kind} {value}")]
+        Number {
+            /// `intValue` or `doubleValue`.
+            kind: &'static str,
+            /// The value, as JSON.
+            value: String,
+        },
+        /// A value that is not an `AnyValue` object.
+        #[error("value {0} is not an AnyValue object")]
+        AnyValue(String),
+    }
+
+    fn arr<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], JsonError> {
         match v.get(key) {
             None | Some(Value::Null) => Ok(&[]),
             Some(Value::Array(a)) => Ok(a),
-            Some(_) => Err(format!("{key:?} is not an array")),
+            Some(_) => Err(JsonError::Array(key.to_string())),
         }
     }
 
@@ -430,16 +460,16 @@ mod json {
     }
 
     /// A 64-bit integer: a string of digits or a number.
-    fn u64_of(v: &Value, key: &str) -> Result<u64, String> {
+    fn u64_of(v: &Value, key: &str) -> Result<u64, JsonError> {
+        let bad = |value: &Value| JsonError::Integer {
+            key: key.to_string(),
+            value: value.to_string(),
+        };
         match v.get(key) {
             None | Some(Value::Null) => Ok(0),
-            Some(Value::String(s)) => s
-                .parse()
-                .map_err(|_| format!("{key:?}: {s:?} is not an integer")),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .ok_or_else(|| format!("{key:?}: {n} is not an integer")),
-            Some(_) => Err(format!("{key:?} is not an integer")),
+            Some(value @ Value::String(s)) => s.parse().map_err(|_| bad(value)),
+            Some(value @ Value::Number(n)) => n.as_u64().ok_or_else(|| bad(value)),
+            Some(value) => Err(bad(value)),
         }
     }
 
@@ -449,16 +479,16 @@ mod json {
             .collect()
     }
 
-    pub(super) fn request(v: &Value) -> Result<ExportLogsServiceRequest, String> {
+    pub(super) fn request(v: &Value) -> Result<ExportLogsServiceRequest, JsonError> {
         if !v.is_object() {
-            return Err("not an object".into());
+            return Err(JsonError::Object);
         }
         let mut out = ExportLogsServiceRequest::default();
         for rl in arr(v, "resourceLogs")? {
             let resource = rl
                 .get("resource")
                 .map(|r| {
-                    Ok::<_, String>(Resource {
+                    Ok::<_, JsonError>(Resource {
                         attributes: attributes(r)?,
                     })
                 })
@@ -495,33 +525,41 @@ mod json {
         Ok(out)
     }
 
-    fn attributes(v: &Value) -> Result<Vec<KeyValue>, String> {
+    fn attributes(v: &Value) -> Result<Vec<KeyValue>, JsonError> {
         arr(v, "attributes")?.iter().map(key_value).collect()
     }
 
-    fn key_value(kv: &Value) -> Result<KeyValue, String> {
+    fn key_value(kv: &Value) -> Result<KeyValue, JsonError> {
         Ok(KeyValue {
             key: string(kv, "key"),
             value: kv.get("value").map(any).transpose()?,
         })
     }
 
-    fn any(v: &Value) -> Result<AnyValue, String> {
+    fn any(v: &Value) -> Result<AnyValue, JsonError> {
         let Some(obj) = v.as_object() else {
-            return Err(format!("value {v} is not an AnyValue object"));
+            return Err(JsonError::AnyValue(v.to_string()));
         };
         let kind = if let Some(s) = obj.get("stringValue") {
             Some(AnyKind::String(s.as_str().unwrap_or("").to_string()))
         } else if let Some(b) = obj.get("boolValue") {
             Some(AnyKind::Bool(b.as_bool().unwrap_or(false)))
         } else if obj.contains_key("intValue") {
-            Some(AnyKind::Int(match &obj["intValue"] {
-                Value::String(s) => s.parse().map_err(|_| format!("intValue {s:?}"))?,
-                n => n.as_i64().ok_or_else(|| format!("intValue {n}"))?,
+            let v = &obj["intValue"];
+            let bad = || JsonError::Number {
+                kind: "intValue",
+                value: v.to_string(),
+            };
+            Some(AnyKind::Int(match v {
+                Value::String(s) => s.parse().map_err(|_| bad())?,
+                n => n.as_i64().ok_or_else(bad)?,
             }))
         } else if let Some(d) = obj.get("doubleValue") {
             Some(AnyKind::Double(match d {
-                Value::String(s) => s.parse().map_err(|_| format!("doubleValue {s:?}"))?,
+                Value::String(s) => s.parse().map_err(|_| JsonError::Number {
+                    kind: "doubleValue",
+                    value: d.to_string(),
+                })?,
                 n => n.as_f64().unwrap_or(0.0),
             }))
         } else if let Some(a) = obj.get("arrayValue") {

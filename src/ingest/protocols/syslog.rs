@@ -300,10 +300,33 @@ fn rfc3164<'a>(s: &'a [u8], m: &mut Message<'a>, now_ns: i128) {
     m.msg = s;
 }
 
+/// Why a syslog TCP stream cannot be framed any further (the connection is then closed).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// RFC 6587 octet counting with a count that is not a number.
+    #[error("octet count is not a number")]
+    NotACount,
+    /// A count over the size limit.
+    #[error("octet count {len} is over the limit of {max} bytes")]
+    CountTooLarge {
+        /// The count.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A newline-framed line over the size limit.
+    #[error("a line over the limit of {0} bytes")]
+    LineTooLong(usize),
+}
+
 /// Split complete frames off the front of `buf`: octet-counted (`LEN SP MSG`) when a frame
 /// starts with a digit, else up to a newline. `Err` for a count that is not a number or is
 /// over `max`.
-pub fn frames(buf: &mut BytesMut, max: usize, mut each: impl FnMut(&[u8])) -> Result<(), String> {
+pub fn frames(
+    buf: &mut BytesMut,
+    max: usize,
+    mut each: impl FnMut(&[u8]),
+) -> Result<(), FrameError> {
     loop {
         let Some(&first) = buf.first() else {
             return Ok(());
@@ -311,18 +334,16 @@ pub fn frames(buf: &mut BytesMut, max: usize, mut each: impl FnMut(&[u8])) -> Re
         if first.is_ascii_digit() {
             let Some(sp) = buf.iter().take(12).position(|&c| c == b' ') else {
                 if buf.len() >= 12 {
-                    return Err("octet count is not a number".into());
+                    return Err(FrameError::NotACount);
                 }
                 return Ok(());
             };
             let len: usize = std::str::from_utf8(&buf[..sp])
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| "octet count is not a number".to_string())?;
+                .ok_or(FrameError::NotACount)?;
             if len > max {
-                return Err(format!(
-                    "octet count {len} is over the limit of {max} bytes"
-                ));
+                return Err(FrameError::CountTooLarge { len, max });
             }
             if buf.len() < sp + 1 + len {
                 return Ok(());
@@ -332,7 +353,7 @@ pub fn frames(buf: &mut BytesMut, max: usize, mut each: impl FnMut(&[u8])) -> Re
         } else {
             let Some(nl) = memchr::memchr(b'\n', buf) else {
                 if buf.len() > max {
-                    return Err(format!("a line over the limit of {max} bytes"));
+                    return Err(FrameError::LineTooLong(max));
                 }
                 return Ok(());
             };
@@ -449,7 +470,7 @@ async fn admit<S: tokio::io::AsyncRead + Unpin>(
             }
         };
         if let Err(why) = door.authorize(token.as_deref(), cert) {
-            door.refused(peer, "syslog-tcp", &why);
+            door.refused(peer, "syslog-tcp", &why.to_string());
             return None;
         }
         let _ = buf.split_to(skip);
@@ -619,12 +640,14 @@ mod tests {
         assert_eq!(got, ["<13>1 - - x", "<13>a", "<13>b\r"]);
         assert_eq!(&buf[..], b"7 <13>c", "a partial counted frame waits");
         let mut bad = BytesMut::from(&b"99999999 <13>x"[..]);
-        assert!(
-            frames(&mut bad, 1000, |_| {})
-                .unwrap_err()
-                .contains("over the limit")
+        assert_eq!(
+            frames(&mut bad, 1000, |_| {}),
+            Err(FrameError::CountTooLarge {
+                len: 99999999,
+                max: 1000
+            })
         );
         let mut bad = BytesMut::from(&b"12x45678901234 <13>x"[..]);
-        assert!(frames(&mut bad, 1000, |_| {}).is_err());
+        assert_eq!(frames(&mut bad, 1000, |_| {}), Err(FrameError::NotACount));
     }
 }

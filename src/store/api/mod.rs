@@ -169,6 +169,16 @@ pub const LATE_ERRORS: &str = "x-oklog-late-errors";
 /// missing from the answer.
 pub const CORRUPT_BLOCKS: &str = "x-oklog-corrupt-blocks";
 
+/// The error that aborts a partial answer's body for a client without trailers.
+#[derive(Debug, thiserror::Error)]
+#[error("partial answer: {errors} store node(s) failed, {corrupt} corrupt block(s) skipped")]
+pub struct Partial {
+    /// Store nodes whose body failed or stalled.
+    pub errors: u64,
+    /// Blocks that could not be read.
+    pub corrupt: u64,
+}
+
 /// What went missing from a query answer after its headers went out. A client that sent
 /// `TE: trailers` gets both counts as trailers at the end of the body; to any other client a
 /// partial answer is aborted (the body ends without its last chunk), so it can never be taken
@@ -215,11 +225,10 @@ impl Late {
             return Some(Ok(hyper::body::Frame::trailers(t)));
         }
         self.is_partial().then(|| {
-            Err(io::Error::other(format!(
-                "partial answer: {} store node(s) failed, {} corrupt block(s) skipped",
-                self.errors.load(Relaxed),
-                self.corrupt.load(Relaxed)
-            )))
+            Err(io::Error::other(Partial {
+                errors: self.errors.load(Relaxed),
+                corrupt: self.corrupt.load(Relaxed),
+            }))
         })
     }
 
@@ -343,11 +352,11 @@ pub enum Output {
 
 impl Output {
     /// What a hits request asks for: its `by` parameter (absent, or `topic`).
-    pub fn of_hits(raw: &RawParams) -> Result<Output, String> {
+    pub fn of_hits(raw: &RawParams) -> Result<Output, params::ParamError> {
         match raw.get("by") {
             None | Some("") => Ok(Output::Ulids),
             Some("topic") => Ok(Output::UlidTopics),
-            Some(v) => Err(format!("parsing 'by': {v:?}: only 'topic' is supported")),
+            Some(v) => Err(params::ParamError::By(v.to_string())),
         }
     }
 }
