@@ -120,6 +120,9 @@ pub struct Metrics {
     pub store_expired_records: Counter,
     /// Live streams dropped because their client could not keep up.
     pub store_dropped_streams: Counter,
+    /// Live streams registered on this node now (each gateway stream registers on every store
+    /// node).
+    pub store_streams: Gauge,
     /// Push requests (syslog: batches written) by `protocol`, stored or not.
     pub ingest_push_requests: Family<Labels, Counter>,
     /// Records stored from pushes by `protocol`.
@@ -331,6 +334,11 @@ impl Metrics {
             "oklog_store_dropped_streams",
             "Live stream clients dropped because they could not keep up",
             m.store_dropped_streams.clone(),
+        );
+        r.register(
+            "oklog_store_streams",
+            "Live streams registered on this node now",
+            m.store_streams.clone(),
         );
         r.register(
             "oklog_forward_records",

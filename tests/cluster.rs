@@ -381,8 +381,9 @@ fn a_stream_sees_each_new_matching_record_once() {
         .spawn()
         .unwrap();
     let rx = stdout_lines(&mut stream);
-    // Give the gateway a moment to connect to both store nodes.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The gateway registers the stream on both store nodes.
+    wait_for_streams(seed.addr("api"), 1);
+    wait_for_streams(s2.addr("api"), 1);
     let input: Vec<u8> = (0..200)
         .flat_map(|i| format!("{} {i}\n", if i % 2 == 0 { "wanted" } else { "other" }).into_bytes())
         .collect();

@@ -89,6 +89,19 @@ fn threads_and_rss(pid: u32) -> (u64, u64) {
     (field("Threads:"), field("RssAnon:"))
 }
 
+/// The node's threads and anonymous RSS once its RSS is under `bound_kib`, or after 25 s:
+/// freed memory goes back to the kernel within the node's 10 s trim period.
+fn settled(pid: u32, bound_kib: u64) -> (u64, u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let now = threads_and_rss(pid);
+        if now.1 < bound_kib || std::time::Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn socket2_linger_zero(s: &std::net::TcpStream) {
     use std::os::fd::AsRawFd;
     let lin = libc::linger {
@@ -155,7 +168,13 @@ fn floods_of_idle_connections_and_half_sent_requests_stay_bounded() {
         .unwrap();
         flood.push(s);
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Every ingest connection is being served.
+    eventually(Duration::from_secs(20), "the flood to be served", || {
+        let m = http("GET", &api, "/metrics", b"").text();
+        (m.contains(r#"oklog_connected_clients{modality="fast"} 1500"#)
+            && m.contains(r#"oklog_connected_clients{modality="durable"} 1500"#))
+        .then_some(())
+    });
     eprintln!("flood open after {:?}", t0.elapsed());
     let (threads, rss) = threads_and_rss(pid);
     eprintln!(
@@ -255,8 +274,7 @@ fn floods_of_idle_connections_and_half_sent_requests_stay_bounded() {
             .then_some(())
     });
     // Freed memory goes back to the kernel within the node's 10 s trim period.
-    std::thread::sleep(Duration::from_secs(11));
-    let after = threads_and_rss(pid);
+    let after = settled(pid, rss_before + 64 * 1024);
     eprintln!(
         "after the floods: {} threads, RssAnon {} MiB (before {} MiB)",
         after.0,
@@ -314,7 +332,7 @@ fn stream_clients_that_never_read_cost_bounded_memory_and_a_reader_sees_everythi
             seen.len()
         })
     };
-    std::thread::sleep(Duration::from_millis(1500)); // streams registered everywhere
+    wait_for_streams(&api, 11);
     let mut input = Vec::new();
     for i in 0..400_000 {
         input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
@@ -326,8 +344,8 @@ fn stream_clients_that_never_read_cost_bounded_memory_and_a_reader_sees_everythi
         400_000,
         "the reading stream saw every record"
     );
-    std::thread::sleep(Duration::from_secs(11)); // what is freed goes back within the trim period
-    let (_, rss) = threads_and_rss(pid);
+    let bound = rss_before + (64 + stuck.len() as u64 * 20) * 1024;
+    let (_, rss) = settled(pid, bound);
     eprintln!(
         "10 stuck streams after {} MB ingested: RssAnon {} MiB (before {} MiB)",
         input.len() >> 20,
@@ -336,22 +354,11 @@ fn stream_clients_that_never_read_cost_bounded_memory_and_a_reader_sees_everythi
     );
     // Ingesting and the reading stream take up to ~64 MiB; each stuck stream holds at most
     // its window's 4 MiB, a few chunks and the buffers of its connections, whatever the volume.
-    assert!(
-        rss < rss_before + (64 + stuck.len() as u64 * 20) * 1024,
-        "{} MiB",
-        rss / 1024
-    );
+    assert!(rss < bound, "{} MiB", rss / 1024);
     drop(stuck);
     // Their buffers are freed, and handed back to the kernel within the node's 10 s trim
     // period (the ingest's own state stays: the budget is for that).
-    let deadline = std::time::Instant::now() + Duration::from_secs(25);
-    let rss_after = loop {
-        let (_, now) = threads_and_rss(pid);
-        if now < rss_before + 48 * 1024 || std::time::Instant::now() > deadline {
-            break now;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let (_, rss_after) = settled(pid, rss_before + 48 * 1024);
     eprintln!(
         "after the stuck clients left: RssAnon {} MiB",
         rss_after / 1024

@@ -150,9 +150,25 @@ fn lines(r: &Response) -> Vec<String> {
     r.text().split_inclusive('\n').map(String::from).collect()
 }
 
-#[test]
-fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compressed_node() {
-    let _serial = serial();
+/// Two `ingeststore` nodes in one cluster, `a` keeping its segments raw and `b` compressing
+/// them, with four segments of 600 records over the topics: 0..2 on a, 1..3 on b (1 and 2
+/// replicas on both); `window` runs from the middle of segment 0 (only on a) to the middle of
+/// segment 3 (only on b).
+struct TwoNodes {
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    a: Node,
+    b: Node,
+    /// The four segments' records.
+    segs: Vec<Vec<String>>,
+    /// Every record, in order.
+    all: Vec<String>,
+    window: (u64, u64),
+    /// The window's bounds as ULIDs.
+    wf: String,
+    wt: String,
+}
+
+fn two_nodes() -> TwoNodes {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = start_role(
         "ingeststore",
@@ -187,6 +203,32 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
     // From the middle of segment 0 (only on a) to the middle of segment 3 (only on b).
     let window = (base + 3_000, base + 183_000);
     let (wf, wt) = (ulid_text(window.0, 0), ulid_text(window.1, u128::MAX >> 48));
+    TwoNodes {
+        _dirs: (da, db),
+        a,
+        b,
+        segs,
+        all,
+        window,
+        wf,
+        wt,
+    }
+}
+
+#[test]
+fn topics_newest_first_and_limits_answer_as_grep_across_a_raw_and_a_compressed_node() {
+    let _serial = serial();
+    let TwoNodes {
+        a,
+        b,
+        segs,
+        all,
+        window,
+        wf,
+        wt,
+        ..
+    } = &two_nodes();
+    let (wf, wt, window) = (wf.as_str(), wt.as_str(), *window);
     type Case<'a> = (&'a [&'a str], &'a str, bool, Option<usize>);
     let cases: &[Case] = &[
         (&["db"], "", false, None),
@@ -216,7 +258,7 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
             let path = path("/store/query", (topics, q, desc, limit));
             let r = http("GET", node.addr("api"), &path, b"");
             assert_eq!(r.status, 200, "{path}: {}", r.text());
-            let want = reference(&all, window, topics, q, desc, limit);
+            let want = reference(all, window, topics, q, desc, limit);
             let got = lines(&r);
             assert!(
                 got == want,
@@ -238,6 +280,21 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
             );
         }
     }
+}
+
+#[test]
+fn context_lines_per_topic_merge_across_a_raw_and_a_compressed_node() {
+    let _serial = serial();
+    let TwoNodes {
+        a,
+        b,
+        all,
+        window,
+        wf,
+        wt,
+        ..
+    } = &two_nodes();
+    let (wf, wt, window) = (wf.as_str(), wt.as_str(), *window);
     // Context lines: grep's -B/-A per topic, merged across the nodes, oldest or newest first.
     type Ctx<'a> = (&'a [&'a str], &'a str, usize, usize);
     let contexts: &[Ctx] = &[
@@ -253,7 +310,7 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
             for t in topics {
                 path.push_str(&format!("&topic={t}"));
             }
-            let want = context_reference(&all, window, topics, q, before, after);
+            let want = context_reference(all, window, topics, q, before, after);
             let r = http("GET", node.addr("api"), &path, b"");
             assert_eq!(r.status, 200, "{path}: {}", r.text());
             let got = lines(&r);
@@ -290,9 +347,9 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
         "-store",
         a.addr("api"),
         "-from",
-        &wf,
+        wf,
         "-to",
-        &wt,
+        wt,
         "-topic",
         "db",
         "-q",
@@ -302,7 +359,7 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
     ]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    let want = context_reference(&all, window, &["db"], "level=error", 1, 1);
+    let want = context_reference(all, window, &["db"], "level=error", 1, 1);
     let groups = want
         .iter()
         .filter(|l| matches!(&l[26..27], "+" | "~"))
@@ -318,9 +375,9 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
         "-store",
         a.addr("api"),
         "-from",
-        &wf,
+        wf,
         "-to",
-        &wt,
+        wt,
         "-topic",
         "db",
         "-q",
@@ -340,7 +397,7 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
                 .to_string()
         })
         .collect();
-    let want = context_reference(&all, window, &["db"], "level=error", 1, 0);
+    let want = context_reference(all, window, &["db"], "level=error", 1, 0);
     let want_kinds: Vec<&str> = want
         .iter()
         .map(|l| {
@@ -352,6 +409,21 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
         })
         .collect();
     assert_eq!(kinds, want_kinds);
+}
+
+#[test]
+fn topic_blocks_counts_hits_and_bad_parameters_across_a_raw_and_a_compressed_node() {
+    let _serial = serial();
+    let TwoNodes {
+        a,
+        b,
+        all,
+        window,
+        wf,
+        wt,
+        ..
+    } = &two_nodes();
+    let (wf, wt, window) = (wf.as_str(), wt.as_str(), *window);
     // Only the selected topic's blocks are read on the compressed node.
     let one = http(
         "GET",
@@ -379,9 +451,9 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
         "-store",
         a.addr("api"),
         "-from",
-        &wf,
+        wf,
         "-to",
-        &wt,
+        wt,
         "-topic",
         "web-api",
         "-order",
@@ -393,7 +465,7 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        reference(&all, window, &["web-api"], "", true, Some(5)).concat()
+        reference(all, window, &["web-api"], "", true, Some(5)).concat()
     );
     // Topic counts, replicas counted once.
     let j = get_json(a.addr("api"), &format!("/store/topics?from={wf}&to={wt}"));
@@ -409,7 +481,7 @@ fn topics_newest_first_limits_counts_and_hits_by_topic_across_a_raw_and_a_compre
         })
         .collect();
     let mut want: BTreeMap<String, u64> = BTreeMap::new();
-    for l in reference(&all, window, &[], "", false, None) {
+    for l in reference(all, window, &[], "", false, None) {
         *want
             .entry(l[27..].split(' ').next().unwrap().to_string())
             .or_default() += 1;
@@ -584,7 +656,7 @@ fn a_stream_follows_only_its_topics() {
         .spawn()
         .unwrap();
     let rx = stdout_lines(&mut stream);
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_for_streams(node.addr("api"), 1);
     let input: String = (0..60)
         .map(|i| format!("{} wanted {i}\n", TOPICS[i % TOPICS.len()]))
         .collect();

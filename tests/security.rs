@@ -292,12 +292,11 @@ fn tls_flags(pki: &Pki) -> Vec<String> {
     ]
 }
 
-#[test]
-fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
-    let _g = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let tokens = tmp.path().join("tokens");
+/// A node with TLS on every listener and the token file `tokens` (node, query and ingest
+/// tokens), its own token in `OKLOG_AUTH_TOKEN`.
+fn token_node(tmp: &Path) -> (Pki, std::path::PathBuf, Node) {
+    let pki = Pki::new(&tmp.join("pki"));
+    let tokens = tmp.join("tokens");
     secret(
         &tokens,
         &format!(
@@ -307,11 +306,19 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
     let mut args = ingeststore_args(&["-auth.token-file", &tokens.display().to_string()]);
     args.extend(tls_flags(&pki));
     let node = Node::start_env(
-        &tmp.path().join("node"),
+        &tmp.join("node"),
         &args,
         &["api", "fast", "durable", "bulk", "syslog-tcp"],
         &[("OKLOG_AUTH_TOKEN", NODE_TOKEN)],
     );
+    (pki, tokens, node)
+}
+
+#[test]
+fn tokens_and_tls_guard_the_query_api_and_the_raw_ports() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, _tokens, node) = token_node(tmp.path());
     // Syslog over UDP cannot be authenticated: named on the command line, it is served with a
     // warning (unnamed, it would be off).
     assert!(
@@ -456,6 +463,50 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
         "plain HTTP to the TLS API"
     );
 
+    // Syslog without the token line never got in (a record sent since has), and the refusal
+    // is counted.
+    let (code, err) = forward_for(
+        node.addr("fast"),
+        b"after-sneaky\n",
+        &["-tls.ca-file", &ca],
+        &with_ingest,
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    wait_for_bodies(&pki, &node, &["after-sneaky"]);
+    let _ = sneaky.kill();
+    let _ = sneaky.wait();
+    let all = records(&pki, &node, "/store/query", QUERY_TOKEN);
+    assert!(
+        !all.iter().any(|l| l.contains("sneaky-syslog")),
+        "syslog without a token was stored"
+    );
+    let (_, metrics) = api(&pki, &node, "GET", "/metrics", None);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                .starts_with("oklog_ingest_refused_connections_total{modality=\"syslog-tcp\"}")),
+        "the refusal is counted"
+    );
+}
+
+#[test]
+fn internal_endpoints_want_the_cluster_role_and_our_clients_speak_https_with_tokens() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, _tokens, node) = token_node(tmp.path());
+    let ca = pki.path("ca.pem");
+    let with_ingest = [("OKLOG_AUTH_TOKEN", INGEST_TOKEN)];
+    let (code, err) = forward_for(
+        node.addr("durable"),
+        b"via-durable\n",
+        &["-tls.ca-file", &ca],
+        &with_ingest,
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    wait_for_bodies(&pki, &node, &["via-durable"]);
     // Every internal endpoint: 401 without a token, 403 with the query role, nothing changed.
     let internal = [
         ("GET", "/ingest/next"),
@@ -502,21 +553,6 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
         assert!(code == 401 || code == 403, "{code} {body}");
     }
     wait_for_bodies(&pki, &node, &["not-stolen"]);
-    let _ = sneaky.kill();
-    let _ = sneaky.wait();
-    let all = records(&pki, &node, "/store/query", QUERY_TOKEN);
-    assert!(
-        !all.iter().any(|l| l.contains("sneaky-syslog")),
-        "syslog without a token was stored"
-    );
-    let (_, metrics) = api(&pki, &node, "GET", "/metrics", None);
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l
-                .starts_with("oklog_ingest_refused_connections_total{modality=\"syslog-tcp\"}")),
-        "the refusal is counted"
-    );
     // The node's own token may (it is how store nodes consume).
     assert_eq!(
         api(&pki, &node, "GET", "/store/_clusterstate", Some(NODE_TOKEN)).0,
@@ -600,7 +636,15 @@ fn tokens_and_tls_guard_every_listener_and_reload_without_restart() {
     for t in [NODE_TOKEN, QUERY_TOKEN, INGEST_TOKEN] {
         assert!(!log.contains(t), "a token in the log");
     }
+}
 
+#[test]
+fn tokens_and_certificates_reload_without_a_restart() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, tokens, node) = token_node(tmp.path());
+    let q = "/store/query?from=2000-01-01T00:00:00Z";
+    assert_eq!(api(&pki, &node, "GET", q, Some(QUERY_TOKEN)).0, 200);
     // Reloads without a restart: a token removed stops working, one added starts; a new
     // certificate is served.
     let newcomer = "newcomer-token-00000000001";

@@ -469,6 +469,17 @@ fn bad_requests_are_refused_and_touch_nothing() {
     assert!((0.0..60.0).contains(&lag), "lag {lag}");
     let r = http("GET", api, "/ready", b"");
     assert_eq!((r.status, r.text().contains("\"ready\":true")), (200, true));
+}
+
+#[test]
+fn planning_headers_health_and_replicas_sent_twice() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    let out = forward(node.addr("fast"), b"keep me 1\nkeep me 2\n", &[]);
+    assert!(out.status.success());
+    wait_for_records(api, 2);
 
     // HEAD plans without a body; GET /health answers JSON.
     let r = http(

@@ -98,7 +98,7 @@ fn chart_total(b: &mut Browser) -> u64 {
 }
 
 #[test]
-fn ui_searches_charts_and_tails_in_a_browser() {
+fn ui_searches_pages_charts_and_shows_context_in_a_browser() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     write_last_hour(&dir.path().join("data/store"));
@@ -306,6 +306,22 @@ fn ui_searches_charts_and_tails_in_a_browser() {
     assert_eq!(rows(&mut b), 0);
     assert_eq!(b.eval("document.getElementById('chart').hidden"), true);
 
+    let errors = b.js_errors();
+    assert!(errors.is_empty(), "JavaScript errors: {errors:#?}");
+}
+
+#[test]
+fn ui_tails_live_and_warns_of_a_partial_answer_in_a_browser() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    write_last_hour(&dir.path().join("data/store"));
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api").to_string();
+    let records = wait_for_records(&api, 4000);
+    let texts: Vec<String> = records.iter().map(|r| text(r)).collect();
+
+    let mut b = Browser::launch();
+    let want: Vec<&String> = texts.iter().filter(|t| t.contains("error")).collect();
     // Live tail: new matching records appear; while paused they wait, then show on resume.
     let url = format!("http://{api}/ui/?q=tailmark&tail=1");
     b.navigate(&url);
@@ -314,7 +330,7 @@ fn ui_searches_charts_and_tails_in_a_browser() {
         WAIT,
         "the tail to start",
     );
-    std::thread::sleep(Duration::from_millis(300)); // the stream is registered on the node
+    wait_for_streams(&api, 1);
     let mut lines = String::new();
     for i in 0..20 {
         lines.push_str(&format!("tailmark {i}\nsomething else {i}\n"));

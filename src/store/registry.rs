@@ -56,7 +56,12 @@ pub struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
+        let mut streams = self.registry.lock();
+        streams.remove(&self.id);
+        self.registry
+            .metrics
+            .store_streams
+            .set(streams.len() as i64);
     }
 }
 
@@ -121,13 +126,16 @@ impl Registry {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicU64::new(0));
-        self.lock().insert(
+        let mut streams = self.lock();
+        streams.insert(
             id,
             Entry {
                 tx,
                 pending: Arc::clone(&pending),
             },
         );
+        self.metrics.store_streams.set(streams.len() as i64);
+        drop(streams);
         Subscription {
             rx,
             pending,
@@ -161,6 +169,7 @@ impl Registry {
             }
             keep
         });
+        self.metrics.store_streams.set(streams.len() as i64);
     }
 }
 

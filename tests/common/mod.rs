@@ -465,6 +465,19 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
+/// Wait until `want` live streams are registered on the store node at `api` (its
+/// `oklog_store_streams` gauge): a stream sees only what arrives after that.
+pub fn wait_for_streams(api: &str, want: u64) {
+    eventually(Duration::from_secs(20), "the streams to register", || {
+        let metrics = http("GET", api, "/metrics", b"").text();
+        let n = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("oklog_store_streams "))
+            .and_then(|v| v.trim().parse::<u64>().ok())?;
+        (n >= want).then_some(())
+    });
+}
+
 /// Every stored line (with ULID) the node returns for an all-time query.
 pub fn all_records(api: &str) -> Vec<Vec<u8>> {
     records_at(api, "/store/query")

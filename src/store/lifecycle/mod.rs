@@ -1,6 +1,7 @@
-//! The store's background lifecycle: compaction, conversion, retention, purge and quarantine,
-//! one step per second in turn, so each gets a turn every 5 s and none ever blocks ingest or
-//! queries.
+//! The store's background lifecycle: compaction, conversion, per-topic expiry, retention, purge
+//! and quarantine, one step per second in turn (six steps: each gets a turn every 6 s), on one
+//! blocking thread, so none ever blocks ingest or queries. A step that fails is logged and
+//! counted; one that panics too (`result="Panic"`), and the next step runs as usual.
 //!
 //! - **Overlapping compaction**: the segment overlapping the most others is merged with them
 //!   (deduplicated by ULID, split at `-store.segment-target-size`). Two segments are enough: a
@@ -13,6 +14,8 @@
 //!   to 3 s per step; `-store.segment-format raw` turns compressed ones back. The output is
 //!   written as `<uuid>.converting` (deleted at start-up), synced and renamed in under the
 //!   input's name, then the claimed input is removed.
+//! - **Expiry**: records past their topic's `-store.topic-retain` are dropped from the
+//!   segments that hold them (whole blocks of a compressed segment, or a rewrite).
 //! - **Retention**: segments whose newest record is older than `-store.segment-retain` go to
 //!   the trash; **purge** deletes trash older than `-store.segment-purge`.
 //! - **Quarantine**: a file that cannot be read as a segment (malformed name, a line without a
