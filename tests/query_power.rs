@@ -168,6 +168,13 @@ struct TwoNodes {
     wt: String,
 }
 
+impl TwoNodes {
+    /// `a`, `b`, every record, the window and its bounds as ULIDs.
+    fn parts(&self) -> (&Node, &Node, &[String], (u64, u64), &str, &str) {
+        (&self.a, &self.b, &self.all, self.window, &self.wf, &self.wt)
+    }
+}
+
 fn two_nodes() -> TwoNodes {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = start_role(
@@ -218,17 +225,9 @@ fn two_nodes() -> TwoNodes {
 #[test]
 fn topics_newest_first_and_limits_answer_as_grep_across_a_raw_and_a_compressed_node() {
     let _serial = serial();
-    let TwoNodes {
-        a,
-        b,
-        segs,
-        all,
-        window,
-        wf,
-        wt,
-        ..
-    } = &two_nodes();
-    let (wf, wt, window) = (wf.as_str(), wt.as_str(), *window);
+    let nodes = two_nodes();
+    let (a, b, all, window, wf, wt) = nodes.parts();
+    let segs = &nodes.segs;
     type Case<'a> = (&'a [&'a str], &'a str, bool, Option<usize>);
     let cases: &[Case] = &[
         (&["db"], "", false, None),
@@ -285,16 +284,8 @@ fn topics_newest_first_and_limits_answer_as_grep_across_a_raw_and_a_compressed_n
 #[test]
 fn context_lines_per_topic_merge_across_a_raw_and_a_compressed_node() {
     let _serial = serial();
-    let TwoNodes {
-        a,
-        b,
-        all,
-        window,
-        wf,
-        wt,
-        ..
-    } = &two_nodes();
-    let (wf, wt, window) = (wf.as_str(), wt.as_str(), *window);
+    let nodes = two_nodes();
+    let (a, b, all, window, wf, wt) = nodes.parts();
     // Context lines: grep's -B/-A per topic, merged across the nodes, oldest or newest first.
     type Ctx<'a> = (&'a [&'a str], &'a str, usize, usize);
     let contexts: &[Ctx] = &[
@@ -414,16 +405,8 @@ fn context_lines_per_topic_merge_across_a_raw_and_a_compressed_node() {
 #[test]
 fn topic_blocks_counts_hits_and_bad_parameters_across_a_raw_and_a_compressed_node() {
     let _serial = serial();
-    let TwoNodes {
-        a,
-        b,
-        all,
-        window,
-        wf,
-        wt,
-        ..
-    } = &two_nodes();
-    let (wf, wt, window) = (wf.as_str(), wt.as_str(), *window);
+    let nodes = two_nodes();
+    let (a, b, all, window, wf, wt) = nodes.parts();
     // Only the selected topic's blocks are read on the compressed node.
     let one = http(
         "GET",

@@ -292,6 +292,19 @@ fn tls_flags(pki: &Pki) -> Vec<String> {
     ]
 }
 
+/// Forward `line` to the `port` listener over TLS with the ingest token: it is acknowledged.
+fn send_with_token(pki: &Pki, node: &Node, port: &str, line: &str) {
+    let ca = pki.path("ca.pem");
+    let (code, err) = forward_for(
+        node.addr(port),
+        format!("{line}\n").as_bytes(),
+        &["-tls.ca-file", &ca],
+        &[("OKLOG_AUTH_TOKEN", INGEST_TOKEN)],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "{port}: {err}");
+}
+
 /// A node with TLS on every listener and the token file `tokens` (node, query and ingest
 /// tokens), its own token in `OKLOG_AUTH_TOKEN`.
 fn token_node(tmp: &Path) -> (Pki, std::path::PathBuf, Node) {
@@ -465,14 +478,7 @@ fn tokens_and_tls_guard_the_query_api_and_the_raw_ports() {
 
     // Syslog without the token line never got in (a record sent since has), and the refusal
     // is counted.
-    let (code, err) = forward_for(
-        node.addr("fast"),
-        b"after-sneaky\n",
-        &["-tls.ca-file", &ca],
-        &with_ingest,
-        Duration::from_secs(30),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    send_with_token(&pki, &node, "fast", "after-sneaky");
     wait_for_bodies(&pki, &node, &["after-sneaky"]);
     let _ = sneaky.kill();
     let _ = sneaky.wait();
@@ -498,14 +504,7 @@ fn internal_endpoints_want_the_cluster_role_and_our_clients_speak_https_with_tok
     let (pki, _tokens, node) = token_node(tmp.path());
     let ca = pki.path("ca.pem");
     let with_ingest = [("OKLOG_AUTH_TOKEN", INGEST_TOKEN)];
-    let (code, err) = forward_for(
-        node.addr("durable"),
-        b"via-durable\n",
-        &["-tls.ca-file", &ca],
-        &with_ingest,
-        Duration::from_secs(30),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    send_with_token(&pki, &node, "durable", "via-durable");
     wait_for_bodies(&pki, &node, &["via-durable"]);
     // Every internal endpoint: 401 without a token, 403 with the query role, nothing changed.
     let internal = [
@@ -540,14 +539,7 @@ fn internal_endpoints_want_the_cluster_role_and_our_clients_speak_https_with_tok
     }
     // The record-stealing sequence (next → read → commit) fails at its first step, and the
     // record arrives in the store.
-    let (code, err) = forward_for(
-        node.addr("fast"),
-        b"not-stolen\n",
-        &["-tls.ca-file", &ca],
-        &with_ingest,
-        Duration::from_secs(30),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    send_with_token(&pki, &node, "fast", "not-stolen");
     for token in [None, Some(QUERY_TOKEN), Some(INGEST_TOKEN)] {
         let (code, body) = api(&pki, &node, "GET", "/ingest/next", token);
         assert!(code == 401 || code == 403, "{code} {body}");

@@ -97,17 +97,21 @@ fn chart_total(b: &mut Browser) -> u64 {
     .unwrap()
 }
 
-#[test]
-fn ui_searches_pages_charts_and_shows_context_in_a_browser() {
-    let _serial = serial();
+/// A node serving the last hour of LogHub records (their texts, in order), and a browser.
+fn ui_node() -> (tempfile::TempDir, Node, Vec<String>, Browser) {
     let dir = tempfile::tempdir().unwrap();
     write_last_hour(&dir.path().join("data/store"));
     let node = Node::ingeststore(dir.path(), &[]);
-    let api = node.addr("api").to_string();
-    let records = wait_for_records(&api, 4000);
+    let records = wait_for_records(node.addr("api"), 4000);
     let texts: Vec<String> = records.iter().map(|r| text(r)).collect();
+    (dir, node, texts, Browser::launch())
+}
 
-    let mut b = Browser::launch();
+#[test]
+fn ui_searches_pages_charts_and_shows_context_in_a_browser() {
+    let _serial = serial();
+    let (_dir, node, texts, mut b) = ui_node();
+    let api = node.addr("api").to_string();
 
     // A literal search given in the URL: the matching records, newest first, matches marked.
     let want: Vec<&String> = texts.iter().filter(|t| t.contains("error")).collect();
@@ -313,14 +317,8 @@ fn ui_searches_pages_charts_and_shows_context_in_a_browser() {
 #[test]
 fn ui_tails_live_and_warns_of_a_partial_answer_in_a_browser() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    write_last_hour(&dir.path().join("data/store"));
-    let node = Node::ingeststore(dir.path(), &[]);
+    let (dir, node, texts, mut b) = ui_node();
     let api = node.addr("api").to_string();
-    let records = wait_for_records(&api, 4000);
-    let texts: Vec<String> = records.iter().map(|r| text(r)).collect();
-
-    let mut b = Browser::launch();
     let want: Vec<&String> = texts.iter().filter(|t| t.contains("error")).collect();
     // Live tail: new matching records appear; while paused they wait, then show on resume.
     let url = format!("http://{api}/ui/?q=tailmark&tail=1");
