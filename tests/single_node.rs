@@ -248,15 +248,21 @@ fn durable_port_dynamic_topics_and_prefixes() {
     );
 }
 
+/// An `ingeststore` holding two forwarded records (returned as stored).
+fn node_with_two_records() -> (tempfile::TempDir, Node, Vec<Vec<u8>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let out = forward(node.addr("fast"), b"keep me 1\nkeep me 2\n", &[]);
+    assert!(out.status.success());
+    let records = wait_for_records(node.addr("api"), 2);
+    (dir, node, records)
+}
+
 #[test]
 fn bad_requests_are_refused_and_touch_nothing() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::ingeststore(dir.path(), &[]);
+    let (dir, node, before) = node_with_two_records();
     let api = node.addr("api");
-    let out = forward(node.addr("fast"), b"keep me 1\nkeep me 2\n", &[]);
-    assert!(out.status.success());
-    let before = wait_for_records(api, 2);
     let store_files = || {
         let mut v: Vec<_> = std::fs::read_dir(dir.path().join("data/store"))
             .unwrap()
@@ -474,12 +480,8 @@ fn bad_requests_are_refused_and_touch_nothing() {
 #[test]
 fn planning_headers_health_and_replicas_sent_twice() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::ingeststore(dir.path(), &[]);
+    let (_dir, node, _) = node_with_two_records();
     let api = node.addr("api");
-    let out = forward(node.addr("fast"), b"keep me 1\nkeep me 2\n", &[]);
-    assert!(out.status.success());
-    wait_for_records(api, 2);
 
     // HEAD plans without a body; GET /health answers JSON.
     let r = http(
