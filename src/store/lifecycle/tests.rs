@@ -418,51 +418,109 @@ fn reference(all: &[Vec<u8>], p: &crate::store::query::QueryParams) -> Vec<Vec<u
     out
 }
 
-#[test]
-fn raw_and_compressed_segments_answer_exactly_as_grep_over_the_raw_records() {
-    use rand::{RngExt, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
-    let base = crate::gotime::now_ms() as u64 - 3_600_000;
+/// Query shapes the grep-equivalence test tries: literals (common, rare, absent, non-ASCII,
+/// case) and regexes (case-insensitive, anchored, classes, alternations, a non-UTF-8 byte).
+const SHAPES: &[(&str, bool)] = &[
+    ("", false),
+    ("GET", false),
+    ("user=alice", false),
+    ("req-00", false),
+    ("req-00042x", false),
+    ("absent-needle", false),
+    ("é", false),
+    ("o", false),
+    ("USER=bob", false),
+    ("(?i)user=BOB", true),
+    ("(?i)TIMEOUT", true),
+    ("^topic-3 ", true),
+    ("ok $", true),
+    ("n=[0-9]{4}$", true),
+    ("[0-9]{3}", true),
+    ("Error.*timeout", true),
+    ("(post|Error) user", true),
+    ("(?-u:\\xff)z", true),
+    ("\\bok\\b", true),
+    ("req-[0-9]+x", true),
+    ("^$", true),
+];
+
+/// Twelve segments of random records an hour old, every fourth one a replica of part of the
+/// one before (overlapping, with duplicates); every record written, in order.
+fn overlapping_store(rng: &mut rand::rngs::StdRng, log: &StoreLog, base: u64) -> Vec<Vec<u8>> {
+    use rand::RngExt;
     let mut all: Vec<Vec<u8>> = Vec::new();
     for k in 0..12u64 {
         let n = rng.random_range(200..1500);
-        let recs = random_records(&mut rng, base + k * 40_000, n);
+        let recs = random_records(rng, base + k * 40_000, n);
         if k % 4 == 3 {
             // A replica of part of the segment before: overlapping, with duplicates.
             let prev = &all[all.len() - 100..];
             let mut both: Vec<Vec<u8>> = prev.iter().chain(recs.iter()).cloned().collect();
             both.sort();
-            write_lines(&log, &both);
+            write_lines(log, &both);
         } else {
-            write_lines(&log, &recs);
+            write_lines(log, &recs);
         }
         all.extend(recs);
     }
-    let shapes: &[(&str, bool)] = &[
-        ("", false),
-        ("GET", false),
-        ("user=alice", false),
-        ("req-00", false),
-        ("req-00042x", false),
-        ("absent-needle", false),
-        ("é", false),
-        ("o", false),
-        ("USER=bob", false),
-        ("(?i)user=BOB", true),
-        ("(?i)TIMEOUT", true),
-        ("^topic-3 ", true),
-        ("ok $", true),
-        ("n=[0-9]{4}$", true),
-        ("[0-9]{3}", true),
-        ("Error.*timeout", true),
-        ("(post|Error) user", true),
-        ("(?-u:\\xff)z", true),
-        ("\\bok\\b", true),
-        ("req-[0-9]+x", true),
-        ("^$", true),
-    ];
+    all
+}
+
+/// Six random windows, each queried with every shape, plain and then with topics, newest
+/// first and a limit: each answer exactly the reference's.
+fn answers_as_grep(
+    rng: &mut rand::rngs::StdRng,
+    log: &StoreLog,
+    all: &[Vec<u8>],
+    base: u64,
+    phase: &str,
+) {
+    use rand::RngExt;
+    for _ in 0..6 {
+        let from = base + rng.random_range(0..480_000);
+        let to = from + rng.random_range(0..300_000);
+        for &(q, regex) in SHAPES {
+            let want = grep(all, from, to, q, regex);
+            let (got, _) = query(log, from, to, q, regex);
+            assert!(
+                got == want,
+                "{phase}: q={q:?} regex={regex} [{from}, {to}]: {} records, want {}",
+                got.len(),
+                want.len()
+            );
+            // The same with topics, newest first, a limit.
+            let topics: &[&[&str]] = &[&[], &["topic-3"], &["topic-1", "rare-*"], &["rare-1?"]];
+            let p = crate::store::query::QueryParams {
+                from_ms: from,
+                to_ms: to,
+                q: q.to_string(),
+                regex,
+                topics: crate::search::Topics::parse(topics[rng.random_range(0..topics.len())])
+                    .unwrap(),
+                desc: rng.random_bool(0.7),
+                limit: rng.random_bool(0.5).then(|| rng.random_range(1..60)),
+                ..Default::default()
+            };
+            let want = reference(all, &p);
+            let (got, _) = query_with(log, &p);
+            assert!(
+                got == want,
+                "{phase}: {p:?}: {} records, want {}",
+                got.len(),
+                want.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn raw_and_compressed_segments_answer_exactly_as_grep_over_the_raw_records() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let base = crate::gotime::now_ms() as u64 - 3_600_000;
+    let all = overlapping_store(&mut rng, &log, base);
     let c = compacter(
         &log,
         1 << 30,
@@ -470,41 +528,7 @@ fn raw_and_compressed_segments_answer_exactly_as_grep_over_the_raw_records() {
         Duration::from_secs(3600),
     );
     for phase in ["raw", "mixed", "compressed"] {
-        for _ in 0..6 {
-            let from = base + rng.random_range(0..480_000);
-            let to = from + rng.random_range(0..300_000);
-            for &(q, regex) in shapes {
-                let want = grep(&all, from, to, q, regex);
-                let (got, _) = query(&log, from, to, q, regex);
-                assert!(
-                    got == want,
-                    "{phase}: q={q:?} regex={regex} [{from}, {to}]: {} records, want {}",
-                    got.len(),
-                    want.len()
-                );
-                // The same with topics, newest first, a limit.
-                let topics: &[&[&str]] = &[&[], &["topic-3"], &["topic-1", "rare-*"], &["rare-1?"]];
-                let p = crate::store::query::QueryParams {
-                    from_ms: from,
-                    to_ms: to,
-                    q: q.to_string(),
-                    regex,
-                    topics: crate::search::Topics::parse(topics[rng.random_range(0..topics.len())])
-                        .unwrap(),
-                    desc: rng.random_bool(0.7),
-                    limit: rng.random_bool(0.5).then(|| rng.random_range(1..60)),
-                    ..Default::default()
-                };
-                let want = reference(&all, &p);
-                let (got, _) = query_with(&log, &p);
-                assert!(
-                    got == want,
-                    "{phase}: {p:?}: {} records, want {}",
-                    got.len(),
-                    want.len()
-                );
-            }
-        }
+        answers_as_grep(&mut rng, &log, &all, base, phase);
         // Convert some, then the rest (overlapping ones after compaction).
         if phase == "raw" {
             for _ in 0..3 {
