@@ -94,7 +94,7 @@ pub fn instrument(router: Router, metrics: Arc<Metrics>) -> Router {
             let metrics = Arc::clone(&metrics);
             async move {
                 let started = std::time::Instant::now();
-                let method = req.method().as_str().to_string();
+                let method = method_label(req.method()).to_string();
                 let path = req
                     .extensions()
                     .get::<MatchedPath>()
@@ -114,6 +114,26 @@ pub fn instrument(router: Router, metrics: Arc<Metrics>) -> Router {
             }
         },
     ))
+}
+
+/// The `method` label of a request: one of the methods HTTP defines, or `other`, so that
+/// made-up method names (hyper accepts any token) cannot grow `/metrics` without bound. The
+/// `path` label is the matched route or `unmatched`, the status one of ours: every label value
+/// comes from a fixed set, whatever the client sends, refused requests included.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Serve at most `max` requests at once to the routes in `paths` (a class of work, such as

@@ -104,8 +104,16 @@ pub fn min_ulid(ms: u64) -> [u8; ULID_LEN] {
     encode_ulid(ms, 0)
 }
 
-/// Whether `t` is a valid topic: `[A-Za-z0-9][A-Za-z0-9_-]*`.
+/// The longest topic (bytes): longer first words are not topics, longer topic values of the
+/// agents' protocols are cut, longer topic patterns in a query are refused. A client cannot
+/// make a record's topic, or a query's topic matcher, arbitrarily large.
+pub const MAX_TOPIC_LEN: usize = 256;
+
+/// Whether `t` is a valid topic: `[A-Za-z0-9][A-Za-z0-9_-]*`, at most [`MAX_TOPIC_LEN`] bytes.
 pub fn is_valid_topic(t: &[u8]) -> bool {
+    if t.len() > MAX_TOPIC_LEN {
+        return false;
+    }
     match t.split_first() {
         Some((first, rest)) => {
             first.is_ascii_alphanumeric()

@@ -38,6 +38,9 @@ pub enum Pattern {
     },
 }
 
+/// The most `topic=` values one query may have.
+pub const MAX_TOPIC_PATTERNS: usize = 64;
+
 /// Why a query expression or a topic selection cannot be searched for (a 400 to a client).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
@@ -47,9 +50,15 @@ pub enum QueryError {
     /// A `topic=` value holds something other than a name or a glob.
     #[error("parsing 'topic': {0:?}: a topic or glob is letters, digits, '_', '-', '*' and '?'")]
     Topic(String),
-    /// The topic globs do not compile together (too many, too long).
+    /// The topic globs do not compile together.
     #[error("parsing 'topic': {0}")]
     Globs(String),
+    /// A `topic=` value longer than a topic may be.
+    #[error("parsing 'topic': a pattern of {0} bytes; at most {max} are allowed", max = crate::record::MAX_TOPIC_LEN)]
+    TopicTooLong(usize),
+    /// More `topic=` values than a query may have.
+    #[error("parsing 'topic': {0} patterns; at most {MAX_TOPIC_PATTERNS} are allowed")]
+    TooManyTopics(usize),
 }
 
 impl Pattern {
@@ -118,6 +127,9 @@ impl Topics {
     /// Read `topic=` values. A topic is `[A-Za-z0-9][A-Za-z0-9_-]*`; a glob may also hold `*`
     /// (any run of characters) and `?` (one character).
     pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Topics, QueryError> {
+        if patterns.len() > MAX_TOPIC_PATTERNS {
+            return Err(QueryError::TooManyTopics(patterns.len()));
+        }
         let mut t = Topics::default();
         let mut globs = Vec::new();
         for p in patterns {
@@ -125,14 +137,19 @@ impl Topics {
             let ok = !p.is_empty()
                 && p.bytes()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'*' | b'?'));
+            if p.len() > crate::record::MAX_TOPIC_LEN {
+                return Err(QueryError::TopicTooLong(p.len()));
+            }
             if !ok {
                 return Err(QueryError::Topic(p.to_string()));
             }
             t.patterns.push(p.to_string());
             if p.contains(['*', '?']) {
                 let mut re = String::new();
-                for c in p.chars() {
+                for (i, c) in p.chars().enumerate() {
                     match c {
+                        // `**` is `*`: one run of any characters.
+                        '*' if i > 0 && p.as_bytes()[i - 1] == b'*' => {}
                         '*' => re.push_str("[A-Za-z0-9_-]*"),
                         '?' => re.push_str("[A-Za-z0-9_-]"),
                         c => re.push(c),

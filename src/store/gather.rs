@@ -504,7 +504,10 @@ async fn stream(
     if let Err(e) = stream_matcher(&params) {
         return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
     }
-    let window = crate::stream::parse_window(params.get("window"));
+    let window = match crate::stream::parse_window(params.get("window")) {
+        Ok(w) => w,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("parsing 'window': {e}\n")),
+    };
     // A few chunks of about 256 KiB: a client that stops reading holds no more than that here
     // (and its peers drop it once their queues are full).
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);

@@ -234,12 +234,14 @@ impl Deduplicator {
     }
 }
 
-/// Parse the `window` parameter: a Go duration; unparsable → 3 s; at least 100 ms.
-pub fn parse_window(value: Option<&str>) -> Duration {
-    value
-        .and_then(|v| crate::gotime::parse_duration(v).ok())
-        .unwrap_or(DEFAULT_WINDOW)
-        .max(MIN_WINDOW)
+/// Parse the `window` parameter: a Go duration (absent or empty: 3 s), at least 100 ms; anything
+/// else is an error for a 400.
+pub fn parse_window(value: Option<&str>) -> Result<Duration, crate::gotime::DurationError> {
+    Ok(match value {
+        None | Some("") => DEFAULT_WINDOW,
+        Some(v) => crate::gotime::parse_duration(v)?,
+    }
+    .max(MIN_WINDOW))
 }
 
 /// Fan out to every store node's `/store/_stream?<raw>`, deduplicate with `window`, and send
@@ -509,9 +511,12 @@ mod tests {
 
     #[test]
     fn windows() {
-        assert_eq!(parse_window(None), DEFAULT_WINDOW);
-        assert_eq!(parse_window(Some("junk")), DEFAULT_WINDOW);
-        assert_eq!(parse_window(Some("10ms")), MIN_WINDOW);
-        assert_eq!(parse_window(Some("1s")), Duration::from_secs(1));
+        assert_eq!(parse_window(None), Ok(DEFAULT_WINDOW));
+        assert!(
+            parse_window(Some("junk")).is_err(),
+            "a bad window is refused"
+        );
+        assert_eq!(parse_window(Some("10ms")), Ok(MIN_WINDOW));
+        assert_eq!(parse_window(Some("1s")), Ok(Duration::from_secs(1)));
     }
 }

@@ -340,6 +340,8 @@ pub fn normalise_topic(value: &str) -> Option<String> {
         })
         .collect();
     let t = mapped.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    // Every character is ASCII now: cut at MAX_TOPIC_LEN bytes.
+    let t = &t[..t.len().min(crate::record::MAX_TOPIC_LEN)];
     (!t.is_empty()).then(|| t.to_string())
 }
 
@@ -433,6 +435,12 @@ mod tests {
         assert_eq!(normalise_topic("Ünï").as_deref(), Some("n_"));
         assert_eq!(normalise_topic("..."), None);
         assert_eq!(normalise_topic(""), None);
+        let long = "a".repeat(1 << 20);
+        assert_eq!(
+            normalise_topic(&long).map(|t| t.len()),
+            Some(crate::record::MAX_TOPIC_LEN),
+            "a 1 MB topic value is cut, not stored whole"
+        );
         let t = Topic::pick("job", Some("api"), "default");
         assert!(t.is_source("job") && t.name == "api");
         let t = Topic::pick("job", Some("my.api"), "default");

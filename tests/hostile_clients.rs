@@ -1,0 +1,117 @@
+//! Hostile clients (issue 23), each attack as a client on loopback would make it: what a
+//! request names cannot grow the node's metrics or its topics, and a query that cannot be
+//! searched for cheaply is refused at once instead of burning CPU after its client left.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The node's CPU time so far (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command's closing parenthesis; utime and stime are 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn made_up_methods_do_not_grow_the_metrics() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    let before = http("GET", api, "/metrics", b"").body.len();
+    for i in 0..2000 {
+        let r = http(&format!("X{i:06}"), api, "/health", b"");
+        assert!(r.status >= 400, "X{i:06}: {}", r.status);
+    }
+    let metrics = http("GET", api, "/metrics", b"").text();
+    assert!(
+        !metrics.contains("X000"),
+        "a client's method became a label"
+    );
+    assert!(
+        metrics.contains(r#"method="other""#),
+        "made-up methods are counted as other"
+    );
+    assert!(
+        metrics.len() < before + 16 * 1024,
+        "/metrics grew from {before} to {} bytes",
+        metrics.len()
+    );
+}
+
+#[test]
+fn a_topic_bomb_is_refused_at_once_and_costs_no_cpu_after() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    let out = forward(node.addr("fast"), b"honest record\n", &[]);
+    assert!(out.status.success());
+    wait_for_records(api, 1);
+    let pid = node.child.id();
+    let bomb = format!("{}a", "*".repeat(60_000));
+    for path in [
+        "/store/query",
+        "/store/_query",
+        "/store/hits",
+        "/store/topics",
+    ] {
+        let started = Instant::now();
+        let r = http(
+            "GET",
+            api,
+            &format!("{path}?from=2000-01-01T00:00:00Z&limit=1&topic={bomb}"),
+            b"",
+        );
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert!(r.text().contains("at most 256"), "{path}: {}", r.text());
+        assert!(started.elapsed() < Duration::from_secs(5), "{path}");
+    }
+    let many: String = (0..100).map(|i| format!("&topic=t{i}")).collect();
+    let r = http("GET", api, &format!("/store/query?q=x{many}"), b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("at most 64"), "{}", r.text());
+    // Nothing is left running: the node is idle a moment later, and honest queries answer.
+    let idle_from = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2)); // measuring idleness: nothing to wait for
+    let spent = cpu_ticks(pid) - idle_from;
+    assert!(spent < 50, "{spent} ticks of CPU in 2 s after the bombs");
+    assert_eq!(all_records(api).len(), 1);
+}
+
+#[test]
+fn a_bad_stream_window_is_a_400_and_a_huge_topic_value_is_cut() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    let r = http("GET", api, "/store/stream?q=x&window=abc", b"");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("parsing 'window'"), "{}", r.text());
+    // A Loki stream whose topic label is a megabyte: the record's topic is cut to 256 bytes.
+    let job = "j".repeat(1 << 20);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let body = format!(
+        r#"{{"streams":[{{"stream":{{"job":"{job}"}},"values":[["{now}","big topic"]]}}]}}"#
+    );
+    let r = http_with(
+        "POST",
+        api,
+        "/loki/api/v1/push",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let records = wait_for_records(api, 1);
+    let topic = records[0][27..].split(|&b| b == b' ').next().unwrap();
+    assert_eq!(topic.len(), 256, "the topic is cut to 256 bytes");
+    assert!(topic.iter().all(|&b| b == b'j'));
+}
