@@ -115,3 +115,49 @@ fn a_bad_stream_window_is_a_400_and_a_huge_topic_value_is_cut() {
     assert_eq!(topic.len(), 256, "the topic is cut to 256 bytes");
     assert!(topic.iter().all(|&b| b == b'j'));
 }
+
+#[test]
+fn oklog_segment_reads_regular_files_only() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.flushed");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid, NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for (cmd, file) in [
+        ("cat", "/dev/zero"),
+        ("info", "/dev/zero"),
+        ("cat", fifo.to_str().unwrap()),
+        ("info", fifo.to_str().unwrap()),
+    ] {
+        let started = Instant::now();
+        let mut child = std::process::Command::new(BIN)
+            .args(["segment", cmd, file])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = eventually(Duration::from_secs(10), "oklog segment to give up", || {
+            child.try_wait().unwrap()
+        });
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(1), "{cmd} {file}: {err}");
+        assert!(err.contains("not a regular file"), "{cmd} {file}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{cmd} {file}");
+    }
+}
+
+#[test]
+fn a_node_open_beyond_loopback_without_credentials_says_so() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // Bound to every interface (nothing is sent there: only the start-up log is read).
+    let open = Node::ingeststore(&dir.path().join("open"), &["-api", "0.0.0.0:0"]);
+    let warning = "the API listens beyond loopback with no credentials configured";
+    eventually(Duration::from_secs(10), "the warning", || {
+        open.log_text().contains(warning).then_some(())
+    });
+    let local = Node::ingeststore(&dir.path().join("local"), &[]);
+    assert!(!local.log_text().contains(warning), "{}", local.log_text());
+}

@@ -26,8 +26,22 @@ pub struct Reader<S> {
     footer: Option<Footer>,
 }
 
+/// Fail unless `path` is a regular file, looked at without opening it: a FIFO would block an
+/// open, and a device (`/dev/zero`) never ends.
+fn regular_file(path: &Path) -> io::Result<()> {
+    if std::fs::metadata(path)?.is_file() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    }
+}
+
 /// Map the segment file at `path` read-only; `Ok(None)` if it is empty.
 pub(super) fn map_file(path: &Path) -> io::Result<Option<Mmap>> {
+    regular_file(path)?;
     let file = File::open(path)?;
     if file.metadata()?.len() == 0 {
         return Ok(None);
@@ -284,6 +298,7 @@ pub enum Records {
 impl Records {
     /// Open the segment file at `path`.
     pub fn open(path: &Path) -> io::Result<Records> {
+        regular_file(path)?;
         if Format::of_file(path) == Format::Compressed
             && let Some(map) = map_file(path)?
         {

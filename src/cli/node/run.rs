@@ -124,6 +124,13 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         };
         let api_listener = http::bind("api", &cfg.api.listen_addr()).await?;
         let bound = api_listener.local_addr()?;
+        if !bound.ip().is_loopback() && !security.guard.is_on() {
+            // The internal API (`/ingest/next`, `/store/replicate`, ...) answers anyone then.
+            tracing::warn!(
+                api = %bound,
+                "the API listens beyond loopback with no credentials configured: anyone who reaches it can read, take or write records; set -auth.token-file or -tls.client-ca-file"
+            );
+        }
         // Others reach the API at the advertised IP, unless it is bound to one address.
         let api = if bound.ip().is_unspecified() {
             SocketAddr::new(advertise_ip, bound.port())
