@@ -161,3 +161,93 @@ fn a_node_open_beyond_loopback_without_credentials_says_so() {
     let local = Node::ingeststore(&dir.path().join("local"), &[]);
     assert!(!local.log_text().contains(warning), "{}", local.log_text());
 }
+
+/// A store directory holding one raw segment of about `mib` MiB of lines in the last hour.
+fn big_store(store: &std::path::Path, mib: usize) {
+    std::fs::create_dir_all(store).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let n = (mib << 20) / 100;
+    let mut body = Vec::with_capacity(mib << 20);
+    let (mut first, mut last) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let id = oklog::record::encode_ulid(
+            now - 3_000_000 + (i as u64 * 3_000_000 / n as u64),
+            i as u128,
+        );
+        if i == 0 {
+            first = id.to_vec();
+        }
+        last = id.to_vec();
+        body.extend_from_slice(&id);
+        body.extend_from_slice(
+            format!(
+                " app worker {i:09} handled request in {} ms with status ok\n",
+                i % 997
+            )
+            .as_bytes(),
+        );
+    }
+    let name = format!(
+        "{}-{}.flushed",
+        String::from_utf8(first).unwrap(),
+        String::from_utf8(last).unwrap()
+    );
+    std::fs::write(store.join(name), body).unwrap();
+}
+
+/// Start a query that finds nothing in a big store (a regex the engine must try on every
+/// line), and leave it unread.
+fn start_slow_query(api: &str) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    let q =
+        "/store/query?from=2000-01-01T00:00:00Z&regex=1&q=%5BA-Z%5D%5Ba-z%5D%2B%5B0-9%5D%7B5%7DQ";
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET {q} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn a_search_stops_when_its_client_leaves_and_when_the_node_stops() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    big_store(&dir.path().join("data/store"), 200);
+    let mut node = Node::ingeststore(dir.path(), &["-store.segment-compress-after", "off"]);
+    let api = node.addr("api").to_string();
+    let pid = node.child.id();
+    // A client that leaves: the search behind it stops, though it never had output to write.
+    let busy_from = cpu_ticks(pid);
+    let client = start_slow_query(&api);
+    std::thread::sleep(Duration::from_millis(500)); // the search is under way
+    assert!(
+        cpu_ticks(pid) - busy_from > 10,
+        "the query keeps the node busy (else this test shows nothing)"
+    );
+    drop(client);
+    std::thread::sleep(Duration::from_millis(300)); // the node notices, within 100 ms
+    let idle_from = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2)); // measuring idleness
+    let spent = cpu_ticks(pid) - idle_from;
+    assert!(
+        spent < 30,
+        "{spent} ticks of CPU in 2 s after the client left"
+    );
+    // A search under way when the node is told to stop: the node ends all the same.
+    let _client = start_slow_query(&api);
+    std::thread::sleep(Duration::from_millis(500)); // the search is under way
+    let started = Instant::now();
+    let status = node
+        .terminate(Duration::from_secs(15))
+        .expect("the node ends");
+    assert!(status.success(), "{}", node.log_text());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+}

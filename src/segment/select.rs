@@ -11,7 +11,7 @@
 use std::io;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::footer::Footer;
 use super::raw::{align, cut_lines, graded_pieces, pieces};
@@ -19,7 +19,7 @@ use super::source::Source;
 use super::{Needles, Reader, block};
 use crate::merge;
 use crate::record::ulid_ms;
-use crate::search::{MatchSource, Matcher, Matches};
+use crate::search::{Matcher, Matches};
 
 /// What a query asks of a segment: its window, what it matches (expression, topics, hidden
 /// expired records), its order and its limit.
@@ -35,7 +35,20 @@ pub struct Query<'a> {
     pub desc: bool,
     /// At most this many records in the answer.
     pub limit: Option<u64>,
+    /// Set when the answer is no longer wanted (its client left, the node is stopping): the
+    /// search stops at its next block or piece, whether or not it has output to write.
+    pub cancel: &'a AtomicBool,
 }
+
+impl Query<'_> {
+    /// Whether the answer is no longer wanted.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// A cancel flag that is never set, for searches nobody cancels.
+pub static NEVER: AtomicBool = AtomicBool::new(false);
 
 /// What a query reads of one segment, decided before its answer starts.
 #[derive(Clone, Debug, Default)]
@@ -169,10 +182,8 @@ impl<S: Source> Reader<S> {
     where
         S: 'a,
     {
-        if let (Some(m), false) = (self.raw(), q.desc) {
-            let matches = Matches::new(m, q.from_ms, q.to_ms, q.matcher);
-            return Ok(Lines::Raw(MatchSource::new(matches)));
-        }
+        // Chunk by chunk (a raw segment in pieces too), so that a cancelled search stops
+        // within a piece, not at the end of a segment with no match in it.
         let chunks = self.chunks(sel, &q, label);
         Ok(Lines::Chunked(Box::new(ChunkSource::new(
             chunks, q, corrupt,
@@ -261,6 +272,9 @@ impl<'a> Chunk<'a> {
         corrupt: &AtomicU64,
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> io::Result<bool> {
+        if q.cancelled() {
+            return Ok(false);
+        }
         if let (Chunk::Piece(m, r), false) = (self, q.desc) {
             let r = align(m, r.clone());
             if q.matcher.is_all() {
@@ -310,6 +324,9 @@ impl GroupChunk<'_> {
         let mut parts: Vec<Vec<u8>> = Vec::with_capacity(blocks.len());
         let mut buf = Vec::new();
         for &bi in blocks {
+            if q.cancelled() {
+                break;
+            }
             let b = &self.footer.blocks[bi];
             if let Err(e) = block::read(self.src, b, dec, &mut buf) {
                 tracing::error!(segment = %self.label.display(), group = self.group, block = bi, error = %e, "skipping a corrupt block");
@@ -406,7 +423,7 @@ impl<'a> ChunkSource<'a> {
     }
 
     fn fill(&mut self) -> io::Result<()> {
-        while self.lines.is_empty() {
+        while self.lines.is_empty() && !self.q.cancelled() {
             let Some(c) = self.chunks.next() else { break };
             self.lines
                 .set(c.output(&mut self.dec, &self.q, self.corrupt)?);
@@ -427,8 +444,6 @@ impl merge::Source for ChunkSource<'_> {
 
 /// One segment's matching lines in a query's order, as a merge source.
 pub enum Lines<'a> {
-    /// A raw segment read oldest first: matches found as the merge asks.
-    Raw(MatchSource<'a>),
     /// Chunk by chunk.
     Chunked(Box<ChunkSource<'a>>),
 }
@@ -436,13 +451,11 @@ pub enum Lines<'a> {
 impl merge::Source for Lines<'_> {
     fn current(&self) -> Option<&[u8]> {
         match self {
-            Lines::Raw(m) => m.current(),
             Lines::Chunked(c) => c.current(),
         }
     }
     fn advance(&mut self) -> io::Result<()> {
         match self {
-            Lines::Raw(m) => m.advance(),
             Lines::Chunked(c) => c.advance(),
         }
     }

@@ -5,7 +5,7 @@
 use std::io;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use memmap2::Mmap;
 
@@ -105,14 +105,20 @@ pub struct Outcome {
 }
 
 impl QueryParams {
-    /// What the query asks of each segment, with `matcher` (built once per query).
-    pub fn segment_query<'a>(&self, matcher: &'a Matcher) -> segment::Query<'a> {
+    /// What the query asks of each segment, with `matcher` (built once per query), stopped
+    /// when `cancel` is set.
+    pub fn segment_query<'a>(
+        &self,
+        matcher: &'a Matcher,
+        cancel: &'a AtomicBool,
+    ) -> segment::Query<'a> {
         segment::Query {
             from_ms: self.from_ms,
             to_ms: self.to_ms,
             matcher,
             desc: self.desc,
             limit: self.limit,
+            cancel,
         }
     }
 }
@@ -146,7 +152,7 @@ impl Plan {
 
     /// Decide what the search reads of each segment ([`Reader::select`]).
     pub fn scan(&self, p: &QueryParams, needles: &Needles, matcher: &Matcher) -> Scan {
-        let q = p.segment_query(matcher);
+        let q = p.segment_query(matcher, &segment::NEVER);
         let mut scan = Scan::default();
         for o in &self.opened {
             let sel = o
@@ -191,7 +197,7 @@ impl Plan {
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> io::Result<Outcome> {
         let scan = self.scan(p, &Needles::new(&p.q, p.regex), matcher);
-        self.execute_scan(&scan, p, matcher, sink)
+        self.execute_scan(&scan, p, matcher, &segment::NEVER, sink)
     }
 
     /// The units of work of a scan, in ULID order: the chunks of each segment that overlaps
@@ -251,16 +257,18 @@ impl Plan {
     /// to [`MAX_WORKERS`] threads and emitted in order; workers run at most [`LOOKAHEAD`] tasks
     /// ahead of the output, so memory stays bounded whatever the result size. Overlapping
     /// segments are merged with dedup, in order. A compressed block that cannot be read is
-    /// logged, left out and counted in the outcome.
+    /// logged, left out and counted in the outcome. When `cancel` is set (the client left,
+    /// the node is stopping) the search stops within a piece or a block, output or not.
     pub fn execute_scan(
         &self,
         scan: &Scan,
         p: &QueryParams,
         matcher: &Matcher,
+        cancel: &AtomicBool,
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> io::Result<Outcome> {
         let corrupt = AtomicU64::new(self.unreadable);
-        let q = p.segment_query(matcher);
+        let q = p.segment_query(matcher, cancel);
         let tasks = self.tasks(scan, &q);
         let workers = parallelism();
         let parallel = tasks.iter().filter(|t| t.in_parallel(matcher)).count();
@@ -271,6 +279,9 @@ impl Plan {
         }
         if workers < 2 || parallel < 2 {
             for (i, task) in tasks.iter().enumerate() {
+                if q.cancelled() {
+                    break;
+                }
                 if let Some(t) = tasks.get(i + prefetch) {
                     t.prefetch();
                 }
@@ -378,7 +389,7 @@ fn run_parallel(
     corrupt: &AtomicU64,
     sink: &mut dyn FnMut(&[u8]) -> bool,
 ) -> io::Result<()> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::atomic::AtomicUsize;
     use std::sync::{Condvar, Mutex};
 
     let slots: Vec<Mutex<Option<Vec<u8>>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
@@ -432,6 +443,9 @@ fn run_parallel(
         }
         let result = (|| -> io::Result<()> {
             for (i, task) in tasks.iter().enumerate() {
+                if q.cancelled() {
+                    break;
+                }
                 let open = if task.in_parallel(q.matcher) {
                     let mut slot = slots[i].lock().unwrap_or_else(|e| e.into_inner());
                     while slot.is_none() {

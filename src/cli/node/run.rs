@@ -434,6 +434,12 @@ impl Node {
             Arc::clone(&self.metrics),
         );
         tasks.spawn("lifecycle", compacter.run(phases.all.clone()));
+        // Searches still running when the node stops give up, so their threads end with it.
+        let (api, mut all) = (Arc::clone(&parts.api), phases.all.clone());
+        tokio::spawn(async move {
+            let _ = all.wait_for(|s| *s).await;
+            api.stop_searches();
+        });
         for i in 0..parts.consumers {
             let consumer = Consumer::new(
                 Arc::clone(&parts.log),

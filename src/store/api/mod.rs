@@ -48,6 +48,8 @@ pub struct StoreApi {
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     retention: Arc<Retention>,
+    /// Turns true when the node stops: every running search gives up.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl StoreApi {
@@ -68,6 +70,7 @@ impl StoreApi {
             metrics,
             registry,
             retention,
+            stopping: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -103,6 +106,34 @@ impl StoreApi {
 }
 
 impl StoreApi {
+    /// The node is stopping: every running search gives up at its next piece or block (and
+    /// frees its thread, so the process can end).
+    pub fn stop_searches(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// A flag set once `tx`'s reader (the answer's body) is gone or the node stops, until
+    /// `done` resolves (the search ended): what a search checks to give up early.
+    fn cancel_when_gone(
+        &self,
+        tx: &mpsc::Sender<io::Result<Frame<Bytes>>>,
+        done: tokio::sync::oneshot::Receiver<()>,
+    ) -> Arc<std::sync::atomic::AtomicBool> {
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, tx, mut stopping) = (Arc::clone(&cancel), tx.clone(), self.stopping.subscribe());
+        tokio::spawn(async move {
+            let gone = tokio::select! {
+                _ = tx.closed() => true,
+                _ = stopping.wait_for(|s| *s) => true,
+                _ = done => false,
+            };
+            if gone {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        cancel
+    }
+
     /// Store an aggregate segment this node's consumer built (`spool`, already checked: valid
     /// records, sorted, deduplicated) as an accepted replica, without the HTTP round trip and
     /// its second copy: adopted into the store, published to live streams, counted as ingress.
@@ -428,14 +459,19 @@ pub async fn answer(
     let metrics = Arc::clone(&api.metrics);
     let encoder = Encoder::new(&params, matcher, output, context);
     let (tx, rx) = mpsc::channel::<io::Result<Frame<Bytes>>>(OUT_CHUNKS_IN_FLIGHT);
+    // The search gives up as soon as its client is gone or the node stops, whether or not it
+    // has output to write (the watcher lets go of its sender once the search is done).
+    let (done, search_done) = tokio::sync::oneshot::channel::<()>();
+    let cancel = api.cancel_when_gone(&tx, search_done);
     tokio::task::spawn_blocking(move || {
+        let _done = done;
         let mut out = Out {
             tx,
             buf: Vec::with_capacity(OUT_CHUNK * 2),
             open: true,
         };
         let mut encoder = encoder;
-        let result = plan.execute_scan(&scan, &scan_params, &scan_matcher, &mut |lines| {
+        let result = plan.execute_scan(&scan, &scan_params, &scan_matcher, &cancel, &mut |lines| {
             let more = encoder.push(lines, &mut out.buf);
             out.flush_full() && more
         });
