@@ -195,14 +195,44 @@ pub fn now_ms() -> i64 {
 
 /// RFC 3339 at second precision in UTC, `Z` suffix: `2017-03-25T21:17:54Z`.
 pub fn rfc3339_utc_secs(ms: i64) -> String {
-    let ts = Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH);
-    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    let (y, mo, d, h, mi, s, _) = civil(ms);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// The last millisecond RFC 3339 can write, 9999-12-31T23:59:59.999Z.
+pub const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
+
+/// The UTC calendar date and time of Unix millisecond `ms` (0 to [`MAX_RFC3339_MS`], clamped):
+/// year, month, day, hour, minute, second, millisecond. (jiff's timestamps stop a day short of
+/// the year's end, at 9999-12-30T22:00Z.)
+fn civil(ms: i64) -> (i64, i64, i64, i64, i64, i64, i64) {
+    let ms = ms.clamp(0, MAX_RFC3339_MS);
+    let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1000 % 60,
+        rest % 1000,
+    )
 }
 
 /// RFC 3339 at millisecond precision in UTC: `2017-03-25T21:17:54.946Z`.
 pub fn rfc3339_utc_millis(ms: i64) -> String {
-    let ts = Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH);
-    ts.strftime("%Y-%m-%dT%H:%M:%S.%3fZ").to_string()
+    let (y, mo, d, h, mi, s, milli) = civil(ms);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
 }
 
 /// RFC 3339 in UTC at second precision, or millisecond precision when `ms` has a fraction.
@@ -228,6 +258,35 @@ pub fn rfc3339_local_secs(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times_are_written_as_jiff_writes_them_and_to_the_last_rfc3339_day() {
+        let mut ms: i64 = 0;
+        while ms < 253_402_200_000_000 {
+            let ts = Timestamp::from_millisecond(ms).unwrap();
+            assert_eq!(
+                rfc3339_utc_millis(ms),
+                ts.strftime("%Y-%m-%dT%H:%M:%S.%3fZ").to_string()
+            );
+            assert_eq!(
+                rfc3339_utc_secs(ms),
+                ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+            );
+            ms = ms * 3 + 987_654_321_123;
+        }
+        assert_eq!(
+            rfc3339_utc_millis(MAX_RFC3339_MS),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            rfc3339_utc_secs(253_402_214_400_000),
+            "9999-12-31T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339_utc_millis(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
 
     #[test]
     fn parses_go_durations() {

@@ -251,3 +251,56 @@ fn a_search_stops_when_its_client_leaves_and_when_the_node_stops() {
         started.elapsed()
     );
 }
+
+#[test]
+fn relative_and_far_times_and_broken_uploads_are_answered_sensibly() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    let out = forward(node.addr("fast"), b"recent record\n", &[]);
+    assert!(out.status.success());
+    wait_for_records(api, 1);
+    // The docs' `from=2h`: two hours ago, as the CLI reads it.
+    let r = http("GET", api, "/store/query?from=2h&q=recent", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("recent record"));
+    // The last day RFC 3339 can name is written back as it is, not as 1970; a ULID past it
+    // (the year 10889) is a 400.
+    let r = http("HEAD", api, "/store/query?to=9999-12-31T00:00:00Z", b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("X-Oklog-To"), Some("9999-12-31T00:00:00Z"));
+    let r = http(
+        "GET",
+        api,
+        "/store/query?to=7ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+        b"",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("9999-12-31"), "{}", r.text());
+    // Fifty uploads that break off: each refused, the log line written once a second at most.
+    for _ in 0..50 {
+        let mut s = std::net::TcpStream::connect(api).unwrap();
+        std::io::Write::write_all(
+            &mut s,
+            b"POST /store/replicate HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+    }
+    eventually(Duration::from_secs(10), "the refusals counted", || {
+        let m = http("GET", api, "/metrics", b"").text();
+        m.contains("oklog_store_rejected_replicas_total 50")
+            .then_some(())
+    });
+    let lines = node
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("replicate body broke off"))
+        .count();
+    assert!(
+        (1..=10).contains(&lines),
+        "{lines} log lines for 50 broken uploads"
+    );
+}

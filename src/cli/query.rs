@@ -175,6 +175,10 @@ async fn print_records(
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut printer = Printer {
+        escape: {
+            use std::io::IsTerminal;
+            io::stdout().is_terminal()
+        },
         context: cfg.before + cfg.after > 0,
         mode: cfg.print,
         copy: cfg.copy,
@@ -297,37 +301,68 @@ struct Printer {
     /// [`crate::search::context`]): groups are separated by `--`, and JSON says each
     /// record's kind.
     context: bool,
+    /// Show control characters in records as `\xNN` (stdout is a terminal: a record must not
+    /// move the cursor, clear the screen or retitle the window); raw when piped.
+    escape: bool,
+}
+
+/// Write `text` with its control characters (but tab) as `\xNN`.
+fn write_escaped(text: &[u8], out: &mut impl Write) -> io::Result<()> {
+    let mut at = 0;
+    for (i, &b) in text.iter().enumerate() {
+        if (b < 0x20 && b != b'\t') || b == 0x7f {
+            out.write_all(&text[at..i])?;
+            write!(out, "\\x{b:02x}")?;
+            at = i + 1;
+        }
+    }
+    out.write_all(&text[at..])
 }
 
 impl Printer {
+    /// Write a record's text, escaped when [`Printer::escape`].
+    fn write_text(&self, text: &[u8], out: &mut impl Write) -> io::Result<()> {
+        if self.escape {
+            write_escaped(text, out)
+        } else {
+            out.write_all(text)
+        }
+    }
+
     /// Write `text` (no newline) with the matches coloured.
     fn write_highlighted(&self, text: &[u8], out: &mut impl Write) -> io::Result<()> {
         let Some(re) = &self.highlight else {
-            return out.write_all(text);
+            return self.write_text(text, out);
         };
         let mut at = 0;
         for m in re.find_iter(text).filter(|m| !m.is_empty()) {
-            out.write_all(&text[at..m.start()])?;
+            self.write_text(&text[at..m.start()], out)?;
             out.write_all(MATCH_START)?;
-            out.write_all(m.as_bytes())?;
+            self.write_text(m.as_bytes(), out)?;
             out.write_all(MATCH_END)?;
             at = m.end();
         }
-        out.write_all(&text[at..])
+        self.write_text(&text[at..], out)
     }
 
     /// Write the record's `<topic> <payload>\n`, highlighted.
     fn write_body(&self, line: &[u8], out: &mut impl Write) -> io::Result<()> {
         let body = line.get(BODY_OFFSET..).unwrap_or(b"\n");
-        if self.highlight.is_none() {
+        if self.highlight.is_none() && !self.escape {
             return out.write_all(body);
         }
         self.write_highlighted(body.strip_suffix(b"\n").unwrap_or(body), out)?;
         out.write_all(b"\n")
     }
 
+    /// Whether the answer's bytes are printed exactly as they came (`-ulid`, nothing to
+    /// colour, escape or separate).
+    fn verbatim(&self) -> bool {
+        self.mode == Print::Raw && self.highlight.is_none() && !self.context && !self.escape
+    }
+
     fn feed(&mut self, mut data: &[u8], out: &mut impl Write) -> io::Result<()> {
-        if (self.mode == Print::Raw && self.highlight.is_none() && !self.context) || !self.copy {
+        if self.verbatim() || !self.copy {
             // Whole lines are printed as they came (or not at all): count them, copy the bytes.
             self.records += memchr::memchr_iter(b'\n', data).count() as u64;
             if self.partial_line.is_empty() && data.last() == Some(&b'\n') {
@@ -359,9 +394,7 @@ impl Printer {
     }
 
     fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
-        if ((self.mode == Print::Raw && self.highlight.is_none() && !self.context) || !self.copy)
-            && !self.partial_line.is_empty()
-        {
+        if (self.verbatim() || !self.copy) && !self.partial_line.is_empty() {
             // Its bytes went out already; end the line.
             self.partial_line.clear();
             self.records += 1;
@@ -390,7 +423,7 @@ impl Printer {
             out.write_all(b"--\n")?;
         }
         match self.mode {
-            Print::Raw if line.len() < BODY_OFFSET => out.write_all(line),
+            Print::Raw if line.len() < BODY_OFFSET => self.write_text(line, out),
             Print::Raw => {
                 out.write_all(&line[..BODY_OFFSET])?;
                 self.write_body(line, out)
@@ -424,7 +457,7 @@ impl Printer {
                     out.write_all(b" ")?;
                     self.write_body(line, out)
                 } else {
-                    out.write_all(line)
+                    self.write_text(line, out)
                 }
             }
         }
@@ -435,6 +468,40 @@ impl Printer {
 mod tests {
     use super::*;
     use crate::cli::client::config::{encode, parse_when};
+
+    #[test]
+    fn control_characters_are_escaped_on_a_terminal_and_raw_when_piped() {
+        let data = b"01BC3NABW20000000000000000 web a\x1b]0;owned\x07 b\r\x00\tc\n";
+        for (escape, mode) in [
+            (true, Print::Body),
+            (true, Print::Raw),
+            (false, Print::Body),
+        ] {
+            let mut p = Printer {
+                escape,
+                mode,
+                copy: true,
+                highlight: None,
+                partial_line: Vec::new(),
+                records: 0,
+                context: false,
+            };
+            let mut out = Vec::new();
+            p.feed(data, &mut out).unwrap();
+            p.finish(&mut out).unwrap();
+            if escape {
+                assert!(
+                    String::from_utf8_lossy(&out)
+                        .ends_with("web a\\x1b]0;owned\\x07 b\\x0d\\x00\tc\n"),
+                    "{mode:?}: {}",
+                    String::from_utf8_lossy(&out)
+                );
+                assert!(!out[..out.len() - 1].iter().any(|&b| b < 0x20 && b != b'\t'));
+            } else {
+                assert_eq!(out, &data[27..], "piped: the bytes as stored");
+            }
+        }
+    }
 
     #[test]
     fn when_values() {
@@ -469,6 +536,7 @@ mod tests {
     fn printing() {
         let mut out = Vec::new();
         let mut p = Printer {
+            escape: false,
             context: false,
             mode: Print::Body,
             copy: true,
@@ -485,6 +553,7 @@ mod tests {
         assert_eq!(p.records, 2);
         let mut out = Vec::new();
         let mut p = Printer {
+            escape: false,
             context: false,
             mode: Print::Json,
             copy: true,
@@ -503,6 +572,7 @@ mod tests {
             for copy in [true, false] {
                 let mut out = Vec::new();
                 let mut p = Printer {
+                    escape: false,
                     context: false,
                     mode,
                     copy,
@@ -545,6 +615,7 @@ mod tests {
         ] {
             let mut out = Vec::new();
             let mut p = Printer {
+                escape: false,
                 context: false,
                 mode,
                 copy: true,
@@ -562,6 +633,7 @@ mod tests {
         // `^` is the start of the topic, as on the server.
         let mut out = Vec::new();
         let mut p = Printer {
+            escape: false,
             context: false,
             mode: Print::Body,
             copy: true,

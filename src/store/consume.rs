@@ -101,6 +101,9 @@ pub struct Consumer {
     /// Ingesters that failed a call: skipped until the instant, with the cool-down to double
     /// if they fail again.
     cooling: std::collections::HashMap<String, (Instant, Duration)>,
+    /// Rate limit of the "gathering a segment failed" line (one a second, with the count held
+    /// back): on a full disk it would otherwise repeat at every poll.
+    failed_log: crate::throttle::Throttle,
 }
 
 impl Consumer {
@@ -126,6 +129,7 @@ impl Consumer {
             since: None,
             empty_polls: 0,
             cooling: Default::default(),
+            failed_log: crate::throttle::Throttle::new(Duration::from_secs(1)),
             // The first warning comes after a grace period for the cluster to form. (Subtracting
             // from `Instant::now()` here would panic on a machine booted moments ago.)
             warn_at: Instant::now() + JOIN_GRACE,
@@ -246,7 +250,9 @@ impl Consumer {
                 self.cfg.delay
             }
             Err(e) => {
-                tracing::warn!(%ingester, error = %e, "gathering a segment failed; failing the aggregate back");
+                if let Some(held) = self.failed_log.allow() {
+                    tracing::warn!(%ingester, error = %e, suppressed = held, "gathering a segment failed; failing the aggregate back");
+                }
                 self.finish(false).await;
                 self.cfg.delay
             }

@@ -44,6 +44,9 @@ const OUT_CHUNKS_IN_FLIGHT: usize = 8;
 /// State shared by the store API handlers.
 #[derive(Debug)]
 pub struct StoreApi {
+    /// Rate limit of the "replicate body broke off" line (one a second, with the count held
+    /// back): a flood of broken uploads cannot flood the log.
+    broken_log: crate::throttle::Throttle,
     log: Arc<StoreLog>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
@@ -66,6 +69,7 @@ impl StoreApi {
     ) -> Arc<Self> {
         let registry = Registry::new(Arc::clone(&metrics));
         Arc::new(StoreApi {
+            broken_log: crate::throttle::Throttle::new(Duration::from_secs(1)),
             log,
             metrics,
             registry,
@@ -747,7 +751,9 @@ async fn replicate(State(api): State<Arc<StoreApi>>, body: Body) -> Response {
         Ok(Err(e @ ReplicaError::Body(_))) => {
             // The partial file is gone; a client that vanished never reads this answer.
             api.metrics.store_rejected_replicas.inc();
-            tracing::warn!(error = %e, "replicate body broke off; nothing stored");
+            if let Some(held) = api.broken_log.allow() {
+                tracing::warn!(error = %e, suppressed = held, "replicate body broke off; nothing stored");
+            }
             text(StatusCode::BAD_REQUEST, format!("{e}\n"))
         }
         Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

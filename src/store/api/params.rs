@@ -31,6 +31,15 @@ pub enum ParamError {
         /// Its value.
         value: String,
     },
+    /// `from`/`to` after the last instant RFC 3339 can write (9999-12-31T23:59:59.999Z): a
+    /// ULID reaches the year 10889.
+    #[error("parsing '{name}': {value}: times after 9999-12-31 are not supported")]
+    AfterLast {
+        /// `from` or `to`.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// `from`/`to` before 1970.
     #[error("parsing '{name}': {value}: times before 1970 are not supported")]
     BeforeEpoch {
@@ -109,17 +118,37 @@ fn parse_count(name: &'static str, value: &str, max: u64, zero: bool) -> Result<
     }
 }
 
-/// Read a `from`/`to` value: an RFC 3339 time or a ULID (its millisecond).
+/// Read a `from`/`to` value: an RFC 3339 time, a ULID (its millisecond), `now`, or a Go
+/// duration meaning that long ago (`2h`, `15m`; the sign is ignored), as the CLI and the UI
+/// take them. A time that cannot be written back (a ULID past 9999-12-31) is
+/// refused rather than answered as another.
 pub fn parse_time(name: &'static str, value: &str) -> Result<u64, ParamError> {
-    if let Some(id) = parse_ulid(value) {
-        return Ok(ulid_ms(&id));
+    parse_time_at(name, value, gotime::now_ms().max(0) as u64)
+}
+
+/// [`parse_time`] with the current time `now_ms`.
+fn parse_time_at(name: &'static str, value: &str, now_ms: u64) -> Result<u64, ParamError> {
+    let ms = if let Some(id) = parse_ulid(value) {
+        ulid_ms(&id)
+    } else if value == "now" {
+        now_ms
+    } else if let Ok(nanos) = gotime::parse_duration_nanos(value) {
+        now_ms.saturating_sub((nanos.unsigned_abs() / 1_000_000) as u64)
+    } else {
+        let value = value.to_string();
+        match gotime::parse_rfc3339_ms(&value) {
+            Some(ms) if ms >= 0 => ms as u64,
+            Some(_) => return Err(ParamError::BeforeEpoch { name, value }),
+            None => return Err(ParamError::Time { name, value }),
+        }
+    };
+    if ms > gotime::MAX_RFC3339_MS as u64 {
+        return Err(ParamError::AfterLast {
+            name,
+            value: value.to_string(),
+        });
     }
-    let value = value.to_string();
-    match gotime::parse_rfc3339_ms(&value) {
-        Some(ms) if ms >= 0 => Ok(ms as u64),
-        Some(_) => Err(ParamError::BeforeEpoch { name, value }),
-        None => Err(ParamError::Time { name, value }),
-    }
+    Ok(ms)
 }
 
 /// Read the `regex` parameter: absent, `false` or `0` → literal; empty, `true` or `1` → regex.
@@ -190,6 +219,25 @@ mod tests {
 
     fn params(pairs: &[(&str, &str)]) -> Result<QueryParams, ParamError> {
         parse_query(&pairs.iter().copied().collect())
+    }
+
+    #[test]
+    fn times_relative_and_out_of_range() {
+        let now = 1_700_000_000_000;
+        assert_eq!(parse_time_at("from", "2h", now), Ok(now - 7_200_000));
+        assert_eq!(parse_time_at("from", "-15m", now), Ok(now - 900_000));
+        assert_eq!(parse_time_at("to", "now", now), Ok(now));
+        let e = parse_time_at("to", "7ZZZZZZZZZZZZZZZZZZZZZZZZZ", now).unwrap_err();
+        assert!(matches!(e, ParamError::AfterLast { .. }), "{e}");
+        let last = parse_time_at("to", "9999-12-31T23:59:59.999Z", now).unwrap();
+        assert_eq!(
+            gotime::rfc3339_utc_millis(last as i64),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            gotime::rfc3339_utc_secs(last as i64),
+            "9999-12-31T23:59:59Z"
+        );
     }
 
     #[test]
