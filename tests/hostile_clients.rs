@@ -304,3 +304,17 @@ fn relative_and_far_times_and_broken_uploads_are_answered_sensibly() {
         "{lines} log lines for 50 broken uploads"
     );
 }
+
+#[test]
+fn a_request_head_over_256_kib_is_refused() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    for (kib, want) in [(100, 200), (300, 431), (420, 431), (1024, 431)] {
+        let value = "a".repeat(kib << 10);
+        let r = http_with("GET", api, "/health", &[("X-Big", &value)], b"");
+        assert_eq!(r.status, want, "a {kib} KiB header");
+    }
+    assert_eq!(http("GET", api, "/health", b"").status, 200, "unhurt");
+}

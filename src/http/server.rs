@@ -267,6 +267,11 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest request head (request line and headers) accepted: larger ones get a 431.
 pub const MAX_HEAD_BYTES: usize = 256 << 10;
+/// hyper's read buffer limit that enforces [`MAX_HEAD_BYTES`]: hyper checks its limit only
+/// before a read, and one read may add up to the limit again, so a buffer limit of half the
+/// head limit is what keeps every head of more than [`MAX_HEAD_BYTES`] out (a 420 KB header
+/// line got through a 256 KiB buffer limit).
+const READ_BUF_LIMIT: usize = MAX_HEAD_BYTES / 2;
 /// Connections served at once per API listener; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 
@@ -361,7 +366,7 @@ pub async fn serve_tls(
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
                 .header_read_timeout(timeouts.header_read)
-                .max_buf_size(MAX_HEAD_BYTES);
+                .max_buf_size(READ_BUF_LIMIT);
             b
         };
         live.fetch_add(1, Ordering::SeqCst);
