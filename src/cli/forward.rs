@@ -192,7 +192,8 @@ struct Link {
 struct AckState {
     inner: std::sync::Mutex<Acked>,
     changed: std::sync::Condvar,
-    /// What the ingester said when it refused the connection (`OKLOG-ERR <why>`); empty
+    /// Why the ingester refused the connection, as the forwarder ends with it (its
+    /// `OKLOG-ERR <why>` line, or a TLS alert); empty
     /// while it did not.
     refusal: std::sync::Mutex<String>,
 }
@@ -233,7 +234,7 @@ impl Link {
     /// not accept): retrying would not help.
     fn refused(&self) -> anyhow::Result<()> {
         match self.refusal() {
-            Some(why) => bail!("the ingester refused the connection: {why}"),
+            Some(why) => bail!("{why}"),
             None => Ok(()),
         }
     }
@@ -267,11 +268,13 @@ fn read_acks(stream: LinkRead, tcp: TcpStream, acks: Arc<AckState>) {
         }
         if let Some(why) = line.strip_prefix(b"OKLOG-ERR ") {
             let why = String::from_utf8_lossy(why).trim().to_string();
-            *acks.refusal.lock().unwrap_or_else(|p| p.into_inner()) = if why.is_empty() {
+            let why = if why.is_empty() {
                 "no reason given".into()
             } else {
                 why
             };
+            *acks.refusal.lock().unwrap_or_else(|p| p.into_inner()) =
+                format!("the ingester refused the connection: {why}");
             continue;
         }
         if std::mem::take(&mut first) {
@@ -328,7 +331,7 @@ impl Conn {
     fn connect(&mut self) -> anyhow::Result<()> {
         while self.link.is_none() {
             if let Some(why) = &self.refusal {
-                bail!("the ingester refused the connection: {why}");
+                bail!("{why}");
             }
             let addr = &self.addrs[self.next % self.addrs.len()];
             self.next += 1;

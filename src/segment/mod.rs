@@ -34,7 +34,7 @@ pub use filter::{FilterBuilder, Needles};
 pub use footer::{Block, Footer, FormatError, Group, TopicInfo};
 pub use raw::PIECE;
 pub use reader::{ExpiredBlocks, GroupLines, Info, Reader, Records};
-pub use select::{Chunk, ChunkSource, Lines, NEVER, Query, Selection};
+pub use select::{Chunk, ChunkSource, NEVER, Query, Selection};
 pub use source::Source;
 pub use write::{CompressConfig, Summary, compress};
 

@@ -171,23 +171,20 @@ impl<S: Source> Reader<S> {
         }
     }
 
-    /// The selection's matching lines as one merge source, in the query's order.
+    /// The selection's matching lines as one merge source, in the query's order: chunk by
+    /// chunk (a raw segment in pieces too), so that a cancelled search stops within a piece,
+    /// not at the end of a segment with no match in it.
     pub fn lines<'a>(
         &'a self,
         sel: &'a Selection,
         q: Query<'a>,
         label: &'a Path,
         corrupt: &'a AtomicU64,
-    ) -> io::Result<Lines<'a>>
+    ) -> io::Result<ChunkSource<'a>>
     where
         S: 'a,
     {
-        // Chunk by chunk (a raw segment in pieces too), so that a cancelled search stops
-        // within a piece, not at the end of a segment with no match in it.
-        let chunks = self.chunks(sel, &q, label);
-        Ok(Lines::Chunked(Box::new(ChunkSource::new(
-            chunks, q, corrupt,
-        )?)))
+        ChunkSource::new(self.chunks(sel, &q, label), q, corrupt)
     }
 }
 
@@ -439,24 +436,5 @@ impl merge::Source for ChunkSource<'_> {
     fn advance(&mut self) -> io::Result<()> {
         self.lines.advance();
         self.fill()
-    }
-}
-
-/// One segment's matching lines in a query's order, as a merge source.
-pub enum Lines<'a> {
-    /// Chunk by chunk.
-    Chunked(Box<ChunkSource<'a>>),
-}
-
-impl merge::Source for Lines<'_> {
-    fn current(&self) -> Option<&[u8]> {
-        match self {
-            Lines::Chunked(c) => c.current(),
-        }
-    }
-    fn advance(&mut self) -> io::Result<()> {
-        match self {
-            Lines::Chunked(c) => c.advance(),
-        }
     }
 }
