@@ -146,6 +146,24 @@ fn oklog_segment_reads_regular_files_only() {
         assert!(err.contains("not a regular file"), "{cmd} {file}: {err}");
         assert!(started.elapsed() < Duration::from_secs(5), "{cmd} {file}");
     }
+    // A regular file that is no segment: described, not a panic.
+    let junk = dir.path().join("junk.flushed");
+    std::fs::write(&junk, b"a\nb").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["segment", "info", junk.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("records   2") && text.contains("time      ? .. ?"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -77,8 +77,14 @@ fn cat(path: &Path, out: &mut impl Write) -> io::Result<u64> {
     Ok(records.corrupt_blocks())
 }
 
+/// The time of a record's ULID, or `?` when the line does not start with one (a damaged or
+/// foreign file: bytes from disk never make it panic).
 fn time(id: &[u8]) -> String {
-    gotime::rfc3339_utc_millis(ulid_ms(id) as i64)
+    if crate::record::is_valid_ulid(id) {
+        gotime::rfc3339_utc_millis(ulid_ms(id) as i64)
+    } else {
+        "?".to_string()
+    }
 }
 
 /// Describe `path`; returns the blocks that fail their checksum.

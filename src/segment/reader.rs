@@ -196,24 +196,24 @@ impl<S: Source> Reader<S> {
     pub fn info(&self) -> Info {
         let Some(footer) = &self.footer else {
             let lines = self.src.whole().unwrap_or_default();
-            let mut info = Info {
+            // A line's first ULID_LEN bytes (fewer for a short line).
+            let id = |line: &[u8]| {
+                let line = line.split(|&c| c == b'\n').next().unwrap_or_default();
+                line[..line.len().min(ULID_LEN)].to_vec()
+            };
+            // The last line starts after the last newline but its own.
+            let body = &lines[..lines.len().saturating_sub(1)];
+            let last = memchr::memrchr(b'\n', body).map_or(0, |i| i + 1);
+            let records = lines.split_inclusive(|&c| c == b'\n').count() as u64;
+            return Info {
                 format: Format::Raw,
+                records,
+                low: (records > 0).then(|| id(lines)),
+                high: (records > 0).then(|| id(&lines[last..])),
                 stored_bytes: self.len(),
                 raw_bytes: self.len(),
                 ..Default::default()
             };
-            let mut last = 0;
-            for l in lines.split_inclusive(|&c| c == b'\n') {
-                info.records += 1;
-                info.low
-                    .get_or_insert_with(|| l[..l.len().min(ULID_LEN)].to_vec());
-                last = l.as_ptr() as usize - lines.as_ptr() as usize;
-            }
-            if info.records > 0 {
-                let l = &lines[last..];
-                info.high = Some(l[..l.len().min(ULID_LEN)].to_vec());
-            }
-            return info;
         };
         let mixed: Vec<&Block> = footer.blocks.iter().filter(|b| b.topic == MIXED).collect();
         let corrupt = footer
