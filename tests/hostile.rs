@@ -170,10 +170,13 @@ fn floods_of_idle_connections_and_half_sent_requests_stay_bounded() {
     }
     // Every ingest connection is being served.
     eventually(Duration::from_secs(20), "the flood to be served", || {
-        let m = http("GET", &api, "/metrics", b"").text();
-        (m.contains(r#"oklog_connected_clients{modality="fast"} 1500"#)
-            && m.contains(r#"oklog_connected_clients{modality="durable"} 1500"#))
-        .then_some(())
+        let served = |m: &str| {
+            metric(
+                &api,
+                &format!("oklog_connected_clients{{modality=\"{m}\"}}"),
+            )
+        };
+        (served("fast") == Some(1500.0) && served("durable") == Some(1500.0)).then_some(())
     });
     eprintln!("flood open after {:?}", t0.elapsed());
     let (threads, rss) = threads_and_rss(pid);

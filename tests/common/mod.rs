@@ -469,12 +469,7 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 /// `oklog_store_streams` gauge): a stream sees only what arrives after that.
 pub fn wait_for_streams(api: &str, want: u64) {
     eventually(Duration::from_secs(20), "the streams to register", || {
-        let metrics = http("GET", api, "/metrics", b"").text();
-        let n = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("oklog_store_streams "))
-            .and_then(|v| v.trim().parse::<u64>().ok())?;
-        (n >= want).then_some(())
+        (metric(api, "oklog_store_streams")? >= want as f64).then_some(())
     });
 }
 
