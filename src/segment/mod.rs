@@ -73,18 +73,22 @@ impl Format {
 
     /// The format of the file at `path`, from its first bytes (raw if it cannot be read).
     pub fn of_file(path: &std::path::Path) -> Format {
-        use std::io::Read;
+        std::fs::File::open(path)
+            .and_then(|mut f| Format::read_from(&mut f))
+            .unwrap_or(Format::Raw)
+    }
+
+    /// The format of what `r` reads next (a file's first bytes).
+    pub fn read_from(r: &mut impl std::io::Read) -> std::io::Result<Format> {
         let mut head = [0u8; MAGIC.len()];
         let mut n = 0;
-        if let Ok(mut f) = std::fs::File::open(path) {
-            while n < head.len() {
-                match f.read(&mut head[n..]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => n += k,
-                }
+        while n < head.len() {
+            match r.read(&mut head[n..])? {
+                0 => break,
+                k => n += k,
             }
         }
-        Format::of(&head[..n])
+        Ok(Format::of(&head[..n]))
     }
 
     /// `raw` or `compressed`.

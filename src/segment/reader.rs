@@ -5,7 +5,7 @@
 //! [`Reader::select`] (in `select.rs`).
 
 use std::fs::File;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use memmap2::Mmap;
@@ -46,13 +46,17 @@ pub(super) fn map_file(path: &Path) -> io::Result<Option<Mmap>> {
     if file.metadata()?.len() == 0 {
         return Ok(None);
     }
+    map(&file).map(Some)
+}
+
+/// Map an open segment file read-only.
+fn map(file: &File) -> io::Result<Mmap> {
     // SAFETY: segment files are never modified in place: the store only renames them,
     // replaces them by a rename, or unlinks them, none of which changes the mapped inode's
     // bytes (truncating a mapped file would raise SIGBUS; only the store's start-up recovery
     // truncates, and only `.active` files, which are never mapped). `oklog segment` maps the
     // files a user names, with the same expectation.
-    let map = unsafe { Mmap::map(&file)? };
-    Ok(Some(map))
+    unsafe { Mmap::map(file) }
 }
 
 impl Reader<Mmap> {
@@ -299,14 +303,14 @@ impl Records {
     /// Open the segment file at `path`.
     pub fn open(path: &Path) -> io::Result<Records> {
         regular_file(path)?;
-        if Format::of_file(path) == Format::Compressed
-            && let Some(map) = map_file(path)?
-        {
-            return Ok(Records::Compressed(Box::new(GroupLines::new(map)?)));
+        let mut file = File::open(path)?;
+        if Format::read_from(&mut file)? == Format::Compressed {
+            return Ok(Records::Compressed(Box::new(GroupLines::new(map(&file)?)?)));
         }
+        file.seek(SeekFrom::Start(0))?;
         Ok(Records::Raw(ReaderLines::new(BufReader::with_capacity(
             256 << 10,
-            File::open(path)?,
+            file,
         ))?))
     }
 

@@ -95,10 +95,7 @@ impl<S: Source> Reader<S> {
             .iter()
             .map(|t| q.matcher.expiry.as_ref().map_or(0, |e| (e.cutoff)(&t.name)))
             .collect();
-        let mut sel = Selection {
-            groups: Some(Vec::new()),
-            ..Default::default()
-        };
+        let mut sel = Selection::default();
         let mut chosen = Vec::new();
         let first = footer
             .groups

@@ -176,8 +176,9 @@ impl Plan {
             let opened: Vec<&Arc<Reader<Mmap>>> = self.opened[batch].iter().flatten().collect();
             match opened[..] {
                 [] => {}
-                [o] if self.unreadable == 0 && o.raw().is_some() => {
-                    let m = o.raw().unwrap_or_default();
+                [o] if self.unreadable == 0
+                    && let Some(m) = o.raw() =>
+                {
                     let r = crate::search::time_range(m, p.from_ms, p.to_ms);
                     if !r.is_empty() {
                         out.push(bytes::Bytes::from_owner(SharedMap(Arc::clone(o))).slice(r));

@@ -527,9 +527,8 @@ fn shared_answer(ranges: Vec<Bytes>, mut headers: HeaderMap) -> Response {
 /// the limit), with context chosen around the matches, or only their ULIDs (and topics).
 struct Encoder {
     output: Output,
-    /// Records still wanted (`limit`).
-    left: u64,
-    limited: bool,
+    /// Records still wanted, with a `limit`.
+    left: Option<u64>,
     /// With context lines: the context, and what tells a match from context.
     ctx: Option<(Context, Matcher, u64, u64)>,
 }
@@ -547,8 +546,7 @@ impl Encoder {
         });
         Encoder {
             output,
-            left: params.limit.unwrap_or(u64::MAX),
-            limited: params.limit.is_some(),
+            left: params.limit,
             ctx,
         }
     }
@@ -564,10 +562,9 @@ impl Encoder {
             }
             return !ctx.done();
         }
-        let lines = if self.limited {
-            take_lines(lines, &mut self.left)
-        } else {
-            lines
+        let lines = match &mut self.left {
+            Some(left) => take_lines(lines, left),
+            None => lines,
         };
         match self.output {
             Output::Records => buf.extend_from_slice(lines),
@@ -593,7 +590,7 @@ impl Encoder {
                 }
             }
         }
-        self.left > 0
+        self.left != Some(0)
     }
 
     /// Write what the context still holds.
