@@ -10,6 +10,7 @@
 //! - [`merge`]: k-way merge with ULID dedup.
 //! - [`stream`]: the user stream: fan-out to store nodes, window deduplication.
 //! - [`cluster`]: who the peers are.
+//! - [`memory`]: the allocator tamed, and the budget clients' buffers are counted in.
 //! - [`http`]: shared server and client plumbing, `/health`, `/metrics`.
 //! - [`security`]: TLS, tokens with roles, the cluster key.
 //! - [`ui`]: the embedded web UI at `/ui/`.
@@ -23,6 +24,7 @@ pub mod failpoint;
 pub mod gotime;
 pub mod http;
 pub mod ingest;
+pub mod memory;
 pub mod merge;
 pub mod metrics;
 pub mod record;

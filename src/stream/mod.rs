@@ -307,6 +307,9 @@ pub async fn run(
     for (_, task) in conns {
         task.abort();
     }
+    // Its deduplication sets were many small allocations: hand them back soon.
+    drop(dedup);
+    crate::memory::trim_soon();
 }
 
 /// Send a chunk to the client; `false` if it went away or took nothing for [`CLIENT_STALL`].

@@ -103,7 +103,7 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         tracing::warn!(%advertise_ip, "this node advertises an address other hosts cannot reach; set -cluster.advertise-addr");
     }
     raise_open_files_limit();
-    let _trimming = tame_the_allocator();
+    let _trimming = crate::memory::tame_the_allocator();
     // Connections are tasks on the workers; blocking work (file I/O, fsync, local searches)
     // runs on a bounded pool, so no client can make the node start threads without end.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -168,38 +168,6 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         };
         node.serve(api_listener, ingest, store, parts).await
     })
-}
-
-/// Keep the allocator from holding on to memory a flood of connections used: at most a few
-/// malloc arenas (glibc makes up to 8 per core, one per busy thread, and a freed buffer stays in
-/// the arena of the thread that freed it), and free pages handed back to the kernel every 10 s,
-/// by a thread that ends when the returned guard is dropped (with the node).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tame_the_allocator() -> std::sync::mpsc::Sender<()> {
-    // SAFETY: mallopt is called before any thread but this one exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 4);
-    }
-    let (guard, stopped) = std::sync::mpsc::channel::<()>();
-    std::thread::Builder::new()
-        .name("malloc-trim".into())
-        .spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(Duration::from_secs(10))
-            {
-                // SAFETY: malloc_trim only releases free memory.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
-            }
-        })
-        .ok();
-    guard
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tame_the_allocator() -> std::sync::mpsc::Sender<()> {
-    std::sync::mpsc::channel().0
 }
 
 /// Threads the runtime may start for blocking work.
