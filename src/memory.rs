@@ -1,7 +1,8 @@
 //! Memory a node holds for its clients: the allocator tamed (few arenas, free pages handed
 //! back), and the one budget every client-driven buffer is counted in.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Set when a large buffer was freed: the trimming thread hands free pages back at its next
@@ -58,4 +59,155 @@ pub fn tame_the_allocator() -> std::sync::mpsc::Sender<()> {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn tame_the_allocator() -> std::sync::mpsc::Sender<()> {
     std::sync::mpsc::channel().0
+}
+
+/// The bytes all clients together may make the node hold (`-api.memory-budget`, 256 MiB):
+/// push bodies as they arrive, their decompressed copies and the records decoded from them,
+/// live streams' held records and remembered IDs, the ingest connections' buffers. What is
+/// counted is what is held, as it is held; past the budget a request is refused (503, with a
+/// reason) rather than waited for.
+pub const DEFAULT_BUDGET: usize = 256 << 20;
+
+/// A shared count of bytes held against a limit. Cheap to take from and give back to from any
+/// thread (an atomic), so synchronous decoders count as they build.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    held: AtomicUsize,
+}
+
+/// Bytes held against a [`Budget`], given back when dropped.
+#[derive(Debug)]
+pub struct Hold {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+/// A budget had no room for what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "busy: clients hold {held_mib} MiB of the node's {limit_mib} MiB memory budget (-api.memory-budget); {want_kib} KiB more did not fit"
+)]
+pub struct Full {
+    /// MiB held when it was refused.
+    pub held_mib: usize,
+    /// The budget, in MiB.
+    pub limit_mib: usize,
+    /// What was asked, in KiB.
+    pub want_kib: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            limit,
+            held: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// An empty hold, to grow as its owner takes memory.
+    pub fn hold(self: &Arc<Self>) -> Hold {
+        Hold {
+            budget: Arc::clone(self),
+            bytes: 0,
+        }
+    }
+
+    /// A hold of `bytes`, if they fit.
+    pub fn try_hold(self: &Arc<Self>, bytes: usize) -> Result<Hold, Full> {
+        let mut hold = self.hold();
+        hold.grow(bytes)?;
+        Ok(hold)
+    }
+
+    fn take(&self, bytes: usize) -> Result<(), Full> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|&h| h <= self.limit)
+            })
+            .map(|_| ())
+            .map_err(|held| Full {
+                held_mib: held >> 20,
+                limit_mib: self.limit >> 20,
+                want_kib: bytes.div_ceil(1024),
+            })
+    }
+}
+
+impl Hold {
+    /// Hold `bytes` more, if they fit in the budget.
+    pub fn grow(&mut self, bytes: usize) -> Result<(), Full> {
+        self.budget.take(bytes)?;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Hold exactly `bytes`: more if they fit, or give back what is over.
+    pub fn set(&mut self, bytes: usize) -> Result<(), Full> {
+        if bytes > self.bytes {
+            self.grow(bytes - self.bytes)
+        } else {
+            self.budget
+                .held
+                .fetch_sub(self.bytes - bytes, Ordering::AcqRel);
+            self.bytes = bytes;
+            Ok(())
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The budget this hold counts against.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+        if self.bytes >= TRIM_AFTER_FREEING {
+            trim_soon();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_count_against_one_limit_and_give_back_when_dropped() {
+        let budget = Budget::new(10 << 20);
+        let mut a = budget.try_hold(6 << 20).unwrap();
+        let err = budget.try_hold(5 << 20).unwrap_err();
+        assert_eq!((err.held_mib, err.limit_mib), (6, 10));
+        assert!(err.to_string().contains("-api.memory-budget"), "{err}");
+        let mut b = budget.hold();
+        b.grow(4 << 20).unwrap();
+        assert!(b.grow(1).is_err(), "full");
+        assert_eq!(b.bytes(), 4 << 20, "a refused grow holds nothing more");
+        a.set(1 << 20).unwrap();
+        assert_eq!(budget.held(), 5 << 20);
+        b.set(9 << 20).unwrap();
+        assert!(a.set(2 << 20).is_err());
+        drop(b);
+        assert_eq!(budget.held(), 1 << 20);
+        drop(a);
+        assert_eq!(budget.held(), 0);
+    }
 }

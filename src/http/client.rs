@@ -133,12 +133,43 @@ pub fn empty_body() -> ClientBody {
         .boxed()
 }
 
-/// A request body that streams a file.
+/// A request body that streams a file, declaring its length (so the request carries a
+/// `Content-Length`, and the receiver allows a large file the time it needs).
 pub fn file_client_body(file: std::fs::File) -> ClientBody {
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
+    let len = file.metadata().map(|m| m.len()).ok();
     let stream = futures_util::StreamExt::map(file_chunks(file), |r| r.map(Frame::data));
-    StreamBody::new(stream).boxed()
+    Declared {
+        inner: StreamBody::new(Box::pin(stream)),
+        len,
+    }
+    .boxed()
+}
+
+/// A body whose length is known before it is read.
+struct Declared<B> {
+    inner: B,
+    len: Option<u64>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Declared<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.len {
+            Some(n) => hyper::body::SizeHint::with_exact(n),
+            None => self.inner.size_hint(),
+        }
+    }
 }
 
 /// Send a request with `body` and return the status and the response body; `timeout` bounds

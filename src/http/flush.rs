@@ -34,17 +34,49 @@ tokio::task_local! {
     pub static FLUSHES: Flushes;
 }
 
-/// A connection's stream, counting completed flushes.
+/// A connection's stream, counting completed flushes, and failing a write that makes no
+/// progress for its write timeout: a client that stops reading loses its connection (and the
+/// response, its query slot and buffers with it) instead of holding them for ever.
 #[derive(Debug)]
 pub struct FlushIo<S> {
     inner: S,
     flushes: Flushes,
+    write_timeout: std::time::Duration,
+    /// Since the first write that could not go out, until one does.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> FlushIo<S> {
-    /// `inner`, its flushes counted in `flushes`.
-    pub fn new(inner: S, flushes: Flushes) -> Self {
-        FlushIo { inner, flushes }
+    /// `inner`, its flushes counted in `flushes`, its writes cut off after `write_timeout`
+    /// without progress.
+    pub fn new(inner: S, flushes: Flushes, write_timeout: std::time::Duration) -> Self {
+        FlushIo {
+            inner,
+            flushes,
+            write_timeout,
+            stalled: None,
+        }
+    }
+
+    /// `poll` as the inner stream answered it, with the stall timer started, checked or
+    /// cleared.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        use std::future::Future;
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.write_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took nothing for {timeout:?} (-api.write-timeout)"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -64,7 +96,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FlushIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -72,7 +105,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FlushIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -80,7 +114,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FlushIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let done = ready!(Pin::new(&mut self.inner).poll_flush(cx));
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        let done = ready!(self.watch(cx, poll));
         if done.is_ok() {
             self.flushes.0.count.fetch_add(1, Ordering::SeqCst);
             self.flushes.0.waiting.wake();

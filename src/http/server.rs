@@ -265,6 +265,14 @@ pub async fn bind(name: &'static str, addr: &str) -> io::Result<TcpListener> {
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request body that sends nothing for this long is cut off.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body must arrive whole within this, plus [`BODY_TIME_PER_MIB`] for each MiB its
+/// `Content-Length` declares: a client that trickles a byte now and then is cut off however
+/// steadily it trickles.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A response write that makes no progress for this long ends its connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a body may take per MiB it declares, beyond [`BODY_TIMEOUT`] (1 s: a link of 1 MiB/s).
+pub const BODY_TIME_PER_MIB: Duration = Duration::from_secs(1);
 /// The largest request head (request line and headers) accepted: larger ones get a 431.
 pub const MAX_HEAD_BYTES: usize = 256 << 10;
 /// hyper's read buffer limit that enforces [`MAX_HEAD_BYTES`]: hyper checks its limit only
@@ -282,6 +290,11 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// Time a request body may send nothing (`-api.body-idle-timeout`).
     pub body_idle: Duration,
+    /// Time a request body may take in all, beyond [`BODY_TIME_PER_MIB`] per MiB it declares
+    /// (`-api.body-timeout`).
+    pub body_total: Duration,
+    /// Time a response write may make no progress (`-api.write-timeout`).
+    pub write: Duration,
 }
 
 impl Default for Timeouts {
@@ -289,6 +302,8 @@ impl Default for Timeouts {
         Timeouts {
             header_read: HEADER_READ_TIMEOUT,
             body_idle: BODY_IDLE_TIMEOUT,
+            body_total: BODY_TIMEOUT,
+            write: WRITE_TIMEOUT,
         }
     }
 }
@@ -333,7 +348,13 @@ pub async fn serve_tls(
         .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found\n") })
         .layer(axum::middleware::map_request(
             move |req: axum::extract::Request| async move {
-                req.map(|b| Body::new(IdleBody::new(b, timeouts.body_idle)))
+                let declared = req
+                    .headers()
+                    .get(axum::http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let total = timeouts.body_total + BODY_TIME_PER_MIB * (declared >> 20) as u32;
+                req.map(|b| Body::new(IdleBody::new(b, timeouts.body_idle, total)))
             },
         ));
     let service = hyper_util::service::TowerToHyperService::new(router);
@@ -374,7 +395,7 @@ pub async fn serve_tls(
         let flushes = flush::Flushes::default();
         match &tls {
             None => {
-                let io = TokioIo::new(flush::FlushIo::new(stream, flushes.clone()));
+                let io = TokioIo::new(flush::FlushIo::new(stream, flushes.clone(), timeouts.write));
                 let conn = graceful.watch(http1.serve_connection(io, service.clone()));
                 let conn = flush::FLUSHES.scope(flushes, conn);
                 tokio::spawn(async move {
@@ -401,7 +422,11 @@ pub async fn serve_tls(
                                     hyper::service::Service::call(&service, req)
                                 },
                             );
-                            let io = TokioIo::new(flush::FlushIo::new(tls, flushes.clone()));
+                            let io = TokioIo::new(flush::FlushIo::new(
+                                tls,
+                                flushes.clone(),
+                                timeouts.write,
+                            ));
                             let conn = watcher.watch(http1.serve_connection(io, service));
                             if let Err(e) = flush::FLUSHES.scope(flushes, conn).await {
                                 tracing::debug!(%peer, error = %e, "API connection ended");
@@ -447,20 +472,25 @@ impl hyper::body::Body for Held {
     }
 }
 
-/// A request body that fails when no data arrives for `idle`: a client that stops sending
-/// mid-body never holds a handler (and, for a replicate, its file) for longer.
+/// A request body that fails when no data arrives for `idle`, or when it has not ended
+/// within `total`: a client that stops sending mid-body, or trickles it, never holds a
+/// handler (and, for a replicate, its file) for longer.
 struct IdleBody {
     inner: Body,
     idle: Duration,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    total: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl IdleBody {
-    fn new(inner: Body, idle: Duration) -> IdleBody {
+    fn new(inner: Body, idle: Duration, total: Duration) -> IdleBody {
         IdleBody {
             inner,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
+            total,
+            deadline: Box::pin(tokio::time::sleep(total)),
         }
     }
 }
@@ -482,13 +512,19 @@ impl hyper::body::Body for IdleBody {
                 this.timer.as_mut().reset(next);
                 Poll::Ready(frame)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(io::Error::new(
+            Poll::Pending => {
+                let message = if this.timer.as_mut().poll(cx).is_ready() {
+                    format!("request body idle for {:?}", this.idle)
+                } else if this.deadline.as_mut().poll(cx).is_ready() {
+                    format!("request body not received whole within {:?}", this.total)
+                } else {
+                    return Poll::Pending;
+                };
+                Poll::Ready(Some(Err(axum::Error::new(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("request body idle for {:?}", this.idle),
-                ))))),
-                Poll::Pending => Poll::Pending,
-            },
+                    message,
+                )))))
+            }
         }
     }
 

@@ -193,8 +193,17 @@ async fn handle<S: Socket>(
             )
             .await;
         }
-        let mut batch = vec![0u8; len];
-        read_exact(stream, &mut batch).await?;
+        // The batch is held against the memory budget as it arrives, and its records as they
+        // are made; a batch the budget has no room for ends the connection (the client sends
+        // it again, with the same ULIDs).
+        let mut hold = ing.budget.hold();
+        let batch = match read_batch(stream, len, &mut hold).await? {
+            Ok(b) => b,
+            Err(full) => return reply(stream, &format!("ERR {full}")).await,
+        };
+        if let Err(full) = hold.set(batch.len() * 2 + batch.len() / 8) {
+            return reply(stream, &format!("ERR {full}")).await;
+        }
         let (records, n) = match to_records(&batch, &ing.framer.topic, ing.framer.mode) {
             Ok(r) => r,
             Err(BadBatch(why)) => {
@@ -203,6 +212,7 @@ async fn handle<S: Socket>(
             }
         };
         drop(batch);
+        let _ = hold.set(records.capacity());
         if n == 0 {
             reply(stream, "OK 0").await?;
             continue;
@@ -219,6 +229,31 @@ async fn handle<S: Socket>(
         };
         reply(stream, &answer).await?;
     }
+}
+
+/// Read a batch of `len` bytes in pieces, holding what has arrived against the budget: a
+/// client that declares 64 MiB and sends a byte holds a byte.
+async fn read_batch<S: Socket>(
+    stream: &mut S,
+    len: usize,
+    hold: &mut crate::memory::Hold,
+) -> io::Result<Result<Vec<u8>, crate::memory::Full>> {
+    const PIECE: usize = 1 << 20;
+    let mut batch: Vec<u8> = Vec::new();
+    while batch.len() < len {
+        let want = (batch.len() + PIECE).min(len);
+        if batch.capacity() < want {
+            let cap = (batch.capacity() * 2).max(want).min(len);
+            if let Err(full) = hold.set(cap) {
+                return Ok(Err(full));
+            }
+            batch.reserve_exact(cap - batch.len());
+        }
+        let at = batch.len();
+        batch.resize(want, 0);
+        read_exact(stream, &mut batch[at..]).await?;
+    }
+    Ok(Ok(batch))
 }
 
 /// Write the batch as one flushed segment and wait until a store node commits it.

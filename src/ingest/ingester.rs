@@ -89,6 +89,8 @@ pub struct Ingester {
     pub(super) failed_log: Throttle,
     /// TLS and credentials.
     pub(super) door: Arc<Door>,
+    /// The node's memory budget, which bulk batches are read against.
+    pub(super) budget: Arc<crate::memory::Budget>,
 }
 
 /// What every ingest listener checks at the door: TLS (`-tls.cert-file`), and who may send (a
@@ -126,12 +128,19 @@ impl Ingester {
             refused_log: Throttle::new(Duration::from_secs(10)),
             failed_log: Throttle::new(Duration::from_secs(10)),
             door,
+            budget: crate::memory::Budget::new(usize::MAX),
         }
     }
 
     /// Check every connection at `door`.
     pub fn secured(mut self, door: Arc<Door>) -> Self {
         self.door = door;
+        self
+    }
+
+    /// The ingester with the node's memory `budget` (unlimited without).
+    pub fn budgeted(mut self, budget: Arc<crate::memory::Budget>) -> Self {
+        self.budget = budget;
         self
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
@@ -55,6 +55,8 @@ pub struct Gateway {
     local: Option<(String, Arc<super::StoreApi>)>,
     /// This node's topic retention, shown by `/store/topics`.
     retention: Option<Arc<Retention>>,
+    /// The node's memory budget, which live streams hold their records and IDs against.
+    budget: Arc<crate::memory::Budget>,
 }
 
 impl Gateway {
@@ -65,35 +67,37 @@ impl Gateway {
         metrics: Arc<Metrics>,
         me: String,
         store: Arc<super::StoreApi>,
-    ) -> Arc<Self> {
-        Arc::new(Gateway {
+    ) -> Self {
+        Gateway {
             peers,
             client,
             metrics,
             local: Some((me, store)),
             retention: None,
-        })
+            budget: crate::memory::Budget::new(usize::MAX),
+        }
     }
 
     /// The same gateway showing `retention` in `/store/topics`.
-    pub fn with_retention(self: Arc<Self>, retention: Arc<Retention>) -> Arc<Self> {
-        Arc::new(Gateway {
-            peers: Arc::clone(&self.peers),
-            client: self.client.clone(),
-            metrics: Arc::clone(&self.metrics),
-            local: self.local.clone(),
-            retention: Some(retention),
-        })
+    pub fn with_retention(mut self, retention: Arc<Retention>) -> Self {
+        self.retention = Some(retention);
+        self
     }
 
-    /// `GET|HEAD /store/query`.
-    pub fn router(self: &Arc<Self>) -> Router {
+    /// The same gateway holding its live streams against the node's memory `budget`.
+    pub fn with_budget(mut self, budget: Arc<crate::memory::Budget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// `GET|HEAD /store/query`, `/store/hits`, `/store/topics`, and `GET /store/stream`.
+    pub fn router(self) -> Router {
         Router::new()
             .route("/store/query", get(query).head(query))
             .route("/store/hits", get(hits).head(hits))
             .route("/store/topics", get(topics).head(topics))
             .route("/store/stream", get(stream))
-            .with_state(Arc::clone(self))
+            .with_state(Arc::new(self))
     }
 }
 
@@ -508,6 +512,17 @@ async fn stream(
         Ok(w) => w,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("parsing 'window': {e}\n")),
     };
+    // What the stream holds (its records within the window, the IDs it remembers) is held
+    // against the memory budget; a stream starts only with room for its first chunks.
+    let hold = match gw.budget.try_hold(crate::stream::START_HOLD) {
+        Ok(h) => h,
+        Err(full) => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, format!("{full}\n"));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+    };
     // A few chunks of about 256 KiB: a client that stops reading holds no more than that here
     // (and its peers drop it once their queues are full).
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
@@ -517,6 +532,7 @@ async fn stream(
         raw.unwrap_or_default(),
         window,
         tx,
+        hold,
     ));
     let body = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|o| o.map(Ok::<_, io::Error>))

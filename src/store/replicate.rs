@@ -10,6 +10,10 @@ use std::path::PathBuf;
 
 use crate::record::{BODY_OFFSET, ULID_LEN, check_record};
 
+/// Replicas received at once at most; one more is a 503 (its sender tries again on its next
+/// round). Each holds an `.active` file until its body ends or times out.
+pub const MAX_RECEIVING: usize = 64;
+
 /// Why a replicate body was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {

@@ -71,6 +71,11 @@ pub const CLIENT_STALL: Duration = Duration::from_secs(30);
 /// recently touched half is forgotten.
 pub const MAX_EMITTED: usize = 2_000_000;
 
+/// Bytes a stream must find room for in the memory budget to start (1 MiB: its first chunks).
+pub const START_HOLD: usize = 1 << 20;
+/// Bytes a remembered ID costs, with its share of the hash table.
+const ID_COST: usize = 24;
+
 /// Bits of a [`Key`] below its bucket number: a bucket of the seen set covers 32 ms of ULID
 /// time (about 32 k records at 1 M records/s, a table that stays in cache).
 const BUCKET_SHIFT: u32 = 80 + 5;
@@ -116,6 +121,8 @@ pub struct Deduplicator {
     /// The batch being sorted at a tick: key, held chunk, line start and end (kept between
     /// ticks for its allocation).
     batch: Vec<(Key, u32, u32, u32)>,
+    /// Set by [`Deduplicator::shed`]: the next tick emits everything held.
+    shed: bool,
 }
 
 impl Deduplicator {
@@ -128,7 +135,24 @@ impl Deduplicator {
             buckets: Vec::new(),
             remembered: 0,
             batch: Vec::new(),
+            shed: false,
         }
+    }
+
+    /// About the bytes the deduplicator holds: the records, their line index, the IDs.
+    pub fn cost(&self) -> usize {
+        let lines: usize = self.held.iter().map(|c| c.lines.capacity() * 16).sum();
+        self.held_bytes + lines + self.remembered * ID_COST + self.batch.capacity() * 32
+    }
+
+    /// Give memory up now: forget every remembered ID (a late copy of a record already sent
+    /// may then go out again) and let the next tick emit everything held, whatever its
+    /// window. Nothing is lost; order and deduplication are what is given up.
+    pub fn shed(&mut self) {
+        self.buckets = Vec::new();
+        self.remembered = 0;
+        self.batch = Vec::new();
+        self.shed = true;
     }
 
     /// A chunk of whole record lines (each ending in `\n`) arrived at `now`.
@@ -177,7 +201,7 @@ impl Deduplicator {
 
     /// Whether more is held than [`MAX_HELD_BYTES`] (so the next tick should come now).
     pub fn over_limit(&self) -> bool {
-        self.held_bytes > MAX_HELD_BYTES
+        self.held_bytes > MAX_HELD_BYTES || self.shed
     }
 
     /// The lines of the records whose hold time is up at `now` (and, past the memory bound,
@@ -201,11 +225,16 @@ impl Deduplicator {
         }
 
         let over = self.held_bytes > MAX_HELD_BYTES;
+        let floor = if std::mem::take(&mut self.shed) {
+            0
+        } else {
+            MAX_HELD_BYTES / 2
+        };
         let mut due = 0;
         let mut left = self.held_bytes;
         for chunk in &self.held {
             let late = now.duration_since(chunk.arrived) >= self.window;
-            let pressed = over && left > MAX_HELD_BYTES / 2;
+            let pressed = (over || floor == 0) && left > floor;
             if !(late || pressed) {
                 break;
             }
@@ -245,13 +274,16 @@ pub fn parse_window(value: Option<&str>) -> Result<Duration, crate::gotime::Dura
 }
 
 /// Fan out to every store node's `/store/_stream?<raw>`, deduplicate with `window`, and send
-/// chunks of record lines to `out` until it closes.
+/// chunks of record lines to `out` until it closes. What the deduplicator holds is kept in
+/// `hold`; when the memory budget has no room for more, the stream sheds
+/// ([`Deduplicator::shed`]) rather than grow.
 pub async fn run(
     peers: Arc<dyn Peers>,
     client: Client,
     raw: String,
     window: Duration,
     out: mpsc::Sender<Bytes>,
+    mut hold: crate::memory::Hold,
 ) {
     // Chunks of whole lines from the peers (each a frame's worth, copied once).
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
@@ -280,6 +312,10 @@ pub async fn run(
                 if let Some(chunk) = chunk {
                     dedup.insert(chunk, Instant::now());
                 }
+                if hold.set(dedup.cost().max(START_HOLD)).is_err() {
+                    dedup.shed();
+                    let _ = hold.set(dedup.cost().max(START_HOLD));
+                }
                 if dedup.over_limit() {
                     tick.reset_immediately();
                 }
@@ -288,6 +324,7 @@ pub async fn run(
                 // Due lines go out in chunks of whole lines: one body frame per line would
                 // cost the client more than the records.
                 let mut due = dedup.tick(Instant::now());
+                let _ = hold.set(dedup.cost().max(START_HOLD));
                 let mut gone = false;
                 while !due.is_empty() && !gone {
                     let cut = if due.len() <= OUT_CHUNK {
@@ -448,6 +485,29 @@ mod tests {
     }
 
     #[test]
+    fn a_shed_stream_emits_what_it_holds_and_forgets_what_it_sent() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(3);
+        let mut d = Deduplicator::new(w);
+        let (r1, r2) = (rec(0, "A"), rec(5, "B"));
+        d.insert(r1.clone(), t0);
+        assert!(d.tick(t0).is_empty());
+        d.insert(r2.clone(), t0);
+        let before = d.cost();
+        assert!(before > 0);
+        d.shed();
+        assert!(d.over_limit(), "the next tick comes at once");
+        assert_eq!(d.tick(t0), join(&[&r1, &r2]), "all held, in order, now");
+        assert!(d.cost() < before, "{} < {before}", d.cost());
+        // Deduplication starts over: a copy of what went out goes out again (not lost).
+        d.insert(r1.clone(), t0);
+        assert_eq!(d.tick(t0 + w), r1);
+        // And the window applies again after a shed.
+        d.insert(rec(9, "C"), t0 + w);
+        assert!(d.tick(t0 + w).is_empty());
+    }
+
+    #[test]
     fn held_bytes_are_bounded_and_nothing_is_lost() {
         // Two peers send the same records in interleaved chunks, far faster than the window:
         // past the bound the earliest arrivals go out early, each record exactly once, and
@@ -503,7 +563,14 @@ mod tests {
             store: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
         });
         let (tx, rx) = mpsc::channel(1);
-        let run = tokio::spawn(run(peers, http::client(), "q=x".into(), MIN_WINDOW, tx));
+        let run = tokio::spawn(run(
+            peers,
+            http::client(),
+            "q=x".into(),
+            MIN_WINDOW,
+            tx,
+            crate::memory::Budget::new(usize::MAX).hold(),
+        ));
         tokio::time::sleep(Duration::from_millis(250)).await;
         drop(rx);
         tokio::time::timeout(Duration::from_secs(2), run)

@@ -32,6 +32,7 @@ pub async fn build_ingest(
     cfg: &IngestConfig,
     security: &SecurityParts,
     metrics: &Arc<Metrics>,
+    budget: &Arc<crate::memory::Budget>,
 ) -> anyhow::Result<IngestParts> {
     let log = Arc::new(IngestLog::open(&cfg.path)?);
     let mut listeners = Vec::new();
@@ -84,6 +85,7 @@ pub async fn build_ingest(
             Arc::clone(metrics),
         )?,
         Arc::clone(metrics),
+        Arc::clone(budget),
     );
     let bulk = Arc::new(crate::ingest::ingester::Waiters::default());
     let door = Arc::new(Door::new(
@@ -105,7 +107,8 @@ pub async fn build_ingest(
             sync,
             Arc::clone(&bulk),
         )
-        .secured(Arc::clone(&door)),
+        .secured(Arc::clone(&door))
+        .budgeted(Arc::clone(budget)),
     );
     let api = IngestApi::new(
         Arc::clone(&log),

@@ -111,6 +111,24 @@ pub fn common_flags(role: &str) -> Vec<Flag> {
             "a request body that sends nothing this long is cut off",
         ),
         flag(
+            "api.body-timeout",
+            Kind::Duration,
+            "60s",
+            "a request body must arrive whole within this, plus 1s per MiB it declares",
+        ),
+        flag(
+            "api.write-timeout",
+            Kind::Duration,
+            "30s",
+            "a response the client takes nothing of for this long ends its connection",
+        ),
+        flag(
+            "api.memory-budget",
+            Kind::Int,
+            "268435456",
+            "bytes all clients together may make the node hold (push bodies and records, live streams, ingest connections' buffers); past it a request gets a 503",
+        ),
+        flag(
             "shutdown-timeout",
             Kind::Duration,
             "5s",
@@ -401,8 +419,11 @@ pub struct NodeConfig {
     pub cluster: ClusterPlan,
     /// How long a graceful shutdown may take (`-shutdown-timeout`, 5s).
     pub shutdown_timeout: Duration,
-    /// `-api.header-timeout` (10s) and `-api.body-idle-timeout` (30s).
+    /// `-api.header-timeout` (10s), `-api.body-idle-timeout` (30s), `-api.body-timeout`
+    /// (60s) and `-api.write-timeout` (30s).
     pub http: crate::http::Timeouts,
+    /// Bytes all clients together may make the node hold (`-api.memory-budget`, 256 MiB).
+    pub memory_budget: usize,
     /// The ingest half (`ingest`, `ingeststore`).
     pub ingest: Option<IngestConfig>,
     /// The store half (`store`, `ingeststore`).
@@ -561,7 +582,10 @@ impl NodeConfig {
             http: crate::http::Timeouts {
                 header_read: nonzero(args, "api.header-timeout")?,
                 body_idle: nonzero(args, "api.body-idle-timeout")?,
+                body_total: nonzero(args, "api.body-timeout")?,
+                write: nonzero(args, "api.write-timeout")?,
             },
+            memory_budget: positive(args, "api.memory-budget")? as usize,
             ingest,
             store,
             security: SecurityConfig::from_args(args)?,

@@ -114,8 +114,9 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     runtime.block_on(async {
         let metrics = Metrics::new();
         let security = build_security(&cfg.security, &metrics)?;
+        let budget = crate::memory::Budget::new(cfg.memory_budget);
         let ingest = match &cfg.ingest {
-            Some(c) => Some(build_ingest(c, &security, &metrics).await?),
+            Some(c) => Some(build_ingest(c, &security, &metrics, &budget).await?),
             None => None,
         };
         let store = match &cfg.store {
@@ -163,6 +164,7 @@ pub fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
             metrics,
             gossip,
             security,
+            budget,
             all_tx,
             all_rx,
         };
@@ -202,6 +204,8 @@ struct Node {
     metrics: Arc<Metrics>,
     gossip: Gossip,
     security: super::build::SecurityParts,
+    /// What all clients together may make the node hold.
+    budget: Arc<crate::memory::Budget>,
     /// The last shutdown phase: everything but the ingest listeners.
     all_tx: watch::Sender<bool>,
     all_rx: watch::Receiver<bool>,
@@ -433,6 +437,7 @@ impl Node {
             Arc::clone(&parts.api),
         )
         .with_retention(Arc::clone(&parts.retention))
+        .with_budget(Arc::clone(&self.budget))
         .router();
         // Each class of work has its own bound, so a gateway's calls to its peers never
         // wait behind the user queries that made them.
@@ -441,6 +446,12 @@ impl Node {
         let gateway = http::limit(gateway, &["/store/stream"], st);
         let local = http::limit(parts.api.router(), &["/store/_query", "/store/_hits"], q);
         let local = http::limit(local, &["/store/_stream"], st);
+        // Replicas being received each hold an `.active` file until their body ends.
+        let local = http::limit(
+            local,
+            &["/store/replicate"],
+            crate::store::replicate::MAX_RECEIVING,
+        );
         local
             .merge(gateway)
             .route("/store/_clusterstate", self.cluster_state())

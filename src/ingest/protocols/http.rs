@@ -18,10 +18,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::writer::{PushWriter, Wait};
-use super::{Batch, Protocol, PushConfig, PushError, elasticsearch, jsonline, loki, otlp};
+use super::{
+    Batch, Protocol, PushConfig, PushError, RECORDS_PER_BODY, elasticsearch, jsonline, loki, otlp,
+};
+use crate::memory::{Budget, Hold};
 use crate::metrics::Metrics;
 
 /// The push endpoints' shared state.
@@ -31,81 +33,59 @@ pub struct Push {
     pub cfg: PushConfig,
     writer: PushWriter,
     metrics: Arc<Metrics>,
-    budget: Arc<Semaphore>,
-    budget_kib: u32,
+    budget: Arc<Budget>,
 }
 
 impl Push {
-    /// Push endpoints writing through `writer`.
-    pub fn new(cfg: PushConfig, writer: PushWriter, metrics: Arc<Metrics>) -> Arc<Push> {
-        Push::with_budget(cfg, writer, metrics, BODY_BUDGET)
-    }
-
-    /// [`Push::new`] with another body budget (tests).
-    pub fn with_budget(
+    /// Push endpoints writing through `writer`, holding what they read and decode against
+    /// `budget` (the node's memory budget).
+    pub fn new(
         cfg: PushConfig,
         writer: PushWriter,
         metrics: Arc<Metrics>,
-        budget: usize,
+        budget: Arc<Budget>,
     ) -> Arc<Push> {
         Arc::new(Push {
             cfg,
             writer,
             metrics,
-            budget: Arc::new(Semaphore::new(budget >> 10)),
-            budget_kib: (budget >> 10) as u32,
+            budget,
         })
     }
 
-    /// A request's body, read and decompressed within `-ingest.max-push-size` and within the
-    /// [`BODY_BUDGET`] all requests share: the room is held (by the returned permit) until the
-    /// request is done. `implicit` is the encoding to assume when the request names none.
+    /// The memory budget pushes hold against.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// A request's body, read and decompressed within `-ingest.max-push-size`, held against
+    /// the memory budget as it arrives (a request holds only what it has sent) and as it is
+    /// decompressed; the returned hold covers the body until it is dropped. `implicit` is the
+    /// encoding to assume when the request names none.
     pub async fn body(
         &self,
         headers: &HeaderMap,
         body: Body,
         implicit: &str,
-    ) -> Result<(Bytes, OwnedSemaphorePermit), PushError> {
+    ) -> Result<(Bytes, Hold), PushError> {
         let limit = self.cfg.max_body;
-        let expect = content_length(headers).map_or(limit, |n| (n as usize).min(limit));
-        let mut room = Arc::clone(&self.budget)
-            .acquire_many_owned(kib(expect, self.budget_kib))
-            .await
-            .map_err(|_| PushError::busy())?;
-        let raw = read_raw(headers, body, limit).await?;
+        if content_length(headers).is_some_and(|len| len > limit as u64) {
+            return Err(PushError::too_large(limit));
+        }
+        let mut hold = self.budget.hold();
+        let raw = read_raw(body, limit, &mut hold).await?;
         let encoding = match encoding_of(headers) {
             e if e.is_empty() => implicit.to_string(),
             e => e,
         };
-        let raw_len = raw.len();
-        let decoded = decode(&encoding, raw, limit)?;
-        // What was read, the decompressed copy (none without an encoding), and the records
-        // decoded from it.
-        let copy = if matches!(encoding.as_str(), "" | "identity") {
-            0
-        } else {
-            decoded.len()
-        };
-        let need = (((raw_len + copy + decoded.len()) >> 10) + 1) as u64;
-        if need > room.num_permits() as u64 {
-            if need > u64::from(self.budget_kib) {
-                // It could never fit, however long it waited.
-                return Err(PushError {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
-                    message: format!(
-                        "request needs {} MiB to decode, more than the {} MiB all pushes share",
-                        need >> 10,
-                        self.budget_kib >> 10
-                    ),
-                });
-            }
-            let need = need as u32;
-            let more = Arc::clone(&self.budget)
-                .try_acquire_many_owned(need - room.num_permits() as u32)
-                .map_err(|_| PushError::busy())?;
-            room.merge(more);
-        }
-        Ok((decoded, room))
+        let decoded = decode(&encoding, raw, limit, &mut hold)?;
+        Ok((decoded, hold))
+    }
+
+    /// An empty batch for the records of one request, counted against the memory budget and
+    /// capped at [`RECORDS_PER_BODY`] times `-ingest.max-push-size`.
+    pub fn batch(&self) -> Batch {
+        Batch::counted(self.budget.hold(), self.cfg.max_body * RECORDS_PER_BODY)
     }
 
     /// The push writer (for syslog listeners and the run group).
@@ -186,15 +166,23 @@ impl Push {
     }
 }
 
-/// Bytes of request bodies (as sent and decompressed, and the records decoded from them) held
-/// by all push requests together at most (256 MiB): past it a request waits for room before
-/// it reads its body, or, if its body decompresses to more than the room left, is a 503.
-pub const BODY_BUDGET: usize = 256 << 20;
-
-/// `bytes` in KiB permits, at most `cap` (the whole budget: a request bigger than it waits
-/// for all of it rather than forever).
-fn kib(bytes: usize, cap: u32) -> u32 {
-    ((bytes >> 10) + 1).min(cap as usize) as u32
+/// `hold` grown to `bytes` in all, or the error that refuses the request: a 413 when the
+/// request alone needs more than the whole budget, else a 503 (it may fit later).
+fn hold_to(hold: &mut Hold, bytes: usize) -> Result<(), PushError> {
+    hold.set(bytes).map_err(|full| {
+        if bytes > hold.budget().limit() {
+            PushError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!(
+                    "request needs {} MiB to decode, more than the node's memory budget of {} MiB (-api.memory-budget)",
+                    bytes >> 20,
+                    hold.budget().limit() >> 20
+                ),
+            }
+        } else {
+            PushError::busy_with(full.to_string())
+        }
+    })
 }
 
 /// The `Content-Encoding` of a request, lower-cased (`""` when none).
@@ -207,22 +195,39 @@ fn encoding_of(headers: &HeaderMap) -> String {
         .to_ascii_lowercase()
 }
 
-/// Read `body` whole, at most `limit` bytes (413 beyond; a `Content-Length` over it is refused
-/// before anything is read).
-async fn read_raw(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, PushError> {
-    if content_length(headers).is_some_and(|len| len > limit as u64) {
-        return Err(PushError::too_large(limit));
-    }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(PushError::too_large(limit))
+/// Read `body` whole, at most `limit` bytes (413 beyond), holding what it takes in `hold` as
+/// it arrives. A body that comes in one frame is kept as it came.
+async fn read_raw(body: Body, limit: usize, hold: &mut Hold) -> Result<Bytes, PushError> {
+    let mut body = body;
+    let mut first: Option<Bytes> = None;
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| PushError::bad(format!("reading the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let have = first.as_ref().map_or(buf.len(), Bytes::len);
+        if have + data.len() > limit {
+            return Err(PushError::too_large(limit));
         }
-        Err(e) => Err(PushError::bad(format!("reading the request body: {e}"))),
+        if first.is_none() && buf.is_empty() {
+            hold_to(hold, data.len())?;
+            first = Some(data);
+            continue;
+        }
+        if let Some(f) = first.take() {
+            buf.reserve(f.len() + data.len());
+            hold_to(hold, buf.capacity())?;
+            buf.extend_from_slice(&f);
+        } else if buf.capacity() - buf.len() < data.len() {
+            // Grow as Vec would (doubling), but count the room before taking it.
+            let want = (buf.len() + data.len()).max(buf.capacity() * 2).min(limit);
+            hold_to(hold, want)?;
+            buf.reserve_exact(want - buf.len());
+        }
+        buf.extend_from_slice(&data);
     }
+    Ok(first.unwrap_or_else(|| Bytes::from(buf)))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -232,39 +237,88 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-/// Undo one content encoding, never producing more than `limit` bytes.
-pub fn decode(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, PushError> {
-    match encoding {
-        "" | "identity" => Ok(raw),
-        "gzip" | "x-gzip" => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, "gzip"),
-        "deflate" => inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit, "deflate"),
-        "snappy" => snappy(&raw, limit),
-        other => Err(PushError {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            message: format!(
-                "Content-Encoding {other:?} is not supported (gzip, deflate, snappy or none)"
-            ),
-        }),
-    }
+/// Undo one content encoding, never producing more than `limit` bytes, holding the input and
+/// the output in `hold` while both live, and then the output alone.
+pub fn decode(
+    encoding: &str,
+    raw: Bytes,
+    limit: usize,
+    hold: &mut Hold,
+) -> Result<Bytes, PushError> {
+    let out = match encoding {
+        "" | "identity" => return Ok(raw),
+        "gzip" | "x-gzip" => inflate(
+            flate2::read::MultiGzDecoder::new(&raw[..]),
+            limit,
+            "gzip",
+            raw.len(),
+            hold,
+        )?,
+        "deflate" => inflate(
+            flate2::read::ZlibDecoder::new(&raw[..]),
+            limit,
+            "deflate",
+            raw.len(),
+            hold,
+        )?,
+        "snappy" => snappy(&raw, limit, hold)?,
+        other => {
+            return Err(PushError {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                message: format!(
+                    "Content-Encoding {other:?} is not supported (gzip, deflate, snappy or none)"
+                ),
+            });
+        }
+    };
+    drop(raw);
+    hold_to(hold, out.len())?;
+    Ok(out)
 }
 
-fn inflate(reader: impl Read, limit: usize, name: &str) -> Result<Bytes, PushError> {
-    let mut out = Vec::new();
-    match reader.take(limit as u64 + 1).read_to_end(&mut out) {
-        Ok(_) if out.len() > limit => Err(PushError::too_large(limit)),
-        Ok(_) => Ok(Bytes::from(out)),
-        Err(e) => Err(PushError::bad(format!("body is not valid {name}: {e}"))),
+/// Read `reader` to its end in steps, holding `input` bytes and what is out so far.
+fn inflate(
+    mut reader: impl Read,
+    limit: usize,
+    name: &str,
+    input: usize,
+    hold: &mut Hold,
+) -> Result<Bytes, PushError> {
+    const STEP: usize = 256 << 10;
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        if out.capacity() - out.len() < STEP {
+            let want = (out.capacity() * 2).max(STEP).min(limit + 1);
+            hold_to(hold, input + want)?;
+            out.reserve_exact(want - out.len());
+        }
+        let room = (out.capacity() - out.len()).min(limit + 1 - out.len());
+        let at = out.len();
+        out.resize(at + room, 0);
+        match reader.read(&mut out[at..]) {
+            Ok(0) => {
+                out.truncate(at);
+                return Ok(Bytes::from(out));
+            }
+            Ok(n) => out.truncate(at + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => out.truncate(at),
+            Err(e) => return Err(PushError::bad(format!("body is not valid {name}: {e}"))),
+        }
+        if out.len() > limit {
+            return Err(PushError::too_large(limit));
+        }
     }
 }
 
 /// Snappy's block format (what Promtail, Alloy and Prometheus send), checked against the
-/// limit before anything is allocated.
-pub fn snappy(raw: &[u8], limit: usize) -> Result<Bytes, PushError> {
+/// limit and held before anything is allocated.
+pub fn snappy(raw: &[u8], limit: usize, hold: &mut Hold) -> Result<Bytes, PushError> {
     let len = snap::raw::decompress_len(raw)
         .map_err(|e| PushError::bad(format!("body is not valid snappy: {e}")))?;
     if len > limit {
         return Err(PushError::too_large(limit));
     }
+    hold_to(hold, raw.len() + len)?;
     snap::raw::Decoder::new()
         .decompress_vec(raw)
         .map(Bytes::from)
@@ -289,15 +343,18 @@ async fn handle<T>(
     headers: &HeaderMap,
     body: Body,
     implicit: &str,
-    decode: impl FnOnce(&Bytes) -> Result<(Batch, T), PushError>,
+    decode: impl FnOnce(&Bytes, Batch) -> Result<(Batch, T), PushError>,
     respond: impl FnOnce(T) -> Response,
     refuse: impl FnOnce(&PushError) -> Response,
 ) -> Response {
     let result = async {
-        let (raw, _room) = push.body(headers, body, implicit).await?;
-        let (batch, answer) = decode(&raw)?;
-        push.store(protocol, batch, raw.len(), push.cfg.wait)
-            .await?;
+        let (raw, room) = push.body(headers, body, implicit).await?;
+        let (batch, answer) = decode(&raw, push.batch())?;
+        // The body is not needed once decoded: the records (held in their batch's own hold)
+        // are all that waits for the writer.
+        let size = raw.len();
+        drop((raw, room));
+        push.store(protocol, batch, size, push.cfg.wait).await?;
         Ok::<_, PushError>(answer)
     }
     .await;
@@ -315,11 +372,11 @@ async fn loki_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body
     // Promtail and Alloy send snappy-compressed protobuf without a Content-Encoding.
     let implicit = if protobuf { "snappy" } else { "" };
     let cfg = &push.cfg;
-    let decode = |raw: &Bytes| {
+    let decode = |raw: &Bytes, batch| {
         let batch = if protobuf {
-            loki::decode_protobuf(raw, cfg)?
+            loki::decode_protobuf(raw, cfg, batch)?
         } else {
-            loki::decode_json(raw, cfg)?
+            loki::decode_json(raw, cfg, batch)?
         };
         Ok((batch, ()))
     };
@@ -340,11 +397,11 @@ async fn loki_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body
 async fn otlp_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body) -> Response {
     let json = content_type_has(&headers, "json");
     let cfg = &push.cfg;
-    let decode = |raw: &Bytes| {
+    let decode = |raw: &Bytes, batch| {
         let decoded = if json {
-            otlp::decode_json(raw, cfg)?
+            otlp::decode_json(raw, cfg, batch)?
         } else {
-            otlp::decode_protobuf(raw, cfg)?
+            otlp::decode_protobuf(raw, cfg, batch)?
         };
         Ok((decoded.batch, decoded.rejected))
     };
@@ -371,7 +428,7 @@ async fn jsonline_push(
 ) -> Response {
     let fields = jsonline::Fields::from_params(&params, "_msg", "_time");
     let topic = &push.cfg.topic;
-    let decode = |raw: &Bytes| Ok((jsonline::decode(raw, &fields, topic)?, ()));
+    let decode = |raw: &Bytes, batch| Ok((jsonline::decode(raw, &fields, topic, batch)?, ()));
     let respond = |()| StatusCode::OK.into_response();
     handle(
         &push,
@@ -415,8 +472,9 @@ async fn elasticsearch_push(
     let started = std::time::Instant::now();
     let fields = elasticsearch::fields(&params);
     let topic = &push.cfg.topic;
-    let decode = |raw: &Bytes| elasticsearch::decode(raw, index.as_deref(), &fields, topic);
-    let respond = |items: Vec<elasticsearch::Item>| elasticsearch::bulk_response(&items, started);
+    let decode =
+        |raw: &Bytes, batch| elasticsearch::decode(raw, index.as_deref(), &fields, topic, batch);
+    let respond = |items| elasticsearch::bulk_response(items, started);
     handle(
         &push,
         Protocol::Elasticsearch,
@@ -448,21 +506,25 @@ mod tests {
             Arc::clone(&metrics),
         )
         .unwrap();
-        Push::with_budget(
+        Push::new(
             crate::ingest::protocols::test_config(),
             writer,
             metrics,
-            budget,
+            Budget::new(budget),
         )
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
     }
 
     #[tokio::test]
     async fn bodies_share_one_budget() {
         let dir = tempfile::tempdir().unwrap();
         let push = push_with_budget(dir.path(), 1 << 20);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        gz.write_all(&vec![b'x'; 4 << 20]).unwrap();
-        let gz = gz.finish().unwrap();
+        let gz = gzip(&vec![b'x'; 4 << 20]);
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_ENCODING,
@@ -475,19 +537,25 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.message);
+        assert_eq!(push.budget.held(), 0, "a refused body holds nothing");
         // While another request holds most of the room, one that would need more is a 503.
-        let held = Arc::clone(&push.budget)
-            .try_acquire_many_owned(900)
-            .unwrap();
-        let mut small = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        small.write_all(&vec![b'x'; 100 << 10]).unwrap();
-        let small = small.finish().unwrap();
-        let mut sized = headers.clone();
-        sized.insert(header::CONTENT_LENGTH, small.len().into());
-        let e = push.body(&sized, Body::from(small), "").await.unwrap_err();
+        let held = push.budget.try_hold(900 << 10).unwrap();
+        let small = gzip(&vec![b'x'; 300 << 10]);
+        let e = push
+            .body(&headers, Body::from(small), "")
+            .await
+            .unwrap_err();
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{}", e.message);
         assert!(e.message.contains("busy"), "{}", e.message);
-        drop(held);
+        // A declared length holds nothing before the bytes come.
+        let mut sized = HeaderMap::new();
+        sized.insert(header::CONTENT_LENGTH, (900usize << 10).into());
+        let (body, room) = push
+            .body(&sized, Body::from(vec![b'z'; 100 << 10]), "")
+            .await
+            .unwrap();
+        assert_eq!((body.len(), room.bytes()), (100 << 10, 100 << 10));
+        drop((room, held));
         // A body that fits is read, and its room is given back when the request is done.
         for _ in 0..3 {
             let (body, room) = push
@@ -495,38 +563,72 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(body.len(), 200 << 10);
-            assert!(room.num_permits() >= 400, "{}", room.num_permits());
+            assert!(room.bytes() >= 200 << 10, "{}", room.bytes());
         }
-        assert_eq!(push.budget.available_permits(), 1024);
+        assert_eq!(push.budget.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn records_count_against_the_budget_and_their_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let push = push_with_budget(dir.path(), 8 << 20);
+        // Tiny lines become records larger than the body: capped at twice the body limit.
+        let cap = (1 << 20) * RECORDS_PER_BODY;
+        let body: Vec<u8> = b"{}\n".repeat(cap / 3);
+        let batch = Batch::counted(push.budget.hold(), cap);
+        let fields = jsonline::Fields::from_params(&HashMap::new(), "_msg", "_time");
+        let e = jsonline::decode(&body, &fields, "t", batch).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.message);
+        assert!(e.message.contains("send smaller requests"), "{}", e.message);
+        assert_eq!(
+            push.budget.held(),
+            0,
+            "the refused batch gave its room back"
+        );
+        // A batch the budget cannot hold is a 503, and what it built is given back.
+        let held = push.budget.try_hold(7 << 20).unwrap();
+        let e = jsonline::decode(&body, &fields, "t", push.batch()).unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{}", e.message);
+        drop(held);
+        let ok = jsonline::decode(&body[..3000], &fields, "t", push.batch()).unwrap();
+        assert_eq!(ok.len(), 1000);
+        assert!(push.budget.held() >= ok.bytes());
+        drop(ok);
+        assert_eq!(push.budget.held(), 0);
     }
 
     #[test]
     fn the_routes_build() {
         // Route conflicts panic when the router is built: build it.
         let dir = tempfile::tempdir().unwrap();
-        let _ = push_with_budget(dir.path(), BODY_BUDGET).router();
+        let _ = push_with_budget(dir.path(), 1 << 20).router();
     }
 
     #[test]
     fn bombs_stop_at_the_limit() {
+        let budget = Budget::new(64 << 20);
+        let hold = &mut budget.hold();
         let zeros = vec![0u8; 10 << 20];
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        gz.write_all(&zeros).unwrap();
-        let gz = Bytes::from(gz.finish().unwrap());
+        let gz = Bytes::from(gzip(&zeros));
         assert!(gz.len() < 100 << 10);
-        let e = decode("gzip", gz.clone(), 1 << 20).unwrap_err();
+        let e = decode("gzip", gz.clone(), 1 << 20, hold).unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(decode("gzip", gz, 10 << 20).unwrap().len(), 10 << 20);
+        assert_eq!(decode("gzip", gz, 10 << 20, hold).unwrap().len(), 10 << 20);
+        assert_eq!(
+            hold.bytes(),
+            10 << 20,
+            "the output held, the input given back"
+        );
         let sn = Bytes::from(snap::raw::Encoder::new().compress_vec(&zeros).unwrap());
         assert_eq!(
-            decode("snappy", sn, 1 << 20).unwrap_err().status,
+            decode("snappy", sn, 1 << 20, hold).unwrap_err().status,
             StatusCode::PAYLOAD_TOO_LARGE
         );
-        let e = decode("gzip", Bytes::from_static(b"not gzip"), 1 << 20).unwrap_err();
+        let e = decode("gzip", Bytes::from_static(b"not gzip"), 1 << 20, hold).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(e.message.contains("gzip"), "{}", e.message);
         assert_eq!(
-            decode("br", Bytes::new(), 1).unwrap_err().status,
+            decode("br", Bytes::new(), 1, hold).unwrap_err().status,
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
     }

@@ -182,8 +182,13 @@ pub type Object<'a> = Vec<(Cow<'a, str>, Json<'a>)>;
 
 /// Decode a JSON-lines body; a line that is not a JSON object is a 400 naming the line, and
 /// then nothing is stored.
-pub fn decode(body: &[u8], fields: &Fields, static_topic: &str) -> Result<Batch, PushError> {
-    let mut batch = Batch::with_capacity(body.len());
+pub fn decode(
+    body: &[u8],
+    fields: &Fields,
+    static_topic: &str,
+    mut batch: Batch,
+) -> Result<Batch, PushError> {
+    batch.reserve(body.len());
     for (n, line) in lines(utf8(body)?).enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.bytes().all(|b| b.is_ascii_whitespace()) {
@@ -191,7 +196,7 @@ pub fn decode(body: &[u8], fields: &Fields, static_topic: &str) -> Result<Batch,
         }
         let doc = parse_object(line).map_err(|e| PushError::bad(format!("line {}: {e}", n + 1)))?;
         let topic = doc_topic(&doc, fields, static_topic, None);
-        document(&mut batch, &topic, doc, fields);
+        document(&mut batch, &topic, doc, fields).map_err(|e| e.at(&format!("line {}", n + 1)))?;
     }
     Ok(batch)
 }
@@ -267,8 +272,14 @@ fn lookup<'a, 'b>(doc: &'a Object<'b>, key: &str) -> Option<&'a Json<'b>> {
     }
 }
 
-/// Write one document as a record: the message field, the other fields flattened, the time.
-pub fn document(batch: &mut Batch, topic: &Topic, doc: Object<'_>, fields: &Fields) {
+/// Write one document as a record: the message field, the other fields flattened, the time
+/// (refused as [`super::RecordBuilder::finish`] says).
+pub fn document(
+    batch: &mut Batch,
+    topic: &Topic,
+    doc: Object<'_>,
+    fields: &Fields,
+) -> Result<(), PushError> {
     let mut flat: Vec<(Cow<'_, str>, Json<'_>)> = Vec::with_capacity(doc.len());
     flatten("", doc, &mut flat);
     let msg_at = fields
@@ -296,7 +307,7 @@ pub fn document(batch: &mut Batch, topic: &Topic, doc: Object<'_>, fields: &Fiel
     if let Some(ns) = time {
         r.time(ns);
     }
-    r.finish();
+    r.finish()
 }
 
 fn flatten<'a>(prefix: &str, doc: Object<'a>, out: &mut Vec<(Cow<'a, str>, Json<'a>)>) {
@@ -377,7 +388,13 @@ mod tests {
 
 {"message":"no time","app":"web.front","level":"info"}
 "#;
-        let b = decode(body, &fields("log.msg,message", Some("app")), "default").unwrap();
+        let b = decode(
+            body,
+            &fields("log.msg,message", Some("app")),
+            "default",
+            Batch::new(),
+        )
+        .unwrap();
         assert_eq!(
             b.lines(),
             [
@@ -385,7 +402,13 @@ mod tests {
                 "web_front no time app=web.front level=info",
             ]
         );
-        let b = decode(br#"{"x":1}"#, &fields("_msg", None), "default").unwrap();
+        let b = decode(
+            br#"{"x":1}"#,
+            &fields("_msg", None),
+            "default",
+            Batch::new(),
+        )
+        .unwrap();
         assert_eq!(b.lines(), ["default x=1"]);
     }
 
@@ -395,7 +418,7 @@ mod tests {
             (&b"{\"a\":1}\n[1,2]\n"[..], "line 2: not a JSON object"),
             (b"{\"a\":1}\n{\"a\":\n", "line 2: invalid JSON"),
         ] {
-            let e = decode(body, &fields("_msg", None), "default").unwrap_err();
+            let e = decode(body, &fields("_msg", None), "default", Batch::new()).unwrap_err();
             assert!(e.message.starts_with(want), "{}", e.message);
         }
     }

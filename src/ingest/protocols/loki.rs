@@ -66,15 +66,19 @@ pub struct Timestamp {
 }
 
 /// Decode a (decompressed) protobuf push.
-pub fn decode_protobuf(body: &[u8], cfg: &PushConfig) -> Result<Batch, PushError> {
+pub fn decode_protobuf(
+    body: &[u8],
+    cfg: &PushConfig,
+    mut batch: Batch,
+) -> Result<Batch, PushError> {
     let req = <PushRequest as prost::Message>::decode(body)
         .map_err(|e| PushError::bad(format!("body is not a Loki PushRequest: {e}")))?;
-    let mut batch = Batch::with_capacity(body.len() * 2);
+    batch.reserve(body.len() * 2);
     for (n, stream) in req.streams.iter().enumerate() {
         let labels = parse_labels(&String::from_utf8_lossy(&stream.labels))
             .map_err(|e| PushError::bad(format!("stream {}: labels: {e}", n + 1)))?;
         let topic = topic(&labels, cfg);
-        for e in &stream.entries {
+        for (i, e) in stream.entries.iter().enumerate() {
             let mut r = batch.record(topic.name.as_bytes());
             r.message(&e.line);
             for (k, v) in &labels {
@@ -88,7 +92,8 @@ pub fn decode_protobuf(body: &[u8], cfg: &PushConfig) -> Result<Batch, PushError
             if let Some(t) = e.timestamp {
                 r.time(i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos));
             }
-            r.finish();
+            r.finish()
+                .map_err(|e| e.at(&format!("stream {} entry {}", n + 1, i + 1)))?;
         }
     }
     Ok(batch)
@@ -113,10 +118,10 @@ fn empty_object<'a>() -> Json<'a> {
 }
 
 /// Decode a JSON push: `{"streams":[{"stream":{labels},"values":[["<ns>","line",{meta}]]}]}`.
-pub fn decode_json(body: &[u8], cfg: &PushConfig) -> Result<Batch, PushError> {
+pub fn decode_json(body: &[u8], cfg: &PushConfig, mut batch: Batch) -> Result<Batch, PushError> {
     let req: JsonPush = serde_json::from_str(super::jsonline::utf8(body)?)
         .map_err(|e| PushError::bad(format!("body is not a Loki JSON push: {e}")))?;
-    let mut batch = Batch::with_capacity(body.len() * 2);
+    batch.reserve(body.len() * 2);
     for (n, stream) in req.streams.iter().enumerate() {
         let Json::Object(pairs) = &stream.stream else {
             return Err(PushError::bad(format!(
@@ -160,7 +165,7 @@ pub fn decode_json(body: &[u8], cfg: &PushConfig) -> Result<Batch, PushError> {
                 r.field(k.as_bytes(), v.text().as_bytes());
             }
             r.time(nanos);
-            r.finish();
+            r.finish().map_err(|e| e.at(&at()))?;
         }
     }
     Ok(batch)
@@ -259,7 +264,7 @@ mod tests {
     #[test]
     fn json_and_protobuf_map_alike() {
         let json = br#"{"streams":[{"stream":{"host":"web-1","job":"api"},"values":[["1764410400000000001","GET /a",{"trace_id":"abc"}],["1764410400000000002","multi\nline"]]}]}"#;
-        let from_json = decode_json(json, &cfg()).unwrap().lines();
+        let from_json = decode_json(json, &cfg(), Batch::new()).unwrap().lines();
         let req = PushRequest {
             streams: vec![StreamAdapter {
                 labels: br#"{host="web-1", job="api"}"#.to_vec(),
@@ -286,9 +291,10 @@ mod tests {
                 ],
             }],
         };
-        let from_proto = decode_protobuf(&prost::Message::encode_to_vec(&req), &cfg())
-            .unwrap()
-            .lines();
+        let from_proto =
+            decode_protobuf(&prost::Message::encode_to_vec(&req), &cfg(), Batch::new())
+                .unwrap()
+                .lines();
         assert_eq!(
             from_json,
             [
@@ -310,10 +316,10 @@ mod tests {
             (br#"{"streams":[{"stream":[],"values":[]}]}"#, "labels"),
             (br#"[1]"#, "not a Loki JSON push"),
         ] {
-            let e = decode_json(body, &cfg()).unwrap_err();
+            let e = decode_json(body, &cfg(), Batch::new()).unwrap_err();
             assert!(e.message.contains(want), "{}", e.message);
         }
-        let e = decode_protobuf(b"\x0a\xff\xff", &cfg()).unwrap_err();
+        let e = decode_protobuf(b"\x0a\xff\xff", &cfg(), Batch::new()).unwrap_err();
         assert!(e.message.contains("PushRequest"), "{}", e.message);
     }
 }

@@ -24,6 +24,7 @@ pub mod writer;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 
+use crate::memory::Hold;
 use crate::record::ULID_LEN;
 use writer::Wait;
 
@@ -91,14 +92,11 @@ impl PushError {
         }
     }
 
-    /// 503: the push requests in flight hold as many bytes as they may.
-    pub(crate) fn busy() -> PushError {
+    /// 503: the node's memory budget has no room for this request now.
+    pub(crate) fn busy_with(message: String) -> PushError {
         PushError {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            message: format!(
-                "busy: push requests in flight hold {} MiB already; retry",
-                http::BODY_BUDGET >> 20
-            ),
+            message,
         }
     }
 
@@ -110,6 +108,15 @@ impl PushError {
                 "request body over the limit of {limit} bytes (-ingest.max-push-size)"
             ),
         }
+    }
+
+    /// The error with `at` (where in the request) before its message, when it is about the
+    /// request's content (a 400 or 413).
+    pub fn at(mut self, at: &str) -> PushError {
+        if self.status != StatusCode::SERVICE_UNAVAILABLE {
+            self.message = format!("{at}: {}", self.message);
+        }
+        self
     }
 
     /// A plain-text response (503s carry `Retry-After`).
@@ -136,6 +143,18 @@ impl PushError {
 /// which records reach the segment).
 const ULID_SLOT: [u8; ULID_LEN] = [b'0'; ULID_LEN];
 
+/// Labels, attributes and fields one record may carry at most (Loki's own limit on structured
+/// metadata entries is 128; an OTLP resource with 100,000 attributes copied into each of its
+/// records made one 1.5 MB request hold 446 MB).
+pub const MAX_FIELDS: usize = 256;
+/// The longest field name, in bytes (Loki's label name limit).
+pub const MAX_FIELD_NAME: usize = 1024;
+/// The longest field value, in bytes (room for a stack trace in an attribute).
+pub const MAX_FIELD_VALUE: usize = 64 << 10;
+/// The records decoded from one request may take this many times `-ingest.max-push-size`
+/// (a body of tiny JSON lines becomes records several times its size).
+pub const RECORDS_PER_BODY: usize = 2;
+
 /// The records decoded from one request (or one read of a syslog connection), waiting for
 /// their ULIDs.
 #[derive(Debug, Default)]
@@ -144,6 +163,12 @@ pub struct Batch {
     pub(crate) buf: Vec<u8>,
     /// Where each record starts in `buf`.
     pub(crate) starts: Vec<usize>,
+    /// What the batch holds, counted against the node's memory budget, and its own cap.
+    counted: Option<(Hold, usize)>,
+    /// Why the record being built cannot be stored (a field limit), if it cannot.
+    refused: Option<String>,
+    /// Fields in the record being built.
+    fields: usize,
 }
 
 impl Batch {
@@ -155,10 +180,46 @@ impl Batch {
     /// An empty batch with room for about `bytes` of records (decoders pass a guess from
     /// their body's size, so the buffer is not copied as it grows).
     pub fn with_capacity(bytes: usize) -> Batch {
+        let mut b = Batch::new();
+        b.reserve(bytes);
+        b
+    }
+
+    /// An empty batch whose memory is counted in `hold` as it grows, up to `cap` bytes: a
+    /// record that would take it past either is refused ([`RecordBuilder::finish`]).
+    pub fn counted(hold: Hold, cap: usize) -> Batch {
         Batch {
-            buf: Vec::with_capacity(bytes),
-            starts: Vec::with_capacity(bytes / 128),
+            counted: Some((hold, cap)),
+            ..Batch::default()
         }
+    }
+
+    /// Room for about `bytes` more of records, as far as the batch's budget allows now (the
+    /// buffer grows as it must past that).
+    pub fn reserve(&mut self, bytes: usize) {
+        let bytes = match &self.counted {
+            Some((hold, cap)) => bytes
+                .min(cap.saturating_sub(self.held()))
+                .min(hold.budget().limit().saturating_sub(hold.budget().held()) / 2),
+            None => bytes,
+        };
+        self.buf.reserve(bytes);
+        self.starts.reserve(bytes / 128);
+        if let Some((hold, _)) = &mut self.counted {
+            // What was just reserved fitted in the budget a moment ago; if another request
+            // took it since, the next record finds out.
+            let _ = hold.set(self.buf.capacity() + self.starts.capacity() * 8);
+        }
+    }
+
+    /// The memory budget the batch counts against, if it does.
+    pub fn budget(&self) -> Option<&std::sync::Arc<crate::memory::Budget>> {
+        self.counted.as_ref().map(|(hold, _)| hold.budget())
+    }
+
+    /// Bytes the batch's buffers take.
+    fn held(&self) -> usize {
+        self.buf.capacity() + self.starts.capacity() * std::mem::size_of::<usize>()
     }
 
     /// Records in the batch.
@@ -178,7 +239,10 @@ impl Batch {
 
     /// Start a record under `topic` (already valid: see [`normalise_topic`]).
     pub fn record(&mut self, topic: &[u8]) -> RecordBuilder<'_> {
-        self.starts.push(self.buf.len());
+        self.refused = None;
+        self.fields = 0;
+        let start = self.buf.len();
+        self.starts.push(start);
         self.buf.extend_from_slice(&ULID_SLOT);
         self.buf.push(b' ');
         self.buf.extend_from_slice(topic);
@@ -186,6 +250,7 @@ impl Batch {
         let line_start = self.buf.len();
         RecordBuilder {
             batch: self,
+            start,
             line_start,
         }
     }
@@ -204,6 +269,7 @@ impl Batch {
 #[derive(Debug)]
 pub struct RecordBuilder<'a> {
     batch: &'a mut Batch,
+    start: usize,
     line_start: usize,
 }
 
@@ -214,11 +280,36 @@ impl RecordBuilder<'_> {
         }
     }
 
+    /// Count `n` fields in the record, and check a field's name and value sizes; `false` when
+    /// the record is refused (nothing more is written into it).
+    fn admit(&mut self, n: usize, name: usize, value: usize) -> bool {
+        if self.batch.refused.is_some() {
+            return false;
+        }
+        self.batch.fields += n;
+        self.batch.refused = if self.batch.fields > MAX_FIELDS {
+            Some(format!(
+                "an entry has more than {MAX_FIELDS} labels, attributes and fields together (the limit per record)"
+            ))
+        } else if name > MAX_FIELD_NAME {
+            Some(format!(
+                "a label, attribute or field name of {name} bytes (at most {MAX_FIELD_NAME})"
+            ))
+        } else if value > MAX_FIELD_VALUE {
+            Some(format!(
+                "a label, attribute or field value of {value} bytes (at most {MAX_FIELD_VALUE})"
+            ))
+        } else {
+            None
+        };
+        self.batch.refused.is_none()
+    }
+
     /// The entry's message, newlines escaped as `\n` (a `\r` before one is dropped).
     pub fn message(&mut self, msg: &[u8]) -> &mut Self {
         let msg = msg.strip_suffix(b"\n").unwrap_or(msg);
         let msg = msg.strip_suffix(b"\r").unwrap_or(msg);
-        if msg.is_empty() {
+        if msg.is_empty() || self.batch.refused.is_some() {
             return self;
         }
         self.separate();
@@ -236,19 +327,23 @@ impl RecordBuilder<'_> {
 
     /// A `key=value` field in logfmt (the key cleaned, the value quoted when needed).
     pub fn field(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
-        self.separate();
-        logfmt_key(&mut self.batch.buf, key);
-        self.batch.buf.push(b'=');
-        logfmt_value(&mut self.batch.buf, value);
+        if self.admit(1, key.len(), value.len()) {
+            self.separate();
+            logfmt_key(&mut self.batch.buf, key);
+            self.batch.buf.push(b'=');
+            logfmt_value(&mut self.batch.buf, value);
+        }
         self
     }
 
     /// Fields rendered once with [`render_fields`] for many records (an OTLP resource's
     /// attributes, say).
-    pub fn rendered(&mut self, fields: &[u8]) -> &mut Self {
-        if !fields.is_empty() {
+    pub fn rendered(&mut self, fields: &Rendered) -> &mut Self {
+        if self.admit(fields.count, fields.longest_name, fields.longest_value)
+            && !fields.text.is_empty()
+        {
             self.separate();
-            self.batch.buf.extend_from_slice(fields);
+            self.batch.buf.extend_from_slice(&fields.text);
         }
         self
     }
@@ -263,23 +358,67 @@ impl RecordBuilder<'_> {
         self
     }
 
-    /// End the record.
-    pub fn finish(&mut self) {
+    /// End the record. A record over a field limit, or one that takes the batch past its cap
+    /// or the memory budget, is taken out again and refused (400, 413 or 503): the batch is
+    /// as it was before it.
+    pub fn finish(&mut self) -> Result<(), PushError> {
         self.batch.buf.push(b'\n');
+        let refusal = if let Some(why) = self.batch.refused.take() {
+            Some(PushError::bad(why))
+        } else {
+            let held = self.batch.held();
+            match &mut self.batch.counted {
+                Some((_, cap)) if held > *cap => Some(PushError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message: format!(
+                        "the records decoded from this request take more than {} MiB ({RECORDS_PER_BODY}× -ingest.max-push-size); send smaller requests",
+                        *cap >> 20
+                    ),
+                }),
+                Some((hold, _)) if held > hold.bytes() => hold
+                    .set(held)
+                    .err()
+                    .map(|full| PushError::busy_with(full.to_string())),
+                _ => None,
+            }
+        };
+        match refusal {
+            None => Ok(()),
+            Some(e) => {
+                self.batch.buf.truncate(self.start);
+                self.batch.starts.pop();
+                Err(e)
+            }
+        }
     }
 }
 
+/// Fields rendered once for many records ([`render_fields`]), with what the limits check.
+#[derive(Debug, Default)]
+pub struct Rendered {
+    /// `key=value` pairs, space-separated.
+    pub text: Vec<u8>,
+    /// How many.
+    pub count: usize,
+    longest_name: usize,
+    longest_value: usize,
+}
+
 /// `key=value` pairs rendered as [`RecordBuilder::field`] would write them, space-separated,
-/// for [`RecordBuilder::rendered`].
-pub fn render_fields<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in pairs {
-        if !out.is_empty() {
-            out.push(b' ');
+/// for [`RecordBuilder::rendered`]. Rendering stops at one pair past [`MAX_FIELDS`] (a record
+/// given them is refused anyway).
+pub fn render_fields<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Rendered {
+    let mut out = Rendered::default();
+    for (k, v) in pairs.into_iter().take(MAX_FIELDS + 1) {
+        if !out.text.is_empty() {
+            out.text.push(b' ');
         }
-        logfmt_key(&mut out, k);
-        out.push(b'=');
-        logfmt_value(&mut out, v);
+        logfmt_key(&mut out.text, k);
+        out.text.push(b'=');
+        logfmt_value(&mut out.text, v);
+        out.count += 1;
+        out.longest_name = out.longest_name.max(k.len());
+        out.longest_value = out.longest_value.max(v.len());
     }
     out
 }
@@ -395,6 +534,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn records_over_a_field_limit_are_refused_and_taken_out() {
+        let mut b = Batch::new();
+        b.record(b"t").message(b"kept").finish().unwrap();
+        let before = (b.len(), b.bytes());
+        let mut r = b.record(b"t");
+        for i in 0..=MAX_FIELDS {
+            r.field(format!("k{i}").as_bytes(), b"v");
+        }
+        let e = r.finish().unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("more than 256"), "{}", e.message);
+        assert_eq!(
+            (b.len(), b.bytes()),
+            before,
+            "the refused record is taken out"
+        );
+        let long = vec![b'n'; MAX_FIELD_NAME + 1];
+        let e = b.record(b"t").field(&long, b"v").finish().unwrap_err();
+        assert!(e.message.contains("name of 1025 bytes"), "{}", e.message);
+        let big = vec![b'v'; MAX_FIELD_VALUE + 1];
+        let e = b.record(b"t").field(b"k", &big).finish().unwrap_err();
+        assert!(e.message.contains("value of 65537 bytes"), "{}", e.message);
+        // Fields rendered once count as the fields they are.
+        let many: Vec<(Vec<u8>, Vec<u8>)> = (0..100_000)
+            .map(|i| (format!("a{i}").into_bytes(), b"x".to_vec()))
+            .collect();
+        let pre = render_fields(many.iter().map(|(k, v)| (&k[..], &v[..])));
+        assert_eq!(pre.count, MAX_FIELDS + 1, "rendering stops past the limit");
+        assert!(b.record(b"t").rendered(&pre).finish().is_err());
+        let few = render_fields([(&b"a"[..], &b"1"[..])]);
+        b.record(b"t").rendered(&few).finish().unwrap();
+        assert_eq!(b.lines(), ["t kept", "t a=1"]);
+        // A refusal is for the one record: the next starts clean.
+        assert_eq!(b.len(), 2);
+    }
+
+    #[test]
     fn records_are_message_then_logfmt_fields_then_time() {
         let mut b = Batch::new();
         b.record(b"api")
@@ -405,16 +581,22 @@ mod tests {
             .field(b"empty", b"")
             .field(b"bad key=", b"v")
             .time(1_700_000_000_123_456_789)
-            .finish();
+            .finish()
+            .unwrap();
         b.record(b"default")
             .message(b"first\r\nsecond\nthird")
-            .finish();
-        b.record(b"default").field(b"only", b"field").finish();
+            .finish()
+            .unwrap();
+        b.record(b"default")
+            .field(b"only", b"field")
+            .finish()
+            .unwrap();
         let pre = render_fields([(&b"a"[..], &b"1"[..]), (b"b c", b"x y")]);
         b.record(b"default")
             .rendered(&pre)
             .message(b"after")
-            .finish();
+            .finish()
+            .unwrap();
         assert_eq!(
             b.lines(),
             [

@@ -196,25 +196,30 @@ pub struct Decoded {
 }
 
 /// Decode a protobuf `ExportLogsServiceRequest`.
-pub fn decode_protobuf(body: &[u8], cfg: &PushConfig) -> Result<Decoded, PushError> {
+pub fn decode_protobuf(body: &[u8], cfg: &PushConfig, batch: Batch) -> Result<Decoded, PushError> {
     let req = ExportLogsServiceRequest::decode(body).map_err(|e| {
         PushError::bad(format!("body is not an OTLP ExportLogsServiceRequest: {e}"))
     })?;
-    Ok(map(req, cfg, body.len()))
+    map(req, cfg, body.len(), batch)
 }
 
 /// Decode the JSON encoding (the protobuf JSON mapping).
-pub fn decode_json(body: &[u8], cfg: &PushConfig) -> Result<Decoded, PushError> {
+pub fn decode_json(body: &[u8], cfg: &PushConfig, batch: Batch) -> Result<Decoded, PushError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| PushError::bad(format!("body is not OTLP JSON: {e}")))?;
     let req = json::request(&v).map_err(|e| PushError::bad(format!("OTLP JSON: {e}")))?;
-    Ok(map(req, cfg, body.len()))
+    map(req, cfg, body.len(), batch)
 }
 
-fn map(req: ExportLogsServiceRequest, cfg: &PushConfig, size: usize) -> Decoded {
-    let mut batch = Batch::with_capacity(size + size / 2);
+fn map(
+    req: ExportLogsServiceRequest,
+    cfg: &PushConfig,
+    size: usize,
+    mut batch: Batch,
+) -> Result<Decoded, PushError> {
+    batch.reserve(size + size / 2);
     let mut rejected = 0i64;
-    for rl in &req.resource_logs {
+    for (n, rl) in req.resource_logs.iter().enumerate() {
         let attrs = rl
             .resource
             .as_ref()
@@ -281,11 +286,12 @@ fn map(req: ExportLogsServiceRequest, cfg: &PushConfig, size: usize) -> Decoded 
                 if t != 0 {
                     r.time(i128::from(t));
                 }
-                r.finish();
+                r.finish()
+                    .map_err(|e| e.at(&format!("resource_logs[{n}]")))?;
             }
         }
     }
-    Decoded {
+    Ok(Decoded {
         batch,
         rejected: (rejected > 0).then(|| {
             (
@@ -293,7 +299,7 @@ fn map(req: ExportLogsServiceRequest, cfg: &PushConfig, size: usize) -> Decoded 
                 "log records with neither body nor attributes".to_string(),
             )
         }),
-    }
+    })
 }
 
 /// `SeverityNumber` as its short name (`INFO`, `WARN2`, ...).
@@ -653,9 +659,9 @@ mod tests {
                 }],
             }],
         };
-        let p = decode_protobuf(&req.encode_to_vec(), &cfg).unwrap();
+        let p = decode_protobuf(&req.encode_to_vec(), &cfg, Batch::new()).unwrap();
         let json = br#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"checkout"}},{"key":"host.name","value":{"stringValue":"web-1"}}]},"scopeLogs":[{"scope":{"name":"app.log"},"logRecords":[{"timeUnixNano":"1764410400000000001","severityNumber":9,"body":{"stringValue":"paid\norder 7"},"attributes":[{"key":"order","value":{"intValue":"7"}},{"key":"ok","value":{"boolValue":true}}],"traceId":"abababababababababababababababab"},{}]}]}]}"#;
-        let j = decode_json(json, &cfg).unwrap();
+        let j = decode_json(json, &cfg, Batch::new()).unwrap();
         let want = [
             "checkout paid\\norder 7 host.name=web-1 scope=app.log severity=INFO order=7 ok=true trace_id=abababababababababababababababab ts=2025-11-29T10:00:00.000000001Z",
         ];
@@ -671,8 +677,8 @@ mod tests {
         assert_eq!(severity_name(14), "WARN2");
         assert_eq!(severity_name(24), "FATAL4");
         let cfg = crate::ingest::protocols::test_config();
-        assert!(decode_protobuf(b"\x0a\x05\x0a", &cfg).is_err());
-        assert!(decode_json(b"[]", &cfg).is_err());
-        assert!(decode_json(br#"{"resourceLogs":{}}"#, &cfg).is_err());
+        assert!(decode_protobuf(b"\x0a\x05\x0a", &cfg, Batch::new()).is_err());
+        assert!(decode_json(b"[]", &cfg, Batch::new()).is_err());
+        assert!(decode_json(br#"{"resourceLogs":{}}"#, &cfg, Batch::new()).is_err());
     }
 }

@@ -34,6 +34,10 @@ use crate::throttle::Throttle;
 
 /// Bytes read from a connection at a time (256 KiB).
 const READ_BUF: usize = 256 << 10;
+/// How long a connection waits before it tries the memory budget again.
+const PAUSE: Duration = Duration::from_millis(100);
+/// One "paused" line per 10 s, however many connections wait.
+static PAUSED: crate::throttle::Throttle = crate::throttle::Throttle::new(Duration::from_secs(10));
 /// Datagrams written together at most.
 const UDP_BATCH: usize = 4096;
 
@@ -67,7 +71,8 @@ const SEVERITIES: [&str; 8] = [
     "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
 ];
 
-/// Parse one syslog message (without framing) into a record of `batch`.
+/// Parse one syslog message (without framing) into a record of `batch` (a message over a
+/// field limit, or one the batch has no room for, is dropped: syslog has no way to refuse).
 pub fn parse_into(batch: &mut Batch, frame: &[u8], static_topic: &str, now_ns: i128) {
     let frame = frame.strip_suffix(b"\n").unwrap_or(frame);
     let frame = frame.strip_suffix(b"\r").unwrap_or(frame);
@@ -75,7 +80,8 @@ pub fn parse_into(batch: &mut Batch, frame: &[u8], static_topic: &str, now_ns: i
         batch
             .record(static_topic.as_bytes())
             .message(frame)
-            .finish();
+            .finish()
+            .ok();
         return;
     };
     let mut m = Message::default();
@@ -115,7 +121,7 @@ pub fn parse_into(batch: &mut Batch, frame: &[u8], static_topic: &str, now_ns: i
     if let Some(ns) = m.time {
         r.time(ns);
     }
-    r.finish();
+    r.finish().ok();
 }
 
 #[derive(Default)]
@@ -490,10 +496,26 @@ async fn connection<S: tokio::io::AsyncRead + Unpin>(
     let mut read_ahead = !buf.is_empty();
     let max = push.cfg.max_body;
     let topic = push.cfg.topic.clone();
+    // The connection's buffer and the records framed from it, held against the memory
+    // budget: when it has no room, the connection is not read (TCP holds the client back)
+    // until it has.
+    let mut hold = push.budget().hold();
     loop {
-        if buf.capacity() - buf.len() < READ_BUF / 4 {
-            buf.reserve(READ_BUF);
+        let grow = if buf.capacity() - buf.len() < READ_BUF / 4 {
+            READ_BUF
+        } else {
+            0
+        };
+        if let Err(full) = hold.set(buf.capacity() + grow + buf.len() * 2) {
+            if let Some(held) = PAUSED.allow() {
+                tracing::warn!(?peer, error = %full, suppressed = held, "syslog connection paused");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PAUSE) => continue,
+                _ = stop.changed() => return,
+            }
         }
+        buf.reserve(grow);
         let idle_for = idle.unwrap_or(Duration::MAX);
         // What came with the connection's first line is framed before reading more.
         let n = if std::mem::take(&mut read_ahead) {
