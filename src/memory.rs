@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Set when a large buffer was freed: the trimming thread hands free pages back at its next
-/// tick (within a second) instead of its next period.
+/// tick (within 200 ms) instead of its next period.
 static TRIM_SOON: AtomicBool = AtomicBool::new(false);
 
 /// Freed allocations of this many bytes or more ask for a trim soon (8 MiB).
 pub const TRIM_AFTER_FREEING: usize = 8 << 20;
 
-/// Ask the trimming thread to hand free memory back to the kernel within a second: a client
+/// Ask the trimming thread to hand free memory back to the kernel within 200 ms: a client
 /// that held many megabytes in small allocations (a stream's deduplication sets, a decoded
 /// push) leaves them in the allocator's arenas, where only a trim returns them.
 pub fn trim_soon() {
@@ -21,19 +21,27 @@ pub fn trim_soon() {
 
 /// How often the trimming thread looks for a nudge, and how many of those ticks make its
 /// regular period (10 s).
-const TICK: Duration = Duration::from_secs(1);
-const TICKS_PER_TRIM: u32 = 10;
+const TICK: Duration = Duration::from_millis(200);
+const TICKS_PER_TRIM: u32 = 50;
+
+/// Allocations of this size or more are mapped on their own and handed back to the kernel as
+/// soon as they are freed (4 MiB: request bodies, decoded copies, batches of records). glibc
+/// raises its own threshold to the largest block freed (up to 32 MiB), after which such
+/// buffers come from, and fragment, the arenas; a fixed threshold keeps them out. Query
+/// blocks (1 MiB) stay below it.
+const MMAP_THRESHOLD: i32 = 4 << 20;
 
 /// Keep the allocator from holding on to memory a flood of clients used: at most a few malloc
 /// arenas (glibc makes up to 8 per core, one per busy thread, and a freed buffer stays in the
-/// arena of the thread that freed it), and free pages handed back to the kernel every 10 s, or
-/// within a second of a [`trim_soon`], by a thread that ends when the returned guard is
+/// arena of the thread that freed it), buffers of 4 MiB and more mapped on their own, and free
+/// pages handed back to the kernel every 10 s, or within 200 ms of a [`trim_soon`], by a thread that ends when the returned guard is
 /// dropped (with the node). Call it before any other thread exists.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn tame_the_allocator() -> std::sync::mpsc::Sender<()> {
     // SAFETY: mallopt is called before any thread but this one exists (the caller's promise).
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 4);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
     let (guard, stopped) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()

@@ -75,33 +75,6 @@ fn odd_files_with_segment_names_never_stop_the_node() {
     );
 }
 
-/// `(threads, anonymous RSS in KiB)` of a process, from `/proc/<pid>/status`.
-fn threads_and_rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-    };
-    (field("Threads:"), field("RssAnon:"))
-}
-
-/// The node's threads and anonymous RSS once its RSS is under `bound_kib`, or after 25 s:
-/// freed memory goes back to the kernel within the node's 10 s trim period.
-fn settled(pid: u32, bound_kib: u64) -> (u64, u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(25);
-    loop {
-        let now = threads_and_rss(pid);
-        if now.1 < bound_kib || std::time::Instant::now() > deadline {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 fn socket2_linger_zero(s: &std::net::TcpStream) {
     use std::os::fd::AsRawFd;
     let lin = libc::linger {

@@ -345,3 +345,229 @@ fn a_request_head_over_256_kib_is_refused() {
     }
     assert_eq!(http("GET", api, "/health", b"").status, 200, "unhurt");
 }
+
+/// An OTLP protobuf request: one resource with `attrs` attributes and `records` records.
+fn otlp_bomb(attrs: usize, records: usize) -> Vec<u8> {
+    use oklog::ingest::protocols::otlp::*;
+    use prost::Message;
+    let text = |s: String| {
+        Some(AnyValue {
+            value: Some(AnyKind::String(s)),
+        })
+    };
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: (0..attrs)
+                    .map(|i| KeyValue {
+                        key: format!("a{i}"),
+                        value: text("x".into()),
+                    })
+                    .collect(),
+            }),
+            scope_logs: vec![ScopeLogs {
+                scope: None,
+                log_records: (0..records)
+                    .map(|i| LogRecord {
+                        body: text(format!("record {i}")),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }],
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// A Loki JSON push: one stream with `labels` labels and `entries` entries.
+fn loki_bomb(labels: usize, entries: usize) -> Vec<u8> {
+    let labels: Vec<String> = (0..labels).map(|i| format!(r#""l{i}":"v""#)).collect();
+    let values: Vec<String> = (0..entries)
+        .map(|i| {
+            format!(
+                r#"["{}","line {i}"]"#,
+                1_700_000_000_000_000_000u64 + i as u64
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"streams":[{{"stream":{{{}}},"values":[{}]}}]}}"#,
+        labels.join(","),
+        values.join(",")
+    )
+    .into_bytes()
+}
+
+/// `n` copies of a request sent at once; their statuses.
+fn at_once(api: &str, n: usize, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u16> {
+    let body = std::sync::Arc::new(body.to_vec());
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (api, path, body, headers) = (
+                api.to_string(),
+                path.to_string(),
+                body.clone(),
+                headers.clone(),
+            );
+            std::thread::spawn(move || {
+                let h: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                http_partial("POST", &api, &path, &h, &body).status
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// An honest agent pushing one small Loki request every 100 ms until `stop`; each push is
+/// retried after a 503 as agents do (Retry-After: 1). Returns (pushed, 503s seen, failures).
+fn honest_pusher(
+    api: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u32, u32, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut pushed, mut busy, mut failed) = (0, 0, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let body = format!(
+                r#"{{"streams":[{{"stream":{{"job":"honest"}},"values":[["{now}","honest {pushed}"]]}}]}}"#
+            );
+            let started = Instant::now();
+            loop {
+                let r = http_with(
+                    "POST",
+                    &api,
+                    "/loki/api/v1/push",
+                    &[("Content-Type", "application/json")],
+                    body.as_bytes(),
+                );
+                match r.status {
+                    204 => break,
+                    503 if started.elapsed() < Duration::from_secs(10) => {
+                        busy += 1;
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    s => {
+                        failed.push(format!("{s} after {:?}: {}", started.elapsed(), r.text()));
+                        break;
+                    }
+                }
+            }
+            pushed += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (pushed, busy, failed)
+    })
+}
+
+#[test]
+fn push_bombs_stay_within_the_memory_budget_and_honest_pushes_go_on() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api").to_string();
+    let pid = node.child.id();
+    let (_, rss_start) = threads_and_rss(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let honest = honest_pusher(api.clone(), std::sync::Arc::clone(&stop));
+    let peak = PeakRss::start(pid);
+
+    // OTLP requests of 100,000 resource attributes × 300 records (1.5 MB each; they held
+    // 446 MB each, six at once 1.6 GB): a 400 naming the limit, at once; 32 at once (as many as
+    // are served) hold their parse trees within the budget, the rest a 503.
+    let otlp = otlp_bomb(100_000, 300);
+    eprintln!("OTLP bomb: {} KB", otlp.len() >> 10);
+    let r = http_with(
+        "POST",
+        &api,
+        "/v1/logs",
+        &[("Content-Type", "application/x-protobuf")],
+        &otlp,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("more than 256"), "{}", r.text());
+    let statuses = at_once(
+        &api,
+        32,
+        "/v1/logs",
+        &[("Content-Type", "application/x-protobuf")],
+        &otlp,
+    );
+    assert!(
+        statuses.iter().all(|&s| s == 400 || s == 503),
+        "{statuses:?}"
+    );
+
+    // Loki requests of 100,000 labels × 300 entries (384 MB each).
+    let loki = loki_bomb(100_000, 300);
+    let statuses = at_once(
+        &api,
+        32,
+        "/loki/api/v1/push",
+        &[("Content-Type", "application/json")],
+        &loki,
+    );
+    assert!(
+        statuses.iter().all(|&s| s == 400 || s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&400), "{statuses:?}");
+
+    // Thirty gzip bodies of 60 MB of tiny JSON lines (about 120 KB each as sent).
+    let tiny = b"{\"a\":1}\n".repeat(60_000_000 / 8);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &tiny).unwrap();
+    let gz = gz.finish().unwrap();
+    drop(tiny);
+    eprintln!("tiny-lines bomb: {} KB of gzip", gz.len() >> 10);
+    let statuses = at_once(
+        &api,
+        30,
+        "/insert/jsonline",
+        &[("Content-Encoding", "gzip")],
+        &gz,
+    );
+    assert!(
+        statuses.iter().all(|&s| s == 413 || s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&413), "{statuses:?}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (pushed, busy, failed) = honest.join().unwrap();
+    let peak = peak.stop();
+    eprintln!(
+        "RssAnon: start {} MiB, peak {} MiB; honest pushes: {pushed}, {busy} retried after a 503",
+        rss_start >> 10,
+        peak >> 10,
+    );
+    assert!(failed.is_empty(), "honest pushes failed: {failed:?}");
+    assert!(pushed >= 5, "{pushed} honest pushes");
+    assert!(peak < 512 << 10, "peak RssAnon {} MiB", peak >> 10);
+    // Nothing of a refused request was stored; every honest push was.
+    let records = wait_for_records(&api, pushed as usize);
+    assert_eq!(records.len() as u32, pushed, "only the honest records");
+    assert!(
+        records
+            .iter()
+            .all(|r| r.windows(7).any(|w| w == b"honest "))
+    );
+    // Memory goes back once the bombs are over.
+    let (_, after) = settled(pid, rss_start.max(16 << 10) * 2);
+    eprintln!("RssAnon after: {} MiB", after >> 10);
+    assert!(
+        after < rss_start.max(16 << 10) * 2,
+        "{} MiB after, {} MiB at the start",
+        after >> 10,
+        rss_start >> 10
+    );
+}

@@ -517,3 +517,60 @@ pub fn wait_for_records(api: &str, n: usize) -> Vec<Vec<u8>> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `(threads, anonymous RSS in KiB)` of a process, from `/proc/<pid>/status`.
+pub fn threads_and_rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    (field("Threads:"), field("RssAnon:"))
+}
+
+/// The node's threads and anonymous RSS once its RSS is under `bound_kib`, or after 25 s:
+/// freed memory goes back to the kernel within the node's 10 s trim period.
+pub fn settled(pid: u32, bound_kib: u64) -> (u64, u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let now = threads_and_rss(pid);
+        if now.1 < bound_kib || std::time::Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Samples a process's anonymous RSS every 20 ms until [`PeakRss::stop`], which returns the
+/// most it saw, in KiB.
+pub struct PeakRss {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    /// Start sampling `pid`.
+    pub fn start(pid: u32) -> PeakRss {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(threads_and_rss(pid).1);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        PeakRss { stop, thread }
+    }
+
+    /// Stop sampling: the peak, in KiB.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
