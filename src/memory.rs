@@ -174,6 +174,20 @@ impl Hold {
         }
     }
 
+    /// Hold exactly `bytes`, past the budget if need be: for memory its owner already holds
+    /// and cannot give up (records taken for a client, not yet sent). Until it is given back,
+    /// the budget refuses everyone else.
+    pub fn force(&mut self, bytes: usize) {
+        if bytes > self.bytes {
+            self.budget
+                .held
+                .fetch_add(bytes - self.bytes, Ordering::AcqRel);
+            self.bytes = bytes;
+        } else {
+            let _ = self.set(bytes);
+        }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -213,6 +227,10 @@ mod tests {
         assert_eq!(budget.held(), 5 << 20);
         b.set(9 << 20).unwrap();
         assert!(a.set(2 << 20).is_err());
+        a.force(3 << 20);
+        assert_eq!(budget.held(), 12 << 20, "forced past the limit");
+        assert!(budget.try_hold(1).is_err());
+        a.force(1 << 20);
         drop(b);
         assert_eq!(budget.held(), 1 << 20);
         drop(a);

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub api_request_duration: RequestDurations,
     /// Members of the cluster this node sees, itself included.
     pub cluster_size: Gauge,
+    /// Bytes clients make the node hold now, of its memory budget.
+    pub memory_budget_held: Gauge,
+    /// The memory budget (`-api.memory-budget`).
+    pub memory_budget: Gauge,
     /// Gossip packets dropped because no cluster key opened them.
     pub cluster_rejected_packets: Counter,
     /// Ingest segment files by `state` (flushed and pending are the consumers' queue).
@@ -153,6 +157,16 @@ impl Metrics {
             "oklog_cluster_size",
             "Number of peer members in the cluster, this node included",
             m.cluster_size.clone(),
+        );
+        r.register(
+            "oklog_memory_budget_held_bytes",
+            "Bytes clients make the node hold now (push bodies and records, streams, ingest buffers)",
+            m.memory_budget_held.clone(),
+        );
+        r.register(
+            "oklog_memory_budget_bytes",
+            "Bytes all clients together may make the node hold (-api.memory-budget)",
+            m.memory_budget.clone(),
         );
         r.register(
             "oklog_cluster_rejected_packets",

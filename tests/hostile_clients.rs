@@ -571,3 +571,345 @@ fn push_bombs_stay_within_the_memory_budget_and_honest_pushes_go_on() {
         rss_start >> 10
     );
 }
+
+/// A request whose head is sent, then its body one byte every `every` from a thread, until the
+/// server answers or closes; returns the socket's reader end for the answer.
+fn trickle(api: &str, head: &str, every: Duration) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    std::io::Write::write_all(&mut s, head.as_bytes()).unwrap();
+    let mut w = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(every);
+            if std::io::Write::write_all(&mut w, b"1\r\n{\r\n").is_err() {
+                return;
+            }
+        }
+    });
+    s
+}
+
+/// What a trickling client reads: its status, or 0 when the connection just closed.
+fn answer_status(s: &mut std::net::TcpStream, within: Duration) -> u16 {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 512];
+    match std::io::Read::read(s, &mut buf) {
+        Ok(0) => 0,
+        Ok(n) => {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            text.split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0)
+        }
+        Err(e) => panic!("no answer within {within:?}: {e}"),
+    }
+}
+
+#[test]
+fn trickled_bodies_hold_nothing_and_end_at_their_deadline() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &["-api.body-timeout", "3s"]);
+    let api = node.addr("api").to_string();
+    // Chunked pushes that send a byte a second (each under the idle timeout), and one that
+    // declares 64 MiB: they held the whole 256 MiB push budget and every other push waited.
+    let started = Instant::now();
+    let mut trickles: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            trickle(
+                &api,
+                "POST /insert/jsonline HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Duration::from_millis(700),
+            )
+        })
+        .collect();
+    trickles.push(trickle(
+        &api,
+        "POST /insert/jsonline HTTP/1.1\r\nHost: a\r\nContent-Length: 67108863\r\n\r\n",
+        Duration::from_millis(700),
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let held = metric(&api, "oklog_memory_budget_held_bytes").unwrap();
+    assert!(held < (1 << 20) as f64, "trickles hold {held} bytes");
+    // Honest pushes meanwhile: answered at once.
+    for i in 0..5 {
+        let t = Instant::now();
+        let body = format!("{{\"_msg\":\"honest {i}\"}}\n");
+        let r = http("POST", &api, "/insert/jsonline", body.as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+    // Each trickle ends at its deadline (3 s; the 64 MiB one has 64 s more for its size),
+    // not when it stops trickling.
+    for (n, s) in trickles.iter_mut().enumerate().take(4) {
+        let status = answer_status(s, Duration::from_secs(10));
+        assert!(status == 400 || status == 0, "trickle {n}: {status}");
+    }
+    let ended = started.elapsed();
+    eprintln!("chunked trickles ended after {ended:?}");
+    assert!(
+        ended >= Duration::from_secs(3) && ended < Duration::from_secs(8),
+        "{ended:?}"
+    );
+    assert_eq!(all_records(&api).len(), 5, "only the honest records");
+
+    // Replica uploads that trickle: at most 64 are received at once (one more is a 503 at
+    // once), and each ends at its deadline with its `.active` file removed.
+    let head = "POST /store/replicate HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let uploads: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| trickle(&api, head, Duration::from_millis(700)))
+        .collect();
+    let active = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("data/store"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".active")
+            })
+            .count()
+    };
+    eventually(Duration::from_secs(5), "64 uploads received", || {
+        (active(dir.path()) == 64).then_some(())
+    });
+    let mut extra = trickle(&api, head, Duration::from_millis(700));
+    assert_eq!(answer_status(&mut extra, Duration::from_secs(3)), 503);
+    drop(uploads);
+    eventually(
+        Duration::from_secs(10),
+        "the uploads' files removed",
+        || (active(dir.path()) == 0).then_some(()),
+    );
+}
+
+/// Send a request and never read its answer: the socket, to hold open.
+fn never_read(api: &str, request: &[u8]) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    std::io::Write::write_all(&mut s, request).unwrap();
+    s
+}
+
+#[test]
+fn clients_that_never_read_give_back_their_answers_and_query_slots() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &["-api.write-timeout", "2s"]);
+    let api = node.addr("api").to_string();
+    let pid = node.child.id();
+    let mut input = Vec::new();
+    for i in 0..200_000 {
+        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
+    }
+    assert!(forward(node.addr("fast"), &input, &[]).status.success());
+    wait_for_records(&api, 200_000);
+    let (_, rss_start) = threads_and_rss(pid);
+
+    // As many query clients as there are query slots, asking for 20 MB and reading nothing:
+    // every other query was a 503 for 50 s. Now each loses its connection, and its slot,
+    // after 2 s of taking nothing.
+    let query =
+        format!("GET /store/query?from=2000-01-01T00:00:00Z&q=rec HTTP/1.1\r\nHost: {api}\r\n\r\n");
+    let stuck: Vec<_> = (0..32)
+        .map(|_| never_read(&api, query.as_bytes()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let r = http(
+        "GET",
+        &api,
+        "/store/query?from=2000-01-01T00:00:00Z&q=rec+0000001",
+        b"",
+    );
+    assert_eq!(r.status, 503, "all slots are taken: {}", r.text());
+    let t = Instant::now();
+    let lines = eventually(Duration::from_secs(10), "a query answered", || {
+        let r = http(
+            "GET",
+            &api,
+            "/store/query?from=2000-01-01T00:00:00Z&q=rec+0000001",
+            b"",
+        );
+        (r.status == 200).then(|| r.text().lines().count())
+    });
+    eprintln!(
+        "a query was answered {:?} after the slots were taken",
+        t.elapsed()
+    );
+    assert_eq!(lines, 1);
+    drop(stuck);
+
+    // Eight Elasticsearch bulk clients sending a million one-line documents each (about
+    // 30 KB of gzip) and never reading the answer (168 MB each, built whole, held 1.34 GB
+    // for 45 s): answers are written as they are read, and dropped with their connections.
+    let docs = b"{\"create\":{}}\n{\"m\":1}\n".repeat(1_000_000);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &docs).unwrap();
+    let gz = gz.finish().unwrap();
+    eprintln!("bulk body: {} KB of gzip", gz.len() >> 10);
+    let mut request = format!(
+        "POST /insert/elasticsearch/_bulk HTTP/1.1\r\nHost: {api}\r\nContent-Encoding: gzip\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&gz);
+    let peak = PeakRss::start(pid);
+    let bulks: Vec<_> = (0..8).map(|_| never_read(&api, &request)).collect();
+    // Honest traffic goes on meanwhile.
+    for i in 0..10 {
+        let body = format!("{{\"_msg\":\"honest {i}\"}}\n");
+        let r = http("POST", &api, "/insert/jsonline", body.as_bytes());
+        assert!(r.status == 200 || r.status == 503, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r = http(
+        "GET",
+        &api,
+        "/store/query?from=2000-01-01T00:00:00Z&q=rec+0000002",
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Each bulk is stored (or refused for want of memory), answered in part, and cut off.
+    std::thread::sleep(Duration::from_secs(6));
+    let peak = peak.stop();
+    drop(bulks);
+    let (_, after) = settled(pid, rss_start.max(16 << 10) * 2);
+    eprintln!(
+        "RssAnon: {} MiB before, peak {} MiB, {} MiB after",
+        rss_start >> 10,
+        peak >> 10,
+        after >> 10
+    );
+    assert!(peak < 512 << 10, "peak RssAnon {} MiB", peak >> 10);
+    assert!(
+        after < rss_start.max(16 << 10) * 2,
+        "{} MiB after",
+        after >> 10
+    );
+    assert_eq!(metric(&api, "oklog_memory_budget_held_bytes"), Some(0.0));
+}
+
+/// A connection that writes `head` and then `body` in 1 MiB pieces from a thread, until a
+/// write fails or stays blocked for 2 s (the server stopped reading).
+fn flood_conn(addr: &str, head: Vec<u8>, body_len: usize) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        if std::io::Write::write_all(&mut w, &head).is_err() {
+            return;
+        }
+        let piece = vec![b'a'; 1 << 20];
+        let mut sent = 0;
+        while sent < body_len {
+            let n = piece.len().min(body_len - sent);
+            if std::io::Write::write_all(&mut w, &piece[..n]).is_err() {
+                return;
+            }
+            sent += n;
+        }
+    });
+    s
+}
+
+#[test]
+fn ingest_buffers_and_streams_share_one_budget() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 64usize << 20;
+    let node = Node::ingeststore(
+        dir.path(),
+        &[
+            "-api.memory-budget",
+            &budget.to_string(),
+            "-api.body-timeout",
+            "4s",
+        ],
+    );
+    let api = node.addr("api").to_string();
+    let syslog = listening(&node.log_text())["syslog-tcp"].clone();
+    let pid = node.child.id();
+    let (_, rss_start) = threads_and_rss(pid);
+    let peak = PeakRss::start(pid);
+
+    // Ten syslog connections, each in the middle of a 60 MB frame (they held 41 MB each), and
+    // five bulk connections in the middle of a 64 MiB batch (64 MiB each).
+    let syslogs: Vec<_> = (0..10)
+        .map(|_| flood_conn(&syslog, b"60000000 ".to_vec(), 30 << 20))
+        .collect();
+    let mut bulk_head = b"OKLOG-BULK/1\n".to_vec();
+    bulk_head.extend_from_slice(&((64u32 << 20) - 1).to_be_bytes());
+    let bulks: Vec<_> = (0..5)
+        .map(|_| flood_conn(node.addr("bulk"), bulk_head.clone(), 60 << 20))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let held = metric(&api, "oklog_memory_budget_held_bytes").unwrap();
+    let (_, rss) = threads_and_rss(pid);
+    eprintln!(
+        "syslog and bulk floods: {} MiB held of the budget, RssAnon {} MiB",
+        held as u64 >> 20,
+        rss >> 10
+    );
+    assert!(held <= budget as f64, "{held}");
+    // A push finds no room now: a 503 with the reason. Once the unfinished frames and
+    // batches reach their deadline (4 s), their connections are closed and pushes go on.
+    let r = http("POST", &api, "/insert/jsonline", b"{\"_msg\":\"early\"}\n");
+    assert!(r.status == 200 || r.status == 503, "{}", r.text());
+    if r.status == 503 {
+        assert!(r.text().contains("-api.memory-budget"), "{}", r.text());
+    }
+    eventually(Duration::from_secs(10), "a push stored", || {
+        let r = http("POST", &api, "/insert/jsonline", b"{\"_msg\":\"honest\"}\n");
+        (r.status == 200).then_some(())
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the floods' memory given back",
+        || {
+            let held = metric(&api, "oklog_memory_budget_held_bytes").unwrap();
+            (held < (1 << 20) as f64).then_some(())
+        },
+    );
+    drop((syslogs, bulks));
+
+    // Forty live streams that never read (they reached 570 MB): each holds room in the
+    // budget to start, and sheds what it would hold past it; those that find no room get a
+    // 503. A reading stream still sees every record.
+    let stream_req = "GET /store/stream?q=rec HTTP/1.1\r\nHost: a\r\n\r\n";
+    let stuck: Vec<_> = (0..40)
+        .map(|_| never_read(&api, stream_req.as_bytes()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let streams = metric(&api, "oklog_store_streams").unwrap();
+    eprintln!("{streams} of 40 stuck streams started");
+    assert!((10.0..40.0).contains(&streams), "{streams}");
+    let mut input = Vec::new();
+    for i in 0..400_000 {
+        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
+    }
+    assert!(forward(node.addr("fast"), &input, &[]).status.success());
+    wait_for_records(&api, 400_002);
+    std::thread::sleep(Duration::from_secs(1));
+    let held = metric(&api, "oklog_memory_budget_held_bytes").unwrap();
+    let peak = peak.stop();
+    eprintln!(
+        "RssAnon: {} MiB at the start, peak {} MiB; streams hold {} MiB of the budget",
+        rss_start >> 10,
+        peak >> 10,
+        held as u64 >> 20
+    );
+    // What a stream took for its client and could not yet send is counted past the budget
+    // (a chunk or two each).
+    assert!(held <= (budget + (16 << 20)) as f64, "{held}");
+    // The budget, the ingest's own buffers and the reading side: well under the 570 MB.
+    assert!(
+        peak < (budget as u64 >> 10) + (128 << 10),
+        "peak RssAnon {} MiB",
+        peak >> 10
+    );
+    drop(stuck);
+    let (_, after) = settled(pid, rss_start.max(16 << 10) * 2);
+    eprintln!("RssAnon after: {} MiB", after >> 10);
+    assert!(after < rss_start.max(16 << 10) * 2, "{} MiB", after >> 10);
+}

@@ -197,9 +197,16 @@ async fn handle<S: Socket>(
         // are made; a batch the budget has no room for ends the connection (the client sends
         // it again, with the same ULIDs).
         let mut hold = ing.budget.hold();
-        let batch = match read_batch(stream, len, &mut hold).await? {
-            Ok(b) => b,
-            Err(full) => return reply(stream, &format!("ERR {full}")).await,
+        let deadline = ing.limits.partial_timeout + Duration::from_secs((len >> 20) as u64);
+        let batch = match tokio::time::timeout(deadline, read_batch(stream, len, &mut hold)).await {
+            Ok(read) => match read? {
+                Ok(b) => b,
+                Err(full) => return reply(stream, &format!("ERR {full}")).await,
+            },
+            Err(_) => {
+                let why = format!("ERR the batch did not arrive whole within {deadline:?}");
+                return reply(stream, &why).await;
+            }
         };
         if let Err(full) = hold.set(batch.len() * 2 + batch.len() / 8) {
             return reply(stream, &format!("ERR {full}")).await;

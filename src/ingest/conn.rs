@@ -844,6 +844,7 @@ mod tests {
         let limits = ConnLimits {
             max_connections: 2,
             idle_timeout: None,
+            ..ConnLimits::default()
         };
         let (ing, addr) = limited(dir.path(), Modality::Fast, false, limits).await;
         let held: Vec<_> = (0..2)

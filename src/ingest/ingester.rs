@@ -52,6 +52,9 @@ pub struct ConnLimits {
     /// A fast or durable connection that sends nothing for this long is acknowledged and
     /// closed; `None` never.
     pub idle_timeout: Option<Duration>,
+    /// A syslog frame or a bulk batch must arrive whole within this, plus 1 s per MiB a bulk
+    /// batch declares (`-api.body-timeout`, as for HTTP bodies).
+    pub partial_timeout: Duration,
 }
 
 impl Default for ConnLimits {
@@ -59,6 +62,7 @@ impl Default for ConnLimits {
         ConnLimits {
             max_connections: 10_000,
             idle_timeout: Some(Duration::from_secs(3600)),
+            partial_timeout: crate::http::BODY_TIMEOUT,
         }
     }
 }

@@ -71,8 +71,13 @@ pub const CLIENT_STALL: Duration = Duration::from_secs(30);
 /// recently touched half is forgotten.
 pub const MAX_EMITTED: usize = 2_000_000;
 
-/// Bytes a stream must find room for in the memory budget to start (1 MiB: its first chunks).
-pub const START_HOLD: usize = 1 << 20;
+/// Bytes a stream holds whatever it deduplicates: the chunks queued for its client (four and
+/// one in hand, 256 KiB each), the chunks its peers' readers have queued for it, and its
+/// connections' buffers. A stream must find room for this in the memory budget to start.
+pub const START_HOLD: usize = 3 << 20;
+/// What a stream that the memory budget had no room for holds at most before it emits
+/// ([`Deduplicator::shed`]): 256 KiB, one chunk.
+pub const TIGHT_HELD_BYTES: usize = 256 << 10;
 /// Bytes a remembered ID costs, with its share of the hash table.
 const ID_COST: usize = 24;
 
@@ -123,6 +128,8 @@ pub struct Deduplicator {
     batch: Vec<(Key, u32, u32, u32)>,
     /// Set by [`Deduplicator::shed`]: the next tick emits everything held.
     shed: bool,
+    /// Set by [`Deduplicator::shed`] for good: hold at most [`TIGHT_HELD_BYTES`].
+    tight: bool,
 }
 
 impl Deduplicator {
@@ -136,6 +143,16 @@ impl Deduplicator {
             remembered: 0,
             batch: Vec::new(),
             shed: false,
+            tight: false,
+        }
+    }
+
+    /// Bytes held before the earliest arrivals go out early.
+    fn max_held(&self) -> usize {
+        if self.tight {
+            TIGHT_HELD_BYTES
+        } else {
+            MAX_HELD_BYTES
         }
     }
 
@@ -147,12 +164,14 @@ impl Deduplicator {
 
     /// Give memory up now: forget every remembered ID (a late copy of a record already sent
     /// may then go out again) and let the next tick emit everything held, whatever its
-    /// window. Nothing is lost; order and deduplication are what is given up.
+    /// window; from then on hold at most [`TIGHT_HELD_BYTES`]. Nothing is lost; order and
+    /// deduplication are what is given up.
     pub fn shed(&mut self) {
         self.buckets = Vec::new();
         self.remembered = 0;
         self.batch = Vec::new();
         self.shed = true;
+        self.tight = true;
     }
 
     /// A chunk of whole record lines (each ending in `\n`) arrived at `now`.
@@ -201,7 +220,7 @@ impl Deduplicator {
 
     /// Whether more is held than [`MAX_HELD_BYTES`] (so the next tick should come now).
     pub fn over_limit(&self) -> bool {
-        self.held_bytes > MAX_HELD_BYTES || self.shed
+        self.held_bytes > self.max_held() || self.shed
     }
 
     /// The lines of the records whose hold time is up at `now` (and, past the memory bound,
@@ -224,11 +243,11 @@ impl Deduplicator {
             }
         }
 
-        let over = self.held_bytes > MAX_HELD_BYTES;
+        let over = self.held_bytes > self.max_held();
         let floor = if std::mem::take(&mut self.shed) {
             0
         } else {
-            MAX_HELD_BYTES / 2
+            self.max_held() / 2
         };
         let mut due = 0;
         let mut left = self.held_bytes;
@@ -312,29 +331,18 @@ pub async fn run(
                 if let Some(chunk) = chunk {
                     dedup.insert(chunk, Instant::now());
                 }
-                if hold.set(dedup.cost().max(START_HOLD)).is_err() {
+                if hold.set(dedup.cost() + START_HOLD).is_err() {
                     dedup.shed();
-                    let _ = hold.set(dedup.cost().max(START_HOLD));
+                    let _ = hold.set(dedup.cost() + START_HOLD);
                 }
-                if dedup.over_limit() {
-                    tick.reset_immediately();
+                // Past its bound the deduplicator lets records go at once, not at the next
+                // tick: while peers keep it busy, the timer may not fire for a while.
+                if dedup.over_limit() && !emit(&mut dedup, &out, &mut hold).await {
+                    break;
                 }
             }
             _ = tick.tick() => {
-                // Due lines go out in chunks of whole lines: one body frame per line would
-                // cost the client more than the records.
-                let mut due = dedup.tick(Instant::now());
-                let _ = hold.set(dedup.cost().max(START_HOLD));
-                let mut gone = false;
-                while !due.is_empty() && !gone {
-                    let cut = if due.len() <= OUT_CHUNK {
-                        due.len()
-                    } else {
-                        memchr::memrchr(b'\n', &due[..OUT_CHUNK]).map_or(due.len(), |i| i + 1)
-                    };
-                    gone = !send(&out, due.split_to(cut)).await;
-                }
-                if gone {
+                if !emit(&mut dedup, &out, &mut hold).await {
                     break;
                 }
             }
@@ -347,6 +355,30 @@ pub async fn run(
     // Its deduplication sets were many small allocations: hand them back soon.
     drop(dedup);
     crate::memory::trim_soon();
+}
+
+/// Send what is due to the client, in chunks of whole lines (one body frame per line would cost
+/// the client more than the records); `false` if it went away or took nothing for
+/// [`CLIENT_STALL`].
+async fn emit(
+    dedup: &mut Deduplicator,
+    out: &mpsc::Sender<Bytes>,
+    hold: &mut crate::memory::Hold,
+) -> bool {
+    let mut due = dedup.tick(Instant::now());
+    // What is due is held until the client takes it: counted, whatever the budget.
+    hold.force(dedup.cost() + due.len() + START_HOLD);
+    let mut gone = false;
+    while !due.is_empty() && !gone {
+        let cut = if due.len() <= OUT_CHUNK {
+            due.len()
+        } else {
+            memchr::memrchr(b'\n', &due[..OUT_CHUNK]).map_or(due.len(), |i| i + 1)
+        };
+        gone = !send(out, due.split_to(cut)).await;
+    }
+    let _ = hold.set(dedup.cost() + START_HOLD);
+    !gone
 }
 
 /// Send a chunk to the client; `false` if it went away or took nothing for [`CLIENT_STALL`].

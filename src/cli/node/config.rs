@@ -649,6 +649,7 @@ impl IngestConfig {
             limits: ConnLimits {
                 max_connections: positive(args, "ingest.max-connections")? as usize,
                 idle_timeout: (!idle.is_zero()).then_some(idle),
+                partial_timeout: nonzero(args, "api.body-timeout")?,
             },
             syslog_tcp: optional("ingest.syslog-tcp", SYSLOG_PORT)?,
             syslog_udp: optional("ingest.syslog-udp", SYSLOG_PORT)?,

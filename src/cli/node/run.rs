@@ -302,13 +302,17 @@ impl Node {
         })
     }
 
-    /// The gauges read when `/metrics` is scraped: the cluster's size, and the segment files
+    /// The gauges read when `/metrics` is scraped: the cluster's size, the memory budget, and
+    /// the segment files
     /// and bytes of each state of the ingest and store logs.
     fn report_on_scrape(&self, ingest: Option<&IngestParts>, store: Option<&StoreParts>) {
         let (gossip, metrics) = (self.gossip.clone(), Arc::downgrade(&self.metrics));
+        let budget = Arc::clone(&self.budget);
         self.metrics.on_scrape(move || {
             if let Some(m) = metrics.upgrade() {
                 m.cluster_size.set(gossip.members().len() as i64);
+                m.memory_budget_held.set(budget.held() as i64);
+                m.memory_budget.set(budget.limit() as i64);
             }
         });
         if let Some(parts) = ingest {

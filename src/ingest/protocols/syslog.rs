@@ -410,11 +410,11 @@ pub async fn serve_tcp(
                 let (push, stop, door) = (Arc::clone(&push), stop.clone(), Arc::clone(&door));
                 conns.spawn(async move {
                     let _permit = permit;
-                    let idle = limits.idle_timeout;
+                    let (idle, partial) = (limits.idle_timeout, limits.partial_timeout);
                     match door.tls().cloned() {
                         None => {
                             if let Some((stream, buf)) = admit(stream, &door, false, peer).await {
-                                connection(stream, buf, peer, push, idle, stop).await;
+                                connection(stream, buf, peer, push, idle, partial, stop).await;
                             }
                         }
                         Some(config) => {
@@ -423,7 +423,7 @@ pub async fn serve_tcp(
                                 Ok(Ok(tls)) => {
                                     let cert = tls.get_ref().1.peer_certificates().is_some();
                                     if let Some((tls, buf)) = admit(tls, &door, cert, peer).await {
-                                        connection(tls, buf, peer, push, idle, stop).await;
+                                        connection(tls, buf, peer, push, idle, partial, stop).await;
                                     }
                                 }
                                 Ok(Err(e)) => door.refused(peer, "syslog-tcp", &format!("TLS handshake failed: {e}")),
@@ -490,6 +490,7 @@ async fn connection<S: tokio::io::AsyncRead + Unpin>(
     peer: std::net::SocketAddr,
     push: Arc<Push>,
     idle: Option<Duration>,
+    partial_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let peer = Some(peer);
@@ -500,7 +501,15 @@ async fn connection<S: tokio::io::AsyncRead + Unpin>(
     // budget: when it has no room, the connection is not read (TCP holds the client back)
     // until it has.
     let mut hold = push.budget().hold();
+    // Since when a frame has been begun and not ended: it must end within `partial_timeout`.
+    let mut partial_since: Option<std::time::Instant> = None;
     loop {
+        if partial_since.is_some_and(|t| t.elapsed() > partial_timeout) {
+            if let Some(held) = PAUSED.allow() {
+                tracing::warn!(?peer, timeout = ?partial_timeout, suppressed = held, "closing syslog connection: a frame did not arrive whole in time");
+            }
+            return;
+        }
         let grow = if buf.capacity() - buf.len() < READ_BUF / 4 {
             READ_BUF
         } else {
@@ -532,7 +541,17 @@ async fn connection<S: tokio::io::AsyncRead + Unpin>(
         };
         let mut batch = Batch::with_capacity(buf.len() * 2);
         let now = now_ns();
-        let framed = frames(&mut buf, max, |f| parse_into(&mut batch, f, &topic, now));
+        let mut ended = 0;
+        let framed = frames(&mut buf, max, |f| {
+            ended += 1;
+            parse_into(&mut batch, f, &topic, now)
+        });
+        // A frame left unfinished is timed from when the one before it ended.
+        partial_since = match (buf.is_empty(), ended, partial_since) {
+            (true, _, _) => None,
+            (false, 0, Some(since)) => Some(since),
+            (false, _, _) => Some(std::time::Instant::now()),
+        };
         if n == 0 && framed.is_ok() && !buf.is_empty() {
             if buf.first().is_some_and(u8::is_ascii_digit) {
                 tracing::warn!(
