@@ -913,3 +913,220 @@ fn ingest_buffers_and_streams_share_one_budget() {
     eprintln!("RssAnon after: {} MiB", after >> 10);
     assert!(after < rss_start.max(16 << 10) * 2, "{} MiB", after >> 10);
 }
+
+/// Bytes the process has caused to be written to storage so far (`write_bytes` in
+/// `/proc/<pid>/io`).
+fn written_bytes(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn bulk_ulids_outside_the_event_bounds_are_refused_and_rewrite_nothing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &["-store.segment-compress-after", "0s"]);
+    let api = node.addr("api").to_string();
+    let pid = node.child.id();
+    let mut input = Vec::new();
+    for i in 0..20_000 {
+        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
+    }
+    assert!(forward(node.addr("fast"), &input, &[]).status.success());
+    wait_for_records(&api, 20_000);
+    eventually(Duration::from_secs(60), "the store compressed", || {
+        (metric(&api, "oklog_store_raw_segments") == Some(0.0)).then_some(())
+    });
+    let before = written_bytes(pid);
+    // One batch holding the smallest and the largest ULID (it made compaction rewrite every
+    // compressed segment, and left a record in the year 10889, never expired): refused with
+    // the reason, nothing stored.
+    let talk = |batch: &[u8]| -> String {
+        let mut s = std::net::TcpStream::connect(node.addr("bulk")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let frame = [
+            &b"OKLOG-BULK/1\n"[..],
+            &(batch.len() as u32).to_be_bytes(),
+            batch,
+        ]
+        .concat();
+        std::io::Write::write_all(&mut s, &frame).unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).unwrap();
+        line.trim_end().to_string()
+    };
+    let answer = talk(b"00000000000000000000000000 a\n7ZZZZZZZZZZZZZZZZZZZZZZZZZ b\n");
+    assert!(
+        answer.starts_with("ERR the first record's ULID: its time 1970-01-01T00:00:00.000Z is more than 168h0m0s before now (-ingest.max-event-age)"),
+        "{answer}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let now_id = oklog::record::encode_ulid(now, 0);
+    let ahead = [&now_id[..], b" a\n7ZZZZZZZZZZZZZZZZZZZZZZZZZ b\n"].concat();
+    let answer = talk(&ahead);
+    assert!(
+        answer.contains("the last record's ULID: its time past 9999-12-31T23:59:59.999Z")
+            && answer.contains("more than 10m0s after now (-ingest.max-event-future)"),
+        "{answer}"
+    );
+    // The same straight to a store's replicate endpoint: refused too.
+    let r = http("POST", &api, "/store/replicate", &ahead);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("more than 30 days after now"),
+        "{}",
+        r.text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let written = written_bytes(pid) - before;
+    eprintln!("written after the refused batches: {written} bytes");
+    assert!(written < 1 << 20, "{written} bytes written");
+    assert_eq!(all_records(&api).len(), 20_000, "nothing of them stored");
+    // A batch within the bounds is stored.
+    let good = [&now_id[..], b" fine\n"].concat();
+    assert_eq!(talk(&good), "OK 1");
+}
+
+#[test]
+fn a_block_that_declares_a_gigabyte_is_refused_without_allocating_it() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["-store.segment-compress-after", "0s"];
+    let mut node = Node::ingeststore(dir.path(), &flags);
+    let mut input = Vec::new();
+    for i in 0..20_000 {
+        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
+    }
+    assert!(forward(node.addr("fast"), &input, &[]).status.success());
+    let api = node.addr("api").to_string();
+    wait_for_records(&api, 20_000);
+    eventually(Duration::from_secs(60), "the store compressed", || {
+        (metric(&api, "oklog_store_raw_segments") == Some(0.0)).then_some(())
+    });
+    assert!(node.terminate(Duration::from_secs(20)).is_some());
+    drop(node);
+    // Make the last block of a compressed segment declare 1 GiB, its index checksum made
+    // right again, as a hand-made file would.
+    let store = dir.path().join("data/store");
+    let path = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "flushed")
+                && std::fs::read(p).unwrap().starts_with(b"OKLOGSEG")
+        })
+        .expect("a compressed segment");
+    let mut file = std::fs::read(&path).unwrap();
+    let trailer = file.len() - 32;
+    let index_at = u64::from_le_bytes(file[trailer..trailer + 8].try_into().unwrap()) as usize;
+    let index_len =
+        u64::from_le_bytes(file[trailer + 8..trailer + 16].try_into().unwrap()) as usize;
+    let last_block = index_at + index_len - 98;
+    file[last_block + 12..last_block + 16].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    let crc = crc32fast::hash(&file[index_at..index_at + index_len]);
+    file[trailer + 16..trailer + 20].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &file).unwrap();
+
+    let node = Node::ingeststore(dir.path(), &flags);
+    let api = node.addr("api").to_string();
+    let pid = node.child.id();
+    let peak = PeakRss::start(pid);
+    for _ in 0..3 {
+        let r = http_partial(
+            "GET",
+            &api,
+            "/store/query?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
+            &[("TE", "trailers")],
+            b"",
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.trailers.get("x-oklog-corrupt-blocks").map(String::as_str),
+            Some("1"),
+            "the block is reported, not read"
+        );
+        let n = r.body.split(|&b| b == b'\n').count() - 1;
+        assert!(
+            n > 0 && n < 20_000,
+            "{n} records: every other block is served"
+        );
+    }
+    let peak = peak.stop();
+    eprintln!("peak RssAnon while querying: {} MiB", peak >> 10);
+    assert!(peak < 128 << 10, "{} MiB", peak >> 10);
+}
+
+#[test]
+fn a_trickle_next_to_a_large_segment_does_not_rewrite_it() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // A target of 80 MiB: the 45 MB below are merged into one segment of half of it or more.
+    let node = Node::ingeststore(
+        dir.path(),
+        &[
+            "-store.segment-settle",
+            "2s",
+            "-store.segment-target-size",
+            "83886080",
+        ],
+    );
+    let api = node.addr("api").to_string();
+    let pid = node.child.id();
+    let mut input = Vec::new();
+    for i in 0..400_000 {
+        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
+    }
+    assert!(forward(node.addr("fast"), &input, &[]).status.success());
+    wait_for_records(&api, 400_000);
+    let store = dir.path().join("data/store");
+    let largest = || {
+        std::fs::read_dir(&store)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "flushed"))
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .max()
+            .unwrap_or(0)
+    };
+    let big = eventually(Duration::from_secs(60), "a large segment", || {
+        let n = largest();
+        (n >= 40 << 20).then_some(n)
+    });
+    eprintln!("the large segment: {} MiB", big >> 20);
+    // Let the lifecycle finish what it does with the rest.
+    std::thread::sleep(Duration::from_secs(7));
+    let before = written_bytes(pid);
+    // Thirty lines over 15 s, each its own small segment (a forwarder that stays connected).
+    let mut fwd = std::process::Command::new(BIN)
+        .args(["forward", node.addr("fast")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = fwd.stdin.take().unwrap();
+    for i in 0..30 {
+        std::io::Write::write_all(&mut stdin, format!("trickle {i}\n").as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(stdin);
+    assert!(fwd.wait().unwrap().success());
+    wait_for_records(&api, 400_030);
+    // Time for the lifecycle to merge what it would (steps come every 6 s).
+    std::thread::sleep(Duration::from_secs(13));
+    let written = written_bytes(pid) - before;
+    eprintln!(
+        "written while 30 lines trickled in next to the large segment: {} KiB",
+        written >> 10
+    );
+    assert!(written < 4 << 20, "{} KiB written", written >> 10);
+    assert_eq!(all_records(&api).len(), 400_030);
+}

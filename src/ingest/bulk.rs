@@ -42,8 +42,15 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadBatch(pub String);
 
-/// Check a batch and turn it into stored records (`<ULID> <topic> <payload>\n`).
-pub fn to_records(batch: &[u8], topic: &str, mode: TopicMode) -> Result<(Vec<u8>, u64), BadBatch> {
+/// Check a batch and turn it into stored records (`<ULID> <topic> <payload>\n`): its ULIDs'
+/// times must be within `bounds` at `now_ms` (the batch is sorted: its first and last tell).
+pub fn to_records(
+    batch: &[u8],
+    topic: &str,
+    mode: TopicMode,
+    bounds: &super::EventBounds,
+    now_ms: u64,
+) -> Result<(Vec<u8>, u64), BadBatch> {
     if batch.is_empty() {
         return Ok((Vec::new(), 0));
     }
@@ -73,6 +80,13 @@ pub fn to_records(batch: &[u8], topic: &str, mode: TopicMode) -> Result<(Vec<u8>
             out.push(b' ');
         }
         out.extend_from_slice(payload);
+    }
+    let first = crate::record::ulid_ms(&batch[..ULID_LEN]);
+    let newest = last.map_or(first, crate::record::ulid_ms);
+    for (ms, which) in [(first, "first"), (newest, "last")] {
+        bounds
+            .check(ms, now_ms)
+            .map_err(|e| BadBatch(format!("the {which} record's ULID: {e}; nothing stored")))?;
     }
     Ok((out, n))
 }
@@ -204,14 +218,19 @@ async fn handle<S: Socket>(
                 Err(full) => return reply(stream, &format!("ERR {full}")).await,
             },
             Err(_) => {
-                let why = format!("ERR the batch did not arrive whole within {deadline:?}");
+                let why = format!(
+                    "ERR the batch did not arrive whole within {}",
+                    crate::gotime::format_duration(deadline)
+                );
                 return reply(stream, &why).await;
             }
         };
         if let Err(full) = hold.set(batch.len() * 2 + batch.len() / 8) {
             return reply(stream, &format!("ERR {full}")).await;
         }
-        let (records, n) = match to_records(&batch, &ing.framer.topic, ing.framer.mode) {
+        let now = crate::gotime::now_ms() as u64;
+        let made = to_records(&batch, &ing.framer.topic, ing.framer.mode, &ing.bounds, now);
+        let (records, n) = match made {
             Ok(r) => r,
             Err(BadBatch(why)) => {
                 reply(stream, &format!("ERR {why}")).await?;
@@ -306,23 +325,30 @@ async fn reply<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, line: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::EventBounds;
+
+    /// `batch` checked as if now were the time of the ULIDs below (01BB6RQR19: 2017-03-14).
+    fn records(batch: &[u8], mode: TopicMode) -> Result<(Vec<u8>, u64), BadBatch> {
+        let then = crate::record::ulid_ms(b"01BB6RQR190000000000000000");
+        to_records(batch, "app", mode, &EventBounds::default(), then)
+    }
 
     #[test]
     fn batches_become_records_with_topics() {
         let batch =
             b"01BB6RQR190000000000000000 hello world\n01BB6RQR190000000000000001 web GET /\n";
-        let (out, n) = to_records(batch, "app", TopicMode::Static).unwrap();
+        let (out, n) = records(batch, TopicMode::Static).unwrap();
         assert_eq!(n, 2);
         assert_eq!(
             out,
             b"01BB6RQR190000000000000000 app hello world\n01BB6RQR190000000000000001 app web GET /\n"
         );
-        let (out, _) = to_records(batch, "app", TopicMode::Dynamic).unwrap();
+        let (out, _) = records(batch, TopicMode::Dynamic).unwrap();
         assert_eq!(
             out,
             b"01BB6RQR190000000000000000 hello world\n01BB6RQR190000000000000001 web GET /\n"
         );
-        assert_eq!(to_records(b"", "app", TopicMode::Static).unwrap().1, 0);
+        assert_eq!(records(b"", TopicMode::Static).unwrap().1, 0);
     }
 
     #[test]
@@ -336,8 +362,18 @@ mod tests {
                 "record 2: records are not sorted",
             ),
         ];
+        let zero = b"00000000000000000000000000 a\n7ZZZZZZZZZZZZZZZZZZZZZZZZZ b\n";
+        let far = b"01BB6RQR190000000000000000 a\n7ZZZZZZZZZZZZZZZZZZZZZZZZZ b\n";
+        let cases = [
+            cases,
+            &[
+                (&zero[..], "first record's ULID: its time 1970-01-01T00:00:00.000Z is more than 168h0m0s before now"),
+                (&far[..], "last record's ULID: its time past 9999-12-31T23:59:59.999Z"),
+            ],
+        ]
+        .concat();
         for (batch, want) in cases {
-            let err = to_records(batch, "app", TopicMode::Static).unwrap_err();
+            let err = records(batch, TopicMode::Static).unwrap_err();
             assert!(
                 err.0.contains(want),
                 "{:?}: {}",

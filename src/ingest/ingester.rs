@@ -95,6 +95,8 @@ pub struct Ingester {
     pub(super) door: Arc<Door>,
     /// The node's memory budget, which bulk batches are read against.
     pub(super) budget: Arc<crate::memory::Budget>,
+    /// How far from now a bulk record's ULID may be.
+    pub(super) bounds: super::EventBounds,
 }
 
 /// What every ingest listener checks at the door: TLS (`-tls.cert-file`), and who may send (a
@@ -133,12 +135,19 @@ impl Ingester {
             failed_log: Throttle::new(Duration::from_secs(10)),
             door,
             budget: crate::memory::Budget::new(usize::MAX),
+            bounds: super::EventBounds::default(),
         }
     }
 
     /// Check every connection at `door`.
     pub fn secured(mut self, door: Arc<Door>) -> Self {
         self.door = door;
+        self
+    }
+
+    /// The ingester refusing bulk records outside `bounds` (the defaults without).
+    pub fn bounded(mut self, bounds: super::EventBounds) -> Self {
+        self.bounds = bounds;
         self
     }
 

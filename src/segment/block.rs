@@ -40,6 +40,12 @@ pub(super) fn read(
     if crc32fast::hash(&stored) != block.crc {
         return Err(BlockError::Checksum);
     }
+    if block.raw_len as usize > super::MAX_BLOCK_RAW {
+        return Err(BlockError::Decompress(format!(
+            "the block declares {} bytes, more than a block holds",
+            block.raw_len
+        )));
+    }
     out.clear();
     out.reserve(block.raw_len as usize);
     match dec.decompress_to_buffer(&stored[..], out) {

@@ -46,6 +46,10 @@ pub const END_MAGIC: &[u8; 8] = b"OKLOGEND";
 pub const VERSION: u16 = 2;
 /// Header bytes: magic, version, reserved.
 pub const HEADER_LEN: usize = 16;
+/// The most bytes of records one compressed block holds (64 MiB): a writer leaves a segment
+/// with a longer record raw, and a reader refuses to decompress a block that declares more
+/// (a hand-made block declaring 1 GiB made every query allocate it).
+pub const MAX_BLOCK_RAW: usize = 64 << 20;
 /// Trailer bytes: index offset, index length, index CRC, version, reserved, end magic.
 pub const TRAILER_LEN: usize = 32;
 /// Topic index of a block holding records of several small topics.

@@ -143,6 +143,31 @@ fn bad_input_is_refused() {
 }
 
 #[test]
+fn a_block_declaring_more_than_a_block_holds_is_refused_unread_and_long_records_stay_raw() {
+    let raw = raw_segment(6, 200, 2);
+    let mut file = Vec::new();
+    compress(&raw, &mut file, &small()).unwrap();
+    let footer = Footer::parse(&file).unwrap();
+    let mut block = footer.blocks[0].clone();
+    block.raw_len = 1 << 30;
+    let mut dec = block::decompressor().unwrap();
+    let mut out = Vec::new();
+    let e = read_block(&&file[..], &block, &mut dec, &mut out).unwrap_err();
+    assert!(
+        matches!(&e, BlockError::Decompress(m) if m.contains("declares 1073741824")),
+        "{e:?}"
+    );
+    assert!(out.capacity() < 1 << 20, "nothing allocated for it");
+    // A record longer than a block may hold: the writer refuses it (the segment stays raw).
+    let mut long = b"01BB6RQR190000000000000000 ".to_vec();
+    long.extend(std::iter::repeat_n(b'x', MAX_BLOCK_RAW));
+    long.push(b'\n');
+    let e = compress(&long, Vec::new(), &small()).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("stays raw"), "{e}");
+}
+
+#[test]
 fn a_repeated_id_is_left_out_as_a_merge_would() {
     let raw = b"01BB6RQR190000000000000001 t a\n01BB6RQR190000000000000001 t b\n01BB6RQR190000000000000002 u c\n01BB6RQR190000000000000002 u d\n";
     let mut file = Vec::new();

@@ -264,7 +264,8 @@ impl<W: Write> Writer<W> {
 /// a v2 file. A record repeating the ULID of the one before it is left out (a query would never
 /// return it: merges keep the first of equal IDs). A record that is not well formed, or before
 /// the one before it, is an `InvalidData` error naming it (nothing useful has been written
-/// then).
+/// then). A record longer than [`super::MAX_BLOCK_RAW`] is an `InvalidInput` error: such a
+/// segment stays raw.
 pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<Summary> {
     let mut wr = Writer::start(w, cfg)?;
     let mut records = 0u64;
@@ -277,6 +278,16 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
             return Err(invalid(format!("record {records} has no newline")));
         };
         let end = pos + nl + 1;
+        if end - pos > super::MAX_BLOCK_RAW {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "record {records} is {} bytes, more than a compressed block holds ({} MiB): the segment stays raw",
+                    end - pos,
+                    super::MAX_BLOCK_RAW >> 20
+                ),
+            ));
+        }
         let id = check_record(&raw[pos..end - 1])
             .map_err(|e| invalid(format!("record {records}: {e}")))?;
         if prev.is_some_and(|p| id < p) {

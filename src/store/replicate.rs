@@ -64,6 +64,9 @@ pub struct ReplicaWriter {
     high: Option<[u8; ULID_LEN]>,
     records: u64,
     bytes: u64,
+    /// The latest ULID time accepted (now plus [`crate::ingest::MAX_FUTURE`]): a record
+    /// further ahead would outlive any retention.
+    latest_ms: u64,
 }
 
 impl ReplicaWriter {
@@ -78,6 +81,8 @@ impl ReplicaWriter {
             high: None,
             records: 0,
             bytes: 0,
+            latest_ms: (crate::gotime::now_ms().max(0) as u64)
+                .saturating_add(crate::ingest::MAX_FUTURE.as_millis() as u64),
         }
     }
 
@@ -121,6 +126,9 @@ impl ReplicaWriter {
                 let id: [u8; ULID_LEN] = id.try_into().map_err(|_| self.bad("bad ULID"))?;
                 if self.high.is_some_and(|h| id < h) {
                     return Err(self.bad("records are not sorted by ULID"));
+                }
+                if crate::record::ulid_ms(&id) > self.latest_ms {
+                    return Err(self.bad("ULID time more than 30 days after now"));
                 }
                 self.low.get_or_insert(id);
                 self.high = Some(id);
@@ -209,6 +217,10 @@ mod tests {
                 "record 1: last record has no newline",
             ),
             (b"01BB6RQR19", "record 1: last record has no newline"),
+            (
+                b"01BB6RQR190000000000000000 A\n7ZZZZZZZZZZZZZZZZZZZZZZZZZ B\n",
+                "record 2: ULID time more than 30 days after now",
+            ),
         ];
         for (body, want) in cases {
             for step in [1, 3, 1000] {

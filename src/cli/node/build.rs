@@ -108,7 +108,8 @@ pub async fn build_ingest(
             Arc::clone(&bulk),
         )
         .secured(Arc::clone(&door))
-        .budgeted(Arc::clone(budget)),
+        .budgeted(Arc::clone(budget))
+        .bounded(cfg.bounds),
     );
     let api = IngestApi::new(
         Arc::clone(&log),
@@ -162,6 +163,7 @@ pub fn build_store(cfg: &StoreConfig, metrics: &Arc<Metrics>) -> anyhow::Result<
         retention: Arc::clone(&retention),
         lifecycle: CompactConfig {
             target_size: cfg.target_size,
+            settle: cfg.settle,
             retention: Arc::clone(&retention),
             purge: cfg.purge,
             format: cfg.format,

@@ -257,6 +257,18 @@ pub fn ingest_flags(ns: &str) -> Vec<Flag> {
             "acknowledge and close a fast or durable connection idle this long (0 never)",
         ),
         flag(
+            "ingest.max-event-age",
+            Kind::Duration,
+            "168h",
+            "records whose time is more than this before now are refused (bulk ULIDs; ingeststore: -store.segment-retain unless set)",
+        ),
+        flag(
+            "ingest.max-event-future",
+            Kind::Duration,
+            "10m",
+            "records whose time is more than this after now are refused (bulk ULIDs; at most 720h)",
+        ),
+        flag(
             "ingest.max-record-size",
             Kind::Int,
             "1048576",
@@ -336,6 +348,12 @@ pub fn store_flags(rf_default: &'static str, rf_help: &'static str) -> Vec<Flag>
             Kind::Int,
             "134217728",
             "try to keep store segments about this size",
+        ),
+        flag(
+            "store.segment-settle",
+            Kind::Duration,
+            "1h",
+            "merge small segments once their newest record is this old (sooner when they add up to half the target size)",
         ),
         flag(
             "store.segment-target-age",
@@ -520,6 +538,9 @@ pub struct IngestConfig {
     /// The push endpoints' mapping and limits (`-ingest.max-push-size` 64 MiB,
     /// `-ingest.push-sync` true, `-ingest.loki-topic-labels`, `-ingest.otlp-topic-attribute`).
     pub push: PushConfig,
+    /// How far from now a record's time may be (`-ingest.max-event-age`, 168h, or in
+    /// `ingeststore` the store's retention; `-ingest.max-event-future`, 10m).
+    pub bounds: crate::ingest::EventBounds,
 }
 
 /// The store half of a node.
@@ -533,6 +554,9 @@ pub struct StoreConfig {
     pub target_size: u64,
     /// Replicate an aggregate this old (`-store.segment-target-age`, 3s).
     pub target_age: Duration,
+    /// Merge small segments once their newest record is this old (`-store.segment-settle`,
+    /// 1h).
+    pub settle: Duration,
     /// Consumer pause when nothing is flushed (`-store.segment-delay`, 100ms).
     pub delay: Duration,
     /// Copies of each aggregate (`-store.segment-replication-factor`; 2 for `store`; for
@@ -655,6 +679,7 @@ impl IngestConfig {
             syslog_udp: optional("ingest.syslog-udp", SYSLOG_PORT)?,
             syslog_udp_explicit: args.is_set("ingest.syslog-udp"),
             push,
+            bounds: event_bounds(args, ns)?,
         })
     }
 }
@@ -672,6 +697,7 @@ impl StoreConfig {
             consumers: positive(args, "store.segment-consumers")? as usize,
             target_size: positive(args, "store.segment-target-size")?,
             target_age: args.duration("store.segment-target-age"),
+            settle: args.duration("store.segment-settle"),
             delay: args.duration("store.segment-delay"),
             replication_factor: rf as usize,
             retention: crate::store::retention::Retention::parse(
@@ -695,6 +721,29 @@ impl StoreConfig {
             max_streams: positive(args, "api.max-streams")? as usize,
         })
     }
+}
+
+/// `-ingest.max-event-age` and `-ingest.max-event-future`; in `ingeststore` (`ns` is
+/// `ingest.`) the age defaults to the store's retention.
+fn event_bounds(args: &Args, ns: &str) -> anyhow::Result<crate::ingest::EventBounds> {
+    let age_flag = "ingest.max-event-age";
+    let max_age = if ns == "ingest." && !args.is_set(age_flag) {
+        args.duration("store.segment-retain")
+    } else {
+        nonzero(args, age_flag)?
+    };
+    let max_future = args.duration("ingest.max-event-future");
+    if max_future > crate::ingest::MAX_FUTURE {
+        bail!(
+            "-ingest.max-event-future {}: at most {} (a store refuses records further ahead)",
+            crate::gotime::format_duration(max_future),
+            crate::gotime::format_duration(crate::ingest::MAX_FUTURE)
+        );
+    }
+    Ok(crate::ingest::EventBounds {
+        max_age,
+        max_future,
+    })
 }
 
 fn addr(args: &Args, name: &str, port: u16) -> anyhow::Result<Addr> {

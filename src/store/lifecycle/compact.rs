@@ -194,47 +194,162 @@ impl<'a> Output<'a> {
     }
 }
 
-/// Indices of the segment that overlaps the most others, and of those others; empty when no
-/// two segments overlap. `segs` must be sorted by low ULID.
-pub fn choose_overlapping(segs: &[Segment]) -> Vec<usize> {
+/// How much larger than its largest input a merge's output must be: twice for sequential
+/// compaction, one and a half for overlapping (a late replica of most of a segment, or a
+/// retried one, is merged; a few late records are not worth rewriting a large segment).
+pub const SEQUENTIAL_GROWTH: (u64, u64) = (2, 1);
+/// See [`SEQUENTIAL_GROWTH`].
+pub const OVERLAPPING_GROWTH: (u64, u64) = (3, 2);
+
+/// The merges worth their writes: a merge may rewrite a segment only if its output is at least
+/// `growth` (numerator, denominator) times that segment, so each byte is rewritten once per
+/// such growth, never once per small neighbour (a trickle of tiny segments next to a 118 MiB
+/// one rewrote it each time: 588 MiB written for 30 lines). `sizes` of the candidates (in raw
+/// bytes); the largest are left out until the rest qualify. The indices kept, in order; empty
+/// when fewer than two remain.
+pub fn worth_merging(
+    members: &[usize],
+    sizes: &dyn Fn(usize) -> u64,
+    growth: (u64, u64),
+) -> Vec<usize> {
+    let mut kept: Vec<usize> = members.to_vec();
+    loop {
+        if kept.len() < 2 {
+            return Vec::new();
+        }
+        let total: u64 = kept.iter().map(|&i| sizes(i)).sum();
+        let (at, largest) = kept
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| (n, sizes(i)))
+            .max_by_key(|&(_, s)| s)
+            .expect("two or more");
+        if largest.saturating_mul(growth.0) <= total.saturating_mul(growth.1) {
+            return kept;
+        }
+        kept.remove(at);
+    }
+}
+
+/// Indices of the largest set of segments worth merging ([`worth_merging`],
+/// [`OVERLAPPING_GROWTH`]) among one that overlaps others and those others; empty when there is
+/// none. `segs` must be sorted by low ULID; `raw_size` gives a segment's size as raw records
+/// (a compressed file is several times smaller than what a merge reads and writes).
+pub fn choose_overlapping(segs: &[Segment], raw_size: &dyn Fn(&Segment) -> u64) -> Vec<usize> {
     let mut best: Vec<usize> = Vec::new();
+    let size = |i: usize| raw_size(&segs[i]);
+    // A segment that overlaps nothing (none before it reaches its low, the next starts after
+    // its high) is passed over without a scan: a store of thousands of them costs O(n).
+    let mut reach = [0u8; ULID_LEN];
     for (i, a) in segs.iter().enumerate() {
+        let before = reach;
+        reach = reach.max(a.high);
+        let alone = (i == 0 || before < a.low) && segs.get(i + 1).is_none_or(|b| b.low > a.high);
+        if alone {
+            continue;
+        }
         let group: Vec<usize> = segs
             .iter()
             .enumerate()
             .filter(|(_, b)| overlap((a.low, a.high), (b.low, b.high)))
             .map(|(j, _)| j)
             .collect();
-        if group.len() > best.len() {
-            debug_assert!(group.contains(&i));
-            best = group;
+        if group.len() <= best.len() {
+            continue;
+        }
+        let kept = worth_merging(&group, &size, OVERLAPPING_GROWTH);
+        if kept.len() > best.len() {
+            best = kept;
         }
     }
-    if best.len() < 2 { Vec::new() } else { best }
+    best
 }
 
-/// The original's `chooseFirstSequential`: the first run of at least `min` consecutive
-/// segments whose sizes add up to at most `target`.
-pub fn choose_first_sequential(sizes: &[u64], min: usize, target: u64) -> Vec<usize> {
-    let mut chosen: Vec<usize> = Vec::new();
-    let mut total = 0u64;
-    for (i, &size) in sizes.iter().enumerate() {
-        if total + size <= target {
-            chosen.push(i);
-            total += size;
-        } else if chosen.len() >= min {
-            break;
-        } else if size <= target {
-            chosen = vec![i];
-            total = size;
+/// Sequential compaction's choice among `segs` (ULID-sorted raw neighbours): the first run of
+/// at least two consecutive segments under half of `target`, adding up to at most `target`
+/// (and [`MAX_RUN`] members), that is worth merging: because it makes a segment of at least
+/// half the target (each byte rewritten once to reach size), or because every member has
+/// settled (its newest record is older than `settle` at `now_ms`), the run spans `settle` of
+/// time or more (or has [`MAX_RUN`] members), and no member is more than half the run: the small segments of a trickle are
+/// merged once, a `settle` of them at a time, and those in rounds that at least double them; a
+/// segment at size is never rewritten by this.
+///
+/// The original (`chooseFirstSequential`) merged the first run that fit in the target,
+/// whatever its sizes.
+pub fn choose_sequential(
+    segs: &[Segment],
+    target: u64,
+    now_ms: u64,
+    settle: std::time::Duration,
+) -> Vec<usize> {
+    let settle_ms = settle.as_millis() as u64;
+    let small = |s: &Segment| s.size < target / 2;
+    let settled = |s: &Segment| crate::record::ulid_ms(&s.high) + settle_ms < now_ms;
+    // Sizes summed, and where each stretch of small segments ends: a start whose members are
+    // not settled and cannot add up to half the target is passed over without a scan (a
+    // store of many fresh small segments costs O(n), not O(n²)).
+    let mut sums = vec![0u64; segs.len() + 1];
+    for (i, s) in segs.iter().enumerate() {
+        sums[i + 1] = sums[i] + s.size;
+    }
+    // Where each stretch of small segments, and of settled small segments, ends.
+    let mut stretch_end = vec![segs.len(); segs.len()];
+    let mut settled_end = vec![segs.len(); segs.len()];
+    for i in (0..segs.len()).rev() {
+        let next = |v: &[usize]| v.get(i + 1).copied().unwrap_or(segs.len());
+        stretch_end[i] = if small(&segs[i]) {
+            next(&stretch_end)
         } else {
-            chosen.clear();
-            total = 0;
+            i
+        };
+        settled_end[i] = if small(&segs[i]) && settled(&segs[i]) {
+            next(&settled_end)
+        } else {
+            i
+        };
+    }
+    for start in 0..segs.len() {
+        let end = stretch_end[start].min(start + MAX_RUN);
+        let settled_to = settled_end[start].min(end);
+        // Neither rule can hold from here: pass over it without a scan.
+        let spans = settled_to > start + 1
+            && (settled_to - start >= MAX_RUN
+                || crate::record::ulid_ms(&segs[settled_to - 1].high)
+                    .saturating_sub(crate::record::ulid_ms(&segs[start].low))
+                    >= settle_ms);
+        if !spans && sums[end] - sums[start] < target / 2 {
+            continue;
+        }
+        let (mut total, mut largest) = (0u64, 0u64);
+        let mut all_settled = true;
+        let mut best = None;
+        for (j, s) in segs.iter().enumerate().skip(start).take(MAX_RUN) {
+            if !small(s) || total + s.size > target {
+                break;
+            }
+            total += s.size;
+            largest = largest.max(s.size);
+            all_settled &= settled(s);
+            if j == start {
+                continue;
+            }
+            if total >= target / 2 {
+                return (start..=j).collect();
+            }
+            let span = crate::record::ulid_ms(&s.high)
+                .saturating_sub(crate::record::ulid_ms(&segs[start].low));
+            let grown = largest * SEQUENTIAL_GROWTH.0 <= total * SEQUENTIAL_GROWTH.1;
+            let long = span >= settle_ms || j + 1 - start == MAX_RUN;
+            if all_settled && grown && long {
+                best = Some(j);
+            }
+        }
+        if let Some(j) = best {
+            return (start..=j).collect();
         }
     }
-    if chosen.len() < min {
-        Vec::new()
-    } else {
-        chosen
-    }
+    Vec::new()
 }
+
+/// The most segments one sequential compaction merges.
+pub const MAX_RUN: usize = 1000;

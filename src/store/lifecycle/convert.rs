@@ -10,8 +10,9 @@ use crate::segment::{Format, Reader, Records};
 use crate::store::log::{CONVERTING, FLUSHED, READING, Segment, overlap};
 
 impl Compacter {
-    /// Convert the oldest segment due for it (see [`CompactConfig::format`]) that overlaps no
-    /// other: claimed, written as `<uuid>.converting`, synced, renamed in under the same name
+    /// Convert the oldest segment due for it (see [`CompactConfig::format`]) that overlapping
+    /// compaction will not merge (one that overlaps others too little to be merged is
+    /// converted as it is): claimed, written as `<uuid>.converting`, synced, renamed in under the same name
     /// with the input removed. A crash before the rename leaves the input (the partial file is
     /// deleted at start-up); after it, either copy alone or both (then queries deduplicate and
     /// start-up keeps the raw one). Returns how many segments were converted (0 or 1).
@@ -31,9 +32,10 @@ impl Compacter {
                 && s.format != target
                 && due.is_none_or(|d| s.high < d)
                 && live(s)
-                && !all
+                && !(all
                     .iter()
                     .any(|o| o.path != s.path && overlap((o.low, o.high), (s.low, s.high)))
+                    && self.merge_pending(s, &all))
         });
         let Some(candidate) = candidate else {
             return Ok(0);
@@ -82,6 +84,9 @@ impl Compacter {
                         Ok(sum) => sum.raw_bytes,
                         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                             return Err(Failure::Bad(input.path.clone(), e.to_string()));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                            return Err(Failure::StaysRaw(input.path.clone(), e.to_string()));
                         }
                         Err(e) => return Err(Failure::Io(e)),
                     }

@@ -7,8 +7,11 @@
 //!   (deduplicated by ULID, split at `-store.segment-target-size`). Two segments are enough: a
 //!   retried replication leaves pairs of duplicates, which the original (three needed) kept
 //!   forever.
-//! - **Sequential compaction**: small raw neighbours merged up to the target size (the
-//!   original's `chooseFirstSequential`).
+//! - **Sequential compaction**: small raw neighbours merged up to the target size, once they
+//!   make half of it or have settled (`-store.segment-settle`).
+//! - Either merges only sets in which no segment is more than half the output: a segment is
+//!   rewritten when it at least doubles, never for one small neighbour (write amplification is
+//!   logarithmic, not one rewrite of a large segment per trickled record).
 //! - **Conversion**: segments whose newest record is older than `-store.segment-compress-after`
 //!   are compressed (segment format v2), oldest first, one at a time on this one thread, for up
 //!   to 3 s per step; `-store.segment-format raw` turns compressed ones back. The output is
@@ -44,12 +47,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::log::{FLUSHED, Segment, StoreLog};
+use super::log::{FLUSHED, Segment, StoreLog, overlap};
 use super::retention::Retention;
 use crate::metrics::Metrics;
 use crate::segment::{CompressConfig, Format};
 
-pub use compact::{choose_first_sequential, choose_overlapping};
+pub use compact::{MAX_RUN, choose_overlapping, choose_sequential};
 
 /// How often the compacter takes a step.
 const STEP: Duration = Duration::from_secs(1);
@@ -61,6 +64,9 @@ const CONVERT_BUDGET: Duration = Duration::from_secs(3);
 pub struct CompactConfig {
     /// Compaction output size, and the bound for sequential compaction.
     pub target_size: u64,
+    /// Small raw segments are merged once their newest record is this old, sooner when they
+    /// add up to half the target size (`-store.segment-settle`, 1h).
+    pub settle: Duration,
     /// Retention (`-store.segment-retain`, and `-store.topic-retain` per topic): segments are
     /// kept while their newest record is younger than the longest, and records of topics kept
     /// for less are dropped from them.
@@ -90,6 +96,8 @@ pub struct Compacter {
     /// Segments found without expired records, and when (Unix ms): looked at again only
     /// after [`Compacter::recheck_ms`].
     unexpired: std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>,
+    /// Compressed segments' sizes as raw records, read from their footers once.
+    raw_sizes: std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>,
 }
 
 /// What one step did.
@@ -132,6 +140,7 @@ impl Compacter {
             damaged: Default::default(),
             stop: Default::default(),
             unexpired: Default::default(),
+            raw_sizes: Default::default(),
         }
     }
 
@@ -201,7 +210,7 @@ impl Compacter {
         let result = match kind {
             Kind::Overlapping => {
                 let segs = self.log.scan(&[FLUSHED], live)?;
-                let chosen = choose_overlapping(&segs);
+                let chosen = choose_overlapping(&segs, &|s| self.raw_size(s));
                 self.compact(chosen.into_iter().map(|i| segs[i].clone()).collect())
             }
             Kind::Sequential => {
@@ -210,8 +219,8 @@ impl Compacter {
                 let segs = self
                     .log
                     .scan(&[FLUSHED], |s| live(s) && s.format == Format::Raw)?;
-                let sizes: Vec<u64> = segs.iter().map(|s| s.size).collect();
-                let chosen = choose_first_sequential(&sizes, 2, self.cfg.target_size);
+                let now = crate::gotime::now_ms().max(0) as u64;
+                let chosen = choose_sequential(&segs, self.cfg.target_size, now, self.cfg.settle);
                 self.compact(chosen.into_iter().map(|i| segs[i].clone()).collect())
             }
             Kind::Trash => self.trash(),
@@ -254,6 +263,13 @@ impl Compacter {
             }
             Failure::Damaged(path) => {
                 self.log.release(&inputs);
+                tracing::error!(segment = %path.display(), "segment has unreadable blocks: left as it is (queries report it); it is no longer compacted or converted");
+                self.set_damaged(&path);
+                Ok(0)
+            }
+            Failure::StaysRaw(path, why) => {
+                self.log.release(&inputs);
+                tracing::warn!(segment = %path.display(), reason = %why, "segment left raw");
                 self.set_damaged(&path);
                 Ok(0)
             }
@@ -264,8 +280,41 @@ impl Compacter {
         }
     }
 
+    /// A segment's size as raw records: its file size, or for a compressed one the raw size
+    /// its footer gives (read once; four times the file if it cannot be read).
+    fn raw_size(&self, seg: &Segment) -> u64 {
+        if seg.format != Format::Compressed {
+            return seg.size;
+        }
+        let mut sizes = self.raw_sizes.lock().unwrap_or_else(|p| p.into_inner());
+        if sizes.len() > 100_000 {
+            sizes.clear();
+        }
+        *sizes.entry(seg.path.clone()).or_insert_with(|| {
+            match crate::segment::Reader::open_file(&seg.path) {
+                Ok(Some(r)) => r.info().raw_bytes,
+                _ => seg.size * 4,
+            }
+        })
+    }
+
+    /// Whether `seg` is among segments that overlapping compaction would merge (so converting
+    /// it first would be undone).
+    fn merge_pending(&self, seg: &Segment, all: &[Segment]) -> bool {
+        let group: Vec<usize> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| overlap((o.low, o.high), (seg.low, seg.high)))
+            .map(|(i, _)| i)
+            .collect();
+        let size = |i: usize| self.raw_size(&all[i]);
+        compact::worth_merging(&group, &size, compact::OVERLAPPING_GROWTH)
+            .iter()
+            .any(|&i| all[i].path == seg.path)
+    }
+
+    /// Leave the segment at `path` alone from now on: no more compaction or conversion.
     fn set_damaged(&self, path: &std::path::Path) {
-        tracing::error!(segment = %path.display(), "segment has unreadable blocks: left as it is (queries report it); it is no longer compacted or converted");
         // The claimed name was `.reading`; it is released as `.flushed`.
         let flushed = path.with_extension(FLUSHED);
         self.damaged
@@ -294,6 +343,8 @@ enum Failure {
     Bad(PathBuf, String),
     /// A compressed input has blocks that cannot be read.
     Damaged(PathBuf),
+    /// A raw input cannot be compressed (a record longer than a block holds): why.
+    StaysRaw(PathBuf, String),
     Io(io::Error),
 }
 

@@ -9,46 +9,198 @@ use super::*;
 use crate::segment::CompressConfig;
 use crate::store::log::{ACTIVE, CONVERTING, READING};
 
+/// A raw segment of `size` bytes holding records from `low_ms` to `high_ms`.
+fn span(low_ms: u64, high_ms: u64, size: u64) -> Segment {
+    let mut s = seg("0", "0");
+    s.low = crate::record::encode_ulid(low_ms, 0);
+    s.high = crate::record::encode_ulid(high_ms, 0);
+    s.size = size;
+    s.path = format!("{low_ms}-{high_ms}-{size}").into();
+    s
+}
+
 #[test]
-fn first_sequential() {
-    // TestChooseFirstSequential (target 100 KiB, min 2).
-    let t = 102_400;
+fn sequential_merges_only_what_doubles_or_reaches_size() {
+    let t = 100_000;
+    // Segments a second apart, of 1,000 ms...
+    let run = |v: &[u64]| {
+        v.iter()
+            .enumerate()
+            .map(|(i, &n)| span(1_000 * i as u64, 1_000 * i as u64 + 999, n))
+            .collect::<Vec<_>>()
+    };
+    let choose = |v: &[u64], now: u64, settle: u64| {
+        choose_sequential(&run(v), t, now, Duration::from_millis(settle))
+    };
+    // Settled tiny neighbours spanning the settle time: merged.
+    assert_eq!(choose(&[123; 5], 100_000, 2_000), vec![0, 1, 2, 3, 4]);
+    // Not yet settled, or spanning less than it: left alone, unless they make half the target.
+    assert!(choose(&[123; 5], 3_500, 2_000).is_empty());
+    assert!(choose(&[123; 5], 100_000, 9_000).is_empty());
+    assert_eq!(choose(&[30_000, 30_000], 0, 2_000), vec![0, 1]);
+    // A segment at size (half the target or more) is never rewritten for small neighbours;
+    // the original merged [100000, 2000] here, and a trickle rewrote the large one each time.
     assert_eq!(
-        choose_first_sequential(&[123; 5], 2, t),
-        vec![0, 1, 2, 3, 4]
+        choose(&[60_000, 2000, 2000, 2000], 100_000, 1_000),
+        vec![1, 2, 3]
+    );
+    // Nor is a small one for neighbours much smaller than itself: the run starts after it.
+    assert_eq!(choose(&[40_000, 1000, 1000], 100_000, 1_000), vec![1, 2]);
+    assert!(
+        choose(&[40_000, 600, 1000], 100_000, 1_000).is_empty(),
+        "1000 does not double"
     );
     assert_eq!(
-        choose_first_sequential(&[100_000, 2000, 2000, 2000], 2, t),
+        choose(&[40_000, 30_000, 20_000], 100_000, 1_000),
         vec![0, 1]
     );
-    assert_eq!(
-        choose_first_sequential(&[118_401, 623, 1000], 2, t),
-        vec![1, 2]
-    );
-    assert!(choose_first_sequential(&[200_000, 300_000], 2, t).is_empty());
-    assert!(choose_first_sequential(&[5], 2, t).is_empty());
+    assert!(choose(&[200_000, 300_000], 100_000, 1_000).is_empty());
+    assert!(choose(&[5], 100_000, 1_000).is_empty());
+}
+
+/// Run the compaction choices over a simulated trickle: one small segment every `every_s`
+/// seconds for `seconds`, next to `big` (ULID-earlier), the lifecycle choosing every 6 s.
+/// Returns (bytes ingested, bytes compaction wrote, whether `big` was ever rewritten, files
+/// left).
+fn trickle(
+    big: u64,
+    seconds: u64,
+    every_s: u64,
+    size: u64,
+    settle_s: u64,
+) -> (u64, u64, bool, usize) {
+    let target = 128 << 20;
+    let t0 = 1_800_000_000_000u64;
+    let mut segs = vec![span(t0 - 7_200_000, t0 - 1, big)];
+    let (mut ingested, mut written, mut big_rewritten) = (0u64, 0u64, false);
+    for s in 0..=seconds {
+        let now = t0 + s * 1000;
+        if s % every_s == 0 && s > 0 {
+            segs.push(span(now - every_s * 1000, now - 1, size));
+            ingested += size;
+        }
+        if s % 6 != 0 {
+            continue;
+        }
+        segs.sort_by_key(|a| a.low);
+        for chosen in [
+            choose_overlapping(&segs, &|s| s.size),
+            choose_sequential(&segs, target, now, Duration::from_secs(settle_s)),
+        ] {
+            if chosen.is_empty() {
+                continue;
+            }
+            big_rewritten |= chosen.iter().any(|&i| segs[i].size >= big);
+            let total: u64 = chosen.iter().map(|&i| segs[i].size).sum();
+            let low = chosen.iter().map(|&i| segs[i].low).min().unwrap();
+            let high = chosen.iter().map(|&i| segs[i].high).max().unwrap();
+            written += total;
+            let mut merged = seg("0", "0");
+            (merged.low, merged.high, merged.size) = (low, high, total);
+            merged.path = format!("merged-{s}-{total}").into();
+            for &i in chosen.iter().rev() {
+                segs.remove(i);
+            }
+            segs.push(merged);
+            segs.sort_by_key(|a| a.low);
+        }
+    }
+    (ingested, written, big_rewritten, segs.len())
+}
+
+#[test]
+fn a_trickle_next_to_a_large_segment_costs_writes_in_proportion() {
+    // An hour of one 100-byte record a second, in a segment every 3 s, next to 1 GiB: the
+    // compaction writes at most as much as was ingested (with the ingest's own segment and
+    // the store's replica, 3×), and never the large segment.
+    let (ingested, written, big, files) = trickle(1 << 30, 3600 + 600, 3, 300, 3600);
+    eprintln!("an hour: {ingested} B ingested, {written} B written by compaction, {files} files");
+    assert!(!big, "the large segment was rewritten");
+    assert!(written <= ingested, "{written} > {ingested}");
+    // A day of it: rounds that at least double keep it logarithmic.
+    let (ingested, written, big, files) = trickle(1 << 30, 86_400, 3, 300, 3600);
+    eprintln!("a day: {ingested} B ingested, {written} B written by compaction, {files} files");
+    assert!(!big);
+    assert!(written <= 4 * ingested, "{written} > 4 × {ingested}");
+    // What waits: the last hour's small files, and up to an hour's settled ones gathering
+    // into a merge (one file per 3 s each), and the merged ones.
+    assert!(files < 2 * 1200 + 40, "{files} files");
+    // The repro: 30 lines in 30 s next to 118 MiB: nothing of it rewritten.
+    let (_, written, big, _) = trickle(118 << 20, 30, 1, 100, 3600);
+    assert!(!big && written == 0, "{written}");
 }
 
 use crate::store::log::test_segment as seg;
 
 #[test]
-fn overlapping_choice_needs_only_two() {
-    assert_eq!(
-        choose_overlapping(&[seg("A", "B"), seg("C", "D")]),
-        Vec::<usize>::new()
+fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
+    let size = |s: &Segment| s.size;
+    let sized = |low: &str, high: &str, n: u64| {
+        let mut s = seg(low, high);
+        s.size = n;
+        s
+    };
+    // A few late records inside a large segment: not worth rewriting it.
+    assert!(
+        choose_overlapping(&[sized("A", "Z", 1 << 30), sized("C", "D", 300)], &size).is_empty()
     );
+    // Two late ones: merged with each other, not with it.
     assert_eq!(
-        choose_overlapping(&[seg("A", "C"), seg("B", "D")]),
+        choose_overlapping(
+            &[
+                sized("A", "Z", 1 << 30),
+                sized("C", "E", 300),
+                sized("D", "F", 200)
+            ],
+            &size
+        ),
+        vec![1, 2]
+    );
+    // A replica sent twice, or a late one of half the size: merged.
+    assert_eq!(
+        choose_overlapping(&[sized("A", "Z", 100), sized("A", "Z", 100)], &size),
         vec![0, 1]
     );
     assert_eq!(
-        choose_overlapping(&[
-            seg("A", "B"),
-            seg("C", "M"),
-            seg("D", "E"),
-            seg("F", "G"),
-            seg("N", "P")
-        ]),
+        choose_overlapping(&[sized("A", "Z", 100), sized("B", "Y", 50)], &size),
+        vec![0, 1]
+    );
+    // Sizes as raw records: a compressed file counts for what it holds.
+    let raw = |s: &Segment| {
+        if s.path.to_str() == Some("A-Z") {
+            s.size * 5
+        } else {
+            s.size
+        }
+    };
+    assert!(choose_overlapping(&[sized("A", "Z", 30), sized("B", "Y", 50)], &raw).is_empty());
+    assert_eq!(
+        choose_overlapping(&[sized("A", "Z", 30), sized("B", "Y", 50)], &size),
+        vec![0, 1]
+    );
+}
+
+#[test]
+fn overlapping_choice_needs_only_two() {
+    assert_eq!(
+        choose_overlapping(&[seg("A", "B"), seg("C", "D")], &|s| s.size),
+        Vec::<usize>::new()
+    );
+    assert_eq!(
+        choose_overlapping(&[seg("A", "C"), seg("B", "D")], &|s| s.size),
+        vec![0, 1]
+    );
+    assert_eq!(
+        choose_overlapping(
+            &[
+                seg("A", "B"),
+                seg("C", "M"),
+                seg("D", "E"),
+                seg("F", "G"),
+                seg("N", "P")
+            ],
+            &|s| s.size
+        ),
         vec![1, 2, 3]
     );
 }
@@ -75,6 +227,7 @@ fn compacter(log: &Arc<StoreLog>, target: u64, retain: Duration, purge: Duration
         Arc::clone(log),
         CompactConfig {
             target_size: target,
+            settle: Duration::ZERO,
             retention: Arc::new(Retention::uniform(retain)),
             purge,
             format: Format::Compressed,
