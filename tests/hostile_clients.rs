@@ -1,6 +1,10 @@
 //! Hostile clients (issue 23), each attack as a client on loopback would make it: what a
-//! request names cannot grow the node's metrics or its topics, and a query that cannot be
-//! searched for cheaply is refused at once instead of burning CPU after its client left.
+//! request names cannot grow the node's metrics or its topics; a query that cannot be
+//! searched for cheaply is refused at once instead of burning CPU after its client left;
+//! everything a client makes the node hold counts against one memory budget (RSS from
+//! `/proc`), bodies and answers have deadlines, bulk ULIDs have time bounds, a trickle does
+//! not rewrite large segments (bytes from `/proc/<pid>/io`), and a block's declared size is
+//! capped. Each prints its figures.
 
 mod common;
 
@@ -346,6 +350,33 @@ fn a_request_head_over_256_kib_is_refused() {
     assert_eq!(http("GET", api, "/health", b"").status, 200, "unhurt");
 }
 
+/// `n` lines `rec <n> xxx...` of 93 bytes, to forward.
+fn rec_lines(n: usize) -> Vec<u8> {
+    let mut input = Vec::with_capacity(n * 93);
+    for i in 0..n {
+        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
+    }
+    input
+}
+
+/// `data` gzipped.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, data).unwrap();
+    gz.finish().unwrap()
+}
+
+/// A whole Elasticsearch bulk request of gzipped `body`, as bytes to send.
+fn es_bulk_request(api: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /insert/elasticsearch/_bulk HTTP/1.1\r\nHost: {api}\r\nContent-Encoding: gzip\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
 /// An OTLP protobuf request: one resource with `attrs` attributes and `records` records.
 fn otlp_bomb(attrs: usize, records: usize) -> Vec<u8> {
     use oklog::ingest::protocols::otlp::*;
@@ -524,9 +555,7 @@ fn push_bombs_stay_within_the_memory_budget_and_honest_pushes_go_on() {
 
     // Thirty gzip bodies of 60 MB of tiny JSON lines (about 120 KB each as sent).
     let tiny = b"{\"a\":1}\n".repeat(60_000_000 / 8);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    std::io::Write::write_all(&mut gz, &tiny).unwrap();
-    let gz = gz.finish().unwrap();
+    let gz = gzip(&tiny);
     drop(tiny);
     eprintln!("tiny-lines bomb: {} KB of gzip", gz.len() >> 10);
     let statuses = at_once(
@@ -699,10 +728,7 @@ fn clients_that_never_read_give_back_their_answers_and_query_slots() {
     let node = Node::ingeststore(dir.path(), &["-api.write-timeout", "2s"]);
     let api = node.addr("api").to_string();
     let pid = node.child.id();
-    let mut input = Vec::new();
-    for i in 0..200_000 {
-        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
-    }
+    let input = rec_lines(200_000);
     assert!(forward(node.addr("fast"), &input, &[]).status.success());
     wait_for_records(&api, 200_000);
     let (_, rss_start) = threads_and_rss(pid);
@@ -744,16 +770,9 @@ fn clients_that_never_read_give_back_their_answers_and_query_slots() {
     // 30 KB of gzip) and never reading the answer (168 MB each, built whole, held 1.34 GB
     // for 45 s): answers are written as they are read, and dropped with their connections.
     let docs = b"{\"create\":{}}\n{\"m\":1}\n".repeat(1_000_000);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    std::io::Write::write_all(&mut gz, &docs).unwrap();
-    let gz = gz.finish().unwrap();
+    let gz = gzip(&docs);
     eprintln!("bulk body: {} KB of gzip", gz.len() >> 10);
-    let mut request = format!(
-        "POST /insert/elasticsearch/_bulk HTTP/1.1\r\nHost: {api}\r\nContent-Encoding: gzip\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
-        gz.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(&gz);
+    let request = es_bulk_request(&api, &gz);
     let peak = PeakRss::start(pid);
     let bulks: Vec<_> = (0..8).map(|_| never_read(&api, &request)).collect();
     // Honest traffic goes on meanwhile.
@@ -884,10 +903,7 @@ fn ingest_buffers_and_streams_share_one_budget() {
     let streams = metric(&api, "oklog_store_streams").unwrap();
     eprintln!("{streams} of 40 stuck streams started");
     assert!((10.0..40.0).contains(&streams), "{streams}");
-    let mut input = Vec::new();
-    for i in 0..400_000 {
-        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
-    }
+    let input = rec_lines(400_000);
     assert!(forward(node.addr("fast"), &input, &[]).status.success());
     wait_for_records(&api, 400_002);
     std::thread::sleep(Duration::from_secs(1));
@@ -933,10 +949,7 @@ fn bulk_ulids_outside_the_event_bounds_are_refused_and_rewrite_nothing() {
     let node = Node::ingeststore(dir.path(), &["-store.segment-compress-after", "0s"]);
     let api = node.addr("api").to_string();
     let pid = node.child.id();
-    let mut input = Vec::new();
-    for i in 0..20_000 {
-        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
-    }
+    let input = rec_lines(20_000);
     assert!(forward(node.addr("fast"), &input, &[]).status.success());
     wait_for_records(&api, 20_000);
     eventually(Duration::from_secs(60), "the store compressed", || {
@@ -1001,10 +1014,7 @@ fn a_block_that_declares_a_gigabyte_is_refused_without_allocating_it() {
     let dir = tempfile::tempdir().unwrap();
     let flags = ["-store.segment-compress-after", "0s"];
     let mut node = Node::ingeststore(dir.path(), &flags);
-    let mut input = Vec::new();
-    for i in 0..20_000 {
-        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
-    }
+    let input = rec_lines(20_000);
     assert!(forward(node.addr("fast"), &input, &[]).status.success());
     let api = node.addr("api").to_string();
     wait_for_records(&api, 20_000);
@@ -1080,10 +1090,7 @@ fn a_trickle_next_to_a_large_segment_does_not_rewrite_it() {
     );
     let api = node.addr("api").to_string();
     let pid = node.child.id();
-    let mut input = Vec::new();
-    for i in 0..400_000 {
-        input.extend_from_slice(format!("rec {i:07} {}\n", "x".repeat(80)).as_bytes());
-    }
+    let input = rec_lines(400_000);
     assert!(forward(node.addr("fast"), &input, &[]).status.success());
     wait_for_records(&api, 400_000);
     let store = dir.path().join("data/store");
@@ -1129,4 +1136,108 @@ fn a_trickle_next_to_a_large_segment_does_not_rewrite_it() {
     );
     assert!(written < 4 << 20, "{} KiB written", written >> 10);
     assert_eq!(all_records(&api).len(), 400_030);
+}
+
+#[test]
+fn every_attack_at_once_stays_under_512_mib_and_honest_clients_are_answered() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults, but for deadlines short enough for a test.
+    let node = Node::ingeststore(
+        dir.path(),
+        &["-api.body-timeout", "5s", "-api.write-timeout", "5s"],
+    );
+    let api = node.addr("api").to_string();
+    let syslog = listening(&node.log_text())["syslog-tcp"].clone();
+    let pid = node.child.id();
+    let (_, rss_start) = threads_and_rss(pid);
+    let peak = PeakRss::start(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let honest = honest_pusher(api.clone(), std::sync::Arc::clone(&stop));
+    let querier = {
+        let (api, stop) = (api.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let (mut answered, mut busy) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = http("GET", &api, "/store/query?from=1h&q=honest", b"");
+                match r.status {
+                    200 => answered += 1,
+                    503 => busy += 1,
+                    s => panic!("an honest query: {s} {}", r.text()),
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            (answered, busy)
+        })
+    };
+    // Stuck streams, ingest floods, and clients that never read their answers.
+    let stream_req = "GET /store/stream?q=rec HTTP/1.1\r\nHost: a\r\n\r\n";
+    let streams: Vec<_> = (0..40)
+        .map(|_| never_read(&api, stream_req.as_bytes()))
+        .collect();
+    let syslogs: Vec<_> = (0..10)
+        .map(|_| flood_conn(&syslog, b"60000000 ".to_vec(), 30 << 20))
+        .collect();
+    let mut bulk_head = b"OKLOG-BULK/1\n".to_vec();
+    bulk_head.extend_from_slice(&((64u32 << 20) - 1).to_be_bytes());
+    let bulks: Vec<_> = (0..5)
+        .map(|_| flood_conn(node.addr("bulk"), bulk_head.clone(), 60 << 20))
+        .collect();
+    let docs = b"{\"create\":{}}\n{\"m\":1}\n".repeat(300_000);
+    let gz = gzip(&docs);
+    let es = es_bulk_request(&api, &gz);
+    let es_clients: Vec<_> = (0..8).map(|_| never_read(&api, &es)).collect();
+    let input = rec_lines(200_000);
+    assert!(forward(node.addr("fast"), &input, &[]).status.success());
+    // Push bombs on top.
+    let otlp = otlp_bomb(100_000, 300);
+    let otlp_statuses = at_once(
+        &api,
+        16,
+        "/v1/logs",
+        &[("Content-Type", "application/x-protobuf")],
+        &otlp,
+    );
+    let tiny = b"{\"a\":1}\n".repeat(60_000_000 / 8);
+    let gz = gzip(&tiny);
+    drop(tiny);
+    let tiny_statuses = at_once(
+        &api,
+        16,
+        "/insert/jsonline",
+        &[("Content-Encoding", "gzip")],
+        &gz,
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (pushed, busy, failed) = honest.join().unwrap();
+    let (answered, queries_busy) = querier.join().unwrap();
+    let peak = peak.stop();
+    drop((streams, syslogs, bulks, es_clients));
+    eprintln!(
+        "all at once: RssAnon peak {} MiB (start {} MiB); honest pushes {pushed} ({busy} retried after a 503), queries {answered} answered, {queries_busy} busy",
+        peak >> 10,
+        rss_start >> 10
+    );
+    assert!(
+        otlp_statuses.iter().all(|&s| s == 400 || s == 503),
+        "{otlp_statuses:?}"
+    );
+    assert!(
+        tiny_statuses.iter().all(|&s| s == 413 || s == 503),
+        "{tiny_statuses:?}"
+    );
+    assert!(failed.is_empty(), "honest pushes failed: {failed:?}");
+    assert!(
+        pushed >= 5 && answered >= 5,
+        "{pushed} pushes, {answered} queries"
+    );
+    assert!(peak < 512 << 10, "peak RssAnon {} MiB", peak >> 10);
+    let (_, after) = settled(pid, rss_start.max(16 << 10) * 2);
+    eprintln!("RssAnon after: {} MiB", after >> 10);
+    assert!(
+        after < rss_start.max(16 << 10) * 2,
+        "{} MiB after",
+        after >> 10
+    );
 }

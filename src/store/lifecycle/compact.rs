@@ -231,6 +231,15 @@ pub fn worth_merging(
     }
 }
 
+/// Indices of the segments of `segs` that overlap `a` (`a` among them, if it is in `segs`).
+pub fn overlapping(segs: &[Segment], a: &Segment) -> Vec<usize> {
+    segs.iter()
+        .enumerate()
+        .filter(|(_, b)| overlap((a.low, a.high), (b.low, b.high)))
+        .map(|(j, _)| j)
+        .collect()
+}
+
 /// Indices of the largest set of segments worth merging ([`worth_merging`],
 /// [`OVERLAPPING_GROWTH`]) among one that overlaps others and those others; empty when there is
 /// none. `segs` must be sorted by low ULID; `raw_size` gives a segment's size as raw records
@@ -248,12 +257,7 @@ pub fn choose_overlapping(segs: &[Segment], raw_size: &dyn Fn(&Segment) -> u64) 
         if alone {
             continue;
         }
-        let group: Vec<usize> = segs
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| overlap((a.low, a.high), (b.low, b.high)))
-            .map(|(j, _)| j)
-            .collect();
+        let group = overlapping(segs, a);
         if group.len() <= best.len() {
             continue;
         }

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::log::{FLUSHED, Segment, StoreLog, overlap};
+use super::log::{FLUSHED, Segment, StoreLog};
 use super::retention::Retention;
 use crate::metrics::Metrics;
 use crate::segment::{CompressConfig, Format};
@@ -301,12 +301,7 @@ impl Compacter {
     /// Whether `seg` is among segments that overlapping compaction would merge (so converting
     /// it first would be undone).
     fn merge_pending(&self, seg: &Segment, all: &[Segment]) -> bool {
-        let group: Vec<usize> = all
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| overlap((o.low, o.high), (seg.low, seg.high)))
-            .map(|(i, _)| i)
-            .collect();
+        let group = compact::overlapping(all, seg);
         let size = |i: usize| self.raw_size(&all[i]);
         compact::worth_merging(&group, &size, compact::OVERLAPPING_GROWTH)
             .iter()
