@@ -32,8 +32,8 @@ const TICKS_PER_TRIM: u32 = 50;
 /// buffers come from, and fragment, the arenas; a fixed threshold keeps them out. Query
 /// blocks (1 MiB) stay below it.
 const MMAP_THRESHOLD: i32 = 4 << 20;
-/// Free bytes at the top of a heap before `free` itself shrinks it (64 MiB).
-const TRIM_THRESHOLD: i32 = 64 << 20;
+/// Free bytes at the top of a heap before `free` itself shrinks it (4 MiB).
+const TRIM_THRESHOLD: i32 = MMAP_THRESHOLD;
 
 /// Keep the allocator from holding on to memory a flood of clients used: at most a few malloc
 /// arenas (glibc makes up to 8 per core, one per busy thread, and a freed buffer stays in the
@@ -48,8 +48,10 @@ pub fn tame_the_allocator() -> std::sync::mpsc::Sender<()> {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         // A fixed mmap threshold also fixes the trim threshold at its 128 KiB default (glibc
         // keeps it at twice the dynamic mmap threshold otherwise): every free at the top of
-        // a heap then shrank it, and the next allocation grew it again (half of the forward
-        // path's throughput). Free pages go back through the trimming thread instead.
+        // a heap then shrank it, and the next allocation grew it again (7-16% of push
+        // throughput). The mmap threshold (glibc would set twice it). Not more: only a free
+        // shrinks the top of a thread's heap (`malloc_trim` does not), so a larger threshold
+        // kept the tops of the heaps a flood had grown (50 MiB after it ended).
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
     let (guard, stopped) = std::sync::mpsc::channel::<()>();
