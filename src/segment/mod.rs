@@ -18,9 +18,11 @@
 //!   need (every record in order, dropping blocks, a description).
 //! - `select`: [`Reader::select`] and the chunks a query searches, in its order.
 //! - `raw`: cutting a raw segment's lines into pieces.
+//! - `ends`: a segment's first and last record checked against its name, at start-up.
 //! - `filter` (needle filters), `write` (compression and block copies).
 
 mod block;
+mod ends;
 pub mod filter;
 mod footer;
 mod raw;
@@ -30,6 +32,7 @@ mod source;
 mod write;
 
 pub use block::{BlockError, decompressor, merge_lines};
+pub use ends::check_ends;
 pub use filter::{FilterBuilder, Needles};
 pub use footer::{Block, Footer, FormatError, Group, TopicInfo};
 pub use raw::PIECE;

@@ -36,7 +36,7 @@ use memmap2::Mmap;
 use crate::disk::{self, DataDir, OpenError, io_at};
 use crate::merge;
 use crate::record::{ULID_LEN, check_record, is_valid_ulid, min_ulid, ulid_ms};
-use crate::segment::{Format, Reader, Records};
+use crate::segment::{Format, Reader, Records, check_ends};
 
 /// Suffix of a segment being written.
 pub const ACTIVE: &str = "active";
@@ -236,7 +236,9 @@ impl StoreLog {
         let segs = self.list(&[FLUSHED], |_| true).map_err(io_at(&self.dir))?;
         let mut index = Index::default();
         for s in segs {
-            if let Err(reason) = check_ends(&s).map_err(io_at(&s.path))? {
+            if let Err(reason) =
+                check_ends(&s.path, s.format, &s.low, &s.high).map_err(io_at(&s.path))?
+            {
                 self.quarantine(&s.path, reason).map_err(io_at(&s.path))?;
                 self.quarantined_at_start
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -785,70 +787,6 @@ pub(crate) fn test_segment(low: &str, high: &str) -> Segment {
         high: pad(high),
         size: 1,
         format: Format::Raw,
-    }
-}
-
-/// Check that a segment starts with `<low><SP>` and ends with a complete record whose ULID is
-/// `high`. `Ok(Err(reason))` for a bad segment.
-fn check_ends(seg: &Segment) -> io::Result<Result<(), &'static str>> {
-    if seg.format == Format::Compressed {
-        return Ok(match Reader::open_file(&seg.path) {
-            Ok(None) => Err("empty file"),
-            Ok(Some(r)) => match r.footer() {
-                Some(f) if f.low == seg.low && f.high == seg.high => Ok(()),
-                Some(_) => Err("compressed segment's range does not match its name"),
-                None => Err("compressed segment's footer or index is unreadable"),
-            },
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                tracing::warn!(segment = %seg.path.display(), error = %e, "compressed segment footer");
-                Err("compressed segment's footer or index is unreadable")
-            }
-            Err(e) => return Err(e),
-        });
-    }
-    let mut f = File::open(&seg.path)?;
-    let len = f.metadata()?.len();
-    if len < 28 {
-        return Ok(Err("segment too short to hold a record"));
-    }
-    let mut head = [0u8; ULID_LEN + 1];
-    f.read_exact(&mut head)?;
-    if head[..ULID_LEN] != seg.low || head[ULID_LEN] != b' ' {
-        return Ok(Err("first record does not match the segment's name"));
-    }
-    // Read backwards until the start of the last line.
-    let mut end = len;
-    let mut tail: Vec<u8> = Vec::new();
-    loop {
-        let start = end.saturating_sub(64 << 10);
-        let mut chunk = vec![0u8; (end - start) as usize];
-        f.seek(SeekFrom::Start(start))?;
-        f.read_exact(&mut chunk)?;
-        chunk.extend_from_slice(&tail);
-        tail = chunk;
-        if end == len && tail.last() != Some(&b'\n') {
-            return Ok(Err("last record is torn (no newline)"));
-        }
-        let body = &tail[..tail.len() - 1];
-        if let Some(i) = memchr::memrchr(b'\n', body) {
-            let last = &body[i + 1..];
-            return Ok(
-                if last.len() > ULID_LEN && last[..ULID_LEN] == seg.high && last[ULID_LEN] == b' ' {
-                    Ok(())
-                } else {
-                    Err("last record does not match the segment's name")
-                },
-            );
-        }
-        if start == 0 {
-            // One record only.
-            return Ok(if seg.low == seg.high {
-                Ok(())
-            } else {
-                Err("last record does not match the segment's name")
-            });
-        }
-        end = start;
     }
 }
 
