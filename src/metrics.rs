@@ -135,6 +135,9 @@ pub struct Metrics {
     pub ingest_push_bytes: Family<Labels, Counter>,
     /// Push requests refused or not stored by `protocol` (bad input, too large, write errors).
     pub ingest_push_rejected: Family<Labels, Counter>,
+    /// Entries refused for their time by `protocol` and `reason` (`too_old`, `too_new`), the
+    /// rest of their requests stored.
+    pub ingest_refused_entries: Family<Labels, Counter>,
     /// Records forwarded (forward mode).
     pub forward_records: Counter,
     /// Bytes forwarded (forward mode).
@@ -248,6 +251,11 @@ impl Metrics {
             "oklog_ingest_push_rejected",
             "Push requests refused (malformed, too large) or not stored (write errors), by protocol",
             m.ingest_push_rejected.clone(),
+        );
+        r.register(
+            "oklog_ingest_refused_entries",
+            "Entries refused for their time (too_old: -ingest.max-event-age, too_new: -ingest.max-event-future), by protocol and reason",
+            m.ingest_refused_entries.clone(),
         );
         r.register(
             "oklog_ingest_write_errors",

@@ -296,7 +296,7 @@ async fn store_and_wait(records: &[u8], ing: &Ingester, waiters: &Arc<Waiters>) 
         waiters.lock().insert(stem.clone(), tx);
         let written = file
             .write_all(records)
-            .and_then(|()| ing.log.close(file, &path, records.len() as u64));
+            .and_then(|()| ing.log.close(file, &path, records.len() as u64, true));
         if let Err(e) = written {
             waiters.lock().remove(&stem);
             let _ = std::fs::remove_file(&path);

@@ -8,10 +8,17 @@
 //!
 //! Each state is a file suffix and each transition a rename, so recovery needs no journal: at
 //! start-up `.active` files are truncated to their last `\n` and, like `.pending` ones, become
-//! `.flushed`. This module never reads record contents beyond that truncation.
+//! `.flushed`.
+//!
+//! A flushed segment is sorted by ULID, as store nodes (ours and the original's) expect. The
+//! raw ports write in ULID order; the push protocols file each record under its own time, so
+//! their active segment may be out of order: closing it (or recovering it) then writes its
+//! records sorted into `<uuid>.sorting`, syncs it and renames it `.flushed`, and only then
+//! deletes the `.active` file. A crash in between leaves the `.active` file, recovered again;
+//! a leftover `.sorting` file is deleted.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -23,6 +30,8 @@ pub const ACTIVE: &str = "active";
 pub const FLUSHED: &str = "flushed";
 /// Suffix of a segment claimed by a consumer.
 pub const PENDING: &str = "pending";
+/// Suffix of an out-of-order segment's records being written sorted (deleted at recovery).
+pub const SORTING: &str = "sorting";
 /// Suffix added to a file set aside: kept for an operator, never read.
 pub const BAD: &str = "bad";
 
@@ -84,10 +93,16 @@ impl IngestLog {
                         fs::remove_file(path).map_err(io_at(path))?;
                         continue;
                     }
-                    let to = self.path(stem, FLUSHED);
                     tracing::info!(segment = %path.display(), bytes = len, "recovered active ingest segment");
-                    disk::rename_durably(path, &to).map_err(io_at(path))?;
+                    let records = fs::read(path).map_err(io_at(path))?;
+                    if is_sorted(&records) {
+                        disk::rename_durably(path, &self.path(stem, FLUSHED))
+                            .map_err(io_at(path))?;
+                    } else {
+                        self.flush_sorted(&records, path).map_err(io_at(path))?;
+                    }
                 }
+                SORTING => fs::remove_file(path).map_err(io_at(path))?,
                 PENDING => {
                     let to = self.path(stem, FLUSHED);
                     disk::rename_durably(path, &to).map_err(io_at(path))?;
@@ -113,14 +128,43 @@ impl IngestLog {
     }
 
     /// Close an active segment: sync it, rename it `.flushed`, sync the directory; an empty one
-    /// is deleted instead.
-    pub fn close(&self, file: File, path: &Path, len: u64) -> io::Result<()> {
+    /// is deleted instead. One whose records are not `sorted` is flushed sorted (module docs).
+    pub fn close(&self, file: File, path: &Path, len: u64, sorted: bool) -> io::Result<()> {
         if len == 0 {
             drop(file);
             return fs::remove_file(path);
         }
+        if !sorted {
+            drop(file);
+            let records = fs::read(path)?;
+            return self.flush_sorted(&records, path);
+        }
         let stem = stem_of(path)?;
         disk::sync_rename(&file, path, &self.path(stem, FLUSHED))
+    }
+
+    /// Write `records` (the active segment at `active`) sorted by ULID into `.sorting`, sync,
+    /// rename it `.flushed`, and delete `active`.
+    fn flush_sorted(&self, records: &[u8], active: &Path) -> io::Result<()> {
+        let stem = stem_of(active)?;
+        let sorting = self.path(stem, SORTING);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&sorting)?;
+        let mut lines: Vec<&[u8]> = records.split_inclusive(|&b| b == b'\n').collect();
+        // Stable: records of one millisecond keep the order they were written in.
+        lines.sort_by(|a, b| ulid_of(a).cmp(ulid_of(b)));
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+        for line in lines {
+            out.write_all(line)?;
+        }
+        out.flush()?;
+        drop(out);
+        disk::sync_rename(&file, &sorting, &self.path(stem, FLUSHED))?;
+        fs::remove_file(active)?;
+        disk::sync_dir(&self.dir)
     }
 
     /// Claim the oldest flushed segment (by modification time): rename it `.pending` and return
@@ -213,6 +257,24 @@ fn stem_of(path: &Path) -> io::Result<&str> {
 }
 
 /// Truncate a file after its last `\n` (dropping a torn final record); returns the new length.
+/// A record line's ULID (its first 26 bytes; a shorter line is all key).
+fn ulid_of(line: &[u8]) -> &[u8] {
+    &line[..line.len().min(crate::record::ULID_LEN)]
+}
+
+/// Whether `records` (whole lines) are in ULID order.
+fn is_sorted(records: &[u8]) -> bool {
+    let mut prev: &[u8] = &[];
+    for line in records.split_inclusive(|&b| b == b'\n') {
+        let id = ulid_of(line);
+        if id < prev {
+            return false;
+        }
+        prev = id;
+    }
+    true
+}
+
 fn truncate_to_last_newline(path: &Path) -> io::Result<u64> {
     let mut file = OpenOptions::new().read(true).write(true).open(path)?;
     let len = file.metadata()?.len();
@@ -247,6 +309,35 @@ mod tests {
     }
 
     #[test]
+    fn out_of_order_segments_are_flushed_sorted_on_close_and_at_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = "01BX5ZZKBKACTAV9WEVGEMMVR0 t a\n";
+        let b = "01BX5ZZKBKACTAV9WEVGEMMVR1 t b\n";
+        let c = "01BX5ZZKBKACTAV9WEVGEMMVS0 t c\n";
+        let sorted = format!("{a}{b}{c}");
+        // Left by a crash: out of order, its last record torn; and a stray `.sorting`.
+        let active = uuid_named(dir.path(), ACTIVE, format!("{c}{a}{b}01BX5Z").as_bytes());
+        let stray = uuid_named(dir.path(), SORTING, b"half");
+        let log = IngestLog::open(dir.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(active.with_extension(FLUSHED)).unwrap(),
+            sorted
+        );
+        assert!(!active.exists() && !stray.exists());
+        // Closed by its writer, which knows it is out of order.
+        let (mut f, p) = log.create().unwrap();
+        f.write_all(format!("{b}{c}{a}").as_bytes()).unwrap();
+        log.close(f, &p, 93, false).unwrap();
+        assert_eq!(
+            fs::read_to_string(p.with_extension(FLUSHED)).unwrap(),
+            sorted
+        );
+        assert!(!p.exists());
+        assert_eq!(log.stats().unwrap().flushed, (2, 186));
+        assert!(is_sorted(sorted.as_bytes()) && !is_sorted(format!("{b}{a}").as_bytes()));
+    }
+
+    #[test]
     fn recover_segments() {
         let dir = tempfile::tempdir().unwrap();
         let active = uuid_named(dir.path(), ACTIVE, b"A x\nB torn");
@@ -275,9 +366,9 @@ mod tests {
         assert_eq!(log.take_oldest().unwrap(), None);
         let (mut f, p) = log.create().unwrap();
         io::Write::write_all(&mut f, b"rec\n").unwrap();
-        log.close(f, &p, 4).unwrap();
+        log.close(f, &p, 4, true).unwrap();
         let (f2, p2) = log.create().unwrap();
-        log.close(f2, &p2, 0).unwrap();
+        log.close(f2, &p2, 0, true).unwrap();
         assert!(!p2.exists(), "empty segments are deleted");
         let pending = log.take_oldest().unwrap().unwrap();
         assert!(pending.to_str().unwrap().ends_with(".pending"));

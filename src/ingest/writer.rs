@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::IngestLog;
 use super::sync::SyncGroup;
+use crate::record::ULID_LEN;
 
 /// When to rotate an active segment.
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +26,21 @@ struct Active {
     path: PathBuf,
     len: u64,
     since: Instant,
+    /// The greatest ULID written, when writes tell ([`SegmentWriter::write_stamped`]).
+    last: Option<[u8; ULID_LEN]>,
+    /// Whether every record so far was written in ULID order.
+    sorted: bool,
+}
+
+/// The order of records handed to [`SegmentWriter::write_stamped`].
+#[derive(Clone, Copy, Debug)]
+pub struct Order {
+    /// The least ULID among them.
+    pub least: [u8; ULID_LEN],
+    /// The greatest.
+    pub greatest: [u8; ULID_LEN],
+    /// Whether they are in ULID order among themselves.
+    pub sorted: bool,
 }
 
 /// Writes complete records into a connection's active segment.
@@ -45,8 +61,19 @@ impl SegmentWriter {
         }
     }
 
-    /// Append complete records; rotates when the segment reaches the flush size.
+    /// Append complete records, in ULID order after those written before (the raw ports'
+    /// own ULIDs); rotates when the segment reaches the flush size.
     pub fn write(&mut self, records: &[u8]) -> io::Result<()> {
+        self.append(records, None)
+    }
+
+    /// Append complete records in any `order` (the push protocols' event times): a segment
+    /// they leave out of ULID order is flushed sorted ([`IngestLog::close`]).
+    pub fn write_stamped(&mut self, records: &[u8], order: Order) -> io::Result<()> {
+        self.append(records, Some(order))
+    }
+
+    fn append(&mut self, records: &[u8], order: Option<Order>) -> io::Result<()> {
         if records.is_empty() {
             return Ok(());
         }
@@ -59,6 +86,8 @@ impl SegmentWriter {
                     path,
                     len: 0,
                     since: Instant::now(),
+                    last: None,
+                    sorted: true,
                 })
             }
         };
@@ -72,6 +101,10 @@ impl SegmentWriter {
             return Err(e);
         }
         active.len += records.len() as u64;
+        if let Some(o) = order {
+            active.sorted &= o.sorted && active.last.is_none_or(|l| l <= o.least);
+            active.last = Some(active.last.map_or(o.greatest, |l| l.max(o.greatest)));
+        }
         if active.len >= self.rotation.flush_size {
             self.close()?;
         }
@@ -122,7 +155,7 @@ impl SegmentWriter {
                 // waits for its passes: the file is ours again here.
                 let file = Arc::try_unwrap(a.file)
                     .map_err(|_| io::Error::other("segment still being synced"))?;
-                self.log.close(file, &a.path, a.len)
+                self.log.close(file, &a.path, a.len, a.sorted)
             }
             None => Ok(()),
         }

@@ -39,6 +39,20 @@ impl UlidGenerator {
         }
         encode_ulid(self.last_ms, self.last_entropy)
     }
+
+    /// A ULID at exactly `ms` (an event's own time, which may be earlier than the previous
+    /// one): the previous entropy incremented when `ms` is the previous call's millisecond (so
+    /// a run of entries in one millisecond keeps its order), else fresh entropy.
+    #[inline]
+    pub fn at(&mut self, ms: u64) -> [u8; ULID_LEN] {
+        if ms == self.last_ms && self.last_entropy + 1 < ENTROPY_LIMIT {
+            self.last_entropy += 1;
+        } else {
+            self.last_ms = ms;
+            self.last_entropy = rand::random::<u128>() & FRESH_MASK;
+        }
+        encode_ulid(ms, self.last_entropy)
+    }
 }
 
 #[cfg(test)]
@@ -62,6 +76,18 @@ mod tests {
             assert!(next > prev, "{:?} !> {:?}", next, prev);
             prev = next;
         }
+    }
+
+    #[test]
+    fn at_keeps_the_time_given_and_orders_a_run_of_one_millisecond() {
+        let mut g = UlidGenerator::new();
+        let a = g.at(5000);
+        let b = g.at(5000);
+        let c = g.at(4000);
+        let d = g.at(4000);
+        assert_eq!((ulid_ms(&a), ulid_ms(&c)), (5000, 4000));
+        assert!(a < b && c < d && d < a);
+        assert_ne!(g.at(5000)[10..], a[10..], "a new run draws fresh entropy");
     }
 
     #[test]

@@ -310,6 +310,12 @@ pub fn ingest_flags(ns: &str) -> Vec<Flag> {
             "service.name",
             "OTLP resource attribute that names a record's topic",
         ),
+        flag(
+            "ingest.elasticsearch-time-field",
+            Kind::Str,
+            "@timestamp",
+            "Elasticsearch document field holding its time (a request's _time_field overrides it)",
+        ),
     ]
 }
 
@@ -536,7 +542,8 @@ pub struct IngestConfig {
     /// `-ingest.syslog-udp` was given (it is then served even with authentication on).
     pub syslog_udp_explicit: bool,
     /// The push endpoints' mapping and limits (`-ingest.max-push-size` 64 MiB,
-    /// `-ingest.push-sync` true, `-ingest.loki-topic-labels`, `-ingest.otlp-topic-attribute`).
+    /// `-ingest.push-sync` true, `-ingest.loki-topic-labels`, `-ingest.otlp-topic-attribute`,
+    /// `-ingest.elasticsearch-time-field`, and the event bounds).
     pub push: PushConfig,
     /// How far from now a record's time may be (`-ingest.max-event-age`, 168h, or in
     /// `ingeststore` the store's retention; `-ingest.max-event-future`, 10m).
@@ -648,8 +655,10 @@ impl IngestConfig {
                 .filter(|s| !s.is_empty())
                 .collect()
         };
+        let bounds = event_bounds(args, ns)?;
         let push = PushConfig {
             topic: topic.clone(),
+            bounds,
             max_body: positive(args, "ingest.max-push-size")? as usize,
             wait: if args.bool("ingest.push-sync") {
                 Wait::Synced
@@ -658,6 +667,10 @@ impl IngestConfig {
             },
             loki_topic_labels: list("ingest.loki-topic-labels"),
             otlp_topic_attribute: args.str("ingest.otlp-topic-attribute").trim().to_string(),
+            elasticsearch_time_field: match args.str("ingest.elasticsearch-time-field").trim() {
+                "" => bail!("-ingest.elasticsearch-time-field: a field name, not empty"),
+                f => f.to_string(),
+            },
         };
         Ok(IngestConfig {
             topic,
@@ -679,7 +692,7 @@ impl IngestConfig {
             syslog_udp: optional("ingest.syslog-udp", SYSLOG_PORT)?,
             syslog_udp_explicit: args.is_set("ingest.syslog-udp"),
             push,
-            bounds: event_bounds(args, ns)?,
+            bounds,
         })
     }
 }

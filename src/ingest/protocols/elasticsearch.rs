@@ -7,8 +7,9 @@
 //!
 //! The topic is the document's `_topic_field` when given, else the index (from the action, else
 //! the URL); the message is the first of `_msg_field` (default `message,msg,_msg`) present;
-//! `_time_field` (default `@timestamp`) is the time. `delete` and `update` actions are answered
-//! as failed items (400): oklog does not change stored records.
+//! `_time_field` (default `-ingest.elasticsearch-time-field`, `@timestamp`) is the time, the
+//! record's ULID time. `delete` and `update` actions, and documents whose time is outside the
+//! event bounds, are answered as failed items (400): oklog does not change stored records.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -21,7 +22,8 @@ use axum::routing::{any, get};
 use serde_json::{Value, json};
 
 use super::jsonline::{self, Fields};
-use super::{Batch, PushError};
+use super::{Batch, Finished, PushError};
+use crate::ingest::OutOfBounds;
 
 /// The Elasticsearch version reported to clients that ask (8.x: what current clients and
 /// Filebeat expect).
@@ -119,9 +121,10 @@ async fn acknowledge() -> Response {
 }
 
 /// The document fields a bulk request's parameters name (`_msg_field`, default
-/// `message,msg,_msg`; `_time_field`, default `@timestamp`; `_topic_field`).
-pub fn fields(params: &HashMap<String, String>) -> Fields {
-    Fields::from_params(params, "message,msg,_msg", "@timestamp")
+/// `message,msg,_msg`; `_time_field`, default `time_field`, from
+/// `-ingest.elasticsearch-time-field`; `_topic_field`).
+pub fn fields(params: &HashMap<String, String>, time_field: &str) -> Fields {
+    Fields::from_params(params, "message,msg,_msg", time_field)
 }
 
 /// The answer to a stored bulk request: each item's outcome, written in pieces of about
@@ -234,9 +237,10 @@ impl Action {
 /// documents in 31 KB of gzip built a 168 MB answer.
 #[derive(Debug)]
 pub struct Items {
-    /// The distinct actions and indexes, which entries name by number.
-    kinds: Vec<(Action, String)>,
-    lookup: HashMap<(Action, String), u32>,
+    /// The distinct actions, indexes and refusals (why an item's document was not stored,
+    /// if it was not), which entries name by number.
+    kinds: Vec<Kind>,
+    lookup: HashMap<Kind, u32>,
     /// Every `_id` sent, one after another.
     ids: String,
     /// Per item: its kind, and its `_id`'s start and length in `ids` (`u32::MAX`: none, the
@@ -244,6 +248,9 @@ pub struct Items {
     entries: Vec<(u32, u32, u32)>,
     hold: Option<crate::memory::Hold>,
 }
+
+/// An item's action, index, and why its document was refused (its time), if it was.
+type Kind = (Action, String, Option<String>);
 
 /// Items whose memory is counted at once, at most.
 const COUNT_EVERY: usize = 1024;
@@ -260,20 +267,29 @@ impl Items {
         }
     }
 
-    fn push(&mut self, action: Action, index: &str, id: Option<&str>) -> Result<(), PushError> {
+    fn push(
+        &mut self,
+        action: Action,
+        index: &str,
+        id: Option<&str>,
+        refused: Option<&str>,
+    ) -> Result<(), PushError> {
         let last = self.kinds.len().wrapping_sub(1);
         let kind = match self.kinds.get(last) {
             // Most requests name one action and index for all their items.
-            Some((a, i)) if *a == action && i == index => last as u32,
-            _ => match self.lookup.get(&(action, index.to_string())) {
-                Some(&k) => k,
-                None => {
-                    let k = self.kinds.len() as u32;
-                    self.kinds.push((action, index.to_string()));
-                    self.lookup.insert((action, index.to_string()), k);
-                    k
+            Some((a, i, r)) if *a == action && i == index && r.as_deref() == refused => last as u32,
+            _ => {
+                let key = (action, index.to_string(), refused.map(String::from));
+                match self.lookup.get(&key) {
+                    Some(&k) => k,
+                    None => {
+                        let k = self.kinds.len() as u32;
+                        self.kinds.push(key.clone());
+                        self.lookup.insert(key, k);
+                        k
+                    }
                 }
-            },
+            }
         };
         let (start, len) = match id {
             Some(id) => {
@@ -297,7 +313,7 @@ impl Items {
             + self
                 .kinds
                 .iter()
-                .map(|(_, i)| 2 * (i.len() + 48))
+                .map(|(_, i, r)| 2 * (i.len() + r.as_ref().map_or(0, |r| r.len()) + 72))
                 .sum::<usize>();
         match &mut self.hold {
             Some(h) => h
@@ -319,14 +335,16 @@ impl Items {
 
     /// Whether any item failed.
     fn any_failed(&self) -> bool {
-        self.kinds.iter().any(|(a, _)| a.outcome().0 >= 300)
+        self.kinds
+            .iter()
+            .any(|(a, _, r)| r.is_some() || a.outcome().0 >= 300)
     }
 
     /// Append item `n`'s JSON to `out`.
     fn write_json(&self, n: usize, out: &mut String) {
         use std::fmt::Write;
         let (kind, start, len) = self.entries[n];
-        let (action, index) = &self.kinds[kind as usize];
+        let (action, index, refused) = &self.kinds[kind as usize];
         out.push('{');
         quote(out, action.name());
         out.push_str(":{\"_index\":");
@@ -337,7 +355,10 @@ impl Items {
         } else {
             quote(out, &self.ids[start as usize..(start + len) as usize]);
         }
-        let (status, error) = action.outcome();
+        let (status, error) = match refused {
+            Some(why) => (400, Some(why.as_str())),
+            None => action.outcome(),
+        };
         let _ = write!(out, ",\"status\":{status}");
         match error {
             None => out.push_str(
@@ -412,17 +433,35 @@ pub fn decode(
                 let doc = jsonline::parse_object(doc_line)
                     .map_err(|e| PushError::bad(format!("line {}: document: {e}", dn + 1)))?;
                 let topic = jsonline::doc_topic(&doc, fields, static_topic, Some(&index));
-                jsonline::document(&mut batch, &topic, doc, fields)
+                let finished = jsonline::document(&mut batch, &topic, doc, fields)
                     .map_err(|e| e.at(&format!("line {}", dn + 1)))?;
+                if let Finished::OutOfBounds(why) = finished {
+                    let why = refusal(&why);
+                    items.push(action, &index, meta.id.as_deref(), Some(&why))?;
+                    continue;
+                }
             }
             Action::Update => {
                 lines.next();
             }
             Action::Delete => {}
         }
-        items.push(action, &index, meta.id.as_deref())?;
+        items.push(action, &index, meta.id.as_deref(), None)?;
     }
     Ok((batch, items))
+}
+
+/// A failed item's reason for a document refused for its time: the bound, not the time (so
+/// that the items of one request share a few reasons).
+fn refusal(why: &OutOfBounds) -> String {
+    match why {
+        OutOfBounds::TooOld { age, .. } => format!(
+            "the document's time is more than {age} before now (-ingest.max-event-age); not stored"
+        ),
+        OutOfBounds::TooNew { ahead, .. } => format!(
+            "the document's time is more than {ahead} after now (-ingest.max-event-future); not stored"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -485,7 +524,7 @@ mod tests {
                 .contains("delete")
         );
         let mut odd = Items::new(None);
-        odd.push(Action::Create, "q\"x\u{e9}", Some("a\\b"))
+        odd.push(Action::Create, "q\"x\u{e9}", Some("a\\b"), None)
             .unwrap();
         let mut out = String::new();
         odd.write_json(0, &mut out);
@@ -506,7 +545,7 @@ mod tests {
                 Action::Index
             };
             items
-                .push(action, "logs", (n % 2 == 0).then_some(id.as_str()))
+                .push(action, "logs", (n % 2 == 0).then_some(id.as_str()), None)
                 .unwrap();
         }
         let mut body = bulk_response(items, Instant::now()).into_body();

@@ -21,7 +21,8 @@ use http_body_util::BodyExt;
 
 use super::writer::{PushWriter, Wait};
 use super::{
-    Batch, Protocol, PushConfig, PushError, RECORDS_PER_BODY, elasticsearch, jsonline, loki, otlp,
+    Batch, Protocol, PushConfig, PushError, RECORDS_PER_BODY, Refusals, elasticsearch, jsonline,
+    loki, otlp,
 };
 use crate::memory::{Budget, Hold};
 use crate::metrics::Metrics;
@@ -87,6 +88,7 @@ impl Push {
     /// capped at [`RECORDS_PER_BODY`] times `-ingest.max-push-size`.
     pub fn batch(&self) -> Batch {
         Batch::counted(self.budget.hold(), self.cfg.max_body * RECORDS_PER_BODY)
+            .bounded(self.cfg.bounds, crate::gotime::now_ms() as u64)
     }
 
     /// The push writer (for syslog listeners and the run group).
@@ -112,6 +114,18 @@ impl Push {
             )
             .merge(elasticsearch::router())
             .with_state(Arc::clone(self))
+    }
+
+    /// Count the entries of a `protocol` request refused for their time.
+    fn refused(&self, protocol: Protocol, refusals: &Refusals) {
+        for (reason, n) in [("too_old", refusals.too_old), ("too_new", refusals.too_new)] {
+            if n > 0 {
+                self.metrics
+                    .ingest_refused_entries
+                    .get_or_create(&vec![("protocol", protocol.name()), ("reason", reason)])
+                    .inc_by(n as u64);
+            }
+        }
     }
 
     /// Count a request of `protocol` that failed with `e`.
@@ -143,6 +157,7 @@ impl Push {
     ) -> Result<(), PushError> {
         let records = batch.len() as u64;
         let labels = vec![("protocol", protocol.name())];
+        self.refused(protocol, batch.refusals());
         if let Err(e) = self.writer.write(batch, wait).await {
             let err = PushError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
@@ -345,7 +360,7 @@ async fn handle<T>(
     body: Body,
     implicit: &str,
     decode: impl FnOnce(&Bytes, Batch) -> Result<(Batch, T), PushError>,
-    respond: impl FnOnce(T) -> Response,
+    respond: impl FnOnce(T, &Refusals) -> Response,
     refuse: impl FnOnce(&PushError) -> Response,
 ) -> Response {
     let result = async {
@@ -358,12 +373,13 @@ async fn handle<T>(
         // are all that waits for the writer.
         let size = raw.len();
         drop((raw, room));
+        let refusals = batch.refusals().clone();
         push.store(protocol, batch, size, push.cfg.wait).await?;
-        Ok::<_, PushError>(answer)
+        Ok::<_, PushError>((answer, refusals))
     }
     .await;
     match result {
-        Ok(answer) => respond(answer),
+        Ok((answer, refusals)) => respond(answer, &refusals),
         Err(e) => {
             push.rejected(protocol, &e);
             refuse(&e)
@@ -398,7 +414,12 @@ async fn loki_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body
         };
         Ok((batch, ()))
     };
-    let respond = |()| StatusCode::NO_CONTENT.into_response();
+    // Loki's own answer when some entries fail validation: a 400 naming them, the others
+    // stored.
+    let respond = |(), refusals: &Refusals| match refusals.message(|e| format!("entry {}", e + 1)) {
+        Some(why) => crate::http::text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+        None => StatusCode::NO_CONTENT.into_response(),
+    };
     handle(
         &push,
         Protocol::Loki,
@@ -423,7 +444,15 @@ async fn otlp_push(State(push): State<Arc<Push>>, headers: HeaderMap, body: Body
         };
         Ok((decoded.batch, decoded.rejected))
     };
-    let respond = |rejected| otlp::response(json, rejected);
+    let respond = |rejected: Option<(i64, String)>, refusals: &Refusals| {
+        let why = refusals.message(|e| format!("log record {}", e + 1));
+        let rejected = match (rejected, why) {
+            (Some((n, a)), Some(b)) => Some((n + refusals.count() as i64, format!("{a}; {b}"))),
+            (None, Some(b)) => Some((refusals.count() as i64, b)),
+            (r, None) => r,
+        };
+        otlp::response(json, rejected)
+    };
     let refuse = |e: &PushError| otlp::error_response(json, e);
     handle(
         &push,
@@ -446,8 +475,13 @@ async fn jsonline_push(
 ) -> Response {
     let fields = jsonline::Fields::from_params(&params, "_msg", "_time");
     let topic = &push.cfg.topic;
-    let decode = |raw: &Bytes, batch| Ok((jsonline::decode(raw, &fields, topic, batch)?, ()));
-    let respond = |()| StatusCode::OK.into_response();
+    let decode = |raw: &Bytes, batch| jsonline::decode(raw, &fields, topic, batch);
+    let respond = |first: Option<usize>, refusals: &Refusals| match first
+        .and(refusals.message(|_| format!("line {}", first.unwrap_or(0))))
+    {
+        Some(why) => crate::http::text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+        None => StatusCode::OK.into_response(),
+    };
     handle(
         &push,
         Protocol::Jsonline,
@@ -488,11 +522,12 @@ async fn elasticsearch_push(
     body: Body,
 ) -> Response {
     let started = std::time::Instant::now();
-    let fields = elasticsearch::fields(&params);
+    let fields = elasticsearch::fields(&params, &push.cfg.elasticsearch_time_field);
     let topic = &push.cfg.topic;
     let decode =
         |raw: &Bytes, batch| elasticsearch::decode(raw, index.as_deref(), &fields, topic, batch);
-    let respond = |items| elasticsearch::bulk_response(items, started);
+    // Documents refused for their time are failed items of their own.
+    let respond = |items, _: &Refusals| elasticsearch::bulk_response(items, started);
     handle(
         &push,
         Protocol::Elasticsearch,
@@ -608,7 +643,7 @@ mod tests {
         let e = jsonline::decode(&body, &fields, "t", push.batch()).unwrap_err();
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{}", e.message);
         drop(held);
-        let ok = jsonline::decode(&body[..3000], &fields, "t", push.batch()).unwrap();
+        let (ok, _) = jsonline::decode(&body[..3000], &fields, "t", push.batch()).unwrap();
         assert_eq!(ok.len(), 1000);
         assert!(push.budget.held() >= ok.bytes());
         drop(ok);

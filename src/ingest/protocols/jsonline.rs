@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::PushError;
-use super::{Batch, Topic};
+use super::{Batch, Finished, Topic};
 
 /// Which fields of a document are the message, the time and the topic.
 #[derive(Debug, Clone)]
@@ -181,14 +181,16 @@ impl Json<'_> {
 pub type Object<'a> = Vec<(Cow<'a, str>, Json<'a>)>;
 
 /// Decode a JSON-lines body; a line that is not a JSON object is a 400 naming the line, and
-/// then nothing is stored.
+/// then nothing is stored. Also the number of the first line refused for its time, if any
+/// (the others are stored, and the answer names it).
 pub fn decode(
     body: &[u8],
     fields: &Fields,
     static_topic: &str,
     mut batch: Batch,
-) -> Result<Batch, PushError> {
+) -> Result<(Batch, Option<usize>), PushError> {
     batch.reserve(body.len());
+    let mut first_refused = None;
     for (n, line) in lines(utf8(body)?).enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.bytes().all(|b| b.is_ascii_whitespace()) {
@@ -196,9 +198,13 @@ pub fn decode(
         }
         let doc = parse_object(line).map_err(|e| PushError::bad(format!("line {}: {e}", n + 1)))?;
         let topic = doc_topic(&doc, fields, static_topic, None);
-        document(&mut batch, &topic, doc, fields).map_err(|e| e.at(&format!("line {}", n + 1)))?;
+        let finished = document(&mut batch, &topic, doc, fields)
+            .map_err(|e| e.at(&format!("line {}", n + 1)))?;
+        if finished != Finished::Stored {
+            first_refused.get_or_insert(n + 1);
+        }
     }
-    Ok(batch)
+    Ok((batch, first_refused))
 }
 
 /// `body` as text: JSON is UTF-8, and checking the whole body once is cheaper than each string.
@@ -279,7 +285,7 @@ pub fn document(
     topic: &Topic,
     doc: Object<'_>,
     fields: &Fields,
-) -> Result<(), PushError> {
+) -> Result<Finished, PushError> {
     let mut flat: Vec<(Cow<'_, str>, Json<'_>)> = Vec::with_capacity(doc.len());
     flatten("", doc, &mut flat);
     let msg_at = fields
@@ -388,7 +394,7 @@ mod tests {
 
 {"message":"no time","app":"web.front","level":"info"}
 "#;
-        let b = decode(
+        let (b, _) = decode(
             body,
             &fields("log.msg,message", Some("app")),
             "default",
@@ -402,7 +408,7 @@ mod tests {
                 "web_front no time app=web.front level=info",
             ]
         );
-        let b = decode(
+        let (b, _) = decode(
             br#"{"x":1}"#,
             &fields("_msg", None),
             "default",

@@ -9,8 +9,11 @@
 //!   static topic; a value that is not a valid topic is normalised ([`normalise_topic`]);
 //! - the message comes first, with each newline stored as the two characters `\n`; then every
 //!   other label, attribute and field as logfmt `key=value` (quoted when needed); the entry's own
-//!   time last, as `ts=` (RFC 3339, UTC, nanoseconds as sent). The ULID stays the time of
-//!   arrival: records are ordered by when oklog got them.
+//!   time last, as `ts=` (RFC 3339, UTC, nanoseconds as sent: the sub-millisecond part lives
+//!   there).
+//! - the ULID's time is the entry's own time in milliseconds (event time), with fresh
+//!   randomness; an entry without one gets the time of arrival. An entry whose time is outside
+//!   the [`EventBounds`] is refused on its own ([`Refusals`]), the rest of its request stored.
 //! - the field whose value became the topic is left out when the topic is that value unchanged.
 
 pub mod elasticsearch;
@@ -24,6 +27,7 @@ pub mod writer;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 
+use crate::ingest::{EventBounds, OutOfBounds};
 use crate::memory::Hold;
 use crate::record::ULID_LEN;
 use writer::Wait;
@@ -33,6 +37,9 @@ use writer::Wait;
 pub struct PushConfig {
     /// The static topic (`-ingest.topic`): records whose protocol names no topic get it.
     pub topic: String,
+    /// How far from now an entry's own time may be (`-ingest.max-event-age`,
+    /// `-ingest.max-event-future`).
+    pub bounds: EventBounds,
     /// Largest request body, before and after decompression (`-ingest.max-push-size`, 64 MiB).
     pub max_body: usize,
     /// Whether a push is answered after fsync (`-ingest.push-sync`, true) or after the write.
@@ -41,6 +48,9 @@ pub struct PushConfig {
     pub loki_topic_labels: Vec<String>,
     /// The OTLP resource attribute that names the topic (`-ingest.otlp-topic-attribute`).
     pub otlp_topic_attribute: String,
+    /// The Elasticsearch document field holding its time, unless a request names another
+    /// with `_time_field` (`-ingest.elasticsearch-time-field`, `@timestamp`).
+    pub elasticsearch_time_field: String,
 }
 
 /// The protocols, as metric labels.
@@ -163,6 +173,14 @@ pub struct Batch {
     pub(crate) buf: Vec<u8>,
     /// Where each record starts in `buf`.
     pub(crate) starts: Vec<usize>,
+    /// Each record's own time in Unix milliseconds ([`ARRIVAL`]: none, the writer's clock).
+    pub(crate) times: Vec<u64>,
+    /// The bounds entries' times are checked against, and the time they are checked at.
+    bounds: Option<(EventBounds, u64)>,
+    /// Entries finished so far, stored or refused.
+    entries: usize,
+    /// Entries refused for their time.
+    refusals: Refusals,
     /// What the batch holds, counted against the node's memory budget, and its own cap.
     counted: Option<(Hold, usize)>,
     /// Why the record being built cannot be stored (a field limit), if it cannot.
@@ -194,6 +212,18 @@ impl Batch {
         }
     }
 
+    /// Entries whose time is outside `bounds` at `now_ms` are refused one by one
+    /// ([`Batch::refusals`]).
+    pub fn bounded(mut self, bounds: EventBounds, now_ms: u64) -> Batch {
+        self.bounds = Some((bounds, now_ms));
+        self
+    }
+
+    /// The entries refused for their time.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
+    }
+
     /// Room for about `bytes` more of records, as far as the batch's budget allows now (the
     /// buffer grows as it must past that).
     pub fn reserve(&mut self, bytes: usize) {
@@ -205,10 +235,11 @@ impl Batch {
         };
         self.buf.reserve(bytes);
         self.starts.reserve(bytes / 128);
+        self.times.reserve(bytes / 128);
         if let Some((hold, _)) = &mut self.counted {
             // What was just reserved fitted in the budget a moment ago; if another request
             // took it since, the next record finds out.
-            let _ = hold.set(self.buf.capacity() + self.starts.capacity() * 8);
+            let _ = hold.set(self.buf.capacity() + self.starts.capacity() * 16);
         }
     }
 
@@ -219,7 +250,9 @@ impl Batch {
 
     /// Bytes the batch's buffers take.
     fn held(&self) -> usize {
-        self.buf.capacity() + self.starts.capacity() * std::mem::size_of::<usize>()
+        self.buf.capacity()
+            + self.starts.capacity() * std::mem::size_of::<usize>()
+            + self.times.capacity() * std::mem::size_of::<u64>()
     }
 
     /// Records in the batch.
@@ -243,6 +276,7 @@ impl Batch {
         self.fields = 0;
         let start = self.buf.len();
         self.starts.push(start);
+        self.times.push(ARRIVAL);
         self.buf.extend_from_slice(&ULID_SLOT);
         self.buf.push(b' ');
         self.buf.extend_from_slice(topic);
@@ -348,9 +382,22 @@ impl RecordBuilder<'_> {
         self
     }
 
-    /// The entry's own time, `ts=<RFC 3339>`, from nanoseconds since the Unix epoch (ignored
-    /// when out of range).
+    /// The entry's own time, from nanoseconds since the Unix epoch: the record's ULID time (in
+    /// milliseconds, checked against the batch's bounds when it is finished), and `ts=<RFC
+    /// 3339>` with every digit sent. A time before 1970 is checked as 0 (too old); one
+    /// outside what RFC 3339 can write is refused as too far ahead or too old.
     pub fn time(&mut self, nanos: i128) -> &mut Self {
+        let ms = (nanos.div_euclid(1_000_000)).clamp(0, i128::from(u64::MAX >> 16)) as u64;
+        if let Some(t) = self.batch.times.last_mut() {
+            // 0 is ARRIVAL: an entry at the epoch itself is as old as it gets anyway.
+            *t = ms.max(1);
+        }
+        self.noted_time(nanos)
+    }
+
+    /// The entry's time as `ts=` only, the ULID keeping the time of arrival (an RFC 3164
+    /// syslog timestamp, which has neither year nor zone).
+    pub fn noted_time(&mut self, nanos: i128) -> &mut Self {
         if let Ok(t) = jiff::Timestamp::from_nanosecond(nanos) {
             let text = t.to_string();
             self.field(b"ts", text.as_bytes());
@@ -360,9 +407,22 @@ impl RecordBuilder<'_> {
 
     /// End the record. A record over a field limit, or one that takes the batch past its cap
     /// or the memory budget, is taken out again and refused (400, 413 or 503): the batch is
-    /// as it was before it.
-    pub fn finish(&mut self) -> Result<(), PushError> {
+    /// as it was before it. A record whose time is outside the batch's bounds is taken out
+    /// and counted in its [`Refusals`], the request going on ([`Finished::OutOfBounds`]).
+    pub fn finish(&mut self) -> Result<Finished, PushError> {
         self.batch.buf.push(b'\n');
+        let entry = self.batch.entries;
+        self.batch.entries += 1;
+        let time = self.batch.times.last().copied().unwrap_or(ARRIVAL);
+        if let Some((bounds, now)) = &self.batch.bounds
+            && time != ARRIVAL
+            && self.batch.refused.is_none()
+            && let Err(e) = bounds.check(time, *now)
+        {
+            self.take_out();
+            self.batch.refusals.add(entry, &e);
+            return Ok(Finished::OutOfBounds(e));
+        }
         let refusal = if let Some(why) = self.batch.refused.take() {
             Some(PushError::bad(why))
         } else {
@@ -383,13 +443,72 @@ impl RecordBuilder<'_> {
             }
         };
         match refusal {
-            None => Ok(()),
+            None => Ok(Finished::Stored),
             Some(e) => {
-                self.batch.buf.truncate(self.start);
-                self.batch.starts.pop();
+                self.take_out();
                 Err(e)
             }
         }
+    }
+
+    fn take_out(&mut self) {
+        self.batch.buf.truncate(self.start);
+        self.batch.starts.pop();
+        self.batch.times.pop();
+        self.batch.refused = None;
+    }
+}
+
+/// A record's time that is none: the writer stamps the time of arrival.
+pub const ARRIVAL: u64 = 0;
+
+/// What became of a finished record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// It is in the batch.
+    Stored,
+    /// Its time is outside the bounds: it is not in the batch, and counted.
+    OutOfBounds(OutOfBounds),
+}
+
+/// The entries of a request refused for their time, counted by reason, with the first one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Older than `-ingest.max-event-age`.
+    pub too_old: usize,
+    /// Further ahead than `-ingest.max-event-future`.
+    pub too_new: usize,
+    /// The first refused entry (0-based, counting every entry of the request) and why.
+    pub first: Option<(usize, OutOfBounds)>,
+}
+
+impl Refusals {
+    fn add(&mut self, entry: usize, why: &OutOfBounds) {
+        match why {
+            OutOfBounds::TooOld { .. } => self.too_old += 1,
+            OutOfBounds::TooNew { .. } => self.too_new += 1,
+        }
+        self.first.get_or_insert_with(|| (entry, why.clone()));
+    }
+
+    /// How many entries were refused.
+    pub fn count(&self) -> usize {
+        self.too_old + self.too_new
+    }
+
+    /// "2 entries refused for their time (1 too old, 1 too far ahead); the first, entry 3: its
+    /// time … (-ingest.max-event-age)", naming entries with `name` (a protocol's own word and
+    /// numbering); `None` when nothing was refused.
+    pub fn message(&self, name: impl Fn(usize) -> String) -> Option<String> {
+        let (entry, why) = self.first.as_ref()?;
+        let n = self.count();
+        let plural = if n == 1 { "entry" } else { "entries" };
+        Some(format!(
+            "{n} {plural} refused for their time ({} too old, {} too far ahead), the rest stored; the first, {}: {why}",
+            self.too_old,
+            self.too_new,
+            name(*entry)
+        ))
     }
 }
 
@@ -519,6 +638,7 @@ impl Topic {
 #[cfg(test)]
 pub(crate) fn test_config() -> PushConfig {
     PushConfig {
+        bounds: EventBounds::default(),
         topic: "default".into(),
         max_body: 64 << 20,
         wait: writer::Wait::Synced,
@@ -526,12 +646,57 @@ pub(crate) fn test_config() -> PushConfig {
             .map(String::from)
             .to_vec(),
         otlp_topic_attribute: "service.name".into(),
+        elasticsearch_time_field: "@timestamp".into(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_out_of_bounds_are_refused_one_by_one() {
+        let now: u64 = 1_800_000_000_000;
+        let ns = |ms: u64| i128::from(ms) * 1_000_000 + 123_456;
+        let mut b = Batch::new().bounded(EventBounds::default(), now);
+        let hour = 3_600_000;
+        for (msg, ms) in [
+            ("day old", Some(now - 24 * hour)),
+            ("too old", Some(now - 169 * hour)),
+            ("no time", None),
+            ("too new", Some(now + hour)),
+            ("ancient", Some(0)),
+            ("soon", Some(now + 60_000)),
+        ] {
+            let mut r = b.record(b"t");
+            r.message(msg.as_bytes());
+            if let Some(ms) = ms {
+                r.time(ns(ms));
+            }
+            let stored = r.finish().unwrap();
+            assert_eq!(
+                stored == Finished::Stored,
+                !msg.starts_with("too") && msg != "ancient"
+            );
+        }
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.times, [now - 24 * hour, ARRIVAL, now + 60_000]);
+        let lines = b.lines();
+        assert!(lines[0].starts_with("t day old ts=") && lines[0].ends_with(".000123456Z"));
+        assert_eq!(lines[1], "t no time");
+        let r = b.refusals();
+        assert_eq!((r.too_old, r.too_new), (2, 1));
+        let m = r.message(|e| format!("entry {}", e + 1)).unwrap();
+        assert!(
+            m.starts_with("3 entries refused for their time (2 too old, 1 too far ahead), the rest stored; the first, entry 2: its time ")
+                && m.ends_with("more than 168h0m0s before now (-ingest.max-event-age)"),
+            "{m}"
+        );
+        // An unbounded batch (tests, tools) takes any time.
+        let mut b = Batch::new();
+        b.record(b"t").message(b"x").time(0).finish().unwrap();
+        assert_eq!((b.len(), b.times[0]), (1, 1));
+    }
 
     #[test]
     fn records_over_a_field_limit_are_refused_and_taken_out() {

@@ -5,8 +5,11 @@
 //! The topic is the APP-NAME (5424) or TAG (3164); the message is MSG; the facility, severity,
 //! hostname (`host`), PROCID (`pid`), MSGID and each structured-data parameter (`<SD-ID>.<name>`)
 //! become fields; the header's timestamp is the time (a 3164 timestamp, which has no year or
-//! zone, is read as UTC in the year that puts it nearest to now). A frame that is not syslog
-//! at all is stored whole under the static topic: nothing is dropped.
+//! zone, is read as UTC in the year that puts it nearest to now). An RFC 3339 timestamp (5424's,
+//! or one in a 3164 header, as rsyslog forwards) is also the record's ULID time, checked against
+//! the event bounds (a message outside them is dropped and counted); a 3164 timestamp is kept
+//! as `ts=` only, the ULID being the time of arrival. A frame that is not syslog at all is
+//! stored whole under the static topic: nothing is dropped.
 //!
 //! Syslog has no acknowledgement, so a connection waits only until its records are written
 //! (as the fast port does); connections share `-ingest.max-connections` and
@@ -118,15 +121,25 @@ pub fn parse_into(batch: &mut Batch, frame: &[u8], static_topic: &str, now_ns: i
     for (k, v) in &m.sd {
         r.field(k.as_bytes(), v.as_bytes());
     }
-    if let Some(ns) = m.time {
-        r.time(ns);
+    match m.time {
+        Some(ns) if m.exact => {
+            r.time(ns);
+        }
+        Some(ns) => {
+            r.noted_time(ns);
+        }
+        None => {}
     }
-    r.finish().ok();
+    // A message refused for its time is dropped and counted, as syslog has no answer.
+    let _ = r.finish();
 }
 
 #[derive(Default)]
 struct Message<'a> {
     time: Option<i128>,
+    /// Whether `time` is a whole RFC 3339 time (year and zone): the record's ULID time. A BSD
+    /// timestamp (RFC 3164: no year, no zone) is kept as `ts=` only.
+    exact: bool,
     host: Option<&'a [u8]>,
     app: Option<&'a [u8]>,
     pid: Option<&'a [u8]>,
@@ -170,6 +183,7 @@ fn rfc3339_nanos(t: &[u8]) -> Option<i128> {
 fn rfc5424<'a>(s: &'a [u8], m: &mut Message<'a>) {
     let (ts, s) = token(s);
     m.time = rfc3339_nanos(ts);
+    m.exact = true;
     let (host, s) = token(s);
     m.host = nil(host);
     let (app, s) = token(s);
@@ -276,6 +290,7 @@ fn rfc3164<'a>(s: &'a [u8], m: &mut Message<'a>, now_ns: i128) {
         let (t, rest) = token(s);
         if let Some(ns) = rfc3339_nanos(t) {
             m.time = Some(ns);
+            m.exact = true;
             s = rest;
         }
     }
@@ -539,8 +554,9 @@ async fn connection<S: tokio::io::AsyncRead + Unpin>(
             }
             }
         };
-        let mut batch = Batch::with_capacity(buf.len() * 2);
         let now = now_ns();
+        let mut batch =
+            Batch::with_capacity(buf.len() * 2).bounded(push.cfg.bounds, (now / 1_000_000) as u64);
         let mut ended = 0;
         let framed = frames(&mut buf, max, |f| {
             ended += 1;
@@ -591,8 +607,8 @@ pub async fn serve_udp(socket: UdpSocket, push: Arc<Push>, mut stop: watch::Rece
             _ = stop.changed() => return,
         };
         let Ok(n) = first else { continue };
-        let mut batch = Batch::new();
         let now = now_ns();
+        let mut batch = Batch::new().bounded(push.cfg.bounds, (now / 1_000_000) as u64);
         parse_into(&mut batch, &buf[..n], &topic, now);
         while batch.len() < UDP_BATCH {
             match socket.try_recv(&mut buf) {

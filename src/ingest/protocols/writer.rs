@@ -1,7 +1,9 @@
 //! The push writer: one thread that owns the protocols' active segment. Requests hand it
-//! [`Batch`]es; it stamps each record with a ULID in the order it writes them (so the segment
-//! is sorted), writes every batch queued by then, fsyncs once for all the batches that wait for
-//! it (a group commit, through the node's sync thread), and answers each.
+//! [`Batch`]es; it stamps each record with a ULID at the record's own time (or the time it is
+//! written, for a record without one), writes every batch queued by then, fsyncs once for all
+//! the batches that wait for it (a group commit, through the node's sync thread), and answers
+//! each. Records of one millisecond keep their order; a segment left out of ULID order is
+//! flushed sorted ([`crate::ingest::IngestLog::close`]).
 //!
 //! Batches wait for room before they are queued: at most [`ROOM`] bytes of records are in
 //! flight, however many requests arrive.
@@ -13,11 +15,11 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, oneshot};
 
-use super::Batch;
+use super::{ARRIVAL, Batch};
 use crate::gotime::now_ms;
 use crate::ingest::IngestLog;
 use crate::ingest::sync::SyncGroup;
-use crate::ingest::writer::{Rotation, SegmentWriter};
+use crate::ingest::writer::{Order, Rotation, SegmentWriter};
 use crate::metrics::Metrics;
 use crate::record::{ULID_LEN, UlidGenerator};
 
@@ -177,6 +179,23 @@ fn run(rx: Receiver<Msg>, mut writer: SegmentWriter, sync: &SyncGroup, metrics: 
     }
 }
 
+/// Fill in `batch`'s ULIDs: each record's own time, else `now`.
+fn stamp(batch: &mut Batch, ids: &mut UlidGenerator, now: u64) -> Order {
+    let mut order = Order {
+        least: [b'Z'; ULID_LEN],
+        greatest: [b'0'; ULID_LEN],
+        sorted: true,
+    };
+    for (&start, &time) in batch.starts.iter().zip(&batch.times) {
+        let id = ids.at(if time == ARRIVAL { now } else { time });
+        order.sorted &= id >= order.greatest;
+        order.least = order.least.min(id);
+        order.greatest = order.greatest.max(id);
+        batch.buf[start..start + ULID_LEN].copy_from_slice(&id);
+    }
+    order
+}
+
 /// Write `jobs`, fsync once if any waits for it, and answer each.
 fn write_pass(
     writer: &mut SegmentWriter,
@@ -187,12 +206,9 @@ fn write_pass(
 ) {
     let mut results = Vec::with_capacity(jobs.len());
     for job in &mut jobs {
-        let now = now_ms() as u64;
-        let batch = &mut job.batch;
-        for &start in &batch.starts {
-            batch.buf[start..start + ULID_LEN].copy_from_slice(&ids.next(now));
-        }
-        let result = writer.write(&batch.buf);
+        let order = stamp(&mut job.batch, ids, now_ms() as u64);
+        let batch = &job.batch;
+        let result = writer.write_stamped(&batch.buf, order);
         match &result {
             Ok(()) => {
                 metrics.ingest_bytes_written.inc_by(batch.buf.len() as u64);
