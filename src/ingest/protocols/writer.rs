@@ -46,7 +46,7 @@ struct Job {
 /// What the writer thread is asked to do.
 enum Msg {
     /// Write a batch.
-    Write(Job),
+    Write(Box<Job>),
     /// Close the active segment now (it becomes `.flushed`, for consumers).
     Rotate(oneshot::Sender<io::Result<()>>),
 }
@@ -106,7 +106,7 @@ impl PushWriter {
         let _room = self.room.acquire_many(kib).await.map_err(|_| stopped())?;
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Write(Job { batch, wait, done }))
+            .send(Msg::Write(Box::new(Job { batch, wait, done })))
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
@@ -200,7 +200,7 @@ fn stamp(batch: &mut Batch, ids: &mut UlidGenerator, now: u64) -> Order {
 fn write_pass(
     writer: &mut SegmentWriter,
     ids: &mut UlidGenerator,
-    mut jobs: Vec<Job>,
+    mut jobs: Vec<Box<Job>>,
     sync: &SyncGroup,
     metrics: &Metrics,
 ) {
