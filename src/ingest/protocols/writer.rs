@@ -140,7 +140,7 @@ fn run(rx: Receiver<Msg>, mut writer: SegmentWriter, sync: &SyncGroup, metrics: 
     loop {
         let idle = writer.until_rotation().unwrap_or(Duration::from_secs(3600));
         let first = match rx.recv_timeout(idle) {
-            Ok(Msg::Write(job)) => job,
+            Ok(Msg::Write(job)) => *job,
             Ok(Msg::Rotate(done)) => {
                 let _ = done.send(writer.close());
                 continue;
@@ -160,7 +160,7 @@ fn run(rx: Receiver<Msg>, mut writer: SegmentWriter, sync: &SyncGroup, metrics: 
             match rx.try_recv() {
                 Ok(Msg::Write(job)) => {
                     bytes += job.batch.bytes();
-                    jobs.push(job);
+                    jobs.push(*job);
                 }
                 Ok(Msg::Rotate(done)) => {
                     rotate = Some(done);
@@ -200,7 +200,7 @@ fn stamp(batch: &mut Batch, ids: &mut UlidGenerator, now: u64) -> Order {
 fn write_pass(
     writer: &mut SegmentWriter,
     ids: &mut UlidGenerator,
-    mut jobs: Vec<Box<Job>>,
+    mut jobs: Vec<Job>,
     sync: &SyncGroup,
     metrics: &Metrics,
 ) {
