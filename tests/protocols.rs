@@ -101,16 +101,16 @@ fn real_agents_records_arrive_with_their_mapping() {
         "the topic's attribute: {one}"
     );
 
+    let (_, ts) = an_hour_ago();
     run_client(
         "es_bulk.py",
-        &[&format!("http://{api}/insert/elasticsearch"), "50"],
+        &[&format!("http://{api}/insert/elasticsearch"), "50", &ts],
     );
     let es = wait_topic(api, "nginx-access", 50);
     assert!(
-        es.contains(
-            &"nginx-access GET /item/3 200 host.name=web-2 status=200 ts=2026-11-29T10:00:00Z"
-                .to_string()
-        ),
+        es.contains(&format!(
+            "nginx-access GET /item/3 200 host.name=web-2 status=200 ts={ts}"
+        )),
         "{es:?}"
     );
 
@@ -203,6 +203,7 @@ fn raw_loki_protobuf_otlp_json_and_gzip_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::ingeststore(dir.path(), &[]);
     let api = node.addr("api");
+    let (secs, ts) = an_hour_ago();
 
     // A Loki protobuf push as Promtail sends it: snappy, no Content-Encoding.
     let req = PushRequest {
@@ -211,7 +212,7 @@ fn raw_loki_protobuf_otlp_json_and_gzip_bodies() {
             entries: (0..5)
                 .map(|i| EntryAdapter {
                     timestamp: Some(Timestamp {
-                        seconds: 1_764_410_400,
+                        seconds: secs,
                         nanos: i,
                     }),
                     line: format!("proto line {i}\nwith a second line").into_bytes(),
@@ -236,21 +237,21 @@ fn raw_loki_protobuf_otlp_json_and_gzip_bodies() {
     assert_eq!(r.status, 204, "{}", r.text());
     let web = wait_topic(api, "web", 5);
     assert!(
-        web.contains(
-            &"web proto line 0\\nwith a second line pod=web-7 trace_id=t-1 ts=2025-11-29T10:00:00Z"
-                .to_string()
-        ),
+        web.contains(&format!(
+            "web proto line 0\\nwith a second line pod=web-7 trace_id=t-1 ts={ts}"
+        )),
         "{web:?}"
     );
 
     // OTLP JSON, sent raw.
-    let json = br#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"cart"}}]},"scopeLogs":[{"logRecords":[{"timeUnixNano":"1764410400000000000","severityText":"ERROR","body":{"stringValue":"cart lost"},"attributes":[{"key":"user","value":{"stringValue":"bob"}}]},{}]}]}]}"#;
+    let json = r#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"cart"}}]},"scopeLogs":[{"logRecords":[{"timeUnixNano":"SECS000000000","severityText":"ERROR","body":{"stringValue":"cart lost"},"attributes":[{"key":"user","value":{"stringValue":"bob"}}]},{}]}]}]}"#
+        .replace("SECS", &secs.to_string());
     let r = http_with(
         "POST",
         api,
         "/v1/logs",
         &[("Content-Type", "application/json")],
-        json,
+        json.as_bytes(),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -260,13 +261,16 @@ fn raw_loki_protobuf_otlp_json_and_gzip_bodies() {
     );
     assert_eq!(
         wait_topic(api, "cart", 1),
-        ["cart cart lost severity=ERROR user=bob ts=2025-11-29T10:00:00Z"]
+        [format!("cart cart lost severity=ERROR user=bob ts={ts}")]
     );
 
     // Loki JSON, gzip-encoded.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(
-        br#"{"streams":[{"stream":{"app":"gz"},"values":[["1764410400000000000","zipped"]]}]}"#,
+        format!(
+            r#"{{"streams":[{{"stream":{{"app":"gz"}},"values":[["{secs}000000000","zipped"]]}}]}}"#
+        )
+        .as_bytes(),
     )
     .unwrap();
     let r = http_with(
@@ -280,10 +284,7 @@ fn raw_loki_protobuf_otlp_json_and_gzip_bodies() {
         &gz.finish().unwrap(),
     );
     assert_eq!(r.status, 204, "{}", r.text());
-    assert_eq!(
-        wait_topic(api, "gz", 1),
-        ["gz zipped ts=2025-11-29T10:00:00Z"]
-    );
+    assert_eq!(wait_topic(api, "gz", 1), [format!("gz zipped ts={ts}")]);
 }
 
 /// A bad request: path, headers, body, the status and a part of the message it must get.

@@ -383,12 +383,11 @@ fn tokens_and_tls_guard_the_query_api_and_the_raw_ports() {
         assert_eq!(code, Some(0), "{port}: {err}");
     }
     // syslog over TLS with the token line (openssl s_client as the client).
+    let (_, ts) = an_hour_ago();
     let mut s = tls_lines(
         &ca,
         node.addr("syslog-tcp"),
-        &format!(
-            "OKLOG-AUTH {INGEST_TOKEN}\n<13>1 2026-11-29T23:59:00Z host app - - - via-syslog\n"
-        ),
+        &format!("OKLOG-AUTH {INGEST_TOKEN}\n<13>1 {ts} host app - - - via-syslog\n"),
     );
     // (s_client -quiet stays until killed.)
     wait_for_bodies(
@@ -402,7 +401,7 @@ fn tokens_and_tls_guard_the_query_api_and_the_raw_ports() {
     let mut sneaky = tls_lines(
         &ca,
         node.addr("syslog-tcp"),
-        "<13>1 2026-11-29T23:59:00Z host app - - - sneaky-syslog\n",
+        &format!("<13>1 {ts} host app - - - sneaky-syslog\n"),
     );
 
     // Without a token, or with one of another role, the raw ports refuse and say why.

@@ -453,6 +453,14 @@ pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     rx
 }
 
+/// An hour ago, on the second (inside the default event bounds): Unix seconds, and the time
+/// as a record's `ts=` field writes it.
+#[allow(dead_code)]
+pub fn an_hour_ago() -> (i64, String) {
+    let s = jiff::Timestamp::now().as_second() - 3600;
+    (s, jiff::Timestamp::from_second(s).unwrap().to_string())
+}
+
 /// Poll `f` until it returns `Some`, or panic after `timeout`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
