@@ -66,7 +66,12 @@ fn loki(api: &str, entries: &[Entry]) -> (u16, String) {
         .map(|e| serde_json::json!([e.ns.to_string(), format!("loki evt-{}", e.n)]))
         .collect();
     let body = serde_json::json!({"streams": [{"stream": {"job": "lk"}, "values": values}]});
-    let r = http("POST", api, "/loki/api/v1/push", body.to_string().as_bytes());
+    let r = http(
+        "POST",
+        api,
+        "/loki/api/v1/push",
+        body.to_string().as_bytes(),
+    );
     (r.status, r.text())
 }
 
@@ -155,11 +160,7 @@ fn refused(api: &str, protocol: &str, reason: &str) -> f64 {
 fn records_sent_in_any_order_are_filed_under_their_own_time() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(
-        dir.path(),
-        &ingeststore_args(&[]),
-        &["api", "syslog-tcp"],
-    );
+    let node = Node::start(dir.path(), &ingeststore_args(&[]), &["api", "syslog-tcp"]);
     let api = node.addr("api");
     let mut rng = rand::rngs::StdRng::seed_from_u64(24);
     let now_ns = jiff::Timestamp::now().as_nanosecond();

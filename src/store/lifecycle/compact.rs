@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::{Compacter, Failure};
 use crate::merge::{self, Source};
-use crate::record::{ULID_LEN, check_record};
+use crate::record::{ULID_LEN, check_record, ulid_ms};
 use crate::segment::Records;
 use crate::store::log::{ACTIVE, Segment, StoreLog, overlap};
 
@@ -201,33 +201,64 @@ pub const SEQUENTIAL_GROWTH: (u64, u64) = (2, 1);
 /// See [`SEQUENTIAL_GROWTH`].
 pub const OVERLAPPING_GROWTH: (u64, u64) = (3, 2);
 
-/// The merges worth their writes: a merge may rewrite a segment only if its output is at least
-/// `growth` (numerator, denominator) times that segment, so each byte is rewritten once per
-/// such growth, never once per small neighbour (a trickle of tiny segments next to a 118 MiB
-/// one rewrote it each time: 588 MiB written for 30 lines). `sizes` of the candidates (in raw
-/// bytes); the largest are left out until the rest qualify. The indices kept, in order; empty
-/// when fewer than two remain.
+/// The overlapping merges worth their writes: a merge may rewrite a segment only if it grows
+/// by [`OVERLAPPING_GROWTH`] or takes in as much again within its own time range, so each byte
+/// is rewritten once per such growth, never once per small neighbour (a trickle of tiny
+/// segments next to a 118 MiB one rewrote it each time: 588 MiB written for 30 lines). A
+/// member grows when its output piece (the merge's total, cut at `target`) is 1.5× it; a
+/// member at size cannot grow, so it is rewritten only when the others hold half its size
+/// again within its range (a replica, a retried copy), estimated from their sizes in
+/// proportion to the share of their time range that falls in its: late records spread over
+/// a week never rewrite the week's compressed segments one by one. `sizes` of the members (in
+/// raw bytes); the largest of those that fail are left out until the rest qualify. The
+/// indices kept, in order; empty when fewer than two remain.
 pub fn worth_merging(
+    segs: &[Segment],
     members: &[usize],
     sizes: &dyn Fn(usize) -> u64,
-    growth: (u64, u64),
+    target: u64,
 ) -> Vec<usize> {
+    let span = |s: &Segment| {
+        let (lo, hi) = (ulid_ms(&s.low), ulid_ms(&s.high));
+        (lo, hi.max(lo) + 1)
+    };
     let mut kept: Vec<usize> = members.to_vec();
     loop {
         if kept.len() < 2 {
             return Vec::new();
         }
         let total: u64 = kept.iter().map(|&i| sizes(i)).sum();
-        let (at, largest) = kept
+        let piece = total.min(target.max(1));
+        let (g_num, g_den) = OVERLAPPING_GROWTH;
+        let fails = |i: usize| {
+            let size = sizes(i);
+            if piece.saturating_mul(g_den) >= size.saturating_mul(g_num) {
+                return false;
+            }
+            let (lo, hi) = span(&segs[i]);
+            let within: u64 = kept
+                .iter()
+                .filter(|&&j| j != i)
+                .map(|&j| {
+                    let (jlo, jhi) = span(&segs[j]);
+                    let shared = hi.min(jhi).saturating_sub(lo.max(jlo));
+                    (sizes(j) as u128 * shared as u128 / (jhi - jlo) as u128) as u64
+                })
+                .sum();
+            // As much again as half of it: what one and a half times asks of a merge.
+            within.saturating_mul(g_den) < size.saturating_mul(g_num - g_den)
+        };
+        match kept
             .iter()
             .enumerate()
-            .map(|(n, &i)| (n, sizes(i)))
-            .max_by_key(|&(_, s)| s)
-            .expect("two or more");
-        if largest.saturating_mul(growth.0) <= total.saturating_mul(growth.1) {
-            return kept;
+            .filter(|&(_, &i)| fails(i))
+            .max_by_key(|&(_, &i)| sizes(i))
+        {
+            None => return kept,
+            Some((at, _)) => {
+                kept.remove(at);
+            }
         }
-        kept.remove(at);
     }
 }
 
@@ -240,11 +271,15 @@ pub fn overlapping(segs: &[Segment], a: &Segment) -> Vec<usize> {
         .collect()
 }
 
-/// Indices of the largest set of segments worth merging ([`worth_merging`],
-/// [`OVERLAPPING_GROWTH`]) among one that overlaps others and those others; empty when there is
-/// none. `segs` must be sorted by low ULID; `raw_size` gives a segment's size as raw records
-/// (a compressed file is several times smaller than what a merge reads and writes).
-pub fn choose_overlapping(segs: &[Segment], raw_size: &dyn Fn(&Segment) -> u64) -> Vec<usize> {
+/// Indices of the largest set of segments worth merging ([`worth_merging`]) among one that
+/// overlaps others and those others; empty when there is none. `segs` must be sorted by low
+/// ULID; `raw_size` gives a segment's size as raw records (a compressed file is several times
+/// smaller than what a merge reads and writes); outputs are cut at `target`.
+pub fn choose_overlapping(
+    segs: &[Segment],
+    raw_size: &dyn Fn(&Segment) -> u64,
+    target: u64,
+) -> Vec<usize> {
     let mut best: Vec<usize> = Vec::new();
     let size = |i: usize| raw_size(&segs[i]);
     // A segment that overlaps nothing (none before it reaches its low, the next starts after
@@ -261,7 +296,7 @@ pub fn choose_overlapping(segs: &[Segment], raw_size: &dyn Fn(&Segment) -> u64) 
         if group.len() <= best.len() {
             continue;
         }
-        let kept = worth_merging(&group, &size, OVERLAPPING_GROWTH);
+        let kept = worth_merging(segs, &group, &size, target);
         if kept.len() > best.len() {
             best = kept;
         }

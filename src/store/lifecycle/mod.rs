@@ -210,7 +210,7 @@ impl Compacter {
         let result = match kind {
             Kind::Overlapping => {
                 let segs = self.log.scan(&[FLUSHED], live)?;
-                let chosen = choose_overlapping(&segs, &|s| self.raw_size(s));
+                let chosen = choose_overlapping(&segs, &|s| self.raw_size(s), self.cfg.target_size);
                 self.compact(chosen.into_iter().map(|i| segs[i].clone()).collect())
             }
             Kind::Sequential => {
@@ -303,7 +303,7 @@ impl Compacter {
     fn merge_pending(&self, seg: &Segment, all: &[Segment]) -> bool {
         let group = compact::overlapping(all, seg);
         let size = |i: usize| self.raw_size(&all[i]);
-        compact::worth_merging(&group, &size, compact::OVERLAPPING_GROWTH)
+        compact::worth_merging(all, &group, &size, self.cfg.target_size)
             .iter()
             .any(|&i| all[i].path == seg.path)
     }

@@ -84,7 +84,7 @@ fn trickle(
         }
         segs.sort_by_key(|a| a.low);
         for chosen in [
-            choose_overlapping(&segs, &|s| s.size),
+            choose_overlapping(&segs, &|s| s.size, target),
             choose_sequential(&segs, target, now, Duration::from_secs(settle_s)),
         ] {
             if chosen.is_empty() {
@@ -142,7 +142,12 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
     };
     // A few late records inside a large segment: not worth rewriting it.
     assert!(
-        choose_overlapping(&[sized("A", "Z", 1 << 30), sized("C", "D", 300)], &size).is_empty()
+        choose_overlapping(
+            &[sized("A", "Z", 1 << 30), sized("C", "D", 300)],
+            &size,
+            1 << 40
+        )
+        .is_empty()
     );
     // Two late ones: merged with each other, not with it.
     assert_eq!(
@@ -152,17 +157,54 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
                 sized("C", "E", 300),
                 sized("D", "F", 200)
             ],
-            &size
+            &size,
+            1 << 40
         ),
         vec![1, 2]
     );
+    // Late records spread over the range of many segments at the target size (a week of
+    // compressed ones): each of those gets a few of them, so none is rewritten for them.
+    let target = 100;
+    let week = [
+        ("B", "CZ"),
+        ("D", "EZ"),
+        ("F", "GZ"),
+        ("H", "JZ"),
+        ("K", "LZ"),
+        ("M", "NZ"),
+    ];
+    let mut segs: Vec<Segment> = week.iter().map(|(l, h)| sized(l, h, target)).collect();
+    segs.push(sized("C", "N", 90));
+    segs.sort_by_key(|s| s.low);
+    assert!(choose_overlapping(&segs, &size, target).is_empty());
+    // A second late segment over the same week: the two merge, the week stays.
+    segs.push(sized("C", "M", 60));
+    segs.sort_by_key(|s| s.low);
+    let chosen = choose_overlapping(&segs, &size, target);
+    let names: Vec<&str> = chosen
+        .iter()
+        .map(|&i| segs[i].path.to_str().unwrap())
+        .collect();
+    assert_eq!(names, ["C-N", "C-M"]);
+    // A replica of one of them, late: merged with it alone.
+    segs.push(sized("F", "GZ", target));
+    segs.sort_by_key(|s| s.low);
+    let chosen: Vec<usize> = choose_overlapping(&segs, &size, target)
+        .into_iter()
+        .filter(|&i| segs[i].size == target)
+        .collect();
+    assert_eq!(chosen.len(), 2, "{chosen:?}");
     // A replica sent twice, or a late one of half the size: merged.
     assert_eq!(
-        choose_overlapping(&[sized("A", "Z", 100), sized("A", "Z", 100)], &size),
+        choose_overlapping(
+            &[sized("A", "Z", 100), sized("A", "Z", 100)],
+            &size,
+            1 << 40
+        ),
         vec![0, 1]
     );
     assert_eq!(
-        choose_overlapping(&[sized("A", "Z", 100), sized("B", "Y", 50)], &size),
+        choose_overlapping(&[sized("A", "Z", 100), sized("B", "Y", 50)], &size, 1 << 40),
         vec![0, 1]
     );
     // Sizes as raw records: a compressed file counts for what it holds.
@@ -173,9 +215,11 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
             s.size
         }
     };
-    assert!(choose_overlapping(&[sized("A", "Z", 30), sized("B", "Y", 50)], &raw).is_empty());
+    assert!(
+        choose_overlapping(&[sized("A", "Z", 30), sized("B", "Y", 50)], &raw, 1 << 40).is_empty()
+    );
     assert_eq!(
-        choose_overlapping(&[sized("A", "Z", 30), sized("B", "Y", 50)], &size),
+        choose_overlapping(&[sized("A", "Z", 30), sized("B", "Y", 50)], &size, 1 << 40),
         vec![0, 1]
     );
 }
@@ -183,11 +227,11 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
 #[test]
 fn overlapping_choice_needs_only_two() {
     assert_eq!(
-        choose_overlapping(&[seg("A", "B"), seg("C", "D")], &|s| s.size),
+        choose_overlapping(&[seg("A", "B"), seg("C", "D")], &|s| s.size, 1 << 40),
         Vec::<usize>::new()
     );
     assert_eq!(
-        choose_overlapping(&[seg("A", "C"), seg("B", "D")], &|s| s.size),
+        choose_overlapping(&[seg("A", "C"), seg("B", "D")], &|s| s.size, 1 << 40),
         vec![0, 1]
     );
     assert_eq!(
@@ -199,7 +243,8 @@ fn overlapping_choice_needs_only_two() {
                 seg("F", "G"),
                 seg("N", "P")
             ],
-            &|s| s.size
+            &|s| s.size,
+            1 << 40
         ),
         vec![1, 2, 3]
     );
