@@ -467,14 +467,20 @@ impl Consumer {
         Ok(own)
     }
 
-    /// Merge the gathered segments and send the aggregate to `replication_factor` store nodes.
-    /// `Some` on success, with the time (ms) of the aggregate's newest record if it had any.
+    /// Merge the gathered segments and send the aggregate (split into its late and on-time
+    /// parts, [`split_late`]) to `replication_factor` store nodes. `Some` on success, with the
+    /// time (ms) of the aggregate's newest record if it had any.
     async fn replicate(&mut self, stores: &[String]) -> Option<Option<u64>> {
         let log = Arc::clone(&self.log);
         let parts = self.parts.clone();
         let ranges = self.ranges.clone();
-        let merged = tokio::task::spawn_blocking(move || aggregate(&log, &parts, &ranges)).await;
-        let (path, bytes, range) = match merged {
+        let merged = tokio::task::spawn_blocking(move || {
+            let spool = aggregate(&log, &parts, &ranges)?;
+            let split = split_late(&log, &spool)?;
+            Ok::<_, io::Error>((spool, split))
+        })
+        .await;
+        let (spool, split) = match merged {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "merging gathered segments");
@@ -485,13 +491,34 @@ impl Consumer {
                 return None;
             }
         };
-        if !self.parts.contains(&path) {
-            self.parts.push(path.clone());
+        for (path, _, _) in std::iter::once(&spool).chain(&split) {
+            if !self.parts.contains(path) {
+                self.parts.push(path.clone());
+            }
         }
-        let Some((low, high)) = range else {
+        let Some((_, high)) = spool.2 else {
             return Some(None); // nothing but empty segments: commit them
         };
-        let newest = Some(crate::record::ulid_ms(&high));
+        let spools = if split.is_empty() { vec![spool] } else { split };
+        for (path, bytes, range) in spools {
+            let Some((low, high)) = range else { continue };
+            if !self.replicate_one(stores, &path, bytes, low, high).await {
+                return None;
+            }
+        }
+        Some(Some(crate::record::ulid_ms(&high)))
+    }
+
+    /// Send one spool (records `low` to `high`) to `replication_factor` store nodes; whether
+    /// enough took it.
+    async fn replicate_one(
+        &self,
+        stores: &[String],
+        path: &std::path::Path,
+        bytes: u64,
+        low: [u8; ULID_LEN],
+        high: [u8; ULID_LEN],
+    ) -> bool {
         let mut order = stores.to_vec();
         order.shuffle(&mut rand::rng());
         let mut copies = 0;
@@ -502,7 +529,7 @@ impl Consumer {
             if let Some((me, api)) = &self.local
                 && *me == store
             {
-                let (api, spool) = (Arc::clone(api), path.clone());
+                let (api, spool) = (Arc::clone(api), path.to_path_buf());
                 match tokio::task::spawn_blocking(move || {
                     api.accept_local(&spool, &low, &high, bytes)
                 })
@@ -517,11 +544,11 @@ impl Consumer {
                 continue;
             }
             let url = http::url(&store, "/store/replicate");
-            let file = match File::open(&path) {
+            let file = match File::open(path) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(error = %e, "opening aggregate spool");
-                    return None;
+                    return false;
                 }
             };
             match http::call(
@@ -557,9 +584,9 @@ impl Consumer {
                 wanted = self.cfg.replication_factor,
                 "aggregate not replicated enough; failing it back"
             );
-            return None;
+            return false;
         }
-        Some(newest)
+        true
     }
 
     /// Commit (or fail) every pending segment, then reset.
@@ -617,6 +644,64 @@ type Range = ([u8; ULID_LEN], [u8; ULID_LEN]);
 
 /// An aggregate spool: its path, its size and its first and last ULIDs (none if empty).
 type Spool = (PathBuf, u64, Option<Range>);
+
+/// Records more than this older than an aggregate's newest record are late: they go into a
+/// segment of their own (an hour).
+pub const LATE: Duration = Duration::from_secs(3600);
+
+/// An aggregate's late records ([`LATE`]), which are its first ones (it is sorted), and the
+/// rest, as two spools; none when it has no late records. A late record (an agent's replayed
+/// buffer, yesterday's file) would otherwise widen the aggregate's ULID range back to its
+/// time: every segment after it would overlap everything stored since, and each query would
+/// open them all. Late segments are merged with each other by compaction instead.
+fn split_late(log: &StoreLog, spool: &Spool) -> io::Result<Vec<Spool>> {
+    let (path, bytes, Some((low, high))) = spool else {
+        return Ok(Vec::new());
+    };
+    let cut = crate::record::ulid_ms(high).saturating_sub(LATE.as_millis() as u64);
+    if crate::record::ulid_ms(low) >= cut {
+        return Ok(Vec::new());
+    }
+    // Where the first on-time record starts, and the last late one's ULID.
+    let mut reader = BufReader::with_capacity(256 << 10, File::open(path)?);
+    let mut line = Vec::new();
+    let (mut at, mut last_late) = (0u64, *low);
+    let first_on_time = loop {
+        line.clear();
+        let n = io::BufRead::read_until(&mut reader, b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let id = merge::key(&line);
+        if crate::record::ulid_ms(&id) >= cut {
+            break id;
+        }
+        last_late = id;
+        at += n as u64;
+    };
+    let copy = |from: u64, len: u64| -> io::Result<PathBuf> {
+        let (mut out, out_path) = log.create(CONSUMING)?;
+        let mut src = File::open(path)?;
+        io::Seek::seek(&mut src, io::SeekFrom::Start(from))?;
+        if let Err(e) = io::copy(&mut io::Read::take(src, len), &mut out) {
+            let _ = std::fs::remove_file(&out_path);
+            return Err(e);
+        }
+        Ok(out_path)
+    };
+    let late = copy(0, at)?;
+    let on_time = match copy(at, bytes - at) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(&late);
+            return Err(e);
+        }
+    };
+    Ok(vec![
+        (late, at, Some((*low, last_late))),
+        (on_time, bytes - at, Some((first_on_time, *high))),
+    ])
+}
 
 /// Build the aggregate of the gathered `parts` into one more spool file. When every part was
 /// checked at gather time and no two overlap (one ingester's consecutive segments), the
@@ -823,6 +908,39 @@ mod tests {
 
     fn rec(n: u32, text: &str) -> String {
         format!("{:026} t {text}\n", n)
+    }
+
+    #[test]
+    fn late_records_are_split_off_into_a_segment_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = StoreLog::open(dir.path()).unwrap();
+        let now = crate::gotime::now_ms() as u64;
+        let at = |ms: u64, e: u128, text: &str| {
+            let id = crate::record::encode_ulid(ms, e);
+            format!("{} t {text}\n", String::from_utf8_lossy(&id))
+        };
+        let late = [
+            at(now - 5 * 86_400_000, 1, "days late"),
+            at(now - 3_700_000, 2, "an hour late"),
+        ];
+        let on_time = [at(now - 3_500_000, 3, "minutes late"), at(now, 4, "new")];
+        let whole = late.concat() + &on_time.concat();
+        let (path, range) = part(&log, &whole);
+        let spool = (path, whole.len() as u64, range);
+        let split = split_late(&log, &spool).unwrap();
+        let [(lp, ln, lr), (op, on, or)] = &split[..] else {
+            panic!("{split:?}")
+        };
+        assert_eq!(std::fs::read_to_string(lp).unwrap(), late.concat());
+        assert_eq!(std::fs::read_to_string(op).unwrap(), on_time.concat());
+        assert_eq!((*ln + *on) as usize, whole.len());
+        let key = |l: &str| merge::key(l.as_bytes());
+        assert_eq!(*lr, Some((key(&late[0]), key(&late[1]))));
+        assert_eq!(*or, Some((key(&on_time[0]), key(&on_time[1]))));
+        // An aggregate within the hour of its newest record stays whole.
+        let (path, range) = part(&log, &on_time.concat());
+        let spool = (path, on_time.concat().len() as u64, range);
+        assert!(split_late(&log, &spool).unwrap().is_empty());
     }
 
     #[test]
