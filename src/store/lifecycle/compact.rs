@@ -25,6 +25,7 @@ impl Compacter {
         }
         match self.merge_into_outputs(&inputs, &mut |_| true) {
             Ok(()) => {
+                crate::failpoint::crash("compact-before-remove");
                 self.log.remove(&inputs)?;
                 Ok(inputs.len())
             }
@@ -177,6 +178,7 @@ impl<'a> Output<'a> {
         if let Some(c) = self.cur.take() {
             let file = c.w.into_inner().map_err(|e| e.into_error())?;
             self.log.close(file, &c.path, &c.low, &c.high)?;
+            crate::failpoint::crash("compact-after-an-output");
         }
         Ok(())
     }
@@ -205,11 +207,15 @@ pub const OVERLAPPING_GROWTH: (u64, u64) = (3, 2);
 /// by [`OVERLAPPING_GROWTH`] or takes in as much again within its own time range, so each byte
 /// is rewritten once per such growth, never once per small neighbour (a trickle of tiny
 /// segments next to a 118 MiB one rewrote it each time: 588 MiB written for 30 lines). A
-/// member grows when its output piece (the merge's total, cut at `target`) is 1.5× it; a
-/// member at size cannot grow, so it is rewritten only when the others hold half its size
+/// member under half the target grows when its output piece (the merge's total, cut at
+/// `target`) is 1.5× it; a member at size (half the target or more, as sequential compaction
+/// leaves them) does not grow, so it is rewritten only when the others hold half its size
 /// again within its range (a replica, a retried copy), estimated from their sizes in
 /// proportion to the share of their time range that falls in its: late records spread over
-/// a week never rewrite the week's compressed segments one by one. `sizes` of the members (in
+/// a week never rewrite the week's compressed segments one by one. Members under half the
+/// target that have all `settled` (written `-store.segment-settle` ago) merge whatever their
+/// growth, as sequential compaction's settled runs do: the small late segments that growth
+/// alone leaves beside each other are gathered, each rewritten at most once per settle. `sizes` of the members (in
 /// raw bytes); the largest of those that fail are left out until the rest qualify. The
 /// indices kept, in order; empty when fewer than two remain.
 pub fn worth_merging(
@@ -217,6 +223,7 @@ pub fn worth_merging(
     members: &[usize],
     sizes: &dyn Fn(usize) -> u64,
     target: u64,
+    settled: &dyn Fn(usize) -> bool,
 ) -> Vec<usize> {
     let span = |s: &Segment| {
         let (lo, hi) = (ulid_ms(&s.low), ulid_ms(&s.high));
@@ -230,9 +237,17 @@ pub fn worth_merging(
         let total: u64 = kept.iter().map(|&i| sizes(i)).sum();
         let piece = total.min(target.max(1));
         let (g_num, g_den) = OVERLAPPING_GROWTH;
+        let small_settled = |i: usize| sizes(i) < target / 2 && settled(i);
+        let gathered = kept.iter().filter(|&&i| small_settled(i)).count() >= 2;
         let fails = |i: usize| {
+            if gathered && small_settled(i) {
+                return false;
+            }
             let size = sizes(i);
-            if piece.saturating_mul(g_den) >= size.saturating_mul(g_num) {
+            // A member under half the target grows in the merge's output (made of its
+            // overlapping neighbours and their neighbours, as sequential compaction would);
+            // one at size does not, whatever the merge's total.
+            if size < target / 2 && piece.saturating_mul(g_den) >= size.saturating_mul(g_num) {
                 return false;
             }
             let (lo, hi) = span(&segs[i]);
@@ -274,11 +289,13 @@ pub fn overlapping(segs: &[Segment], a: &Segment) -> Vec<usize> {
 /// Indices of the largest set of segments worth merging ([`worth_merging`]) among one that
 /// overlaps others and those others; empty when there is none. `segs` must be sorted by low
 /// ULID; `raw_size` gives a segment's size as raw records (a compressed file is several times
-/// smaller than what a merge reads and writes); outputs are cut at `target`.
+/// smaller than what a merge reads and writes); outputs are cut at `target`; `settled` tells
+/// a segment written long enough ago.
 pub fn choose_overlapping(
     segs: &[Segment],
     raw_size: &dyn Fn(&Segment) -> u64,
     target: u64,
+    settled: &dyn Fn(&Segment) -> bool,
 ) -> Vec<usize> {
     let mut best: Vec<usize> = Vec::new();
     let size = |i: usize| raw_size(&segs[i]);
@@ -296,7 +313,7 @@ pub fn choose_overlapping(
         if group.len() <= best.len() {
             continue;
         }
-        let kept = worth_merging(segs, &group, &size, target);
+        let kept = worth_merging(segs, &group, &size, target, &|i| settled(&segs[i]));
         if kept.len() > best.len() {
             best = kept;
         }

@@ -210,7 +210,10 @@ impl Compacter {
         let result = match kind {
             Kind::Overlapping => {
                 let segs = self.log.scan(&[FLUSHED], live)?;
-                let chosen = choose_overlapping(&segs, &|s| self.raw_size(s), self.cfg.target_size);
+                let chosen =
+                    choose_overlapping(&segs, &|s| self.raw_size(s), self.cfg.target_size, &|s| {
+                        self.written_long_ago(s)
+                    });
                 self.compact(chosen.into_iter().map(|i| segs[i].clone()).collect())
             }
             Kind::Sequential => {
@@ -298,14 +301,25 @@ impl Compacter {
         })
     }
 
+    /// Whether `seg`'s file was written `-store.segment-settle` ago or more.
+    fn written_long_ago(&self, seg: &Segment) -> bool {
+        std::fs::metadata(&seg.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= self.cfg.settle)
+    }
+
     /// Whether `seg` is among segments that overlapping compaction would merge (so converting
     /// it first would be undone).
     fn merge_pending(&self, seg: &Segment, all: &[Segment]) -> bool {
         let group = compact::overlapping(all, seg);
         let size = |i: usize| self.raw_size(&all[i]);
-        compact::worth_merging(all, &group, &size, self.cfg.target_size)
-            .iter()
-            .any(|&i| all[i].path == seg.path)
+        compact::worth_merging(all, &group, &size, self.cfg.target_size, &|i| {
+            self.written_long_ago(&all[i])
+        })
+        .iter()
+        .any(|&i| all[i].path == seg.path)
     }
 
     /// Leave the segment at `path` alone from now on: no more compaction or conversion.

@@ -84,7 +84,7 @@ fn trickle(
         }
         segs.sort_by_key(|a| a.low);
         for chosen in [
-            choose_overlapping(&segs, &|s| s.size, target),
+            choose_overlapping(&segs, &|s| s.size, target, &|_| false),
             choose_sequential(&segs, target, now, Duration::from_secs(settle_s)),
         ] {
             if chosen.is_empty() {
@@ -145,7 +145,8 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
         choose_overlapping(
             &[sized("A", "Z", 1 << 30), sized("C", "D", 300)],
             &size,
-            1 << 40
+            1 << 40,
+            &|_| false
         )
         .is_empty()
     );
@@ -158,7 +159,8 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
                 sized("D", "F", 200)
             ],
             &size,
-            1 << 40
+            1 << 40,
+            &|_| false
         ),
         vec![1, 2]
     );
@@ -176,20 +178,32 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
     let mut segs: Vec<Segment> = week.iter().map(|(l, h)| sized(l, h, target)).collect();
     segs.push(sized("C", "N", 90));
     segs.sort_by_key(|s| s.low);
-    assert!(choose_overlapping(&segs, &size, target).is_empty());
+    assert!(choose_overlapping(&segs, &size, target, &|_| false).is_empty());
     // A second late segment over the same week: the two merge, the week stays.
     segs.push(sized("C", "M", 60));
     segs.sort_by_key(|s| s.low);
-    let chosen = choose_overlapping(&segs, &size, target);
+    let chosen = choose_overlapping(&segs, &size, target, &|_| false);
     let names: Vec<&str> = chosen
         .iter()
         .map(|&i| segs[i].path.to_str().unwrap())
         .collect();
     assert_eq!(names, ["C-N", "C-M"]);
+    // A small late segment beside a larger one, both under half the target: growth alone
+    // leaves them apart; once both have settled they are gathered.
+    let pair = [sized("C", "N", 40), sized("K", "L", 2)];
+    assert!(choose_overlapping(&pair, &size, target, &|_| false).is_empty());
+    assert_eq!(
+        choose_overlapping(&pair, &size, target, &|_| true),
+        vec![0, 1]
+    );
+    assert!(
+        choose_overlapping(&pair, &size, target, &|s| s.size == 2).is_empty(),
+        "only settled ones are gathered"
+    );
     // A replica of one of them, late: merged with it alone.
     segs.push(sized("F", "GZ", target));
     segs.sort_by_key(|s| s.low);
-    let chosen: Vec<usize> = choose_overlapping(&segs, &size, target)
+    let chosen: Vec<usize> = choose_overlapping(&segs, &size, target, &|_| false)
         .into_iter()
         .filter(|&i| segs[i].size == target)
         .collect();
@@ -199,12 +213,18 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
         choose_overlapping(
             &[sized("A", "Z", 100), sized("A", "Z", 100)],
             &size,
-            1 << 40
+            1 << 40,
+            &|_| false
         ),
         vec![0, 1]
     );
     assert_eq!(
-        choose_overlapping(&[sized("A", "Z", 100), sized("B", "Y", 50)], &size, 1 << 40),
+        choose_overlapping(
+            &[sized("A", "Z", 100), sized("B", "Y", 50)],
+            &size,
+            1 << 40,
+            &|_| false
+        ),
         vec![0, 1]
     );
     // Sizes as raw records: a compressed file counts for what it holds.
@@ -216,10 +236,21 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
         }
     };
     assert!(
-        choose_overlapping(&[sized("A", "Z", 30), sized("B", "Y", 50)], &raw, 1 << 40).is_empty()
+        choose_overlapping(
+            &[sized("A", "Z", 30), sized("B", "Y", 50)],
+            &raw,
+            1 << 40,
+            &|_| false
+        )
+        .is_empty()
     );
     assert_eq!(
-        choose_overlapping(&[sized("A", "Z", 30), sized("B", "Y", 50)], &size, 1 << 40),
+        choose_overlapping(
+            &[sized("A", "Z", 30), sized("B", "Y", 50)],
+            &size,
+            1 << 40,
+            &|_| false
+        ),
         vec![0, 1]
     );
 }
@@ -227,11 +258,21 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
 #[test]
 fn overlapping_choice_needs_only_two() {
     assert_eq!(
-        choose_overlapping(&[seg("A", "B"), seg("C", "D")], &|s| s.size, 1 << 40),
+        choose_overlapping(
+            &[seg("A", "B"), seg("C", "D")],
+            &|s| s.size,
+            1 << 40,
+            &|_| false
+        ),
         Vec::<usize>::new()
     );
     assert_eq!(
-        choose_overlapping(&[seg("A", "C"), seg("B", "D")], &|s| s.size, 1 << 40),
+        choose_overlapping(
+            &[seg("A", "C"), seg("B", "D")],
+            &|s| s.size,
+            1 << 40,
+            &|_| false
+        ),
         vec![0, 1]
     );
     assert_eq!(
@@ -244,7 +285,8 @@ fn overlapping_choice_needs_only_two() {
                 seg("N", "P")
             ],
             &|s| s.size,
-            1 << 40
+            1 << 40,
+            &|_| false
         ),
         vec![1, 2, 3]
     );
