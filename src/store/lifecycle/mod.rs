@@ -11,7 +11,11 @@
 //!   make half of it or have settled (`-store.segment-settle`).
 //! - Either merges only sets in which no segment is more than half the output: a segment is
 //!   rewritten when it at least doubles, never for one small neighbour (write amplification is
-//!   logarithmic, not one rewrite of a large segment per trickled record).
+//!   logarithmic, not one rewrite of a large segment per trickled record). A segment at size
+//!   is rewritten by an overlapping merge only when the others hold half its size again within
+//!   its time range, so late records (event time, split off by the consumer into late
+//!   segments) merge with each other, never into the compressed segments they fall among;
+//!   small segments that have all settled are gathered whatever their growth.
 //! - **Conversion**: segments whose newest record is older than `-store.segment-compress-after`
 //!   are compressed (segment format v2), oldest first, one at a time on this one thread, for up
 //!   to 3 s per step; `-store.segment-format raw` turns compressed ones back. The output is
