@@ -200,7 +200,9 @@ impl Consumer {
                 || self
                     .since
                     .is_some_and(|t| t.elapsed() >= self.cfg.target_age)
-                || self.empty_polls > 2 * ingesters.len().max(1));
+                // As many empty polls as there are ingesters: nothing more is flushed now
+                // (likely), so what was gathered goes out rather than waiting its age.
+                || self.empty_polls >= ingesters.len().max(1));
         if ready {
             let newest = self.replicate(&stores).await;
             self.finish(newest.is_some()).await;

@@ -1,10 +1,11 @@
 //! The user stream, `/store/stream`: connect to every store node's `/store/_stream`, follow
 //! membership changes, and merge what arrives into one deduplicated, ULID-ordered stream.
 //!
-//! The window rule (DESIGN.md §10 "Streams"): a record is held for `window` from its first
-//! arrival; every `window/10`, held records whose time is up are emitted in ULID order; a copy
-//! whose ULID was emitted within the last `2×window` is dropped (the set of emitted IDs is
-//! bounded by that). Late records are emitted, never dropped.
+//! The window rule (DESIGN.md §10 "Streams"): a record is held for `window` (250 ms by default,
+//! so a record is delivered within a second of its acknowledgement) from its first arrival;
+//! every `window/10`, held records whose time is up are emitted in ULID order; a copy whose
+//! ULID was emitted within the last `2×window`, and at least [`REMEMBER`], is dropped (the set
+//! of emitted IDs is bounded by that). Late records are emitted, never dropped.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -54,7 +55,10 @@ impl std::hash::Hasher for KeyHasher {
 type KeySet = HashSet<Key, std::hash::BuildHasherDefault<KeyHasher>>;
 
 /// The default window, and the smallest allowed.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3);
+pub const DEFAULT_WINDOW: Duration = Duration::from_millis(250);
+/// How long emitted IDs are remembered at least, whatever the window (9 s: three times the
+/// original's 3 s window), so that a slow replica's copy is still recognised.
+pub const REMEMBER: Duration = Duration::from_secs(9);
 /// Windows below this are raised to it (as the original).
 pub const MIN_WINDOW: Duration = Duration::from_millis(100);
 /// Lines sent to the client are joined into chunks of about this many bytes (256 KiB).
@@ -122,6 +126,9 @@ pub struct Deduplicator {
     held: VecDeque<HeldChunk>,
     held_bytes: usize,
     buckets: Vec<Bucket>,
+    /// Where each bucket is in `buckets`, by its id (records filed under their own time may
+    /// fall into thousands of buckets at once: a replayed buffer spread over days).
+    index: HashMap<u64, usize>,
     remembered: usize,
     /// The batch being sorted at a tick: key, held chunk, line start and end (kept between
     /// ticks for its allocation).
@@ -140,6 +147,7 @@ impl Deduplicator {
             held: VecDeque::new(),
             held_bytes: 0,
             buckets: Vec::new(),
+            index: HashMap::new(),
             remembered: 0,
             batch: Vec::new(),
             shed: false,
@@ -168,6 +176,7 @@ impl Deduplicator {
     /// deduplication are what is given up.
     pub fn shed(&mut self) {
         self.buckets = Vec::new();
+        self.index = HashMap::new();
         self.remembered = 0;
         self.batch = Vec::new();
         self.shed = true;
@@ -207,7 +216,7 @@ impl Deduplicator {
 
     /// The index of bucket `id`, made if new.
     fn bucket(&mut self, id: u64) -> usize {
-        if let Some(i) = self.buckets.iter().rposition(|b| b.id == id) {
+        if let Some(&i) = self.index.get(&id) {
             return i;
         }
         self.buckets.push(Bucket {
@@ -215,6 +224,7 @@ impl Deduplicator {
             keys: KeySet::default(),
             touched: Instant::now(),
         });
+        self.index.insert(id, self.buckets.len() - 1);
         self.buckets.len() - 1
     }
 
@@ -226,8 +236,9 @@ impl Deduplicator {
     /// The lines of the records whose hold time is up at `now` (and, past the memory bound,
     /// of the earliest arrivals), in ULID order, joined.
     pub fn tick(&mut self, now: Instant) -> Bytes {
-        let keep = self.window * 3;
+        let keep = (self.window * 3).max(REMEMBER);
         let remembered = &mut self.remembered;
+        let before = self.buckets.len();
         self.buckets.retain(|b| {
             let live = now.duration_since(b.touched) < keep;
             if !live {
@@ -235,12 +246,19 @@ impl Deduplicator {
             }
             live
         });
+        let mut moved = self.buckets.len() != before;
         if self.remembered > MAX_EMITTED {
             self.buckets.sort_by_key(|b| std::cmp::Reverse(b.touched));
             while self.remembered > MAX_EMITTED / 2 {
                 let b = self.buckets.pop().expect("remembered keys are in buckets");
                 self.remembered -= b.keys.len();
             }
+            moved = true;
+        }
+        if moved {
+            self.index.clear();
+            self.index
+                .extend(self.buckets.iter().enumerate().map(|(i, b)| (b.id, i)));
         }
 
         let over = self.held_bytes > self.max_held();
@@ -282,7 +300,7 @@ impl Deduplicator {
     }
 }
 
-/// Parse the `window` parameter: a Go duration (absent or empty: 3 s), at least 100 ms; anything
+/// Parse the `window` parameter: a Go duration (absent or empty: 250 ms), at least 100 ms; anything
 /// else is an error for a 400.
 pub fn parse_window(value: Option<&str>) -> Result<Duration, crate::gotime::DurationError> {
     Ok(match value {
@@ -509,11 +527,14 @@ mod tests {
             d.tick(t0 + w * 4).is_empty(),
             "copies within 2×window are dropped"
         );
+        // A slow replica's copy, past 2×window but within REMEMBER (9 s): still dropped.
+        d.insert(r1.clone(), t0 + w * 6);
+        assert!(d.tick(t0 + w * 8).is_empty(), "remembered for 9 s");
         // Long after (ticks go on), the seen set has forgotten r1: a late copy is emitted, not
         // dropped.
-        assert!(d.tick(t0 + w * 9).is_empty());
-        d.insert(r1.clone(), t0 + w * 10);
-        assert_eq!(d.tick(t0 + w * 11), r1);
+        assert!(d.tick(t0 + w * 16).is_empty());
+        d.insert(r1.clone(), t0 + w * 17);
+        assert_eq!(d.tick(t0 + w * 18), r1);
     }
 
     #[test]

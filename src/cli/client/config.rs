@@ -319,7 +319,7 @@ impl StreamConfig {
     /// The flags of `oklog stream`.
     pub fn flag_set() -> FlagSet {
         let flags = [
-            flag("window", Kind::Duration, "3s", "deduplication window"),
+            flag("window", Kind::Duration, "250ms", "deduplication window"),
             flag(
                 "ulid",
                 Kind::Bool,
@@ -567,8 +567,11 @@ mod tests {
             "http://localhost:7650/store/query?from=1970-01-01T00%3A00%3A00.000Z&to=1970-01-01T01%3A00%3A00.000Z&q="
         );
         let s = StreamConfig::parse(&[]).unwrap().unwrap();
-        assert_eq!(s.window, Duration::from_secs(3));
-        assert_eq!(s.url(), "http://localhost:7650/store/stream?q=&window=3s");
+        assert_eq!(s.window, Duration::from_millis(250));
+        assert_eq!(
+            s.url(),
+            "http://localhost:7650/store/stream?q=&window=250ms"
+        );
         let f = ForwardConfig::parse(&argv(&["localhost"]))
             .unwrap()
             .unwrap();

@@ -235,7 +235,7 @@ pub fn ingest_flags(ns: &str) -> Vec<Flag> {
         flag(
             "ingest.segment-flush-age",
             Kind::Duration,
-            "3s",
+            "250ms",
             "flush segments after they are active for this long",
         ),
         flag(
@@ -364,7 +364,7 @@ pub fn store_flags(rf_default: &'static str, rf_help: &'static str) -> Vec<Flag>
         flag(
             "store.segment-target-age",
             Kind::Duration,
-            "3s",
+            "250ms",
             "replicate once the aggregate segment is this old",
         ),
         flag(
@@ -527,7 +527,7 @@ pub struct IngestConfig {
     pub path: PathBuf,
     /// Rotate a segment at this size (`-ingest.segment-flush-size`, 16 MiB).
     pub flush_size: u64,
-    /// Rotate a segment at this age (`-ingest.segment-flush-age`, 3s).
+    /// Rotate a segment at this age (`-ingest.segment-flush-age`, 250ms).
     pub flush_age: Duration,
     /// Fail a claimed segment back after this long (`-ingest.segment-pending-timeout`, 1m).
     pub pending_timeout: Duration,
@@ -559,7 +559,7 @@ pub struct StoreConfig {
     pub consumers: usize,
     /// Aggregate and compaction target size (`-store.segment-target-size`, 128 MiB).
     pub target_size: u64,
-    /// Replicate an aggregate this old (`-store.segment-target-age`, 3s).
+    /// Replicate an aggregate this old (`-store.segment-target-age`, 250ms).
     pub target_age: Duration,
     /// Merge small segments once their newest record is this old (`-store.segment-settle`,
     /// 1h).

@@ -326,9 +326,12 @@ pub fn choose_overlapping(
 /// (and [`MAX_RUN`] members), that is worth merging: because it makes a segment of at least
 /// half the target (each byte rewritten once to reach size), or because every member has
 /// settled (its newest record is older than `settle` at `now_ms`), the run spans `settle` of
-/// time or more (or has [`MAX_RUN`] members), and no member is more than half the run: the small segments of a trickle are
-/// merged once, a `settle` of them at a time, and those in rounds that at least double them; a
-/// segment at size is never rewritten by this.
+/// time or more (or has [`MAX_RUN`] members), and no member is more than half the run; or
+/// because it has [`GATHER`] members or more, settled or not, and none is more than a
+/// sixteenth of the run (a level of like sizes). The small segments of a trickle (one per `-store.segment-target-age`, four a
+/// second) are gathered [`GATHER`] at a time as they come, and those in rounds that at least
+/// double them, so the files of the last hour stay a few hundred at most; a segment at size is
+/// never rewritten by this.
 ///
 /// The original (`chooseFirstSequential`) merged the first run that fit in the target,
 /// whatever its sizes.
@@ -367,13 +370,14 @@ pub fn choose_sequential(
     for start in 0..segs.len() {
         let end = stretch_end[start].min(start + MAX_RUN);
         let settled_to = settled_end[start].min(end);
-        // Neither rule can hold from here: pass over it without a scan.
+        // No rule can hold from here: pass over it without a scan.
+        let many = end - start >= GATHER;
         let spans = settled_to > start + 1
             && (settled_to - start >= MAX_RUN
                 || crate::record::ulid_ms(&segs[settled_to - 1].high)
                     .saturating_sub(crate::record::ulid_ms(&segs[start].low))
                     >= settle_ms);
-        if !spans && sums[end] - sums[start] < target / 2 {
+        if !spans && !many && sums[end] - sums[start] < target / 2 {
             continue;
         }
         let (mut total, mut largest) = (0u64, 0u64);
@@ -396,7 +400,10 @@ pub fn choose_sequential(
                 .saturating_sub(crate::record::ulid_ms(&segs[start].low));
             let grown = largest * SEQUENTIAL_GROWTH.0 <= total * SEQUENTIAL_GROWTH.1;
             let long = span >= settle_ms || j + 1 - start == MAX_RUN;
-            if all_settled && grown && long {
+            // Gathered: many segments of about one size (a level), not one merged earlier
+            // with a few new ones (that would rewrite it every GATHER segments).
+            let gathered = j + 1 - start >= GATHER && largest * (GATHER as u64 / 4) <= total;
+            if grown && (gathered || (all_settled && long)) {
                 best = Some(j);
             }
         }
@@ -409,3 +416,7 @@ pub fn choose_sequential(
 
 /// The most segments one sequential compaction merges.
 pub const MAX_RUN: usize = 1000;
+
+/// Small neighbours merged as soon as there are this many, settled or not (and they at least
+/// double the largest of them).
+pub const GATHER: usize = 64;
