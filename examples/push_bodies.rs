@@ -41,7 +41,16 @@ fn main() {
         .take(n)
         .collect();
     std::fs::create_dir_all(out).unwrap();
-    let ns = 1_764_410_400_000_000_000u64;
+    // An hour ago (entries are filed under their own time, within -ingest.max-event-age).
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    let ns = secs * 1_000_000_000;
+    let rfc3339 = jiff::Timestamp::from_second(secs as i64)
+        .unwrap()
+        .to_string();
     let write = |name: &str, body: Vec<u8>| {
         println!("{name} {} bytes", body.len());
         std::fs::write(out.join(name), body).unwrap();
@@ -55,7 +64,7 @@ fn main() {
                 .enumerate()
                 .map(|(i, l)| EntryAdapter {
                     timestamp: Some(Timestamp {
-                        seconds: 1_764_410_400,
+                        seconds: secs as i64,
                         nanos: i as i32,
                     }),
                     line: l.as_bytes().to_vec(),
@@ -116,12 +125,11 @@ fn main() {
     let mut es = String::new();
     let mut jl = String::new();
     for (i, l) in lines.iter().enumerate() {
-        let doc = json!({"@timestamp": "2025-11-29T10:00:00Z", "message": l, "host": {"name": "web-1"}, "n": i});
+        let doc = json!({"@timestamp": rfc3339, "message": l, "host": {"name": "web-1"}, "n": i});
         es.push_str("{\"create\":{\"_index\":\"bench\"}}\n");
         es.push_str(&doc.to_string());
         es.push('\n');
-        let doc =
-            json!({"_time": "2025-11-29T10:00:00Z", "_msg": l, "app": "bench", "host": "web-1"});
+        let doc = json!({"_time": rfc3339, "_msg": l, "app": "bench", "host": "web-1"});
         jl.push_str(&doc.to_string());
         jl.push('\n');
     }
@@ -130,7 +138,7 @@ fn main() {
 
     let mut syslog = Vec::new();
     for l in &lines {
-        let frame = format!("<134>1 2025-11-29T10:00:00.000Z web-1 bench 4242 - - {l}");
+        let frame = format!("<134>1 {rfc3339} web-1 bench 4242 - - {l}");
         syslog.extend_from_slice(format!("{} {frame}", frame.len()).as_bytes());
     }
     write("syslog.txt", syslog);

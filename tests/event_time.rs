@@ -291,6 +291,33 @@ fn records_sent_in_any_order_are_filed_under_their_own_time() {
         want.sort();
         assert_eq!(got, want, "{path}");
     }
+    // `oklog query -time` prints each record's own time.
+    let e = all[7];
+    let out = std::process::Command::new(BIN)
+        .args([
+            "query",
+            "-store",
+            api,
+            "-from",
+            &ms_text(e.ms() - 1000),
+            "-to",
+            &ms_text(e.ms() + 1000),
+            "-q",
+            &format!("evt-{} ", e.n),
+            "-time",
+        ])
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let when = jiff::Timestamp::from_millisecond(e.ms())
+        .unwrap()
+        .strftime("%Y-%m-%dT%H:%M:%SZ ")
+        .to_string();
+    assert!(
+        out.status.success() && text.starts_with(&when),
+        "{when} in {text}"
+    );
     // Newest first, with a limit: the latest event times, not the latest arrivals.
     let path = "/store/query?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&order=desc&limit=40";
     let got: Vec<i64> = answered(api, path).into_iter().map(|(ms, _)| ms).collect();

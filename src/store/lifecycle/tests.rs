@@ -806,6 +806,94 @@ fn raw_and_compressed_segments_answer_exactly_as_grep_over_the_raw_records() {
     );
 }
 
+/// Records arriving in a random order, most a little late and some very late, as a consumer
+/// would write them: aggregates of random sizes, each sorted, with its records more than a
+/// minute older than its newest split off into a segment of their own.
+fn arrive(rng: &mut rand::rngs::StdRng, log: &StoreLog, records: &[Vec<u8>], span_ms: u64) {
+    use rand::RngExt;
+    let mut order: Vec<(u64, &Vec<u8>)> = records
+        .iter()
+        .map(|r| {
+            let late = if rng.random_bool(0.1) {
+                rng.random_range(0..span_ms)
+            } else {
+                rng.random_range(0..2_000)
+            };
+            (crate::record::ulid_ms(r) + late, r)
+        })
+        .collect();
+    order.sort_by_key(|o| o.0);
+    let mut at = 0;
+    while at < order.len() {
+        let n = rng.random_range(50..800).min(order.len() - at);
+        let mut batch: Vec<Vec<u8>> = order[at..at + n].iter().map(|o| o.1.clone()).collect();
+        at += n;
+        batch.sort();
+        let cut = crate::record::ulid_ms(&batch[batch.len() - 1]).saturating_sub(60_000);
+        let split = batch.partition_point(|r| crate::record::ulid_ms(r) < cut);
+        for part in [&batch[..split], &batch[split..]] {
+            if !part.is_empty() {
+                write_lines(log, part);
+            }
+        }
+    }
+}
+
+#[test]
+fn late_arrivals_answer_exactly_as_grep_over_raw_and_compressed_segments() {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(24);
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let base = crate::gotime::now_ms() as u64 - 3_600_000;
+    let records = random_records(&mut rng, base, 12_000);
+    let span = crate::record::ulid_ms(&records[records.len() - 1]) - base;
+    // Two waves: the first stored, compacted and compressed; then the second arrives late
+    // into those compressed ranges.
+    let (first, second): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+        records.iter().cloned().partition(|_| rng.random_bool(0.8));
+    arrive(&mut rng, &log, &first, span);
+    let c = compacter(
+        &log,
+        256 << 10,
+        Duration::from_secs(1 << 30),
+        Duration::from_secs(3600),
+    );
+    answers_as_grep(&mut rng, &log, &first, base, "late, raw");
+    for _ in 0..40 {
+        c.step(Kind::Overlapping).unwrap();
+        c.step(Kind::Sequential).unwrap();
+        c.step(Kind::Convert).unwrap();
+    }
+    assert_eq!(log.raw_segments(), 0);
+    answers_as_grep(&mut rng, &log, &first, base, "late, compressed");
+    let compressed: Vec<PathBuf> = log
+        .scan(&[FLUSHED], |_| true)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    arrive(&mut rng, &log, &second, span);
+    answers_as_grep(&mut rng, &log, &records, base, "later, mixed");
+    for _ in 0..40 {
+        c.step(Kind::Overlapping).unwrap();
+        c.step(Kind::Sequential).unwrap();
+        c.step(Kind::Convert).unwrap();
+    }
+    answers_as_grep(&mut rng, &log, &records, base, "later, settled");
+    let now: Vec<Segment> = log.scan(&[FLUSHED], |_| true).unwrap();
+    assert_eq!(all(&log).len(), records.len());
+    eprintln!(
+        "{} segments before the late wave, {} after; {} of them kept",
+        compressed.len(),
+        now.len(),
+        compressed
+            .iter()
+            .filter(|p| now.iter().any(|s| &s.path == *p))
+            .count()
+    );
+}
+
 #[test]
 fn a_crash_at_any_point_of_a_conversion_leaves_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
