@@ -291,6 +291,48 @@ fn records_sent_in_any_order_are_filed_under_their_own_time() {
         want.sort();
         assert_eq!(got, want, "{path}");
     }
+    // Context: a record's neighbours are those of its topic in event-time order.
+    let everything = http(
+        "GET",
+        api,
+        "/store/query?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
+        b"",
+    )
+    .text();
+    let topic_of = |l: &str| l.split(' ').nth(1).unwrap().to_string();
+    let n_of = |l: &str| {
+        l.split("evt-")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    for pick in [11, 1500, 2999] {
+        let line = everything.lines().nth(pick).unwrap();
+        let (topic, n) = (topic_of(line), n_of(line));
+        let same: Vec<&str> = everything
+            .lines()
+            .filter(|l| topic_of(l) == topic)
+            .collect();
+        let at = same.iter().position(|l| *l == line).unwrap();
+        let want: Vec<String> = same[at.saturating_sub(2)..(at + 3).min(same.len())]
+            .iter()
+            .map(|l| n_of(l))
+            .collect();
+        let r = http(
+            "GET",
+            api,
+            &format!(
+                "/store/query?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&q=evt-{n}%20&before=2&after=2"
+            ),
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let got: Vec<String> = r.text().lines().map(n_of).collect();
+        assert_eq!(got, want, "context of evt-{n} in {topic}");
+    }
     // `oklog query -time` prints each record's own time.
     let e = all[7];
     let out = std::process::Command::new(BIN)
