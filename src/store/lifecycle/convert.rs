@@ -27,11 +27,17 @@ impl Compacter {
             (Format::Compressed, None) => return Ok(0),
         };
         let all = self.log.scan(&[FLUSHED, READING], |_| true)?;
+        let gathering = if target == Format::Compressed {
+            sequential_pending(&all, self.cfg.target_size)
+        } else {
+            Default::default()
+        };
         let candidate = all.iter().find(|s| {
             s.path.extension().and_then(|e| e.to_str()) == Some(FLUSHED)
                 && s.format != target
                 && due.is_none_or(|d| s.high < d)
                 && live(s)
+                && !gathering.contains(&s.path)
                 && !(all
                     .iter()
                     .any(|o| o.path != s.path && overlap((o.low, o.high), (s.low, s.high)))
@@ -136,4 +142,29 @@ impl<W: Write> Write for Stoppable<'_, W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Raw segments that sequential compaction is about to merge: the members of each stretch of
+/// small (under half of `target`) raw neighbours that adds up to half the target or more.
+/// Converting one first would leave it small for good (compressed segments are not merged
+/// sequentially): an import of old records, due for conversion as soon as it lands, would
+/// end as many small compressed segments.
+fn sequential_pending(
+    all: &[Segment],
+    target: u64,
+) -> std::collections::HashSet<std::path::PathBuf> {
+    let mut raw: Vec<&Segment> = all
+        .iter()
+        .filter(|s| {
+            s.format == Format::Raw && s.path.extension().and_then(|e| e.to_str()) == Some(FLUSHED)
+        })
+        .collect();
+    raw.sort_by(|a, b| a.low.cmp(&b.low));
+    let mut pending = std::collections::HashSet::new();
+    for stretch in raw.split(|s| s.size >= target / 2) {
+        if stretch.len() > 1 && stretch.iter().map(|s| s.size).sum::<u64>() >= target / 2 {
+            pending.extend(stretch.iter().map(|s| s.path.clone()));
+        }
+    }
+    pending
 }

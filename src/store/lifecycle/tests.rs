@@ -895,6 +895,34 @@ fn late_arrivals_answer_exactly_as_grep_over_raw_and_compressed_segments() {
 }
 
 #[test]
+fn small_raw_neighbours_are_merged_before_they_are_compressed() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(StoreLog::open(dir.path()).unwrap());
+    let base = crate::gotime::now_ms() as u64 - 3_600_000;
+    // Three small raw neighbours (an import of old records, due for compression at once)
+    // that together make more than half the target.
+    let recs = random_records(&mut rng, base, 600);
+    for part in recs.chunks(200) {
+        write_lines(&log, part);
+    }
+    let size: u64 = recs.iter().map(|r| r.len() as u64).sum();
+    let c = compacter(
+        &log,
+        size,
+        Duration::from_secs(1 << 30),
+        Duration::from_secs(3600),
+    );
+    assert_eq!(c.convert(&|_| true).unwrap(), 0, "merged first");
+    assert!(c.step(Kind::Sequential).unwrap() >= 2);
+    // What is left: at size, or small and alone (nothing to merge it with): compressed.
+    while c.convert(&|_| true).unwrap() > 0 {}
+    assert_eq!(log.raw_segments(), 0);
+    assert_eq!(all(&log), recs);
+}
+
+#[test]
 fn a_crash_at_any_point_of_a_conversion_leaves_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
