@@ -159,7 +159,7 @@ fn sequential_pending(
             s.format == Format::Raw && s.path.extension().and_then(|e| e.to_str()) == Some(FLUSHED)
         })
         .collect();
-    raw.sort_by(|a, b| a.low.cmp(&b.low));
+    raw.sort_by_key(|s| s.low);
     let mut pending = std::collections::HashSet::new();
     for stretch in raw.split(|s| s.size >= target / 2) {
         if stretch.len() > 1 && stretch.iter().map(|s| s.size).sum::<u64>() >= target / 2 {
