@@ -34,13 +34,6 @@ impl Entry {
     }
 }
 
-fn ms_text(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .unwrap()
-        .strftime("%Y-%m-%dT%H:%M:%S.%3fZ")
-        .to_string()
-}
-
 /// The stored records: (ULID time in ms, entry number), in the order answered.
 fn answered(api: &str, path: &str) -> Vec<(i64, usize)> {
     let r = http("GET", api, path, b"");
@@ -61,16 +54,10 @@ fn answered(api: &str, path: &str) -> Vec<(i64, usize)> {
 }
 
 fn loki(api: &str, entries: &[Entry]) -> (u16, String) {
-    let values: Vec<serde_json::Value> = entries
-        .iter()
-        .map(|e| serde_json::json!([e.ns.to_string(), format!("loki evt-{}", e.n)]))
-        .collect();
-    let body = serde_json::json!({"streams": [{"stream": {"job": "lk"}, "values": values}]});
-    let r = http(
-        "POST",
+    let r = loki_json(
         api,
-        "/loki/api/v1/push",
-        body.to_string().as_bytes(),
+        "lk",
+        entries.iter().map(|e| (e.ns, format!("loki evt-{}", e.n))),
     );
     (r.status, r.text())
 }

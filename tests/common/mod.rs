@@ -453,6 +453,35 @@ pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     rx
 }
 
+/// A Loki JSON push of one stream labelled `job` with `entries` (`[nanoseconds, line]`).
+#[allow(dead_code)]
+pub fn loki_json(
+    api: &str,
+    job: &str,
+    entries: impl IntoIterator<Item = (i128, String)>,
+) -> Response {
+    let values: Vec<serde_json::Value> = entries
+        .into_iter()
+        .map(|(ns, line)| serde_json::json!([ns.to_string(), line]))
+        .collect();
+    let body = serde_json::json!({"streams": [{"stream": {"job": job}, "values": values}]});
+    http(
+        "POST",
+        api,
+        "/loki/api/v1/push",
+        body.to_string().as_bytes(),
+    )
+}
+
+/// A time in Unix milliseconds as a query parameter (RFC 3339, milliseconds, UTC).
+#[allow(dead_code)]
+pub fn ms_text(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .unwrap()
+        .strftime("%Y-%m-%dT%H:%M:%S.%3fZ")
+        .to_string()
+}
+
 /// An hour ago, on the second (inside the default event bounds): Unix seconds, and the time
 /// as a record's `ts=` field writes it.
 #[allow(dead_code)]
