@@ -478,8 +478,15 @@ impl Consumer {
         let ranges = self.ranges.clone();
         let merged = tokio::task::spawn_blocking(move || {
             let spool = aggregate(&log, &parts, &ranges)?;
-            let split = split_late(&log, &spool)?;
-            Ok::<_, io::Error>((spool, split))
+            match split_late(&log, &spool) {
+                Ok(split) => Ok((spool, split)),
+                Err(e) => {
+                    if !parts.contains(&spool.0) {
+                        let _ = std::fs::remove_file(&spool.0);
+                    }
+                    Err(e)
+                }
+            }
         })
         .await;
         let (spool, split) = match merged {
