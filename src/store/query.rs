@@ -2,6 +2,7 @@
 //! search each one's time range, merge overlapping segments by ULID with dedup, and push the
 //! matching lines into a sink. Nothing is collected: memory is bounded by the sink's buffer.
 
+use std::borrow::Cow;
 use std::io;
 
 use std::sync::Arc;
@@ -203,33 +204,67 @@ impl Plan {
 
     /// The units of work of a scan, in ULID order: the chunks of each segment that overlaps
     /// no other, and one merge per batch of overlapping segments.
-    fn tasks<'a>(&'a self, scan: &'a Scan, q: &segment::Query<'_>) -> Vec<Task<'a>> {
+    fn tasks<'a>(
+        &'a self,
+        scan: &'a Scan,
+        q: &segment::Query<'_>,
+        needles: &Needles,
+    ) -> Vec<Task<'a>> {
         let mut tasks: Vec<Task> = Vec::new();
         for batch in batches(&self.segments) {
             let mut sources: Vec<Src> = Vec::new();
+            let (mut low, mut high) = (u64::MAX, 0);
             for i in batch {
                 let (Some(reader), Some(sel)) = (&self.opened[i], scan.selections.get(i)) else {
                     continue;
                 };
                 if reader.raw().is_some() || sel.blocks_read > 0 {
+                    low = low.min(crate::record::ulid_ms(&self.segments[i].low));
+                    high = high.max(crate::record::ulid_ms(&self.segments[i].high));
                     sources.push(Src {
                         reader,
-                        sel,
+                        sel: Cow::Borrowed(sel),
                         label: &self.segments[i].path,
                     });
                 }
             }
             match sources.pop() {
                 None => {}
-                Some(only) if sources.is_empty() => tasks.extend(
-                    only.reader
-                        .chunks(only.sel, q, only.label)
-                        .into_iter()
-                        .map(Task::One),
-                ),
+                Some(Src {
+                    reader,
+                    sel: Cow::Borrowed(sel),
+                    label,
+                }) if sources.is_empty() => {
+                    tasks.extend(reader.chunks(sel, q, label).into_iter().map(Task::One))
+                }
                 Some(last) => {
                     sources.push(last);
-                    tasks.push(Task::Merge(sources));
+                    let bytes: u64 = sources.iter().map(|s| s.sel.bytes).sum();
+                    let window = (low.max(q.from_ms), high.min(q.to_ms));
+                    let slices = time_slices(window, bytes);
+                    if slices.len() < 2 {
+                        tasks.push(Task::Merge(sources, None));
+                        continue;
+                    }
+                    // A large batch (late records spanning days make one of a whole store) is
+                    // merged in time slices, searched in parallel like pieces; each slice
+                    // selects the blocks of its own window.
+                    for (from_ms, to_ms) in slices {
+                        let sq = segment::Query {
+                            from_ms,
+                            to_ms,
+                            ..*q
+                        };
+                        let part = sources
+                            .iter()
+                            .map(|s| Src {
+                                reader: s.reader,
+                                sel: Cow::Owned(s.reader.select(&sq, needles)),
+                                label: s.label,
+                            })
+                            .collect();
+                        tasks.push(Task::Merge(part, Some((from_ms, to_ms))));
+                    }
                 }
             }
         }
@@ -270,7 +305,7 @@ impl Plan {
     ) -> io::Result<Outcome> {
         let corrupt = AtomicU64::new(self.unreadable);
         let q = p.segment_query(matcher, cancel);
-        let tasks = self.tasks(scan, &q);
+        let tasks = self.tasks(scan, &q, &Needles::new(&p.q, p.regex));
         let workers = parallelism();
         let parallel = tasks.iter().filter(|t| t.in_parallel(matcher)).count();
         // A query with a limit may need only its first tasks: ask for little ahead.
@@ -320,8 +355,31 @@ const PREFETCH: usize = 8;
 /// One segment of an overlapping batch, with what is read of it.
 struct Src<'a> {
     reader: &'a Reader<Mmap>,
-    sel: &'a Selection,
+    sel: Cow<'a, Selection>,
     label: &'a std::path::Path,
+}
+
+/// Selected bytes of an overlapping batch per time slice searched in parallel (a test makes
+/// them small so that its stores are sliced too).
+const SLICE_BYTES: u64 = if cfg!(test) { 4 << 10 } else { 8 << 20 };
+/// Time slices of one batch, at most.
+const MAX_SLICES: u64 = 256;
+
+/// `window` (inclusive Unix ms) cut into slices of about [`SLICE_BYTES`] of `bytes`, by time;
+/// one slice (or none) when the batch is small.
+fn time_slices((lo, hi): (u64, u64), bytes: u64) -> Vec<(u64, u64)> {
+    if hi < lo {
+        return Vec::new();
+    }
+    let k = (bytes / SLICE_BYTES).clamp(1, MAX_SLICES).min(hi - lo + 1);
+    let span = hi - lo + 1;
+    (0..k)
+        .map(|i| {
+            let a = lo + (u128::from(span) * u128::from(i) / u128::from(k)) as u64;
+            let b = lo + (u128::from(span) * u128::from(i + 1) / u128::from(k)) as u64 - 1;
+            (a, b)
+        })
+        .collect()
 }
 
 /// Threads available to a query.
@@ -336,8 +394,9 @@ enum Task<'a> {
     /// A raw segment's piece or a compressed segment's group, of a segment that overlaps no
     /// other.
     One(Chunk<'a>),
-    /// Overlapping segments, merged with dedup.
-    Merge(Vec<Src<'a>>),
+    /// Overlapping segments, merged with dedup (within one time slice of their batch, when
+    /// given).
+    Merge(Vec<Src<'a>>, Option<(u64, u64)>),
 }
 
 impl Task<'_> {
@@ -352,7 +411,9 @@ impl Task<'_> {
     fn in_parallel(&self, matcher: &Matcher) -> bool {
         match self {
             Task::One(c) => !c.is_piece() || !matcher.is_all(),
-            Task::Merge(_) => false,
+            // A merge runs in order on the emitting thread, unless it is one time slice of a
+            // larger batch (its output is bounded by the slice).
+            Task::Merge(_, window) => window.is_some(),
         }
     }
 }
@@ -366,10 +427,18 @@ fn run_inline(
 ) -> io::Result<bool> {
     match task {
         Task::One(c) => c.search_into(&q, corrupt, sink),
-        Task::Merge(srcs) => {
+        Task::Merge(srcs, window) => {
+            let q = match window {
+                Some((from_ms, to_ms)) => segment::Query {
+                    from_ms: *from_ms,
+                    to_ms: *to_ms,
+                    ..q
+                },
+                None => q,
+            };
             let mut sources = Vec::with_capacity(srcs.len());
             for s in srcs {
-                sources.push(s.reader.lines(s.sel, q, s.label, corrupt)?);
+                sources.push(s.reader.lines(&s.sel, q, s.label, corrupt)?);
             }
             let mut open = true;
             merge::merge_ordered(&mut sources, q.desc, |line| {
@@ -435,7 +504,20 @@ fn run_parallel(
                     let out = match &tasks[i] {
                         // A group whose decompressor cannot be made is left out.
                         Task::One(c) => c.output(&mut dec, &q, corrupt).unwrap_or_default(),
-                        Task::Merge(_) => Vec::new(),
+                        Task::Merge(..) => {
+                            let mut out = Vec::new();
+                            let merged = run_inline(&tasks[i], q, corrupt, &mut |lines| {
+                                out.extend_from_slice(lines);
+                                true
+                            });
+                            if let Err(e) = merged {
+                                // Its records are missing: the answer says it is partial.
+                                tracing::error!(error = %e, "merging a time slice");
+                                corrupt.fetch_add(1, Ordering::Relaxed);
+                                out.clear();
+                            }
+                            out
+                        }
                     };
                     *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
                     ready.notify_all();
@@ -564,6 +646,90 @@ mod tests {
                 .join("01BB6RQR190000000000000000-xxx.flushed")
                 .exists(),
             "never deleted"
+        );
+    }
+
+    #[test]
+    fn a_large_overlapping_batch_is_merged_in_time_slices_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = StoreLog::open(dir.path()).unwrap();
+        // An on-time segment and a late one spanning it, sharing some records (a replica).
+        let id = |ms: u64, e: u128| {
+            String::from_utf8(crate::record::encode_ulid(ms, e).to_vec()).unwrap()
+        };
+        let base = 1_500_000_000_000u64;
+        let mut all: Vec<String> = Vec::new();
+        let (mut a, mut b) = (String::new(), String::new());
+        for i in 0..4000u64 {
+            let line = format!(
+                "{} t record {i} {}\n",
+                id(base + i * 7, u128::from(i)),
+                "x".repeat(i as usize % 50)
+            );
+            if i % 3 == 0 {
+                b.push_str(&line);
+            }
+            if i % 3 != 0 || i % 9 == 0 {
+                a.push_str(&line);
+            }
+            all.push(line);
+        }
+        for body in [&a, &b] {
+            let first = &body[..26];
+            let last_line = body.trim_end().rsplit('\n').next().unwrap();
+            std::fs::write(
+                dir.path()
+                    .join(format!("{first}-{}.flushed", &last_line[..26])),
+                body,
+            )
+            .unwrap();
+        }
+        assert_eq!(log.reconcile().unwrap(), 2);
+        for (q, desc) in [("", false), ("record 1", false), ("", true)] {
+            let mut pairs = vec![
+                ("from", "2017-01-01T00:00:00Z"),
+                ("to", "2018-01-01T00:00:00Z"),
+                ("q", q),
+            ];
+            if desc {
+                pairs.push(("order", "desc"));
+            }
+            let p = params(&pairs).unwrap();
+            let plan = Plan::open(&log, &p).unwrap();
+            let m = p.matcher().unwrap();
+            let scan = plan.scan(&p, &Needles::new(&p.q, p.regex), &m);
+            let cancel = AtomicBool::new(false);
+            let sq = p.segment_query(&m, &cancel);
+            let tasks = plan.tasks(&scan, &sq, &Needles::new(&p.q, p.regex));
+            let slices = tasks
+                .iter()
+                .filter(|t| matches!(t, Task::Merge(_, Some(_))))
+                .count();
+            assert!(slices > 4, "{slices} slices");
+            let mut out = Vec::new();
+            plan.execute(&p, &m, &mut |l| {
+                out.extend_from_slice(l);
+                true
+            })
+            .unwrap();
+            let mut want: Vec<&String> = all.iter().filter(|l| l.contains(q)).collect();
+            if desc {
+                want.reverse();
+            }
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                want.into_iter().cloned().collect::<String>(),
+                "q={q:?} desc={desc}"
+            );
+        }
+        assert_eq!(time_slices((10, 9), 1 << 30), vec![]);
+        assert_eq!(
+            time_slices((10, 12), 1 << 30),
+            vec![(10, 10), (11, 11), (12, 12)]
+        );
+        assert_eq!(
+            time_slices((0, 99), SLICE_BYTES * 2),
+            vec![(0, 49), (50, 99)]
         );
     }
 
