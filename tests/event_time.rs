@@ -36,20 +36,9 @@ impl Entry {
 
 /// The stored records: (ULID time in ms, entry number), in the order answered.
 fn answered(api: &str, path: &str) -> Vec<(i64, usize)> {
-    let r = http("GET", api, path, b"");
-    assert_eq!(r.status, 200, "{path}: {}", r.text());
-    r.text()
-        .lines()
-        .map(|l| {
-            let ms = oklog::record::ulid_ms(l.as_bytes()) as i64;
-            let n = l
-                .split("evt-")
-                .nth(1)
-                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("no evt-<n> in {l}"));
-            (ms, n)
-        })
+    evt_answer(api, path)
+        .into_iter()
+        .map(|(ms, n)| (ms as i64, n as usize))
         .collect()
 }
 

@@ -97,27 +97,13 @@ fn late(api: &str, first: u64, n: u64, rng: &mut rand::rngs::StdRng) -> Vec<(u64
     entries
 }
 
-/// The answer's (ULID time, entry number) pairs.
-fn answered(api: &str, path: &str) -> Vec<(u64, u64)> {
-    let r = http("GET", api, path, b"");
-    assert_eq!(r.status, 200, "{path}: {}", r.text());
-    r.text()
-        .lines()
-        .map(|l| {
-            let e = l.rsplit("evt-").next().unwrap();
-            let e = e.split(' ').next().unwrap().parse().unwrap();
-            (oklog::record::ulid_ms(l.as_bytes()), e)
-        })
-        .collect()
-}
-
 const ALL: &str = "/store/query?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
 
 /// Every record once, in time order; random windows and a newest-first limit exact.
 fn check_answers(api: &str, want: &[(u64, u64)], rng: &mut rand::rngs::StdRng) {
     let mut sorted = want.to_vec();
     sorted.sort();
-    let got = answered(api, ALL);
+    let got = evt_answer(api, ALL);
     assert_eq!(got.len(), sorted.len(), "every record once");
     assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "in time order");
     let mut ids: Vec<u64> = got.iter().map(|g| g.1).collect();
@@ -133,7 +119,7 @@ fn check_answers(api: &str, want: &[(u64, u64)], rng: &mut rand::rngs::StdRng) {
             ms_text(a as i64),
             ms_text(b as i64)
         );
-        let got: BTreeSet<u64> = answered(api, &path).into_iter().map(|g| g.1).collect();
+        let got: BTreeSet<u64> = evt_answer(api, &path).into_iter().map(|g| g.1).collect();
         let want: BTreeSet<u64> = sorted
             .iter()
             .filter(|(ms, _)| (a..=b).contains(ms))
@@ -141,7 +127,7 @@ fn check_answers(api: &str, want: &[(u64, u64)], rng: &mut rand::rngs::StdRng) {
             .collect();
         assert_eq!(got, want, "{path}");
     }
-    let newest: Vec<u64> = answered(api, &format!("{ALL}&order=desc&limit=25"))
+    let newest: Vec<u64> = evt_answer(api, &format!("{ALL}&order=desc&limit=25"))
         .into_iter()
         .map(|g| g.0)
         .collect();
@@ -182,7 +168,7 @@ fn late_records_into_compressed_ranges_leave_the_compressed_segments_alone() {
     // 10% more, late, spread over the same days, in random order.
     want.extend(late(api, 1_000_000, 3_600, &mut rng));
     eventually(Duration::from_secs(30), "the late records stored", || {
-        (answered(api, ALL).len() == want.len()).then_some(())
+        (evt_answer(api, ALL).len() == want.len()).then_some(())
     });
     check_answers(api, &want, &mut rng);
     let after = settled(&store);

@@ -473,6 +473,26 @@ pub fn loki_json(
     )
 }
 
+/// The records of a query answer whose lines carry `evt-<n>`: each one's ULID time (Unix ms)
+/// and `n`, in the order answered.
+#[allow(dead_code)]
+pub fn evt_answer(api: &str, path: &str) -> Vec<(u64, u64)> {
+    let r = http("GET", api, path, b"");
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    r.text()
+        .lines()
+        .map(|l| {
+            let n = l
+                .split("evt-")
+                .nth(1)
+                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no evt-<n> in {l}"));
+            (oklog::record::ulid_ms(l.as_bytes()), n)
+        })
+        .collect()
+}
+
 /// A time in Unix milliseconds as a query parameter (RFC 3339, milliseconds, UTC).
 #[allow(dead_code)]
 pub fn ms_text(ms: i64) -> String {
