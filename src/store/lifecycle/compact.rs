@@ -216,8 +216,8 @@ pub const OVERLAPPING_GROWTH: (u64, u64) = (3, 2);
 /// target that have all `settled` (written `-store.segment-settle` ago) merge whatever their
 /// growth, as sequential compaction's settled runs do: the small late segments that growth
 /// alone leaves beside each other are gathered, each rewritten at most once per settle. `sizes` of the members (in
-/// raw bytes); the largest of those that fail are left out until the rest qualify. The
-/// indices kept, in order; empty when fewer than two remain.
+/// raw bytes); those that fail are left out until the rest qualify. The indices kept, in
+/// order; empty when fewer than two remain.
 pub fn worth_merging(
     segs: &[Segment],
     members: &[usize],
@@ -225,56 +225,80 @@ pub fn worth_merging(
     target: u64,
     settled: &dyn Fn(usize) -> bool,
 ) -> Vec<usize> {
-    let span = |s: &Segment| {
-        let (lo, hi) = (ulid_ms(&s.low), ulid_ms(&s.high));
-        (lo, hi.max(lo) + 1)
-    };
-    let mut kept: Vec<usize> = members.to_vec();
+    // Each member's size, time range and settledness, asked once (a size may be read from a
+    // footer, settledness from the file's metadata).
+    struct Member {
+        index: usize,
+        size: u64,
+        lo: u64,
+        hi: u64,
+        small_settled: bool,
+    }
+    let mut kept: Vec<Member> = members
+        .iter()
+        .map(|&index| {
+            let s = &segs[index];
+            let (lo, hi) = (ulid_ms(&s.low), ulid_ms(&s.high));
+            let size = sizes(index);
+            Member {
+                index,
+                size,
+                lo,
+                hi: hi.max(lo) + 1,
+                small_settled: is_small(size, target) && settled(index),
+            }
+        })
+        .collect();
+    let (g_num, g_den) = OVERLAPPING_GROWTH;
     loop {
         if kept.len() < 2 {
             return Vec::new();
         }
-        let total: u64 = kept.iter().map(|&i| sizes(i)).sum();
+        let total: u64 = kept.iter().map(|m| m.size).sum();
         let piece = total.min(target.max(1));
-        let (g_num, g_den) = OVERLAPPING_GROWTH;
-        let small_settled = |i: usize| sizes(i) < target / 2 && settled(i);
-        let gathered = kept.iter().filter(|&&i| small_settled(i)).count() >= 2;
-        let fails = |i: usize| {
-            if gathered && small_settled(i) {
+        let gathered = kept.iter().filter(|m| m.small_settled).count() >= 2;
+        let fails = |m: &Member| {
+            if gathered && m.small_settled {
                 return false;
             }
-            let size = sizes(i);
             // A member under half the target grows in the merge's output (made of its
             // overlapping neighbours and their neighbours, as sequential compaction would);
             // one at size does not, whatever the merge's total.
-            if size < target / 2 && piece.saturating_mul(g_den) >= size.saturating_mul(g_num) {
+            if is_small(m.size, target)
+                && piece.saturating_mul(g_den) >= m.size.saturating_mul(g_num)
+            {
                 return false;
             }
-            let (lo, hi) = span(&segs[i]);
             let within: u64 = kept
                 .iter()
-                .filter(|&&j| j != i)
-                .map(|&j| {
-                    let (jlo, jhi) = span(&segs[j]);
-                    let shared = hi.min(jhi).saturating_sub(lo.max(jlo));
-                    (sizes(j) as u128 * shared as u128 / (jhi - jlo) as u128) as u64
+                .filter(|o| o.index != m.index)
+                .map(|o| {
+                    let shared = m.hi.min(o.hi).saturating_sub(m.lo.max(o.lo));
+                    (o.size as u128 * shared as u128 / (o.hi - o.lo) as u128) as u64
                 })
                 .sum();
             // As much again as half of it: what one and a half times asks of a merge.
-            within.saturating_mul(g_den) < size.saturating_mul(g_num - g_den)
+            within.saturating_mul(g_den) < m.size.saturating_mul(g_num - g_den)
         };
-        match kept
-            .iter()
-            .enumerate()
-            .filter(|&(_, &i)| fails(i))
-            .max_by_key(|&(_, &i)| sizes(i))
-        {
-            None => return kept,
-            Some((at, _)) => {
-                kept.remove(at);
-            }
+        // Leaving members out only makes the others fail more (a smaller total, less
+        // within their ranges, fewer settled to gather with), so every member failing now
+        // is left out at once: the set kept is the same as leaving them out one by one.
+        let failing: Vec<bool> = kept.iter().map(fails).collect();
+        if !failing.contains(&true) {
+            return kept.into_iter().map(|m| m.index).collect();
         }
+        let mut at = 0;
+        kept.retain(|_| {
+            at += 1;
+            !failing[at - 1]
+        });
     }
+}
+
+/// Whether a segment of `size` bytes is under half the `target` size: the segments sequential
+/// compaction merges, and those an overlapping merge may grow.
+pub fn is_small(size: u64, target: u64) -> bool {
+    size < target / 2
 }
 
 /// Indices of the segments of `segs` that overlap `a` (`a` among them, if it is in `segs`).
@@ -342,7 +366,7 @@ pub fn choose_sequential(
     settle: std::time::Duration,
 ) -> Vec<usize> {
     let settle_ms = settle.as_millis() as u64;
-    let small = |s: &Segment| s.size < target / 2;
+    let small = |s: &Segment| is_small(s.size, target);
     let settled = |s: &Segment| crate::record::ulid_ms(&s.high) + settle_ms < now_ms;
     // Sizes summed, and where each stretch of small segments ends: a start whose members are
     // not settled and cannot add up to half the target is passed over without a scan (a

@@ -161,7 +161,7 @@ fn sequential_pending(
         .collect();
     raw.sort_by_key(|s| s.low);
     let mut pending = std::collections::HashSet::new();
-    for stretch in raw.split(|s| s.size >= target / 2) {
+    for stretch in raw.split(|s| !super::compact::is_small(s.size, target)) {
         if stretch.len() > 1 && stretch.iter().map(|s| s.size).sum::<u64>() >= target / 2 {
             pending.extend(stretch.iter().map(|s| s.path.clone()));
         }
