@@ -86,6 +86,8 @@ pub struct Plan {
 pub struct Scan {
     /// Per opened segment, what is read of it.
     selections: Vec<Selection>,
+    /// What every match must contain (time slices of a batch select with them again).
+    needles: Needles,
     /// Bytes the search reads: the time range of raw segments, the stored bytes of the blocks
     /// read and the filters consulted of compressed ones (`X-Oklog-Bytes-Scanned`).
     pub bytes: u64,
@@ -154,7 +156,10 @@ impl Plan {
     /// Decide what the search reads of each segment ([`Reader::select`]).
     pub fn scan(&self, p: &QueryParams, needles: &Needles, matcher: &Matcher) -> Scan {
         let q = p.segment_query(matcher, &segment::NEVER);
-        let mut scan = Scan::default();
+        let mut scan = Scan {
+            needles: needles.clone(),
+            ..Scan::default()
+        };
         for o in &self.opened {
             let sel = o
                 .as_ref()
@@ -204,12 +209,7 @@ impl Plan {
 
     /// The units of work of a scan, in ULID order: the chunks of each segment that overlaps
     /// no other, and one merge per batch of overlapping segments.
-    fn tasks<'a>(
-        &'a self,
-        scan: &'a Scan,
-        q: &segment::Query<'_>,
-        needles: &Needles,
-    ) -> Vec<Task<'a>> {
+    fn tasks<'a>(&'a self, scan: &'a Scan, q: &segment::Query<'_>) -> Vec<Task<'a>> {
         let mut tasks: Vec<Task> = Vec::new();
         for batch in batches(&self.segments) {
             let mut sources: Vec<Src> = Vec::new();
@@ -259,7 +259,7 @@ impl Plan {
                             .iter()
                             .map(|s| Src {
                                 reader: s.reader,
-                                sel: Cow::Owned(s.reader.select(&sq, needles)),
+                                sel: Cow::Owned(s.reader.select(&sq, &scan.needles)),
                                 label: s.label,
                             })
                             .collect();
@@ -305,7 +305,7 @@ impl Plan {
     ) -> io::Result<Outcome> {
         let corrupt = AtomicU64::new(self.unreadable);
         let q = p.segment_query(matcher, cancel);
-        let tasks = self.tasks(scan, &q, &Needles::new(&p.q, p.regex));
+        let tasks = self.tasks(scan, &q);
         let workers = parallelism();
         let parallel = tasks.iter().filter(|t| t.in_parallel(matcher)).count();
         // A query with a limit may need only its first tasks: ask for little ahead.
@@ -700,7 +700,7 @@ mod tests {
             let scan = plan.scan(&p, &Needles::new(&p.q, p.regex), &m);
             let cancel = AtomicBool::new(false);
             let sq = p.segment_query(&m, &cancel);
-            let tasks = plan.tasks(&scan, &sq, &Needles::new(&p.q, p.regex));
+            let tasks = plan.tasks(&scan, &sq);
             let slices = tasks
                 .iter()
                 .filter(|t| matches!(t, Task::Merge(_, Some(_))))
