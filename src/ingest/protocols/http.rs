@@ -477,7 +477,7 @@ async fn jsonline_push(
     let topic = &push.cfg.topic;
     let decode = |raw: &Bytes, batch| jsonline::decode(raw, &fields, topic, batch);
     let respond = |first: Option<usize>, refusals: &Refusals| match first
-        .and(refusals.message(|_| format!("line {}", first.unwrap_or(0))))
+        .and_then(|line| refusals.message(|_| format!("line {line}")))
     {
         Some(why) => crate::http::text(StatusCode::BAD_REQUEST, format!("{why}\n")),
         None => StatusCode::OK.into_response(),
