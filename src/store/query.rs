@@ -450,6 +450,22 @@ fn run_inline(
     }
 }
 
+/// A time slice's merged lines, for a worker to hand over whole; one that cannot be read is
+/// left out and counted, so the answer says it is partial.
+fn slice_output(task: &Task, q: segment::Query<'_>, corrupt: &AtomicU64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let merged = run_inline(task, q, corrupt, &mut |lines| {
+        out.extend_from_slice(lines);
+        true
+    });
+    if let Err(e) = merged {
+        tracing::error!(error = %e, "merging a time slice");
+        corrupt.fetch_add(1, Ordering::Relaxed);
+        out.clear();
+    }
+    out
+}
+
 /// Search tasks on `workers` threads and emit every task's output in order.
 fn run_parallel(
     tasks: &[Task],
@@ -504,20 +520,7 @@ fn run_parallel(
                     let out = match &tasks[i] {
                         // A group whose decompressor cannot be made is left out.
                         Task::One(c) => c.output(&mut dec, &q, corrupt).unwrap_or_default(),
-                        Task::Merge(..) => {
-                            let mut out = Vec::new();
-                            let merged = run_inline(&tasks[i], q, corrupt, &mut |lines| {
-                                out.extend_from_slice(lines);
-                                true
-                            });
-                            if let Err(e) = merged {
-                                // Its records are missing: the answer says it is partial.
-                                tracing::error!(error = %e, "merging a time slice");
-                                corrupt.fetch_add(1, Ordering::Relaxed);
-                                out.clear();
-                            }
-                            out
-                        }
+                        Task::Merge(..) => slice_output(&tasks[i], q, corrupt),
                     };
                     *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
                     ready.notify_all();

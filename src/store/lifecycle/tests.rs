@@ -166,50 +166,6 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
         ),
         vec![1, 2]
     );
-    // Late records spread over the range of many segments at the target size (a week of
-    // compressed ones): each of those gets a few of them, so none is rewritten for them.
-    let target = 100;
-    let week = [
-        ("B", "CZ"),
-        ("D", "EZ"),
-        ("F", "GZ"),
-        ("H", "JZ"),
-        ("K", "LZ"),
-        ("M", "NZ"),
-    ];
-    let mut segs: Vec<Segment> = week.iter().map(|(l, h)| sized(l, h, target)).collect();
-    segs.push(sized("C", "N", 90));
-    segs.sort_by_key(|s| s.low);
-    assert!(choose_overlapping(&segs, &size, target, &|_| false).is_empty());
-    // A second late segment over the same week: the two merge, the week stays.
-    segs.push(sized("C", "M", 60));
-    segs.sort_by_key(|s| s.low);
-    let chosen = choose_overlapping(&segs, &size, target, &|_| false);
-    let names: Vec<&str> = chosen
-        .iter()
-        .map(|&i| segs[i].path.to_str().unwrap())
-        .collect();
-    assert_eq!(names, ["C-N", "C-M"]);
-    // A small late segment beside a larger one, both under half the target: growth alone
-    // leaves them apart; once both have settled they are gathered.
-    let pair = [sized("C", "N", 40), sized("K", "L", 2)];
-    assert!(choose_overlapping(&pair, &size, target, &|_| false).is_empty());
-    assert_eq!(
-        choose_overlapping(&pair, &size, target, &|_| true),
-        vec![0, 1]
-    );
-    assert!(
-        choose_overlapping(&pair, &size, target, &|s| s.size == 2).is_empty(),
-        "only settled ones are gathered"
-    );
-    // A replica of one of them, late: merged with it alone.
-    segs.push(sized("F", "GZ", target));
-    segs.sort_by_key(|s| s.low);
-    let chosen: Vec<usize> = choose_overlapping(&segs, &size, target, &|_| false)
-        .into_iter()
-        .filter(|&i| segs[i].size == target)
-        .collect();
-    assert_eq!(chosen.len(), 2, "{chosen:?}");
     // A replica sent twice, or a late one of half the size: merged.
     assert_eq!(
         choose_overlapping(
@@ -255,6 +211,60 @@ fn overlapping_merges_leave_a_large_segment_for_a_few_late_records() {
         ),
         vec![0, 1]
     );
+}
+
+#[test]
+fn late_segments_merge_with_each_other_not_into_the_segments_at_size_they_span() {
+    let size = |s: &Segment| s.size;
+    let sized = |low: &str, high: &str, n: u64| {
+        let mut s = seg(low, high);
+        s.size = n;
+        s
+    };
+    // Late records spread over the range of many segments at the target size (a week of
+    // compressed ones): each of those gets a few of them, so none is rewritten for them.
+    let target = 100;
+    let week = [
+        ("B", "CZ"),
+        ("D", "EZ"),
+        ("F", "GZ"),
+        ("H", "JZ"),
+        ("K", "LZ"),
+        ("M", "NZ"),
+    ];
+    let mut segs: Vec<Segment> = week.iter().map(|(l, h)| sized(l, h, target)).collect();
+    segs.push(sized("C", "N", 90));
+    segs.sort_by_key(|s| s.low);
+    assert!(choose_overlapping(&segs, &size, target, &|_| false).is_empty());
+    // A second late segment over the same week: the two merge, the week stays.
+    segs.push(sized("C", "M", 60));
+    segs.sort_by_key(|s| s.low);
+    let chosen = choose_overlapping(&segs, &size, target, &|_| false);
+    let names: Vec<&str> = chosen
+        .iter()
+        .map(|&i| segs[i].path.to_str().unwrap())
+        .collect();
+    assert_eq!(names, ["C-N", "C-M"]);
+    // A small late segment beside a larger one, both under half the target: growth alone
+    // leaves them apart; once both have settled they are gathered.
+    let pair = [sized("C", "N", 40), sized("K", "L", 2)];
+    assert!(choose_overlapping(&pair, &size, target, &|_| false).is_empty());
+    assert_eq!(
+        choose_overlapping(&pair, &size, target, &|_| true),
+        vec![0, 1]
+    );
+    assert!(
+        choose_overlapping(&pair, &size, target, &|s| s.size == 2).is_empty(),
+        "only settled ones are gathered"
+    );
+    // A replica of one of them, late: merged with it alone.
+    segs.push(sized("F", "GZ", target));
+    segs.sort_by_key(|s| s.low);
+    let chosen: Vec<usize> = choose_overlapping(&segs, &size, target, &|_| false)
+        .into_iter()
+        .filter(|&i| segs[i].size == target)
+        .collect();
+    assert_eq!(chosen.len(), 2, "{chosen:?}");
 }
 
 #[test]
