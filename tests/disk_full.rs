@@ -149,7 +149,7 @@ fn a_push_into_a_full_disk_is_a_503_and_stores_none_of_it() {
     assert_eq!(r.status, 204, "{}", r.text());
     let records = wait_for_records(&api, 1);
     assert!(
-        records[0].ends_with(format!(" small fits ts={ts}\n").as_bytes()),
+        records[0].ends_with(format!(" small fits\x1fjob=\x1fts={ts}\n").as_bytes()),
         "{:?}",
         String::from_utf8_lossy(&records[0])
     );

@@ -365,7 +365,9 @@ function row(line, mark) {
   if (!isNaN(ms)) time.title = `${new Date(ms).toISOString()} · ${line.slice(0, 26)}`;
   const text = document.createElement("td");
   text.className = "line";
-  const body = line.slice(27);
+  // A pushed record's parts (message, stream labels, metadata) are separated by U+001F:
+  // shown as spaces, so offsets of matches stay the same.
+  const body = line.slice(27).replaceAll("\x1f", " ");
   let at = 0;
   for (const [a, b] of mark ? mark(body) : []) {
     if (a > at) text.append(body.slice(at, a));

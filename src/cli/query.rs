@@ -306,11 +306,16 @@ struct Printer {
     escape: bool,
 }
 
-/// Write `text` with its control characters (but tab) as `\xNN`.
+/// Write `text` with its control characters (but tab) as `\xNN`, and the marker between a
+/// pushed record's parts ([`crate::record::parts::MARK`]) as a space.
 fn write_escaped(text: &[u8], out: &mut impl Write) -> io::Result<()> {
     let mut at = 0;
     for (i, &b) in text.iter().enumerate() {
-        if (b < 0x20 && b != b'\t') || b == 0x7f {
+        if b == crate::record::parts::MARK {
+            out.write_all(&text[at..i])?;
+            out.write_all(b" ")?;
+            at = i + 1;
+        } else if (b < 0x20 && b != b'\t') || b == 0x7f {
             out.write_all(&text[at..i])?;
             write!(out, "\\x{b:02x}")?;
             at = i + 1;

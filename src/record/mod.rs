@@ -12,6 +12,7 @@
 //! owns those facts; nothing else hard-codes them.
 
 mod framer;
+pub mod parts;
 mod ulid;
 
 pub use framer::{BadTopicMode, Framer, FramerConfig, FramerStats, TopicMode};

@@ -485,7 +485,7 @@ mod tests {
         assert_eq!(
             batch.lines(),
             [
-                "nginx GET / 200 host.name=web-1 ts=2026-11-29T10:00:00Z",
+                "nginx GET / 200␟␟host.name=web-1 ts=2026-11-29T10:00:00Z",
                 "app-logs from the url index",
             ]
         );

@@ -296,9 +296,23 @@ pub fn document(
     if let Some(i) = msg_at {
         r.message(flat[i].1.text().as_bytes());
     }
+    // The topic's field is the record's stream label (empty when it is the topic unchanged);
+    // every other field is metadata.
+    let label_at = fields
+        .topic
+        .as_ref()
+        .and_then(|t| flat.iter().position(|(k, _)| k.as_ref() == t.as_str()));
+    if let Some(i) = label_at.filter(|&i| Some(i) != msg_at) {
+        let (k, v) = &flat[i];
+        if topic.is_source(k) {
+            r.source_label(k.as_bytes());
+        } else {
+            r.label(k.as_bytes(), v.text().as_bytes());
+        }
+    }
     let mut time = None;
     for (i, (k, v)) in flat.iter().enumerate() {
-        if Some(i) == msg_at || topic.is_source(k) {
+        if Some(i) == msg_at || Some(i) == label_at {
             continue;
         }
         if k.as_ref() == fields.time
@@ -404,8 +418,8 @@ mod tests {
         assert_eq!(
             b.lines(),
             [
-                "api GET /a\\nsecond n=3 ok=true tags=\"[\\\"a\\\",\\\"b\\\"]\" nil=\"\" ts=2026-11-29T10:00:00.5Z",
-                "web_front no time app=web.front level=info",
+                "api GET /a\\nsecond␟app=␟n=3 ok=true tags=\"[\\\"a\\\",\\\"b\\\"]\" nil=\"\" ts=2026-11-29T10:00:00.5Z",
+                "web_front no time␟app=web.front␟level=info",
             ]
         );
         let (b, _) = decode(
@@ -415,7 +429,7 @@ mod tests {
             Batch::new(),
         )
         .unwrap();
-        assert_eq!(b.lines(), ["default x=1"]);
+        assert_eq!(b.lines(), ["default ␟␟x=1"]);
     }
 
     #[test]

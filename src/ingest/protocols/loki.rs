@@ -1,7 +1,8 @@
 //! Loki push, `POST /loki/api/v1/push` (and `/insert/loki/api/v1/push`): JSON (optionally
 //! gzip) and `application/x-protobuf` (snappy-compressed `logproto.PushRequest`, as Promtail and
 //! Alloy send it). The topic is the first of `-ingest.loki-topic-labels` present among a
-//! stream's labels; the stream's labels and each entry's structured metadata become fields.
+//! stream's labels; the stream's labels are the record's labels and each entry's structured
+//! metadata its metadata.
 
 use serde::Deserialize;
 
@@ -82,8 +83,10 @@ pub fn decode_protobuf(
             let mut r = batch.record(topic.name.as_bytes());
             r.message(&e.line);
             for (k, v) in &labels {
-                if !topic.is_source(k) {
-                    r.field(k.as_bytes(), v.as_bytes());
+                if topic.is_source(k) {
+                    r.source_label(k.as_bytes());
+                } else {
+                    r.label(k.as_bytes(), v.as_bytes());
                 }
             }
             for m in &e.structured_metadata {
@@ -157,8 +160,10 @@ pub fn decode_json(body: &[u8], cfg: &PushConfig, mut batch: Batch) -> Result<Ba
             let mut r = batch.record(topic.name.as_bytes());
             r.message(line.as_bytes());
             for (k, v) in &labels {
-                if !topic.is_source(k) {
-                    r.field(k.as_bytes(), v.as_bytes());
+                if topic.is_source(k) {
+                    r.source_label(k.as_bytes());
+                } else {
+                    r.label(k.as_bytes(), v.as_bytes());
                 }
             }
             for (k, v) in meta.into_iter().flatten() {
@@ -298,8 +303,8 @@ mod tests {
         assert_eq!(
             from_json,
             [
-                "api GET /a host=web-1 trace_id=abc ts=2025-11-29T10:00:00.000000001Z",
-                "api multi\\nline host=web-1 ts=2025-11-29T10:00:00.000000002Z",
+                "api GET /a␟host=web-1 job=␟trace_id=abc ts=2025-11-29T10:00:00.000000001Z",
+                "api multi\\nline␟host=web-1 job=␟ts=2025-11-29T10:00:00.000000002Z",
             ]
         );
         assert_eq!(from_proto, from_json);

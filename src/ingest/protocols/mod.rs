@@ -7,14 +7,17 @@
 //! The mapping, the same for every protocol:
 //! - the topic is the value of a configured label, attribute or field (per protocol), else the
 //!   static topic; a value that is not a valid topic is normalised ([`normalise_topic`]);
-//! - the message comes first, with each newline stored as the two characters `\n`; then every
-//!   other label, attribute and field as logfmt `key=value` (quoted when needed); the entry's own
-//!   time last, as `ts=` (RFC 3339, UTC, nanoseconds as sent: the sub-millisecond part lives
-//!   there).
+//! - the message comes first, with each newline stored as the two characters `\n`; then the
+//!   stream labels, then the structured metadata, each part after a marker byte and in logfmt
+//!   `key=value` (quoted when needed), the entry's own time last, as `ts=` (RFC 3339, UTC,
+//!   nanoseconds as sent: the sub-millisecond part lives there). [`crate::record::parts`] has
+//!   the layout and reads it back; which of a protocol's labels, attributes and fields are
+//!   stream labels is said in each protocol and in `docs/agents.md`.
 //! - the ULID's time is the entry's own time in milliseconds (event time), with fresh
 //!   randomness; an entry without one gets the time of arrival. An entry whose time is outside
 //!   the [`EventBounds`] is refused on its own ([`Refusals`]), the rest of its request stored.
-//! - the field whose value became the topic is left out when the topic is that value unchanged.
+//! - the label or field whose value became the topic is written with an empty value when the
+//!   topic is that value unchanged (the label's name is kept, its value is the topic).
 
 pub mod elasticsearch;
 pub mod http;
@@ -187,6 +190,17 @@ pub struct Batch {
     refused: Option<String>,
     /// Fields in the record being built.
     fields: usize,
+    /// The part of the record being built, and where in `buf` it starts.
+    part: (Part, usize),
+}
+
+/// The parts of a pushed record, in the order they are written ([`crate::record::parts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+enum Part {
+    #[default]
+    Message,
+    Labels,
+    Metadata,
 }
 
 impl Batch {
@@ -282,19 +296,17 @@ impl Batch {
         self.buf.extend_from_slice(topic);
         self.buf.push(b' ');
         let line_start = self.buf.len();
-        RecordBuilder {
-            batch: self,
-            start,
-            line_start,
-        }
+        self.part = (Part::Message, line_start);
+        RecordBuilder { batch: self, start }
     }
 
-    /// The record lines with their ULID slots unfilled (tests).
+    /// The record lines with their ULID slots unfilled, the parts' marker shown as `␟`
+    /// (tests).
     #[cfg(test)]
     pub fn lines(&self) -> Vec<String> {
         String::from_utf8_lossy(&self.buf)
             .lines()
-            .map(|l| l[ULID_LEN + 1..].to_string())
+            .map(|l| l[ULID_LEN + 1..].replace('\x1f', "␟"))
             .collect()
     }
 }
@@ -304,13 +316,26 @@ impl Batch {
 pub struct RecordBuilder<'a> {
     batch: &'a mut Batch,
     start: usize,
-    line_start: usize,
 }
 
 impl RecordBuilder<'_> {
-    fn separate(&mut self) {
-        if self.batch.buf.len() > self.line_start {
-            self.batch.buf.push(b' ');
+    /// Start a pair of `part` (after its marker, or after a space within the part).
+    fn separate(&mut self, part: Part) {
+        let buf = &mut self.batch.buf;
+        let (at, start) = &mut self.batch.part;
+        debug_assert!(part >= *at, "a record's parts are written in order");
+        if part > *at {
+            // Labels follow the message after one marker, metadata after two.
+            let marks = if *at == Part::Message {
+                part as usize
+            } else {
+                1
+            };
+            buf.extend(std::iter::repeat_n(crate::record::parts::MARK, marks));
+            *at = part;
+            *start = buf.len();
+        } else if buf.len() > *start {
+            buf.push(b' ');
         }
     }
 
@@ -346,23 +371,52 @@ impl RecordBuilder<'_> {
         if msg.is_empty() || self.batch.refused.is_some() {
             return self;
         }
-        self.separate();
+        debug_assert_eq!(self.batch.part.0, Part::Message, "the message comes first");
+        self.separate(Part::Message);
         let buf = &mut self.batch.buf;
         let mut rest = msg;
-        while let Some(i) = memchr::memchr(b'\n', rest) {
+        while let Some(i) = memchr::memchr2(b'\n', crate::record::parts::MARK, rest) {
             let line = &rest[..i];
-            buf.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
-            buf.extend_from_slice(b"\\n");
+            if rest[i] == b'\n' {
+                buf.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+                buf.extend_from_slice(b"\\n");
+            } else {
+                // The marker cannot be in a message: it would end it.
+                buf.extend_from_slice(line);
+                buf.extend_from_slice(b"\\u001f");
+            }
             rest = &rest[i + 1..];
         }
         buf.extend_from_slice(rest);
         self
     }
 
-    /// A `key=value` field in logfmt (the key cleaned, the value quoted when needed).
+    /// A stream label, `key=value` in logfmt (the key cleaned, the value quoted when needed).
+    /// Labels come after the message and before any metadata.
+    pub fn label(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
+        self.pair(Part::Labels, key, value)
+    }
+
+    /// The stream label the topic was taken from unchanged: its name, with an empty value
+    /// that means "the topic" ([`crate::record::parts`]).
+    pub fn source_label(&mut self, key: &[u8]) -> &mut Self {
+        if self.admit(1, key.len(), 0) {
+            self.separate(Part::Labels);
+            logfmt_key(&mut self.batch.buf, key);
+            self.batch.buf.push(b'=');
+        }
+        self
+    }
+
+    /// A structured-metadata field, `key=value` in logfmt (the key cleaned, the value quoted
+    /// when needed).
     pub fn field(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
+        self.pair(Part::Metadata, key, value)
+    }
+
+    fn pair(&mut self, part: Part, key: &[u8], value: &[u8]) -> &mut Self {
         if self.admit(1, key.len(), value.len()) {
-            self.separate();
+            self.separate(part);
             logfmt_key(&mut self.batch.buf, key);
             self.batch.buf.push(b'=');
             logfmt_value(&mut self.batch.buf, value);
@@ -370,13 +424,22 @@ impl RecordBuilder<'_> {
         self
     }
 
-    /// Fields rendered once with [`render_fields`] for many records (an OTLP resource's
-    /// attributes, say).
+    /// Metadata fields rendered once with [`render_fields`] for many records (an OTLP
+    /// resource's attributes, say).
     pub fn rendered(&mut self, fields: &Rendered) -> &mut Self {
+        self.rendered_as(Part::Metadata, fields)
+    }
+
+    /// Stream labels rendered once with [`render_fields`] for many records.
+    pub fn rendered_labels(&mut self, fields: &Rendered) -> &mut Self {
+        self.rendered_as(Part::Labels, fields)
+    }
+
+    fn rendered_as(&mut self, part: Part, fields: &Rendered) -> &mut Self {
         if self.admit(fields.count, fields.longest_name, fields.longest_value)
             && !fields.text.is_empty()
         {
-            self.separate();
+            self.separate(part);
             self.batch.buf.extend_from_slice(&fields.text);
         }
         self
@@ -577,6 +640,9 @@ fn logfmt_value(out: &mut Vec<u8>, value: &[u8]) {
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
+            c if c < b' ' || c == 0x7f => {
+                out.extend_from_slice(format!("\\u{c:04x}").as_bytes());
+            }
             c => out.push(c),
         }
     }
@@ -682,7 +748,7 @@ mod tests {
         assert_eq!(b.len(), 3);
         assert_eq!(b.times, [now - 24 * hour, ARRIVAL, now + 60_000]);
         let lines = b.lines();
-        assert!(lines[0].starts_with("t day old ts=") && lines[0].ends_with(".000123456Z"));
+        assert!(lines[0].starts_with("t day old␟␟ts=") && lines[0].ends_with(".000123456Z"));
         assert_eq!(lines[1], "t no time");
         let r = b.refusals();
         assert_eq!((r.too_old, r.too_new), (2, 1));
@@ -730,13 +796,13 @@ mod tests {
         assert!(b.record(b"t").rendered(&pre).finish().is_err());
         let few = render_fields([(&b"a"[..], &b"1"[..])]);
         b.record(b"t").rendered(&few).finish().unwrap();
-        assert_eq!(b.lines(), ["t kept", "t a=1"]);
+        assert_eq!(b.lines(), ["t kept", "t ␟␟a=1"]);
         // A refusal is for the one record: the next starts clean.
         assert_eq!(b.len(), 2);
     }
 
     #[test]
-    fn records_are_message_then_logfmt_fields_then_time() {
+    fn records_are_message_then_labels_then_metadata_then_time() {
         let mut b = Batch::new();
         b.record(b"api")
             .message(b"GET /x 200\n")
@@ -758,20 +824,30 @@ mod tests {
             .unwrap();
         let pre = render_fields([(&b"a"[..], &b"1"[..]), (b"b c", b"x y")]);
         b.record(b"default")
+            .message(b"after\x1fmark")
+            .rendered_labels(&pre)
+            .label(b"job", b"api")
+            .source_label(b"app")
             .rendered(&pre)
-            .message(b"after")
+            .finish()
+            .unwrap();
+        b.record(b"t")
+            .message(b"m")
+            .label(b"a", b"1")
+            .field(b"ctl", b"\x01\x1f")
             .finish()
             .unwrap();
         assert_eq!(
             b.lines(),
             [
-                "api GET /x 200 host=web-1 path=\"/a b\" q=\"say \\\"hi\\\"\\\\now\" empty=\"\" bad_key_=v ts=2023-11-14T22:13:20.123456789Z",
+                "api GET /x 200␟␟host=web-1 path=\"/a b\" q=\"say \\\"hi\\\"\\\\now\" empty=\"\" bad_key_=v ts=2023-11-14T22:13:20.123456789Z",
                 "default first\\nsecond\\nthird",
-                "default only=field",
-                "default a=1 b_c=\"x y\" after",
+                "default ␟␟only=field",
+                "default after\\u001fmark␟a=1 b_c=\"x y\" job=api app=␟a=1 b_c=\"x y\"",
+                "t m␟a=1␟ctl=\"\\u0001\\u001f\"",
             ]
         );
-        assert_eq!(b.len(), 4);
+        assert_eq!(b.len(), 5);
     }
 
     #[test]

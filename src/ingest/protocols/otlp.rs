@@ -17,6 +17,29 @@ use serde_json::Value;
 use super::{Batch, Topic, render_fields};
 use super::{PushConfig, PushError};
 
+/// The resource attributes that are stream labels (Loki's own default list of resource
+/// attributes it indexes); every other attribute is structured metadata.
+pub const STREAM_ATTRIBUTES: [&str; 18] = [
+    "service.name",
+    "service.namespace",
+    "service.instance.id",
+    "deployment.environment",
+    "deployment.environment.name",
+    "cloud.region",
+    "cloud.availability_zone",
+    "k8s.cluster.name",
+    "k8s.namespace.name",
+    "k8s.pod.name",
+    "k8s.container.name",
+    "container.name",
+    "k8s.replicaset.name",
+    "k8s.deployment.name",
+    "k8s.statefulset.name",
+    "k8s.daemonset.name",
+    "k8s.cronjob.name",
+    "k8s.job.name",
+];
+
 /// `ExportLogsServiceRequest`.
 #[derive(Clone, PartialEq, Message)]
 pub struct ExportLogsServiceRequest {
@@ -233,17 +256,22 @@ fn map(
             topic_value.as_deref(),
             &cfg.topic,
         );
-        // The resource's attributes are the same for all its records: rendered once.
+        // The resource's attributes are the same for all its records: rendered once, those
+        // Loki indexes by default as stream labels, the others as metadata.
         let resource_texts: Vec<(&str, Cow<'_, str>)> = attrs
             .iter()
             .filter(|kv| !topic.is_source(&kv.key))
             .map(|kv| (kv.key.as_str(), text(kv.value.as_ref())))
             .collect();
-        let resource = render_fields(
-            resource_texts
-                .iter()
-                .map(|(k, v)| (k.as_bytes(), v.as_bytes())),
-        );
+        let render = |labels: bool| {
+            render_fields(
+                resource_texts
+                    .iter()
+                    .filter(|(k, _)| STREAM_ATTRIBUTES.contains(k) == labels)
+                    .map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+            )
+        };
+        let (resource_labels, resource) = (render(true), render(false));
         for sl in &rl.scope_logs {
             for rec in &sl.log_records {
                 if rec.body.as_ref().is_none_or(|b| b.value.is_none()) && rec.attributes.is_empty()
@@ -255,6 +283,10 @@ fn map(
                 if let Some(body) = &rec.body {
                     r.message(text(Some(body)).as_bytes());
                 }
+                if let Some(key) = &topic.from_key {
+                    r.source_label(key.as_bytes());
+                }
+                r.rendered_labels(&resource_labels);
                 r.rendered(&resource);
                 if let Some(scope) = &sl.scope
                     && !scope.name.is_empty()
@@ -663,7 +695,7 @@ mod tests {
         let json = br#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"checkout"}},{"key":"host.name","value":{"stringValue":"web-1"}}]},"scopeLogs":[{"scope":{"name":"app.log"},"logRecords":[{"timeUnixNano":"1764410400000000001","severityNumber":9,"body":{"stringValue":"paid\norder 7"},"attributes":[{"key":"order","value":{"intValue":"7"}},{"key":"ok","value":{"boolValue":true}}],"traceId":"abababababababababababababababab"},{}]}]}]}"#;
         let j = decode_json(json, &cfg, Batch::new()).unwrap();
         let want = [
-            "checkout paid\\norder 7 host.name=web-1 scope=app.log severity=INFO order=7 ok=true trace_id=abababababababababababababababab ts=2025-11-29T10:00:00.000000001Z",
+            "checkout paid\\norder 7␟service.name=␟host.name=web-1 scope=app.log severity=INFO order=7 ok=true trace_id=abababababababababababababababab ts=2025-11-29T10:00:00.000000001Z",
         ];
         assert_eq!(p.batch.lines(), want);
         assert_eq!(j.batch.lines(), want);

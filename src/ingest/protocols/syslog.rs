@@ -97,6 +97,16 @@ pub fn parse_into(batch: &mut Batch, frame: &[u8], static_topic: &str, now_ns: i
     let topic = Topic::pick("app", app.as_deref(), static_topic);
     let mut r = batch.record(topic.name.as_bytes());
     r.message(m.msg);
+    if let Some(h) = m.host {
+        r.label(b"host", h);
+    }
+    if let Some(a) = &app {
+        if topic.is_source("app") {
+            r.source_label(b"app");
+        } else {
+            r.label(b"app", a.as_bytes());
+        }
+    }
     r.field(
         b"facility",
         FACILITIES
@@ -104,14 +114,6 @@ pub fn parse_into(batch: &mut Batch, frame: &[u8], static_topic: &str, now_ns: i
             .map_or(b"unknown", |f| f.as_bytes()),
     );
     r.field(b"severity", SEVERITIES[usize::from(pri & 7)].as_bytes());
-    if let Some(h) = m.host {
-        r.field(b"host", h);
-    }
-    if let Some(a) = &app
-        && !topic.is_source("app")
-    {
-        r.field(b"app", a.as_bytes());
-    }
     if let Some(p) = m.pid {
         r.field(b"pid", p);
     }
@@ -641,15 +643,15 @@ mod tests {
             parse(
                 r#"<165>1 2025-11-29T09:59:58.123Z web-1 nginx 4242 ID47 [req@1 id="7" path="/a \"b\""][x@2 k="v"] ﻿GET /a"#
             ),
-            r#"nginx GET /a facility=local4 severity=notice host=web-1 pid=4242 msgid=ID47 req@1.id=7 req@1.path="/a \"b\"" x@2.k=v ts=2025-11-29T09:59:58.123Z"#
+            r#"nginx GET /a␟host=web-1 app=␟facility=local4 severity=notice pid=4242 msgid=ID47 req@1.id=7 req@1.path="/a \"b\"" x@2.k=v ts=2025-11-29T09:59:58.123Z"#
         );
         assert_eq!(
             parse("<14>1 - - - - - -"),
-            "default facility=user severity=info"
+            "default ␟␟facility=user severity=info"
         );
         assert_eq!(
             parse("<14>1 2025-11-29T09:59:58Z h my.app - - - hello"),
-            "my_app hello facility=user severity=info host=h app=my.app ts=2025-11-29T09:59:58Z"
+            "my_app hello␟host=h app=my.app␟facility=user severity=info ts=2025-11-29T09:59:58Z"
         );
     }
 
@@ -657,7 +659,7 @@ mod tests {
     fn rfc3164_messages() {
         assert_eq!(
             parse("<13>Nov 29 09:59:58 web-1 sshd[812]: Accepted key for bob"),
-            "sshd Accepted key for bob facility=user severity=notice host=web-1 pid=812 ts=2025-11-29T09:59:58Z"
+            "sshd Accepted key for bob␟host=web-1 app=␟facility=user severity=notice pid=812 ts=2025-11-29T09:59:58Z"
         );
         // A December message read in January belongs to last year.
         let mut b = Batch::new();
@@ -674,7 +676,7 @@ mod tests {
         );
         assert_eq!(
             parse("<13>2025-11-29T09:59:58Z h app: rfc3339 header"),
-            "app rfc3339 header facility=user severity=notice host=h ts=2025-11-29T09:59:58Z"
+            "app rfc3339 header␟host=h app=␟facility=user severity=notice ts=2025-11-29T09:59:58Z"
         );
         assert_eq!(
             parse("<13>Nov  9 09:59:58 kernel: boot")
