@@ -24,6 +24,7 @@ pub mod failpoint;
 pub mod gotime;
 pub mod http;
 pub mod ingest;
+pub mod logql;
 pub mod memory;
 pub mod merge;
 pub mod metrics;
