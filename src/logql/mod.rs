@@ -6,8 +6,11 @@
 //! Errors carry the position in the query (`parse error at line 1, col 14: ...`), as Loki's do.
 
 pub mod ast;
+pub mod labels;
 pub mod lex;
 pub mod parse;
+pub mod pipeline;
+pub mod template;
 
 pub use ast::Expr;
 pub use parse::parse;
