@@ -25,6 +25,7 @@ pub mod gotime;
 pub mod http;
 pub mod ingest;
 pub mod logql;
+pub mod loki;
 pub mod memory;
 pub mod merge;
 pub mod metrics;

@@ -6,6 +6,7 @@
 //! Errors carry the position in the query (`parse error at line 1, col 14: ...`), as Loki's do.
 
 pub mod ast;
+pub mod eval;
 pub mod labels;
 pub mod lex;
 pub mod parse;

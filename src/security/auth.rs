@@ -181,7 +181,8 @@ pub fn need(path: &str, protect_metrics: bool) -> Need {
         "/store/_stream",
         "/store/_clusterstate",
     ];
-    const PUSH: &[&str] = &["/loki/", "/v1/logs", "/insert/"];
+    // The Loki push path is for agents; the rest of `/loki/` (and `/select/`) reads.
+    const PUSH: &[&str] = &["/loki/api/v1/push", "/v1/logs", "/insert/"];
     match path {
         "/health" | "/ready" => Need::Open,
         "/metrics" if protect_metrics => Need::Anyone,
@@ -358,6 +359,8 @@ mod tests {
             ("/ingest/next", Role(super::Role::Cluster)),
             ("/ingest/_clusterstate", Role(super::Role::Cluster)),
             ("/loki/api/v1/push", Role(super::Role::Ingest)),
+            ("/loki/api/v1/query_range", Role(super::Role::Query)),
+            ("/select/loki/api/v1/labels", Role(super::Role::Query)),
             ("/insert/elasticsearch/_bulk", Role(super::Role::Ingest)),
             ("/v1/logs", Role(super::Role::Ingest)),
             ("/nowhere", Role(super::Role::Query)),

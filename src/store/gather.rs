@@ -91,14 +91,88 @@ impl Gateway {
     }
 
     /// `GET|HEAD /store/query`, `/store/hits`, `/store/topics`, and `GET /store/stream`.
-    pub fn router(self) -> Router {
+    pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/store/query", get(query).head(query))
             .route("/store/hits", get(hits).head(hits))
             .route("/store/topics", get(topics).head(topics))
             .route("/store/stream", get(stream))
-            .with_state(Arc::new(self))
+            .with_state(Arc::clone(self))
     }
+
+    /// The records of `params` over every store node, merged by ULID without duplicates (in
+    /// the order and up to the limit `params` asks), as `/store/query` answers them: for the
+    /// Loki API, which reads them in process. The body streams; an error is the response to
+    /// give (no store node, a bad parameter).
+    pub async fn records(&self, params: &QueryParams) -> Result<Gathering, Response> {
+        if let Err(e) = params.matcher() {
+            return Err(text(StatusCode::BAD_REQUEST, format!("{e}\n")));
+        }
+        let raw = query_string(params);
+        let gathered = scatter(self, &Method::GET, Some(raw), params, Output::Records).await?;
+        let errors = gathered.total.errors;
+        let late = Arc::new(Late::default());
+        let body = merged_body_with(
+            gathered.bodies,
+            Arc::clone(&self.metrics),
+            false,
+            params,
+            Arc::clone(&late),
+        );
+        Ok(Gathering { errors, body, late })
+    }
+}
+
+/// Records gathered from every store node ([`Gateway::records`]).
+#[derive(Debug)]
+pub struct Gathering {
+    /// Store nodes that did not answer.
+    pub errors: u64,
+    /// `<ULID> <topic> <payload>\n` lines, in order, without duplicates; it ends early (an
+    /// error) when a node's body broke off.
+    pub body: Body,
+    /// What went missing after the first answers (a body that broke off, blocks a node could
+    /// not read), known once `body` ended.
+    pub late: Arc<Late>,
+}
+
+/// `params` as a `/store/_query` query string.
+fn query_string(p: &QueryParams) -> String {
+    let mut s = url_form(&[("q", p.q.as_str())]);
+    if p.regex {
+        s.push_str("&regex=1");
+    }
+    for t in p.topics.patterns() {
+        s.push('&');
+        s.push_str(&url_form(&[("topic", t.as_str())]));
+    }
+    if p.desc {
+        s.push_str("&order=desc");
+    }
+    if let Some(n) = p.limit {
+        s.push_str(&format!("&limit={n}"));
+    }
+    s
+}
+
+/// `k=v` pairs, form-urlencoded.
+fn url_form(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(k);
+        out.push('=');
+        for b in v.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 /// One peer's answer: its stats and, for GET, its body.
@@ -563,12 +637,22 @@ fn pinned_query(raw: &str, p: &QueryParams) -> String {
 /// bodies (or a body that breaks off) ends this body too, as trailers or an abort (see
 /// [`Late`]).
 fn merged_body(
-    mut bodies: Vec<(String, Body)>,
+    bodies: Vec<(String, Body)>,
     metrics: Arc<Metrics>,
     trailers: bool,
     params: &QueryParams,
 ) -> Body {
-    let late = Arc::new(Late::default());
+    merged_body_with(bodies, metrics, trailers, params, Arc::new(Late::default()))
+}
+
+/// [`merged_body`], telling what goes missing to `late`.
+fn merged_body_with(
+    mut bodies: Vec<(String, Body)>,
+    metrics: Arc<Metrics>,
+    trailers: bool,
+    params: &QueryParams,
+    late: Arc<Late>,
+) -> Body {
     if bodies.len() == 1 {
         // One answer is already in order and without duplicates: pass its chunks through,
         // with the same idle timeout, instead of splitting it into lines to merge.

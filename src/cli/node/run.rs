@@ -433,16 +433,19 @@ impl Node {
             };
             tasks.spawn(&format!("consumer-{i}"), consumer.run(phases.all.clone()));
         }
-        let gateway = Gateway::with_local(
-            Arc::clone(peers),
-            http::client_with(&self.security.client),
-            Arc::clone(&self.metrics),
-            me,
-            Arc::clone(&parts.api),
-        )
-        .with_retention(Arc::clone(&parts.retention))
-        .with_budget(Arc::clone(&self.budget))
-        .router();
+        let gateway = Arc::new(
+            Gateway::with_local(
+                Arc::clone(peers),
+                http::client_with(&self.security.client),
+                Arc::clone(&self.metrics),
+                me,
+                Arc::clone(&parts.api),
+            )
+            .with_retention(Arc::clone(&parts.retention))
+            .with_budget(Arc::clone(&self.budget)),
+        );
+        let loki = crate::loki::router(Arc::clone(&gateway));
+        let gateway = gateway.router();
         // Each class of work has its own bound, so a gateway's calls to its peers never
         // wait behind the user queries that made them.
         let (q, st) = (parts.max_queries, parts.max_streams);
@@ -456,8 +459,10 @@ impl Node {
             &["/store/replicate"],
             crate::store::replicate::MAX_RECEIVING,
         );
+        let loki = http::limit(loki, crate::loki::QUERY_PATHS, q);
         local
             .merge(gateway)
+            .merge(loki)
             .route("/store/_clusterstate", self.cluster_state())
             .merge(crate::ui::router())
     }

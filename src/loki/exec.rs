@@ -1,0 +1,335 @@
+//! Running LogQL over the store: each log expression becomes a store query (its topics from
+//! the selector, its first literal line filter as the grep needle, its window, its order),
+//! gathered from every store node, merged and deduplicated by the gateway; the records then
+//! go through the selector and the pipeline here, on a blocking thread, streaming: a log
+//! query keeps at most `limit` entries, a metric query one window of samples per series.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+use super::json::{Stream, Summary};
+use super::records::{Entry, Selector, entry, topics};
+use crate::logql::ast::{Expr, FilterValue, LineOp, LogExpr, RangeOp, Stage};
+use crate::logql::eval::{self, EvalError, RangeEval, Series, Steps, Value};
+use crate::logql::labels::{Labels, Origin};
+use crate::logql::parse::check_selector;
+use crate::logql::pipeline::Pipeline;
+use crate::search::Topics;
+use crate::store::gather::Gateway;
+use crate::store::query::QueryParams;
+
+/// Why a query is not answered: a status and a plain-text reason (Loki's errors are plain
+/// text), or a response the gateway already made (no store node, say).
+#[derive(Debug)]
+pub enum Refusal {
+    /// Status and text.
+    Text(StatusCode, String),
+    /// A response as it is.
+    Response(Box<Response>),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Text(status, text) => crate::http::text(status, format!("{text}\n")),
+            Refusal::Response(r) => *r,
+        }
+    }
+}
+
+impl From<Response> for Refusal {
+    fn from(r: Response) -> Refusal {
+        Refusal::Response(Box::new(r))
+    }
+}
+
+/// A 400.
+pub fn bad(message: impl std::fmt::Display) -> Refusal {
+    Refusal::Text(StatusCode::BAD_REQUEST, message.to_string())
+}
+
+/// What a scan read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scanned {
+    /// Records read.
+    pub lines: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Whether a store node did not answer (or broke off).
+    pub partial: bool,
+}
+
+/// The store query of a log expression over `[from_ms, to_ms]`: the topics the selector names,
+/// and the first literal line filter (before any stage that changes the line) as a needle.
+/// `None`: no record can match (the selector names only topics that cannot exist).
+pub fn plan(
+    log: &LogExpr,
+    from_ms: u64,
+    to_ms: u64,
+    desc: bool,
+) -> Result<Option<QueryParams>, Refusal> {
+    check_selector(&log.selector).map_err(bad)?;
+    let topics = match topics(&log.selector) {
+        Some(names) if names.is_empty() => return Ok(None),
+        Some(names) => Topics::parse(&names).map_err(bad)?,
+        None => Topics::default(),
+    };
+    let mut q = String::new();
+    for stage in &log.pipeline {
+        match stage {
+            Stage::Line(f) if f.op == LineOp::Contains && f.values.len() == 1 => {
+                if let FilterValue::Text(t) = &f.values[0]
+                    && !t.is_empty()
+                    && !t.contains('\n')
+                {
+                    q = t.clone();
+                    break;
+                }
+            }
+            Stage::LineFormat(_)
+            | Stage::Decolorize
+            | Stage::Parser(crate::logql::ast::Parser::Unpack) => break,
+            _ => {}
+        }
+    }
+    Ok(Some(QueryParams {
+        from_ms,
+        to_ms,
+        q,
+        regex: false,
+        topics,
+        desc,
+        ..Default::default()
+    }))
+}
+
+/// Read the records of `params` from every store node, handing each to `each` (with its
+/// size) on a blocking thread until it says stop; `state` comes back with what it gathered.
+pub async fn scan<S, F>(
+    gw: &Gateway,
+    params: QueryParams,
+    state: S,
+    mut each: F,
+) -> Result<(S, Scanned), Refusal>
+where
+    S: Send + 'static,
+    F: FnMut(&mut S, Entry) -> bool + Send + 'static,
+{
+    let gathering = gw.records(&params).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut state = state;
+        let mut scanned = Scanned::default();
+        let mut carry: Vec<u8> = Vec::new();
+        'chunks: while let Some(chunk) = rx.blocking_recv() {
+            let mut data: &[u8] = &chunk;
+            let joined;
+            if !carry.is_empty() {
+                carry.extend_from_slice(&chunk);
+                joined = std::mem::take(&mut carry);
+                data = &joined;
+            }
+            let mut at = 0;
+            while let Some(n) = memchr::memchr(b'\n', &data[at..]) {
+                let line = &data[at..at + n];
+                at += n + 1;
+                scanned.lines += 1;
+                scanned.bytes += line.len() as u64 + 1;
+                if let Some(e) = entry(line)
+                    && !each(&mut state, e)
+                {
+                    break 'chunks;
+                }
+            }
+            carry = data[at..].to_vec();
+        }
+        (state, scanned)
+    });
+    let mut body = gathering.body;
+    let mut broke = false;
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data()
+                    && tx.send(data).await.is_err()
+                {
+                    break;
+                }
+            }
+            Some(Err(_)) => {
+                broke = true;
+                break;
+            }
+            None => break,
+        }
+    }
+    drop(tx);
+    let (state, mut scanned) = worker.await.map_err(|e| {
+        Refusal::Text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query worker failed: {e}"),
+        )
+    })?;
+    scanned.partial = gathering.errors > 0 || broke || gathering.late.is_partial();
+    Ok((state, scanned))
+}
+
+/// The first and last millisecond of records in `[start, end)` nanoseconds.
+fn ms_window(start: i128, end_exclusive: i128) -> (u64, u64) {
+    let from = start.div_euclid(1_000_000).max(0) as u64;
+    let to = (end_exclusive - 1).div_euclid(1_000_000).max(0) as u64;
+    (from, to.max(from))
+}
+
+/// A log query: the entries of `[start, end)` through the pipeline, newest first when
+/// `backward`, at most `limit`, grouped in streams (by stream labels only when `categorize`).
+pub async fn logs(
+    gw: &Arc<Gateway>,
+    log: &LogExpr,
+    (start, end): (i128, i128),
+    limit: u64,
+    backward: bool,
+    categorize: bool,
+) -> Result<(Vec<Stream>, Scanned), Refusal> {
+    if end <= start {
+        return Ok((Vec::new(), Scanned::default()));
+    }
+    let pipeline = Pipeline::new(&log.pipeline).map_err(bad)?;
+    let selector = Selector::new(&log.selector).map_err(bad)?;
+    let (from_ms, to_ms) = ms_window(start, end);
+    let Some(params) = plan(log, from_ms, to_ms, backward)? else {
+        return Ok((Vec::new(), Scanned::default()));
+    };
+    struct State {
+        streams: std::collections::HashMap<Labels, Stream>,
+        left: u64,
+    }
+    let state = State {
+        streams: std::collections::HashMap::new(),
+        left: limit,
+    };
+    let (state, scanned) = scan(gw, params, state, move |st, e| {
+        if e.ns < start || e.ns >= end || !selector.matches(&e.labels) {
+            return true;
+        }
+        let Entry {
+            ns,
+            mut line,
+            mut labels,
+        } = e;
+        let mut sample = None;
+        if !pipeline.run(&mut line, &mut labels, ns, &mut sample) {
+            return true;
+        }
+        let (key, rest) = if categorize {
+            let mut stream = labels.clone();
+            stream.retain(|l| l.origin == Origin::Stream);
+            let mut rest = labels;
+            rest.retain(|l| l.origin != Origin::Stream);
+            (stream, rest)
+        } else {
+            (labels, Labels::new())
+        };
+        st.streams
+            .entry(key.clone())
+            .or_insert_with(|| Stream {
+                labels: key,
+                entries: Vec::new(),
+            })
+            .entries
+            .push((ns, line, rest));
+        st.left -= 1;
+        st.left > 0
+    })
+    .await?;
+    let mut streams: Vec<Stream> = state.streams.into_values().collect();
+    for s in &mut streams {
+        if backward {
+            s.entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+        } else {
+            s.entries.sort_by_key(|e| e.0);
+        }
+    }
+    streams.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok((streams, scanned))
+}
+
+/// A metric query at `steps`: each range function scans its records (in time order), then
+/// the expression is evaluated step by step.
+pub async fn metric(
+    gw: &Arc<Gateway>,
+    expr: &Expr,
+    steps: Steps,
+) -> Result<(Value, Scanned), Refusal> {
+    let mut all = Vec::new();
+    let mut total = Scanned::default();
+    for (agg, grouping) in eval::range_aggs(expr) {
+        let pipeline = Pipeline::new(&agg.log.pipeline).map_err(bad)?;
+        let selector = Selector::new(&agg.log.selector).map_err(bad)?;
+        let (from, to) = RangeEval::span(agg, steps);
+        let (from_ms, to_ms) = ms_window(from + 1, to + 1);
+        let Some(params) = plan(&agg.log, from_ms, to_ms, false)? else {
+            all.push(RangeEval::new(agg, steps, grouping).finish());
+            continue;
+        };
+        let op = agg.op;
+        let unwrapped = agg.unwrap().is_some();
+        let state: (RangeEval, Option<EvalError>) = (RangeEval::new(agg, steps, grouping), None);
+        let ((range, failed), scanned) = scan(gw, params, state, move |st, e| {
+            if e.ns <= from || e.ns > to || !selector.matches(&e.labels) {
+                return true;
+            }
+            let Entry {
+                ns,
+                mut line,
+                mut labels,
+            } = e;
+            let mut sample = None;
+            if !pipeline.run(&mut line, &mut labels, ns, &mut sample) {
+                return true;
+            }
+            let value = match (op, unwrapped) {
+                (_, true) => sample.unwrap_or(0.0),
+                (RangeOp::Bytes | RangeOp::BytesRate, _) => line.len() as f64,
+                _ => 1.0,
+            };
+            match st.0.push(ns, &labels, value) {
+                Ok(()) => true,
+                Err(e) => {
+                    st.1 = Some(e);
+                    false
+                }
+            }
+        })
+        .await?;
+        if let Some(e) = failed {
+            return Err(bad(e));
+        }
+        total.lines += scanned.lines;
+        total.bytes += scanned.bytes;
+        total.partial |= scanned.partial;
+        all.push(range.finish());
+    }
+    struct Done(Vec<Vec<Series>>);
+    impl eval::Ranges for Done {
+        fn series(&mut self, n: usize) -> Vec<Series> {
+            std::mem::take(&mut self.0[n])
+        }
+    }
+    let v = eval::evaluate(expr, steps, &mut Done(all)).map_err(bad)?;
+    Ok((v, total))
+}
+
+/// The summary of a scan that took `secs` and returned `returned`.
+pub fn summary(s: &Scanned, returned: u64, secs: f64) -> Summary {
+    Summary {
+        bytes: s.bytes,
+        lines: s.lines,
+        returned,
+        secs,
+    }
+}

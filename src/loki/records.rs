@@ -1,0 +1,209 @@
+//! Records as Loki sees them: a line, a time in nanoseconds and labels (the topic as
+//! `service_name`, the stream labels and the structured metadata the agent sent), read from
+//! the record's parts ([`crate::record::parts`]).
+
+use crate::logql::ast::{MatchOp, Matcher};
+use crate::logql::labels::{Labels, Origin, sanitize};
+use crate::logql::pipeline;
+use crate::record::{BODY_OFFSET, ULID_LEN, parts, ulid_ms};
+
+/// One record, read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// Its time, Unix nanoseconds.
+    pub ns: i128,
+    /// The line.
+    pub line: Vec<u8>,
+    /// Its labels.
+    pub labels: Labels,
+}
+
+/// The label the topic is answered under.
+pub const TOPIC_LABEL: &str = "service_name";
+
+/// A stored record line (`<ULID> <topic> <payload>`, without its newline) as an entry.
+pub fn entry(record: &[u8]) -> Option<Entry> {
+    if record.len() < BODY_OFFSET || record.get(ULID_LEN) != Some(&b' ') {
+        return None;
+    }
+    let ms = ulid_ms(&record[..ULID_LEN]);
+    let body = &record[BODY_OFFSET..];
+    let (topic, payload) = match memchr::memchr(b' ', body) {
+        Some(i) => (&body[..i], &body[i + 1..]),
+        None => (body, &[][..]),
+    };
+    let topic = String::from_utf8_lossy(topic).into_owned();
+    let p = parts::split(payload);
+    let mut labels = Labels::new();
+    labels.set(TOPIC_LABEL, topic.clone(), Origin::Stream);
+    for (k, v) in parts::pairs(p.labels) {
+        let name = sanitize(&String::from_utf8_lossy(k));
+        if name.is_empty() {
+            continue;
+        }
+        let value = if v.is_empty() {
+            topic.clone()
+        } else {
+            String::from_utf8_lossy(&v).into_owned()
+        };
+        labels.set(&name, value, Origin::Stream);
+    }
+    let mut ns = i128::from(ms) * 1_000_000;
+    let mut meta: Vec<(String, String)> = parts::pairs(p.metadata)
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
+        .collect();
+    // The agent's own time is the last metadata pair: the nanoseconds, when it is the
+    // record's millisecond.
+    if let Some((k, v)) = meta.last()
+        && k == "ts"
+    {
+        if let Ok(t) = v.parse::<jiff::Timestamp>() {
+            let t = t.as_nanosecond();
+            if t.div_euclid(1_000_000) == i128::from(ms) {
+                ns = t;
+            }
+        }
+        meta.pop();
+    }
+    for (k, v) in meta {
+        let name = sanitize(&k);
+        if !name.is_empty()
+            && labels
+                .label(&name)
+                .is_none_or(|l| l.origin != Origin::Stream)
+        {
+            labels.set(&name, v, Origin::Metadata);
+        }
+    }
+    Some(Entry {
+        ns,
+        line: p.message.to_vec(),
+        labels,
+    })
+}
+
+/// A stream selector compiled: it matches a record's stream labels.
+#[derive(Debug)]
+pub struct Selector(Vec<(String, pipeline::Matcher)>);
+
+impl Selector {
+    /// Compile `matchers`.
+    pub fn new(matchers: &[Matcher]) -> Result<Selector, pipeline::Unsupported> {
+        let mut out = Vec::new();
+        for m in matchers {
+            out.push((m.name.clone(), pipeline::Matcher::new(m.op, &m.value)?));
+        }
+        Ok(Selector(out))
+    }
+
+    /// Whether a record with `labels` is selected (only stream labels count).
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.0.iter().all(|(name, m)| {
+            let v = labels
+                .label(name)
+                .filter(|l| l.origin == Origin::Stream)
+                .map_or("", |l| l.value.as_str());
+            m.matches(v)
+        })
+    }
+}
+
+/// The topics a selector can only be about: `service_name="x"` or `service_name=~"a|b"` (a
+/// plain alternation of topic names); `None` when any topic may match.
+pub fn topics(matchers: &[Matcher]) -> Option<Vec<String>> {
+    let valid = |t: &str| crate::record::is_valid_topic(t.as_bytes());
+    for m in matchers {
+        if m.name != TOPIC_LABEL {
+            continue;
+        }
+        match m.op {
+            MatchOp::Eq => {
+                return Some(
+                    vec![m.value.clone()]
+                        .into_iter()
+                        .filter(|t| valid(t))
+                        .collect(),
+                );
+            }
+            MatchOp::Re => {
+                let names: Vec<&str> = m.value.split('|').collect();
+                if names.iter().all(|n| {
+                    !n.is_empty()
+                        && n.bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+                }) {
+                    return Some(
+                        names
+                            .into_iter()
+                            .filter(|t| valid(t))
+                            .map(String::from)
+                            .collect(),
+                    );
+                }
+            }
+            MatchOp::Ne | MatchOp::Nre => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_as_loki_entries() {
+        let e = entry(b"01KBX000000000000000000000 api GET /a\x1fjob= host=web-1 service_name=\x1ftrace_id=abc ts=2025-11-29T10:00:00.000000001Z").unwrap();
+        assert_eq!(e.line, b"GET /a");
+        assert_eq!(
+            e.labels.text(),
+            r#"{host="web-1", job="api", service_name="api", trace_id="abc"}"#
+        );
+        assert_eq!(e.labels.label("trace_id").unwrap().origin, Origin::Metadata);
+        // The ULID's millisecond is not the ts's: the ULID's time is kept.
+        assert_eq!(e.ns % 1_000_000, 0);
+        let id = crate::record::encode_ulid(1_764_410_400_000, 7);
+        let mut rec = id.to_vec();
+        rec.extend_from_slice(b" api x\x1fjob=\x1fts=2025-11-29T10:00:00.000000001Z");
+        let e = entry(&rec).unwrap();
+        assert_eq!(e.ns, 1_764_410_400_000_000_001);
+        let e = entry(b"01KBX000000000000000000000 nginx GET / 200 a=b").unwrap();
+        assert_eq!(e.line, b"GET / 200 a=b");
+        assert_eq!(e.labels.text(), r#"{service_name="nginx"}"#);
+        assert!(entry(b"short").is_none());
+    }
+
+    #[test]
+    fn selectors_match_stream_labels_and_name_topics() {
+        let m = |name: &str, op, value: &str| Matcher {
+            name: name.into(),
+            op,
+            value: value.into(),
+        };
+        let e = entry(b"01KBX000000000000000000000 api x\x1fjob=\x1flevel=warn").unwrap();
+        let sel =
+            Selector::new(&[m("job", MatchOp::Eq, "api"), m("env", MatchOp::Ne, "dev")]).unwrap();
+        assert!(sel.matches(&e.labels));
+        let meta = Selector::new(&[m("level", MatchOp::Eq, "warn")]).unwrap();
+        assert!(!meta.matches(&e.labels), "metadata is not a stream label");
+        assert_eq!(
+            topics(&[m("service_name", MatchOp::Eq, "api")]),
+            Some(vec!["api".to_string()])
+        );
+        assert_eq!(
+            topics(&[m("service_name", MatchOp::Re, "api|web-1")]),
+            Some(vec!["api".to_string(), "web-1".to_string()])
+        );
+        assert_eq!(topics(&[m("service_name", MatchOp::Re, "api.*")]), None);
+        assert_eq!(
+            topics(&[m("service_name", MatchOp::Eq, "no such!")]),
+            Some(vec![])
+        );
+        assert_eq!(topics(&[m("job", MatchOp::Eq, "api")]), None);
+    }
+}

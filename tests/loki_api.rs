@@ -1,0 +1,440 @@
+//! The Loki query API, checked by a strict client built from Loki's specification (the
+//! shapes of `pkg/util/marshal`, the parameters of its HTTP API) and from the requests
+//! Grafana's Loki data source sends. What [`check_answer`] checks of every answer:
+//! - `Content-Type: application/json`, `status: "success"`, `data.resultType` one of
+//!   `streams`, `matrix`, `vector`, `scalar`, `data.result` of that shape, and
+//!   `data.stats.summary` with Loki's counters as numbers;
+//! - streams: `stream` an object of strings; each value `[<ns as a decimal string>, <line>]`,
+//!   or with `categorize-labels` exactly three elements, the third an object holding only
+//!   `structuredMetadata` and `parsed` (each an object of strings), and
+//!   `data.encodingFlags == ["categorize-labels"]` (absent otherwise);
+//! - matrix: `metric` an object of strings, `values` `[<seconds as a number>, <value as a
+//!   string>]` in time order; vector: `value` one such pair; scalar: one such pair;
+//! - errors: a 4xx with a plain-text reason, never a 5xx for a bad query.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Nanoseconds `secs_ago` seconds before now.
+fn ago(secs_ago: i64) -> i128 {
+    i128::from(jiff::Timestamp::now().as_second() - secs_ago) * 1_000_000_000
+}
+
+fn push(api: &str, streams: Value) {
+    let r = http(
+        "POST",
+        api,
+        "/loki/api/v1/push",
+        streams.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn get(api: &str, path: &str, params: &[(&str, String)], headers: &[(&str, &str)]) -> Response {
+    let q: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect();
+    http_with("GET", api, &format!("{path}?{}", q.join("&")), headers, b"")
+}
+
+fn is_string_object(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|o| o.values().all(Value::is_string))
+}
+
+fn is_sample(v: &Value) -> bool {
+    matches!(v.as_array().map(Vec::as_slice), Some([t, x]) if t.is_number() && x.as_str().is_some_and(|s| s.parse::<f64>().is_ok() || ["NaN", "+Inf", "-Inf"].contains(&s)))
+}
+
+/// Check an answer's shape as the module doc says; the parsed body.
+fn check_answer(r: &Response, categorize: bool) -> Value {
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{:?}",
+        r.header("content-type")
+    );
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()));
+    assert_eq!(v["status"], "success", "{v}");
+    let data = &v["data"];
+    let summary = &data["stats"]["summary"];
+    for k in [
+        "bytesProcessedPerSecond",
+        "linesProcessedPerSecond",
+        "totalBytesProcessed",
+        "totalLinesProcessed",
+        "execTime",
+        "totalEntriesReturned",
+    ] {
+        assert!(summary[k].is_number(), "stats.summary.{k} in {v}");
+    }
+    let result = &data["result"];
+    match data["resultType"].as_str().unwrap() {
+        "streams" => {
+            if categorize {
+                assert_eq!(data["encodingFlags"], json!(["categorize-labels"]), "{v}");
+            } else {
+                assert!(data.get("encodingFlags").is_none(), "{v}");
+            }
+            for s in result.as_array().unwrap() {
+                assert!(is_string_object(&s["stream"]), "{s}");
+                for e in s["values"].as_array().unwrap() {
+                    let e = e.as_array().unwrap();
+                    assert_eq!(e.len(), if categorize { 3 } else { 2 }, "{e:?}");
+                    let ns = e[0].as_str().unwrap();
+                    assert!(
+                        !ns.is_empty() && ns.bytes().all(|c| c.is_ascii_digit()),
+                        "{ns}"
+                    );
+                    assert!(e[1].is_string());
+                    if categorize {
+                        let extra = e[2].as_object().unwrap();
+                        for (k, m) in extra {
+                            assert!(
+                                ["structuredMetadata", "parsed"].contains(&k.as_str()),
+                                "{k}"
+                            );
+                            assert!(
+                                is_string_object(m) && !m.as_object().unwrap().is_empty(),
+                                "{m}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        "matrix" => {
+            for s in result.as_array().unwrap() {
+                assert!(is_string_object(&s["metric"]), "{s}");
+                let values = s["values"].as_array().unwrap();
+                assert!(values.iter().all(is_sample), "{s}");
+                let times: Vec<f64> = values.iter().map(|p| p[0].as_f64().unwrap()).collect();
+                assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+            }
+        }
+        "vector" => {
+            for s in result.as_array().unwrap() {
+                assert!(
+                    is_string_object(&s["metric"]) && is_sample(&s["value"]),
+                    "{s}"
+                );
+            }
+        }
+        "scalar" => assert!(is_sample(result), "{result}"),
+        other => panic!("resultType {other}"),
+    }
+    v
+}
+
+fn entries(v: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for s in v["data"]["result"].as_array().unwrap() {
+        for e in s["values"].as_array().unwrap() {
+            out.push((
+                e[0].as_str().unwrap().to_string(),
+                e[1].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn log_and_metric_queries_answer_as_loki_does() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    let t = ago(600);
+    let ns = |k: i128| (t + k * 1_000_000_000 + 123).to_string();
+    push(
+        api,
+        json!({"streams": [
+            {"stream": {"job": "api", "env": "prod"}, "values": [
+                [ns(0), "GET /a status=200 took=5ms", {"trace_id": "t1"}],
+                [ns(1), "GET /b status=500 took=1.5s", {"trace_id": "t2"}],
+                [ns(2), "POST /c status=503 took=20ms"]
+            ]},
+            {"stream": {"job": "web"}, "values": [[ns(3), "{\"msg\":\"hello\",\"level\":\"warn\"}"]]}
+        ]}),
+    );
+    forward(node.addr("fast"), b"a line from forward\n", &[]);
+    wait_for_records(api, 5);
+    let window = [
+        ("start", (t - 60_000_000_000).to_string()),
+        ("end", (t + 60_000_000_000).to_string()),
+    ];
+    let range = |q: &str, extra: &[(&str, &str)], headers: &[(&str, &str)]| {
+        let mut p: Vec<(&str, String)> = window.to_vec();
+        p.push(("query", q.to_string()));
+        p.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        get(api, "/loki/api/v1/query_range", &p, headers)
+    };
+
+    // A selector: the stream's labels, the topic as service_name, metadata among the labels.
+    let v = check_answer(&range(r#"{job="api"}"#, &[], &[]), false);
+    let got = entries(&v);
+    assert_eq!(got.len(), 3, "{v}");
+    assert_eq!(
+        got[0],
+        (ns(0), "GET /a status=200 took=5ms".to_string()),
+        "nanoseconds kept"
+    );
+    let streams = v["data"]["result"].as_array().unwrap();
+    assert!(
+        streams.iter().any(|s| s["stream"]
+            == json!({"env": "prod", "job": "api", "service_name": "api", "trace_id": "t1"})),
+        "{v}"
+    );
+    assert!(
+        streams
+            .iter()
+            .any(|s| s["stream"] == json!({"env": "prod", "job": "api", "service_name": "api"})),
+        "{v}"
+    );
+    // Newest first by default, `limit` across streams; forward is oldest first.
+    let v = check_answer(&range(r#"{job="api"}"#, &[("limit", "2")], &[]), false);
+    assert_eq!(
+        entries(&v).iter().map(|e| e.0.clone()).collect::<Vec<_>>(),
+        [ns(1), ns(2)]
+    );
+    let v = check_answer(
+        &range(
+            r#"{job="api"}"#,
+            &[("limit", "1"), ("direction", "forward")],
+            &[],
+        ),
+        false,
+    );
+    assert_eq!(entries(&v)[0].0, ns(0));
+    // Line filters match the line only, never the labels.
+    let v = check_answer(
+        &range(
+            r#"{service_name=~"api|web"} |= "status=5" != "POST""#,
+            &[],
+            &[],
+        ),
+        false,
+    );
+    assert_eq!(entries(&v).len(), 1, "{v}");
+    let v = check_answer(&range(r#"{job="api"} |= "prod""#, &[], &[]), false);
+    assert_eq!(
+        entries(&v).len(),
+        0,
+        "a label value is not in the line: {v}"
+    );
+    // Parsers and label filters with numbers and durations; a forwarded record's only label.
+    let v = check_answer(
+        &range(
+            r#"{job="api"} | logfmt | status >= 500 and took > 1s"#,
+            &[],
+            &[],
+        ),
+        false,
+    );
+    assert_eq!(entries(&v).len(), 1, "{v}");
+    assert_eq!(v["data"]["result"][0]["stream"]["status"], "500");
+    let v = check_answer(
+        &get(
+            api,
+            "/loki/api/v1/query_range",
+            &[("query", r#"{service_name="default"}"#.into())],
+            &[],
+        ),
+        false,
+    );
+    assert_eq!(
+        v["data"]["result"][0]["stream"],
+        json!({"service_name": "default"})
+    );
+    let v = check_answer(
+        &range(
+            r#"{job="web"} | json | line_format "{{.level}}: {{.msg}}""#,
+            &[],
+            &[],
+        ),
+        false,
+    );
+    assert_eq!(entries(&v)[0].1, "warn: hello");
+
+    // categorize-labels: stream labels in `stream`, the rest per entry.
+    let v = check_answer(
+        &range(
+            r#"{job="api"} | logfmt"#,
+            &[("limit", "1"), ("direction", "forward")],
+            &[("X-Loki-Response-Encoding-Flags", "categorize-labels")],
+        ),
+        true,
+    );
+    let s = &v["data"]["result"][0];
+    assert_eq!(
+        s["stream"],
+        json!({"env": "prod", "job": "api", "service_name": "api"})
+    );
+    assert_eq!(
+        s["values"][0][2]["structuredMetadata"],
+        json!({"trace_id": "t1"})
+    );
+    assert_eq!(s["values"][0][2]["parsed"]["status"], "200");
+
+    // Metric queries: a range query is a matrix; an instant one a vector or scalar.
+    let instant = |q: &str| {
+        get(
+            api,
+            "/loki/api/v1/query",
+            &[
+                ("query", q.to_string()),
+                ("time", (t + 60_000_000_000).to_string()),
+            ],
+            &[],
+        )
+    };
+    let v = check_answer(&instant("vector(1)+vector(1)"), false);
+    assert_eq!(v["data"]["resultType"], "vector");
+    assert_eq!(
+        v["data"]["result"][0]["value"][1], "2",
+        "Grafana's Save & test: {v}"
+    );
+    let v = check_answer(&instant("1 + 1"), false);
+    assert_eq!(v["data"]["result"][1], "2");
+    let v = check_answer(
+        &instant(r#"sum by (job) (count_over_time({job=~"api|web"}[5m]))"#),
+        false,
+    );
+    let mut got: Vec<(String, String)> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["job"].as_str().unwrap().to_string(),
+                s["value"][1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("api".into(), "3".into()), ("web".into(), "1".into())],
+        "{v}"
+    );
+    let v = check_answer(
+        &range(
+            r#"sum(count_over_time({job="api"}[1s]))"#,
+            &[("step", "1")],
+            &[],
+        ),
+        false,
+    );
+    assert_eq!(v["data"]["resultType"], "matrix");
+    let points: Vec<String> = v["data"]["result"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        points,
+        ["1", "1", "1"],
+        "one record a second, each in one 1 s window: {v}"
+    );
+    let v = check_answer(
+        &range(
+            r#"sum(rate({job="api"} | logfmt | unwrap duration(took) [1m]))"#,
+            &[("step", "60")],
+            &[],
+        ),
+        false,
+    );
+    assert!(!v["data"]["result"].as_array().unwrap().is_empty(), "{v}");
+
+    // The same under the VictoriaLogs-style prefix; buildinfo.
+    let r = get(
+        api,
+        "/select/loki/api/v1/query",
+        &[("query", "vector(1)+vector(1)".into())],
+        &[],
+    );
+    check_answer(&r, false);
+    let r = http("GET", api, "/loki/api/v1/status/buildinfo", b"");
+    assert_eq!(r.status, 200);
+    let b: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(b["version"].is_string(), "{b}");
+}
+
+#[test]
+fn bad_queries_are_400s_that_say_what_and_where() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    for (q, want) in [
+        (r#"{job="api""#, "parse error at line 1, col 11"),
+        (
+            r#"{job="api"} |= "a" | status >"#,
+            "parse error at line 1, col 30",
+        ),
+        (r#"sum_over_time({job="api"}[5m])"#, "without unwrap"),
+        (r#"{job=~".*"}"#, "at least one"),
+        (r#"{job="api"} |= ip("10.0.0.0/8")"#, "ip()"),
+        (
+            r#"{job="api"} | line_format "{{ printf \"%s\" .a }}""#,
+            "not supported",
+        ),
+        ("", "empty query"),
+    ] {
+        for path in ["/loki/api/v1/query_range", "/loki/api/v1/query"] {
+            let r = get(api, path, &[("query", q.into())], &[]);
+            assert_eq!(r.status, 400, "{q}: {}", r.text());
+            assert!(r.text().contains(want), "{q}: {}", r.text());
+        }
+    }
+    for (params, want) in [
+        (vec![("start", "yesterday")], "\"start\""),
+        (vec![("limit", "100000")], "max entries limit"),
+        (vec![("direction", "up")], "direction"),
+        (
+            vec![("start", "1700000000"), ("end", "1600000000")],
+            "end timestamp",
+        ),
+    ] {
+        let mut p: Vec<(&str, String)> = params
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect();
+        p.push(("query", r#"{job="api"}"#.into()));
+        let r = get(api, "/loki/api/v1/query_range", &p, &[]);
+        assert_eq!(r.status, 400, "{p:?}: {}", r.text());
+        assert!(r.text().contains(want), "{p:?}: {}", r.text());
+    }
+    let r = get(
+        api,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", r#"count_over_time({job="api"}[1m])"#.into()),
+            ("start", "0".into()),
+            ("end", "1700000000".into()),
+            ("step", "1".into()),
+        ],
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("11,000 points"), "{}", r.text());
+}
