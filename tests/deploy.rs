@@ -354,3 +354,27 @@ fn dockerfile_builds_a_static_binary_from_files_that_exist() {
         "the build context skips target/"
     );
 }
+
+#[test]
+fn grafana_data_source_points_the_loki_type_at_the_api_port() {
+    let docs = YamlLoader::load_from_str(&read("deploy/grafana/datasource.yaml")).unwrap();
+    let doc = &docs[0];
+    assert_eq!(doc["apiVersion"].as_i64(), Some(1));
+    let ds = &doc["datasources"][0];
+    assert_eq!(
+        str_of(&ds["type"]),
+        "loki",
+        "Grafana's own Loki data source"
+    );
+    assert_eq!(str_of(&ds["access"]), "proxy");
+    let url = str_of(&ds["url"]);
+    assert!(
+        url.starts_with("http://") && url.ends_with(":7650"),
+        "the API port, without /loki (Grafana adds /loki/api/v1/...): {url}"
+    );
+    let max = ds["jsonData"]["maxLines"].as_i64().unwrap();
+    assert!(
+        (1..=oklog::loki::params::MAX_LIMIT as i64).contains(&max),
+        "maxLines within what a query may ask: {max}"
+    );
+}

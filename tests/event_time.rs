@@ -280,7 +280,7 @@ fn records_sent_in_any_order_are_filed_under_their_own_time() {
         l.split("evt-")
             .nth(1)
             .unwrap()
-            .split(' ')
+            .split(|c: char| !c.is_ascii_digit())
             .next()
             .unwrap()
             .to_string()
@@ -301,7 +301,7 @@ fn records_sent_in_any_order_are_filed_under_their_own_time() {
             "GET",
             api,
             &format!(
-                "/store/query?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&q=evt-{n}%20&before=2&after=2"
+                "/store/query?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&q=evt-{n}%28%5CD%7C%24%29&regex=1&before=2&after=2"
             ),
             b"",
         );
@@ -320,8 +320,9 @@ fn records_sent_in_any_order_are_filed_under_their_own_time() {
             &ms_text(e.ms() - 1000),
             "-to",
             &ms_text(e.ms() + 1000),
+            "-regex",
             "-q",
-            &format!("evt-{} ", e.n),
+            &format!("evt-{}(\\D|$)", e.n),
             "-time",
         ])
         .env("TZ", "UTC")

@@ -438,3 +438,171 @@ fn bad_queries_are_400s_that_say_what_and_where() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("11,000 points"), "{}", r.text());
 }
+
+#[test]
+fn labels_series_stats_and_fields_as_grafana_asks_them() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    let t = ago(600);
+    let ns = |k: i128| (t + k * 1_000_000_000).to_string();
+    push(
+        api,
+        json!({"streams": [
+            {"stream": {"job": "api", "env": "prod"}, "values": [
+                [ns(0), "GET /a status=200 took=5ms", {"trace_id": "t1"}],
+                [ns(1), "GET /b status=500 took=1.5s", {"trace_id": "t2"}],
+                [ns(2), "POST /c status=503 took=20ms"]
+            ]},
+            {"stream": {"job": "web"}, "values": [[ns(3), "{\"msg\":\"hello\",\"level\":\"warn\"}"]]}
+        ]}),
+    );
+    forward(node.addr("fast"), b"a line from forward\n", &[]);
+    wait_for_records(api, 5);
+    let list = |path: &str, params: &[(&str, String)]| -> Vec<String> {
+        let r = get(api, path, params, &[]);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["status"], "success", "{v}");
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
+    };
+    // Stream labels only (metadata is not a label), from the index, over the last 6 hours.
+    assert_eq!(
+        list("/loki/api/v1/labels", &[]),
+        ["env", "job", "service_name"]
+    );
+    assert_eq!(list("/loki/api/v1/label/job/values", &[]), ["api", "web"]);
+    assert_eq!(
+        list("/loki/api/v1/label/service_name/values", &[]),
+        ["api", "default", "web"]
+    );
+    assert_eq!(
+        list("/loki/api/v1/labels", &[("query", r#"{job="web"}"#.into())]),
+        ["job", "service_name"]
+    );
+    assert_eq!(
+        list(
+            "/select/loki/api/v1/label/job/values",
+            &[("start", (t + 10_000_000_000).to_string())]
+        ),
+        Vec::<String>::new(),
+        "no stream has records after start"
+    );
+    let r = get(
+        api,
+        "/loki/api/v1/series",
+        &[("match[]", r#"{job="api"}"#.into())],
+        &[],
+    );
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        v["data"],
+        json!([{"env": "prod", "job": "api", "service_name": "api"}]),
+        "{v}"
+    );
+    let r = get(
+        api,
+        "/loki/api/v1/index/stats",
+        &[("query", r#"{job="api"}"#.into())],
+        &[],
+    );
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        (v["streams"].as_u64(), v["entries"].as_u64()),
+        (Some(1), Some(3)),
+        "{v}"
+    );
+    assert!(
+        v["bytes"].as_u64().unwrap() > 0 && v["chunks"].is_number(),
+        "{v}"
+    );
+    let r = get(
+        api,
+        "/loki/api/v1/index/volume",
+        &[("query", r#"{job=~"api|web"}"#.into())],
+        &[],
+    );
+    let v = check_answer(&r, false);
+    assert_eq!(v["data"]["resultType"], "vector");
+    let jobs: Vec<&str> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["metric"]["job"].as_str().unwrap())
+        .collect();
+    assert_eq!(jobs, ["api", "web"], "most bytes first: {v}");
+    let r = get(
+        api,
+        "/loki/api/v1/index/volume_range",
+        &[
+            ("query", r#"{job="api"}"#.into()),
+            ("start", ns(-60)),
+            ("end", ns(60)),
+            ("step", "60".into()),
+        ],
+        &[],
+    );
+    let v = check_answer(&r, false);
+    assert_eq!(v["data"]["resultType"], "matrix");
+    assert_eq!(
+        v["data"]["result"][0]["metric"],
+        json!({"job": "api"}),
+        "{v}"
+    );
+    let r = get(
+        api,
+        "/loki/api/v1/detected_labels",
+        &[("query", r#"{job=~".+"}"#.into())],
+        &[],
+    );
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        v["detectedLabels"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"label": "job", "cardinality": 2})),
+        "{v}"
+    );
+    let window = [("start", ns(-60)), ("end", ns(60))];
+    let mut p = window.to_vec();
+    p.push(("query", r#"{job="api"}"#.into()));
+    let r = get(api, "/loki/api/v1/detected_fields", &p, &[]);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    let field = |name: &str| {
+        v["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["label"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {v}"))
+    };
+    assert_eq!(field("status")["type"], "int");
+    assert_eq!(field("status")["cardinality"], 3);
+    assert_eq!(field("status")["parsers"], json!(["logfmt"]));
+    assert_eq!(field("took")["type"], "duration");
+    assert_eq!(
+        field("trace_id")["parsers"],
+        Value::Null,
+        "structured metadata"
+    );
+    let r = get(api, "/loki/api/v1/detected_field/status/values", &p, &[]);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["values"], json!(["200", "500", "503"]));
+    assert_eq!(list("/loki/api/v1/patterns", &[]), Vec::<String>::new());
+    // The index outlives a restart: its files are read back, not the segments.
+    assert!(
+        dir.path()
+            .join("data/store/labels")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_some()
+    );
+}

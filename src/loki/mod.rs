@@ -5,6 +5,8 @@
 //! Queries are LogQL ([`crate::logql`]), run over the store by [`exec`].
 
 pub mod exec;
+pub mod fields;
+pub mod index;
 pub mod json;
 pub mod params;
 pub mod records;
@@ -28,8 +30,12 @@ use logql::eval::{Steps, Value};
 pub const QUERY_PATHS: &[&str] = &[
     "/loki/api/v1/query_range",
     "/loki/api/v1/query",
+    "/loki/api/v1/index/volume_range",
+    "/loki/api/v1/detected_fields",
     "/select/loki/api/v1/query_range",
     "/select/loki/api/v1/query",
+    "/select/loki/api/v1/index/volume_range",
+    "/select/loki/api/v1/detected_fields",
 ];
 
 /// The header a client asks for three-element values with.
@@ -40,14 +46,30 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     let api = Router::new()
         .route("/query_range", get(query_range).post(query_range))
         .route("/query", get(query).post(query))
-        .route("/status/buildinfo", get(buildinfo));
+        .route("/status/buildinfo", get(buildinfo))
+        .route("/labels", get(index::labels).post(index::labels))
+        .route("/label", get(index::labels))
+        .route("/label/{name}/values", get(index::label_values))
+        .route("/series", get(index::series).post(index::series))
+        .route("/index/stats", get(index::stats).post(index::stats))
+        .route("/index/volume", get(index::volume).post(index::volume))
+        .route("/index/volume_range", get(volume_range).post(volume_range))
+        .route("/detected_labels", get(index::detected_labels))
+        .route("/detected_fields", get(fields::detected_fields))
+        .route(
+            "/detected_field/{name}/values",
+            get(fields::detected_field_values),
+        )
+        .route("/patterns", get(index::patterns));
     Router::new()
         .nest("/loki/api/v1", api.clone())
         .nest("/select/loki/api/v1", api)
         .with_state(gw)
 }
 
-fn json_response(status: StatusCode, body: String, partial: bool) -> Response {
+/// A JSON answer; `partial` (a store node did not answer) adds Loki's `warnings` and makes it
+/// a 206.
+pub fn json_response(status: StatusCode, body: String, partial: bool) -> Response {
     let body = if partial {
         // Loki's answers carry warnings beside the data; a store node that did not answer
         // is one (and the status says so, as /store/query does).
@@ -233,4 +255,50 @@ async fn buildinfo() -> Response {
         "goVersion": format!("oklog {}", env!("CARGO_PKG_VERSION")),
     });
     json_response(StatusCode::OK, body.to_string(), false)
+}
+
+/// `GET /loki/api/v1/index/volume_range?query=&start=&end=&step=&targetLabels=`: bytes per
+/// group of streams per step, a matrix: `sum by (<the selector's labels, or targetLabels>)
+/// (bytes_over_time(<query>[<step>]))`, computed as that metric query is.
+async fn volume_range(
+    State(gw): State<Arc<Gateway>>,
+    Query(raw): Query<Vec<(String, String)>>,
+) -> Response {
+    let started = Instant::now();
+    let mut p = RawParams(raw);
+    let query = p.get("query").unwrap_or("").to_string();
+    let log = match logql::parse::parse_log(&query) {
+        Ok(l) => l,
+        Err(e) => return bad(e).into_response(),
+    };
+    let targets: Vec<String> = match p.get("targetLabels").filter(|s| !s.is_empty()) {
+        Some(t) => t.split(',').map(|s| s.trim().to_string()).collect(),
+        None => log.selector.iter().map(|m| m.name.clone()).collect(),
+    };
+    if targets
+        .iter()
+        .any(|t| logql::labels::sanitize(t) != *t || t.is_empty())
+    {
+        return bad(format!("invalid targetLabels: {targets:?}")).into_response();
+    }
+    let end = params::time("end", p.get("end"), params::now_ns()).unwrap_or(params::now_ns());
+    let start = params::time("start", p.get("start"), end - 3_600_000_000_000).unwrap_or(end);
+    let step = match p.get("step").filter(|s| !s.is_empty()) {
+        Some(v) => match params::duration("step", v) {
+            Ok(s) => s,
+            Err(e) => return bad(e).into_response(),
+        },
+        None => params::default_step(start, end),
+    };
+    let secs = (step / 1_000_000_000).max(1);
+    let metric = format!(
+        "sum by ({}) (bytes_over_time({query} [{secs}s]))",
+        targets.join(", ")
+    );
+    p.0.retain(|(k, _)| k != "query");
+    p.0.push(("query".into(), metric));
+    match run_range(&gw, &p, false, started).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
 }

@@ -32,22 +32,9 @@ pub fn entry(record: &[u8]) -> Option<Entry> {
         Some(i) => (&body[..i], &body[i + 1..]),
         None => (body, &[][..]),
     };
-    let topic = String::from_utf8_lossy(topic).into_owned();
+    let topic = String::from_utf8_lossy(topic);
     let p = parts::split(payload);
-    let mut labels = Labels::new();
-    labels.set(TOPIC_LABEL, topic.clone(), Origin::Stream);
-    for (k, v) in parts::pairs(p.labels) {
-        let name = sanitize(&String::from_utf8_lossy(k));
-        if name.is_empty() {
-            continue;
-        }
-        let value = if v.is_empty() {
-            topic.clone()
-        } else {
-            String::from_utf8_lossy(&v).into_owned()
-        };
-        labels.set(&name, value, Origin::Stream);
-    }
+    let mut labels = stream_labels(&topic, p.labels);
     let mut ns = i128::from(ms) * 1_000_000;
     let mut meta: Vec<(String, String)> = parts::pairs(p.metadata)
         .map(|(k, v)| {
@@ -85,6 +72,26 @@ pub fn entry(record: &[u8]) -> Option<Entry> {
         line: p.message.to_vec(),
         labels,
     })
+}
+
+/// A record's stream labels: its topic as `service_name`, and the labels part of its payload
+/// (names made valid, an empty value meaning the topic).
+pub fn stream_labels(topic: &str, part: &[u8]) -> Labels {
+    let mut labels = Labels::new();
+    labels.set(TOPIC_LABEL, topic, Origin::Stream);
+    for (k, v) in parts::pairs(part) {
+        let name = sanitize(&String::from_utf8_lossy(k));
+        if name.is_empty() {
+            continue;
+        }
+        let value = if v.is_empty() {
+            topic.to_string()
+        } else {
+            String::from_utf8_lossy(&v).into_owned()
+        };
+        labels.set(&name, value, Origin::Stream);
+    }
+    labels
 }
 
 /// A stream selector compiled: it matches a record's stream labels.

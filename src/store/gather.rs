@@ -123,6 +123,82 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The streams of the records in `[from_ms, to_ms]` over every store node (from their
+    /// label indexes), merged by topic and labels; and how many nodes did not answer.
+    pub async fn streams(&self, from_ms: u64, to_ms: u64) -> (Vec<super::labels::StreamInfo>, u64) {
+        let peers = self.peers.current(Role::Store);
+        let answers = join_all(peers.iter().map(|p| self.node_streams(p, from_ms, to_ms))).await;
+        let mut merged: std::collections::BTreeMap<(String, String), super::labels::StreamInfo> =
+            Default::default();
+        let mut errors = 0;
+        for (peer, answer) in peers.iter().zip(answers) {
+            match answer {
+                Ok(streams) => {
+                    for s in streams {
+                        merged
+                            .entry((s.topic.clone(), s.labels.clone()))
+                            .and_modify(|m| {
+                                m.first = m.first.min(s.first);
+                                m.last = m.last.max(s.last);
+                                // Replicas hold the same records: the most any node saw.
+                                m.records = m.records.max(s.records);
+                                m.bytes = m.bytes.max(s.bytes);
+                            })
+                            .or_insert(s);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "store node failed to answer for its labels");
+                    errors += 1;
+                }
+            }
+        }
+        if peers.is_empty() {
+            errors += 1;
+        }
+        (merged.into_values().collect(), errors)
+    }
+
+    async fn node_streams(
+        &self,
+        peer: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> io::Result<Vec<super::labels::StreamInfo>> {
+        if let Some((me, store)) = &self.local
+            && me == peer
+        {
+            return store.streams(from_ms, to_ms).await;
+        }
+        let id = |ms: u64| String::from_utf8_lossy(&crate::record::min_ulid(ms)).into_owned();
+        let url = http::url(
+            peer,
+            &format!("/store/_labels?from={}&to={}", id(from_ms), id(to_ms)),
+        );
+        let (status, body) = http::call(
+            &self.client,
+            Method::GET,
+            &url,
+            http::empty_body(),
+            HEADER_TIMEOUT,
+        )
+        .await?;
+        let bytes = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.collect())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{url}: body timed out")))?
+            .map_err(io::Error::other)?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(io::Error::other(format!(
+                "{url}: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        serde_json::from_slice(&bytes).map_err(io::Error::other)
+    }
+}
+
 /// Records gathered from every store node ([`Gateway::records`]).
 #[derive(Debug)]
 pub struct Gathering {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod consume;
 pub mod gather;
 pub mod hits;
+pub mod labels;
 pub mod lifecycle;
 pub mod log;
 pub mod query;

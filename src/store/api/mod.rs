@@ -48,6 +48,8 @@ pub struct StoreApi {
     /// back): a flood of broken uploads cannot flood the log.
     broken_log: crate::throttle::Throttle,
     log: Arc<StoreLog>,
+    /// The streams of each segment, for the Loki API's label answers.
+    labels: Arc<super::labels::LabelIndex>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     retention: Arc<Retention>,
@@ -70,6 +72,7 @@ impl StoreApi {
         let registry = Registry::new(Arc::clone(&metrics));
         Arc::new(StoreApi {
             broken_log: crate::throttle::Throttle::new(Duration::from_secs(1)),
+            labels: Arc::new(super::labels::LabelIndex::new(log.dir())),
             log,
             metrics,
             registry,
@@ -105,7 +108,76 @@ impl StoreApi {
             .route("/store/_hits", get(hits).head(hits))
             .route("/store/replicate", post(replicate))
             .route("/store/_stream", get(local_stream))
+            .route("/store/_labels", get(local_labels))
             .with_state(Arc::clone(self))
+    }
+
+    /// The streams of this node's records in `[from_ms, to_ms]`, from the label index.
+    pub async fn streams(
+        self: &Arc<Self>,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> io::Result<Vec<super::labels::StreamInfo>> {
+        let api = Arc::clone(self);
+        tokio::task::spawn_blocking(move || api.labels.streams(&api.log, from_ms, to_ms))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Index every segment not indexed yet (and forget those gone), every second, until
+    /// `stop`: the label index keeps up with what is stored.
+    pub async fn index_labels(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let api = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || api.labels.warm(&api.log)).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "indexing stream labels failed"),
+                Err(e) => tracing::error!(error = %e, "indexing stream labels panicked"),
+                Ok(Ok(_)) => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// `GET /store/_labels?from=&to=`: the streams of this node's records in the window (times as
+/// `/store/query` takes them), as JSON.
+async fn local_labels(
+    State(api): State<Arc<StoreApi>>,
+    Query(raw): Query<Vec<(String, String)>>,
+) -> Response {
+    let raw = RawParams(raw);
+    let window = (|| -> Result<(u64, u64), params::ParamError> {
+        let to = match raw.get("to") {
+            Some(v) => params::parse_time("to", v)?,
+            None => gotime::now_ms().max(0) as u64,
+        };
+        let from = match raw.get("from") {
+            Some(v) => params::parse_time("from", v)?,
+            None => to.saturating_sub(3_600_000),
+        };
+        Ok((from, to))
+    })();
+    let (from, to) = match window {
+        Ok(w) => w,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    match api.streams(from, to).await {
+        Ok(streams) => {
+            let body = serde_json::to_string(&streams).unwrap_or_else(|_| "[]".into());
+            let mut r = (StatusCode::OK, body).into_response();
+            r.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the label index: {e}\n"),
+        ),
     }
 }
 
