@@ -606,3 +606,88 @@ fn labels_series_stats_and_fields_as_grafana_asks_them() {
             .is_some()
     );
 }
+
+#[test]
+fn live_tail_over_websocket_sends_the_past_then_what_arrives() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::ingeststore(dir.path(), &[]);
+    let api = node.addr("api");
+    let t = ago(120);
+    push(
+        api,
+        json!({"streams": [{"stream": {"job": "api"}, "values": [
+            [(t).to_string(), "past one"], [(t + 1).to_string(), "past two"]
+        ]}]}),
+    );
+    wait_for_records(api, 2);
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyclients/bin/python");
+    assert!(
+        python.exists(),
+        "run scripts/test, which installs the pinned Python clients"
+    );
+    let url = format!(
+        "ws://{api}/loki/api/v1/tail?query={}&start={}&limit=10",
+        enc(r#"{job="api"} != "skip""#),
+        t - 60_000_000_000
+    );
+    /// The client process, killed when the test ends (even on failure).
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(python)
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/loki_tail.py"))
+        .args([&url, "4", "30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stdout_lines(&mut child);
+    let mut child = Kill(child);
+    let first = lines
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("READY");
+    assert_eq!(first, "READY");
+    let past = lines
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the past frame");
+    let past: Value = serde_json::from_str(&past).unwrap();
+    assert_eq!(past["streams"][0]["stream"]["job"], "api", "{past}");
+    assert_eq!(
+        past["streams"][0]["values"],
+        json!([
+            [t.to_string(), "past one"],
+            [(t + 1).to_string(), "past two"]
+        ]),
+        "oldest first"
+    );
+    let now = ago(0);
+    push(
+        api,
+        json!({"streams": [
+            {"stream": {"job": "api"}, "values": [[now.to_string(), "live one"], [(now + 1).to_string(), "skip me"], [(now + 2).to_string(), "live two"]]},
+            {"stream": {"job": "other"}, "values": [[now.to_string(), "not selected"]]}
+        ]}),
+    );
+    let mut live = Vec::new();
+    while live.len() < 2 {
+        let frame = lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("live entries, got {live:?}"));
+        let frame: Value = serde_json::from_str(&frame).unwrap();
+        for s in frame["streams"].as_array().unwrap() {
+            assert_eq!(s["stream"]["job"], "api", "{frame}");
+            for v in s["values"].as_array().unwrap() {
+                live.push(v[1].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(live, ["live one", "live two"]);
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "the client ends once it has 4 entries");
+}

@@ -358,7 +358,10 @@ pub async fn serve_tls(
             },
         ));
     let service = hyper_util::service::TowerToHyperService::new(router);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections are told to close (gracefully: the request in flight is answered) when
+    // this turns true; hyper-util's GracefulShutdown cannot watch a connection that may be
+    // upgraded (a WebSocket), so this does the same by hand.
+    let (closing, _) = watch::channel(false);
     let live = Arc::new(AtomicUsize::new(0));
     let refused_log = crate::throttle::Throttle::new(Duration::from_secs(10));
     loop {
@@ -396,7 +399,10 @@ pub async fn serve_tls(
         match &tls {
             None => {
                 let io = TokioIo::new(flush::FlushIo::new(stream, flushes.clone(), timeouts.write));
-                let conn = graceful.watch(http1.serve_connection(io, service.clone()));
+                let conn = closed_when(
+                    http1.serve_connection(io, service.clone()).with_upgrades(),
+                    closing.subscribe(),
+                );
                 let conn = flush::FLUSHES.scope(flushes, conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -407,7 +413,7 @@ pub async fn serve_tls(
             }
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
-                let (service, watcher) = (service.clone(), graceful.watcher());
+                let (service, closing) = (service.clone(), closing.subscribe());
                 let handshake_timeout = timeouts.header_read;
                 tokio::spawn(async move {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -427,7 +433,10 @@ pub async fn serve_tls(
                                 flushes.clone(),
                                 timeouts.write,
                             ));
-                            let conn = watcher.watch(http1.serve_connection(io, service));
+                            let conn = closed_when(
+                                http1.serve_connection(io, service).with_upgrades(),
+                                closing,
+                            );
                             if let Err(e) = flush::FLUSHES.scope(flushes, conn).await {
                                 tracing::debug!(%peer, error = %e, "API connection ended");
                             }
@@ -441,8 +450,34 @@ pub async fn serve_tls(
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    closing.send_replace(true);
+    while live.load(Ordering::SeqCst) > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
+}
+
+/// Drive `conn` until it ends, shutting it down gracefully (the request in flight answered,
+/// then closed) once `closing` turns true.
+async fn closed_when<I, S, B>(
+    conn: hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    mut closing: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { drop(closing.wait_for(|c| *c).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
 }
 
 /// A response body that holds a [`limit`] permit until it is finished or dropped; every frame

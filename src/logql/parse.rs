@@ -778,21 +778,11 @@ impl Cursor<'_> {
     fn label_and(&mut self) -> Result<LabelFilter, ParseError> {
         let mut lhs = self.label_atom()?;
         loop {
-            let more = if self.is_ident("and") || self.is_sym(",") {
-                self.next();
-                true
-            } else {
-                // Two filters side by side are both required.
-                self.is_sym("(")
-                    || (matches!(self.peek(), Tok::Ident(s) if !matches!(s.as_str(), "or" | "and" | "offset" | "by" | "without"))
-                        && matches!(
-                            self.peek_at(1),
-                            Tok::Sym("=" | "!=" | "=~" | "!~" | "==" | ">" | ">=" | "<" | "<=")
-                        ))
-            };
-            if !more {
+            // `and` or a comma; two filters side by side are an error, as in Grafana's grammar.
+            if !(self.is_ident("and") || self.is_sym(",")) {
                 return Ok(lhs);
             }
+            self.next();
             let rhs = self.label_atom()?;
             lhs = LabelFilter::And(Box::new(lhs), Box::new(rhs));
         }

@@ -10,6 +10,7 @@ pub mod index;
 pub mod json;
 pub mod params;
 pub mod records;
+pub mod tail;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,7 +61,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             "/detected_field/{name}/values",
             get(fields::detected_field_values),
         )
-        .route("/patterns", get(index::patterns));
+        .route("/patterns", get(index::patterns))
+        .route("/tail", get(tail::tail));
     Router::new()
         .nest("/loki/api/v1", api.clone())
         .nest("/select/loki/api/v1", api)
@@ -94,7 +96,8 @@ pub fn json_response(status: StatusCode, body: String, partial: bool) -> Respons
     r
 }
 
-fn categorize(headers: &HeaderMap) -> bool {
+/// Whether the client asked for `categorize-labels`.
+pub(crate) fn categorize(headers: &HeaderMap) -> bool {
     headers
         .get_all(ENCODING_FLAGS)
         .iter()

@@ -199,6 +199,34 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Follow the records matching `raw` (a `/store/_stream` query string: `q`, `regex`,
+    /// `topic`) as the store nodes accept them, deduplicated within `window`: chunks of record
+    /// lines, until the receiver is dropped. What the stream holds counts against the node's
+    /// memory budget; with no room for it, the budget's refusal.
+    pub fn follow(&self, raw: String, window: Duration) -> Result<mpsc::Receiver<Bytes>, String> {
+        let hold = self
+            .budget
+            .try_hold(crate::stream::START_HOLD)
+            .map_err(|full| full.to_string())?;
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        tokio::spawn(crate::stream::run(
+            Arc::clone(&self.peers),
+            self.client.clone(),
+            raw,
+            window,
+            tx,
+            hold,
+        ));
+        Ok(rx)
+    }
+
+    /// `params`' needle and topics as a query string for [`Gateway::follow`].
+    pub fn stream_query(params: &QueryParams) -> String {
+        query_string(params)
+    }
+}
+
 /// Records gathered from every store node ([`Gateway::records`]).
 #[derive(Debug)]
 pub struct Gathering {

@@ -4,12 +4,14 @@
 //! `label/<name>/values`, `series`, `index/stats` and `index/volume` from it, never by
 //! reading records.
 //!
-//! A segment's streams are found by reading it once, after it is stored (the lifecycle task
-//! warms the index on every pass; a query finds any segment not read yet), and kept in
-//! memory and on disk in `labels/<LOW>-<HIGH>-<size>.json` beside the segments, so a restart
-//! reads no segment again. A segment's name and size say which file it is: one merged or
-//! rewritten under its name has another size and is read again. Files of segments that are
-//! gone are deleted on the next pass.
+//! A segment's streams are found by reading it once, as it is stored (the store log asks
+//! when it closes a segment: consumed, replicated, compacted; a conversion keeps them), and
+//! kept in memory and on disk in `labels/<LOW>-<HIGH>-<size>.json` beside the segments, so a
+//! restart reads no segment again. A segment's name and size say which file it is: one
+//! merged or rewritten under its name has another size and is read again. A segment stored
+//! before the index existed (or by hand) is read when its streams are first asked for. The
+//! files of removed and trashed segments are deleted with them, and any left over at
+//! start-up.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -80,7 +82,7 @@ impl LabelIndex {
         if let Some(l) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&k) {
             return Ok(Arc::clone(l));
         }
-        let file = self.dir.join(format!("{k}.json"));
+        let file = self.file(seg);
         let labels = match std::fs::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice::<SegmentLabels>(&b).ok())
@@ -109,39 +111,50 @@ impl LabelIndex {
         std::fs::rename(&tmp, file)
     }
 
-    /// Read every segment of `log` not indexed yet, and forget (and delete the files of)
-    /// segments that are gone. The lifecycle runs this on every pass.
-    pub fn warm(&self, log: &StoreLog) -> io::Result<usize> {
-        let segs = log.overlapping(0, u64::MAX >> 16)?;
-        let live: HashSet<String> = segs.iter().map(key).collect();
-        let mut read = 0;
-        for s in &segs {
-            let known = self
-                .cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&key(s));
-            if !known {
-                // A segment removed meanwhile is simply not indexed.
-                if self.of(s).is_ok() {
-                    read += 1;
-                }
-            }
+    /// Read the streams of `seg`, just stored, and keep them.
+    pub fn index(&self, seg: &Segment) -> io::Result<()> {
+        self.of(seg).map(|_| ())
+    }
+
+    /// `new` holds the same records as `old` (a conversion): the same streams.
+    pub fn moved(&self, old: &Segment, new: &Segment) {
+        let Ok(l) = self.of(old) else { return };
+        let _ = self.write(&self.file(new), &l);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(key(new), l);
+        if key(old) != key(new) {
+            cache.remove(&key(old));
+            let _ = std::fs::remove_file(self.file(old));
         }
+    }
+
+    /// `seg` is gone: forget its streams.
+    pub fn forget(&self, seg: &Segment) {
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| live.contains(k));
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let stem = name.trim_end_matches(".json").trim_end_matches(".tmp");
-                if !live.contains(stem) {
-                    let _ = std::fs::remove_file(e.path());
-                }
+            .remove(&key(seg));
+        let _ = std::fs::remove_file(self.file(seg));
+    }
+
+    /// Delete the files of segments not in `live` (gone while the node was down); reads
+    /// nothing but the directory.
+    pub fn sweep(&self, live: &[Segment]) {
+        let live: HashSet<String> = live.iter().map(key).collect();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.trim_end_matches(".json").trim_end_matches(".tmp");
+            if !live.contains(stem) || name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(read)
+    }
+
+    fn file(&self, seg: &Segment) -> PathBuf {
+        self.dir.join(format!("{}.json", key(seg)))
     }
 
     /// The streams of `log`'s records in `[from_ms, to_ms]`, merged over its segments.

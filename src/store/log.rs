@@ -179,9 +179,37 @@ pub struct StoreLog {
     /// then built once, not on every query (at 2 GB, re-mapping cost more than the search).
     /// Entries are dropped whenever their file is renamed or removed.
     maps: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<Reader<Mmap>>>>,
+    /// The streams of each segment, read as it is stored ([`super::labels`]).
+    labels: super::labels::LabelIndex,
 }
 
 impl StoreLog {
+    /// The label index of the segments.
+    pub fn labels(&self) -> &super::labels::LabelIndex {
+        &self.labels
+    }
+
+    /// The queryable segment at `path`, if it is one.
+    fn indexed(&self, path: &Path) -> Option<Segment> {
+        let name = path.file_name()?.to_str()?;
+        let (low, high, _) = parse_name(name)?;
+        let index = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        index
+            .segments
+            .get(&(low, high, path.to_path_buf()))
+            .cloned()
+    }
+
+    /// Read the streams of the segment just stored at `path` into the label index (outside
+    /// the segment lock; a failure costs a read when the streams are asked for, nothing else).
+    fn index_labels(&self, path: &Path) {
+        if let Some(seg) = self.indexed(path)
+            && let Err(e) = self.labels.index(&seg)
+        {
+            tracing::warn!(segment = %path.display(), error = %e, "reading a segment's stream labels");
+        }
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -194,8 +222,12 @@ impl StoreLog {
             segments: RwLock::new(Index::default()),
             quarantined_at_start: std::sync::atomic::AtomicU64::new(0),
             maps: Default::default(),
+            labels: super::labels::LabelIndex::new(dir),
         };
         log.recover(disk::state_files(dir)?)?;
+        // Index files of segments gone while the node was down (removed, quarantined).
+        let live = log.overlapping(0, u64::MAX >> 16).map_err(io_at(dir))?;
+        log.labels.sweep(&live);
         Ok(log)
     }
 
@@ -409,6 +441,21 @@ impl StoreLog {
         format: Format,
     ) -> io::Result<()> {
         let target = self.dir.join(build_name(low, high, FLUSHED));
+        self.rename_in(file, path, &target, (low, high), format)?;
+        self.index_labels(&target);
+        Ok(())
+    }
+
+    /// [`StoreLog::close_as`]'s renames, under the segment lock.
+    fn rename_in(
+        &self,
+        file: File,
+        path: &Path,
+        target: &Path,
+        (low, high): (&[u8; ULID_LEN], &[u8; ULID_LEN]),
+        format: Format,
+    ) -> io::Result<()> {
+        let target = target.to_path_buf();
         file.sync_all()?;
         let mut index = self.segments.write().unwrap_or_else(|p| p.into_inner());
         if !target.exists() {
@@ -621,13 +668,19 @@ impl StoreLog {
         fs::rename(file, &to)?;
         index.insert(Segment {
             size: fs::metadata(&to)?.len(),
-            path: to,
+            path: to.clone(),
             format,
             ..claimed.clone()
         });
         crate::failpoint::crash("convert-before-remove");
         Self::unlink(&mut index, &claimed.path)?;
-        disk::sync_dir(&self.dir)
+        disk::sync_dir(&self.dir)?;
+        drop(index);
+        // The same records: the same streams, under the new file's size.
+        if let Some(new) = self.indexed(&to) {
+            self.labels.moved(claimed, &new);
+        }
+        Ok(())
     }
 
     /// Give claimed (`.reading`) segments back as `.flushed`.
@@ -657,6 +710,7 @@ impl StoreLog {
         for s in segs {
             self.forget(&s.path);
             Self::unlink(&mut index, &s.path)?;
+            self.labels.forget(s);
         }
         disk::sync_dir(&self.dir)
     }
@@ -680,6 +734,7 @@ impl StoreLog {
         self.forget(&seg.path);
         fs::rename(&seg.path, &to)?;
         index.remove(&seg.path);
+        self.labels.forget(seg);
         File::options()
             .write(true)
             .open(&to)?

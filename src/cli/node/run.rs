@@ -410,10 +410,6 @@ impl Node {
             Arc::clone(&self.metrics),
         );
         tasks.spawn("lifecycle", compacter.run(phases.all.clone()));
-        tasks.spawn(
-            "label-index",
-            Arc::clone(&parts.api).index_labels(phases.all.clone()),
-        );
         // Searches still running when the node stops give up, so their threads end with it.
         let (api, mut all) = (Arc::clone(&parts.api), phases.all.clone());
         tokio::spawn(async move {

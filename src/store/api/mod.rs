@@ -48,8 +48,6 @@ pub struct StoreApi {
     /// back): a flood of broken uploads cannot flood the log.
     broken_log: crate::throttle::Throttle,
     log: Arc<StoreLog>,
-    /// The streams of each segment, for the Loki API's label answers.
-    labels: Arc<super::labels::LabelIndex>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     retention: Arc<Retention>,
@@ -72,7 +70,6 @@ impl StoreApi {
         let registry = Registry::new(Arc::clone(&metrics));
         Arc::new(StoreApi {
             broken_log: crate::throttle::Throttle::new(Duration::from_secs(1)),
-            labels: Arc::new(super::labels::LabelIndex::new(log.dir())),
             log,
             metrics,
             registry,
@@ -119,26 +116,9 @@ impl StoreApi {
         to_ms: u64,
     ) -> io::Result<Vec<super::labels::StreamInfo>> {
         let api = Arc::clone(self);
-        tokio::task::spawn_blocking(move || api.labels.streams(&api.log, from_ms, to_ms))
+        tokio::task::spawn_blocking(move || api.log.labels().streams(&api.log, from_ms, to_ms))
             .await
             .map_err(io::Error::other)?
-    }
-
-    /// Index every segment not indexed yet (and forget those gone), every second, until
-    /// `stop`: the label index keeps up with what is stored.
-    pub async fn index_labels(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            let api = Arc::clone(&self);
-            match tokio::task::spawn_blocking(move || api.labels.warm(&api.log)).await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "indexing stream labels failed"),
-                Err(e) => tracing::error!(error = %e, "indexing stream labels panicked"),
-                Ok(Ok(_)) => {}
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
     }
 }
 
