@@ -378,3 +378,43 @@ fn grafana_data_source_points_the_loki_type_at_the_api_port() {
         "maxLines within what a query may ask: {max}"
     );
 }
+
+#[test]
+fn grafana_dashboard_and_alert_rule_query_oklog_with_logql_it_runs() {
+    let ds = YamlLoader::load_from_str(&read("deploy/grafana/datasource.yaml")).unwrap();
+    let uid = str_of(&ds[0]["datasources"][0]["uid"]);
+    // The dashboard: every target's LogQL parses (with the variable as Grafana fills it).
+    let dash: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/oklog-dashboard.json")).unwrap();
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        assert_eq!(p["datasource"]["uid"], uid.as_str(), "{p}");
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().replace("$service", ".+"));
+        }
+    }
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.starts_with("sum by (service_name) (rate("))
+    );
+    // The alert rule: its query is the panel's, on the same data source.
+    let rules = YamlLoader::load_from_str(&read("deploy/grafana/alerts.yaml")).unwrap();
+    let rule = &rules[0]["groups"][0]["rules"][0];
+    let a = &rule["data"][0];
+    assert_eq!(str_of(&a["datasourceUid"]), uid);
+    let alert = str_of(&a["model"]["expr"]);
+    exprs.push(alert.clone());
+    assert_eq!(
+        alert, exprs[0],
+        "the alert rule watches the dashboard's panel"
+    );
+    assert_eq!(str_of(&rule["condition"]), "C");
+    for e in &exprs {
+        if let Err(err) = oklog::logql::parse(e) {
+            panic!("{e}: {err}");
+        }
+    }
+    let dashboards = YamlLoader::load_from_str(&read("deploy/grafana/dashboards.yaml")).unwrap();
+    assert_eq!(str_of(&dashboards[0]["providers"][0]["type"]), "file");
+}

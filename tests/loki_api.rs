@@ -200,13 +200,13 @@ fn log_and_metric_queries_answer_as_loki_does() {
     let streams = v["data"]["result"].as_array().unwrap();
     assert!(
         streams.iter().any(|s| s["stream"]
-            == json!({"env": "prod", "job": "api", "service_name": "api", "trace_id": "t1"})),
+            == json!({"detected_level": "unknown", "env": "prod", "job": "api", "service_name": "api", "trace_id": "t1"})),
         "{v}"
     );
     assert!(
         streams
             .iter()
-            .any(|s| s["stream"] == json!({"env": "prod", "job": "api", "service_name": "api"})),
+            .any(|s| s["stream"] == json!({"detected_level": "unknown", "env": "prod", "job": "api", "service_name": "api"})),
         "{v}"
     );
     // Newest first by default, `limit` across streams; forward is oldest first.
@@ -262,7 +262,7 @@ fn log_and_metric_queries_answer_as_loki_does() {
     );
     assert_eq!(
         v["data"]["result"][0]["stream"],
-        json!({"service_name": "default"})
+        json!({"detected_level": "unknown", "service_name": "default"})
     );
     let v = check_answer(
         &range(
@@ -273,6 +273,10 @@ fn log_and_metric_queries_answer_as_loki_does() {
         false,
     );
     assert_eq!(entries(&v)[0].1, "warn: hello");
+    assert_eq!(
+        v["data"]["result"][0]["stream"]["detected_level"], "warn",
+        "from the JSON line's level"
+    );
 
     // categorize-labels: stream labels in `stream`, the rest per entry.
     let v = check_answer(
@@ -290,7 +294,7 @@ fn log_and_metric_queries_answer_as_loki_does() {
     );
     assert_eq!(
         s["values"][0][2]["structuredMetadata"],
-        json!({"trace_id": "t1"})
+        json!({"detected_level": "unknown", "trace_id": "t1"})
     );
     assert_eq!(s["values"][0][2]["parsed"]["status"], "200");
 
@@ -364,6 +368,60 @@ fn log_and_metric_queries_answer_as_loki_does() {
         false,
     );
     assert!(!v["data"]["result"].as_array().unwrap().is_empty(), "{v}");
+
+    // Grafana's log volume histogram: its own query, as it sends it.
+    let v = check_answer(
+        &range(
+            r#"sum by (level, detected_level) (count_over_time({job=~"api|web"} | drop __error__ [1m]))"#,
+            &[("step", "60")],
+            &[],
+        ),
+        false,
+    );
+    let mut levels: Vec<String> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["metric"]["detected_level"].as_str().unwrap().to_string())
+        .collect();
+    levels.sort();
+    assert_eq!(levels, ["unknown", "warn"], "{v}");
+    // Log context around the second api line: backward before it, forward from it.
+    let context = |direction: &str, edge: &str| {
+        let mut p = vec![
+            (
+                "query",
+                r#"{env="prod", job="api", service_name="api"}"#.to_string(),
+            ),
+            ("limit", "10".to_string()),
+            ("direction", direction.to_string()),
+        ];
+        if direction == "backward" {
+            p.push(("start", (t - 3_600_000_000_000).to_string()));
+            p.push(("end", edge.to_string()));
+        } else {
+            p.push(("start", edge.to_string()));
+            p.push(("end", (t + 3_600_000_000_000).to_string()));
+        }
+        let v = check_answer(
+            &get(
+                api,
+                "/loki/api/v1/query_range",
+                &p,
+                &[("X-Loki-Response-Encoding-Flags", "categorize-labels")],
+            ),
+            true,
+        );
+        entries(&v).into_iter().map(|e| e.1).collect::<Vec<_>>()
+    };
+    assert_eq!(context("backward", &ns(1)), ["GET /a status=200 took=5ms"]);
+    assert_eq!(
+        context("forward", &ns(1)),
+        [
+            "GET /b status=500 took=1.5s",
+            "POST /c status=503 took=20ms"
+        ]
+    );
 
     // The same under the VictoriaLogs-style prefix; buildinfo.
     let r = get(

@@ -185,6 +185,11 @@ fn ms_window(start: i128, end_exclusive: i128) -> (u64, u64) {
     (from, to.max(from))
 }
 
+/// Whether a log expression asks for `detected_level` (then each entry gets one).
+fn mentions_level(log: &LogExpr) -> bool {
+    format!("{log:?}").contains(super::records::DETECTED_LEVEL)
+}
+
 /// A log query: the entries of `[start, end)` through the pipeline, newest first when
 /// `backward`, at most `limit`, grouped in streams (by stream labels only when `categorize`).
 pub async fn logs(
@@ -201,6 +206,7 @@ pub async fn logs(
     let pipeline = Pipeline::new(&log.pipeline).map_err(bad)?;
     let selector = Selector::new(&log.selector).map_err(bad)?;
     let (from_ms, to_ms) = ms_window(start, end);
+    let levels = mentions_level(log);
     let Some(params) = plan(log, from_ms, to_ms, backward)? else {
         return Ok((Vec::new(), Scanned::default()));
     };
@@ -221,10 +227,15 @@ pub async fn logs(
             mut line,
             mut labels,
         } = e;
+        if levels {
+            super::records::detect_level(&mut labels, &line);
+        }
         let mut sample = None;
         if !pipeline.run(&mut line, &mut labels, ns, &mut sample) {
             return true;
         }
+        // Every entry answered has a level, as Loki 3 gives it (Grafana colours by it).
+        super::records::detect_level(&mut labels, &line);
         let (key, rest) = if categorize {
             let mut stream = labels.clone();
             stream.retain(|l| l.origin == Origin::Stream);
@@ -278,6 +289,7 @@ pub async fn metric(
         };
         let op = agg.op;
         let unwrapped = agg.unwrap().is_some();
+        let levels = format!("{expr:?}").contains(super::records::DETECTED_LEVEL);
         let state: (RangeEval, Option<EvalError>) = (RangeEval::new(agg, steps, grouping), None);
         let ((range, failed), scanned) = scan(gw, params, state, move |st, e| {
             if e.ns <= from || e.ns > to || !selector.matches(&e.labels) {
@@ -288,6 +300,9 @@ pub async fn metric(
                 mut line,
                 mut labels,
             } = e;
+            if levels {
+                super::records::detect_level(&mut labels, &line);
+            }
             let mut sample = None;
             if !pipeline.run(&mut line, &mut labels, ns, &mut sample) {
                 return true;

@@ -94,6 +94,105 @@ pub fn stream_labels(topic: &str, part: &[u8]) -> Labels {
     labels
 }
 
+/// The label Loki (3) sets to each entry's level, and Grafana groups the log volume by.
+pub const DETECTED_LEVEL: &str = "detected_level";
+
+/// Set `detected_level` (as structured metadata) as Loki does: from a `level`, `lvl` or
+/// `severity` label or metadata, else from a `level=`/`"level":` field in the line, else
+/// from a level word in it (`error`, `WARN`, ...); `unknown` when none is found.
+pub fn detect_level(labels: &mut Labels, line: &[u8]) {
+    if labels.get(DETECTED_LEVEL).is_some() {
+        return;
+    }
+    const NAMES: [&str; 6] = [
+        "level",
+        "lvl",
+        "severity",
+        "severity_text",
+        "LEVEL",
+        "Level",
+    ];
+    let from_label = NAMES.iter().find_map(|n| labels.get(n)).map(normal_level);
+    let level = from_label
+        .or_else(|| level_field(line).map(normal_level))
+        .unwrap_or_else(|| level_word(line));
+    labels.set(DETECTED_LEVEL, level, Origin::Metadata);
+}
+
+/// A level's usual spellings as Loki's names for them.
+fn normal_level(v: &str) -> &'static str {
+    let v = v.trim().to_ascii_lowercase();
+    match v.as_str() {
+        s if s.starts_with("crit")
+            || s.starts_with("fatal")
+            || s.starts_with("panic")
+            || s.starts_with("emerg")
+            || s.starts_with("alert") =>
+        {
+            "critical"
+        }
+        s if s.starts_with("err") || s == "e" => "error",
+        s if s.starts_with("warn") || s == "w" => "warn",
+        s if s.starts_with("info") || s.starts_with("notice") || s == "i" => "info",
+        s if s.starts_with("debug") || s == "dbg" || s == "d" => "debug",
+        s if s.starts_with("trace") => "trace",
+        _ => "unknown",
+    }
+}
+
+/// The value of a `level=`, `lvl=`, `severity=` or `"level":"..."` field in a line.
+fn level_field(line: &[u8]) -> Option<&str> {
+    for key in [
+        &b"level="[..],
+        b"lvl=",
+        b"severity=",
+        b"\"level\":\"",
+        b"\"severity\":\"",
+    ] {
+        let mut at = 0;
+        while let Some(i) = memchr::memmem::find(&line[at..], key) {
+            let start = at + i;
+            // A whole key: at the start or after a separator.
+            if start == 0 || matches!(line[start - 1], b' ' | b'{' | b',' | b'\t') {
+                let v = &line[start + key.len()..];
+                let v = v.strip_prefix(b"\"").unwrap_or(v);
+                let end = v
+                    .iter()
+                    .position(|c| matches!(c, b' ' | b'"' | b',' | b'}' | b'\t'))
+                    .unwrap_or(v.len());
+                return std::str::from_utf8(&v[..end])
+                    .ok()
+                    .filter(|s| !s.is_empty());
+            }
+            at = start + 1;
+        }
+    }
+    None
+}
+
+/// A level named by a word in the line, most severe first.
+fn level_word(line: &[u8]) -> &'static str {
+    for (words, level) in [
+        (
+            &["CRITICAL", "critical", "FATAL", "fatal", "PANIC"][..],
+            "critical",
+        ),
+        (&["ERROR", "error", "Error", "ERR"][..], "error"),
+        (&["WARN", "warn", "Warn"][..], "warn"),
+        (&["DEBUG", "debug"][..], "debug"),
+        (&["TRACE", "trace"][..], "trace"),
+        (&["INFO", "info", "Info"][..], "info"),
+    ] {
+        if words
+            .iter()
+            .any(|w| memchr::memmem::find(line, w.as_bytes()).is_some())
+        {
+            return level;
+        }
+    }
+    "unknown"
+}
+
 /// A stream selector compiled: it matches a record's stream labels.
 #[derive(Debug)]
 pub struct Selector(Vec<(String, pipeline::Matcher)>);
@@ -183,6 +282,28 @@ mod tests {
         assert_eq!(e.line, b"GET / 200 a=b");
         assert_eq!(e.labels.text(), r#"{service_name="nginx"}"#);
         assert!(entry(b"short").is_none());
+    }
+
+    #[test]
+    fn levels_are_detected_as_loki_does() {
+        let level = |labels: &[(&str, &str)], line: &str| {
+            let mut l = Labels::new();
+            for (k, v) in labels {
+                l.set(k, v.to_string(), Origin::Metadata);
+            }
+            detect_level(&mut l, line.as_bytes());
+            l.get(DETECTED_LEVEL).unwrap().to_string()
+        };
+        assert_eq!(level(&[("severity", "WARNING")], "x"), "warn");
+        assert_eq!(level(&[], "ts=1 level=ERROR msg=x"), "error");
+        assert_eq!(level(&[], r#"{"msg":"a","level":"debug"}"#), "debug");
+        assert_eq!(level(&[], "GET /a failed with an error"), "error");
+        assert_eq!(level(&[], "all good"), "unknown");
+        assert_eq!(
+            level(&[], "loglevel=info ok"),
+            "info",
+            "loglevel= is not level=, the word still counts"
+        );
     }
 
     #[test]

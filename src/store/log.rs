@@ -964,6 +964,7 @@ mod tests {
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "labels")
             .collect();
         assert_eq!(names.len(), 2, "only the segment and LOCK: {names:?}");
     }

@@ -977,7 +977,9 @@ fn a_crash_at_any_point_of_a_conversion_leaves_every_record_once() {
     for (i, files) in states.iter().enumerate() {
         for e in fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
-            if p.file_name().is_some_and(|n| n != "LOCK") {
+            if p.is_dir() {
+                fs::remove_dir_all(p).unwrap();
+            } else if p.file_name().is_some_and(|n| n != "LOCK") {
                 fs::remove_file(p).unwrap();
             }
         }
@@ -1063,7 +1065,7 @@ fn retention_trashes_and_purges_compressed_segments_too() {
     let left: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n != "LOCK")
+        .filter(|n| n != "LOCK" && n != "labels")
         .collect();
     assert_eq!(left.len(), 1, "{left:?}");
 }
@@ -1118,7 +1120,9 @@ fn a_conversion_stopped_by_shutdown_leaves_its_input_as_it_was() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(
-        names.iter().all(|n| n == "LOCK" || n.ends_with(".flushed")),
+        names
+            .iter()
+            .all(|n| n == "LOCK" || n == "labels" || n.ends_with(".flushed")),
         "{names:?}"
     );
 }
