@@ -749,3 +749,140 @@ fn live_tail_over_websocket_sends_the_past_then_what_arrives() {
     let status = child.0.wait().unwrap();
     assert!(status.success(), "the client ends once it has 4 entries");
 }
+
+#[test]
+fn three_store_nodes_with_two_copies_count_each_record_once() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let s1 = start_role("store", &root.path().join("s1"), None, &[]);
+    let peer = s1.addr("cluster").to_string();
+    let s2 = start_role("store", &root.path().join("s2"), Some(&peer), &[]);
+    let s3 = start_role("store", &root.path().join("s3"), Some(&peer), &[]);
+    let ingester = start_role("ingest", &root.path().join("i1"), Some(&peer), &[]);
+    // 600 entries over the last 50 minutes in three streams, one in four a 500.
+    let now = ago(0);
+    let minute = 60_000_000_000i128;
+    let entries: Vec<(String, i128, String)> = (0..600)
+        .map(|i| {
+            let job = ["a", "b", "c"][i % 3].to_string();
+            let ns = now - 50 * minute + (i as i128) * 5_000_000_000 + 7;
+            let status = if i % 4 == 0 { 500 } else { 200 };
+            (job, ns, format!("req {i} status={status}"))
+        })
+        .collect();
+    for chunk in entries.chunks(100) {
+        let streams: Vec<Value> = ["a", "b", "c"]
+            .iter()
+            .map(|job| {
+                let values: Vec<Value> = chunk
+                    .iter()
+                    .filter(|e| e.0 == *job)
+                    .map(|e| json!([e.1.to_string(), e.2]))
+                    .collect();
+                json!({"stream": {"job": job}, "values": values})
+            })
+            .collect();
+        eventually(
+            std::time::Duration::from_secs(20),
+            "the ingester to take a push",
+            || {
+                let r = http(
+                    "POST",
+                    ingester.addr("api"),
+                    "/loki/api/v1/push",
+                    json!({ "streams": streams }).to_string().as_bytes(),
+                );
+                (r.status == 204).then_some(())
+            },
+        );
+    }
+    for node in [&s1, &s2, &s3] {
+        wait_for_records(node.addr("api"), entries.len());
+    }
+    let five_hundreds = entries.iter().filter(|e| e.2.ends_with("=500")).count();
+    for node in [&s1, &s2, &s3] {
+        let api = node.addr("api");
+        // Log queries: each entry once, though it is on two or three nodes.
+        let v = check_answer(
+            &get(
+                api,
+                "/loki/api/v1/query_range",
+                &[
+                    ("query", r#"{job=~"a|b|c"} |= "status=500""#.into()),
+                    ("start", (now - 60 * minute).to_string()),
+                    ("end", (now + minute).to_string()),
+                    ("limit", "5000".into()),
+                ],
+                &[],
+            ),
+            false,
+        );
+        let got = entries_of(&v);
+        let distinct: std::collections::BTreeSet<_> = got.iter().collect();
+        assert_eq!((got.len(), distinct.len()), (five_hundreds, five_hundreds));
+        // Metric queries: counts per stream over the hour, and per 10-minute window.
+        let v = check_answer(
+            &get(
+                api,
+                "/loki/api/v1/query",
+                &[
+                    (
+                        "query",
+                        r#"sum by (job) (count_over_time({job=~".+"}[1h]))"#.into(),
+                    ),
+                    ("time", (now + minute).to_string()),
+                ],
+                &[],
+            ),
+            false,
+        );
+        for s in v["data"]["result"].as_array().unwrap() {
+            assert_eq!(s["value"][1], "200", "{v}");
+        }
+        assert_eq!(v["data"]["result"].as_array().unwrap().len(), 3);
+        let (start, step) = (now - 40 * minute, 10 * minute);
+        let v = check_answer(
+            &get(
+                api,
+                "/loki/api/v1/query_range",
+                &[
+                    (
+                        "query",
+                        r#"sum(count_over_time({job="a"} |= "status=500" [10m]))"#.into(),
+                    ),
+                    ("start", start.to_string()),
+                    ("end", now.to_string()),
+                    ("step", "600".into()),
+                ],
+                &[],
+            ),
+            false,
+        );
+        let want: Vec<(f64, String)> = (0..=4)
+            .map(|k| start + k * step)
+            .filter_map(|t| {
+                let n = entries
+                    .iter()
+                    .filter(|e| e.0 == "a" && e.2.ends_with("=500") && e.1 > t - step && e.1 <= t)
+                    .count();
+                (n > 0).then(|| ((t / 1_000_000) as f64 / 1000.0, n.to_string()))
+            })
+            .collect();
+        let got: Vec<(f64, String)> = v["data"]["result"][0]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(got, want, "windows (t - 10m, t] at each step");
+        // Labels from every node's index, merged.
+        let r = get(api, "/loki/api/v1/label/job/values", &[], &[]);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["data"], json!(["a", "b", "c"]), "{v}");
+    }
+}
+
+/// The `(ns, line)` entries of a streams answer, in answer order.
+fn entries_of(v: &Value) -> Vec<(String, String)> {
+    entries(v)
+}
