@@ -118,6 +118,11 @@ impl RangeEval {
         }
     }
 
+    /// The labels series are grouped by, if any.
+    pub fn grouping(&self) -> Option<&Grouping> {
+        self.grouping.as_ref()
+    }
+
     /// The window of records this function reads, in nanoseconds: `(from, to]`.
     pub fn span(agg: &RangeAgg, steps: Steps) -> (i128, i128) {
         let offset = i128::from(agg.offset_ns);
@@ -144,6 +149,33 @@ impl RangeEval {
             self.next += 1;
         }
         let key = self.key(labels);
+        self.push_keyed_value(t, key, value)
+    }
+
+    /// The series key of a record with `labels` (its labels reduced by the grouping).
+    pub fn key(&self, labels: &Labels) -> Labels {
+        let mut k = labels.clone();
+        k.retain(|l| l.name != ERROR && l.name != ERROR_DETAILS);
+        group_labels(&k, self.grouping.as_ref())
+    }
+
+    /// [`RangeEval::push`] for a record whose series key is known already ([`RangeEval::key`]
+    /// of labels without `__error__`), with `value`: what a caller that keeps keys per stream
+    /// uses.
+    pub fn push_key(&mut self, ns: i128, key: &Labels, value: f64) -> Result<(), EvalError> {
+        let t = ns + self.offset;
+        while self.next < self.steps.len() && self.steps.at(self.next) < t {
+            self.emit(self.next);
+            self.next += 1;
+        }
+        if let Some(w) = self.series.get_mut(key) {
+            w.samples.push_back((t, value));
+            return Ok(());
+        }
+        self.push_keyed_value(t, key.clone(), value)
+    }
+
+    fn push_keyed_value(&mut self, t: i128, key: Labels, value: f64) -> Result<(), EvalError> {
         let n = self.steps.len();
         let len = self.series.len();
         let w = match self.series.get_mut(&key) {
@@ -162,12 +194,6 @@ impl RangeEval {
         };
         w.samples.push_back((t, value));
         Ok(())
-    }
-
-    fn key(&self, labels: &Labels) -> Labels {
-        let mut k = labels.clone();
-        k.retain(|l| l.name != ERROR && l.name != ERROR_DETAILS);
-        group_labels(&k, self.grouping.as_ref())
     }
 
     fn emit(&mut self, i: usize) {

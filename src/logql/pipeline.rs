@@ -228,6 +228,20 @@ impl Pipeline {
         Ok(Pipeline { stages: out })
     }
 
+    /// Whether every stage is a line filter (then [`Pipeline::keeps_line`] decides alone,
+    /// and a record's labels pass unchanged).
+    pub fn only_line_filters(&self) -> bool {
+        self.stages.iter().all(|s| matches!(s, Compiled::Line { .. }))
+    }
+
+    /// Whether the line filters keep `line` (the other stages are not run).
+    pub fn keeps_line(&self, line: &[u8]) -> bool {
+        self.stages.iter().all(|s| match s {
+            Compiled::Line { negative, any } => any.iter().any(|m| m.is_match(line)) != *negative,
+            _ => true,
+        })
+    }
+
     /// Whether the pipeline has no stage (every record passes as it is).
     pub fn is_empty(&self) -> bool {
         self.stages.is_empty()

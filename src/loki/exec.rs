@@ -4,6 +4,7 @@
 //! go through the selector and the pipeline here, on a blocking thread, streaming: a log
 //! query keeps at most `limit` entries, a metric query one window of samples per series.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -107,8 +108,8 @@ pub fn plan(
     }))
 }
 
-/// Read the records of `params` from every store node, handing each to `each` (with its
-/// size) on a blocking thread until it says stop; `state` comes back with what it gathered.
+/// Read the records of `params` from every store node, handing each to `each` as an entry on
+/// a blocking thread until it says stop; `state` comes back with what it gathered.
 pub async fn scan<S, F>(
     gw: &Gateway,
     params: QueryParams,
@@ -118,6 +119,24 @@ pub async fn scan<S, F>(
 where
     S: Send + 'static,
     F: FnMut(&mut S, Entry) -> bool + Send + 'static,
+{
+    scan_lines(gw, params, state, move |st, line| match entry(line) {
+        Some(e) => each(st, e),
+        None => true,
+    })
+    .await
+}
+
+/// [`scan`], handing each stored record line (without its newline) as it is.
+pub async fn scan_lines<S, F>(
+    gw: &Gateway,
+    params: QueryParams,
+    state: S,
+    mut each: F,
+) -> Result<(S, Scanned), Refusal>
+where
+    S: Send + 'static,
+    F: FnMut(&mut S, &[u8]) -> bool + Send + 'static,
 {
     let gathering = gw.records(&params).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
@@ -139,9 +158,7 @@ where
                 at += n + 1;
                 scanned.lines += 1;
                 scanned.bytes += line.len() as u64 + 1;
-                if let Some(e) = entry(line)
-                    && !each(&mut state, e)
-                {
+                if !each(&mut state, line) {
                     break 'chunks;
                 }
             }
@@ -287,40 +304,21 @@ pub async fn metric(
             all.push(RangeEval::new(agg, steps, grouping).finish());
             continue;
         };
-        let op = agg.op;
-        let unwrapped = agg.unwrap().is_some();
-        let levels = format!("{expr:?}").contains(super::records::DETECTED_LEVEL);
-        let state: (RangeEval, Option<EvalError>) = (RangeEval::new(agg, steps, grouping), None);
-        let ((range, failed), scanned) = scan(gw, params, state, move |st, e| {
-            if e.ns <= from || e.ns > to || !selector.matches(&e.labels) {
-                return true;
-            }
-            let Entry {
-                ns,
-                mut line,
-                mut labels,
-            } = e;
-            if levels {
-                super::records::detect_level(&mut labels, &line);
-            }
-            let mut sample = None;
-            if !pipeline.run(&mut line, &mut labels, ns, &mut sample) {
-                return true;
-            }
-            let value = match (op, unwrapped) {
-                (_, true) => sample.unwrap_or(0.0),
-                (RangeOp::Bytes | RangeOp::BytesRate, _) => line.len() as f64,
-                _ => 1.0,
-            };
-            match st.0.push(ns, &labels, value) {
-                Ok(()) => true,
-                Err(e) => {
-                    st.1 = Some(e);
-                    false
-                }
-            }
-        })
-        .await?;
+        let state = RangeScan {
+            op: agg.op,
+            unwrapped: agg.unwrap().is_some(),
+            levels: format!("{expr:?}").contains(super::records::DETECTED_LEVEL),
+            window: (from, to),
+            fast: pipeline.only_line_filters()
+                && !format!("{expr:?}").contains(super::records::DETECTED_LEVEL),
+            pipeline,
+            selector,
+            range: RangeEval::new(agg, steps, grouping),
+            streams: HashMap::new(),
+            failed: None,
+        };
+        let (state, scanned) = scan_lines(gw, params, state, RangeScan::record).await?;
+        let (range, failed) = (state.range, state.failed);
         if let Some(e) = failed {
             return Err(bad(e));
         }
@@ -337,6 +335,132 @@ pub async fn metric(
     }
     let v = eval::evaluate(expr, steps, &mut Done(all)).map_err(bad)?;
     Ok((v, total))
+}
+
+/// A range function's scan: each record through the selector and pipeline into the
+/// [`RangeEval`].
+struct RangeScan {
+    op: RangeOp,
+    unwrapped: bool,
+    levels: bool,
+    /// `(from, to]`, nanoseconds.
+    window: (i128, i128),
+    /// Only line filters: a record's series is its stream's (and metadata's), found once per
+    /// stream ([`RangeScan::streams`]).
+    fast: bool,
+    pipeline: Pipeline,
+    selector: Selector,
+    range: RangeEval,
+    /// Per stream (topic and labels part): its series key, or `None` when the selector does
+    /// not take it.
+    streams: HashMap<Vec<u8>, Option<Labels>>,
+    failed: Option<EvalError>,
+}
+
+impl RangeScan {
+    /// Take one stored record; `false` once the query failed.
+    fn record(&mut self, line: &[u8]) -> bool {
+        if self.fast
+            && let Some(done) = self.fast_record(line)
+        {
+            return done;
+        }
+        let Some(e) = entry(line) else { return true };
+        let (from, to) = self.window;
+        if e.ns <= from || e.ns > to || !self.selector.matches(&e.labels) {
+            return true;
+        }
+        let Entry {
+            ns,
+            mut line,
+            mut labels,
+        } = e;
+        if self.levels {
+            super::records::detect_level(&mut labels, &line);
+        }
+        let mut sample = None;
+        if !self.pipeline.run(&mut line, &mut labels, ns, &mut sample) {
+            return true;
+        }
+        let value = self.value(sample, line.len());
+        let pushed = self.range.push(ns, &labels, value);
+        self.pushed(pushed)
+    }
+
+    /// A record whose series is its stream's: `None` when it is not one (metadata the
+    /// grouping may keep), to be read whole.
+    fn fast_record(&mut self, line: &[u8]) -> Option<bool> {
+        use crate::record::{BODY_OFFSET, ULID_LEN, parts, ulid_ms};
+        if line.len() < BODY_OFFSET {
+            return Some(true);
+        }
+        let body = &line[BODY_OFFSET..];
+        let (topic, payload) = match memchr::memchr(b' ', body) {
+            Some(i) => (&body[..i], &body[i + 1..]),
+            None => (body, &[][..]),
+        };
+        let p = parts::split(payload);
+        let mut ns = i128::from(ulid_ms(&line[..ULID_LEN])) * 1_000_000;
+        if !p.metadata.is_empty() {
+            // Metadata is part of a record's series unless the grouping keeps only named
+            // labels none of which it holds; the agent's time is read for the nanoseconds.
+            let names = match self.range.grouping() {
+                Some(g) if !g.without => &g.labels,
+                _ => return None,
+            };
+            for (k, v) in parts::pairs(p.metadata) {
+                if k == b"ts" {
+                    if let Some(t) = std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+                        .map(|t| t.as_nanosecond())
+                        .filter(|t| t.div_euclid(1_000_000) == ns / 1_000_000)
+                    {
+                        ns = t;
+                    }
+                } else if names.iter().any(|n| n.as_bytes() == k) {
+                    return None;
+                }
+            }
+        }
+        let (from, to) = self.window;
+        if ns <= from || ns > to || !self.pipeline.keeps_line(p.message) {
+            return Some(true);
+        }
+        let mut stream = Vec::with_capacity(topic.len() + p.labels.len() + 1);
+        stream.extend_from_slice(topic);
+        stream.push(parts::MARK);
+        stream.extend_from_slice(p.labels);
+        if !self.streams.contains_key(&stream) {
+            let labels = super::records::stream_labels(&String::from_utf8_lossy(topic), p.labels);
+            let key = self.selector.matches(&labels).then(|| self.range.key(&labels));
+            self.streams.insert(stream.clone(), key);
+        }
+        let Some(key) = self.streams.get(&stream).and_then(Option::as_ref) else {
+            return Some(true);
+        };
+        let value = self.value(None, p.message.len());
+        let pushed = self.range.push_key(ns, key, value);
+        Some(self.pushed(pushed))
+    }
+
+    fn value(&self, sample: Option<f64>, line_len: usize) -> f64 {
+        match (self.op, self.unwrapped) {
+            (_, true) => sample.unwrap_or(0.0),
+            (RangeOp::Bytes | RangeOp::BytesRate, _) => line_len as f64,
+            _ => 1.0,
+        }
+    }
+
+    fn pushed(&mut self, r: Result<(), EvalError>) -> bool {
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed = Some(e);
+                false
+            }
+        }
+    }
 }
 
 /// The summary of a scan that took `secs` and returned `returned`.
