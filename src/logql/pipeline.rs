@@ -231,7 +231,9 @@ impl Pipeline {
     /// Whether every stage is a line filter (then [`Pipeline::keeps_line`] decides alone,
     /// and a record's labels pass unchanged).
     pub fn only_line_filters(&self) -> bool {
-        self.stages.iter().all(|s| matches!(s, Compiled::Line { .. }))
+        self.stages
+            .iter()
+            .all(|s| matches!(s, Compiled::Line { .. }))
     }
 
     /// Whether the line filters keep `line` (the other stages are not run).

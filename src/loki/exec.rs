@@ -79,16 +79,49 @@ pub fn plan(
         Some(names) => Topics::parse(&names).map_err(bad)?,
         None => Topics::default(),
     };
-    let mut q = String::new();
+    let (q, regex) = needle(log);
+    Ok(Some(QueryParams {
+        from_ms,
+        to_ms,
+        q,
+        regex,
+        topics,
+        desc,
+        ..Default::default()
+    }))
+}
+
+/// The store's needle for a log expression: its first literal `|=` filter (before any stage
+/// that changes the line), else its first positive filter that the store's grep can run as a
+/// regex (`|~` without anchors or word boundaries, or `|=` alternatives), `("", false)` for
+/// none. The store matches `<topic> <payload>`, which holds the line: a needle may select
+/// more records than the filter (the filter then runs on each), never fewer.
+fn needle(log: &LogExpr) -> (String, bool) {
+    let mut regex: Option<String> = None;
     for stage in &log.pipeline {
         match stage {
-            Stage::Line(f) if f.op == LineOp::Contains && f.values.len() == 1 => {
-                if let FilterValue::Text(t) = &f.values[0]
-                    && !t.is_empty()
-                    && !t.contains('\n')
-                {
-                    q = t.clone();
-                    break;
+            Stage::Line(f) if !f.op.is_negative() => {
+                let texts: Option<Vec<&str>> = f
+                    .values
+                    .iter()
+                    .map(|v| match v {
+                        FilterValue::Text(t) if !t.is_empty() && !t.contains('\n') => {
+                            Some(t.as_str())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let Some(texts) = texts else { continue };
+                match f.op {
+                    LineOp::Contains if texts.len() == 1 => return (texts[0].to_string(), false),
+                    LineOp::Contains => {
+                        let alts: Vec<String> = texts.iter().map(|t| regex::escape(t)).collect();
+                        regex.get_or_insert_with(|| alts.join("|"));
+                    }
+                    LineOp::Match if texts.len() == 1 && free_of_looks(texts[0]) => {
+                        regex.get_or_insert_with(|| texts[0].to_string());
+                    }
+                    _ => {}
                 }
             }
             Stage::LineFormat(_)
@@ -97,15 +130,18 @@ pub fn plan(
             _ => {}
         }
     }
-    Ok(Some(QueryParams {
-        from_ms,
-        to_ms,
-        q,
-        regex: false,
-        topics,
-        desc,
-        ..Default::default()
-    }))
+    match regex {
+        Some(r) => (r, true),
+        None => (String::new(), false),
+    }
+}
+
+/// Whether a regex has no anchor or word boundary (`^`, `$`, `\b`, ...): only then does it
+/// match a record wherever it matches the record's line.
+fn free_of_looks(re: &str) -> bool {
+    regex_syntax::Parser::new()
+        .parse(re)
+        .is_ok_and(|hir| hir.properties().look_set().is_empty())
 }
 
 /// Read the records of `params` from every store node, handing each to `each` as an entry on
@@ -433,7 +469,10 @@ impl RangeScan {
         stream.extend_from_slice(p.labels);
         if !self.streams.contains_key(&stream) {
             let labels = super::records::stream_labels(&String::from_utf8_lossy(topic), p.labels);
-            let key = self.selector.matches(&labels).then(|| self.range.key(&labels));
+            let key = self
+                .selector
+                .matches(&labels)
+                .then(|| self.range.key(&labels));
             self.streams.insert(stream.clone(), key);
         }
         let Some(key) = self.streams.get(&stream).and_then(Option::as_ref) else {
@@ -470,5 +509,46 @@ pub fn summary(s: &Scanned, returned: u64, secs: f64) -> Summary {
         lines: s.lines,
         returned,
         secs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needle_of(q: &str) -> (String, bool) {
+        needle(&crate::logql::parse::parse_log(q).unwrap())
+    }
+
+    #[test]
+    fn needles_select_at_least_what_the_filters_keep() {
+        assert_eq!(
+            needle_of(r#"{a="b"} |~ "x.y" |= "lit""#),
+            ("lit".into(), false)
+        );
+        assert_eq!(
+            needle_of(r#"{a="b"} |~ "(?i)err(or)?""#),
+            ("(?i)err(or)?".into(), true)
+        );
+        assert_eq!(
+            needle_of(r#"{a="b"} |= "a.b" or "c""#),
+            (r"a\.b|c".into(), true)
+        );
+        assert_eq!(
+            needle_of(r#"{a="b"} |~ "^GET""#),
+            (String::new(), false),
+            "anchored"
+        );
+        assert_eq!(
+            needle_of(r#"{a="b"} |~ "\\bx\\b""#),
+            (String::new(), false),
+            "boundaries"
+        );
+        assert_eq!(needle_of(r#"{a="b"} != "x""#), (String::new(), false));
+        assert_eq!(
+            needle_of(r#"{a="b"} | line_format "x" |= "y""#),
+            (String::new(), false)
+        );
+        assert_eq!(needle_of(r#"{a="b"} | logfmt |= "y""#), ("y".into(), false));
     }
 }
