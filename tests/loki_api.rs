@@ -423,6 +423,25 @@ fn log_and_metric_queries_answer_as_loki_does() {
         ]
     );
 
+    // A metric query over records a parser fails on is refused, as Loki refuses it, unless
+    // the errors are filtered out.
+    let r = range(
+        r#"sum(count_over_time({job="api"} | json [1h]))"#,
+        &[("step", "60")],
+        &[],
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("JSONParserErr"), "{}", r.text());
+    let v = check_answer(
+        &range(
+            r#"sum(count_over_time({job="api"} | json | __error__="" [1h]))"#,
+            &[("step", "60")],
+            &[],
+        ),
+        false,
+    );
+    assert!(v["data"]["result"].as_array().unwrap().is_empty(), "{v}");
+
     // The same under the VictoriaLogs-style prefix; buildinfo.
     let r = get(
         api,

@@ -11,6 +11,8 @@ pub mod labels;
 pub mod lex;
 pub mod parse;
 pub mod pipeline;
+pub mod record;
+pub mod sample;
 pub mod template;
 
 pub use ast::Expr;

@@ -13,12 +13,12 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 
 use super::json::{Stream, Summary};
-use super::records::{Entry, Selector, entry, topics};
-use crate::logql::ast::{Expr, FilterValue, LineOp, LogExpr, RangeOp, Stage};
+use crate::logql::ast::{Expr, FilterValue, LineOp, LogExpr, Stage};
 use crate::logql::eval::{self, EvalError, RangeEval, Series, Steps, Value};
 use crate::logql::labels::{Labels, Origin};
 use crate::logql::parse::check_selector;
 use crate::logql::pipeline::Pipeline;
+use crate::logql::record::{Entry, Selector, entry, topics};
 use crate::search::Topics;
 use crate::store::gather::Gateway;
 use crate::store::query::QueryParams;
@@ -168,13 +168,27 @@ pub async fn scan_lines<S, F>(
     gw: &Gateway,
     params: QueryParams,
     state: S,
-    mut each: F,
+    each: F,
 ) -> Result<(S, Scanned), Refusal>
 where
     S: Send + 'static,
     F: FnMut(&mut S, &[u8]) -> bool + Send + 'static,
 {
     let gathering = gw.records(&params).await?;
+    consume(gathering, state, each).await
+}
+
+/// Read a gathered body's lines, handing each (without its newline) to `each` on a blocking
+/// thread until it says stop.
+async fn consume<S, F>(
+    gathering: crate::store::gather::Gathering,
+    state: S,
+    mut each: F,
+) -> Result<(S, Scanned), Refusal>
+where
+    S: Send + 'static,
+    F: FnMut(&mut S, &[u8]) -> bool + Send + 'static,
+{
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let worker = tokio::task::spawn_blocking(move || {
         let mut state = state;
@@ -240,7 +254,7 @@ fn ms_window(start: i128, end_exclusive: i128) -> (u64, u64) {
 
 /// Whether a log expression asks for `detected_level` (then each entry gets one).
 fn mentions_level(log: &LogExpr) -> bool {
-    format!("{log:?}").contains(super::records::DETECTED_LEVEL)
+    format!("{log:?}").contains(crate::logql::record::DETECTED_LEVEL)
 }
 
 /// A log query: the entries of `[start, end)` through the pipeline, newest first when
@@ -281,14 +295,14 @@ pub async fn logs(
             mut labels,
         } = e;
         if levels {
-            super::records::detect_level(&mut labels, &line);
+            crate::logql::record::detect_level(&mut labels, &line);
         }
         let mut sample = None;
         if !pipeline.run(&mut line, &mut labels, ns, &mut sample) {
             return true;
         }
         // Every entry answered has a level, as Loki 3 gives it (Grafana colours by it).
-        super::records::detect_level(&mut labels, &line);
+        crate::logql::record::detect_level(&mut labels, &line);
         let (key, rest) = if categorize {
             let mut stream = labels.clone();
             stream.retain(|l| l.origin == Origin::Stream);
@@ -326,34 +340,28 @@ pub async fn logs(
 /// the expression is evaluated step by step.
 pub async fn metric(
     gw: &Arc<Gateway>,
+    text: &str,
     expr: &Expr,
     steps: Steps,
 ) -> Result<(Value, Scanned), Refusal> {
     let mut all = Vec::new();
     let mut total = Scanned::default();
-    for (agg, grouping) in eval::range_aggs(expr) {
-        let pipeline = Pipeline::new(&agg.log.pipeline).map_err(bad)?;
-        let selector = Selector::new(&agg.log.selector).map_err(bad)?;
+    for (n, (agg, grouping)) in eval::range_aggs(expr).into_iter().enumerate() {
         let (from, to) = RangeEval::span(agg, steps);
         let (from_ms, to_ms) = ms_window(from + 1, to + 1);
         let Some(params) = plan(&agg.log, from_ms, to_ms, false)? else {
             all.push(RangeEval::new(agg, steps, grouping).finish());
             continue;
         };
-        let state = RangeScan {
-            op: agg.op,
-            unwrapped: agg.unwrap().is_some(),
-            levels: format!("{expr:?}").contains(super::records::DETECTED_LEVEL),
-            window: (from, to),
-            fast: pipeline.only_line_filters()
-                && !format!("{expr:?}").contains(super::records::DETECTED_LEVEL),
-            pipeline,
-            selector,
+        // Each store node samples its own records; the merge counts each record once.
+        let extra = format!("logql={}&n={n}&window={from},{to}", url_encode(text));
+        let gathering = gw.samples(&params, &extra).await?;
+        let state = SampleScan {
             range: RangeEval::new(agg, steps, grouping),
-            streams: HashMap::new(),
+            keys: HashMap::new(),
             failed: None,
         };
-        let (state, scanned) = scan_lines(gw, params, state, RangeScan::record).await?;
+        let (state, scanned) = consume(gathering, state, SampleScan::line).await?;
         let (range, failed) = (state.range, state.failed);
         if let Some(e) = failed {
             return Err(bad(e));
@@ -373,126 +381,47 @@ pub async fn metric(
     Ok((v, total))
 }
 
-/// A range function's scan: each record through the selector and pipeline into the
-/// [`RangeEval`].
-struct RangeScan {
-    op: RangeOp,
-    unwrapped: bool,
-    levels: bool,
-    /// `(from, to]`, nanoseconds.
-    window: (i128, i128),
-    /// Only line filters: a record's series is its stream's (and metadata's), found once per
-    /// stream ([`RangeScan::streams`]).
-    fast: bool,
-    pipeline: Pipeline,
-    selector: Selector,
+/// A range function's samples, gathered from the store nodes, into the [`RangeEval`].
+struct SampleScan {
     range: RangeEval,
-    /// Per stream (topic and labels part): its series key, or `None` when the selector does
-    /// not take it.
-    streams: HashMap<Vec<u8>, Option<Labels>>,
+    /// Series labels by their JSON text, as the nodes send them.
+    keys: HashMap<Vec<u8>, Labels>,
     failed: Option<EvalError>,
 }
 
-impl RangeScan {
-    /// Take one stored record; `false` once the query failed.
-    fn record(&mut self, line: &[u8]) -> bool {
-        if self.fast
-            && let Some(done) = self.fast_record(line)
-        {
-            return done;
+impl SampleScan {
+    /// Take one line `<ULID> <ns> <value> <labels JSON>`; `false` once the query failed.
+    fn line(&mut self, line: &[u8]) -> bool {
+        use crate::store::api::samples::FAILED;
+        if let Some(why) = line.strip_prefix(FAILED.as_bytes()) {
+            self.failed = Some(EvalError(String::from_utf8_lossy(why).into_owned()));
+            return false;
         }
-        let Some(e) = entry(line) else { return true };
-        let (from, to) = self.window;
-        if e.ns <= from || e.ns > to || !self.selector.matches(&e.labels) {
+        let mut fields = line.get(27..).unwrap_or_default().splitn(3, |&b| b == b' ');
+        let (Some(ns), Some(value), Some(json)) = (fields.next(), fields.next(), fields.next())
+        else {
             return true;
-        }
-        let Entry {
-            ns,
-            mut line,
-            mut labels,
-        } = e;
-        if self.levels {
-            super::records::detect_level(&mut labels, &line);
-        }
-        let mut sample = None;
-        if !self.pipeline.run(&mut line, &mut labels, ns, &mut sample) {
-            return true;
-        }
-        let value = self.value(sample, line.len());
-        let pushed = self.range.push(ns, &labels, value);
-        self.pushed(pushed)
-    }
-
-    /// A record whose series is its stream's: `None` when it is not one (metadata the
-    /// grouping may keep), to be read whole.
-    fn fast_record(&mut self, line: &[u8]) -> Option<bool> {
-        use crate::record::{BODY_OFFSET, ULID_LEN, parts, ulid_ms};
-        if line.len() < BODY_OFFSET {
-            return Some(true);
-        }
-        let body = &line[BODY_OFFSET..];
-        let (topic, payload) = match memchr::memchr(b' ', body) {
-            Some(i) => (&body[..i], &body[i + 1..]),
-            None => (body, &[][..]),
         };
-        let p = parts::split(payload);
-        let mut ns = i128::from(ulid_ms(&line[..ULID_LEN])) * 1_000_000;
-        if !p.metadata.is_empty() {
-            // Metadata is part of a record's series unless the grouping keeps only named
-            // labels none of which it holds; the agent's time is read for the nanoseconds.
-            let names = match self.range.grouping() {
-                Some(g) if !g.without => &g.labels,
-                _ => return None,
-            };
-            for (k, v) in parts::pairs(p.metadata) {
-                if k == b"ts" {
-                    if let Some(t) = std::str::from_utf8(&v)
-                        .ok()
-                        .and_then(|v| v.parse::<jiff::Timestamp>().ok())
-                        .map(|t| t.as_nanosecond())
-                        .filter(|t| t.div_euclid(1_000_000) == ns / 1_000_000)
-                    {
-                        ns = t;
-                    }
-                } else if names.iter().any(|n| n.as_bytes() == k) {
-                    return None;
-                }
+        let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<f64>().ok();
+        let (Some(ns), Some(value)) = (
+            std::str::from_utf8(ns)
+                .ok()
+                .and_then(|n| n.parse::<i128>().ok()),
+            number(value),
+        ) else {
+            return true;
+        };
+        if !self.keys.contains_key(json) {
+            let map: std::collections::BTreeMap<String, String> =
+                serde_json::from_slice(json).unwrap_or_default();
+            let mut labels = Labels::new();
+            for (k, v) in map {
+                labels.set(&k, v, Origin::Stream);
             }
+            self.keys.insert(json.to_vec(), labels);
         }
-        let (from, to) = self.window;
-        if ns <= from || ns > to || !self.pipeline.keeps_line(p.message) {
-            return Some(true);
-        }
-        let mut stream = Vec::with_capacity(topic.len() + p.labels.len() + 1);
-        stream.extend_from_slice(topic);
-        stream.push(parts::MARK);
-        stream.extend_from_slice(p.labels);
-        if !self.streams.contains_key(&stream) {
-            let labels = super::records::stream_labels(&String::from_utf8_lossy(topic), p.labels);
-            let key = self
-                .selector
-                .matches(&labels)
-                .then(|| self.range.key(&labels));
-            self.streams.insert(stream.clone(), key);
-        }
-        let Some(key) = self.streams.get(&stream).and_then(Option::as_ref) else {
-            return Some(true);
-        };
-        let value = self.value(None, p.message.len());
-        let pushed = self.range.push_key(ns, key, value);
-        Some(self.pushed(pushed))
-    }
-
-    fn value(&self, sample: Option<f64>, line_len: usize) -> f64 {
-        match (self.op, self.unwrapped) {
-            (_, true) => sample.unwrap_or(0.0),
-            (RangeOp::Bytes | RangeOp::BytesRate, _) => line_len as f64,
-            _ => 1.0,
-        }
-    }
-
-    fn pushed(&mut self, r: Result<(), EvalError>) -> bool {
-        match r {
+        let key = &self.keys[json];
+        match self.range.push_key(ns, key, value) {
             Ok(()) => true,
             Err(e) => {
                 self.failed = Some(e);
@@ -500,6 +429,19 @@ impl RangeScan {
             }
         }
     }
+}
+
+/// `s` percent-encoded for a query string.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The summary of a scan that took `secs` and returned `returned`.

@@ -9,7 +9,6 @@ pub mod fields;
 pub mod index;
 pub mod json;
 pub mod params;
-pub mod records;
 pub mod tail;
 
 use std::sync::Arc;
@@ -168,7 +167,7 @@ async fn run_range(
         ));
     }
     let steps = Steps { start, end, step };
-    let (value, scanned) = exec::metric(gw, &expr, steps).await?;
+    let (value, scanned) = exec::metric(gw, p.get("query").unwrap_or(""), &expr, steps).await?;
     let series = match value {
         Value::Vector(s) => s,
         Value::Scalar(v) => vec![logql::eval::Series {
@@ -229,7 +228,7 @@ async fn run_instant(
         end: time,
         step: 1,
     };
-    let (value, scanned) = exec::metric(gw, &expr, steps).await?;
+    let (value, scanned) = exec::metric(gw, p.get("query").unwrap_or(""), &expr, steps).await?;
     let body = match value {
         Value::Scalar(v) => {
             let s = summary(&scanned, 1, started.elapsed().as_secs_f64());

@@ -20,10 +20,10 @@ use axum::response::{IntoResponse, Response};
 use super::exec::{Refusal, bad, plan};
 use super::json::{self, Stream};
 use super::params;
-use super::records::{Selector, entry};
 use crate::logql::ast::LogExpr;
 use crate::logql::labels::{Labels, Origin};
 use crate::logql::pipeline::Pipeline;
+use crate::logql::record::{Selector, entry};
 use crate::store::api::params::RawParams;
 use crate::store::gather::Gateway;
 

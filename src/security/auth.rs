@@ -180,6 +180,7 @@ pub fn need(path: &str, protect_metrics: bool) -> Need {
         "/store/_hits",
         "/store/_stream",
         "/store/_labels",
+        "/store/_samples",
         "/store/_clusterstate",
     ];
     // The Loki push path is for agents; the rest of `/loki/` (and `/select/`) reads.

@@ -227,6 +227,97 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// A LogQL range function's samples over every store node (each computes them for its
+    /// own records: `/store/_samples`, see [`super::api::samples`]), merged by ULID without
+    /// duplicates. `params` is the store query (its needle, topics and window), `extra` the
+    /// sample parameters (`logql`, `window`, `grouping`, `levels`), form-encoded.
+    pub async fn samples(&self, params: &QueryParams, extra: &str) -> Result<Gathering, Response> {
+        if let Err(e) = params.matcher() {
+            return Err(text(StatusCode::BAD_REQUEST, format!("{e}\n")));
+        }
+        let peers = self.peers.current(Role::Store);
+        if peers.is_empty() {
+            return Err(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no store nodes available\n",
+            ));
+        }
+        let raw = format!("{}&{extra}", pinned_query(&query_string(params), params));
+        let answers = join_all(peers.iter().map(|p| self.node_samples(p, &raw))).await;
+        let (mut bodies, mut errors) = (Vec::new(), 0);
+        for (peer, answer) in peers.iter().zip(answers) {
+            match answer {
+                Ok(body) => bodies.push((peer.clone(), body)),
+                Err(Ok(bad)) => return Err(bad),
+                Err(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "store node failed to answer for samples");
+                    errors += 1;
+                    self.metrics.store_query_peer_errors.inc();
+                }
+            }
+        }
+        let late = Arc::new(Late::default());
+        let asc = QueryParams {
+            desc: false,
+            limit: None,
+            ..params.clone()
+        };
+        let body = merged_body_with(
+            bodies,
+            Arc::clone(&self.metrics),
+            false,
+            &asc,
+            Arc::clone(&late),
+        );
+        Ok(Gathering { errors, body, late })
+    }
+
+    /// One node's samples: its body, a 400 to pass on (a bad query), or why it failed.
+    async fn node_samples(
+        &self,
+        peer: &str,
+        raw: &str,
+    ) -> Result<Body, Result<Response, io::Error>> {
+        let (status, body) = match &self.local {
+            Some((me, store)) if me == peer => {
+                let pairs: Vec<(String, String)> =
+                    serde_urlencoded::from_str(raw).map_err(|e| Err(io::Error::other(e)))?;
+                let (parts, body) = store.samples(RawParams(pairs)).await.into_parts();
+                (parts.status, body)
+            }
+            _ => {
+                let url = http::url(peer, &format!("/store/_samples?{raw}"));
+                let (status, _, body) = http::call_full(
+                    &self.client,
+                    Method::GET,
+                    &url,
+                    http::empty_body(),
+                    HEADER_TIMEOUT,
+                )
+                .await
+                .map_err(Err)?;
+                (status, Body::new(body))
+            }
+        };
+        if status == StatusCode::BAD_REQUEST {
+            let msg = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(Ok(text(
+                StatusCode::BAD_REQUEST,
+                String::from_utf8_lossy(&msg).into_owned(),
+            )));
+        }
+        if !status.is_success() {
+            return Err(Err(io::Error::other(format!("{peer}: {status}"))));
+        }
+        Ok(body)
+    }
+}
+
 /// Records gathered from every store node ([`Gateway::records`]).
 #[derive(Debug)]
 pub struct Gathering {

@@ -451,7 +451,11 @@ impl Node {
         let (q, st) = (parts.max_queries, parts.max_streams);
         let gateway = http::limit(gateway, &["/store/query", "/store/hits"], q);
         let gateway = http::limit(gateway, &["/store/stream"], st);
-        let local = http::limit(parts.api.router(), &["/store/_query", "/store/_hits"], q);
+        let local = http::limit(
+            parts.api.router(),
+            &["/store/_query", "/store/_hits", "/store/_samples"],
+            q,
+        );
         let local = http::limit(local, &["/store/_stream"], st);
         // Replicas being received each hold an `.active` file until their body ends.
         let local = http::limit(

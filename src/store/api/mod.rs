@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::log::{ACTIVE, StoreLog};
 pub mod params;
+pub mod samples;
 
 use super::query::{Plan, QueryParams};
 use super::registry::Registry;
@@ -106,6 +107,7 @@ impl StoreApi {
             .route("/store/replicate", post(replicate))
             .route("/store/_stream", get(local_stream))
             .route("/store/_labels", get(local_labels))
+            .route("/store/_samples", get(samples::local_samples))
             .with_state(Arc::clone(self))
     }
 

@@ -2,9 +2,9 @@
 //! `service_name`, the stream labels and the structured metadata the agent sent), read from
 //! the record's parts ([`crate::record::parts`]).
 
-use crate::logql::ast::{MatchOp, Matcher};
-use crate::logql::labels::{Labels, Origin, sanitize};
-use crate::logql::pipeline;
+use super::ast::{MatchOp, Matcher};
+use super::labels::{Labels, Origin, sanitize};
+use super::pipeline;
 use crate::record::{BODY_OFFSET, ULID_LEN, parts, ulid_ms};
 
 /// One record, read.

@@ -1,0 +1,197 @@
+//! A range function's samples from stored records: each record through the selector and the
+//! pipeline, as `(nanoseconds, series key, value)`: what a store node computes for its own
+//! records, and what the node asked merges (each record once) and evaluates.
+//!
+//! A pipeline of line filters only (the common dashboard query) finds each stream's series
+//! once: the record's stream (topic and labels part) is looked up, not read into labels.
+
+use std::collections::HashMap;
+
+use super::ast::{Grouping, RangeAgg, RangeOp};
+use super::eval::{EvalError, group_labels};
+use super::labels::{ERROR, ERROR_DETAILS, Labels};
+use super::pipeline::{Pipeline, Unsupported};
+use super::record::{Entry, Selector, detect_level, entry, stream_labels};
+use crate::record::{BODY_OFFSET, ULID_LEN, parts, ulid_ms};
+
+/// What one record gives.
+#[derive(Debug)]
+pub enum Sampled<'a> {
+    /// Nothing: outside the window, not selected, filtered out.
+    Skip,
+    /// A sample.
+    Sample {
+        /// Its time.
+        ns: i128,
+        /// Its series: the record's labels reduced by the grouping.
+        key: std::borrow::Cow<'a, Labels>,
+        /// Its value.
+        value: f64,
+    },
+    /// The query fails (a record with `__error__`, as Loki fails it).
+    Error(EvalError),
+}
+
+/// The sampler of one range function.
+#[derive(Debug)]
+pub struct Sampler {
+    op: RangeOp,
+    unwrapped: bool,
+    levels: bool,
+    /// `(from, to]`, nanoseconds.
+    window: (i128, i128),
+    fast: bool,
+    pipeline: Pipeline,
+    selector: Selector,
+    grouping: Option<Grouping>,
+    /// Per stream (topic and labels part): its series key, or `None` when the selector does
+    /// not take it.
+    streams: HashMap<Vec<u8>, Option<Labels>>,
+}
+
+/// A record's series key: its labels, without `__error__`, reduced by `grouping`.
+pub fn series_key(labels: &Labels, grouping: Option<&Grouping>) -> Labels {
+    let mut k = labels.clone();
+    k.retain(|l| l.name != ERROR && l.name != ERROR_DETAILS);
+    group_labels(&k, grouping)
+}
+
+impl Sampler {
+    /// The sampler of `agg` for records in `(from, to]`, its series grouped by `grouping`
+    /// (an enclosing `sum by` folded in) or the function's own; `levels`: the query names
+    /// `detected_level`, so each record gets one before the pipeline.
+    pub fn new(
+        agg: &RangeAgg,
+        window: (i128, i128),
+        grouping: Option<Grouping>,
+        levels: bool,
+    ) -> Result<Sampler, Unsupported> {
+        let pipeline = Pipeline::new(&agg.log.pipeline)?;
+        Ok(Sampler {
+            op: agg.op,
+            unwrapped: agg.unwrap().is_some(),
+            levels,
+            window,
+            fast: pipeline.only_line_filters() && !levels,
+            pipeline,
+            selector: Selector::new(&agg.log.selector)?,
+            grouping: grouping.or_else(|| agg.grouping.clone()),
+            streams: HashMap::new(),
+        })
+    }
+
+    /// The sample of one stored record line (without its newline).
+    pub fn sample(&mut self, line: &[u8]) -> Sampled<'_> {
+        if self.fast
+            && let Some((ns, stream, value)) = self.fast_parts(line)
+        {
+            return match stream {
+                None => Sampled::Skip,
+                Some(stream) => match self.streams.get(&stream).and_then(Option::as_ref) {
+                    Some(key) => Sampled::Sample {
+                        ns,
+                        key: std::borrow::Cow::Borrowed(key),
+                        value,
+                    },
+                    None => Sampled::Skip,
+                },
+            };
+        }
+        let Some(e) = entry(line) else {
+            return Sampled::Skip;
+        };
+        let (from, to) = self.window;
+        if e.ns <= from || e.ns > to || !self.selector.matches(&e.labels) {
+            return Sampled::Skip;
+        }
+        let Entry {
+            ns,
+            mut line,
+            mut labels,
+        } = e;
+        if self.levels {
+            detect_level(&mut labels, &line);
+        }
+        let mut sample = None;
+        if !self.pipeline.run(&mut line, &mut labels, ns, &mut sample) {
+            return Sampled::Skip;
+        }
+        if let Some(e) = labels.get(ERROR) {
+            return Sampled::Error(EvalError(format!(
+                "pipeline error: '{e}' for series: '{}'. Use a label filter to intentionally skip this error. (e.g | __error__!=\"{e}\"). To skip all errors you can use | __error__=\"\". Details: {}",
+                labels.text(),
+                labels.get(ERROR_DETAILS).unwrap_or("")
+            )));
+        }
+        let value = self.value(sample, line.len());
+        Sampled::Sample {
+            ns,
+            key: std::borrow::Cow::Owned(series_key(&labels, self.grouping.as_ref())),
+            value,
+        }
+    }
+
+    /// A record whose series is its stream's: its time, its stream (`None`: skipped) and
+    /// value; `None` when it must be read whole (metadata the grouping may keep).
+    #[allow(clippy::type_complexity)]
+    fn fast_parts(&mut self, line: &[u8]) -> Option<(i128, Option<Vec<u8>>, f64)> {
+        if line.len() < BODY_OFFSET {
+            return Some((0, None, 0.0));
+        }
+        let body = &line[BODY_OFFSET..];
+        let (topic, payload) = match memchr::memchr(b' ', body) {
+            Some(i) => (&body[..i], &body[i + 1..]),
+            None => (body, &[][..]),
+        };
+        let p = parts::split(payload);
+        let mut ns = i128::from(ulid_ms(&line[..ULID_LEN])) * 1_000_000;
+        if !p.metadata.is_empty() {
+            // Metadata is part of a record's series unless the grouping keeps only named
+            // labels none of which it holds; the agent's time is read for the nanoseconds.
+            let names = match &self.grouping {
+                Some(g) if !g.without => &g.labels,
+                _ => return None,
+            };
+            for (k, v) in parts::pairs(p.metadata) {
+                if k == b"ts" {
+                    if let Some(t) = std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+                        .map(|t| t.as_nanosecond())
+                        .filter(|t| t.div_euclid(1_000_000) == ns / 1_000_000)
+                    {
+                        ns = t;
+                    }
+                } else if names.iter().any(|n| n.as_bytes() == k) {
+                    return None;
+                }
+            }
+        }
+        let (from, to) = self.window;
+        if ns <= from || ns > to || !self.pipeline.keeps_line(p.message) {
+            return Some((ns, None, 0.0));
+        }
+        let mut stream = Vec::with_capacity(topic.len() + p.labels.len() + 1);
+        stream.extend_from_slice(topic);
+        stream.push(parts::MARK);
+        stream.extend_from_slice(p.labels);
+        if !self.streams.contains_key(&stream) {
+            let labels = stream_labels(&String::from_utf8_lossy(topic), p.labels);
+            let key = self
+                .selector
+                .matches(&labels)
+                .then(|| series_key(&labels, self.grouping.as_ref()));
+            self.streams.insert(stream.clone(), key);
+        }
+        let value = self.value(None, p.message.len());
+        Some((ns, Some(stream), value))
+    }
+
+    fn value(&self, sample: Option<f64>, line_len: usize) -> f64 {
+        match (self.op, self.unwrapped) {
+            (_, true) => sample.unwrap_or(0.0),
+            (RangeOp::Bytes | RangeOp::BytesRate, _) => line_len as f64,
+            _ => 1.0,
+        }
+    }
+}
