@@ -27,6 +27,9 @@ pub enum Sampled<'a> {
         key: std::borrow::Cow<'a, Labels>,
         /// Its value.
         value: f64,
+        /// The number of its stream when its series is its stream's (the same number, the
+        /// same series: a caller may keep what it derives from the key by this number).
+        stream: Option<usize>,
     },
     /// The query fails (a record with `__error__`, as Loki fails it).
     Error(EvalError),
@@ -44,9 +47,13 @@ pub struct Sampler {
     pipeline: Pipeline,
     selector: Selector,
     grouping: Option<Grouping>,
-    /// Per stream (topic and labels part): its series key, or `None` when the selector does
-    /// not take it.
-    streams: HashMap<Vec<u8>, Option<Labels>>,
+    /// Per stream (topic and labels part): its number in `keys`, or `None` when the selector
+    /// does not take it.
+    streams: HashMap<Vec<u8>, Option<usize>>,
+    /// The series keys of the streams taken.
+    keys: Vec<Labels>,
+    /// A stream's name being looked up.
+    scratch: Vec<u8>,
 }
 
 /// A record's series key: its labels, without `__error__`, reduced by `grouping`.
@@ -77,6 +84,8 @@ impl Sampler {
             selector: Selector::new(&agg.log.selector)?,
             grouping: grouping.or_else(|| agg.grouping.clone()),
             streams: HashMap::new(),
+            keys: Vec::new(),
+            scratch: Vec::new(),
         })
     }
 
@@ -87,13 +96,11 @@ impl Sampler {
         {
             return match stream {
                 None => Sampled::Skip,
-                Some(stream) => match self.streams.get(&stream).and_then(Option::as_ref) {
-                    Some(key) => Sampled::Sample {
-                        ns,
-                        key: std::borrow::Cow::Borrowed(key),
-                        value,
-                    },
-                    None => Sampled::Skip,
+                Some(i) => Sampled::Sample {
+                    ns,
+                    key: std::borrow::Cow::Borrowed(&self.keys[i]),
+                    value,
+                    stream: Some(i),
                 },
             };
         }
@@ -128,13 +135,13 @@ impl Sampler {
             ns,
             key: std::borrow::Cow::Owned(series_key(&labels, self.grouping.as_ref())),
             value,
+            stream: None,
         }
     }
 
-    /// A record whose series is its stream's: its time, its stream (`None`: skipped) and
-    /// value; `None` when it must be read whole (metadata the grouping may keep).
-    #[allow(clippy::type_complexity)]
-    fn fast_parts(&mut self, line: &[u8]) -> Option<(i128, Option<Vec<u8>>, f64)> {
+    /// A record whose series is its stream's: its time, its stream's number (`None`:
+    /// skipped) and value; `None` when it must be read whole (metadata the grouping may keep).
+    fn fast_parts(&mut self, line: &[u8]) -> Option<(i128, Option<usize>, f64)> {
         if line.len() < BODY_OFFSET {
             return Some((0, None, 0.0));
         }
@@ -171,20 +178,25 @@ impl Sampler {
         if ns <= from || ns > to || !self.pipeline.keeps_line(p.message) {
             return Some((ns, None, 0.0));
         }
-        let mut stream = Vec::with_capacity(topic.len() + p.labels.len() + 1);
-        stream.extend_from_slice(topic);
-        stream.push(parts::MARK);
-        stream.extend_from_slice(p.labels);
-        if !self.streams.contains_key(&stream) {
-            let labels = stream_labels(&String::from_utf8_lossy(topic), p.labels);
-            let key = self
-                .selector
-                .matches(&labels)
-                .then(|| series_key(&labels, self.grouping.as_ref()));
-            self.streams.insert(stream.clone(), key);
-        }
+        // The stream's name, in a buffer kept between records (no allocation per record).
+        self.scratch.clear();
+        self.scratch.extend_from_slice(topic);
+        self.scratch.push(parts::MARK);
+        self.scratch.extend_from_slice(p.labels);
+        let taken = match self.streams.get(self.scratch.as_slice()) {
+            Some(t) => *t,
+            None => {
+                let labels = stream_labels(&String::from_utf8_lossy(topic), p.labels);
+                let key = self.selector.matches(&labels).then(|| {
+                    self.keys.push(series_key(&labels, self.grouping.as_ref()));
+                    self.keys.len() - 1
+                });
+                self.streams.insert(self.scratch.clone(), key);
+                key
+            }
+        };
         let value = self.value(None, p.message.len());
-        Some((ns, Some(stream), value))
+        Some((ns, taken, value))
     }
 
     fn value(&self, sample: Option<f64>, line_len: usize) -> f64 {

@@ -19,6 +19,7 @@ use crate::logql::labels::{Labels, Origin};
 use crate::logql::parse::check_selector;
 use crate::logql::pipeline::Pipeline;
 use crate::logql::record::{Entry, Selector, entry, topics};
+use crate::logql::sample::{Sampled, Sampler};
 use crate::search::Topics;
 use crate::store::gather::Gateway;
 use crate::store::query::QueryParams;
@@ -353,16 +354,28 @@ pub async fn metric(
             all.push(RangeEval::new(agg, steps, grouping).finish());
             continue;
         };
-        // Each store node samples its own records; the merge counts each record once.
-        let extra = format!("logql={}&n={n}&window={from},{to}", url_encode(text));
-        let gathering = gw.samples(&params, &extra).await?;
-        let state = SampleScan {
-            range: RangeEval::new(agg, steps, grouping),
-            keys: HashMap::new(),
-            failed: None,
+        let (range, failed, scanned) = if gw.alone() {
+            // One store node: its records are sampled here, without a line per sample.
+            let levels = format!("{expr:?}").contains(crate::logql::record::DETECTED_LEVEL);
+            let state = RangeScan {
+                sampler: Sampler::new(agg, (from, to), grouping.clone(), levels).map_err(bad)?,
+                range: RangeEval::new(agg, steps, grouping),
+                failed: None,
+            };
+            let (state, scanned) = scan_lines(gw, params, state, RangeScan::record).await?;
+            (state.range, state.failed, scanned)
+        } else {
+            // Each store node samples its own records; the merge counts each record once.
+            let extra = format!("logql={}&n={n}&window={from},{to}", url_encode(text));
+            let gathering = gw.samples(&params, &extra).await?;
+            let state = SampleScan {
+                range: RangeEval::new(agg, steps, grouping),
+                keys: HashMap::new(),
+                failed: None,
+            };
+            let (state, scanned) = consume(gathering, state, SampleScan::line).await?;
+            (state.range, state.failed, scanned)
         };
-        let (state, scanned) = consume(gathering, state, SampleScan::line).await?;
-        let (range, failed) = (state.range, state.failed);
         if let Some(e) = failed {
             return Err(bad(e));
         }
@@ -379,6 +392,31 @@ pub async fn metric(
     }
     let v = eval::evaluate(expr, steps, &mut Done(all)).map_err(bad)?;
     Ok((v, total))
+}
+
+/// A range function's samples from records read here, into the [`RangeEval`].
+struct RangeScan {
+    sampler: Sampler,
+    range: RangeEval,
+    failed: Option<EvalError>,
+}
+
+impl RangeScan {
+    /// Take one stored record; `false` once the query failed.
+    fn record(&mut self, line: &[u8]) -> bool {
+        let pushed = match self.sampler.sample(line) {
+            Sampled::Skip => return true,
+            Sampled::Error(e) => Err(e),
+            Sampled::Sample { ns, key, value, .. } => self.range.push_key(ns, &key, value),
+        };
+        match pushed {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed = Some(e);
+                false
+            }
+        }
+    }
 }
 
 /// A range function's samples, gathered from the store nodes, into the [`RangeEval`].

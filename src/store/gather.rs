@@ -228,6 +228,13 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Whether this node is the only store node (then there is nothing to merge: a caller
+    /// may read its records directly rather than through [`Gateway::samples`]).
+    pub fn alone(&self) -> bool {
+        let peers = self.peers.current(Role::Store);
+        matches!((&self.local, peers.as_slice()), (Some((me, _)), [only]) if me == only)
+    }
+
     /// A LogQL range function's samples over every store node (each computes them for its
     /// own records: `/store/_samples`, see [`super::api::samples`]), merged by ULID without
     /// duplicates. `params` is the store query (its needle, topics and window), `extra` the

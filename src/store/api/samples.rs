@@ -13,7 +13,7 @@
 //! `(from, to]`). A query that fails on a record (`__error__`) ends the answer with the line
 //! [`FAILED`]` <why>`, which sorts after every sample.
 
-use std::io;
+use std::io::{self, Write};
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -50,6 +50,15 @@ fn sampler(raw: &RawParams) -> Result<Sampler, String> {
         .ok_or("window: wanted <from ns>,<to ns>")?;
     let levels = format!("{expr:?}").contains(crate::logql::record::DETECTED_LEVEL);
     Sampler::new(agg, window, grouping.clone(), levels).map_err(|e| e.to_string())
+}
+
+/// Series labels as a JSON object.
+fn labels_json(key: &crate::logql::labels::Labels) -> String {
+    let labels: std::collections::BTreeMap<&str, &str> = key
+        .iter()
+        .map(|l| (l.name.as_str(), l.value.as_str()))
+        .collect();
+    serde_json::to_string(&labels).unwrap_or_default()
 }
 
 /// `GET /store/_samples?...`.
@@ -98,6 +107,8 @@ impl StoreApi {
         tokio::task::spawn_blocking(move || {
             let mut carry: Vec<u8> = Vec::new();
             let mut out = Vec::with_capacity(64 << 10);
+            // Each stream's series as JSON, once.
+            let mut json: Vec<Option<String>> = Vec::new();
             while let Some(chunk) = in_rx.blocking_recv() {
                 let chunk = match chunk {
                     Ok(c) => c,
@@ -106,19 +117,39 @@ impl StoreApi {
                         return;
                     }
                 };
-                carry.extend_from_slice(&chunk);
-                let end = memchr::memrchr(b'\n', &carry).map_or(0, |i| i + 1);
-                for line in carry[..end].split(|&b| b == b'\n').filter(|l| l.len() > 26) {
+                // Whole lines are read where they are; only a line cut between chunks is
+                // copied.
+                let joined;
+                let data: &[u8] = if carry.is_empty() {
+                    &chunk
+                } else {
+                    carry.extend_from_slice(&chunk);
+                    joined = std::mem::take(&mut carry);
+                    &joined
+                };
+                let end = memchr::memrchr(b'\n', data).map_or(0, |i| i + 1);
+                for line in data[..end].split(|&b| b == b'\n').filter(|l| l.len() > 26) {
                     match sampler.sample(line) {
                         Sampled::Skip => {}
-                        Sampled::Sample { ns, key, value } => {
+                        Sampled::Sample {
+                            ns,
+                            key,
+                            value,
+                            stream,
+                        } => {
                             out.extend_from_slice(&line[..26]);
-                            let labels: std::collections::BTreeMap<&str, &str> = key
-                                .iter()
-                                .map(|l| (l.name.as_str(), l.value.as_str()))
-                                .collect();
-                            let json = serde_json::to_string(&labels).unwrap_or_default();
-                            out.extend_from_slice(format!(" {ns} {value} {json}\n").as_bytes());
+                            let _ = write!(out, " {ns} {value} ");
+                            match stream {
+                                Some(i) => {
+                                    if json.len() <= i {
+                                        json.resize(i + 1, None);
+                                    }
+                                    let text = json[i].get_or_insert_with(|| labels_json(&key));
+                                    out.extend_from_slice(text.as_bytes());
+                                }
+                                None => out.extend_from_slice(labels_json(&key).as_bytes()),
+                            }
+                            out.push(b'\n');
                         }
                         Sampled::Error(e) => {
                             out.extend_from_slice(
@@ -130,7 +161,7 @@ impl StoreApi {
                         }
                     }
                 }
-                carry.drain(..end);
+                carry = data[end..].to_vec();
                 if out.len() >= 64 << 10 {
                     let chunk =
                         Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(64 << 10)));
