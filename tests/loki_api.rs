@@ -298,6 +298,20 @@ fn log_and_metric_queries_answer_as_loki_does() {
     );
     assert_eq!(s["values"][0][2]["parsed"]["status"], "200");
 
+    // `interval`: a stream's entries at least that far apart.
+    let v = check_answer(
+        &range(
+            r#"{job="api"}"#,
+            &[("direction", "forward"), ("interval", "1.5")],
+            &[("X-Loki-Response-Encoding-Flags", "categorize-labels")],
+        ),
+        true,
+    );
+    assert_eq!(
+        entries(&v).iter().map(|e| e.0.clone()).collect::<Vec<_>>(),
+        [ns(0), ns(2)]
+    );
+
     // Metric queries: a range query is a matrix; an instant one a vector or scalar.
     let instant = |q: &str| {
         get(

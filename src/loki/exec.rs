@@ -258,16 +258,35 @@ fn mentions_level(log: &LogExpr) -> bool {
     format!("{log:?}").contains(crate::logql::record::DETECTED_LEVEL)
 }
 
+/// What a log query asks.
+#[derive(Clone, Copy, Debug)]
+pub struct LogAsk {
+    /// `[start, end)`, nanoseconds.
+    pub window: (i128, i128),
+    /// At most this many entries, over every stream.
+    pub limit: u64,
+    /// Newest first.
+    pub backward: bool,
+    /// Stream labels apart from the rest (`categorize-labels`).
+    pub categorize: bool,
+    /// Loki's `interval`: a stream's entries at least this far apart (nanoseconds).
+    pub interval: Option<i128>,
+}
+
 /// A log query: the entries of `[start, end)` through the pipeline, newest first when
 /// `backward`, at most `limit`, grouped in streams (by stream labels only when `categorize`).
 pub async fn logs(
     gw: &Arc<Gateway>,
     log: &LogExpr,
-    (start, end): (i128, i128),
-    limit: u64,
-    backward: bool,
-    categorize: bool,
+    ask: LogAsk,
 ) -> Result<(Vec<Stream>, Scanned), Refusal> {
+    let LogAsk {
+        window: (start, end),
+        limit,
+        backward,
+        categorize,
+        interval,
+    } = ask;
     if end <= start {
         return Ok((Vec::new(), Scanned::default()));
     }
@@ -285,6 +304,12 @@ pub async fn logs(
     let state = State {
         streams: std::collections::HashMap::new(),
         left: limit,
+    };
+    // With `interval`, a stream's entry is answered only that long after (or before, going
+    // backward) the last one answered.
+    let spaced = move |last: Option<&(i128, Vec<u8>, Labels)>, ns: i128| match (interval, last) {
+        (Some(iv), Some((prev, _, _))) => (ns - prev).abs() >= iv,
+        _ => true,
     };
     let (state, scanned) = scan(gw, params, state, move |st, e| {
         if e.ns < start || e.ns >= end || !selector.matches(&e.labels) {
@@ -313,14 +338,14 @@ pub async fn logs(
         } else {
             (labels, Labels::new())
         };
-        st.streams
-            .entry(key.clone())
-            .or_insert_with(|| Stream {
-                labels: key,
-                entries: Vec::new(),
-            })
-            .entries
-            .push((ns, line, rest));
+        let stream = st.streams.entry(key.clone()).or_insert_with(|| Stream {
+            labels: key,
+            entries: Vec::new(),
+        });
+        if !spaced(stream.entries.last(), ns) {
+            return true;
+        }
+        stream.entries.push((ns, line, rest));
         st.left -= 1;
         st.left > 0
     })

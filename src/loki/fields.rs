@@ -37,7 +37,14 @@ async fn detect(gw: &Arc<Gateway>, p: &RawParams) -> Result<BTreeMap<String, Fie
         Some(v) => params::limit(Some(v)).map_err(bad)?,
         None => 1000,
     };
-    let (streams, _) = super::exec::logs(gw, &log, (start, end), limit, true, true).await?;
+    let ask = super::exec::LogAsk {
+        window: (start, end),
+        limit,
+        backward: true,
+        categorize: true,
+        interval: None,
+    };
+    let (streams, _) = super::exec::logs(gw, &log, ask).await?;
     let json = Pipeline::new(&[Stage::Parser(Parser::Json(Vec::new()))]).map_err(bad)?;
     let logfmt = Pipeline::new(&[Stage::Parser(Parser::Logfmt {
         strict: false,

@@ -141,9 +141,23 @@ async fn run_range(
     }
     let limit = params::limit(p.get("limit")).map_err(bad)?;
     let backward = params::backward(p.get("direction")).map_err(bad)?;
+    let interval = match p.get("interval").filter(|s| !s.is_empty()) {
+        Some(v) => Some(params::duration("interval", v).map_err(bad)?).filter(|iv| *iv > 0),
+        None => None,
+    };
     if let Expr::Log(log) = &expr {
-        let (streams, scanned) =
-            exec::logs(gw, log, (start, end), limit, backward, categorize).await?;
+        let (streams, scanned) = exec::logs(
+            gw,
+            log,
+            exec::LogAsk {
+                window: (start, end),
+                limit,
+                backward,
+                categorize,
+                interval,
+            },
+        )
+        .await?;
         let returned = streams.iter().map(|s| s.entries.len() as u64).sum();
         let s = summary(&scanned, returned, started.elapsed().as_secs_f64());
         return Ok(json_response(
@@ -214,7 +228,14 @@ async fn run_instant(
     if let Expr::Log(log) = &expr {
         // The hour up to `time` (Loki 3 refuses log queries here; Loki 2 answered streams).
         let window = (time - 3_600_000_000_000, time + 1);
-        let (streams, scanned) = exec::logs(gw, log, window, limit, backward, categorize).await?;
+        let ask = exec::LogAsk {
+            window,
+            limit,
+            backward,
+            categorize,
+            interval: None,
+        };
+        let (streams, scanned) = exec::logs(gw, log, ask).await?;
         let returned = streams.iter().map(|s| s.entries.len() as u64).sum();
         let s = summary(&scanned, returned, started.elapsed().as_secs_f64());
         return Ok(json_response(

@@ -173,7 +173,14 @@ async fn run(gw: Arc<Gateway>, mut socket: WebSocket, t: Tail) {
             return;
         }
     };
-    let (past, _) = super::exec::logs(&gw, &t.log, (t.start, now), t.limit, false, t.categorize)
+    let ask = super::exec::LogAsk {
+        window: (t.start, now),
+        limit: t.limit,
+        backward: false,
+        categorize: t.categorize,
+        interval: None,
+    };
+    let (past, _) = super::exec::logs(&gw, &t.log, ask)
         .await
         .unwrap_or_default();
     let mut sent: HashSet<(i128, Vec<u8>)> = HashSet::new();
