@@ -194,6 +194,9 @@ fn check_everything(api: &str, entries: &[Entry], now: i128, what: &str) {
             r#"{env="prod"} |~ "status=(404|500)" | logfmt | size <= 50KB"#,
             &|e: &Entry| e.env == "prod" && e.status >= 404 && e.size <= 50_000,
         ),
+        (r#"{job="web"} | logfmt | status >= 500"#, &|e: &Entry| {
+            e.job == "web" && e.status >= 500
+        }),
     ] {
         let mut want: Vec<&Entry> = entries.iter().filter(|e| keep(e)).collect();
         want.sort_by_key(|e| e.ns);

@@ -133,7 +133,56 @@ fn needle(log: &LogExpr) -> (String, bool) {
     }
     match regex {
         Some(r) => (r, true),
-        None => (String::new(), false),
+        None => match logfmt_needle(log) {
+            Some(key) => (key, false),
+            None => (String::new(), false),
+        },
+    }
+}
+
+/// For `| logfmt | name >= 500` (a label filter that needs `name`, after a plain `logfmt`
+/// and nothing else that makes labels): `name=`, which a record holding the label has in its
+/// text whether the label is a field of its line, a stream label or metadata (a name with no
+/// `_` is its key as written: names are made valid by turning other characters into `_`).
+fn logfmt_needle(log: &LogExpr) -> Option<String> {
+    use crate::logql::ast::{LabelFilter, Parser};
+    let mut parsed = false;
+    for stage in &log.pipeline {
+        match stage {
+            Stage::Line(_) | Stage::Drop(_) => {}
+            Stage::Parser(Parser::Logfmt { params, .. }) if params.is_empty() && !parsed => {
+                parsed = true;
+            }
+            Stage::Label(f) if parsed => {
+                if let Some(name) = required(f)
+                    && !name.is_empty()
+                    && name.bytes().all(|c| c.is_ascii_alphanumeric())
+                {
+                    return Some(format!("{name}="));
+                }
+            }
+            _ => return None,
+        }
+    }
+    return None;
+
+    /// A label the filter cannot pass without.
+    fn required(f: &LabelFilter) -> Option<&str> {
+        use crate::logql::ast::{CmpOp, Value};
+        match f {
+            LabelFilter::And(a, b) => required(a).or_else(|| required(b)),
+            LabelFilter::Compare { name, op, value } => match (op, value) {
+                (CmpOp::Ne | CmpOp::Nre, _) => None,
+                (CmpOp::Eq, Value::Str(v)) if v.is_empty() => None,
+                (CmpOp::Re, Value::Str(v))
+                    if regex::Regex::new(&format!("^(?:{v})$")).is_ok_and(|r| r.is_match("")) =>
+                {
+                    None
+                }
+                _ => Some(name),
+            },
+            LabelFilter::Or(..) | LabelFilter::Ip { .. } => None,
+        }
     }
 }
 
@@ -555,5 +604,25 @@ mod tests {
             (String::new(), false)
         );
         assert_eq!(needle_of(r#"{a="b"} | logfmt |= "y""#), ("y".into(), false));
+        assert_eq!(
+            needle_of(r#"{a="b"} | logfmt | status >= 500"#),
+            ("status=".into(), false)
+        );
+        assert_eq!(
+            needle_of(r#"{a="b"} | logfmt | x="" or status > 1"#),
+            (String::new(), false)
+        );
+        assert_eq!(
+            needle_of(r#"{a="b"} | logfmt | status != 500"#),
+            (String::new(), false)
+        );
+        assert_eq!(
+            needle_of(r#"{a="b"} | logfmt | http_status > 1"#),
+            (String::new(), false)
+        );
+        assert_eq!(
+            needle_of(r#"{a="b"} | json | status > 1"#),
+            (String::new(), false)
+        );
     }
 }
