@@ -32,22 +32,10 @@ fn push(api: &str, streams: Value) {
     assert_eq!(r.status, 204, "{}", r.text());
 }
 
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn get(api: &str, path: &str, params: &[(&str, String)], headers: &[(&str, &str)]) -> Response {
     let q: Vec<String> = params
         .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .map(|(k, v)| format!("{k}={}", oklog::http::percent_encode(v)))
         .collect();
     http_with("GET", api, &format!("{path}?{}", q.join("&")), headers, b"")
 }
@@ -720,7 +708,7 @@ fn live_tail_over_websocket_sends_the_past_then_what_arrives() {
     );
     let url = format!(
         "ws://{api}/loki/api/v1/tail?query={}&start={}&limit=10",
-        enc(r#"{job="api"} != "skip""#),
+        oklog::http::percent_encode(r#"{job="api"} != "skip""#),
         t - 60_000_000_000
     );
     /// The client process, killed when the test ends (even on failure).

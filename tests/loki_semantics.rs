@@ -55,22 +55,10 @@ fn generate(now: i128) -> Vec<Entry> {
         .collect()
 }
 
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn query(api: &str, path: &str, params: &[(&str, String)]) -> Value {
     let q: Vec<String> = params
         .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .map(|(k, v)| format!("{k}={}", oklog::http::percent_encode(v)))
         .collect();
     let r = http("GET", api, &format!("{path}?{}", q.join("&")), b"");
     assert_eq!(r.status, 200, "{params:?}: {}", r.text());

@@ -125,6 +125,19 @@ pub fn url(peer: &str, path: &str) -> String {
     }
 }
 
+/// `s` percent-encoded for a query string (everything but letters, digits and `-_.~`).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// An empty request body.
 pub fn empty_body() -> ClientBody {
     use http_body_util::BodyExt;

@@ -440,7 +440,10 @@ pub async fn metric(
             (state.range, state.failed, scanned)
         } else {
             // Each store node samples its own records; the merge counts each record once.
-            let extra = format!("logql={}&n={n}&window={from},{to}", url_encode(text));
+            let extra = format!(
+                "logql={}&n={n}&window={from},{to}",
+                crate::http::percent_encode(text)
+            );
             let gathering = gw.samples(&params, &extra).await?;
             let state = SampleScan {
                 range: RangeEval::new(agg, steps, grouping),
@@ -541,19 +544,6 @@ impl SampleScan {
             }
         }
     }
-}
-
-/// `s` percent-encoded for a query string.
-fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The summary of a scan that took `secs` and returned `returned`.

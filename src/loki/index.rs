@@ -87,6 +87,12 @@ fn answer(r: Result<Response, Refusal>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// The streams of a label query's window that its `query` selectors pick.
+async fn asked(gw: &Arc<Gateway>, p: &RawParams) -> Result<(Vec<IndexedStream>, bool), Refusal> {
+    let selectors: Vec<String> = p.all("query").iter().map(|s| s.to_string()).collect();
+    streams(gw, window(p)?, &selectors).await
+}
+
 fn json_ok(body: String, partial: bool) -> Response {
     super::json_response(StatusCode::OK, body, partial)
 }
@@ -99,15 +105,7 @@ pub async fn labels(
     let p = RawParams(raw);
     answer(
         async {
-            let (found, partial) = streams(
-                &gw,
-                window(&p)?,
-                &p.all("query")
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .await?;
+            let (found, partial) = asked(&gw, &p).await?;
             let names: BTreeSet<String> = found
                 .iter()
                 .flat_map(|s| s.labels.iter().map(|l| l.name.clone()))
@@ -130,15 +128,7 @@ pub async fn label_values(
     let p = RawParams(raw);
     answer(
         async {
-            let (found, partial) = streams(
-                &gw,
-                window(&p)?,
-                &p.all("query")
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .await?;
+            let (found, partial) = asked(&gw, &p).await?;
             let values: BTreeSet<String> = found
                 .iter()
                 .filter_map(|s| s.labels.get(&name).map(String::from))

@@ -110,6 +110,28 @@ fn parse_query(p: &RawParams) -> Result<Expr, Refusal> {
     logql::parse(q).map_err(bad)
 }
 
+/// A log query's answer: `streams`.
+async fn log_answer(
+    gw: &Arc<Gateway>,
+    log: &logql::ast::LogExpr,
+    ask: exec::LogAsk,
+    started: Instant,
+) -> Result<Response, Refusal> {
+    let (streams, scanned) = exec::logs(gw, log, ask).await?;
+    let returned = streams.iter().map(|s| s.entries.len() as u64).sum();
+    let s = summary(&scanned, returned, started.elapsed().as_secs_f64());
+    Ok(json_response(
+        StatusCode::OK,
+        json::streams(&streams, ask.categorize, &s),
+        scanned.partial,
+    ))
+}
+
+/// An answer, or its refusal as a response.
+fn respond(r: Result<Response, Refusal>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
 /// `GET|POST /loki/api/v1/query_range`.
 async fn query_range(
     State(gw): State<Arc<Gateway>>,
@@ -117,11 +139,7 @@ async fn query_range(
     Query(raw): Query<Vec<(String, String)>>,
 ) -> Response {
     let started = Instant::now();
-    let p = RawParams(raw);
-    match run_range(&gw, &p, categorize(&headers), started).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    respond(run_range(&gw, &RawParams(raw), categorize(&headers), started).await)
 }
 
 async fn run_range(
@@ -146,25 +164,14 @@ async fn run_range(
         None => None,
     };
     if let Expr::Log(log) = &expr {
-        let (streams, scanned) = exec::logs(
-            gw,
-            log,
-            exec::LogAsk {
-                window: (start, end),
-                limit,
-                backward,
-                categorize,
-                interval,
-            },
-        )
-        .await?;
-        let returned = streams.iter().map(|s| s.entries.len() as u64).sum();
-        let s = summary(&scanned, returned, started.elapsed().as_secs_f64());
-        return Ok(json_response(
-            StatusCode::OK,
-            json::streams(&streams, categorize, &s),
-            scanned.partial,
-        ));
+        let ask = exec::LogAsk {
+            window: (start, end),
+            limit,
+            backward,
+            categorize,
+            interval,
+        };
+        return log_answer(gw, log, ask, started).await;
     }
     let step = match p.get("step").filter(|s| !s.is_empty()) {
         Some(v) => params::duration("step", v).map_err(bad)?,
@@ -208,11 +215,7 @@ async fn query(
     Query(raw): Query<Vec<(String, String)>>,
 ) -> Response {
     let started = Instant::now();
-    let p = RawParams(raw);
-    match run_instant(&gw, &p, categorize(&headers), started).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    respond(run_instant(&gw, &RawParams(raw), categorize(&headers), started).await)
 }
 
 async fn run_instant(
@@ -235,14 +238,7 @@ async fn run_instant(
             categorize,
             interval: None,
         };
-        let (streams, scanned) = exec::logs(gw, log, ask).await?;
-        let returned = streams.iter().map(|s| s.entries.len() as u64).sum();
-        let s = summary(&scanned, returned, started.elapsed().as_secs_f64());
-        return Ok(json_response(
-            StatusCode::OK,
-            json::streams(&streams, categorize, &s),
-            scanned.partial,
-        ));
+        return log_answer(gw, log, ask, started).await;
     }
     let steps = Steps {
         start: time,

@@ -359,22 +359,11 @@ fn query_string(p: &QueryParams) -> String {
 
 /// `k=v` pairs, form-urlencoded.
 fn url_form(pairs: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        out.push_str(k);
-        out.push('=');
-        for b in v.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                out.push(char::from(b));
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-    }
-    out
+    let encoded: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", http::percent_encode(v)))
+        .collect();
+    encoded.join("&")
 }
 
 /// One peer's answer: its stats and, for GET, its body.
