@@ -419,6 +419,54 @@ fn eval(
     })
 }
 
+/// `topk`/`bottomk`: per group and step, the k largest (smallest) series' points.
+fn top(v: &VectorAgg, inner: Vec<Series>, n: usize) -> Vec<Series> {
+    let k = v.param.unwrap_or(1.0);
+    if k < 1.0 {
+        return Vec::new();
+    }
+    let k = k as usize;
+    let mut groups: HashMap<Labels, Vec<usize>> = HashMap::new();
+    for (i, s) in inner.iter().enumerate() {
+        groups
+            .entry(group_labels(
+                &s.labels,
+                Some(v.grouping.as_ref().unwrap_or(&ALL)),
+            ))
+            .or_default()
+            .push(i);
+    }
+    let mut keep = vec![vec![false; n]; inner.len()];
+    for members in groups.values() {
+        #[allow(clippy::needless_range_loop)]
+        for step in 0..n {
+            let mut vals: Vec<(f64, usize)> = members
+                .iter()
+                .filter_map(|&i| inner[i].points[step].map(|p| (p, i)))
+                .collect();
+            vals.sort_by(|a, b| a.0.total_cmp(&b.0));
+            if v.op == AggOp::Topk {
+                vals.reverse();
+            }
+            for (_, i) in vals.into_iter().take(k) {
+                keep[i][step] = true;
+            }
+        }
+    }
+    inner
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(mut s, k)| {
+            for (p, k) in s.points.iter_mut().zip(k) {
+                if !k {
+                    *p = None;
+                }
+            }
+            s.points.iter().any(Option::is_some).then_some(s)
+        })
+        .collect()
+}
+
 /// An aggregation without `by`/`without`: everything in one group.
 const ALL: Grouping = Grouping {
     without: false,
@@ -437,52 +485,7 @@ fn aggregate(v: &VectorAgg, inner: Vec<Series>, n: usize) -> Result<Vec<Series>,
             }
             return Ok(s);
         }
-        AggOp::Topk | AggOp::Bottomk => {
-            let k = v.param.unwrap_or(1.0);
-            if k < 1.0 {
-                return Ok(Vec::new());
-            }
-            let k = k as usize;
-            let mut groups: HashMap<Labels, Vec<usize>> = HashMap::new();
-            for (i, s) in inner.iter().enumerate() {
-                groups
-                    .entry(group_labels(
-                        &s.labels,
-                        Some(v.grouping.as_ref().unwrap_or(&ALL)),
-                    ))
-                    .or_default()
-                    .push(i);
-            }
-            let mut keep = vec![vec![false; n]; inner.len()];
-            for members in groups.values() {
-                #[allow(clippy::needless_range_loop)]
-                for step in 0..n {
-                    let mut vals: Vec<(f64, usize)> = members
-                        .iter()
-                        .filter_map(|&i| inner[i].points[step].map(|p| (p, i)))
-                        .collect();
-                    vals.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    if v.op == AggOp::Topk {
-                        vals.reverse();
-                    }
-                    for (_, i) in vals.into_iter().take(k) {
-                        keep[i][step] = true;
-                    }
-                }
-            }
-            return Ok(inner
-                .into_iter()
-                .zip(keep)
-                .filter_map(|(mut s, k)| {
-                    for (p, k) in s.points.iter_mut().zip(k) {
-                        if !k {
-                            *p = None;
-                        }
-                    }
-                    s.points.iter().any(Option::is_some).then_some(s)
-                })
-                .collect());
-        }
+        AggOp::Topk | AggOp::Bottomk => return Ok(top(v, inner, n)),
         _ => {}
     }
     let mut groups: HashMap<Labels, Vec<Vec<f64>>> = HashMap::new();
@@ -602,60 +605,63 @@ fn with_scalar(v: Vec<Series>, s: &[f64], left: bool, op: BinOp, return_bool: bo
         .collect()
 }
 
+/// Per matching signature, the steps at which some series of `v` has a point.
+fn presence(v: &[Series], m: Option<&(bool, Vec<String>)>, n: usize) -> HashMap<Labels, Vec<bool>> {
+    let mut out: HashMap<Labels, Vec<bool>> = HashMap::new();
+    for s in v {
+        let e = out
+            .entry(signature(&s.labels, m))
+            .or_insert_with(|| vec![false; n]);
+        for (i, p) in s.points.iter().enumerate() {
+            e[i] |= p.is_some();
+        }
+    }
+    out
+}
+
+/// `and`, `or`, `unless` between two vectors (by their matching labels, step by step).
+fn set_op(b: &Binary, l: Vec<Series>, r: Vec<Series>, n: usize) -> Vec<Series> {
+    let m = b.matching.as_ref();
+    let rsig = presence(&r, m, n);
+    let present = |labels: &Labels, i: usize| rsig.get(&signature(labels, m)).is_some_and(|v| v[i]);
+    match b.op {
+        BinOp::And | BinOp::Unless => l
+            .into_iter()
+            .filter_map(|mut s| {
+                let want = b.op == BinOp::And;
+                let labels = s.labels.clone();
+                for (i, p) in s.points.iter_mut().enumerate() {
+                    if present(&labels, i) != want {
+                        *p = None;
+                    }
+                }
+                s.points.iter().any(Option::is_some).then_some(s)
+            })
+            .collect(),
+        _ => {
+            let lsig = presence(&l, m, n);
+            let mut out = l;
+            for mut s in r {
+                let sig = signature(&s.labels, m);
+                for (i, p) in s.points.iter_mut().enumerate() {
+                    if lsig.get(&sig).is_some_and(|v| v[i]) {
+                        *p = None;
+                    }
+                }
+                if s.points.iter().any(Option::is_some) {
+                    out.push(s);
+                }
+            }
+            out
+        }
+    }
+}
+
 fn vectors(b: &Binary, l: Vec<Series>, r: Vec<Series>) -> Result<Vec<Series>, EvalError> {
     let m = b.matching.as_ref();
     let n = l.first().or(r.first()).map_or(0, |s| s.points.len());
     if b.op.is_set() {
-        let mut rsig: HashMap<Labels, Vec<bool>> = HashMap::new();
-        for s in &r {
-            let e = rsig
-                .entry(signature(&s.labels, m))
-                .or_insert_with(|| vec![false; n]);
-            for (i, p) in s.points.iter().enumerate() {
-                e[i] |= p.is_some();
-            }
-        }
-        let present =
-            |labels: &Labels, i: usize| rsig.get(&signature(labels, m)).is_some_and(|v| v[i]);
-        return Ok(match b.op {
-            BinOp::And | BinOp::Unless => l
-                .into_iter()
-                .filter_map(|mut s| {
-                    let want = b.op == BinOp::And;
-                    let labels = s.labels.clone();
-                    for (i, p) in s.points.iter_mut().enumerate() {
-                        if present(&labels, i) != want {
-                            *p = None;
-                        }
-                    }
-                    s.points.iter().any(Option::is_some).then_some(s)
-                })
-                .collect(),
-            _ => {
-                let mut lsig: HashMap<Labels, Vec<bool>> = HashMap::new();
-                for s in &l {
-                    let e = lsig
-                        .entry(signature(&s.labels, m))
-                        .or_insert_with(|| vec![false; n]);
-                    for (i, p) in s.points.iter().enumerate() {
-                        e[i] |= p.is_some();
-                    }
-                }
-                let mut out = l;
-                for mut s in r {
-                    let sig = signature(&s.labels, m);
-                    for (i, p) in s.points.iter_mut().enumerate() {
-                        if lsig.get(&sig).is_some_and(|v| v[i]) {
-                            *p = None;
-                        }
-                    }
-                    if s.points.iter().any(Option::is_some) {
-                        out.push(s);
-                    }
-                }
-                out
-            }
-        });
+        return Ok(set_op(b, l, r, n));
     }
     // One-to-one, or many-to-one with group_left (one-to-many with group_right).
     let (many, one, swapped) = match &b.group {

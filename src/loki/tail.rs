@@ -153,6 +153,27 @@ fn split(labels: Labels, categorize: bool) -> (Labels, Labels) {
     (stream, rest)
 }
 
+/// New records into the frame being gathered: those the selector and pipeline keep and the
+/// past did not send.
+fn take<'a>(
+    lines: impl Iterator<Item = &'a [u8]>,
+    (selector, pipeline): (&Selector, &Pipeline),
+    sent: &HashSet<(i128, Vec<u8>)>,
+    current: &mut Frame,
+    categorize: bool,
+) {
+    for line in lines {
+        let Some(e) = entry(line) else { continue };
+        if !selector.matches(&e.labels) || sent.contains(&(e.ns, e.line.clone())) {
+            continue;
+        }
+        let (ns, mut text, mut labels) = (e.ns, e.line, e.labels);
+        if pipeline.run(&mut text, &mut labels, ns, &mut None) {
+            current.add(labels, ns, text, categorize);
+        }
+    }
+}
+
 async fn run(gw: Arc<Gateway>, mut socket: WebSocket, t: Tail) {
     let now = params::now_ns();
     let ms = |ns: i128| ns.div_euclid(1_000_000).max(0) as u64;
@@ -221,16 +242,8 @@ async fn run(gw: Arc<Gateway>, mut socket: WebSocket, t: Tail) {
                 let Some(chunk) = chunk else { return };
                 carry.extend_from_slice(&chunk);
                 let end = memchr::memrchr(b'\n', &carry).map_or(0, |i| i + 1);
-                for line in carry[..end].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    let Some(e) = entry(line) else { continue };
-                    if !selector.matches(&e.labels) || sent.contains(&(e.ns, e.line.clone())) {
-                        continue;
-                    }
-                    let (ns, mut text, mut labels) = (e.ns, e.line, e.labels);
-                    if pipeline.run(&mut text, &mut labels, ns, &mut None) {
-                        current.add(labels, ns, text, t.categorize);
-                    }
-                }
+                let lines = carry[..end].split(|&b| b == b'\n').filter(|l| !l.is_empty());
+                take(lines, (&selector, &pipeline), &sent, &mut current, t.categorize);
                 carry.drain(..end);
             }
             _ = tick.tick() => {

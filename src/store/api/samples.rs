@@ -72,7 +72,7 @@ pub async fn local_samples(
 impl StoreApi {
     /// This node's samples for the request's parameters (see the module docs).
     pub async fn samples(self: &Arc<Self>, raw: RawParams) -> Response {
-        let (mut params, mut sampler) = match parse_query(&raw)
+        let (mut params, sampler) = match parse_query(&raw)
             .map_err(|e| e.to_string())
             .and_then(|p| Ok((p, sampler(&raw)?)))
         {
@@ -85,7 +85,7 @@ impl StoreApi {
             return records;
         }
         let (parts, mut body) = records.into_parts();
-        let (in_tx, mut in_rx) = mpsc::channel::<io::Result<Bytes>>(4);
+        let (in_tx, in_rx) = mpsc::channel::<io::Result<Bytes>>(4);
         let (out_tx, out_rx) = mpsc::channel::<io::Result<hyper::body::Frame<Bytes>>>(4);
         tokio::spawn(async move {
             while let Some(frame) = body.frame().await {
@@ -104,79 +104,7 @@ impl StoreApi {
                 }
             }
         });
-        tokio::task::spawn_blocking(move || {
-            let mut carry: Vec<u8> = Vec::new();
-            let mut out = Vec::with_capacity(64 << 10);
-            // Each stream's series as JSON, once.
-            let mut json: Vec<Option<String>> = Vec::new();
-            while let Some(chunk) = in_rx.blocking_recv() {
-                let chunk = match chunk {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = out_tx.blocking_send(Err(e));
-                        return;
-                    }
-                };
-                // Whole lines are read where they are; only a line cut between chunks is
-                // copied.
-                let joined;
-                let data: &[u8] = if carry.is_empty() {
-                    &chunk
-                } else {
-                    carry.extend_from_slice(&chunk);
-                    joined = std::mem::take(&mut carry);
-                    &joined
-                };
-                let end = memchr::memrchr(b'\n', data).map_or(0, |i| i + 1);
-                for line in data[..end].split(|&b| b == b'\n').filter(|l| l.len() > 26) {
-                    match sampler.sample(line) {
-                        Sampled::Skip => {}
-                        Sampled::Sample {
-                            ns,
-                            key,
-                            value,
-                            stream,
-                        } => {
-                            out.extend_from_slice(&line[..26]);
-                            let _ = write!(out, " {ns} {value} ");
-                            match stream {
-                                Some(i) => {
-                                    if json.len() <= i {
-                                        json.resize(i + 1, None);
-                                    }
-                                    let text = json[i].get_or_insert_with(|| labels_json(&key));
-                                    out.extend_from_slice(text.as_bytes());
-                                }
-                                None => out.extend_from_slice(labels_json(&key).as_bytes()),
-                            }
-                            out.push(b'\n');
-                        }
-                        Sampled::Error(e) => {
-                            out.extend_from_slice(
-                                format!("{FAILED}{}\n", e.0.replace('\n', " ")).as_bytes(),
-                            );
-                            let _ = out_tx
-                                .blocking_send(Ok(hyper::body::Frame::data(Bytes::from(out))));
-                            return;
-                        }
-                    }
-                }
-                carry = data[end..].to_vec();
-                if out.len() >= 64 << 10 {
-                    let chunk =
-                        Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(64 << 10)));
-                    if out_tx
-                        .blocking_send(Ok(hyper::body::Frame::data(chunk)))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-            if !out.is_empty() {
-                let _ = out_tx.blocking_send(Ok(hyper::body::Frame::data(Bytes::from(out))));
-            }
-        });
+        tokio::task::spawn_blocking(move || write_samples(sampler, in_rx, out_tx));
         let mut headers = HeaderMap::new();
         for (k, v) in parts.headers.iter() {
             if k.as_str().starts_with("x-oklog-") {
@@ -188,5 +116,84 @@ impl StoreApi {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         (StatusCode::OK, headers, crate::http::frame_body(out_rx)).into_response()
+    }
+}
+
+/// Turn the records arriving on `records` into sample lines sent on `out` (blocking: a
+/// thread of its own), ending with [`FAILED`] when the query fails on a record and with an
+/// error when the records broke off.
+fn write_samples(
+    mut sampler: Sampler,
+    mut records: mpsc::Receiver<io::Result<Bytes>>,
+    out_tx: mpsc::Sender<io::Result<hyper::body::Frame<Bytes>>>,
+) {
+    let mut carry: Vec<u8> = Vec::new();
+    let mut out = Vec::with_capacity(64 << 10);
+    // Each stream's series as JSON, once.
+    let mut json: Vec<Option<String>> = Vec::new();
+    while let Some(chunk) = records.blocking_recv() {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = out_tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        // Whole lines are read where they are; only a line cut between chunks is
+        // copied.
+        let joined;
+        let data: &[u8] = if carry.is_empty() {
+            &chunk
+        } else {
+            carry.extend_from_slice(&chunk);
+            joined = std::mem::take(&mut carry);
+            &joined
+        };
+        let end = memchr::memrchr(b'\n', data).map_or(0, |i| i + 1);
+        for line in data[..end].split(|&b| b == b'\n').filter(|l| l.len() > 26) {
+            match sampler.sample(line) {
+                Sampled::Skip => {}
+                Sampled::Sample {
+                    ns,
+                    key,
+                    value,
+                    stream,
+                } => {
+                    out.extend_from_slice(&line[..26]);
+                    let _ = write!(out, " {ns} {value} ");
+                    match stream {
+                        Some(i) => {
+                            if json.len() <= i {
+                                json.resize(i + 1, None);
+                            }
+                            let text = json[i].get_or_insert_with(|| labels_json(&key));
+                            out.extend_from_slice(text.as_bytes());
+                        }
+                        None => out.extend_from_slice(labels_json(&key).as_bytes()),
+                    }
+                    out.push(b'\n');
+                }
+                Sampled::Error(e) => {
+                    out.extend_from_slice(
+                        format!("{FAILED}{}\n", e.0.replace('\n', " ")).as_bytes(),
+                    );
+                    let _ = out_tx.blocking_send(Ok(hyper::body::Frame::data(Bytes::from(out))));
+                    return;
+                }
+            }
+        }
+        carry = data[end..].to_vec();
+        if out.len() >= 64 << 10 {
+            let chunk = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(64 << 10)));
+            if out_tx
+                .blocking_send(Ok(hyper::body::Frame::data(chunk)))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    if !out.is_empty() {
+        let _ = out_tx.blocking_send(Ok(hyper::body::Frame::data(Bytes::from(out))));
     }
 }
