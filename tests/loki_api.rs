@@ -838,7 +838,7 @@ fn three_store_nodes_with_two_copies_count_each_record_once() {
             ),
             false,
         );
-        let got = entries_of(&v);
+        let got = crate::entries(&v);
         let distinct: std::collections::BTreeSet<_> = got.iter().collect();
         assert_eq!((got.len(), distinct.len()), (five_hundreds, five_hundreds));
         // Metric queries: counts per stream over the hour, and per 10-minute window.
@@ -901,9 +901,4 @@ fn three_store_nodes_with_two_copies_count_each_record_once() {
         let v: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["data"], json!(["a", "b", "c"]), "{v}");
     }
-}
-
-/// The `(ns, line)` entries of a streams answer, in answer order.
-fn entries_of(v: &Value) -> Vec<(String, String)> {
-    entries(v)
 }

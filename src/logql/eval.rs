@@ -13,7 +13,7 @@ use super::ast::{
     AggOp, BinOp, Binary, Expr, Grouping, LabelReplace, MatchOp, RangeAgg, RangeOp, VectorAgg,
     apply_scalar,
 };
-use super::labels::{ERROR, ERROR_DETAILS, Labels, Origin};
+use super::labels::{Labels, Origin};
 
 /// The most series a range function may track, or a result may hold.
 pub const MAX_SERIES: usize = 10_000;
@@ -80,7 +80,6 @@ pub struct RangeEval {
     range: i128,
     offset: i128,
     steps: Steps,
-    grouping: Option<Grouping>,
     series: HashMap<Labels, Window>,
     next: usize,
     /// For `absent_over_time`: whether any window had a sample, per step.
@@ -95,9 +94,9 @@ struct Window {
 }
 
 impl RangeEval {
-    /// A range function `agg` at `steps`, its series grouped by `grouping` (an enclosing
-    /// `sum by (...)` computed here at once, or the function's own `by`).
-    pub fn new(agg: &RangeAgg, steps: Steps, grouping: Option<Grouping>) -> RangeEval {
+    /// A range function `agg` at `steps`, over samples whose series keys the caller made
+    /// (grouped as [`range_aggs`] says, by [`crate::logql::sample::series_key`]).
+    pub fn new(agg: &RangeAgg, steps: Steps) -> RangeEval {
         let mut absent_labels = Labels::new();
         for m in &agg.log.selector {
             if m.op == MatchOp::Eq {
@@ -110,17 +109,11 @@ impl RangeEval {
             range: i128::from(agg.range_ns),
             offset: i128::from(agg.offset_ns),
             steps,
-            grouping: grouping.or_else(|| agg.grouping.clone()),
             series: HashMap::new(),
             next: 0,
             seen: vec![false; steps.len()],
             absent_labels,
         }
-    }
-
-    /// The labels series are grouped by, if any.
-    pub fn grouping(&self) -> Option<&Grouping> {
-        self.grouping.as_ref()
     }
 
     /// The window of records this function reads, in nanoseconds: `(from, to]`.
@@ -133,35 +126,9 @@ impl RangeEval {
         )
     }
 
-    /// One sample: a record at `ns` with `labels` (after the pipeline) and `value` (1 to
-    /// count, the line's length for bytes, the unwrapped value). Samples come in time order.
-    pub fn push(&mut self, ns: i128, labels: &Labels, value: f64) -> Result<(), EvalError> {
-        if let Some(e) = labels.get(ERROR) {
-            return Err(EvalError(format!(
-                "pipeline error: '{e}' for series: '{}'. Use a label filter to intentionally skip this error. (e.g | __error__!=\"{e}\"). To skip all errors you can use | __error__=\"\". Details: {}",
-                labels.text(),
-                labels.get(ERROR_DETAILS).unwrap_or("")
-            )));
-        }
-        let t = ns + self.offset;
-        while self.next < self.steps.len() && self.steps.at(self.next) < t {
-            self.emit(self.next);
-            self.next += 1;
-        }
-        let key = self.key(labels);
-        self.push_keyed_value(t, key, value)
-    }
-
-    /// The series key of a record with `labels` (its labels reduced by the grouping).
-    pub fn key(&self, labels: &Labels) -> Labels {
-        let mut k = labels.clone();
-        k.retain(|l| l.name != ERROR && l.name != ERROR_DETAILS);
-        group_labels(&k, self.grouping.as_ref())
-    }
-
-    /// [`RangeEval::push`] for a record whose series key is known already ([`RangeEval::key`]
-    /// of labels without `__error__`), with `value`: what a caller that keeps keys per stream
-    /// uses.
+    /// One sample, in time order: a record at `ns` of the series `key` (its labels reduced by
+    /// the grouping: [`crate::logql::sample::series_key`]) with `value` (1 to count, the
+    /// line's length for bytes, the unwrapped value).
     pub fn push_key(&mut self, ns: i128, key: &Labels, value: f64) -> Result<(), EvalError> {
         let t = ns + self.offset;
         while self.next < self.steps.len() && self.steps.at(self.next) < t {
@@ -782,9 +749,11 @@ mod tests {
         };
         let aggs = range_aggs(&e);
         let (agg, g) = &aggs[0];
-        let mut r = RangeEval::new(agg, steps, g.clone());
+        let mut r = RangeEval::new(agg, steps);
         for (t, l) in samples {
-            r.push(t * S, &labels(l), 1.0).unwrap();
+            let key =
+                crate::logql::sample::series_key(&labels(l), g.as_ref().or(agg.grouping.as_ref()));
+            r.push_key(t * S, &key, 1.0).unwrap();
         }
         let mut ranges = Fixed(vec![r.finish()]);
         match evaluate(&e, steps, &mut ranges).unwrap() {

@@ -28,10 +28,7 @@ pub fn entry(record: &[u8]) -> Option<Entry> {
     }
     let ms = ulid_ms(&record[..ULID_LEN]);
     let body = &record[BODY_OFFSET..];
-    let (topic, payload) = match memchr::memchr(b' ', body) {
-        Some(i) => (&body[..i], &body[i + 1..]),
-        None => (body, &[][..]),
-    };
+    let (topic, payload) = crate::record::topic_and_payload(body);
     let topic = String::from_utf8_lossy(topic);
     let p = parts::split(payload);
     let mut labels = stream_labels(&topic, p.labels);
@@ -44,16 +41,12 @@ pub fn entry(record: &[u8]) -> Option<Entry> {
             )
         })
         .collect();
-    // The agent's own time is the last metadata pair: the nanoseconds, when it is the
-    // record's millisecond.
+    // The agent's own time is the last metadata pair.
     if let Some((k, v)) = meta.last()
         && k == "ts"
     {
-        if let Ok(t) = v.parse::<jiff::Timestamp>() {
-            let t = t.as_nanosecond();
-            if t.div_euclid(1_000_000) == i128::from(ms) {
-                ns = t;
-            }
+        if let Some(t) = agent_ns(v.as_bytes(), ms) {
+            ns = t;
         }
         meta.pop();
     }
@@ -72,6 +65,23 @@ pub fn entry(record: &[u8]) -> Option<Entry> {
         line: p.message.to_vec(),
         labels,
     })
+}
+
+/// The nanoseconds of a record's `ts=` value, when they fall in the record's millisecond `ms`
+/// (its ULID's; else the ULID's time stands).
+pub fn agent_ns(ts: &[u8], ms: u64) -> Option<i128> {
+    let t = std::str::from_utf8(ts)
+        .ok()?
+        .parse::<jiff::Timestamp>()
+        .ok()?;
+    let t = t.as_nanosecond();
+    (t.div_euclid(1_000_000) == i128::from(ms)).then_some(t)
+}
+
+/// Whether a query (its syntax tree, any part of it) names `detected_level`: then each record
+/// gets one before its pipeline.
+pub fn names_level(query: &impl std::fmt::Debug) -> bool {
+    format!("{query:?}").contains(DETECTED_LEVEL)
 }
 
 /// A record's stream labels: its topic as `service_name`, and the labels part of its payload

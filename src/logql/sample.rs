@@ -11,7 +11,7 @@ use super::ast::{Grouping, RangeAgg, RangeOp};
 use super::eval::{EvalError, group_labels};
 use super::labels::{ERROR, ERROR_DETAILS, Labels};
 use super::pipeline::{Pipeline, Unsupported};
-use super::record::{Entry, Selector, detect_level, entry, stream_labels};
+use super::record::{Entry, Selector, agent_ns, detect_level, entry, stream_labels};
 use crate::record::{BODY_OFFSET, ULID_LEN, parts, ulid_ms};
 
 /// What one record gives.
@@ -145,13 +145,10 @@ impl Sampler {
         if line.len() < BODY_OFFSET {
             return Some((0, None, 0.0));
         }
-        let body = &line[BODY_OFFSET..];
-        let (topic, payload) = match memchr::memchr(b' ', body) {
-            Some(i) => (&body[..i], &body[i + 1..]),
-            None => (body, &[][..]),
-        };
+        let (topic, payload) = crate::record::topic_and_payload(&line[BODY_OFFSET..]);
         let p = parts::split(payload);
-        let mut ns = i128::from(ulid_ms(&line[..ULID_LEN])) * 1_000_000;
+        let ms = ulid_ms(&line[..ULID_LEN]);
+        let mut ns = i128::from(ms) * 1_000_000;
         if !p.metadata.is_empty() {
             // Metadata is part of a record's series unless the grouping keeps only named
             // labels none of which it holds; the agent's time is read for the nanoseconds.
@@ -161,12 +158,7 @@ impl Sampler {
             };
             for (k, v) in parts::pairs(p.metadata) {
                 if k == b"ts" {
-                    if let Some(t) = std::str::from_utf8(&v)
-                        .ok()
-                        .and_then(|v| v.parse::<jiff::Timestamp>().ok())
-                        .map(|t| t.as_nanosecond())
-                        .filter(|t| t.div_euclid(1_000_000) == ns / 1_000_000)
-                    {
+                    if let Some(t) = agent_ns(&v, ms) {
                         ns = t;
                     }
                 } else if names.iter().any(|n| n.as_bytes() == k) {

@@ -302,9 +302,17 @@ fn ms_window(start: i128, end_exclusive: i128) -> (u64, u64) {
     (from, to.max(from))
 }
 
-/// Whether a log expression asks for `detected_level` (then each entry gets one).
-fn mentions_level(log: &LogExpr) -> bool {
-    format!("{log:?}").contains(crate::logql::record::DETECTED_LEVEL)
+/// An entry's labels as its stream's key and the rest: with `categorize`, the stream labels
+/// apart from the metadata and parsed ones; without, all of them are the stream's.
+pub fn split_labels(labels: Labels, categorize: bool) -> (Labels, Labels) {
+    if !categorize {
+        return (labels, Labels::new());
+    }
+    let mut stream = labels.clone();
+    stream.retain(|l| l.origin == Origin::Stream);
+    let mut rest = labels;
+    rest.retain(|l| l.origin != Origin::Stream);
+    (stream, rest)
 }
 
 /// What a log query asks.
@@ -342,7 +350,7 @@ pub async fn logs(
     let pipeline = Pipeline::new(&log.pipeline).map_err(bad)?;
     let selector = Selector::new(&log.selector).map_err(bad)?;
     let (from_ms, to_ms) = ms_window(start, end);
-    let levels = mentions_level(log);
+    let levels = crate::logql::record::names_level(log);
     let Some(params) = plan(log, from_ms, to_ms, backward)? else {
         return Ok((Vec::new(), Scanned::default()));
     };
@@ -378,15 +386,7 @@ pub async fn logs(
         }
         // Every entry answered has a level, as Loki 3 gives it (Grafana colours by it).
         crate::logql::record::detect_level(&mut labels, &line);
-        let (key, rest) = if categorize {
-            let mut stream = labels.clone();
-            stream.retain(|l| l.origin == Origin::Stream);
-            let mut rest = labels;
-            rest.retain(|l| l.origin != Origin::Stream);
-            (stream, rest)
-        } else {
-            (labels, Labels::new())
-        };
+        let (key, rest) = split_labels(labels, categorize);
         let stream = st.streams.entry(key.clone()).or_insert_with(|| Stream {
             labels: key,
             entries: Vec::new(),
@@ -425,15 +425,15 @@ pub async fn metric(
         let (from, to) = RangeEval::span(agg, steps);
         let (from_ms, to_ms) = ms_window(from + 1, to + 1);
         let Some(params) = plan(&agg.log, from_ms, to_ms, false)? else {
-            all.push(RangeEval::new(agg, steps, grouping).finish());
+            all.push(RangeEval::new(agg, steps).finish());
             continue;
         };
         let (range, failed, scanned) = if gw.alone() {
             // One store node: its records are sampled here, without a line per sample.
-            let levels = format!("{expr:?}").contains(crate::logql::record::DETECTED_LEVEL);
+            let levels = crate::logql::record::names_level(expr);
             let state = RangeScan {
-                sampler: Sampler::new(agg, (from, to), grouping.clone(), levels).map_err(bad)?,
-                range: RangeEval::new(agg, steps, grouping),
+                sampler: Sampler::new(agg, (from, to), grouping, levels).map_err(bad)?,
+                range: RangeEval::new(agg, steps),
                 failed: None,
             };
             let (state, scanned) = scan_lines(gw, params, state, RangeScan::record).await?;
@@ -446,7 +446,7 @@ pub async fn metric(
             );
             let gathering = gw.samples(&params, &extra).await?;
             let state = SampleScan {
-                range: RangeEval::new(agg, steps, grouping),
+                range: RangeEval::new(agg, steps),
                 keys: HashMap::new(),
                 failed: None,
             };

@@ -113,20 +113,27 @@ fn tail(out: &mut String, s: &Summary) {
 pub fn streams(streams: &[Stream], categorize: bool, s: &Summary) -> String {
     let mut out = String::new();
     head(&mut out, "streams", categorize);
+    streams_array(&mut out, streams, categorize);
+    tail(&mut out, s);
+    out
+}
+
+/// The streams as a JSON array, as a streams answer's `result` and a tail frame's `streams`.
+fn streams_array(out: &mut String, streams: &[Stream], categorize: bool) {
     out.push('[');
     for (i, st) in streams.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push_str(r#"{"stream":"#);
-        labels_object(&mut out, all(&st.labels));
+        labels_object(out, all(&st.labels));
         out.push_str(r#","values":["#);
         for (j, (ns, line, rest)) in st.entries.iter().enumerate() {
             if j > 0 {
                 out.push(',');
             }
             let _ = write!(out, r#"["{ns}","#);
-            string(&mut out, &String::from_utf8_lossy(line));
+            string(out, &String::from_utf8_lossy(line));
             if categorize {
                 out.push_str(",{");
                 let mut first = true;
@@ -142,9 +149,9 @@ pub fn streams(streams: &[Stream], categorize: bool, s: &Summary) -> String {
                         out.push(',');
                     }
                     first = false;
-                    string(&mut out, key);
+                    string(out, key);
                     out.push(':');
-                    labels_object(&mut out, it.map(|l| (l.name.clone(), l.value.clone())));
+                    labels_object(out, it.map(|l| (l.name.clone(), l.value.clone())));
                 }
                 out.push('}');
             }
@@ -153,7 +160,30 @@ pub fn streams(streams: &[Stream], categorize: bool, s: &Summary) -> String {
         out.push_str("]}");
     }
     out.push(']');
-    tail(&mut out, s);
+}
+
+/// A tail frame: `{"streams": [...]}`, with `dropped_entries` (the labels and time of each
+/// entry dropped for a slow client) when there are any, and `encodingFlags` with
+/// `categorize`.
+pub fn tail_frame(streams: &[Stream], dropped: &[(Labels, i128)], categorize: bool) -> String {
+    let mut out = String::from(r#"{"streams":"#);
+    streams_array(&mut out, streams, categorize);
+    if !dropped.is_empty() {
+        out.push_str(r#","dropped_entries":["#);
+        for (i, (labels, ns)) in dropped.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(r#"{"labels":"#);
+            labels_object(&mut out, all(labels));
+            let _ = write!(out, r#","timestamp":"{ns}"}}"#);
+        }
+        out.push(']');
+    }
+    if categorize {
+        out.push_str(r#","encodingFlags":["categorize-labels"]"#);
+    }
+    out.push('}');
     out
 }
 
@@ -308,6 +338,21 @@ mod tests {
         );
         let v = parsed(&scalar(2.0, 1_700_000_000_000_000_000, &s));
         assert_eq!(v["data"]["result"], serde_json::json!([1700000000, "2"]));
+        let v = parsed(&tail_frame(&st, &[(st[0].labels.clone(), 5)], true));
+        assert_eq!(
+            v["streams"][0]["values"][1],
+            serde_json::json!(["2", "x", {}])
+        );
+        assert_eq!(
+            v["dropped_entries"],
+            serde_json::json!([{"labels": {"app": "a"}, "timestamp": "5"}])
+        );
+        assert_eq!(v["encodingFlags"], serde_json::json!(["categorize-labels"]));
+        let v = parsed(&tail_frame(&st, &[], false));
+        assert!(
+            v.get("dropped_entries").is_none() && v.get("encodingFlags").is_none(),
+            "{v}"
+        );
         assert_eq!(number(f64::INFINITY), "+Inf");
         assert_eq!(number(f64::NAN), "NaN");
         assert_eq!(number(1e21), "1000000000000000000000");

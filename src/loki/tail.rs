@@ -21,7 +21,7 @@ use super::exec::{Refusal, bad, plan};
 use super::json::{self, Stream};
 use super::params;
 use crate::logql::ast::LogExpr;
-use crate::logql::labels::{Labels, Origin};
+use crate::logql::labels::Labels;
 use crate::logql::pipeline::Pipeline;
 use crate::logql::record::{Selector, entry};
 use crate::store::api::params::RawParams;
@@ -99,7 +99,7 @@ impl Frame {
             }
             return;
         }
-        let (key, rest) = split(labels, categorize);
+        let (key, rest) = super::exec::split_labels(labels, categorize);
         self.streams
             .entry(key.clone())
             .or_insert_with(|| Stream {
@@ -117,40 +117,8 @@ impl Frame {
 
     fn text(self, categorize: bool) -> String {
         let streams: Vec<Stream> = self.streams.into_values().collect();
-        // The streams part is what a query answer's `result` holds.
-        let answer = json::streams(&streams, categorize, &json::Summary::default());
-        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
-        let mut frame = serde_json::json!({ "streams": v["data"]["result"] });
-        if !self.dropped.is_empty() {
-            let dropped: Vec<serde_json::Value> = self
-                .dropped
-                .iter()
-                .map(|(l, ns)| {
-                    let labels: serde_json::Map<String, serde_json::Value> = l
-                        .iter()
-                        .map(|l| (l.name.clone(), serde_json::Value::String(l.value.clone())))
-                        .collect();
-                    serde_json::json!({"labels": labels, "timestamp": ns.to_string()})
-                })
-                .collect();
-            frame["dropped_entries"] = serde_json::Value::Array(dropped);
-        }
-        if categorize {
-            frame["encodingFlags"] = serde_json::json!(["categorize-labels"]);
-        }
-        frame.to_string()
+        json::tail_frame(&streams, &self.dropped, categorize)
     }
-}
-
-fn split(labels: Labels, categorize: bool) -> (Labels, Labels) {
-    if !categorize {
-        return (labels, Labels::new());
-    }
-    let mut stream = labels.clone();
-    stream.retain(|l| l.origin == Origin::Stream);
-    let mut rest = labels;
-    rest.retain(|l| l.origin != Origin::Stream);
-    (stream, rest)
 }
 
 /// New records into the frame being gathered: those the selector and pipeline keep and the
@@ -211,17 +179,8 @@ async fn run(gw: Arc<Gateway>, mut socket: WebSocket, t: Tail) {
                 sent.insert((*ns, line.clone()));
             }
         }
-        let body = json::streams(&past, t.categorize, &json::Summary::default());
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let mut frame = serde_json::json!({ "streams": v["data"]["result"] });
-        if t.categorize {
-            frame["encodingFlags"] = serde_json::json!(["categorize-labels"]);
-        }
-        if socket
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .is_err()
-        {
+        let frame = json::tail_frame(&past, &[], t.categorize);
+        if socket.send(Message::Text(frame.into())).await.is_err() {
             return;
         }
     }

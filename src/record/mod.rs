@@ -24,6 +24,16 @@ pub const ULID_LEN: usize = 26;
 pub const BODY_OFFSET: usize = ULID_LEN + 1;
 /// The Crockford base32 alphabet, in value order.
 pub const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+/// A record body `<topic> <payload>` split at its first space (a body without one is all
+/// topic).
+#[inline]
+pub fn topic_and_payload(body: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memchr(b' ', body) {
+        Some(i) => (&body[..i], &body[i + 1..]),
+        None => (body, &[]),
+    }
+}
+
 /// The default static topic.
 pub const DEFAULT_TOPIC: &str = "default";
 /// Default limit on the payload bytes of one record (1 MiB); longer lines are split.

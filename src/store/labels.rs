@@ -195,10 +195,7 @@ fn read_segment(path: &Path) -> io::Result<SegmentLabels> {
             let ms = ulid_ms(&line[..ULID_LEN]);
             let body = &line[BODY_OFFSET..];
             let body = body.strip_suffix(b"\n").unwrap_or(body);
-            let (topic, payload) = match memchr::memchr(b' ', body) {
-                Some(i) => (&body[..i], &body[i + 1..]),
-                None => (body, &[][..]),
-            };
+            let (topic, payload) = crate::record::topic_and_payload(body);
             let mut labels = parts::split(payload).labels;
             if streams.len() >= MAX_STREAMS_PER_SEGMENT
                 && !streams.contains_key(&(topic.to_vec(), labels.to_vec()))

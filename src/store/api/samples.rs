@@ -48,7 +48,7 @@ fn sampler(raw: &RawParams) -> Result<Sampler, String> {
         .and_then(|w| w.split_once(','))
         .and_then(|(a, b)| Some((a.parse::<i128>().ok()?, b.parse::<i128>().ok()?)))
         .ok_or("window: wanted <from ns>,<to ns>")?;
-    let levels = format!("{expr:?}").contains(crate::logql::record::DETECTED_LEVEL);
+    let levels = crate::logql::record::names_level(&expr);
     Sampler::new(agg, window, grouping.clone(), levels).map_err(|e| e.to_string())
 }
 
