@@ -1,14 +1,24 @@
 //! Write a store directory of realistic records straight in the on-disk format, for the query
 //! benchmark (ingest can only stamp the current time).
 //!
-//! `cargo run --release --example gen_store -- OUT_DIR [GIB=2] [SEGMENTS=2] [DAYS=7] [SEED=42]`
+//! `cargo run --release --example gen_store -- OUT_DIR [GIB=2] [SEGMENTS=2] [DAYS=7] [SEED=42] [KIND=bench]`
 //!
-//! Records are LogHub sample lines (16 systems) with their digits re-drawn from a fixed-seed
+//! KIND `bench` (the default): records are LogHub sample lines (16 systems) with their digits re-drawn from a fixed-seed
 //! generator, under 100 topics of about 1% each (`web-00` … `app-19`), spread evenly over
 //! DAYS ending now. Planted for the queries:
 //! `tag=hot` on 10% of records, `needle-7f3a9` on about one record in two million, and
 //! `request_id=7c1e5a90` on one record in ten thousand: one request's burst, on a tenth of the
 //! records of the ten minutes from the middle of the span.
+//!
+//! KIND `loghub`: LogHub sample lines as they are, each drawn at random from all 16 systems,
+//! under one of the same 100 topics drawn at random, with 80 fresh random bits of ULID entropy
+//! on every record (as the original's ingesters make them), spread evenly over DAYS. Planted:
+//! `req=5e0b1d3c` on one record in ten thousand, spread evenly. The phrase `Accepted password`
+//! comes from the data itself (one LogHub line in 32,000).
+//!
+//! KIND `loghub-json`: the same records (same seed, same count) as JSON lines in
+//! `OUT_DIR/lines.jsonl`, `{"_time":"<RFC 3339, ms>","service":"<topic>","_msg":"<line>"}`, for
+//! `/insert/jsonline?_topic_field=service` (and other systems' JSON line APIs).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -61,7 +71,16 @@ fn main() {
     let segments: u64 = args.get(2).map_or(2, |v| v.parse().unwrap());
     let days: u64 = args.get(3).map_or(7, |v| v.parse().unwrap());
     let seed: u64 = args.get(4).map_or(42, |v| v.parse().unwrap());
+    let kind = args.get(5).map_or("bench", String::as_str);
+    let (loghub, json) = match kind {
+        "bench" => (false, false),
+        "loghub" => (true, false),
+        "loghub-json" => (true, true),
+        k => panic!("unknown KIND {k}: bench, loghub or loghub-json"),
+    };
     std::fs::create_dir_all(&out).unwrap();
+    let mut json_out = json
+        .then(|| BufWriter::with_capacity(8 << 20, File::create(out.join("lines.jsonl")).unwrap()));
     let templates = templates();
     let topics: Vec<Vec<u8>> = ["web", "db", "auth", "kernel", "app"]
         .iter()
@@ -85,8 +104,51 @@ fn main() {
     let mut i = 0u64;
     let mut seg: Option<Open> = None;
     let mut line = Vec::with_capacity(4096);
+    let mut prev = (0u64, 0u128);
     while written < total_bytes {
         let ms = start_ms + (i.min(n) * span_ms) / n.max(1);
+        if loghub {
+            // Fresh entropy on every record; within a millisecond, above the one before.
+            let mut e = (u128::from(rng.next()) << 16 | u128::from(rng.next() & 0xffff)) >> 1;
+            if ms == prev.0 && e <= prev.1 {
+                e = prev.1 + 1;
+            }
+            prev = (ms, e);
+            let topic = &topics[rng.below(topics.len() as u64) as usize];
+            let mut msg = templates[rng.below(templates.len() as u64) as usize].clone();
+            if rng.below(10_000) == 0 {
+                msg.extend_from_slice(b" req=5e0b1d3c");
+            }
+            line.clear();
+            if let Some(j) = json_out.as_mut() {
+                let t = chrono_ms(ms);
+                let v = format!(
+                    "{{\"_time\":\"{t}\",\"service\":\"{}\",\"_msg\":{}}}\n",
+                    String::from_utf8_lossy(topic),
+                    json_string(&msg)
+                );
+                j.write_all(v.as_bytes()).unwrap();
+                written += (ULID_TEXT + 3 + topic.len() + msg.len()) as u64;
+                i += 1;
+                continue;
+            }
+            line.extend_from_slice(&encode(ms, e));
+            line.push(b' ');
+            line.extend_from_slice(topic);
+            line.push(b' ');
+            line.extend_from_slice(&msg);
+            line.push(b'\n');
+            let id: [u8; 26] = line[..26].try_into().unwrap();
+            emit(&mut seg, &out, &line, id, i);
+            seg_bytes += line.len() as u64;
+            written += line.len() as u64;
+            i += 1;
+            if seg_bytes >= per_segment {
+                finish(seg.take().unwrap(), &out);
+                seg_bytes = 0;
+            }
+            continue;
+        }
         // Entropy grows with every record, so a segment stays sorted within a millisecond too.
         let id = encode(
             ms,
@@ -115,17 +177,7 @@ fn main() {
             line.extend_from_slice(b" request_id=7c1e5a90");
         }
         line.push(b'\n');
-        let s = seg.get_or_insert_with(|| {
-            let p = out.join(format!("gen-{i}.active"));
-            (
-                BufWriter::with_capacity(8 << 20, File::create(&p).unwrap()),
-                p,
-                id,
-                id,
-            )
-        });
-        s.0.write_all(&line).unwrap();
-        s.3 = id;
+        emit(&mut seg, &out, &line, id, i);
         seg_bytes += line.len() as u64;
         written += line.len() as u64;
         i += 1;
@@ -137,7 +189,55 @@ fn main() {
     if let Some(s) = seg.take() {
         finish(s, &out);
     }
+    if let Some(mut j) = json_out {
+        j.flush().unwrap();
+    }
     eprintln!("wrote {i} records, {written} bytes, in {}", out.display());
+}
+
+const ULID_TEXT: usize = 26;
+
+/// Append `line` (whose ULID is `id`) to the open segment, opening one if none is.
+fn emit(seg: &mut Option<Open>, out: &Path, line: &[u8], id: [u8; 26], i: u64) {
+    let s = seg.get_or_insert_with(|| {
+        let p = out.join(format!("gen-{i}.active"));
+        (
+            BufWriter::with_capacity(8 << 20, File::create(&p).unwrap()),
+            p,
+            id,
+            id,
+        )
+    });
+    s.0.write_all(line).unwrap();
+    s.3 = id;
+}
+
+/// `ms` as RFC 3339 with milliseconds, UTC.
+fn chrono_ms(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let rem = ms % 86_400_000;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+/// `b` as a JSON string literal.
+fn json_string(b: &[u8]) -> String {
+    serde_json::to_string(&String::from_utf8_lossy(b)).unwrap()
 }
 
 fn finish(s: Open, out: &Path) {

@@ -94,7 +94,13 @@ fn info(path: &Path, out: &mut impl Write) -> io::Result<u64> {
     writeln!(out, "file      {}", path.display())?;
     match i.format {
         Format::Raw => writeln!(out, "format    raw (v1)")?,
-        Format::Compressed => writeln!(out, "format    compressed (v{})", segment::VERSION)?,
+        Format::Compressed if i.version < segment::VERSION => writeln!(
+            out,
+            "format    compressed (v{}; rewritten as v{} in the background)",
+            i.version,
+            segment::VERSION
+        )?,
+        Format::Compressed => writeln!(out, "format    compressed (v{})", i.version)?,
     }
     writeln!(out, "records   {}", i.records)?;
     if let (Some(low), Some(high)) = (&i.low, &i.high) {
@@ -110,11 +116,13 @@ fn info(path: &Path, out: &mut impl Write) -> io::Result<u64> {
     }
     writeln!(
         out,
-        "stored    {} bytes (ratio {:.2}; blocks {} bytes, filters {} bytes)",
+        "stored    {} bytes (ratio {:.2}; blocks {} bytes, filters {} bytes, dictionary {} bytes of {})",
         i.stored_bytes,
         i.raw_bytes as f64 / i.stored_bytes.max(1) as f64,
         i.block_bytes,
-        i.filter_bytes
+        i.filter_bytes,
+        i.dict_bytes.0,
+        i.dict_bytes.1
     )?;
     writeln!(
         out,

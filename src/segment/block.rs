@@ -3,7 +3,9 @@
 
 use std::io;
 
-use super::footer::Block;
+use std::cell::RefCell;
+
+use super::footer::{Block, Footer};
 use super::source::Source;
 
 /// Why one block cannot be read (the rest of the file still can).
@@ -27,9 +29,18 @@ pub(super) fn filter<'a>(
     (crc32fast::hash(&f) == block.filter_crc).then_some(f)
 }
 
-/// Check and decompress `block` of `src` into `out` (cleared first): the block's record lines.
+thread_local! {
+    /// A v3 block's columns before they are decoded, and the context that decompresses them
+    /// with the segment's dictionary.
+    static COLUMNS: RefCell<(Vec<u8>, zstd::zstd_safe::DCtx<'static>)> =
+        RefCell::new((Vec::new(), zstd::zstd_safe::DCtx::create()));
+}
+
+/// Check and decompress `block` of `src` (whose footer is `footer`) into `out` (cleared
+/// first): the block's record lines.
 pub(super) fn read(
     src: &(impl Source + ?Sized),
+    footer: &Footer,
     block: &Block,
     dec: &mut zstd::bulk::Decompressor<'_>,
     out: &mut Vec<u8>,
@@ -48,6 +59,9 @@ pub(super) fn read(
     }
     out.clear();
     out.reserve(block.raw_len as usize);
+    if footer.version >= 3 {
+        return read_columns(src, footer, block, &stored, dec, out);
+    }
     match dec.decompress_to_buffer(&stored[..], out) {
         Ok(n) if n == block.raw_len as usize && out.last() == Some(&b'\n') => Ok(()),
         Ok(n) => Err(BlockError::Decompress(format!(
@@ -56,6 +70,51 @@ pub(super) fn read(
         ))),
         Err(e) => Err(BlockError::Decompress(e.to_string())),
     }
+}
+
+/// Decompress a v3 block's `stored` bytes (checked) and decode its columns into `out`.
+fn read_columns(
+    src: &(impl Source + ?Sized),
+    footer: &Footer,
+    block: &Block,
+    stored: &[u8],
+    dec: &mut zstd::bulk::Decompressor<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), BlockError> {
+    let bad = |why: String| Err(BlockError::Decompress(why));
+    let ddict = match &footer.dict {
+        Some(_) => match footer.ddict(src) {
+            Some(d) => Some(d),
+            None => return bad("the segment's dictionary cannot be read".into()),
+        },
+        None => None,
+    };
+    // The columns are never longer than the lines they hold (a ULID's 26 characters and its
+    // space become at most 21 bytes).
+    let cap = block.raw_len as usize + 64;
+    COLUMNS.with_borrow_mut(|(cols, dctx)| {
+        cols.clear();
+        cols.reserve(cap);
+        let n = match &ddict {
+            Some(d) => dctx
+                .decompress_using_ddict(cols, stored, d)
+                .map_err(|c| zstd::zstd_safe::get_error_name(c).to_string()),
+            None => dec
+                .decompress_to_buffer(stored, cols)
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = n {
+            return bad(e);
+        }
+        let topic = footer.topics.get(block.topic as usize).map(|t| &t.name[..]);
+        if super::columns::decode(cols, topic, out).is_none() {
+            return bad("the block's columns are malformed".into());
+        }
+        if out.len() != block.raw_len as usize || out.last() != Some(&b'\n') {
+            return bad(format!("{} bytes, expected {}", out.len(), block.raw_len));
+        }
+        Ok(())
+    })
 }
 
 /// A new zstd decompression context.

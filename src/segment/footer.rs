@@ -5,11 +5,13 @@
 use std::io;
 
 use super::source::Source;
-use super::{END_MAGIC, HEADER_LEN, MAGIC, MIXED, TRAILER_LEN, VERSION};
+use super::{END_MAGIC, HEADER_LEN, MAGIC, MIXED, TRAILER_LEN, VERSION, VERSION_2};
 use crate::record::{ULID_LEN, is_valid_ulid};
 
-/// The index's own magic, first bytes of the index.
+/// The index's own magic, first bytes of the index (v2).
 pub(super) const INDEX_MAGIC: &[u8; 4] = b"IDX2";
+/// The v3 index's magic.
+pub(super) const INDEX_MAGIC_3: &[u8; 4] = b"IDX3";
 /// Encoded size of one block entry in the index.
 pub(super) const BLOCK_ENTRY_LEN: usize = 8 + 4 + 4 + 4 + 4 + ULID_LEN * 2 + 4 + 8 + 4 + 4;
 
@@ -113,9 +115,47 @@ impl Block {
     }
 }
 
-/// The parsed footer of a v2 file.
+/// Where a v3 file keeps its zstd dictionary (one zstd frame, compressed without one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DictRef {
+    /// File offset of the frame.
+    pub offset: u64,
+    /// Stored bytes.
+    pub stored_len: u32,
+    /// The dictionary's bytes.
+    pub raw_len: u32,
+    /// CRC-32 of the stored bytes.
+    pub crc: u32,
+}
+
+/// A segment's dictionary once read, shared by every query of the segment.
+#[derive(Clone, Default)]
+pub struct DictCache(
+    std::sync::Arc<std::sync::OnceLock<Option<std::sync::Arc<zstd::zstd_safe::DDict<'static>>>>>,
+);
+
+impl std::fmt::Debug for DictCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DictCache")
+    }
+}
+
+impl PartialEq for DictCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for DictCache {}
+
+/// The parsed footer of a compressed (v2 or v3) file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Footer {
+    /// The format's version: 2 or 3.
+    pub version: u16,
+    /// A v3 file's dictionary, if it has one.
+    pub dict: Option<DictRef>,
+    /// The dictionary once loaded.
+    pub dict_cache: DictCache,
     /// Records in the file.
     pub records: u64,
     /// Bytes of the raw segment the file decompresses to.
@@ -185,7 +225,7 @@ impl Footer {
             return Err(FormatError::NoMagic);
         }
         let version = u16::from_le_bytes([head[8], head[9]]);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_2 {
             return Err(FormatError::Version(version));
         }
         let data_end = len - TRAILER_LEN as u64;
@@ -203,19 +243,46 @@ impl Footer {
         if crc32fast::hash(&index) != index_crc {
             return Err(FormatError::IndexChecksum);
         }
-        Footer::parse_index(&index, index_offset)
+        Footer::parse_index(&index, index_offset, version)
     }
 
     /// Parse the index, which starts at `index_offset` (every block lies before it).
-    fn parse_index(index: &[u8], index_offset: u64) -> Result<Footer, FormatError> {
+    fn parse_index(index: &[u8], index_offset: u64, version: u16) -> Result<Footer, FormatError> {
         let mut c = Cursor(index);
-        if c.take(4)? != INDEX_MAGIC {
+        let magic = if version == VERSION_2 {
+            INDEX_MAGIC
+        } else {
+            INDEX_MAGIC_3
+        };
+        if c.take(4)? != magic {
             return Err(FormatError::Index("index magic missing"));
         }
         let records = c.u64()?;
         let raw_bytes = c.u64()?;
         let low = c.ulid()?;
         let high = c.ulid()?;
+        let dict = if version == VERSION_2 {
+            None
+        } else {
+            let d = DictRef {
+                offset: c.u64()?,
+                stored_len: c.u32()?,
+                raw_len: c.u32()?,
+                crc: c.u32()?,
+            };
+            let end = d.offset.saturating_add(u64::from(d.stored_len));
+            if d.stored_len > 0 && (d.offset < HEADER_LEN as u64 || end > index_offset) {
+                return Err(FormatError::Index(
+                    "the dictionary lies outside the file's data",
+                ));
+            }
+            if d.raw_len as usize > super::MAX_DICT {
+                return Err(FormatError::Index(
+                    "the dictionary is larger than a dictionary may be",
+                ));
+            }
+            (d.stored_len > 0).then_some(d)
+        };
         let topics = topic_table(&mut c)?;
         let n_groups = c.u32()? as usize;
         let mut groups = Vec::with_capacity(n_groups.min(c.0.len() / 60));
@@ -241,6 +308,9 @@ impl Footer {
             return Err(FormatError::Index("groups do not cover every block"));
         }
         Ok(Footer {
+            version,
+            dict,
+            dict_cache: DictCache::default(),
             records,
             raw_bytes,
             low,
@@ -249,6 +319,29 @@ impl Footer {
             groups,
             blocks,
         })
+    }
+
+    /// The dictionary's decompression form, read and checked the first time it is asked for;
+    /// `None` when the file has none, or it cannot be read (then every block fails).
+    pub(super) fn ddict(
+        &self,
+        src: &(impl Source + ?Sized),
+    ) -> Option<std::sync::Arc<zstd::zstd_safe::DDict<'static>>> {
+        let d = self.dict.as_ref()?;
+        self.dict_cache
+            .0
+            .get_or_init(|| {
+                let stored = src
+                    .read(d.offset..d.offset + u64::from(d.stored_len))
+                    .ok()?;
+                if crc32fast::hash(&stored) != d.crc {
+                    return None;
+                }
+                let raw = zstd::bulk::decompress(&stored, d.raw_len as usize).ok()?;
+                (raw.len() == d.raw_len as usize)
+                    .then(|| std::sync::Arc::new(zstd::zstd_safe::DDict::create(&raw)))
+            })
+            .clone()
     }
 
     /// The blocks of group `g`.

@@ -22,6 +22,8 @@
 //! - `filter` (needle filters), `write` (compression and block copies).
 
 mod block;
+mod columns;
+mod dict;
 mod ends;
 pub mod filter;
 mod footer;
@@ -34,7 +36,7 @@ mod write;
 pub use block::{BlockError, decompressor, merge_lines};
 pub use ends::check_ends;
 pub use filter::{FilterBuilder, Needles};
-pub use footer::{Block, Footer, FormatError, Group, TopicInfo};
+pub use footer::{Block, DictCache, DictRef, Footer, FormatError, Group, TopicInfo};
 pub use raw::PIECE;
 pub use reader::{ExpiredBlocks, GroupLines, Info, Reader, Records};
 pub use select::{Chunk, ChunkSource, NEVER, Query, Selection};
@@ -45,8 +47,13 @@ pub use write::{CompressConfig, Summary, compress};
 pub const MAGIC: &[u8; 8] = b"OKLOGSEG";
 /// Last bytes of a v2 file.
 pub const END_MAGIC: &[u8; 8] = b"OKLOGEND";
-/// The compressed format's version.
-pub const VERSION: u16 = 2;
+/// The compressed format's version, as written.
+pub const VERSION: u16 = 3;
+/// The previous compressed format, still read (and rewritten as [`VERSION`] in the
+/// background).
+pub const VERSION_2: u16 = 2;
+/// The largest dictionary a v3 file may declare.
+pub const MAX_DICT: usize = 16 << 20;
 /// Header bytes: magic, version, reserved.
 pub const HEADER_LEN: usize = 16;
 /// The most bytes of records one compressed block holds (64 MiB): a writer leaves a segment
@@ -96,6 +103,30 @@ impl Format {
             }
         }
         Ok(Format::of(&head[..n]))
+    }
+
+    /// The format of the file at `path`, and whether it is a compressed one of an older
+    /// version than [`VERSION`] (to be rewritten), from its first bytes.
+    pub fn of_file_stale(path: &std::path::Path) -> (Format, bool) {
+        let mut head = [0u8; 10];
+        let n = std::fs::File::open(path)
+            .and_then(|mut f| {
+                use std::io::Read;
+                let mut n = 0;
+                while n < head.len() {
+                    match f.read(&mut head[n..])? {
+                        0 => break,
+                        k => n += k,
+                    }
+                }
+                Ok(n)
+            })
+            .unwrap_or(0);
+        let format = Format::of(&head[..n]);
+        let stale = format == Format::Compressed
+            && n == head.len()
+            && u16::from_le_bytes([head[8], head[9]]) < VERSION;
+        (format, stale)
     }
 
     /// `raw` or `compressed`.

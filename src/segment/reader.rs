@@ -89,7 +89,7 @@ impl<S: Source> Reader<S> {
         Ok(Reader { src, footer })
     }
 
-    /// Raw (v1) or compressed (v2).
+    /// Raw (v1) or compressed (v2 or v3).
     pub fn format(&self) -> Format {
         match self.footer {
             None => Format::Raw,
@@ -132,7 +132,10 @@ impl<S: Source> Reader<S> {
         dec: &mut zstd::bulk::Decompressor<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), BlockError> {
-        block::read(&self.src, block, dec, out)
+        match &self.footer {
+            Some(f) => block::read(&self.src, f, block, dec, out),
+            None => Err(BlockError::Decompress("not a compressed segment".into())),
+        }
     }
 
     /// The needle filter of `block`, if it passes its checksum.
@@ -183,7 +186,7 @@ impl<S: Source> Reader<S> {
         Ok((write::copy_blocks(&self.src, footer, &keep, w)?, dropped))
     }
 
-    /// Write this raw segment compressed (v2) to `w`, reading it once front to back. A record
+    /// Write this raw segment compressed (v3) to `w`, reading it once front to back. A record
     /// that is not well formed, or a segment already compressed, is an `InvalidData` error.
     pub fn compress(&self, w: impl Write, cfg: &write::CompressConfig) -> io::Result<Summary> {
         let Some(raw) = self.raw() else {
@@ -231,6 +234,11 @@ impl<S: Source> Reader<S> {
             .count() as u64;
         Info {
             format: Format::Compressed,
+            version: footer.version,
+            dict_bytes: footer
+                .dict
+                .as_ref()
+                .map_or((0, 0), |d| (u64::from(d.stored_len), u64::from(d.raw_len))),
             records: footer.records,
             low: Some(footer.low.to_vec()),
             high: Some(footer.high.to_vec()),
@@ -263,6 +271,10 @@ pub struct ExpiredBlocks {
 pub struct Info {
     /// Its format.
     pub format: Format,
+    /// Compressed: the format's version (2 or 3).
+    pub version: u16,
+    /// Compressed: bytes of the dictionary as stored (v3), and once decompressed.
+    pub dict_bytes: (u64, u64),
     /// Records.
     pub records: u64,
     /// First ULID (`None`: no records).
@@ -389,7 +401,13 @@ impl<S: Source> GroupLines<S> {
             self.bufs
                 .resize_with(blocks.len().max(self.bufs.len()), Vec::new);
             for (i, b) in blocks.iter().enumerate() {
-                if let Err(e) = block::read(&self.reader.src, b, &mut self.dec, &mut self.bufs[i]) {
+                if let Err(e) = block::read(
+                    &self.reader.src,
+                    footer,
+                    b,
+                    &mut self.dec,
+                    &mut self.bufs[i],
+                ) {
                     self.corrupt.push((g.first as usize + i, e));
                     self.bufs[i].clear();
                 }

@@ -322,7 +322,7 @@ impl GroupChunk<'_> {
                 break;
             }
             let b = &self.footer.blocks[bi];
-            if let Err(e) = block::read(self.src, b, dec, &mut buf) {
+            if let Err(e) = block::read(self.src, self.footer, b, dec, &mut buf) {
                 tracing::error!(segment = %self.label.display(), group = self.group, block = bi, error = %e, "skipping a corrupt block");
                 corrupt.fetch_add(1, Ordering::Relaxed);
                 continue;

@@ -49,6 +49,7 @@ fn small() -> CompressConfig {
         block_size: 4096,
         group_size: 64 << 10,
         max_topics: 8,
+        ..CompressConfig::default()
     }
 }
 
@@ -82,6 +83,9 @@ fn round_trips_are_exact_for_any_shape() {
             block_size: rng.random_range(1..20_000),
             group_size: rng.random_range(1..200_000),
             max_topics: rng.random_range(0..10),
+            version: if case % 3 == 0 { VERSION_2 } else { VERSION },
+            dict_size: [0, 100, 100_000][case as usize % 3],
+            dict_share: rng.random_range(1..40),
         };
         let mut file = Vec::new();
         let sum = compress(&raw, &mut file, &cfg).unwrap();
@@ -105,7 +109,7 @@ fn round_trips_are_exact_for_any_shape() {
                 if b.topic != MIXED {
                     let mut dec = decompressor().unwrap();
                     let mut lines = Vec::new();
-                    read_block(&file, b, &mut dec, &mut lines).unwrap();
+                    read_block(&file, &footer, b, &mut dec, &mut lines).unwrap();
                     let want = footer.topic_name(b);
                     for l in lines.split_inclusive(|&c| c == b'\n') {
                         assert!(l[27..].starts_with(want), "block of {want:?}");
@@ -152,7 +156,7 @@ fn a_block_declaring_more_than_a_block_holds_is_refused_unread_and_long_records_
     block.raw_len = 1 << 30;
     let mut dec = block::decompressor().unwrap();
     let mut out = Vec::new();
-    let e = read_block(&&file[..], &block, &mut dec, &mut out).unwrap_err();
+    let e = read_block(&&file[..], &footer, &block, &mut dec, &mut out).unwrap_err();
     assert!(
         matches!(&e, BlockError::Decompress(m) if m.contains("declares 1073741824")),
         "{e:?}"
@@ -226,7 +230,7 @@ fn filters_never_rule_out_a_block_that_holds_the_needle() {
     let (mut skipped, mut checked) = (0, 0);
     for b in &footer.blocks {
         let mut lines = Vec::new();
-        read_block(&file, b, &mut dec, &mut lines).unwrap();
+        read_block(&file, &footer, b, &mut dec, &mut lines).unwrap();
         let f = filter(&file, b).unwrap();
         for _ in 0..30 {
             // A needle cut from some body of this block, or made up.

@@ -1,11 +1,12 @@
-//! Writing a v2 (compressed) segment from the bytes of a raw one.
+//! Writing a compressed segment (v3, or v2 when asked) from the bytes of a raw one.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use super::footer::{BLOCK_ENTRY_LEN, INDEX_MAGIC};
+use super::footer::{BLOCK_ENTRY_LEN, INDEX_MAGIC, INDEX_MAGIC_3};
 use super::{
-    Block, END_MAGIC, FilterBuilder, Group, HEADER_LEN, MAGIC, MIXED, Source, TopicInfo, VERSION,
+    Block, DictRef, END_MAGIC, FilterBuilder, Group, HEADER_LEN, MAGIC, MIXED, Source, TopicInfo,
+    VERSION, VERSION_2, columns,
 };
 use crate::record::{BODY_OFFSET, ULID_LEN, check_record};
 
@@ -21,6 +22,12 @@ pub struct CompressConfig {
     pub group_size: usize,
     /// Topics with blocks of their own, per group, at most; smaller ones share mixed blocks.
     pub max_topics: usize,
+    /// The format written: [`VERSION`] (3) or [`VERSION_2`].
+    pub version: u16,
+    /// v3: the dictionary's bytes at most (0: none).
+    pub dict_size: usize,
+    /// v3: the dictionary's bytes at most, as a share of the raw segment (1/n).
+    pub dict_share: usize,
 }
 
 impl Default for CompressConfig {
@@ -30,6 +37,9 @@ impl Default for CompressConfig {
             block_size: 1 << 20,
             group_size: 32 << 20,
             max_topics: 256,
+            version: VERSION,
+            dict_size: 8 << 20,
+            dict_share: 16,
         }
     }
 }
@@ -70,7 +80,13 @@ struct Writer<W: Write> {
     w: W,
     at: u64,
     cfg: CompressConfig,
+    version: u16,
     zstd: zstd::bulk::Compressor<'static>,
+    /// v3: the context compressing with the segment's dictionary.
+    cctx: zstd::zstd_safe::CCtx<'static>,
+    columns: columns::Encoder,
+    cols: Vec<u8>,
+    dict: Option<DictRef>,
     filters: FilterBuilder,
     frame: Vec<u8>,
     filter: Vec<u8>,
@@ -94,13 +110,61 @@ struct Run {
     ends: Vec<u32>,
 }
 
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::other(zstd::zstd_safe::get_error_name(code))
+}
+
+/// The v3 compression parameters (FORMAT.md has the measurements): zstd's double-fast
+/// search, its hash table large enough to index the whole dictionary, which every block refers
+/// to in place (attached, not copied: a copy of the tables per block halved the speed), and a
+/// window that reaches across it.
+fn set_params(cctx: &mut zstd::zstd_safe::CCtx<'static>, dict_len: usize) -> io::Result<()> {
+    use zstd::zstd_safe::{CParameter as P, DictAttachPref, Strategy};
+    let log = (usize::BITS - dict_len.max(1 << 16).leading_zeros()).clamp(17, 23);
+    for p in [
+        P::Strategy(Strategy::ZSTD_dfast),
+        P::WindowLog(log + 1),
+        P::HashLog(log),
+        P::ChainLog(16),
+        P::SearchLog(1),
+        P::MinMatch(5),
+        P::ForceAttachDict(DictAttachPref::ForceAttach),
+    ] {
+        cctx.set_parameter(p).map_err(zstd_error)?;
+    }
+    Ok(())
+}
+
+/// A dictionary as written: its stored frame and its length once decompressed.
+pub(super) struct DictFrame<'a> {
+    stored: std::borrow::Cow<'a, [u8]>,
+    raw: &'a [u8],
+    raw_len: u32,
+}
+
 impl<W: Write> Writer<W> {
-    /// A writer into `w`, the file header written.
-    fn start(w: W, cfg: &CompressConfig) -> io::Result<Self> {
+    /// A writer into `w` of a file of `version`, the file header written, and `dict` after it.
+    fn start(
+        w: W,
+        cfg: &CompressConfig,
+        version: u16,
+        dict: Option<DictFrame<'_>>,
+    ) -> io::Result<Self> {
+        let mut cctx = zstd::zstd_safe::CCtx::create();
+        cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(cfg.level))
+            .map_err(zstd_error)?;
+        if version != VERSION_2 {
+            set_params(&mut cctx, dict.as_ref().map_or(0, |d| d.raw_len as usize))?;
+        }
         let mut wr = Writer {
             w,
             at: 0,
             zstd: zstd::bulk::Compressor::new(cfg.level)?,
+            version,
+            cctx,
+            columns: columns::Encoder::default(),
+            cols: Vec::new(),
+            dict: None,
             cfg: cfg.clone(),
             filters: FilterBuilder::default(),
             frame: Vec::new(),
@@ -114,8 +178,20 @@ impl<W: Write> Writer<W> {
         };
         let mut header = [0u8; HEADER_LEN];
         header[..8].copy_from_slice(MAGIC);
-        header[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        header[8..10].copy_from_slice(&version.to_le_bytes());
         wr.put(&header)?;
+        if let Some(d) = dict {
+            wr.dict = Some(DictRef {
+                offset: wr.at,
+                stored_len: d.stored.len() as u32,
+                raw_len: d.raw_len,
+                crc: crc32fast::hash(&d.stored),
+            });
+            wr.put(&d.stored)?;
+            if !d.raw.is_empty() {
+                wr.cctx.load_dictionary(d.raw).map_err(zstd_error)?;
+            }
+        }
         Ok(wr)
     }
 
@@ -130,7 +206,15 @@ impl<W: Write> Writer<W> {
         self.frame.clear();
         self.frame
             .reserve(zstd::zstd_safe::compress_bound(lines.len()));
-        self.zstd.compress_to_buffer(lines, &mut self.frame)?;
+        if self.version == VERSION_2 {
+            self.zstd.compress_to_buffer(lines, &mut self.frame)?;
+        } else {
+            let name = self.topics.get(topic as usize).map(|t| &t.name[..]);
+            self.columns.encode(lines, name, &mut self.cols);
+            self.cctx
+                .compress2(&mut self.frame, &self.cols)
+                .map_err(zstd_error)?;
+        }
         self.filters.build(lines, &mut self.filter);
         let last = memchr::memrchr(b'\n', &lines[..lines.len() - 1]).map_or(0, |i| i + 1);
         let offset = self.at;
@@ -267,7 +351,23 @@ impl<W: Write> Writer<W> {
 /// then). A record longer than [`super::MAX_BLOCK_RAW`] is an `InvalidInput` error: such a
 /// segment stays raw.
 pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<Summary> {
-    let mut wr = Writer::start(w, cfg)?;
+    let dict = (cfg.version != VERSION_2)
+        .then(|| dictionary(raw, cfg.dict_size.min(raw.len() / cfg.dict_share.max(1))))
+        .filter(|d| !d.is_empty());
+    let frame = match &dict {
+        Some(d) => Some(DictFrame {
+            stored: zstd::bulk::compress(d, DICT_LEVEL)?.into(),
+            raw: d,
+            raw_len: d.len() as u32,
+        }),
+        None => None,
+    };
+    let version = if cfg.version == VERSION_2 {
+        VERSION_2
+    } else {
+        VERSION
+    };
+    let mut wr = Writer::start(w, cfg, version, frame)?;
     let mut records = 0u64;
     let mut prev: Option<&[u8]> = None;
     let mut group_start = 0usize;
@@ -319,6 +419,25 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
     finish(wr, records, raw.len() as u64, low, high)
 }
 
+/// The zstd level of a stored dictionary: written once per segment, read once per segment
+/// opened.
+const DICT_LEVEL: i32 = 9;
+
+/// The dictionary of the raw segment `raw`: at most `budget` bytes of its bodies, as a v3
+/// block holds them (see `dict.rs`).
+fn dictionary(raw: &[u8], budget: usize) -> Vec<u8> {
+    if budget == 0 {
+        return Vec::new();
+    }
+    let mut start = 0;
+    let bodies = memchr::memchr_iter(b'\n', raw).filter_map(move |end| {
+        let line = &raw[start..end];
+        start = end + 1;
+        columns::dict_body(line)
+    });
+    super::dict::choose(bodies, budget)
+}
+
 /// Write the filters, the index and the trailer after the blocks.
 fn finish<W: Write>(
     mut wr: Writer<W>,
@@ -341,11 +460,19 @@ fn finish<W: Write>(
         renumber[old] = new as u32;
     }
     let mut index = Vec::with_capacity(64 + wr.blocks.len() * BLOCK_ENTRY_LEN);
-    index.extend_from_slice(INDEX_MAGIC);
+    let v3 = wr.version != VERSION_2;
+    index.extend_from_slice(if v3 { INDEX_MAGIC_3 } else { INDEX_MAGIC });
     index.extend_from_slice(&records.to_le_bytes());
     index.extend_from_slice(&raw_bytes.to_le_bytes());
     index.extend_from_slice(&low);
     index.extend_from_slice(&high);
+    if v3 {
+        let d = wr.dict.clone().unwrap_or_default();
+        index.extend_from_slice(&d.offset.to_le_bytes());
+        index.extend_from_slice(&d.stored_len.to_le_bytes());
+        index.extend_from_slice(&d.raw_len.to_le_bytes());
+        index.extend_from_slice(&d.crc.to_le_bytes());
+    }
     index.extend_from_slice(&(order.len() as u32).to_le_bytes());
     for &i in &order {
         let t = &wr.topics[i];
@@ -387,7 +514,7 @@ fn finish<W: Write>(
     trailer[..8].copy_from_slice(&index_offset.to_le_bytes());
     trailer[8..16].copy_from_slice(&(index.len() as u64).to_le_bytes());
     trailer[16..20].copy_from_slice(&crc32fast::hash(&index).to_le_bytes());
-    trailer[20..22].copy_from_slice(&VERSION.to_le_bytes());
+    trailer[20..22].copy_from_slice(&wr.version.to_le_bytes());
     trailer[24..32].copy_from_slice(END_MAGIC);
     wr.put(&trailer)?;
     wr.w.flush()?;
@@ -416,8 +543,22 @@ pub(super) fn copy_blocks(
     if kept.is_empty() {
         return Ok(None);
     }
-    // Nothing is compressed here: the blocks go as they are.
-    let mut wr = Writer::start(w, &CompressConfig::default())?;
+    // Nothing is compressed here: the blocks (and the dictionary) go as they are.
+    let frame = match &footer.dict {
+        Some(d) => {
+            let stored = src.read(d.offset..d.offset + u64::from(d.stored_len))?;
+            if crc32fast::hash(&stored) != d.crc {
+                return Err(invalid("the dictionary fails its checksum".to_string()));
+            }
+            Some(DictFrame {
+                stored,
+                raw: &[],
+                raw_len: d.raw_len,
+            })
+        }
+        None => None,
+    };
+    let mut wr = Writer::start(w, &CompressConfig::default(), footer.version, frame)?;
     let (mut records, mut raw_bytes) = (0u64, 0u64);
     for g in &footer.groups {
         let first = wr.blocks.len() as u32;

@@ -64,8 +64,11 @@ pub struct Segment {
     pub high: [u8; ULID_LEN],
     /// File size in bytes.
     pub size: u64,
-    /// Raw (v1) or compressed (v2).
+    /// Raw (v1) or compressed (v2 or v3).
     pub format: Format,
+    /// Compressed in an older version than the one written now (v2): rewritten in the
+    /// background.
+    pub stale: bool,
 }
 
 /// A segment selected for a query, with its reader (`None`: empty or unreadable).
@@ -337,13 +340,14 @@ impl StoreLog {
                 continue;
             }
             tracing::info!(segment = %p.display(), "indexed a segment found in the directory");
-            let format = Format::of_file(&p);
+            let (format, stale) = Format::of_file_stale(&p);
             index.insert(Segment {
                 path: p,
                 low,
                 high,
                 size: meta.len(),
                 format,
+                stale,
             });
             changed += 1;
         }
@@ -461,12 +465,14 @@ impl StoreLog {
         if !target.exists() {
             fs::rename(path, &target)?;
             let size = fs::metadata(&target)?.len();
+            let stale = format == Format::Compressed && Format::of_file_stale(&target).1;
             index.insert(Segment {
                 path: target,
                 low: *low,
                 high: *high,
                 size,
                 format,
+                stale,
             });
             return disk::sync_dir(&self.dir);
         }
@@ -487,6 +493,7 @@ impl StoreLog {
             index.insert(Segment {
                 size: fs::metadata(&target)?.len(),
                 format: Format::Raw,
+                stale: false,
                 path: target.clone(),
                 low: *low,
                 high: *high,
@@ -610,12 +617,14 @@ impl StoreLog {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
+            let (format, stale) = Format::of_file_stale(&entry.path());
             let seg = Segment {
                 path: entry.path(),
                 low,
                 high,
                 size: meta.len(),
-                format: Format::of_file(&entry.path()),
+                format,
+                stale,
             };
             if keep(&seg) {
                 out.push(seg);
@@ -670,6 +679,7 @@ impl StoreLog {
             size: fs::metadata(&to)?.len(),
             path: to.clone(),
             format,
+            stale: false,
             ..claimed.clone()
         });
         crate::failpoint::crash("convert-before-remove");
@@ -842,6 +852,7 @@ pub(crate) fn test_segment(low: &str, high: &str) -> Segment {
         high: pad(high),
         size: 1,
         format: Format::Raw,
+        stale: false,
     }
 }
 
@@ -1024,6 +1035,7 @@ mod tests {
                 high: hi,
                 size: 1,
                 format: Format::Raw,
+                stale: false,
             };
             index.insert(seg.clone());
             all.push(seg);

@@ -1,5 +1,6 @@
-//! Conversion: segments older than `-store.segment-compress-after` compressed (v2), oldest
-//! first, one at a time; `-store.segment-format raw` turns compressed ones back.
+//! Conversion: segments older than `-store.segment-compress-after` compressed (v3), oldest
+//! first, one at a time; compressed segments of an older version (v2) rewritten as v3; and
+//! `-store.segment-format raw` turns compressed ones back.
 
 use std::io::{self, BufWriter, Write};
 
@@ -34,7 +35,7 @@ impl Compacter {
         };
         let candidate = all.iter().find(|s| {
             s.path.extension().and_then(|e| e.to_str()) == Some(FLUSHED)
-                && s.format != target
+                && (s.format != target || (target == Format::Compressed && s.stale))
                 && due.is_none_or(|d| s.high < d)
                 && live(s)
                 && !gathering.contains(&s.path)
@@ -70,6 +71,30 @@ impl Compacter {
         }
     }
 
+    /// The records of the compressed segment `input`, written raw to a new `.converting` file
+    /// (removed when the result is dropped, or at start-up after a crash).
+    fn unpack(&self, input: &Segment) -> Result<Unpacked, Failure> {
+        let (file, tmp) = self.log.create(CONVERTING)?;
+        let unpacked = Unpacked(tmp);
+        let mut w = BufWriter::with_capacity(
+            1 << 20,
+            Stoppable {
+                inner: &file,
+                stop: &self.stop,
+            },
+        );
+        let mut records = Records::open(&input.path)?;
+        while let Some(line) = records.current() {
+            w.write_all(line)?;
+            records.advance()?;
+        }
+        if records.corrupt_blocks() > 0 {
+            return Err(Failure::Damaged(input.path.clone()));
+        }
+        w.flush()?;
+        Ok(unpacked)
+    }
+
     /// Write `input` (claimed) in `target` format and swap it in; returns its raw bytes.
     pub(super) fn convert_one(&self, input: &Segment, target: Format) -> Result<u64, Failure> {
         let (file, tmp) = self.log.create(CONVERTING)?;
@@ -83,7 +108,14 @@ impl Compacter {
             );
             let raw_bytes = match target {
                 Format::Compressed => {
-                    let Some(reader) = Reader::open_file(&input.path)? else {
+                    // A compressed segment of an older version is written raw to a file of
+                    // its own first (memory stays bounded), and compressed from there.
+                    let unpacked = match input.format {
+                        Format::Compressed => Some(self.unpack(input)?),
+                        Format::Raw => None,
+                    };
+                    let path = unpacked.as_ref().map_or(&input.path, |u| &u.0);
+                    let Some(reader) = Reader::open_file(path)? else {
                         return Err(Failure::Bad(input.path.clone(), "empty segment".into()));
                     };
                     match reader.compress(&mut w, &self.cfg.compress) {
@@ -121,6 +153,15 @@ impl Compacter {
             let _ = std::fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+/// A temporary file, removed when dropped.
+struct Unpacked(std::path::PathBuf);
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
