@@ -35,7 +35,113 @@ pub enum Pattern {
         /// The same pattern for whole-buffer candidate search; `None` when it uses line anchors
         /// (`^`, `$`, `\A`, `\z`), which only mean the right thing on a single line.
         candidate: Option<Regex>,
+        /// A literal under `(?i)`, searched for without the regex engine.
+        folded: Option<Box<Folded>>,
     },
+}
+
+/// A regex that is a literal under `(?i)` (`(?i)REQUEST_ID=7C1E5A90`), holding a run of bytes
+/// that match only themselves (digits, punctuation, letters outside `(?i)`): every match holds
+/// that run, the *anchor*, which memmem finds as fast as a plain literal. A line holding it is
+/// confirmed by comparing the literal with ASCII case folding when the line is ASCII (the only
+/// way such a line can match), and by the regex otherwise (Unicode folds: `ſ` for `s`, the
+/// Kelvin sign for `k`).
+#[derive(Clone, Debug)]
+pub struct Folded {
+    anchor: memmem::Finder<'static>,
+    /// Where the anchor starts in the literal.
+    at: usize,
+    /// The literal: each byte, and whether it matches either ASCII case (lower-cased then).
+    bytes: Vec<(u8, bool)>,
+}
+
+impl Folded {
+    /// The literal a regex is under `(?i)`, if it is one with an anchor worth searching for.
+    fn of(hir: &Hir) -> Option<Folded> {
+        use regex_syntax::hir::Class;
+        let items = match hir.kind() {
+            HirKind::Concat(v) => &v[..],
+            _ => std::slice::from_ref(hir),
+        };
+        let mut bytes = Vec::new();
+        for h in items {
+            match h.kind() {
+                HirKind::Literal(l) if l.0.is_ascii() => {
+                    bytes.extend(l.0.iter().map(|&b| (b, false)))
+                }
+                HirKind::Class(c) => {
+                    // Its ASCII members must be one letter's two cases.
+                    let mut ascii: Vec<u8> = Vec::new();
+                    match c {
+                        Class::Unicode(u) => {
+                            for r in u.ranges() {
+                                for ch in r.start()..=r.end().min('\x7f') {
+                                    ascii.push(ch as u8);
+                                }
+                            }
+                        }
+                        Class::Bytes(b) => {
+                            for r in b.ranges() {
+                                if r.end() > 0x7f {
+                                    return None;
+                                }
+                                ascii.extend(r.start()..=r.end());
+                            }
+                        }
+                    }
+                    match ascii[..] {
+                        [a, b] if a.is_ascii_uppercase() && b == a.to_ascii_lowercase() => {
+                            bytes.push((b, true))
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            }
+        }
+        if !bytes.iter().any(|&(_, f)| f) {
+            return None; // a plain literal: the regex engine's own memmem does it
+        }
+        // The longest run of bytes that match only themselves, not only spaces.
+        let (mut best, mut run) = ((0, 0), (0, 0));
+        for (i, &(_, f)) in bytes.iter().enumerate() {
+            if f {
+                run = (i + 1, i + 1);
+                continue;
+            }
+            run.1 = i + 1;
+            let all_space = bytes[run.0..run.1].iter().all(|&(b, _)| b == b' ');
+            if run.1 - run.0 > best.1 - best.0 && !all_space {
+                best = run;
+            }
+        }
+        if best.1 == best.0 {
+            return None;
+        }
+        let anchor: Vec<u8> = bytes[best.0..best.1].iter().map(|&(b, _)| b).collect();
+        Some(Folded {
+            anchor: memmem::Finder::new(&anchor).into_owned(),
+            at: best.0,
+            bytes,
+        })
+    }
+
+    /// Whether the ASCII `body` holds the literal.
+    fn ascii_match(&self, body: &[u8]) -> bool {
+        self.anchor.find_iter(body).any(|i| {
+            i.checked_sub(self.at)
+                .and_then(|s| body.get(s..s + self.bytes.len()))
+                .is_some_and(|w| {
+                    w.iter().zip(&self.bytes).all(|(&c, &(b, fold))| {
+                        if fold {
+                            c.to_ascii_lowercase() == b
+                        } else {
+                            c == b
+                        }
+                    })
+                })
+        })
+    }
 }
 
 /// The most `topic=` values one query may have.
@@ -86,7 +192,12 @@ impl Pattern {
         } else {
             Some(line.clone())
         };
-        Ok(Pattern::Regex { line, candidate })
+        let folded = Folded::of(&hir).map(Box::new);
+        Ok(Pattern::Regex {
+            line,
+            candidate,
+            folded,
+        })
     }
 
     /// Whether a record body (`<topic> <payload>`, no newline) matches.
@@ -95,6 +206,9 @@ impl Pattern {
             Pattern::All => true,
             Pattern::Never => false,
             Pattern::Literal(f) => f.find(body).is_some(),
+            Pattern::Regex {
+                folded: Some(f), ..
+            } if body.is_ascii() => f.ascii_match(body),
             Pattern::Regex { line, .. } => line.is_match(body),
         }
     }
@@ -301,6 +415,9 @@ impl Matcher {
                 },
                 Pattern::Never => return None,
                 Pattern::Literal(f) => p + f.find(&buf[p..end])?,
+                Pattern::Regex {
+                    folded: Some(f), ..
+                } => p + f.anchor.find(&buf[p..end])?,
                 // The earliest match *end* is enough to find a candidate line, and cheaper than
                 // a match's start (no reverse scan): no line with a match can end before it.
                 Pattern::Regex {
@@ -552,7 +669,25 @@ mod tests {
     #[test]
     fn agrees_with_line_by_line_matching() {
         let words = [
-            "alpha", "beta", "gamma", "ERROR", "warn", "0", "7Z", "a b", "ü",
+            "alpha",
+            "beta",
+            "gamma",
+            "ERROR",
+            "warn",
+            "0",
+            "7Z",
+            "a b",
+            "ü",
+            "id=7c",
+            "ID=7C",
+            "iD=7",
+            "s=1",
+            "S=1",
+            "\u{17f}=1",
+            "K=2",
+            "\u{212a}=2",
+            "k=2x",
+            "Error",
         ];
         let mut lines = Vec::new();
         let mut state = 12345u64;
@@ -590,6 +725,12 @@ mod tests {
                 ("^alpha", true),
                 ("beta$", true),
                 ("(?i)error|ü", true),
+                ("(?i)ID=7c", true),
+                ("(?i)s=1", true),
+                ("(?i)K=2", true),
+                ("(?i)e(?-i:RROR)", true),
+                ("(?i)=7", true),
+                ("(?i)a b", true),
                 (r"\s", true),
                 ("a.*a", true),
                 ("^$", true),
@@ -602,6 +743,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_literal_under_case_folding_is_searched_by_its_caseless_run() {
+        let folded = |q: &str| match Pattern::new(q, true).unwrap() {
+            Pattern::Regex { folded, .. } => folded.map(|f| {
+                let anchor: Vec<u8> = f.bytes[f.at..].iter().map(|b| b.0).collect();
+                String::from_utf8(anchor).unwrap()
+            }),
+            _ => None,
+        };
+        assert!(folded("(?i)REQUEST_ID=7C1E5A90").unwrap().starts_with("=7"));
+        assert_eq!(
+            folded("(?i)failed password"),
+            None,
+            "only a space: the regex's own search"
+        );
+        assert_eq!(folded("(?i)a.c"), None);
+        assert_eq!(folded("(?i)ab|cd"), None);
+        assert_eq!(folded("=7"), None, "a plain literal");
+        assert_eq!(folded("(?i)ü=7"), None);
+        let p = Pattern::new("(?i)REQUEST_ID=7C1E5A90", true).unwrap();
+        assert!(p.is_match(b"web x request_Id=7c1e5a90 y"));
+        assert!(!p.is_match(b"web x request_Id=7c1e5a9 y"));
+        assert!(p.is_match("web reque\u{17f}t_id=7c1e5a90".as_bytes()));
     }
 
     #[test]
