@@ -3,8 +3,8 @@
 //!
 //! `cargo run --release --example format_study -- RAW_SEGMENT... [-- CONFIG...]`
 //!
-//! A CONFIG is `v<version>:<level>:<block KiB>:<dictionary KiB>[:<1/share of raw>]` (default: a
-//! grid).
+//! A CONFIG is `v<version>:<level>:<block KiB>:<dictionary KiB>[:<1/share of raw>[:<group MiB>]]`
+//! (default: a grid).
 
 use std::time::Instant;
 
@@ -42,7 +42,8 @@ fn main() {
             level: p[1].parse().unwrap(),
             block_size: p[2].parse::<usize>().unwrap() << 10,
             dict_size: p[3].parse::<usize>().unwrap() << 10,
-            dict_share: p.get(4).map_or(32, |v| v.parse().unwrap()),
+            dict_share: p.get(4).map_or(16, |v| v.parse().unwrap()),
+            group_size: p.get(5).map_or(32, |v| v.parse::<usize>().unwrap()) << 20,
             ..CompressConfig::default()
         };
         let (mut stored, mut ct, mut rt) = (0usize, 0f64, 0f64);

@@ -21,7 +21,7 @@ use crate::record::BODY_OFFSET;
 /// Smallest bitmap (bits, as a power of two): 1 KiB.
 const MIN_BITS_LOG2: u32 = 13;
 /// Largest bitmap, the one built first: 16 KiB.
-const MAX_BITS_LOG2: u32 = 17;
+pub(super) const MAX_BITS_LOG2: u32 = 17;
 
 /// ASCII lower case, by table.
 const FOLD: [u8; 256] = {
@@ -35,13 +35,13 @@ const FOLD: [u8; 256] = {
 };
 
 #[inline]
-fn fold(b: u8) -> u32 {
+pub(super) fn fold(b: u8) -> u32 {
     u32::from(FOLD[b as usize])
 }
 
 /// Bit `log2` bits wide of trigram `t`.
 #[inline]
-fn bit(t: u32, log2: u32) -> u32 {
+pub(super) fn bit(t: u32, log2: u32) -> u32 {
     t.wrapping_mul(0x9E37_79B1) >> (32 - log2)
 }
 
@@ -54,9 +54,26 @@ pub struct FilterBuilder {
 }
 
 impl FilterBuilder {
+    /// The full-size bitmap of the last block built (2^17 bits: bit `i` is set when a trigram
+    /// of the block falls in bucket `i`).
+    pub(super) fn full_bits(&self) -> &[u64] {
+        &self.bits
+    }
+
+    /// The last block built, folded to lower case.
+    pub(super) fn folded(&self) -> &[u8] {
+        &self.folded
+    }
+
     /// The bitmap of the records in `lines` (complete lines, each with its `\n`), written into
     /// `out` (cleared first).
     pub fn build(&mut self, lines: &[u8], out: &mut Vec<u8>) {
+        self.build_full(lines);
+        self.shrink(out);
+    }
+
+    /// Set the full-size bitmap ([`FilterBuilder::full_bits`]) of the records in `lines`.
+    pub(super) fn build_full(&mut self, lines: &[u8]) {
         const WORDS: usize = (1 << MAX_BITS_LOG2) / 64;
         self.bits.clear();
         self.bits.resize(WORDS, 0);
@@ -80,6 +97,11 @@ impl FilterBuilder {
             }
             start = end + 1;
         }
+    }
+
+    /// The bitmap as stored: the full one shrunk to the size its distinct trigrams need.
+    fn shrink(&self, out: &mut Vec<u8>) {
+        let bits = &self.bits[..];
         // Distinct trigrams from the fill: n = -m ln(1 - fill).
         let m = f64::from(1u32 << MAX_BITS_LOG2);
         let set = f64::from(bits.iter().map(|w| w.count_ones()).sum::<u32>());
@@ -174,6 +196,26 @@ impl Needles {
     /// Whether no block can be ruled out.
     pub fn is_empty(&self) -> bool {
         self.required.is_empty()
+    }
+
+    /// The items (v4 filters, `items.rs`) each block must hold, per required set: sets with an
+    /// alternative left without items once the segment's `common` ones are dropped can rule
+    /// nothing out, and are left out.
+    pub fn items(&self, common: &[u8]) -> Vec<Vec<Vec<u64>>> {
+        self.required
+            .iter()
+            .map(|alts| {
+                alts.iter()
+                    .map(|a| {
+                        super::items::literal_items(a)
+                            .into_iter()
+                            .filter(|&h| !super::items::is_common(common, h))
+                            .collect::<Vec<u64>>()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|alts| alts.iter().all(|a| !a.is_empty()))
+            .collect()
     }
 
     /// Whether a block with this bitmap may hold a match.

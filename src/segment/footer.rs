@@ -5,13 +5,15 @@
 use std::io;
 
 use super::source::Source;
-use super::{END_MAGIC, HEADER_LEN, MAGIC, MIXED, TRAILER_LEN, VERSION, VERSION_2};
+use super::{END_MAGIC, HEADER_LEN, MAGIC, MIXED, TRAILER_LEN, VERSION, VERSION_2, VERSION_3};
 use crate::record::{ULID_LEN, is_valid_ulid};
 
 /// The index's own magic, first bytes of the index (v2).
 pub(super) const INDEX_MAGIC: &[u8; 4] = b"IDX2";
 /// The v3 index's magic.
 pub(super) const INDEX_MAGIC_3: &[u8; 4] = b"IDX3";
+/// The v4 index's magic.
+pub(super) const INDEX_MAGIC_4: &[u8; 4] = b"IDX4";
 /// Encoded size of one block entry in the index.
 pub(super) const BLOCK_ENTRY_LEN: usize = 8 + 4 + 4 + 4 + 4 + ULID_LEN * 2 + 4 + 8 + 4 + 4;
 
@@ -150,8 +152,10 @@ impl Eq for DictCache {}
 /// The parsed footer of a compressed (v2 or v3) file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Footer {
-    /// The format's version: 2 or 3.
+    /// The format's version: 2, 3 or 4.
     pub version: u16,
+    /// v4: the segment's common items (`items.rs`); empty before v4.
+    pub common: Vec<u8>,
     /// A v3 file's dictionary, if it has one.
     pub dict: Option<DictRef>,
     /// The dictionary once loaded.
@@ -225,7 +229,7 @@ impl Footer {
             return Err(FormatError::NoMagic);
         }
         let version = u16::from_le_bytes([head[8], head[9]]);
-        if version != VERSION && version != VERSION_2 {
+        if !(VERSION_2..=VERSION).contains(&version) {
             return Err(FormatError::Version(version));
         }
         let data_end = len - TRAILER_LEN as u64;
@@ -249,10 +253,10 @@ impl Footer {
     /// Parse the index, which starts at `index_offset` (every block lies before it).
     fn parse_index(index: &[u8], index_offset: u64, version: u16) -> Result<Footer, FormatError> {
         let mut c = Cursor(index);
-        let magic = if version == VERSION_2 {
-            INDEX_MAGIC
-        } else {
-            INDEX_MAGIC_3
+        let magic = match version {
+            VERSION_2 => INDEX_MAGIC,
+            VERSION_3 => INDEX_MAGIC_3,
+            _ => INDEX_MAGIC_4,
         };
         if c.take(4)? != magic {
             return Err(FormatError::Index("index magic missing"));
@@ -283,6 +287,17 @@ impl Footer {
             }
             (d.stored_len > 0).then_some(d)
         };
+        let common = if version >= 4 {
+            let n = c.u32()? as usize;
+            if n != 0 && n * 8 != super::items::COMMON_BITS {
+                return Err(FormatError::Index(
+                    "the common items' bitmap has the wrong size",
+                ));
+            }
+            c.take(n)?.to_vec()
+        } else {
+            Vec::new()
+        };
         let topics = topic_table(&mut c)?;
         let n_groups = c.u32()? as usize;
         let mut groups = Vec::with_capacity(n_groups.min(c.0.len() / 60));
@@ -309,6 +324,7 @@ impl Footer {
         }
         Ok(Footer {
             version,
+            common,
             dict,
             dict_cache: DictCache::default(),
             records,

@@ -27,6 +27,7 @@ mod dict;
 mod ends;
 pub mod filter;
 mod footer;
+pub mod items;
 mod raw;
 mod reader;
 mod select;
@@ -48,10 +49,12 @@ pub const MAGIC: &[u8; 8] = b"OKLOGSEG";
 /// Last bytes of a v2 file.
 pub const END_MAGIC: &[u8; 8] = b"OKLOGEND";
 /// The compressed format's version, as written.
-pub const VERSION: u16 = 3;
-/// The previous compressed format, still read (and rewritten as [`VERSION`] in the
+pub const VERSION: u16 = 4;
+/// The first compressed format, still read (and rewritten as [`VERSION`] in the
 /// background).
 pub const VERSION_2: u16 = 2;
+/// v4 with v2's trigram bitmaps for filters: still read (and rewritten).
+pub const VERSION_3: u16 = 3;
 /// The largest dictionary a v3 file may declare.
 pub const MAX_DICT: usize = 16 << 20;
 /// Header bytes: magic, version, reserved.

@@ -76,9 +76,13 @@ impl<S: Source> Reader<S> {
                 ..Default::default()
             };
         };
-        if !needles.is_empty()
-            && let (Some(a), Some(z)) = (footer.blocks.first(), footer.blocks.last())
-        {
+        // v4: the items each block must hold, the segment's common ones left out.
+        let items = (footer.version >= 4).then(|| needles.items(&footer.common));
+        let filtering = match &items {
+            Some(items) => !items.is_empty(),
+            None => !needles.is_empty(),
+        };
+        if filtering && let (Some(a), Some(z)) = (footer.blocks.first(), footer.blocks.last()) {
             // The filters lie together: read them in one sweep.
             let end = z.filter_range().end.max(a.filter_offset);
             self.source().will_need(a.filter_offset..end);
@@ -114,9 +118,13 @@ impl<S: Source> Reader<S> {
                 {
                     continue;
                 }
-                if !needles.is_empty() {
+                if filtering {
                     sel.bytes += u64::from(b.filter_len);
-                    if self.filter(b).is_some_and(|f| !needles.may_match(&f)) {
+                    let may = |f: &[u8]| match &items {
+                        Some(items) => super::items::may_match(items, f),
+                        None => needles.may_match(f),
+                    };
+                    if self.filter(b).is_some_and(|f| !may(&f)) {
                         sel.blocks_skipped += 1;
                         continue;
                     }

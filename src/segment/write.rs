@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use super::footer::{BLOCK_ENTRY_LEN, INDEX_MAGIC, INDEX_MAGIC_3};
+use super::footer::{BLOCK_ENTRY_LEN, INDEX_MAGIC, INDEX_MAGIC_3, INDEX_MAGIC_4};
+use super::items::ItemFilters;
 use super::{
     Block, DictRef, END_MAGIC, FilterBuilder, Group, HEADER_LEN, MAGIC, MIXED, Source, TopicInfo,
-    VERSION, VERSION_2, columns,
+    VERSION, VERSION_2, VERSION_3, columns,
 };
 use crate::record::{BODY_OFFSET, ULID_LEN, check_record};
 
@@ -22,7 +23,7 @@ pub struct CompressConfig {
     pub group_size: usize,
     /// Topics with blocks of their own, per group, at most; smaller ones share mixed blocks.
     pub max_topics: usize,
-    /// The format written: [`VERSION`] (3) or [`VERSION_2`].
+    /// The format written: [`VERSION`] (4), [`VERSION_3`] or [`VERSION_2`].
     pub version: u16,
     /// v3: the dictionary's bytes at most (0: none).
     pub dict_size: usize,
@@ -35,7 +36,7 @@ impl Default for CompressConfig {
         CompressConfig {
             level: 2,
             block_size: 1 << 20,
-            group_size: 32 << 20,
+            group_size: 8 << 20,
             max_topics: 256,
             version: VERSION,
             dict_size: 8 << 20,
@@ -88,6 +89,8 @@ struct Writer<W: Write> {
     cols: Vec<u8>,
     dict: Option<DictRef>,
     filters: FilterBuilder,
+    /// v4: the item filters, their common items chosen before the first block.
+    items: ItemFilters,
     frame: Vec<u8>,
     filter: Vec<u8>,
     /// Every block's filter, written together after the blocks (a needle query then reads
@@ -167,6 +170,7 @@ impl<W: Write> Writer<W> {
             dict: None,
             cfg: cfg.clone(),
             filters: FilterBuilder::default(),
+            items: ItemFilters::default(),
             frame: Vec::new(),
             filter: Vec::new(),
             filter_region: Vec::new(),
@@ -215,7 +219,11 @@ impl<W: Write> Writer<W> {
                 .compress2(&mut self.frame, &self.cols)
                 .map_err(zstd_error)?;
         }
-        self.filters.build(lines, &mut self.filter);
+        if self.version >= 4 {
+            self.items.build(lines, &mut self.filter);
+        } else {
+            self.filters.build(lines, &mut self.filter);
+        }
         let last = memchr::memrchr(b'\n', &lines[..lines.len() - 1]).map_or(0, |i| i + 1);
         let offset = self.at;
         let frame = std::mem::take(&mut self.frame);
@@ -362,12 +370,15 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
         }),
         None => None,
     };
-    let version = if cfg.version == VERSION_2 {
-        VERSION_2
-    } else {
-        VERSION
+    let version = match cfg.version {
+        VERSION_2 | VERSION_3 => cfg.version,
+        _ => VERSION,
     };
     let mut wr = Writer::start(w, cfg, version, frame)?;
+    if version >= 4 {
+        wr.items
+            .sample(samples(raw, cfg.block_size.min(super::items::SAMPLE_SPAN)));
+    }
     let mut records = 0u64;
     let mut prev: Option<&[u8]> = None;
     let mut group_start = 0usize;
@@ -419,6 +430,24 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
     finish(wr, records, raw.len() as u64, low, high)
 }
 
+/// Up to [`super::items::SAMPLE_BLOCKS`] spans of `raw`'s lines, each about a block's size,
+/// spread evenly over it: the blocks the common items are chosen from.
+fn samples(raw: &[u8], block_size: usize) -> impl Iterator<Item = &[u8]> {
+    let n = (raw.len() / block_size.max(1)).min(super::items::SAMPLE_BLOCKS);
+    let step = raw.len() / n.max(1);
+    (0..n).filter_map(move |i| {
+        let at = i * step;
+        let start = if at == 0 {
+            0
+        } else {
+            at + memchr::memchr(b'\n', &raw[at..])? + 1
+        };
+        let end = (start + block_size).min(raw.len());
+        let end = start + memchr::memrchr(b'\n', &raw[start..end])? + 1;
+        Some(&raw[start..end])
+    })
+}
+
 /// The zstd level of a stored dictionary: written once per segment, read once per segment
 /// opened.
 const DICT_LEVEL: i32 = 9;
@@ -461,7 +490,11 @@ fn finish<W: Write>(
     }
     let mut index = Vec::with_capacity(64 + wr.blocks.len() * BLOCK_ENTRY_LEN);
     let v3 = wr.version != VERSION_2;
-    index.extend_from_slice(if v3 { INDEX_MAGIC_3 } else { INDEX_MAGIC });
+    index.extend_from_slice(match wr.version {
+        VERSION_2 => INDEX_MAGIC,
+        VERSION_3 => INDEX_MAGIC_3,
+        _ => INDEX_MAGIC_4,
+    });
     index.extend_from_slice(&records.to_le_bytes());
     index.extend_from_slice(&raw_bytes.to_le_bytes());
     index.extend_from_slice(&low);
@@ -472,6 +505,10 @@ fn finish<W: Write>(
         index.extend_from_slice(&d.stored_len.to_le_bytes());
         index.extend_from_slice(&d.raw_len.to_le_bytes());
         index.extend_from_slice(&d.crc.to_le_bytes());
+    }
+    if wr.version >= 4 {
+        index.extend_from_slice(&(wr.items.common.len() as u32).to_le_bytes());
+        index.extend_from_slice(&wr.items.common);
     }
     index.extend_from_slice(&(order.len() as u32).to_le_bytes());
     for &i in &order {
@@ -559,6 +596,8 @@ pub(super) fn copy_blocks(
         None => None,
     };
     let mut wr = Writer::start(w, &CompressConfig::default(), footer.version, frame)?;
+    // The blocks' filters were made against this segment's common items: they go too.
+    wr.items.common = footer.common.clone();
     let (mut records, mut raw_bytes) = (0u64, 0u64);
     for g in &footer.groups {
         let first = wr.blocks.len() as u32;
