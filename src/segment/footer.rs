@@ -289,7 +289,11 @@ impl Footer {
         };
         let common = if version >= 4 {
             let n = c.u32()? as usize;
-            if n != 0 && n * 8 != super::items::COMMON_BITS {
+            let bits = n * 8;
+            if n != 0
+                && (!bits.is_power_of_two()
+                    || !(super::items::MIN_COMMON_BITS..=super::items::COMMON_BITS).contains(&bits))
+            {
                 return Err(FormatError::Index(
                     "the common items' bitmap has the wrong size",
                 ));

@@ -1,23 +1,28 @@
-//! The v4 needle filter: a block's *items* (its words, the word pairs around each short
-//! separator, its trigrams), less the segment's *common* items, in a Bloom filter per block.
+//! The v4 needle filter: a block's *items* (the word pairs around each short separator, its
+//! trigrams), less the segment's *common* items, in a Bloom filter per block.
 //!
-//! Items of a record body (`<topic> <payload>`, ASCII letters folded to lower case):
-//! - a **token**: a maximal run of word bytes (ASCII letters and digits, `_`, and every byte
-//!   above ASCII);
+//! Items of a record body (`<topic> <payload>`, ASCII letters folded to lower case), where a
+//! token is a maximal run of word bytes (ASCII letters and digits, `_`, and every byte above
+//! ASCII):
 //! - a **gram**, for two tokens separated by 1 to 3 other bytes: the first token's last 3 bytes
 //!   (or all of it), the separator, the second's first 3 bytes (or all of it):
 //!   `Accepted password` gives `ted pas`. This is what rules a block out for a rare phrase of
-//!   common words, whose words are everywhere but not side by side;
-//! - a **trigram slot**: each trigram's 17-bit bucket (`filter.rs`), as the v2 bitmap sets it.
+//!   common words, whose words are everywhere but not side by side, and for a rare identifier
+//!   (`req=5e0b1d3c` gives `req=5e0`);
+//! - a **trigram slot**: each trigram's 17-bit bucket (`filter.rs`), as the v2 bitmap sets it:
+//!   what rules a block out for a needle within one word.
+//!
+//! Whole tokens are not items: a token a literal holds whole has a separator on each side in
+//! it, so its grams are items already (measured: a quarter of the filters' bytes for nothing).
 //!
 //! A literal a matching line must contain gives the items the line must then hold: its trigram
-//! slots; the tokens it holds whole (a separator on both sides, inside the literal); and the
-//! grams around each of its separators of 1 to 3 bytes that has word bytes on both sides,
-//! where each side holds 3 of them or a whole token. So a filter lacking one of them proves the
+//! slots, and the grams around each of its separators of 1 to 3 bytes that has word bytes on
+//! both sides, where each side holds 3 of them or a whole token. So a filter lacking one of them proves the
 //! literal absent, and exact grep semantics stand: a filter only rules out.
 //!
-//! The items in a quarter or more of a sample of the segment's blocks are its common items,
-//! kept once in the footer as a bitmap ([`COMMON_BITS`] bits, one per item hash). A block's
+//! The items in an eighth or more of a sample of the segment's blocks are its common items,
+//! kept once in the footer as a bitmap (16 bits per common item, a power of two from 2^10 to
+//! [`COMMON_BITS`] bits; an item sets the bit its hash's top bits name). A block's
 //! filter holds its other items: a Bloom filter of [`BITS_PER_ITEM`] bits per item and
 //! [`HASHES`] probes. A query drops the items the common bitmap holds (they rule little out,
 //! and the blocks' filters lack them) and asks each block's filter for the rest.
@@ -25,18 +30,19 @@
 use super::filter::{MAX_BITS_LOG2, bit, fold};
 use crate::record::BODY_OFFSET;
 
-/// Bits of the common-items bitmap (32 KiB).
+/// Bits of the largest common-items bitmap (32 KiB).
 pub const COMMON_BITS: usize = 1 << 18;
+/// Bits of the smallest one (128 bytes).
+pub const MIN_COMMON_BITS: usize = 1 << 10;
+/// An item in at least 1/COMMON_SHARE of the sampled spans is common.
+pub const COMMON_SHARE: u32 = 8;
 /// Bloom filter bits per distinct item of a block.
 pub const BITS_PER_ITEM: usize = 8;
 /// Bloom filter probes per item.
 pub const HASHES: u32 = 3;
-/// Spans of the segment sampled for the common items.
-pub const SAMPLE_BLOCKS: usize = 16;
-/// The most bytes of one sampled span.
-pub const SAMPLE_SPAN: usize = 1 << 20;
+/// Spans of the segment sampled for the common items, each the size of a typical block.
+pub const SAMPLE_BLOCKS: usize = 64;
 
-const TOKEN: u8 = 1;
 const GRAM: u8 = 2;
 const TRIGRAM: u64 = 3 << 32;
 
@@ -108,7 +114,7 @@ fn gram(bytes: &[u8]) -> u64 {
     hash(GRAM, bytes)
 }
 
-/// Call `f` with the hash of every token and gram of `body` (folded).
+/// Call `f` with the hash of every gram of `body` (folded).
 fn word_items(body: &[u8], f: &mut impl FnMut(u64)) {
     let mut i = 0;
     let mut prev: Option<(usize, usize)> = None;
@@ -122,7 +128,6 @@ fn word_items(body: &[u8], f: &mut impl FnMut(u64)) {
                 .iter()
                 .position(|&b| !is_word(b))
                 .unwrap_or(body.len() - start);
-        f(hash(TOKEN, &body[start..i]));
         if let Some((ps, pe)) = prev
             && start - pe <= 3
         {
@@ -154,12 +159,6 @@ pub fn literal_items(lit: &[u8]) -> Vec<u64> {
             i += 1;
         }
     }
-    let whole = |&(s, e): &(usize, usize)| s > 0 && e < lit.len();
-    for r in &runs {
-        if whole(r) {
-            out.push(hash(TOKEN, &lit[r.0..r.1]));
-        }
-    }
     for pair in runs.windows(2) {
         let (a, b) = (pair[0], pair[1]);
         if b.0 - a.1 > 3 {
@@ -179,10 +178,11 @@ pub fn literal_items(lit: &[u8]) -> Vec<u64> {
 /// Whether item `h` is in the common bitmap `common` (empty: none is).
 #[inline]
 pub fn is_common(common: &[u8], h: u64) -> bool {
-    if common.len() * 8 != COMMON_BITS {
+    let bits = common.len() * 8;
+    if !bits.is_power_of_two() || !(MIN_COMMON_BITS..=COMMON_BITS).contains(&bits) {
         return false;
     }
-    let b = (h >> (64 - COMMON_BITS.trailing_zeros())) as usize;
+    let b = (h >> (64 - bits.trailing_zeros())) as usize;
     common[b >> 3] & (1 << (b & 7)) != 0
 }
 
@@ -280,16 +280,23 @@ impl ItemFilters {
                 prev = Some(h);
             }
         }
-        self.common = vec![0u8; COMMON_BITS / 8];
         if n < 8 {
-            return; // too few blocks to call anything common
+            self.common = Vec::new(); // too few spans to call anything common
+            return;
         }
-        let shift = 64 - COMMON_BITS.trailing_zeros();
-        for (&h, &c) in &count {
-            if c * 4 >= n {
-                let b = (h >> shift) as usize;
-                self.common[b >> 3] |= 1 << (b & 7);
-            }
+        let common: Vec<u64> = count
+            .iter()
+            .filter(|&(_, &c)| c * COMMON_SHARE >= n)
+            .map(|(&h, _)| h)
+            .collect();
+        let bits = (common.len() * 16)
+            .next_power_of_two()
+            .clamp(MIN_COMMON_BITS, COMMON_BITS);
+        self.common = vec![0u8; bits / 8];
+        let shift = 64 - bits.trailing_zeros();
+        for h in common {
+            let b = (h >> shift) as usize;
+            self.common[b >> 3] |= 1 << (b & 7);
         }
     }
 

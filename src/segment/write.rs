@@ -376,8 +376,7 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
     };
     let mut wr = Writer::start(w, cfg, version, frame)?;
     if version >= 4 {
-        wr.items
-            .sample(samples(raw, cfg.block_size.min(super::items::SAMPLE_SPAN)));
+        wr.items.sample(samples(raw, typical_block(raw, cfg)));
     }
     let mut records = 0u64;
     let mut prev: Option<&[u8]> = None;
@@ -428,6 +427,24 @@ pub fn compress(raw: &[u8], w: impl Write, cfg: &CompressConfig) -> io::Result<S
     };
     let (low, high) = (first.low, last.high);
     finish(wr, records, raw.len() as u64, low, high)
+}
+
+/// The raw size of a typical block of `raw`: a group's bytes shared by the topics that get
+/// runs of their own in the first group (at least 4 KiB, at most a block).
+fn typical_block(raw: &[u8], cfg: &CompressConfig) -> usize {
+    let group = &raw[..raw.len().min(cfg.group_size)];
+    let mut bytes: HashMap<&[u8], usize, foldhash::fast::RandomState> = HashMap::default();
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', group) {
+        *bytes.entry(topic_of(&group[start..end])).or_insert(0) += end + 1 - start;
+        start = end + 1;
+    }
+    let own = bytes
+        .values()
+        .filter(|&&n| n >= group.len() / 512)
+        .count()
+        .min(cfg.max_topics);
+    (group.len() / (own + 1)).clamp(4 << 10, cfg.block_size.max(4 << 10))
 }
 
 /// Up to [`super::items::SAMPLE_BLOCKS`] spans of `raw`'s lines, each about a block's size,
