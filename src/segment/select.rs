@@ -64,7 +64,22 @@ pub struct Selection {
     pub blocks_read: u64,
 }
 
+/// The most bytes of a segment a query asks for all at once.
+const PREFETCH_ALL: u64 = 64 << 20;
+
 impl<S: Source> Reader<S> {
+    /// Ask the source to start reading this compressed segment's needle filters (they lie
+    /// together: one sweep). A query asks it of every segment before it selects blocks in
+    /// any, so a cold query's filter reads overlap instead of waiting one segment at a time.
+    pub fn prefetch_filters(&self) {
+        if let Some(footer) = self.footer()
+            && let (Some(a), Some(z)) = (footer.blocks.first(), footer.blocks.last())
+        {
+            let end = z.filter_range().end.max(a.filter_offset);
+            self.source().will_need(a.filter_offset..end);
+        }
+    }
+
     /// Decide what `q` reads of this segment (`needles`: what every match must contain).
     pub fn select(&self, q: &Query<'_>, needles: &Needles) -> Selection {
         let Some(footer) = self.footer() else {
@@ -82,10 +97,8 @@ impl<S: Source> Reader<S> {
             Some(items) => !items.is_empty(),
             None => !needles.is_empty(),
         };
-        if filtering && let (Some(a), Some(z)) = (footer.blocks.first(), footer.blocks.last()) {
-            // The filters lie together: read them in one sweep.
-            let end = z.filter_range().end.max(a.filter_offset);
-            self.source().will_need(a.filter_offset..end);
+        if filtering {
+            self.prefetch_filters();
         }
         let topics = &q.matcher.topics;
         // Per topic of the table: whether the query selects it, and its oldest visible ms.
@@ -135,6 +148,21 @@ impl<S: Source> Reader<S> {
             }
             if !blocks.is_empty() {
                 chosen.push((gi, blocks));
+            }
+        }
+        // A cold query waits on its reads: ask for every chosen block (and the dictionary) now,
+        // all at once, when the filters left few (a needle's), so the disk serves them in parallel
+        // rather than group after group as decompression reaches them.
+        if sel.blocks_read > 0 && sel.blocks_skipped > sel.blocks_read && sel.bytes <= PREFETCH_ALL
+        {
+            if let Some(d) = &footer.dict {
+                self.source()
+                    .will_need(d.offset..d.offset + u64::from(d.stored_len));
+            }
+            for (_, blocks) in &chosen {
+                for &bi in blocks {
+                    self.source().will_need(footer.blocks[bi].stored());
+                }
             }
         }
         sel.groups = Some(chosen);

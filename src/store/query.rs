@@ -160,6 +160,11 @@ impl Plan {
             needles: needles.clone(),
             ..Scan::default()
         };
+        if !needles.is_empty() {
+            for r in self.opened.iter().flatten() {
+                r.prefetch_filters();
+            }
+        }
         for o in &self.opened {
             let sel = o
                 .as_ref()
