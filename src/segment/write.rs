@@ -14,7 +14,7 @@ use crate::record::{BODY_OFFSET, ULID_LEN, check_record};
 /// How a segment is compressed (see FORMAT.md for the measurements behind the defaults).
 #[derive(Clone, Debug)]
 pub struct CompressConfig {
-    /// zstd level.
+    /// zstd level (v2; v3 and v4 set zstd's parameters one by one, see `set_params`).
     pub level: i32,
     /// Raw bytes per block at most (a single longer record gets a block of its own).
     pub block_size: usize,
