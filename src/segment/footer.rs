@@ -130,11 +130,102 @@ pub struct DictRef {
     pub crc: u32,
 }
 
-/// A segment's dictionary once read, shared by every query of the segment.
-#[derive(Clone, Default)]
-pub struct DictCache(
-    std::sync::Arc<std::sync::OnceLock<Option<std::sync::Arc<zstd::zstd_safe::DDict<'static>>>>>,
-);
+/// A segment's key in the process's cache of loaded dictionaries ([`DICT_CACHE_BYTES`] at
+/// most, least recently used dropped first): a store with thousands of segments never holds
+/// all their dictionaries, and a dictionary dropped is read again when next needed.
+#[derive(Clone)]
+pub struct DictCache(u64);
+
+impl Default for DictCache {
+    fn default() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        DictCache(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// The most bytes of dictionaries the process keeps loaded.
+pub const DICT_CACHE_BYTES: usize = 64 << 20;
+
+type LoadedDict = std::sync::Arc<zstd::zstd_safe::DDict<'static>>;
+
+/// The loaded dictionaries, least recently used first: (key, dictionary, bytes).
+static LOADED: std::sync::Mutex<Vec<(u64, LoadedDict, usize)>> = std::sync::Mutex::new(Vec::new());
+
+impl DictCache {
+    /// The dictionary under this key, loaded by `load` (its bytes, the dictionary) if it is
+    /// not in the cache.
+    fn get(&self, load: impl FnOnce() -> Option<(usize, LoadedDict)>) -> Option<LoadedDict> {
+        self.get_within(DICT_CACHE_BYTES, load)
+    }
+
+    /// [`DictCache::get`], the cache kept within `budget` bytes.
+    fn get_within(
+        &self,
+        budget: usize,
+        load: impl FnOnce() -> Option<(usize, LoadedDict)>,
+    ) -> Option<LoadedDict> {
+        {
+            let mut cache = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = cache.iter().position(|e| e.0 == self.0) {
+                let e = cache.remove(i);
+                let d = e.1.clone();
+                cache.push(e);
+                return Some(d);
+            }
+        }
+        // Loaded outside the lock: two queries may both load it; one copy stays.
+        let (bytes, d) = load()?;
+        let mut cache = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+        if !cache.iter().any(|e| e.0 == self.0) {
+            cache.push((self.0, d.clone(), bytes));
+        }
+        let mut total: usize = cache.iter().map(|e| e.2).sum();
+        while total > budget && cache.len() > 1 {
+            total -= cache.remove(0).2;
+        }
+        Some(d)
+    }
+}
+
+#[cfg(test)]
+mod dict_cache_tests {
+    use super::*;
+
+    #[test]
+    fn loaded_dictionaries_stay_within_the_budget_least_recently_used_first() {
+        let keys: Vec<DictCache> = (0..5).map(|_| DictCache::default()).collect();
+        let loads = std::cell::Cell::new(0);
+        let get = |k: &DictCache| {
+            k.get_within(250, || {
+                loads.set(loads.get() + 1);
+                Some((
+                    100,
+                    std::sync::Arc::new(zstd::zstd_safe::DDict::create(b"some words")),
+                ))
+            })
+            .is_some()
+        };
+        for k in &keys {
+            assert!(get(k));
+        }
+        assert_eq!(loads.get(), 5);
+        // The last two fit in 250 bytes and are kept; the first was dropped.
+        assert!(get(&keys[4]) && get(&keys[3]));
+        assert_eq!(loads.get(), 5);
+        assert!(get(&keys[0]));
+        assert_eq!(loads.get(), 6);
+        let mine: usize = {
+            let cache = LOADED.lock().unwrap();
+            let ids: Vec<u64> = keys.iter().map(|k| k.0).collect();
+            cache
+                .iter()
+                .filter(|e| ids.contains(&e.0))
+                .map(|e| e.2)
+                .sum()
+        };
+        assert!(mine <= 250, "{mine}");
+    }
+}
 
 impl std::fmt::Debug for DictCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -341,27 +432,28 @@ impl Footer {
         })
     }
 
-    /// The dictionary's decompression form, read and checked the first time it is asked for;
+    /// The dictionary's decompression form, from the process's cache or read and checked;
     /// `None` when the file has none, or it cannot be read (then every block fails).
     pub(super) fn ddict(
         &self,
         src: &(impl Source + ?Sized),
     ) -> Option<std::sync::Arc<zstd::zstd_safe::DDict<'static>>> {
         let d = self.dict.as_ref()?;
-        self.dict_cache
-            .0
-            .get_or_init(|| {
-                let stored = src
-                    .read(d.offset..d.offset + u64::from(d.stored_len))
-                    .ok()?;
-                if crc32fast::hash(&stored) != d.crc {
-                    return None;
-                }
-                let raw = zstd::bulk::decompress(&stored, d.raw_len as usize).ok()?;
-                (raw.len() == d.raw_len as usize)
-                    .then(|| std::sync::Arc::new(zstd::zstd_safe::DDict::create(&raw)))
+        self.dict_cache.get(|| {
+            let stored = src
+                .read(d.offset..d.offset + u64::from(d.stored_len))
+                .ok()?;
+            if crc32fast::hash(&stored) != d.crc {
+                return None;
+            }
+            let raw = zstd::bulk::decompress(&stored, d.raw_len as usize).ok()?;
+            (raw.len() == d.raw_len as usize).then(|| {
+                (
+                    raw.len(),
+                    std::sync::Arc::new(zstd::zstd_safe::DDict::create(&raw)),
+                )
             })
-            .clone()
+        })
     }
 
     /// The blocks of group `g`.

@@ -39,7 +39,7 @@ pub use ends::check_ends;
 pub use filter::{FilterBuilder, Needles};
 pub use footer::{Block, DictCache, DictRef, Footer, FormatError, Group, TopicInfo};
 pub use raw::PIECE;
-pub use reader::{ExpiredBlocks, GroupLines, Info, Reader, Records};
+pub use reader::{ExpiredBlocks, GroupLines, Info, Reader, Records, prefetch_footer};
 pub use select::{Chunk, ChunkSource, NEVER, Query, Selection};
 pub use source::Source;
 pub use write::{CompressConfig, Summary, compress};

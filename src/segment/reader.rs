@@ -39,6 +39,32 @@ fn regular_file(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Ask the kernel to start reading what opening the segment file at `path` reads first: its
+/// header, and its last 512 KiB, where a compressed segment's trailer and index lie. Without
+/// it a cold footer is three reads one after another, and the page faults of several files
+/// opened at once wait on each other (they share the process's address-space lock).
+pub fn prefetch_footer(path: &Path) {
+    use std::os::fd::AsRawFd;
+    const TAIL: u64 = 512 << 10;
+    let Ok(file) = File::open(path) else { return };
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return;
+    };
+    let fd = file.as_raw_fd();
+    let tail = len.saturating_sub(TAIL);
+    // SAFETY: `fd` is an open descriptor owned by `file` for the duration of the calls;
+    // posix_fadvise only reads its arguments.
+    unsafe {
+        libc::posix_fadvise(fd, 0, 4096, libc::POSIX_FADV_WILLNEED);
+        libc::posix_fadvise(
+            fd,
+            tail as libc::off_t,
+            (len - tail) as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
+}
+
 /// Map the segment file at `path` read-only; `Ok(None)` if it is empty.
 pub(super) fn map_file(path: &Path) -> io::Result<Option<Mmap>> {
     regular_file(path)?;
