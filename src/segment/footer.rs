@@ -144,7 +144,7 @@ impl Default for DictCache {
 }
 
 /// The most bytes of dictionaries the process keeps loaded.
-pub const DICT_CACHE_BYTES: usize = 64 << 20;
+pub const DICT_CACHE_BYTES: usize = 256 << 20;
 
 type LoadedDict = std::sync::Arc<zstd::zstd_safe::DDict<'static>>;
 
