@@ -121,7 +121,7 @@ fn main() {
             }
             line.clear();
             if let Some(j) = json_out.as_mut() {
-                let t = chrono_ms(ms);
+                let t = oklog::gotime::rfc3339_utc_millis(ms as i64);
                 let v = format!(
                     "{{\"_time\":\"{t}\",\"service\":\"{}\",\"_msg\":{}}}\n",
                     String::from_utf8_lossy(topic),
@@ -137,46 +137,19 @@ fn main() {
             line.extend_from_slice(topic);
             line.push(b' ');
             line.extend_from_slice(&msg);
-            line.push(b'\n');
-            let id: [u8; 26] = line[..26].try_into().unwrap();
-            emit(&mut seg, &out, &line, id, i);
-            seg_bytes += line.len() as u64;
-            written += line.len() as u64;
-            i += 1;
-            if seg_bytes >= per_segment {
-                finish(seg.take().unwrap(), &out);
-                seg_bytes = 0;
-            }
-            continue;
-        }
-        // Entropy grows with every record, so a segment stays sorted within a millisecond too.
-        let id = encode(
-            ms,
-            (u128::from(i) << 24) | u128::from(rng.next() & 0xff_ffff),
-        );
-        line.clear();
-        line.extend_from_slice(&id);
-        line.push(b' ');
-        line.extend_from_slice(&topics[rng.below(topics.len() as u64) as usize]);
-        line.push(b' ');
-        for &c in &templates[rng.below(templates.len() as u64) as usize] {
-            line.push(if c.is_ascii_digit() && rng.below(2) == 0 {
-                b'0' + rng.below(10) as u8
-            } else {
-                c
-            });
-        }
-        if rng.below(10) == 0 {
-            line.extend_from_slice(b" tag=hot");
-        }
-        if rng.below(2_000_000) == 0 {
-            line.extend_from_slice(b" needle-7f3a9");
-        }
-        let mid = start_ms + span_ms / 2;
-        if (mid..mid + 600_000).contains(&ms) && rng.below(10) == 0 {
-            line.extend_from_slice(b" request_id=7c1e5a90");
+        } else {
+            bench_line(
+                &mut line,
+                &mut rng,
+                ms,
+                i,
+                (start_ms, span_ms),
+                &topics,
+                &templates,
+            );
         }
         line.push(b'\n');
+        let id: [u8; 26] = line[..26].try_into().unwrap();
         emit(&mut seg, &out, &line, id, i);
         seg_bytes += line.len() as u64;
         written += line.len() as u64;
@@ -197,6 +170,45 @@ fn main() {
 
 const ULID_TEXT: usize = 26;
 
+/// A `bench` record at `ms` (the `i`-th), without its newline, into `line` (cleared first).
+fn bench_line(
+    line: &mut Vec<u8>,
+    rng: &mut Rng,
+    ms: u64,
+    i: u64,
+    (start_ms, span_ms): (u64, u64),
+    topics: &[Vec<u8>],
+    templates: &[Vec<u8>],
+) {
+    // Entropy grows with every record, so a segment stays sorted within a millisecond too.
+    let id = encode(
+        ms,
+        (u128::from(i) << 24) | u128::from(rng.next() & 0xff_ffff),
+    );
+    line.clear();
+    line.extend_from_slice(&id);
+    line.push(b' ');
+    line.extend_from_slice(&topics[rng.below(topics.len() as u64) as usize]);
+    line.push(b' ');
+    for &c in &templates[rng.below(templates.len() as u64) as usize] {
+        line.push(if c.is_ascii_digit() && rng.below(2) == 0 {
+            b'0' + rng.below(10) as u8
+        } else {
+            c
+        });
+    }
+    if rng.below(10) == 0 {
+        line.extend_from_slice(b" tag=hot");
+    }
+    if rng.below(2_000_000) == 0 {
+        line.extend_from_slice(b" needle-7f3a9");
+    }
+    let mid = start_ms + span_ms / 2;
+    if (mid..mid + 600_000).contains(&ms) && rng.below(10) == 0 {
+        line.extend_from_slice(b" request_id=7c1e5a90");
+    }
+}
+
 /// Append `line` (whose ULID is `id`) to the open segment, opening one if none is.
 fn emit(seg: &mut Option<Open>, out: &Path, line: &[u8], id: [u8; 26], i: u64) {
     let s = seg.get_or_insert_with(|| {
@@ -210,29 +222,6 @@ fn emit(seg: &mut Option<Open>, out: &Path, line: &[u8], id: [u8; 26], i: u64) {
     });
     s.0.write_all(line).unwrap();
     s.3 = id;
-}
-
-/// `ms` as RFC 3339 with milliseconds, UTC.
-fn chrono_ms(ms: u64) -> String {
-    let days = (ms / 86_400_000) as i64;
-    let rem = ms % 86_400_000;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000
-    )
 }
 
 /// `b` as a JSON string literal.

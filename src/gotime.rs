@@ -205,7 +205,7 @@ pub const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
 /// The UTC calendar date and time of Unix millisecond `ms` (0 to [`MAX_RFC3339_MS`], clamped):
 /// year, month, day, hour, minute, second, millisecond. (jiff's timestamps stop a day short of
 /// the year's end, at 9999-12-30T22:00Z.)
-fn civil(ms: i64) -> (i64, i64, i64, i64, i64, i64, i64) {
+pub fn civil(ms: i64) -> (i64, i64, i64, i64, i64, i64, i64) {
     let ms = ms.clamp(0, MAX_RFC3339_MS);
     let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).

@@ -93,20 +93,9 @@ fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
 
 /// `ms` as `YYYY-MM-DDTHH:MM:SS` (UTC).
 fn datetime(ms: u64) -> [u8; 19] {
-    let days = (ms / 86_400_000) as i64;
-    let secs = ms / 1000 % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u64;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
-    let y = (yoe + era * 400 + i64::from(m <= 2)).clamp(0, 9999) as u64;
+    let (y, m, d, h, mi, sec, _) = crate::gotime::civil(ms.min(i64::MAX as u64) as i64);
     let mut out = *b"0000-00-00T00:00:00";
-    let mut put = |at: usize, v: u64, n: usize| {
+    let mut put = |at: usize, v: i64, n: usize| {
         let mut v = v;
         for i in (0..n).rev() {
             out[at + i] = b'0' + (v % 10) as u8;
@@ -116,9 +105,9 @@ fn datetime(ms: u64) -> [u8; 19] {
     put(0, y, 4);
     put(5, m, 2);
     put(8, d, 2);
-    put(11, secs / 3600, 2);
-    put(14, secs / 60 % 60, 2);
-    put(17, secs % 60, 2);
+    put(11, h, 2);
+    put(14, mi, 2);
+    put(17, sec, 2);
     out
 }
 
