@@ -5,7 +5,7 @@
 //! - [`record`]: the record line, ULIDs, topics, framing input lines into records.
 //! - [`ingest`]: listeners, active segments, ingest files and the `/ingest` API.
 //! - [`store`]: store segments, the consumer, replication ingress, local queries, `/store` API.
-//! - [`segment`]: store segment formats: raw (v1) and compressed (v2, v3), and their readers.
+//! - [`segment`]: store segment formats: raw (v1) and compressed (v2, v3, v4), and their readers.
 //! - [`search`]: time-range binary search and matchers over sorted segment bytes.
 //! - [`merge`]: k-way merge with ULID dedup.
 //! - [`stream`]: the user stream: fan-out to store nodes, window deduplication.

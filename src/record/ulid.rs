@@ -7,7 +7,7 @@
 //! process counts far fewer than 2^64), and within a process they never repeat. The random
 //! bits that a fresh draw per record would add cannot be compressed (10 bytes per record, most
 //! of a compressed record); a count stored as its difference from the record before is a few
-//! bits (the v3 segment format, `segment/columns.rs`).
+//! bits (the v4 segment format, `segment/columns.rs`).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

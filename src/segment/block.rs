@@ -30,7 +30,7 @@ pub(super) fn filter<'a>(
 }
 
 thread_local! {
-    /// A v3 block's columns before they are decoded, and the context that decompresses them
+    /// A v3 or v4 block's columns before they are decoded, and the context that decompresses them
     /// with the segment's dictionary.
     static COLUMNS: RefCell<(Vec<u8>, zstd::zstd_safe::DCtx<'static>)> =
         RefCell::new((Vec::new(), zstd::zstd_safe::DCtx::create()));
@@ -72,7 +72,7 @@ pub(super) fn read(
     }
 }
 
-/// Decompress a v3 block's `stored` bytes (checked) and decode its columns into `out`.
+/// Decompress a v3 or v4 block's `stored` bytes (checked) and decode its columns into `out`.
 fn read_columns(
     src: &(impl Source + ?Sized),
     footer: &Footer,

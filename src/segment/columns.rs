@@ -1,4 +1,4 @@
-//! The v3 block layout: a block's records as columns, before zstd (with the segment's
+//! The v3 and v4 block layout: a block's records as columns, before zstd (with the segment's
 //! dictionary) compresses them.
 //!
 //! A record line `<ULID> <topic> <payload>\n` is split into what compresses apart: the ULID's

@@ -1,4 +1,4 @@
-//! A v3 segment's zstd dictionary: raw content chosen from the segment's own record bodies, so
+//! A v3 or v4 segment's zstd dictionary: raw content chosen from the segment's own record bodies, so
 //! that each small block compresses as if the lines before it in the segment were in its
 //! window.
 //!

@@ -117,7 +117,7 @@ impl Block {
     }
 }
 
-/// Where a v3 file keeps its zstd dictionary (one zstd frame, compressed without one).
+/// Where a v3 or v4 file keeps its zstd dictionary (one zstd frame, compressed without one).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DictRef {
     /// File offset of the frame.
@@ -240,14 +240,14 @@ impl PartialEq for DictCache {
 }
 impl Eq for DictCache {}
 
-/// The parsed footer of a compressed (v2 or v3) file.
+/// The parsed footer of a compressed (v2, v3 or v4) file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Footer {
     /// The format's version: 2, 3 or 4.
     pub version: u16,
     /// v4: the segment's common items (`items.rs`); empty before v4.
     pub common: Vec<u8>,
-    /// A v3 file's dictionary, if it has one.
+    /// A v3 or v4 file's dictionary, if it has one.
     pub dict: Option<DictRef>,
     /// The dictionary once loaded.
     pub dict_cache: DictCache,

@@ -55,7 +55,7 @@ pub const VERSION: u16 = 4;
 pub const VERSION_2: u16 = 2;
 /// v4 with v2's trigram bitmaps for filters: still read (and rewritten).
 pub const VERSION_3: u16 = 3;
-/// The largest dictionary a v3 file may declare.
+/// The largest dictionary a v3 or v4 file may declare.
 pub const MAX_DICT: usize = 16 << 20;
 /// Header bytes: magic, version, reserved.
 pub const HEADER_LEN: usize = 16;
@@ -88,42 +88,20 @@ impl Format {
         }
     }
 
-    /// The format of the file at `path`, from its first bytes (raw if it cannot be read).
-    pub fn of_file(path: &std::path::Path) -> Format {
-        std::fs::File::open(path)
-            .and_then(|mut f| Format::read_from(&mut f))
-            .unwrap_or(Format::Raw)
-    }
-
     /// The format of what `r` reads next (a file's first bytes).
     pub fn read_from(r: &mut impl std::io::Read) -> std::io::Result<Format> {
         let mut head = [0u8; MAGIC.len()];
-        let mut n = 0;
-        while n < head.len() {
-            match r.read(&mut head[n..])? {
-                0 => break,
-                k => n += k,
-            }
-        }
+        let n = read_head(r, &mut head)?;
         Ok(Format::of(&head[..n]))
     }
 
     /// The format of the file at `path`, and whether it is a compressed one of an older
-    /// version than [`VERSION`] (to be rewritten), from its first bytes.
+    /// version than [`VERSION`] (to be rewritten), from its first bytes (raw if it cannot be
+    /// read).
     pub fn of_file_stale(path: &std::path::Path) -> (Format, bool) {
-        let mut head = [0u8; 10];
+        let mut head = [0u8; MAGIC.len() + 2];
         let n = std::fs::File::open(path)
-            .and_then(|mut f| {
-                use std::io::Read;
-                let mut n = 0;
-                while n < head.len() {
-                    match f.read(&mut head[n..])? {
-                        0 => break,
-                        k => n += k,
-                    }
-                }
-                Ok(n)
-            })
+            .and_then(|mut f| read_head(&mut f, &mut head))
             .unwrap_or(0);
         let format = Format::of(&head[..n]);
         let stale = format == Format::Compressed
@@ -139,6 +117,18 @@ impl Format {
             Format::Compressed => "compressed",
         }
     }
+}
+
+/// Fill `head` from `r` as far as it goes; the bytes read.
+fn read_head(r: &mut impl std::io::Read, head: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < head.len() {
+        match r.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

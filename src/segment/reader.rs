@@ -115,7 +115,7 @@ impl<S: Source> Reader<S> {
         Ok(Reader { src, footer })
     }
 
-    /// Raw (v1) or compressed (v2 or v3).
+    /// Raw (v1) or compressed (v2, v3 or v4).
     pub fn format(&self) -> Format {
         match self.footer {
             None => Format::Raw,
@@ -212,7 +212,7 @@ impl<S: Source> Reader<S> {
         Ok((write::copy_blocks(&self.src, footer, &keep, w)?, dropped))
     }
 
-    /// Write this raw segment compressed (v3) to `w`, reading it once front to back. A record
+    /// Write this raw segment compressed (v4) to `w`, reading it once front to back. A record
     /// that is not well formed, or a segment already compressed, is an `InvalidData` error.
     pub fn compress(&self, w: impl Write, cfg: &write::CompressConfig) -> io::Result<Summary> {
         let Some(raw) = self.raw() else {
@@ -297,9 +297,9 @@ pub struct ExpiredBlocks {
 pub struct Info {
     /// Its format.
     pub format: Format,
-    /// Compressed: the format's version (2 or 3).
+    /// Compressed: the format's version (2, 3 or 4).
     pub version: u16,
-    /// Compressed: bytes of the dictionary as stored (v3), and once decompressed.
+    /// Compressed: bytes of the dictionary as stored (v3, v4), and once decompressed.
     pub dict_bytes: (u64, u64),
     /// Records.
     pub records: u64,

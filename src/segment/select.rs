@@ -64,15 +64,28 @@ pub struct Selection {
     pub blocks_read: u64,
 }
 
+/// What a segment's block filters are asked: for v4, the items each block must hold, the
+/// segment's common ones left out; and whether the filters can rule out any block at all.
+fn filter_items(footer: &super::Footer, needles: &Needles) -> (Option<Vec<Vec<Vec<u64>>>>, bool) {
+    let items = (footer.version >= 4).then(|| needles.items(&footer.common));
+    let filtering = match &items {
+        Some(items) => !items.is_empty(),
+        None => !needles.is_empty(),
+    };
+    (items, filtering)
+}
+
 /// The most bytes of a segment a query asks for all at once.
 const PREFETCH_ALL: u64 = 64 << 20;
 
 impl<S: Source> Reader<S> {
     /// Ask the source to start reading this compressed segment's needle filters (they lie
-    /// together: one sweep). A query asks it of every segment before it selects blocks in
-    /// any, so a cold query's filter reads overlap instead of waiting one segment at a time.
-    pub fn prefetch_filters(&self) {
+    /// together: one sweep), when `needles` can rule out any of its blocks. A query asks it of
+    /// every segment before it selects blocks in any ([`Reader::select`] does not), so a cold
+    /// query's filter reads overlap instead of waiting one segment at a time.
+    pub fn prefetch_filters(&self, needles: &Needles) {
         if let Some(footer) = self.footer()
+            && filter_items(footer, needles).1
             && let (Some(a), Some(z)) = (footer.blocks.first(), footer.blocks.last())
         {
             let end = z.filter_range().end.max(a.filter_offset);
@@ -91,15 +104,7 @@ impl<S: Source> Reader<S> {
                 ..Default::default()
             };
         };
-        // v4: the items each block must hold, the segment's common ones left out.
-        let items = (footer.version >= 4).then(|| needles.items(&footer.common));
-        let filtering = match &items {
-            Some(items) => !items.is_empty(),
-            None => !needles.is_empty(),
-        };
-        if filtering {
-            self.prefetch_filters();
-        }
+        let (items, filtering) = filter_items(footer, needles);
         let topics = &q.matcher.topics;
         // Per topic of the table: whether the query selects it, and its oldest visible ms.
         let wanted: Vec<bool> = footer

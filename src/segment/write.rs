@@ -1,4 +1,4 @@
-//! Writing a compressed segment (v3, or v2 when asked) from the bytes of a raw one.
+//! Writing a compressed segment (v4, or v3 or v2 when asked) from the bytes of a raw one.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -25,9 +25,9 @@ pub struct CompressConfig {
     pub max_topics: usize,
     /// The format written: [`VERSION`] (4), [`VERSION_3`] or [`VERSION_2`].
     pub version: u16,
-    /// v3: the dictionary's bytes at most (0: none).
+    /// v3, v4: the dictionary's bytes at most (0: none).
     pub dict_size: usize,
-    /// v3: the dictionary's bytes at most, as a share of the raw segment (1/n).
+    /// v3, v4: the dictionary's bytes at most, as a share of the raw segment (1/n).
     pub dict_share: usize,
 }
 
@@ -83,7 +83,7 @@ struct Writer<W: Write> {
     cfg: CompressConfig,
     version: u16,
     zstd: zstd::bulk::Compressor<'static>,
-    /// v3: the context compressing with the segment's dictionary.
+    /// v3, v4: the context compressing with the segment's dictionary.
     cctx: zstd::zstd_safe::CCtx<'static>,
     columns: columns::Encoder,
     cols: Vec<u8>,
@@ -117,7 +117,7 @@ fn zstd_error(code: usize) -> io::Error {
     io::Error::other(zstd::zstd_safe::get_error_name(code))
 }
 
-/// The v3 compression parameters (FORMAT.md has the measurements): zstd's double-fast
+/// The v3 and v4 compression parameters (FORMAT.md has the measurements): zstd's double-fast
 /// search, its hash table large enough to index the whole dictionary, which every block refers
 /// to in place (attached, not copied: a copy of the tables per block halved the speed), and a
 /// window that reaches across it.
@@ -469,7 +469,7 @@ fn samples(raw: &[u8], block_size: usize) -> impl Iterator<Item = &[u8]> {
 /// opened.
 const DICT_LEVEL: i32 = 9;
 
-/// The dictionary of the raw segment `raw`: at most `budget` bytes of its bodies, as a v3
+/// The dictionary of the raw segment `raw`: at most `budget` bytes of its bodies, as a v3 or v4
 /// block holds them (see `dict.rs`).
 fn dictionary(raw: &[u8], budget: usize) -> Vec<u8> {
     if budget == 0 {
@@ -506,7 +506,7 @@ fn finish<W: Write>(
         renumber[old] = new as u32;
     }
     let mut index = Vec::with_capacity(64 + wr.blocks.len() * BLOCK_ENTRY_LEN);
-    let v3 = wr.version != VERSION_2;
+    let has_dict = wr.version != VERSION_2;
     index.extend_from_slice(match wr.version {
         VERSION_2 => INDEX_MAGIC,
         VERSION_3 => INDEX_MAGIC_3,
@@ -516,7 +516,7 @@ fn finish<W: Write>(
     index.extend_from_slice(&raw_bytes.to_le_bytes());
     index.extend_from_slice(&low);
     index.extend_from_slice(&high);
-    if v3 {
+    if has_dict {
         let d = wr.dict.clone().unwrap_or_default();
         index.extend_from_slice(&d.offset.to_le_bytes());
         index.extend_from_slice(&d.stored_len.to_le_bytes());

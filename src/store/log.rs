@@ -64,7 +64,7 @@ pub struct Segment {
     pub high: [u8; ULID_LEN],
     /// File size in bytes.
     pub size: u64,
-    /// Raw (v1) or compressed (v2 or v3).
+    /// Raw (v1) or compressed (v2, v3 or v4).
     pub format: Format,
     /// Compressed in an older version than the one written now (v2): rewritten in the
     /// background.
@@ -76,6 +76,35 @@ pub type OpenedSegment = (Segment, Option<Arc<Reader<Mmap>>>);
 
 /// Threads that open a query's segments not opened before.
 const OPEN_THREADS: usize = 8;
+
+/// Open the segment files at `paths` a few at a time, each file's first reads asked of the
+/// kernel before any is opened: one result per path, in order (`None`: its thread failed).
+fn open_all(paths: &[&Path]) -> Vec<Option<io::Result<Option<Reader<Mmap>>>>> {
+    for p in paths {
+        crate::segment::prefetch_footer(p);
+    }
+    let threads = paths.len().min(OPEN_THREADS);
+    let mut out: Vec<Option<io::Result<Option<Reader<Mmap>>>>> =
+        paths.iter().map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..paths.len())
+                        .step_by(threads)
+                        .map(|i| (i, Reader::open_file(paths[i])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, r) in h.join().unwrap_or_default() {
+                out[i] = Some(r);
+            }
+        }
+    });
+    out
+}
 
 /// Parse `<LOW>-<HIGH>.<state>`.
 pub fn parse_name(name: &str) -> Option<([u8; ULID_LEN], [u8; ULID_LEN], &str)> {
@@ -537,46 +566,21 @@ impl StoreLog {
                 .map(|s| maps.get(&s.path).filter(|m| m.len() == s.size).cloned())
                 .collect()
         };
-        let missing: Vec<usize> = (0..segs.len()).filter(|&i| cached[i].is_none()).collect();
-        let mut opened: Vec<Option<io::Result<Option<Reader<Mmap>>>>> =
-            (0..segs.len()).map(|_| None).collect();
-        if !missing.is_empty() {
-            for &i in &missing {
-                crate::segment::prefetch_footer(&segs[i].path);
-            }
-            let threads = missing.len().min(OPEN_THREADS);
-            let results: Vec<(usize, io::Result<Option<Reader<Mmap>>>)> =
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = (0..threads)
-                        .map(|t| {
-                            let (segs, missing) = (&segs, &missing);
-                            scope.spawn(move || {
-                                missing
-                                    .iter()
-                                    .skip(t)
-                                    .step_by(threads)
-                                    .map(|&i| (i, Reader::open_file(&segs[i].path)))
-                                    .collect::<Vec<_>>()
-                            })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .flat_map(|h| h.join().unwrap_or_default())
-                        .collect()
-                });
-            for (i, r) in results {
-                opened[i] = Some(r);
-            }
-        }
+        let missing: Vec<&Path> = segs
+            .iter()
+            .zip(&cached)
+            .filter(|(_, c)| c.is_none())
+            .map(|(s, _)| s.path.as_path())
+            .collect();
+        let mut opened = open_all(&missing).into_iter();
         let mut out = Vec::with_capacity(segs.len());
         let mut unreadable = 0;
-        for ((s, cached), opened) in segs.into_iter().zip(cached).zip(opened) {
+        for (s, cached) in segs.into_iter().zip(cached) {
             if let Some(m) = cached {
                 out.push((s, Some(m)));
                 continue;
             }
-            let Some(result) = opened else {
+            let Some(result) = opened.next().flatten() else {
                 // Its thread failed: served as nothing, reported.
                 out.push((s, None));
                 unreadable += 1;

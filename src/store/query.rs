@@ -160,10 +160,8 @@ impl Plan {
             needles: needles.clone(),
             ..Scan::default()
         };
-        if !needles.is_empty() {
-            for r in self.opened.iter().flatten() {
-                r.prefetch_filters();
-            }
+        for r in self.opened.iter().flatten() {
+            r.prefetch_filters(needles);
         }
         for o in &self.opened {
             let sel = o

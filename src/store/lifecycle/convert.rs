@@ -1,5 +1,5 @@
-//! Conversion: segments older than `-store.segment-compress-after` compressed (v3), oldest
-//! first, one at a time; compressed segments of an older version (v2) rewritten as v3; and
+//! Conversion: segments older than `-store.segment-compress-after` compressed (v4), oldest
+//! first, one at a time; compressed segments of an older version (v2, v3) rewritten as v4; and
 //! `-store.segment-format raw` turns compressed ones back.
 
 use std::io::{self, BufWriter, Write};
@@ -83,14 +83,7 @@ impl Compacter {
                 stop: &self.stop,
             },
         );
-        let mut records = Records::open(&input.path)?;
-        while let Some(line) = records.current() {
-            w.write_all(line)?;
-            records.advance()?;
-        }
-        if records.corrupt_blocks() > 0 {
-            return Err(Failure::Damaged(input.path.clone()));
-        }
+        write_records(input, &mut w)?;
         w.flush()?;
         Ok(unpacked)
     }
@@ -129,19 +122,7 @@ impl Compacter {
                         Err(e) => return Err(Failure::Io(e)),
                     }
                 }
-                Format::Raw => {
-                    let mut records = Records::open(&input.path)?;
-                    let mut n = 0u64;
-                    while let Some(line) = records.current() {
-                        w.write_all(line)?;
-                        n += line.len() as u64;
-                        records.advance()?;
-                    }
-                    if records.corrupt_blocks() > 0 {
-                        return Err(Failure::Damaged(input.path.clone()));
-                    }
-                    n
-                }
+                Format::Raw => write_records(input, &mut w)?,
             };
             w.flush()?;
             drop(w);
@@ -154,6 +135,22 @@ impl Compacter {
         }
         result
     }
+}
+
+/// Every record of `input` into `w` as raw lines; the bytes written. A compressed input with
+/// unreadable blocks is [`Failure::Damaged`].
+fn write_records(input: &Segment, w: &mut impl Write) -> Result<u64, Failure> {
+    let mut records = Records::open(&input.path)?;
+    let mut n = 0u64;
+    while let Some(line) = records.current() {
+        w.write_all(line)?;
+        n += line.len() as u64;
+        records.advance()?;
+    }
+    if records.corrupt_blocks() > 0 {
+        return Err(Failure::Damaged(input.path.clone()));
+    }
+    Ok(n)
 }
 
 /// A temporary file, removed when dropped.
